@@ -1,0 +1,17 @@
+//! The wire between the fluid controller and its host-agents.
+//!
+//! - [`pb`]: the generated protobuf / gRPC types (`fluid.agent.v1`).
+//! - [`model`]: validated domain types. Everything that arrives from the wire goes
+//!   through a `TryFrom` here before any other code sees it ("expect junk from senders").
+//! - [`tls`]: mTLS configuration shared by both ends (fleet CA, peer identity checks).
+
+pub mod model;
+pub mod tls;
+
+/// Generated code for `fluid.agent.v1`.
+#[allow(clippy::all, missing_docs, unreachable_pub)]
+pub mod pb {
+    tonic::include_proto!("fluid.agent.v1");
+}
+
+pub use model::ValidationError;

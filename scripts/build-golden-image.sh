@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Builds the Debian 12 golden image that sandboxes are cloned from.
+#
+# Output: a directory holding disk.qcow2 (ext4 root, no partition table), vmlinuz and
+# initrd.img for libvirt direct kernel boot, and image.toml (the agent's image entry).
+# The result is cached outside the clone, keyed by this script's hash, so CI and
+# quickstart only pay for debootstrap once per change of this file.
+#
+# Usage: build-golden-image.sh [--print-dir]
+#   FLUID_IMAGE_CACHE  cache root (default /var/cache/fluid/images)
+#   FLUID_APT_MIRROR   Debian mirror (default: the first bookworm URI in apt's sources)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cache_root=${FLUID_IMAGE_CACHE:-/var/cache/fluid/images}
+key=$(sha256sum "$here/build-golden-image.sh" | cut -c1-16)
+out="$cache_root/debian-12-$key"
+
+if [[ -f "$out/disk.qcow2" && -f "$out/vmlinuz" && -f "$out/initrd.img" ]]; then
+  echo "golden image cached: $out" >&2
+  echo "$out"
+  exit 0
+fi
+
+for tool in debootstrap mkfs.ext4 qemu-img; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: run scripts/install-deps.sh" >&2; exit 1; }
+done
+
+mirror=${FLUID_APT_MIRROR:-}
+if [[ -z "$mirror" ]]; then
+  mirror=$(grep -rhoE '^(URIs:|deb) +[^ ]*debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
+    | grep -v security | head -n1 | awk '{print $2}' || true)
+  mirror=${mirror:-http://deb.debian.org/debian}
+fi
+
+work=$(mktemp -d /var/tmp/fluid-image.XXXXXX)
+cleanup() { rm -rf "$work"; }
+trap cleanup EXIT
+root="$work/root"
+
+echo "debootstrap from $mirror into $root" >&2
+debootstrap --variant=minbase \
+  --include=systemd-sysv,openssh-server,linux-image-cloud-amd64,ifupdown,isc-dhcp-client,iproute2,netbase,sudo,qemu-guest-agent,python3,procps,less \
+  bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1 || { tail -30 "$work/debootstrap.log" >&2; exit 1; }
+
+# --- configuration inside the image -------------------------------------------------
+echo "fluid-golden" >"$root/etc/hostname"
+printf '127.0.0.1 localhost\n127.0.1.1 fluid-golden\n' >"$root/etc/hosts"
+printf '/dev/vda / ext4 defaults,errors=remount-ro 0 1\n' >"$root/etc/fstab"
+cat >"$root/etc/network/interfaces" <<'NET'
+auto lo
+iface lo inet loopback
+
+allow-hotplug eth0
+iface eth0 inet dhcp
+NET
+# Every clone must get its own machine-id (DHCP client id, journal) and SSH host keys.
+: >"$root/etc/machine-id"
+rm -f "$root/var/lib/dbus/machine-id" "$root"/etc/ssh/ssh_host_*
+cat >"$root/etc/systemd/system/fluid-ssh-hostkeys.service" <<'UNIT'
+[Unit]
+Description=Generate fresh SSH host keys for this sandbox
+Before=ssh.service
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+ln -sf /etc/systemd/system/fluid-ssh-hostkeys.service \
+  "$root/etc/systemd/system/multi-user.target.wants/fluid-ssh-hostkeys.service"
+cat >"$root/etc/ssh/sshd_config.d/fluid.conf" <<'SSHD'
+# Managed by fluid: keys or short-lived certificates only.
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UseDNS no
+SSHD
+# Root has no password; access is by key or certificate only.
+chroot "$root" passwd -l root >/dev/null
+# Serial console for `virsh console` and boot logs.
+ln -sf /lib/systemd/system/serial-getty@.service \
+  "$root/etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service"
+# Keep the image small.
+rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+
+# --- disk --------------------------------------------------------------------------
+mkdir -p "$work/out"
+cp "$(readlink -f "$root/vmlinuz")" "$work/out/vmlinuz"
+cp "$(readlink -f "$root/initrd.img")" "$work/out/initrd.img"
+truncate -s 4G "$work/disk.raw"
+mkfs.ext4 -q -F -L fluid-root -d "$root" "$work/disk.raw"
+qemu-img convert -f raw -O qcow2 "$work/disk.raw" "$work/out/disk.qcow2"
+cat >"$work/out/image.toml" <<TOML
+[[images]]
+name = "debian-12"
+path = "$out/disk.qcow2"
+kernel = "$out/vmlinuz"
+initrd = "$out/initrd.img"
+cmdline = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
+TOML
+chmod 644 "$work/out"/*
+
+mkdir -p "$cache_root"
+chmod 755 "$cache_root" "$(dirname "$cache_root")"
+rm -rf "$out"
+mv "$work/out" "$out"
+chmod 755 "$out"
+echo "golden image built: $out" >&2
+echo "$out"
