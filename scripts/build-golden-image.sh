@@ -40,7 +40,7 @@ root="$work/root"
 
 echo "debootstrap from $mirror into $root" >&2
 debootstrap --variant=minbase \
-  --include=systemd-sysv,openssh-server,linux-image-cloud-amd64,ifupdown,isc-dhcp-client,iproute2,netbase,sudo,qemu-guest-agent,python3,procps,less \
+  --include=systemd-sysv,udev,dbus,openssh-server,linux-image-cloud-amd64,ifupdown,isc-dhcp-client,iproute2,netbase,sudo,qemu-guest-agent,python3,procps,less \
   bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1 || { tail -30 "$work/debootstrap.log" >&2; exit 1; }
 
 # --- configuration inside the image -------------------------------------------------
@@ -108,6 +108,8 @@ mkdir -p "$cache_root"
 chmod 755 "$cache_root" "$(dirname "$cache_root")"
 rm -rf "$out"
 mv "$work/out" "$out"
+# Images of older versions of this script are no longer used.
+find "$cache_root" -maxdepth 1 -name 'debian-12-*' ! -path "$out" -exec rm -rf {} +
 chmod 755 "$out"
 echo "golden image built: $out" >&2
 echo "$out"

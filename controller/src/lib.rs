@@ -1,1 +1,230 @@
+//! The fluid controller: REST API, scheduler, host registry and reconciliation for
+//! sandbox VMs on a fleet of KVM hosts.
+//!
+//! A REST request enters in [`api`], becomes a placement decision in [`scheduler`]
+//! (reserved atomically in the [`store`]), and crosses to the host in [`agents`].
+//! [`hosts`] (heartbeat), [`reconciler`] and [`janitor`] run in the background.
 
+pub mod agents;
+pub mod api;
+pub mod background;
+pub mod config;
+pub mod hosts;
+pub mod janitor;
+pub mod pki;
+pub mod reconciler;
+pub mod sandboxes;
+pub mod scheduler;
+pub mod store;
+
+#[cfg(test)]
+pub(crate) mod fake_agent;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::agents::{AgentConnector, AgentTimeouts, GrpcAgents};
+use crate::api::AppState;
+use crate::config::Config;
+use crate::hosts::HostService;
+use crate::janitor::Janitor;
+use crate::reconciler::{LOST_GRACE, Reconciler};
+use crate::sandboxes::{SandboxService, SandboxSettings};
+use crate::store::{LoopKey, Store};
+
+pub use crate::config::Config as ControllerConfig;
+
+/// Time for in-flight HTTP requests to finish after a shutdown signal.
+pub const HTTP_DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+/// Time for background loops to stop.
+pub const LOOPS_DEADLINE: Duration = Duration::from_secs(10);
+/// Time to close the database pool.
+pub const STORE_CLOSE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Builds the services and handler state over a store and an agent connector.
+pub fn build_state(
+    store: Arc<dyn Store>,
+    agents: Arc<dyn AgentConnector>,
+    config: &Config,
+) -> AppState {
+    let sandboxes = Arc::new(SandboxService::new(
+        store.clone(),
+        agents.clone(),
+        SandboxSettings {
+            default_cpu: config.default_cpu,
+            default_memory_mb: config.default_memory_mb,
+            cpu_overcommit_ratio: config.cpu_overcommit_ratio,
+            wait_for_ip_timeout_secs: config.wait_for_ip_timeout_secs,
+        },
+    ));
+    let hosts = Arc::new(HostService::new(
+        store.clone(),
+        agents,
+        config.cpu_overcommit_ratio,
+        config.offline_after_missed_beats,
+    ));
+    AppState {
+        store,
+        sandboxes,
+        hosts,
+    }
+}
+
+/// Spawns the heartbeat, reconciler and janitor loops; they stop when `cancel` fires.
+pub fn spawn_background(
+    state: &AppState,
+    agents: Arc<dyn AgentConnector>,
+    config: &Config,
+    cancel: &CancellationToken,
+) -> JoinSet<()> {
+    let mut set = JoinSet::new();
+    let store = state.store.clone();
+
+    let hosts = state.hosts.clone();
+    set.spawn(background::run_periodic(
+        "heartbeat",
+        Duration::from_secs(config.heartbeat_interval_secs),
+        LoopKey::Heartbeat,
+        store.clone(),
+        cancel.clone(),
+        move || {
+            let hosts = hosts.clone();
+            async move { Ok(hosts.beat_all().await?) }
+        },
+    ));
+
+    // A create may legitimately take its whole deadline before the agent lists it.
+    let in_flight = AgentTimeouts::new(config.agent_timeout()).create + LOST_GRACE;
+    let reconciler = Arc::new(Reconciler::new(
+        store.clone(),
+        agents,
+        LOST_GRACE,
+        in_flight,
+    ));
+    set.spawn(background::run_periodic(
+        "reconciler",
+        Duration::from_secs(config.reconcile_interval_secs),
+        LoopKey::Reconciler,
+        store.clone(),
+        cancel.clone(),
+        move || {
+            let r = reconciler.clone();
+            async move { Ok(r.tick().await?) }
+        },
+    ));
+
+    let janitor = Arc::new(Janitor::new(store.clone(), state.sandboxes.clone()));
+    set.spawn(background::run_periodic(
+        "janitor",
+        Duration::from_secs(config.janitor_interval_secs),
+        LoopKey::Janitor,
+        store,
+        cancel.clone(),
+        move || {
+            let j = janitor.clone();
+            async move {
+                j.tick().await?;
+                Ok(())
+            }
+        },
+    ));
+    set
+}
+
+/// Binds `config.listen` and serves until `shutdown` fires.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    serve_on(listener, config, shutdown).await
+}
+
+/// Serves on an already bound listener (tests bind port 0): opens and migrates the
+/// store, registers the configured hosts, starts the background loops and the HTTP API,
+/// and on `shutdown` stops them in order — HTTP (drained), loops, store — each with a
+/// deadline.
+pub async fn serve_on(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let tls = config
+        .tls()?
+        .load()
+        .context("loading the controller's TLS files")?;
+    let store = store::open(config.database_url.as_deref(), &config.data_dir)
+        .await
+        .context("opening the store")?;
+    for h in &config.hosts {
+        store
+            .upsert_host(&h.name, &h.address)
+            .await
+            .with_context(|| format!("registering host {}", h.name))?;
+    }
+    let agents: Arc<dyn AgentConnector> = Arc::new(GrpcAgents::new(
+        tls,
+        AgentTimeouts::new(config.agent_timeout()),
+    ));
+    let state = build_state(store.clone(), agents.clone(), &config);
+    let loops_cancel = CancellationToken::new();
+    let mut loops = spawn_background(&state, agents, &config, &loops_cancel);
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "fluid-controller listening");
+    let app = api::router(state);
+    let drain = shutdown.clone();
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(drain.cancelled_owned())
+            .await
+    });
+
+    let early = tokio::select! {
+        r = &mut server => Some(r),
+        () = shutdown.cancelled() => None,
+    };
+    let result = match early {
+        Some(r) => {
+            tracing::error!("HTTP server stopped on its own");
+            r.context("HTTP server task")?.context("HTTP server")
+        }
+        None => {
+            tracing::info!("shutting down: draining HTTP requests");
+            match tokio::time::timeout(HTTP_DRAIN_DEADLINE, &mut server).await {
+                Ok(r) => r.context("HTTP server task")?.context("HTTP server"),
+                Err(_) => {
+                    tracing::warn!(
+                        "HTTP requests still running after {HTTP_DRAIN_DEADLINE:?}; aborting them"
+                    );
+                    server.abort();
+                    Ok(())
+                }
+            }
+        }
+    };
+
+    tracing::info!("stopping background loops");
+    loops_cancel.cancel();
+    if tokio::time::timeout(LOOPS_DEADLINE, async {
+        while loops.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!("background loops did not stop within {LOOPS_DEADLINE:?}; aborting");
+        loops.abort_all();
+    }
+    if tokio::time::timeout(STORE_CLOSE_DEADLINE, store.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("store did not close within {STORE_CLOSE_DEADLINE:?}");
+    }
+    tracing::info!("stopped");
+    result
+}

@@ -1,1 +1,16 @@
+//! Harness for the end-to-end tests: real `fluid-controller` and `fluid-agent`
+//! processes, real libvirt (TCG) and PostgreSQL.
+//!
+//! These tests need root, a libvirtd running inside a network namespace, and the
+//! golden image; `scripts/test.sh` prepares all of that and runs them inside the
+//! namespace. Run outside that setup they fail with a message saying what is missing
+//! (they never skip silently).
 
+pub mod env;
+pub mod pki;
+pub mod process;
+pub mod stack;
+pub mod virsh;
+
+pub use env::TestEnv;
+pub use stack::{AgentOptions, Stack, StoreKind};

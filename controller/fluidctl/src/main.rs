@@ -1,1 +1,253 @@
-fn main() {}
+//! `fluidctl`: the command-line client of the fluid controller.
+//!
+//! Every command is one or two REST calls through [`fluid_client::Client`]; the output is
+//! a table for people or, with `--json`, the API's own JSON shapes for scripts.
+
+mod hosts;
+mod progress;
+mod render;
+mod sandboxes;
+mod status;
+mod vms;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fluid_client::Client;
+
+/// Command-line client of the fluid controller.
+#[derive(Debug, Parser)]
+#[command(name = "fluidctl", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Base URL of the controller's REST API.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "FLUID_URL",
+        default_value = "http://127.0.0.1:8080",
+        value_parser = parse_url
+    )]
+    pub url: String,
+
+    /// Bearer token sent with every request.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "FLUID_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// Print the API's JSON answers (pretty) instead of tables.
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the controller's health and how many hosts it knows.
+    Status,
+    /// List and register host agents.
+    #[command(subcommand, visible_alias = "host")]
+    Hosts(hosts::HostsCmd),
+    /// List source VMs / golden images on all hosts.
+    #[command(visible_alias = "vm", visible_alias = "images")]
+    Vms,
+    /// Create, inspect and manage sandboxes.
+    #[command(subcommand, visible_alias = "sb", visible_alias = "sandboxes")]
+    Sandbox(sandboxes::SandboxCmd),
+}
+
+/// What every command needs: the client and how to print.
+#[derive(Debug)]
+pub struct Ctx {
+    pub client: Client,
+    pub url: String,
+    pub json: bool,
+}
+
+impl Ctx {
+    /// Whether to draw a spinner on stderr (people watching, not scripts).
+    pub fn interactive(&self) -> bool {
+        use std::io::IsTerminal;
+        !self.json && std::io::stderr().is_terminal()
+    }
+}
+
+/// `--url` must be an http(s) base URL; catching a missing scheme here gives a clearer
+/// message than reqwest's "relative URL without a base".
+fn parse_url(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .ok_or_else(|| format!("`{s}` must start with http:// or https://"))?;
+    if rest.trim_end_matches('/').is_empty() {
+        return Err(format!("`{s}` names no host"));
+    }
+    Ok(s.trim_end_matches('/').to_owned())
+}
+
+/// Prints `text` on stdout with a final newline. A closed pipe (`fluidctl … | head`) is
+/// not an error worth a panic.
+pub fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let res = if text.ends_with('\n') {
+        out.write_all(text.as_bytes())
+    } else {
+        writeln!(out, "{text}")
+    };
+    let _ = res.and_then(|()| out.flush());
+}
+
+/// Prints `value` as pretty JSON.
+pub fn emit_json<T: serde::Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
+    emit(&render::json(value)?);
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = Client::new(&cli.url)?.with_token(cli.token);
+    let ctx = Ctx {
+        client,
+        url: cli.url,
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Status => status::run(&ctx).await,
+        Command::Hosts(cmd) => hosts::run(&ctx, cmd).await,
+        Command::Vms => vms::run(&ctx).await,
+        Command::Sandbox(cmd) => sandboxes::run(&ctx, cmd).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let url = cli.url.clone();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", render::error_message(&e, &url));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Cli {
+        let mut full = vec!["fluidctl"];
+        full.extend_from_slice(args);
+        match Cli::try_parse_from(full) {
+            Ok(cli) => cli,
+            Err(e) => panic!("{args:?} should parse: {e}"),
+        }
+    }
+
+    fn parse_err(args: &[&str]) -> clap::Error {
+        let mut full = vec!["fluidctl"];
+        full.extend_from_slice(args);
+        match Cli::try_parse_from(full) {
+            Ok(cli) => panic!("{args:?} should not parse, got {cli:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_anywhere() {
+        let cli = parse(&[
+            "--url",
+            "http://ctl:9000/",
+            "sandbox",
+            "list",
+            "--json",
+            "--token",
+            "s3cret",
+        ]);
+        assert_eq!(cli.url, "http://ctl:9000");
+        assert_eq!(cli.token.as_deref(), Some("s3cret"));
+        assert!(cli.json);
+        assert!(matches!(
+            cli.command,
+            Command::Sandbox(sandboxes::SandboxCmd::List(_))
+        ));
+    }
+
+    #[test]
+    fn default_url_when_env_unset() {
+        if std::env::var_os("FLUID_URL").is_some() {
+            return;
+        }
+        let cli = parse(&["status"]);
+        assert_eq!(cli.url, "http://127.0.0.1:8080");
+        assert!(!cli.json);
+        assert!(matches!(cli.command, Command::Status));
+    }
+
+    #[test]
+    fn url_needs_a_scheme() {
+        let e = parse_err(&["--url", "localhost:8080", "status"]);
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(e.to_string().contains("http://"), "{e}");
+        assert!(parse_url("https://").is_err());
+        assert_eq!(
+            parse_url("https://fluid.example/").as_deref(),
+            Ok("https://fluid.example")
+        );
+    }
+
+    #[test]
+    fn version_and_missing_command() {
+        assert_eq!(
+            parse_err(&["--version"]).kind(),
+            clap::error::ErrorKind::DisplayVersion
+        );
+        assert_eq!(
+            parse_err(&[]).kind(),
+            clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        );
+        assert_eq!(
+            parse_err(&["bogus"]).kind(),
+            clap::error::ErrorKind::InvalidSubcommand
+        );
+    }
+
+    #[test]
+    fn vms_and_aliases() {
+        assert!(matches!(parse(&["vms"]).command, Command::Vms));
+        assert!(matches!(parse(&["vm"]).command, Command::Vms));
+        assert!(matches!(parse(&["images"]).command, Command::Vms));
+        assert!(matches!(
+            parse(&["sb", "ls"]).command,
+            Command::Sandbox(sandboxes::SandboxCmd::List(_))
+        ));
+        assert!(matches!(
+            parse(&["host", "ls"]).command,
+            Command::Hosts(hosts::HostsCmd::List)
+        ));
+    }
+}

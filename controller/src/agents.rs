@@ -1,0 +1,452 @@
+//! Where a request crosses to a host: the controller's side of the host-agent gRPC API.
+//!
+//! [`AgentConnector`] is "talk to the agent at host H"; the service logic only sees this
+//! trait (tests put a fake behind it). [`GrpcAgents`] implements it over mTLS with one
+//! lazily connected tonic channel per agent address (tonic reconnects by itself), a
+//! connect timeout and a deadline per call. Every reply is validated on receipt with the
+//! `fluid_proto::model` types.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fluid_proto::model::{CreateSandbox, HostStatus, SandboxId, SandboxInfo};
+use fluid_proto::pb;
+use fluid_proto::pb::host_agent_client::HostAgentClient;
+use fluid_proto::tls::TlsMaterial;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+/// The agent a call goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentTarget {
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+}
+
+/// An image or source VM an agent can clone from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub name: String,
+    pub source_vm: bool,
+    pub disk_path: String,
+    pub uuid: String,
+    pub state: String,
+    pub persistent: bool,
+    pub available: bool,
+    pub error: Option<String>,
+}
+
+/// How a call to an agent failed, in the few kinds callers branch on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentError {
+    /// Could not reach the agent (connection refused, TLS refused, agent down).
+    #[error("agent {host} unreachable: {message}")]
+    Unavailable { host: String, message: String },
+    #[error("agent {host} did not answer within {seconds} s")]
+    Timeout { host: String, seconds: u64 },
+    #[error("agent {host}: not found: {message}")]
+    NotFound { host: String, message: String },
+    /// The agent refused the operation in the sandbox's current state, or is full.
+    #[error("agent {host} refused: {message}")]
+    Refused { host: String, message: String },
+    /// The agent failed, or answered something invalid.
+    #[error("agent {host} failed: {message}")]
+    Failed { host: String, message: String },
+}
+
+impl AgentError {
+    fn from_status(host: &str, s: &tonic::Status) -> Self {
+        let host = host.to_owned();
+        let message = s.message().to_owned();
+        match s.code() {
+            Code::Unavailable | Code::Unauthenticated | Code::PermissionDenied => {
+                Self::Unavailable { host, message }
+            }
+            Code::DeadlineExceeded => Self::Timeout { host, seconds: 0 },
+            Code::NotFound => Self::NotFound { host, message },
+            Code::FailedPrecondition
+            | Code::ResourceExhausted
+            | Code::AlreadyExists
+            | Code::Aborted => Self::Refused { host, message },
+            _ => Self::Failed {
+                host,
+                message: format!("{:?}: {message}", s.code()),
+            },
+        }
+    }
+
+    fn bad_reply(host: &str, e: impl std::fmt::Display) -> Self {
+        Self::Failed {
+            host: host.to_owned(),
+            message: format!("invalid reply: {e}"),
+        }
+    }
+}
+
+#[async_trait]
+pub trait AgentConnector: Send + Sync + 'static {
+    async fn status(&self, t: &AgentTarget) -> Result<HostStatus, AgentError>;
+    async fn list_images(&self, t: &AgentTarget) -> Result<Vec<ImageInfo>, AgentError>;
+    async fn list_sandboxes(&self, t: &AgentTarget) -> Result<Vec<SandboxInfo>, AgentError>;
+    async fn get_sandbox(&self, t: &AgentTarget, id: &SandboxId)
+    -> Result<SandboxInfo, AgentError>;
+    async fn create_sandbox(
+        &self,
+        t: &AgentTarget,
+        req: &CreateSandbox,
+    ) -> Result<SandboxInfo, AgentError>;
+    async fn start_sandbox(
+        &self,
+        t: &AgentTarget,
+        id: &SandboxId,
+    ) -> Result<SandboxInfo, AgentError>;
+    async fn stop_sandbox(
+        &self,
+        t: &AgentTarget,
+        id: &SandboxId,
+        force: bool,
+    ) -> Result<SandboxInfo, AgentError>;
+    /// `Ok(existed)`; destroying an unknown id succeeds.
+    async fn destroy_sandbox(&self, t: &AgentTarget, id: &SandboxId) -> Result<bool, AgentError>;
+    /// `Ok(None)` when the sandbox has no lease yet after `timeout_seconds`.
+    async fn wait_for_ip(
+        &self,
+        t: &AgentTarget,
+        id: &SandboxId,
+        timeout_seconds: u32,
+    ) -> Result<Option<Ipv4Addr>, AgentError>;
+}
+
+/// Checks an agent address: `host:port` (IPv6 in brackets). Returns the host part.
+pub fn check_address(address: &str) -> Result<&str, String> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{address:?} is not host:port"))?;
+    if host.is_empty() {
+        return Err(format!("{address:?} has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(format!("{address:?} has no valid port")),
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let ok = if host.starts_with('[') {
+        host.ends_with(']') && bare.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.contains(':') && is_host_name(host)
+    };
+    if !ok {
+        return Err(format!("{host:?} is not a DNS name or IP address"));
+    }
+    Ok(host)
+}
+
+/// True for an IP address or a DNS name (labels of letters, digits and '-').
+pub fn is_host_name(s: &str) -> bool {
+    s.parse::<std::net::IpAddr>().is_ok()
+        || (s.len() <= 253
+            && s.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            }))
+}
+
+/// Deadlines of agent calls.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentTimeouts {
+    pub connect: Duration,
+    /// Plain calls.
+    pub call: Duration,
+    /// Create (clones a disk, defines and boots a domain).
+    pub create: Duration,
+}
+
+impl AgentTimeouts {
+    pub fn new(call: Duration) -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            call,
+            create: call * 4,
+        }
+    }
+}
+
+/// The real connector: gRPC over mTLS, one channel per agent address.
+pub struct GrpcAgents {
+    tls: TlsMaterial,
+    timeouts: AgentTimeouts,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl std::fmt::Debug for GrpcAgents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcAgents")
+            .field("timeouts", &self.timeouts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GrpcAgents {
+    pub fn new(tls: TlsMaterial, timeouts: AgentTimeouts) -> Self {
+        Self {
+            tls,
+            timeouts,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn client(&self, t: &AgentTarget) -> Result<HostAgentClient<Channel>, AgentError> {
+        let unavailable = |message: String| AgentError::Unavailable {
+            host: t.name.clone(),
+            message,
+        };
+        let mut channels = self
+            .channels
+            .lock()
+            .map_err(|_| unavailable("channel pool poisoned".into()))?;
+        if let Some(ch) = channels.get(&t.address) {
+            return Ok(HostAgentClient::new(ch.clone()));
+        }
+        let host = check_address(&t.address).map_err(unavailable)?;
+        let endpoint = Endpoint::from_shared(format!("https://{}", t.address))
+            .map_err(|e| unavailable(e.to_string()))?
+            .tls_config(self.tls.client_config(host))
+            .map_err(|e| unavailable(e.to_string()))?
+            .connect_timeout(self.timeouts.connect)
+            .tcp_keepalive(Some(Duration::from_secs(30)))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let ch = endpoint.connect_lazy();
+        channels.insert(t.address.clone(), ch.clone());
+        Ok(HostAgentClient::new(ch))
+    }
+
+    async fn call<T, F, Fut>(
+        &self,
+        t: &AgentTarget,
+        deadline: Duration,
+        f: F,
+    ) -> Result<T, AgentError>
+    where
+        F: FnOnce(HostAgentClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let client = self.client(t)?;
+        match tokio::time::timeout(deadline, f(client)).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => {
+                let mut err = AgentError::from_status(&t.name, &status);
+                if let AgentError::Timeout { seconds, .. } = &mut err {
+                    *seconds = deadline.as_secs();
+                }
+                if let AgentError::Unavailable { message, .. } = &mut err {
+                    // The transport error's source chain says why (refused, TLS, DNS).
+                    let mut src = std::error::Error::source(&status);
+                    while let Some(s) = src {
+                        let s_text = s.to_string();
+                        if !message.contains(&s_text) {
+                            message.push_str(&format!(": {s_text}"));
+                        }
+                        src = s.source();
+                    }
+                }
+                Err(err)
+            }
+            Err(_) => Err(AgentError::Timeout {
+                host: t.name.clone(),
+                seconds: deadline.as_secs(),
+            }),
+        }
+    }
+}
+
+fn sandbox_reply(host: &str, s: pb::Sandbox) -> Result<SandboxInfo, AgentError> {
+    SandboxInfo::try_from(s).map_err(|e| AgentError::bad_reply(host, e))
+}
+
+#[async_trait]
+impl AgentConnector for GrpcAgents {
+    async fn status(&self, t: &AgentTarget) -> Result<HostStatus, AgentError> {
+        let s = self
+            .call(t, self.timeouts.call, |mut c| async move {
+                c.get_status(pb::GetStatusRequest {}).await
+            })
+            .await?;
+        HostStatus::try_from(s).map_err(|e| AgentError::bad_reply(&t.name, e))
+    }
+
+    async fn list_images(&self, t: &AgentTarget) -> Result<Vec<ImageInfo>, AgentError> {
+        let r = self
+            .call(t, self.timeouts.call, |mut c| async move {
+                c.list_images(pb::ListImagesRequest {}).await
+            })
+            .await?;
+        Ok(r.images
+            .into_iter()
+            .map(|i| ImageInfo {
+                source_vm: i.kind() == pb::ImageKind::SourceVm,
+                name: i.name,
+                disk_path: i.disk_path,
+                uuid: i.uuid,
+                state: i.state,
+                persistent: i.persistent,
+                available: i.available,
+                error: (!i.error.is_empty()).then_some(i.error),
+            })
+            .collect())
+    }
+
+    async fn list_sandboxes(&self, t: &AgentTarget) -> Result<Vec<SandboxInfo>, AgentError> {
+        let r = self
+            .call(t, self.timeouts.call, |mut c| async move {
+                c.list_sandboxes(pb::ListSandboxesRequest {}).await
+            })
+            .await?;
+        r.sandboxes
+            .into_iter()
+            .map(|s| sandbox_reply(&t.name, s))
+            .collect()
+    }
+
+    async fn get_sandbox(
+        &self,
+        t: &AgentTarget,
+        id: &SandboxId,
+    ) -> Result<SandboxInfo, AgentError> {
+        let msg = pb::SandboxRef { id: id.to_string() };
+        let s = self
+            .call(t, self.timeouts.call, |mut c| async move {
+                c.get_sandbox(msg).await
+            })
+            .await?;
+        sandbox_reply(&t.name, s)
+    }
+
+    async fn create_sandbox(
+        &self,
+        t: &AgentTarget,
+        req: &CreateSandbox,
+    ) -> Result<SandboxInfo, AgentError> {
+        let msg = pb::CreateSandboxRequest::from(req);
+        let s = self
+            .call(t, self.timeouts.create, |mut c| async move {
+                c.create_sandbox(msg).await
+            })
+            .await?;
+        sandbox_reply(&t.name, s)
+    }
+
+    async fn start_sandbox(
+        &self,
+        t: &AgentTarget,
+        id: &SandboxId,
+    ) -> Result<SandboxInfo, AgentError> {
+        let msg = pb::SandboxRef { id: id.to_string() };
+        let s = self
+            .call(t, self.timeouts.create, |mut c| async move {
+                c.start_sandbox(msg).await
+            })
+            .await?;
+        sandbox_reply(&t.name, s)
+    }
+
+    async fn stop_sandbox(
+        &self,
+        t: &AgentTarget,
+        id: &SandboxId,
+        force: bool,
+    ) -> Result<SandboxInfo, AgentError> {
+        let msg = pb::StopSandboxRequest {
+            id: id.to_string(),
+            force,
+            timeout_seconds: 0,
+        };
+        let s = self
+            .call(t, self.timeouts.create, |mut c| async move {
+                c.stop_sandbox(msg).await
+            })
+            .await?;
+        sandbox_reply(&t.name, s)
+    }
+
+    async fn destroy_sandbox(&self, t: &AgentTarget, id: &SandboxId) -> Result<bool, AgentError> {
+        let msg = pb::SandboxRef { id: id.to_string() };
+        let r = self
+            .call(t, self.timeouts.create, |mut c| async move {
+                c.destroy_sandbox(msg).await
+            })
+            .await?;
+        Ok(r.existed)
+    }
+
+    async fn wait_for_ip(
+        &self,
+        t: &AgentTarget,
+        id: &SandboxId,
+        timeout_seconds: u32,
+    ) -> Result<Option<Ipv4Addr>, AgentError> {
+        let msg = pb::WaitForIpRequest {
+            id: id.to_string(),
+            timeout_seconds,
+        };
+        let deadline = Duration::from_secs(u64::from(timeout_seconds)) + self.timeouts.call;
+        let r = self
+            .call(t, deadline, |mut c| async move { c.wait_for_ip(msg).await })
+            .await?;
+        if r.ip_address.is_empty() {
+            return Ok(None);
+        }
+        r.ip_address.parse().map(Some).map_err(|_| {
+            AgentError::bad_reply(
+                &t.name,
+                format!("{:?} is not an IPv4 address", r.ip_address),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_checked() {
+        assert_eq!(check_address("kvm-1.lab:7443"), Ok("kvm-1.lab"));
+        assert_eq!(check_address("10.0.0.5:7443"), Ok("10.0.0.5"));
+        assert_eq!(check_address("[::1]:7443"), Ok("[::1]"));
+        for bad in [
+            "",
+            "host",
+            "host:",
+            ":80",
+            "host:0",
+            "host:99999",
+            "a b:80",
+            "h/x:80",
+            "::1:80",
+            "[h]:80",
+            "-h:80",
+        ] {
+            assert!(check_address(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn status_codes_map_to_kinds() {
+        let e = AgentError::from_status("h", &tonic::Status::not_found("x"));
+        assert!(matches!(e, AgentError::NotFound { .. }));
+        let e = AgentError::from_status("h", &tonic::Status::unavailable("x"));
+        assert!(matches!(e, AgentError::Unavailable { .. }));
+        let e = AgentError::from_status("h", &tonic::Status::failed_precondition("x"));
+        assert!(matches!(e, AgentError::Refused { .. }));
+        let e = AgentError::from_status("h", &tonic::Status::internal("x"));
+        assert!(matches!(e, AgentError::Failed { .. }));
+    }
+}

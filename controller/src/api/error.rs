@@ -1,0 +1,108 @@
+//! The one way handlers answer errors: `{"error", "code", "details"}` with a status chosen
+//! deliberately for each failure (bad input is a 4xx, never a 500).
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use fluid_client::types::ErrorBody;
+
+use crate::agents::AgentError;
+use crate::sandboxes::ServiceError;
+use crate::scheduler::ScheduleError;
+use crate::store::StoreError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error: String,
+    pub details: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, error: impl Into<String>) -> Self {
+        Self {
+            status,
+            error: error.into(),
+            details: String::new(),
+        }
+    }
+
+    pub fn with_details(mut self, details: impl Into<String>) -> Self {
+        self.details = details.into();
+        self
+    }
+
+    pub fn bad_request(error: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, error)
+    }
+
+    pub fn not_found(error: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, error)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.error,
+            code: self.status.as_u16(),
+            details: self.details,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(what) => {
+                Self::new(StatusCode::CONFLICT, format!("{what} already exists"))
+            }
+            StoreError::Unavailable(m) => {
+                tracing::error!(error = %m, "store unavailable");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "store unavailable").with_details(m)
+            }
+            StoreError::Db(m) | StoreError::Corrupt(m) => {
+                tracing::error!(error = %m, "store failure");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal store error").with_details(m)
+            }
+        }
+    }
+}
+
+impl From<AgentError> for ApiError {
+    fn from(e: AgentError) -> Self {
+        let status = match &e {
+            AgentError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            AgentError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            AgentError::Refused { .. } => StatusCode::CONFLICT,
+            AgentError::NotFound { .. } | AgentError::Failed { .. } => StatusCode::BAD_GATEWAY,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+impl From<ScheduleError> for ApiError {
+    fn from(e: ScheduleError) -> Self {
+        match e {
+            ScheduleError::UnknownImage(m) => Self::bad_request(m),
+            e @ (ScheduleError::NoCapacity(_) | ScheduleError::DuplicateName(_)) => {
+                Self::new(StatusCode::CONFLICT, e.to_string())
+            }
+            ScheduleError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Invalid(m) => Self::bad_request(m),
+            ServiceError::NotFound(m) => Self::not_found(m),
+            ServiceError::Conflict(m) => Self::new(StatusCode::CONFLICT, m),
+            ServiceError::Schedule(e) => e.into(),
+            ServiceError::Agent(e) => e.into(),
+            ServiceError::Store(e) => e.into(),
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Where a REST request enters. The router maps the paths of `shared/API.md` to thin
+//! handlers; every error leaves through [`error::ApiError`].
+
+pub mod error;
+pub mod health;
+pub mod hosts;
+pub mod json;
+pub mod openapi;
+pub mod params;
+pub mod sandboxes;
+pub mod vms;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tower_http::trace::TraceLayer;
+
+use crate::hosts::HostService;
+use crate::sandboxes::SandboxService;
+use crate::store::Store;
+use error::ApiError;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub sandboxes: Arc<SandboxService>,
+    pub hosts: Arc<HostService>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+async fn no_route() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn wrong_method() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route",
+    )
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/health", get(health::health))
+        .route("/v1/hosts", get(hosts::list_hosts).post(hosts::add_host))
+        .route("/v1/vms", get(vms::list_vms))
+        .route(
+            "/v1/sandboxes",
+            get(sandboxes::list_sandboxes).post(sandboxes::create_sandbox),
+        )
+        .route(
+            "/v1/sandboxes/{id}",
+            get(sandboxes::get_sandbox).delete(sandboxes::destroy_sandbox),
+        )
+        .route(
+            "/v1/sandboxes/{id}/start",
+            axum::routing::post(sandboxes::start_sandbox),
+        )
+        .route(
+            "/v1/sandboxes/{id}/stop",
+            axum::routing::post(sandboxes::stop_sandbox),
+        )
+        .route("/v1/sandboxes/{id}/ip", get(sandboxes::sandbox_ip))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(json::BODY_LIMIT))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests;

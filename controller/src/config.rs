@@ -1,0 +1,250 @@
+//! The controller's configuration: a TOML file plus `FLUID_*` environment overrides
+//! (e.g. `FLUID_DATABASE_URL`, `FLUID_LISTEN`). Validated once at load; components get
+//! the values they need passed in, never a global.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use fluid_proto::model::{Name, check_cpus, check_memory_mb};
+use fluid_proto::tls::TlsFiles;
+use serde::{Deserialize, Serialize};
+
+/// Default path of the configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/fluid/controller.toml";
+
+/// A host-agent listed in the configuration (upserted into the store at start).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostEntry {
+    pub name: String,
+    /// `host:port` of the agent's gRPC endpoint.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the REST API listens on.
+    pub listen: SocketAddr,
+    /// Where the embedded SQLite database lives when no `database_url` is given.
+    pub data_dir: PathBuf,
+    /// `postgres://…` or `sqlite://…`; none: SQLite at `data_dir/fluid.db`.
+    pub database_url: Option<String>,
+    /// The controller's identity in the fleet (CA, client cert, key).
+    pub tls: Option<TlsFiles>,
+    pub hosts: Vec<HostEntry>,
+    pub heartbeat_interval_secs: u64,
+    pub offline_after_missed_beats: u32,
+    pub reconcile_interval_secs: u64,
+    pub janitor_interval_secs: u64,
+    pub cpu_overcommit_ratio: f64,
+    pub default_cpu: u32,
+    pub default_memory_mb: u64,
+    pub wait_for_ip_timeout_secs: u32,
+    /// Deadline of one agent RPC (creates and IP waits get longer ones).
+    pub agent_timeout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("/var/lib/fluid"),
+            database_url: None,
+            tls: None,
+            hosts: Vec::new(),
+            heartbeat_interval_secs: 5,
+            offline_after_missed_beats: 3,
+            reconcile_interval_secs: 30,
+            janitor_interval_secs: 10,
+            cpu_overcommit_ratio: 4.0,
+            default_cpu: 1,
+            default_memory_mb: 512,
+            wait_for_ip_timeout_secs: 180,
+            agent_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("loading configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Top-level keys the environment may override. Other `FLUID_*` variables (the agent's
+/// `FLUID_AGENT_*`, test settings, …) belong to someone else and are ignored.
+const CONFIG_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database_url",
+    "tls",
+    "hosts",
+    "heartbeat_interval_secs",
+    "offline_after_missed_beats",
+    "reconcile_interval_secs",
+    "janitor_interval_secs",
+    "cpu_overcommit_ratio",
+    "default_cpu",
+    "default_memory_mb",
+    "wait_for_ip_timeout_secs",
+    "agent_timeout_secs",
+];
+
+fn is_config_key(env_key: &str) -> bool {
+    let top = env_key.split("__").next().unwrap_or_default();
+    CONFIG_KEYS.iter().any(|k| k.eq_ignore_ascii_case(top))
+}
+
+impl Config {
+    /// Reads `path` (when it exists) and `FLUID_*` variables over the defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(path))
+            .merge(
+                Env::prefixed("FLUID_")
+                    .filter(|key| is_config_key(key.as_str()))
+                    .split("__"),
+            );
+        Self::from_figment(figment)
+    }
+
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.tls.is_none() {
+            return bad("tls: ca_cert, cert and key are required".into());
+        }
+        if self.heartbeat_interval_secs == 0
+            || self.reconcile_interval_secs == 0
+            || self.janitor_interval_secs == 0
+            || self.agent_timeout_secs == 0
+        {
+            return bad("intervals and timeouts must be positive".into());
+        }
+        if self.offline_after_missed_beats == 0 {
+            return bad("offline_after_missed_beats must be positive".into());
+        }
+        if !self.cpu_overcommit_ratio.is_finite()
+            || !(0.1..=64.0).contains(&self.cpu_overcommit_ratio)
+        {
+            return bad(format!(
+                "cpu_overcommit_ratio {} is out of range (0.1-64)",
+                self.cpu_overcommit_ratio
+            ));
+        }
+        check_cpus("default_cpu", self.default_cpu)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        check_memory_mb("default_memory_mb", self.default_memory_mb)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if self.wait_for_ip_timeout_secs == 0
+            || self.wait_for_ip_timeout_secs > fluid_proto::model::WAIT_FOR_IP_MAX_SECONDS
+        {
+            return bad(format!(
+                "wait_for_ip_timeout_secs must be 1-{}",
+                fluid_proto::model::WAIT_FOR_IP_MAX_SECONDS
+            ));
+        }
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite:"))
+        {
+            return bad(
+                "database_url must start with postgres://, postgresql:// or sqlite:".into(),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for h in &self.hosts {
+            Name::parse("hosts.name", &h.name).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            crate::agents::check_address(&h.address)
+                .map_err(|e| ConfigError::Invalid(format!("hosts.{}: {e}", h.name)))?;
+            if !seen.insert(h.name.as_str()) {
+                return bad(format!("hosts: {:?} is listed twice", h.name));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn tls(&self) -> Result<&TlsFiles, ConfigError> {
+        self.tls
+            .as_ref()
+            .ok_or_else(|| ConfigError::Invalid("tls is required".into()))
+    }
+
+    pub fn agent_timeout(&self) -> Duration {
+        Duration::from_secs(self.agent_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_tls(toml: &str) -> String {
+        format!("{toml}\n[tls]\nca_cert = \"/ca.pem\"\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n")
+    }
+
+    fn parse(toml: &str) -> Result<Config, ConfigError> {
+        Config::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(toml)),
+        )
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = parse(&with_tls("")).expect("valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.heartbeat_interval_secs, 5);
+        assert_eq!(c.default_memory_mb, 512);
+        assert!(c.database_url.is_none());
+    }
+
+    #[test]
+    fn tls_is_required() {
+        assert!(parse("").is_err());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for toml in [
+            "cpu_overcommit_ratio = 0.0",
+            "default_memory_mb = 1",
+            "database_url = \"mysql://x\"",
+            "heartbeat_interval_secs = 0",
+            "[[hosts]]\nname = \"a b\"\naddress = \"h:1\"",
+            "[[hosts]]\nname = \"a\"\naddress = \"no-port\"",
+            "unknown_key = 1",
+        ] {
+            assert!(parse(&with_tls(toml)).is_err(), "{toml}");
+        }
+    }
+
+    #[test]
+    fn hosts_parse() {
+        let c = parse(&with_tls(
+            "[[hosts]]\nname = \"kvm-1\"\naddress = \"10.0.0.5:7443\"",
+        ))
+        .expect("valid");
+        assert_eq!(c.hosts[0].address, "10.0.0.5:7443");
+    }
+
+    #[test]
+    fn only_own_keys_come_from_the_environment() {
+        assert!(is_config_key("DATABASE_URL"));
+        assert!(is_config_key("TLS__CA_CERT"));
+        assert!(!is_config_key("AGENT_HOST_NAME"));
+        assert!(!is_config_key("GOLDEN_IMAGE_DIR"));
+        assert!(!is_config_key("TEST_DATABASE_URL"));
+    }
+}

@@ -1,0 +1,192 @@
+//! The host registry and its heartbeat. Hosts are added by configuration or
+//! `POST /v1/hosts`; the heartbeat polls every agent's status and images, records the
+//! capacity it reports, and marks a host OFFLINE after enough missed beats (a new host
+//! is UNKNOWN until its first beat).
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use fluid_client::types::{
+    AddHostRequest, Host, HostError, HostResponse, ListHostsResponse, ListVmsResponse, Vm,
+};
+use fluid_proto::model::Name;
+use futures::future::join_all;
+
+use crate::agents::{AgentConnector, AgentTarget, check_address};
+use crate::sandboxes::ServiceError;
+use crate::store::{Beat, HostRecord, HostUsage, Store, StoreError, free_cpus, free_memory};
+
+pub struct HostService {
+    store: Arc<dyn Store>,
+    agents: Arc<dyn AgentConnector>,
+    cpu_overcommit_ratio: f64,
+    offline_after_missed_beats: u32,
+}
+
+impl std::fmt::Debug for HostService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostService").finish_non_exhaustive()
+    }
+}
+
+fn target(h: &HostRecord) -> AgentTarget {
+    AgentTarget {
+        name: h.name.clone(),
+        address: h.address.clone(),
+    }
+}
+
+impl HostService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        agents: Arc<dyn AgentConnector>,
+        cpu_overcommit_ratio: f64,
+        offline_after_missed_beats: u32,
+    ) -> Self {
+        Self {
+            store,
+            agents,
+            cpu_overcommit_ratio,
+            offline_after_missed_beats,
+        }
+    }
+
+    fn to_api(&self, h: HostRecord, u: HostUsage) -> Host {
+        Host {
+            cpus_free: free_cpus(&h, u, self.cpu_overcommit_ratio),
+            memory_mb_free: free_memory(&h, u),
+            sandboxes: u.sandboxes,
+            name: h.name,
+            address: h.address,
+            state: h.state,
+            cpus_total: h.cpus_total,
+            memory_mb_total: h.memory_mb_total,
+            last_seen: h.last_seen,
+            images: h.images,
+            agent_version: h.agent_version,
+            last_error: h.last_error,
+        }
+    }
+
+    pub async fn list(&self) -> Result<ListHostsResponse, ServiceError> {
+        let hosts = self.store.list_hosts().await?;
+        let usage = self.store.host_usage().await?;
+        Ok(ListHostsResponse {
+            hosts: hosts
+                .into_iter()
+                .map(|h| {
+                    let u = usage.get(&h.name).copied().unwrap_or_default();
+                    self.to_api(h, u)
+                })
+                .collect(),
+        })
+    }
+
+    pub async fn add(&self, req: AddHostRequest) -> Result<HostResponse, ServiceError> {
+        let name = Name::parse("name", &req.name)?;
+        check_address(&req.address).map_err(|e| ServiceError::Invalid(format!("address: {e}")))?;
+        let host = self
+            .store
+            .insert_host(name.as_str(), &req.address, Utc::now())
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(what) => {
+                    ServiceError::Conflict(format!("{what} already exists"))
+                }
+                other => other.into(),
+            })?;
+        tracing::info!(host = %name, address = %req.address, "host added");
+        Ok(HostResponse {
+            host: self.to_api(host, HostUsage::default()),
+        })
+    }
+
+    /// Source VMs and golden images on every host, asked concurrently.
+    pub async fn list_vms(&self) -> Result<ListVmsResponse, ServiceError> {
+        let hosts = self.store.list_hosts().await?;
+        let answers = join_all(
+            hosts
+                .iter()
+                .map(|h| async move { (h, self.agents.list_images(&target(h)).await) }),
+        )
+        .await;
+        let mut vms = Vec::new();
+        let mut host_errors = Vec::new();
+        for (h, answer) in answers {
+            match answer {
+                Ok(images) => vms.extend(images.into_iter().map(|i| Vm {
+                    state: match (i.available, i.state.is_empty()) {
+                        (false, _) => "unavailable".into(),
+                        (true, true) => "available".into(),
+                        (true, false) => i.state,
+                    },
+                    name: i.name,
+                    uuid: i.uuid,
+                    persistent: i.persistent,
+                    disk_path: i.disk_path,
+                    host_name: h.name.clone(),
+                    host_address: h.address.clone(),
+                })),
+                Err(e) => host_errors.push(HostError {
+                    host_name: h.name.clone(),
+                    host_address: h.address.clone(),
+                    error: e.to_string(),
+                }),
+            }
+        }
+        Ok(ListVmsResponse { vms, host_errors })
+    }
+
+    /// One heartbeat round: every host's status and images, concurrently.
+    pub async fn beat_all(&self) -> Result<(), StoreError> {
+        let hosts = self.store.list_hosts().await?;
+        let results = join_all(hosts.iter().map(|h| self.beat(h))).await;
+        results.into_iter().collect()
+    }
+
+    async fn beat(&self, h: &HostRecord) -> Result<(), StoreError> {
+        let t = target(h);
+        let answer = async {
+            let status = self.agents.status(&t).await?;
+            let images = self.agents.list_images(&t).await?;
+            Ok::<_, crate::agents::AgentError>((status, images))
+        }
+        .await;
+        match answer {
+            Ok((status, images)) => {
+                let mut names: Vec<String> = images
+                    .into_iter()
+                    .filter(|i| i.available)
+                    .map(|i| i.name)
+                    .collect();
+                names.sort();
+                names.dedup();
+                if h.state != fluid_client::types::HostState::Online {
+                    tracing::info!(host = %h.name, version = %status.agent_version, "host online");
+                }
+                self.store
+                    .record_beat(
+                        &h.name,
+                        &Beat {
+                            cpus_total: status.cpus_total,
+                            memory_mb_total: status.memory_mb_total,
+                            images: names,
+                            agent_version: status.agent_version,
+                            at: Utc::now(),
+                        },
+                    )
+                    .await
+            }
+            Err(e) => {
+                if h.missed_beats + 1 == self.offline_after_missed_beats {
+                    tracing::warn!(host = %h.name, error = %e, "host offline");
+                } else {
+                    tracing::debug!(host = %h.name, error = %e, "missed heartbeat");
+                }
+                self.store
+                    .record_missed_beat(&h.name, &e.to_string(), self.offline_after_missed_beats)
+                    .await
+            }
+        }
+    }
+}

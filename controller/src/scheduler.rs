@@ -1,0 +1,316 @@
+//! Where a create request becomes a placement decision.
+//!
+//! Filter hosts (online, has the image, enough free memory, vCPUs within the over-commit
+//! ratio), weigh the rest (most free memory; then fewer sandboxes; then name), and
+//! reserve on the best one through the store's atomic [`Store::reserve`] before anything
+//! is sent to an agent. A reservation that loses a race moves on to the next candidate.
+//! When nothing fits, the error names what is short on each host.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use fluid_client::types::HostState;
+
+use crate::store::{
+    HostRecord, HostUsage, Reservation, ReserveError, SandboxRecord, Store, StoreError, check_room,
+    free_memory,
+};
+
+/// What a sandbox needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    pub id: String,
+    pub job_id: String,
+    pub agent_id: String,
+    pub sandbox_name: String,
+    pub image: String,
+    pub cpus: u32,
+    pub memory_mb: u64,
+    pub ttl_seconds: Option<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    /// No host offers the image (400: the request names something that does not exist).
+    #[error("{0}")]
+    UnknownImage(String),
+    /// Hosts exist but none can take the sandbox now (409).
+    #[error("no host can take the sandbox: {0}")]
+    NoCapacity(String),
+    #[error("a live sandbox named {0:?} already exists")]
+    DuplicateName(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why `host` cannot take `p`, or `None` when it can.
+pub fn reject_reason(
+    host: &HostRecord,
+    usage: HostUsage,
+    p: &Placement,
+    ratio: f64,
+) -> Option<String> {
+    match host.state {
+        HostState::Online => {}
+        HostState::Offline => return Some("offline".into()),
+        HostState::Unknown => return Some("not yet heard from".into()),
+    }
+    if !host.images.iter().any(|i| i == &p.image) {
+        return Some(format!("no image {:?}", p.image));
+    }
+    check_room(host, usage, p.cpus, p.memory_mb, ratio).err()
+}
+
+/// Hosts that can take `p`, best first; or, when none can, why not (per host).
+pub fn rank<'a>(
+    hosts: &'a [HostRecord],
+    usage: &HashMap<String, HostUsage>,
+    p: &Placement,
+    ratio: f64,
+) -> Result<Vec<&'a HostRecord>, Vec<(String, String)>> {
+    let mut fits = Vec::new();
+    let mut reasons = Vec::new();
+    for h in hosts {
+        let u = usage.get(&h.name).copied().unwrap_or_default();
+        match reject_reason(h, u, p, ratio) {
+            None => fits.push((h, u)),
+            Some(r) => reasons.push((h.name.clone(), r)),
+        }
+    }
+    if fits.is_empty() {
+        return Err(reasons);
+    }
+    fits.sort_by(|(a, ua), (b, ub)| {
+        free_memory(b, *ub)
+            .cmp(&free_memory(a, *ua))
+            .then(ua.sandboxes.cmp(&ub.sandboxes))
+            .then(a.name.cmp(&b.name))
+    });
+    Ok(fits.into_iter().map(|(h, _)| h).collect())
+}
+
+fn explain(reasons: &[(String, String)]) -> String {
+    reasons
+        .iter()
+        .map(|(h, r)| format!("{h}: {r}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Chooses a host for `p` and reserves it; returns the inserted (CREATED) row.
+pub async fn place(
+    store: &dyn Store,
+    p: &Placement,
+    ratio: f64,
+    now: DateTime<Utc>,
+) -> Result<SandboxRecord, ScheduleError> {
+    let hosts = store.list_hosts().await?;
+    if hosts.is_empty() {
+        return Err(ScheduleError::NoCapacity("no hosts are registered".into()));
+    }
+    let all_reported = hosts.iter().all(|h| h.last_seen.is_some());
+    if all_reported && !hosts.iter().any(|h| h.images.contains(&p.image)) {
+        let mut known: Vec<&str> = hosts
+            .iter()
+            .flat_map(|h| h.images.iter().map(String::as_str))
+            .collect();
+        known.sort_unstable();
+        known.dedup();
+        return Err(ScheduleError::UnknownImage(format!(
+            "no host has image {:?} (known images: {})",
+            p.image,
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        )));
+    }
+    let usage = store.host_usage().await?;
+    let candidates = rank(&hosts, &usage, p, ratio)
+        .map_err(|reasons| ScheduleError::NoCapacity(explain(&reasons)))?;
+    let mut lost = Vec::new();
+    for host in candidates {
+        let r = Reservation {
+            id: p.id.clone(),
+            job_id: p.job_id.clone(),
+            agent_id: p.agent_id.clone(),
+            sandbox_name: p.sandbox_name.clone(),
+            base_image: p.image.clone(),
+            ttl_seconds: p.ttl_seconds,
+            host_name: host.name.clone(),
+            cpu: p.cpus,
+            memory_mb: p.memory_mb,
+            cpu_overcommit_ratio: ratio,
+            now,
+        };
+        match store.reserve(&r).await {
+            Ok(row) => return Ok(row),
+            Err(ReserveError::NoRoom(why)) => {
+                tracing::debug!(host = %host.name, %why, "reservation lost, trying the next host");
+                lost.push((host.name.clone(), why));
+            }
+            Err(ReserveError::DuplicateName(n)) => return Err(ScheduleError::DuplicateName(n)),
+            Err(ReserveError::Store(e)) => return Err(e.into()),
+        }
+    }
+    Err(ScheduleError::NoCapacity(explain(&lost)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::{Beat, SqliteStore};
+
+    fn host(name: &str, state: HostState, cpus: u32, mem: u64, images: &[&str]) -> HostRecord {
+        HostRecord {
+            name: name.into(),
+            address: format!("{name}:7443"),
+            state,
+            cpus_total: cpus,
+            memory_mb_total: mem,
+            images: images.iter().map(|s| s.to_string()).collect(),
+            agent_version: Some("t".into()),
+            last_seen: Some(Utc::now()),
+            missed_beats: 0,
+            last_error: None,
+        }
+    }
+
+    fn placement(i: usize, image: &str, cpus: u32, mem: u64) -> Placement {
+        Placement {
+            id: format!("SBX-test{i:06}"),
+            job_id: format!("JOB-test{i:06}"),
+            agent_id: "agent".into(),
+            sandbox_name: format!("vm-{i}"),
+            image: image.into(),
+            cpus,
+            memory_mb: mem,
+            ttl_seconds: None,
+        }
+    }
+
+    #[test]
+    fn filters_name_what_is_short() {
+        let hosts = vec![
+            host("host-a", HostState::Online, 4, 256, &["debian-12"]),
+            host("host-b", HostState::Offline, 4, 8192, &["debian-12"]),
+            host("host-c", HostState::Online, 4, 8192, &["ubuntu"]),
+            host("host-d", HostState::Online, 1, 8192, &["debian-12"]),
+            host("host-e", HostState::Unknown, 1, 8192, &[]),
+        ];
+        let mut usage = HashMap::new();
+        usage.insert(
+            "host-d".to_owned(),
+            HostUsage {
+                cpus: 4,
+                memory_mb: 0,
+                sandboxes: 4,
+            },
+        );
+        let reasons = rank(&hosts, &usage, &placement(0, "debian-12", 1, 512), 4.0)
+            .expect_err("nothing fits");
+        let text = explain(&reasons);
+        assert_eq!(
+            text,
+            "host-a: 256 MiB memory free < 512 requested; host-b: offline; \
+             host-c: no image \"debian-12\"; \
+             host-d: 0 vCPUs free (over-commit 4) < 1 requested; host-e: not yet heard from"
+        );
+    }
+
+    #[test]
+    fn weighs_by_free_memory_then_count_then_name() {
+        let hosts = vec![
+            host("c", HostState::Online, 4, 4096, &["img"]),
+            host("b", HostState::Online, 4, 8192, &["img"]),
+            host("a", HostState::Online, 4, 8192, &["img"]),
+            host("z", HostState::Online, 4, 16384, &["img"]),
+        ];
+        let mut usage = HashMap::new();
+        // z has the most memory but most of it is reserved.
+        usage.insert(
+            "z".to_owned(),
+            HostUsage {
+                cpus: 1,
+                memory_mb: 12288,
+                sandboxes: 1,
+            },
+        );
+        usage.insert(
+            "a".to_owned(),
+            HostUsage {
+                cpus: 0,
+                memory_mb: 0,
+                sandboxes: 1,
+            },
+        );
+        let order: Vec<&str> = rank(&hosts, &usage, &placement(0, "img", 1, 512), 4.0)
+            .expect("fits")
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect();
+        assert_eq!(order, ["b", "a", "c", "z"]);
+    }
+
+    async fn store_with_host(dir: &tempfile::TempDir, cpus: u32, mem: u64) -> Arc<SqliteStore> {
+        let store = SqliteStore::open_file(&dir.path().join("t.db"))
+            .await
+            .expect("open");
+        store.upsert_host("h1", "h1:7443").await.expect("host");
+        store
+            .record_beat(
+                "h1",
+                &Beat {
+                    cpus_total: cpus,
+                    memory_mb_total: mem,
+                    images: vec!["img".into()],
+                    agent_version: "t".into(),
+                    at: Utc::now(),
+                },
+            )
+            .await
+            .expect("beat");
+        Arc::new(store)
+    }
+
+    #[tokio::test]
+    async fn unknown_image_everywhere_is_its_own_error() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = store_with_host(&dir, 4, 4096).await;
+        let e = place(&*store, &placement(0, "nope", 1, 512), 4.0, Utc::now())
+            .await
+            .expect_err("unknown");
+        assert!(matches!(e, ScheduleError::UnknownImage(_)), "{e}");
+        assert!(e.to_string().contains("known images: img"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn concurrent_creates_never_overbook() {
+        let dir = tempfile::tempdir().expect("tmp");
+        // Room for exactly 10 sandboxes of 512 MiB.
+        let store = store_with_host(&dir, 64, 5120).await;
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                place(&*store, &placement(i, "img", 1, 512), 4.0, Utc::now()).await
+            }));
+        }
+        let mut ok = 0;
+        let mut full = 0;
+        for t in tasks {
+            match t.await.expect("join") {
+                Ok(_) => ok += 1,
+                Err(ScheduleError::NoCapacity(_)) => full += 1,
+                Err(e) => panic!("unexpected: {e}"),
+            }
+        }
+        assert_eq!((ok, full), (10, 40));
+        let usage = store.host_usage().await.expect("usage");
+        assert_eq!(usage["h1"].memory_mb, 5120);
+        assert_eq!(usage["h1"].sandboxes, 10);
+    }
+}

@@ -1,0 +1,326 @@
+//! Persistence.
+//!
+//! What we store, and why: only **intent** — the hosts the controller may schedule onto
+//! (with the capacity they last reported, so a restarted controller can schedule before
+//! the first heartbeat round completes) and the sandboxes it has promised to run (with
+//! the host each one was placed on and the resources reserved for it). Everything else
+//! (agent connections, observed VM state, background loop state) is rebuilt at start
+//! from this and from the agents. Another replica sharing the PostgreSQL database can
+//! therefore take over at any time.
+//!
+//! Two dialects implement [`Store`]: SQLite (embedded default) and PostgreSQL
+//! (production). Migrations live per dialect in `controller/migrations/`.
+
+mod postgres;
+mod rows;
+mod sqlite;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use fluid_client::types::{HostState, Sandbox, SandboxState};
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// Sandbox states that hold resources on their host.
+pub const LIVE_STATES: [SandboxState; 4] = [
+    SandboxState::Created,
+    SandboxState::Starting,
+    SandboxState::Running,
+    SandboxState::Stopped,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Db(String),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(e.to_string()),
+            _ => Self::Db(e.to_string()),
+        }
+    }
+}
+
+/// Why a reservation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReserveError {
+    /// The host is gone, not online, or too full (a lost race with another create).
+    #[error("{0}")]
+    NoRoom(String),
+    #[error("a live sandbox named {0:?} already exists")]
+    DuplicateName(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A registered host-agent, with the capacity it last reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostRecord {
+    pub name: String,
+    pub address: String,
+    pub state: HostState,
+    pub cpus_total: u32,
+    pub memory_mb_total: u64,
+    pub images: Vec<String>,
+    pub agent_version: Option<String>,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub missed_beats: u32,
+    pub last_error: Option<String>,
+}
+
+/// Resources promised to a host's live sandboxes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostUsage {
+    pub cpus: u64,
+    pub memory_mb: u64,
+    pub sandboxes: u64,
+}
+
+/// Checks that `cpus`/`memory_mb` still fit on `host` given `usage`: memory within
+/// total − reserved, vCPUs within total × ratio − reserved. `Err` says what is short.
+pub fn check_room(
+    host: &HostRecord,
+    usage: HostUsage,
+    cpus: u32,
+    memory_mb: u64,
+    ratio: f64,
+) -> Result<(), String> {
+    let mem_free = free_memory(host, usage);
+    if (memory_mb as i64) > mem_free {
+        return Err(format!(
+            "{} MiB memory free < {memory_mb} requested",
+            mem_free.max(0)
+        ));
+    }
+    let cpu_free = free_cpus(host, usage, ratio);
+    if i64::from(cpus) > cpu_free {
+        return Err(format!(
+            "{} vCPUs free (over-commit {ratio}) < {cpus} requested",
+            cpu_free.max(0)
+        ));
+    }
+    Ok(())
+}
+
+pub fn free_memory(host: &HostRecord, usage: HostUsage) -> i64 {
+    host.memory_mb_total as i64 - usage.memory_mb as i64
+}
+
+pub fn free_cpus(host: &HostRecord, usage: HostUsage, ratio: f64) -> i64 {
+    (f64::from(host.cpus_total) * ratio).floor() as i64 - usage.cpus as i64
+}
+
+/// What a heartbeat learned about a host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Beat {
+    pub cpus_total: u32,
+    pub memory_mb_total: u64,
+    pub images: Vec<String>,
+    pub agent_version: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A sandbox row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxRecord {
+    pub id: String,
+    pub job_id: String,
+    pub agent_id: String,
+    pub sandbox_name: String,
+    pub base_image: String,
+    pub network: String,
+    pub ip_address: Option<String>,
+    pub state: SandboxState,
+    pub ttl_seconds: Option<i64>,
+    pub host_name: Option<String>,
+    pub cpu: u32,
+    pub memory_mb: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub error: Option<String>,
+}
+
+impl SandboxRecord {
+    pub fn is_live(&self) -> bool {
+        LIVE_STATES.contains(&self.state)
+    }
+
+    pub fn to_api(&self) -> Sandbox {
+        Sandbox {
+            id: self.id.clone(),
+            job_id: self.job_id.clone(),
+            agent_id: self.agent_id.clone(),
+            sandbox_name: self.sandbox_name.clone(),
+            base_image: self.base_image.clone(),
+            network: self.network.clone(),
+            ip_address: self.ip_address.clone(),
+            state: self.state,
+            ttl_seconds: self.ttl_seconds,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            host_name: self.host_name.clone(),
+            cpu: self.cpu,
+            memory_mb: self.memory_mb,
+        }
+    }
+}
+
+/// A sandbox to insert once its host is checked to have room.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reservation {
+    pub id: String,
+    pub job_id: String,
+    pub agent_id: String,
+    pub sandbox_name: String,
+    pub base_image: String,
+    pub ttl_seconds: Option<i64>,
+    pub host_name: String,
+    pub cpu: u32,
+    pub memory_mb: u64,
+    pub cpu_overcommit_ratio: f64,
+    pub now: DateTime<Utc>,
+}
+
+/// A change to a sandbox row. `None` fields are left as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxUpdate {
+    pub state: Option<SandboxState>,
+    pub ip_address: Option<Option<String>>,
+    pub network: Option<String>,
+    pub error: Option<Option<String>>,
+    /// Apply only when the row is still in this state (compare-and-set).
+    pub expect_state: Option<SandboxState>,
+}
+
+/// `GET /v1/sandboxes` filters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxFilter {
+    pub agent_id: Option<String>,
+    pub job_id: Option<String>,
+    pub base_image: Option<String>,
+    pub state: Option<SandboxState>,
+    pub sandbox_name: Option<String>,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+/// Held while a background loop runs one tick; only one replica holds a given key.
+/// Dropping it releases the lock.
+pub struct LoopLock {
+    pub(super) tx: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
+}
+
+impl LoopLock {
+    /// Releases the lock now (dropping it releases it too, a moment later).
+    pub async fn release(self) {
+        if let Some(tx) = self.tx
+            && let Err(e) = tx.rollback().await
+        {
+            tracing::debug!(error = %e, "releasing a loop lock");
+        }
+    }
+}
+
+impl std::fmt::Debug for LoopLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoopLock")
+    }
+}
+
+/// Background loops that must run on one replica at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopKey {
+    Heartbeat = 0x666c_7501,
+    Reconciler = 0x666c_7502,
+    Janitor = 0x666c_7503,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Runs a trivial query: is the database reachable?
+    async fn ping(&self) -> Result<(), StoreError>;
+    async fn close(&self);
+
+    /// Adds a host, or updates its address when it exists.
+    async fn upsert_host(&self, name: &str, address: &str) -> Result<(), StoreError>;
+    /// Adds a new host; [`StoreError::Conflict`] when the name is taken.
+    async fn insert_host(
+        &self,
+        name: &str,
+        address: &str,
+        now: DateTime<Utc>,
+    ) -> Result<HostRecord, StoreError>;
+    async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
+    async fn record_beat(&self, name: &str, beat: &Beat) -> Result<(), StoreError>;
+    /// Counts a missed beat; the host goes OFFLINE after `offline_after` of them.
+    async fn record_missed_beat(
+        &self,
+        name: &str,
+        error: &str,
+        offline_after: u32,
+    ) -> Result<(), StoreError>;
+    /// Resources held by live sandboxes, per host.
+    async fn host_usage(&self) -> Result<HashMap<String, HostUsage>, StoreError>;
+
+    /// Atomically: lock the host, check the sandbox still fits, insert it (CREATED).
+    async fn reserve(&self, r: &Reservation) -> Result<SandboxRecord, ReserveError>;
+    async fn get_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError>;
+    /// A page of sandboxes (newest first) and the total matching the filter.
+    async fn list_sandboxes(
+        &self,
+        f: &SandboxFilter,
+    ) -> Result<(Vec<SandboxRecord>, u64), StoreError>;
+    async fn sandboxes_on_host(&self, host: &str) -> Result<Vec<SandboxRecord>, StoreError>;
+    /// Non-destroyed sandboxes with a TTL.
+    async fn sandboxes_with_ttl(&self) -> Result<Vec<SandboxRecord>, StoreError>;
+    /// Applies `u`; `None` when the row does not exist (or `expect_state` did not match).
+    async fn update_sandbox(
+        &self,
+        id: &str,
+        u: &SandboxUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SandboxRecord>, StoreError>;
+
+    /// `Some` when this replica may run the loop's next tick.
+    async fn try_lock_loop(&self, key: LoopKey) -> Result<Option<LoopLock>, StoreError>;
+}
+
+/// Opens the store named by `database_url` (or SQLite at `data_dir/fluid.db`) and runs
+/// its migrations.
+pub async fn open(
+    database_url: Option<&str>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    use anyhow::Context as _;
+    match database_url {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(std::sync::Arc::new(PgStore::connect(url).await?))
+        }
+        Some(url) => Ok(std::sync::Arc::new(SqliteStore::connect_url(url).await?)),
+        None => {
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("creating {}", data_dir.display()))?;
+            let path = data_dir.join("fluid.db");
+            Ok(std::sync::Arc::new(SqliteStore::open_file(&path).await?))
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,276 @@
+//! PostgreSQL: production, and the path to several controller replicas. A reservation
+//! locks the host row (`SELECT … FOR UPDATE`) for its transaction, so concurrent
+//! creates on any replica serialise per host; background loops take a transaction-level
+//! advisory lock per tick so only one replica runs each.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::types::Json;
+use sqlx::{PgPool, Postgres};
+
+use super::rows::{self, HostRow, OneUsageRow, SandboxRow, UsageRow};
+use super::{
+    Beat, HostRecord, HostUsage, LoopKey, LoopLock, Reservation, ReserveError, SandboxFilter,
+    SandboxRecord, SandboxUpdate, Store, StoreError, check_room,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to `url` and migrates the database.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("database_url: {e}")))?;
+        Self::connect_with(opts).await
+    }
+
+    /// Connects with explicit options (tests use a private `search_path`) and migrates.
+    pub async fn connect_with(opts: PgConnectOptions) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Db(format!("migrating: {e}")))?;
+        Ok(Self { pool })
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn upsert_host(&self, name: &str, address: &str) -> Result<(), StoreError> {
+        sqlx::query(rows::UPSERT_HOST)
+            .bind(name)
+            .bind(address)
+            .bind(Utc::now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_host(
+        &self,
+        name: &str,
+        address: &str,
+        now: DateTime<Utc>,
+    ) -> Result<HostRecord, StoreError> {
+        let row: HostRow = sqlx::query_as(rows::INSERT_HOST)
+            .bind(name)
+            .bind(address)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| rows::unique_or(e, || format!("host {name:?}")))?;
+        row.try_into()
+    }
+
+    async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let rs: Vec<HostRow> = sqlx::query_as(rows::LIST_HOSTS)
+            .fetch_all(&self.pool)
+            .await?;
+        rows::hosts(rs)
+    }
+
+    async fn record_beat(&self, name: &str, beat: &Beat) -> Result<(), StoreError> {
+        sqlx::query(rows::RECORD_BEAT)
+            .bind(name)
+            .bind(i64::from(beat.cpus_total))
+            .bind(beat.memory_mb_total as i64)
+            .bind(Json(&beat.images))
+            .bind(&beat.agent_version)
+            .bind(beat.at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_missed_beat(
+        &self,
+        name: &str,
+        error: &str,
+        offline_after: u32,
+    ) -> Result<(), StoreError> {
+        sqlx::query(rows::MISSED_BEAT)
+            .bind(name)
+            .bind(error)
+            .bind(i64::from(offline_after))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn host_usage(&self) -> Result<HashMap<String, HostUsage>, StoreError> {
+        let rs: Vec<UsageRow> = sqlx::query_as(rows::HOST_USAGE)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rs
+            .into_iter()
+            .filter_map(|r| {
+                let host = r.host_name?;
+                Some((
+                    host,
+                    HostUsage::from(OneUsageRow {
+                        cpus: r.cpus,
+                        memory_mb: r.memory_mb,
+                        sandboxes: r.sandboxes,
+                    }),
+                ))
+            })
+            .collect())
+    }
+
+    async fn reserve(&self, r: &Reservation) -> Result<SandboxRecord, ReserveError> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        let host: Option<HostRow> = sqlx::query_as(rows::HOST_BY_NAME_FOR_UPDATE)
+            .bind(&r.host_name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        let host = HostRecord::try_from(host.ok_or_else(|| {
+            ReserveError::NoRoom(format!("host {} is no longer registered", r.host_name))
+        })?)?;
+        if host.state != fluid_client::types::HostState::Online {
+            return Err(ReserveError::NoRoom(
+                format!("{:?}", host.state).to_lowercase(),
+            ));
+        }
+        let usage: OneUsageRow = sqlx::query_as(rows::ONE_HOST_USAGE)
+            .bind(&r.host_name)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        check_room(
+            &host,
+            usage.into(),
+            r.cpu,
+            r.memory_mb,
+            r.cpu_overcommit_ratio,
+        )
+        .map_err(ReserveError::NoRoom)?;
+        let row: SandboxRow = insert_sandbox(r).fetch_one(&mut *tx).await.map_err(|e| {
+            match rows::unique_or(e, String::new) {
+                StoreError::Conflict(_) => ReserveError::DuplicateName(r.sandbox_name.clone()),
+                other => ReserveError::Store(other),
+            }
+        })?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(row.try_into()?)
+    }
+
+    async fn get_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError> {
+        let row: Option<SandboxRow> = sqlx::query_as(rows::GET_SANDBOX)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(SandboxRecord::try_from).transpose()
+    }
+
+    async fn list_sandboxes(
+        &self,
+        f: &SandboxFilter,
+    ) -> Result<(Vec<SandboxRecord>, u64), StoreError> {
+        let state = f.state.map(|s| s.as_str());
+        let rs: Vec<SandboxRow> = sqlx::query_as(rows::LIST_SANDBOXES)
+            .bind(&f.agent_id)
+            .bind(&f.job_id)
+            .bind(&f.base_image)
+            .bind(state)
+            .bind(&f.sandbox_name)
+            .bind(i64::from(f.limit))
+            .bind(i64::try_from(f.offset).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        let (total,): (i64,) = sqlx::query_as(rows::COUNT_SANDBOXES)
+            .bind(&f.agent_id)
+            .bind(&f.job_id)
+            .bind(&f.base_image)
+            .bind(state)
+            .bind(&f.sandbox_name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((rows::sandboxes(rs)?, total.max(0) as u64))
+    }
+
+    async fn sandboxes_on_host(&self, host: &str) -> Result<Vec<SandboxRecord>, StoreError> {
+        let rs: Vec<SandboxRow> = sqlx::query_as(rows::SANDBOXES_ON_HOST)
+            .bind(host)
+            .fetch_all(&self.pool)
+            .await?;
+        rows::sandboxes(rs)
+    }
+
+    async fn sandboxes_with_ttl(&self) -> Result<Vec<SandboxRecord>, StoreError> {
+        let rs: Vec<SandboxRow> = sqlx::query_as(rows::SANDBOXES_WITH_TTL)
+            .fetch_all(&self.pool)
+            .await?;
+        rows::sandboxes(rs)
+    }
+
+    async fn update_sandbox(
+        &self,
+        id: &str,
+        u: &SandboxUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SandboxRecord>, StoreError> {
+        let row: Option<SandboxRow> = sqlx::query_as(rows::UPDATE_SANDBOX)
+            .bind(id)
+            .bind(u.state.map(|s| s.as_str()))
+            .bind(u.ip_address.is_some())
+            .bind(u.ip_address.clone().flatten())
+            .bind(&u.network)
+            .bind(u.error.is_some())
+            .bind(u.error.clone().flatten())
+            .bind(now)
+            .bind(u.expect_state.map(|s| s.as_str()))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(SandboxRecord::try_from).transpose()
+    }
+
+    async fn try_lock_loop(&self, key: LoopKey) -> Result<Option<LoopLock>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(key as i64)
+            .fetch_one(&mut *tx)
+            .await?;
+        Ok(got.then_some(LoopLock { tx: Some(tx) }))
+    }
+}
+
+fn insert_sandbox(
+    r: &Reservation,
+) -> sqlx::query::QueryAs<'_, Postgres, SandboxRow, sqlx::postgres::PgArguments> {
+    sqlx::query_as(rows::INSERT_SANDBOX)
+        .bind(&r.id)
+        .bind(&r.job_id)
+        .bind(&r.agent_id)
+        .bind(&r.sandbox_name)
+        .bind(&r.base_image)
+        .bind(r.ttl_seconds)
+        .bind(&r.host_name)
+        .bind(i64::from(r.cpu))
+        .bind(r.memory_mb as i64)
+        .bind(r.now)
+}

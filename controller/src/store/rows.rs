@@ -1,0 +1,197 @@
+//! Row shapes and SQL shared by both dialects. The statements use `$N` placeholders,
+//! `ON CONFLICT` and `RETURNING`, which SQLite and PostgreSQL both understand; what
+//! differs (locking, column types) lives in each dialect's file and migrations.
+
+use chrono::{DateTime, Utc};
+use fluid_client::types::{HostState, SandboxState};
+use sqlx::types::Json;
+
+use super::{HostRecord, SandboxRecord, StoreError};
+
+pub(super) const UPSERT_HOST: &str = "INSERT INTO hosts (name, address, state, created_at) VALUES ($1, $2, 'UNKNOWN', $3) \
+     ON CONFLICT (name) DO UPDATE SET address = excluded.address";
+
+pub(super) const INSERT_HOST: &str = "INSERT INTO hosts (name, address, state, created_at) VALUES ($1, $2, 'UNKNOWN', $3) \
+     RETURNING name, address, state, cpus_total, memory_mb_total, images, agent_version, last_seen, missed_beats, last_error";
+
+pub(super) const LIST_HOSTS: &str = "SELECT name, address, state, cpus_total, memory_mb_total, images, agent_version, last_seen, missed_beats, last_error \
+     FROM hosts ORDER BY name";
+
+pub(super) const HOST_BY_NAME: &str = "SELECT name, address, state, cpus_total, memory_mb_total, images, agent_version, last_seen, missed_beats, last_error \
+     FROM hosts WHERE name = $1";
+
+/// PostgreSQL: the same, locking the row until the transaction ends.
+pub(super) const HOST_BY_NAME_FOR_UPDATE: &str = "SELECT name, address, state, cpus_total, memory_mb_total, images, agent_version, last_seen, missed_beats, last_error \
+     FROM hosts WHERE name = $1 FOR UPDATE";
+
+pub(super) const RECORD_BEAT: &str = "UPDATE hosts SET state = 'ONLINE', cpus_total = $2, memory_mb_total = $3, images = $4, \
+     agent_version = $5, last_seen = $6, missed_beats = 0, last_error = NULL WHERE name = $1";
+
+pub(super) const MISSED_BEAT: &str = "UPDATE hosts SET missed_beats = missed_beats + 1, last_error = $2, \
+     state = CASE WHEN missed_beats + 1 >= $3 THEN 'OFFLINE' ELSE state END WHERE name = $1";
+
+pub(super) const HOST_USAGE: &str = "SELECT host_name, CAST(COALESCE(SUM(cpu), 0) AS BIGINT) AS cpus, \
+     CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT) AS memory_mb, COUNT(*) AS sandboxes FROM sandboxes \
+     WHERE host_name IS NOT NULL AND state IN ('CREATED', 'STARTING', 'RUNNING', 'STOPPED') GROUP BY host_name";
+
+pub(super) const ONE_HOST_USAGE: &str = "SELECT CAST(COALESCE(SUM(cpu), 0) AS BIGINT) AS cpus, \
+     CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT) AS memory_mb, COUNT(*) AS sandboxes FROM sandboxes \
+     WHERE host_name = $1 AND state IN ('CREATED', 'STARTING', 'RUNNING', 'STOPPED')";
+
+pub(super) const INSERT_SANDBOX: &str = "INSERT INTO sandboxes (id, job_id, agent_id, sandbox_name, base_image, network, ip_address, state, \
+     ttl_seconds, host_name, cpu, memory_mb, created_at, updated_at, error) \
+     VALUES ($1, $2, $3, $4, $5, '', NULL, 'CREATED', $6, $7, $8, $9, $10, $10, NULL) \
+     RETURNING id, job_id, agent_id, sandbox_name, base_image, network, ip_address, state, ttl_seconds, host_name, cpu, memory_mb, created_at, updated_at, error";
+
+pub(super) const GET_SANDBOX: &str = "SELECT id, job_id, agent_id, sandbox_name, base_image, network, ip_address, state, ttl_seconds, host_name, cpu, memory_mb, created_at, updated_at, error \
+     FROM sandboxes WHERE id = $1";
+
+pub(super) const LIST_SANDBOXES: &str = "SELECT id, job_id, agent_id, sandbox_name, base_image, network, ip_address, state, ttl_seconds, host_name, cpu, memory_mb, created_at, updated_at, error \
+     FROM sandboxes WHERE ($1 IS NULL OR agent_id = $1) AND ($2 IS NULL OR job_id = $2) AND ($3 IS NULL OR base_image = $3) \
+     AND ($4 IS NULL OR state = $4) AND ($5 IS NULL OR sandbox_name = $5) \
+     ORDER BY created_at DESC, id LIMIT $6 OFFSET $7";
+
+pub(super) const COUNT_SANDBOXES: &str = "SELECT COUNT(*) FROM sandboxes WHERE ($1 IS NULL OR agent_id = $1) AND ($2 IS NULL OR job_id = $2) \
+     AND ($3 IS NULL OR base_image = $3) AND ($4 IS NULL OR state = $4) AND ($5 IS NULL OR sandbox_name = $5)";
+
+pub(super) const SANDBOXES_ON_HOST: &str = "SELECT id, job_id, agent_id, sandbox_name, base_image, network, ip_address, state, ttl_seconds, host_name, cpu, memory_mb, created_at, updated_at, error \
+     FROM sandboxes WHERE host_name = $1";
+
+pub(super) const SANDBOXES_WITH_TTL: &str = "SELECT id, job_id, agent_id, sandbox_name, base_image, network, ip_address, state, ttl_seconds, host_name, cpu, memory_mb, created_at, updated_at, error \
+     FROM sandboxes WHERE ttl_seconds IS NOT NULL AND state <> 'DESTROYED'";
+
+pub(super) const UPDATE_SANDBOX: &str = "UPDATE sandboxes SET state = COALESCE($2, state), \
+     ip_address = CASE WHEN $3 THEN $4 ELSE ip_address END, network = COALESCE($5, network), \
+     error = CASE WHEN $6 THEN $7 ELSE error END, updated_at = $8 \
+     WHERE id = $1 AND ($9 IS NULL OR state = $9) \
+     RETURNING id, job_id, agent_id, sandbox_name, base_image, network, ip_address, state, ttl_seconds, host_name, cpu, memory_mb, created_at, updated_at, error";
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct HostRow {
+    name: String,
+    address: String,
+    state: String,
+    cpus_total: i64,
+    memory_mb_total: i64,
+    images: Json<Vec<String>>,
+    agent_version: Option<String>,
+    last_seen: Option<DateTime<Utc>>,
+    missed_beats: i64,
+    last_error: Option<String>,
+}
+
+impl TryFrom<HostRow> for HostRecord {
+    type Error = StoreError;
+    fn try_from(r: HostRow) -> Result<Self, StoreError> {
+        let state = match r.state.as_str() {
+            "UNKNOWN" => HostState::Unknown,
+            "ONLINE" => HostState::Online,
+            "OFFLINE" => HostState::Offline,
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "host {}: state {other:?}",
+                    r.name
+                )));
+            }
+        };
+        Ok(Self {
+            name: r.name,
+            address: r.address,
+            state,
+            cpus_total: u32::try_from(r.cpus_total).unwrap_or(0),
+            memory_mb_total: u64::try_from(r.memory_mb_total).unwrap_or(0),
+            images: r.images.0,
+            agent_version: r.agent_version,
+            last_seen: r.last_seen,
+            missed_beats: u32::try_from(r.missed_beats).unwrap_or(u32::MAX),
+            last_error: r.last_error,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct UsageRow {
+    pub host_name: Option<String>,
+    pub cpus: i64,
+    pub memory_mb: i64,
+    pub sandboxes: i64,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct OneUsageRow {
+    pub cpus: i64,
+    pub memory_mb: i64,
+    pub sandboxes: i64,
+}
+
+impl From<OneUsageRow> for super::HostUsage {
+    fn from(r: OneUsageRow) -> Self {
+        Self {
+            cpus: r.cpus.max(0) as u64,
+            memory_mb: r.memory_mb.max(0) as u64,
+            sandboxes: r.sandboxes.max(0) as u64,
+        }
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct SandboxRow {
+    id: String,
+    job_id: String,
+    agent_id: String,
+    sandbox_name: String,
+    base_image: String,
+    network: String,
+    ip_address: Option<String>,
+    state: String,
+    ttl_seconds: Option<i64>,
+    host_name: Option<String>,
+    cpu: i64,
+    memory_mb: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    error: Option<String>,
+}
+
+impl TryFrom<SandboxRow> for SandboxRecord {
+    type Error = StoreError;
+    fn try_from(r: SandboxRow) -> Result<Self, StoreError> {
+        let state = SandboxState::parse(&r.state)
+            .ok_or_else(|| StoreError::Corrupt(format!("sandbox {}: state {:?}", r.id, r.state)))?;
+        Ok(Self {
+            id: r.id,
+            job_id: r.job_id,
+            agent_id: r.agent_id,
+            sandbox_name: r.sandbox_name,
+            base_image: r.base_image,
+            network: r.network,
+            ip_address: r.ip_address,
+            state,
+            ttl_seconds: r.ttl_seconds,
+            host_name: r.host_name,
+            cpu: u32::try_from(r.cpu).unwrap_or(0),
+            memory_mb: u64::try_from(r.memory_mb).unwrap_or(0),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            error: r.error,
+        })
+    }
+}
+
+pub(super) fn sandboxes(rows: Vec<SandboxRow>) -> Result<Vec<SandboxRecord>, StoreError> {
+    rows.into_iter().map(SandboxRecord::try_from).collect()
+}
+
+pub(super) fn hosts(rows: Vec<HostRow>) -> Result<Vec<HostRecord>, StoreError> {
+    rows.into_iter().map(HostRecord::try_from).collect()
+}
+
+/// Maps an insert failure: a unique violation is a conflict on `what`.
+pub(super) fn unique_or(e: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
+    if let sqlx::Error::Database(db) = &e
+        && db.is_unique_violation()
+    {
+        return StoreError::Conflict(what());
+    }
+    e.into()
+}

@@ -1,0 +1,441 @@
+//! One suite, run against SQLite (a temp file) and PostgreSQL (a private schema in
+//! `FLUID_TEST_DATABASE_URL`; skipped with a notice when it is unset).
+
+use std::str::FromStr as _;
+use std::sync::Arc;
+
+use chrono::Utc;
+use fluid_client::types::{HostState, SandboxState};
+use sqlx::postgres::{PgConnectOptions, PgPool};
+
+use super::*;
+
+pub(crate) async fn sqlite(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+    Arc::new(
+        SqliteStore::open_file(&dir.path().join("fluid.db"))
+            .await
+            .expect("open sqlite"),
+    )
+}
+
+pub(crate) struct TestPg {
+    pub store: Arc<dyn Store>,
+    admin: PgPool,
+    schema: String,
+}
+
+impl TestPg {
+    pub async fn cleanup(self) {
+        self.store.close().await;
+        let drop = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema);
+        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(drop))
+            .execute(&self.admin)
+            .await
+        {
+            eprintln!("notice: dropping test schema {}: {e}", self.schema);
+        }
+        self.admin.close().await;
+    }
+}
+
+/// A store in a fresh schema of the test PostgreSQL, or `None` (with a notice).
+pub(crate) async fn pg() -> Option<TestPg> {
+    let Ok(url) = std::env::var("FLUID_TEST_DATABASE_URL") else {
+        eprintln!("notice: FLUID_TEST_DATABASE_URL is unset; skipping the PostgreSQL run");
+        return None;
+    };
+    let admin = PgPool::connect(&url)
+        .await
+        .expect("connect to FLUID_TEST_DATABASE_URL");
+    // new_id yields lowercase letters and digits only: safe as an identifier.
+    let schema = crate::sandboxes::new_id("fluid_test_");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .expect("create schema");
+    let opts = PgConnectOptions::from_str(&url)
+        .expect("url")
+        .options([("search_path", schema.as_str())]);
+    let store = PgStore::connect_with(opts).await.expect("open pg store");
+    Some(TestPg {
+        store: Arc::new(store),
+        admin,
+        schema,
+    })
+}
+
+macro_rules! both {
+    ($($suite:ident),* $(,)?) => {$(
+        mod $suite {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().expect("tmp");
+                super::$suite(super::sqlite(&dir).await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(pg) = super::pg().await else { return };
+                super::$suite(pg.store.clone()).await;
+                pg.cleanup().await;
+            }
+        }
+    )*};
+}
+
+both!(
+    hosts_lifecycle,
+    reservations_check_room_and_names,
+    list_filters_and_updates,
+    concurrent_reservations_never_overbook,
+    loop_locks,
+);
+
+pub(crate) async fn beat(store: &dyn Store, name: &str, cpus: u32, mem: u64, images: &[&str]) {
+    store
+        .record_beat(
+            name,
+            &Beat {
+                cpus_total: cpus,
+                memory_mb_total: mem,
+                images: images.iter().map(|s| s.to_string()).collect(),
+                agent_version: "0.1.0".into(),
+                at: Utc::now(),
+            },
+        )
+        .await
+        .expect("beat");
+}
+
+fn reservation(i: usize, host: &str, cpu: u32, mem: u64) -> Reservation {
+    Reservation {
+        id: format!("SBX-t{i:09}"),
+        job_id: format!("JOB-t{i:09}"),
+        agent_id: if i.is_multiple_of(2) { "even" } else { "odd" }.into(),
+        sandbox_name: format!("vm-{i}"),
+        base_image: "debian-12".into(),
+        ttl_seconds: i.is_multiple_of(3).then_some(60),
+        host_name: host.into(),
+        cpu,
+        memory_mb: mem,
+        cpu_overcommit_ratio: 4.0,
+        now: Utc::now(),
+    }
+}
+
+async fn host(store: &dyn Store, name: &str) -> HostRecord {
+    store
+        .list_hosts()
+        .await
+        .expect("hosts")
+        .into_iter()
+        .find(|h| h.name == name)
+        .expect("host exists")
+}
+
+async fn hosts_lifecycle(store: Arc<dyn Store>) {
+    let s = &*store;
+    s.ping().await.expect("ping");
+    s.upsert_host("h1", "h1:7443").await.expect("upsert");
+    s.upsert_host("h1", "h1.lab:7443")
+        .await
+        .expect("upsert again");
+    let err = s
+        .insert_host("h1", "x:1", Utc::now())
+        .await
+        .expect_err("dup");
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    let h0 = s
+        .insert_host("h0", "h0:7443", Utc::now())
+        .await
+        .expect("insert");
+    assert_eq!(h0.state, HostState::Unknown);
+    assert!(h0.images.is_empty() && h0.last_seen.is_none());
+
+    let names: Vec<String> = s
+        .list_hosts()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|h| h.name)
+        .collect();
+    assert_eq!(names, ["h0", "h1"]);
+    let h1 = host(s, "h1").await;
+    assert_eq!(
+        (h1.address.as_str(), h1.state),
+        ("h1.lab:7443", HostState::Unknown)
+    );
+
+    beat(s, "h1", 8, 16384, &["debian-12", "ubuntu"]).await;
+    let h1 = host(s, "h1").await;
+    assert_eq!(h1.state, HostState::Online);
+    assert_eq!((h1.cpus_total, h1.memory_mb_total), (8, 16384));
+    assert_eq!(h1.images, ["debian-12", "ubuntu"]);
+    assert!(h1.last_seen.is_some());
+
+    for i in 1..=3 {
+        s.record_missed_beat("h1", "connection refused", 3)
+            .await
+            .expect("miss");
+        let h = host(s, "h1").await;
+        assert_eq!(h.missed_beats, i);
+        let want = if i < 3 {
+            HostState::Online
+        } else {
+            HostState::Offline
+        };
+        assert_eq!(h.state, want, "after {i} missed beats");
+        assert_eq!(h.last_error.as_deref(), Some("connection refused"));
+    }
+    beat(s, "h1", 8, 16384, &["debian-12"]).await;
+    let h1 = host(s, "h1").await;
+    assert_eq!(
+        (h1.state, h1.missed_beats, h1.last_error),
+        (HostState::Online, 0, None)
+    );
+}
+
+async fn reservations_check_room_and_names(store: Arc<dyn Store>) {
+    let s = &*store;
+    s.upsert_host("h1", "h1:7443").await.expect("host");
+    // Not yet online: no reservation.
+    let e = s
+        .reserve(&reservation(0, "h1", 1, 512))
+        .await
+        .expect_err("unknown state");
+    assert!(matches!(e, ReserveError::NoRoom(_)), "{e}");
+    beat(s, "h1", 1, 1024, &["debian-12"]).await;
+
+    let r0 = s
+        .reserve(&reservation(0, "h1", 1, 512))
+        .await
+        .expect("fits");
+    assert_eq!(r0.state, SandboxState::Created);
+    assert_eq!(r0.host_name.as_deref(), Some("h1"));
+    assert_eq!((r0.cpu, r0.memory_mb, r0.ttl_seconds), (1, 512, Some(60)));
+
+    let mut dup = reservation(1, "h1", 1, 128);
+    dup.sandbox_name = r0.sandbox_name.clone();
+    let e = s.reserve(&dup).await.expect_err("dup name");
+    assert!(matches!(e, ReserveError::DuplicateName(_)), "{e}");
+
+    let e = s
+        .reserve(&reservation(2, "h1", 1, 1024))
+        .await
+        .expect_err("memory");
+    assert!(e.to_string().contains("512 MiB memory free < 1024"), "{e}");
+    // 1 CPU × 4.0 = 4 vCPUs.
+    let e = s
+        .reserve(&reservation(3, "h1", 4, 128))
+        .await
+        .expect_err("cpus");
+    assert!(e.to_string().contains("vCPUs"), "{e}");
+    let e = s
+        .reserve(&reservation(4, "nope", 1, 128))
+        .await
+        .expect_err("no host");
+    assert!(matches!(e, ReserveError::NoRoom(_)), "{e}");
+
+    let usage = s.host_usage().await.expect("usage");
+    assert_eq!(
+        usage["h1"],
+        HostUsage {
+            cpus: 1,
+            memory_mb: 512,
+            sandboxes: 1
+        }
+    );
+
+    // A destroyed sandbox frees its name and its resources.
+    s.update_sandbox(
+        &r0.id,
+        &SandboxUpdate {
+            state: Some(SandboxState::Destroyed),
+            ..Default::default()
+        },
+        Utc::now(),
+    )
+    .await
+    .expect("update")
+    .expect("row");
+    let mut again = reservation(5, "h1", 1, 1024);
+    again.sandbox_name = r0.sandbox_name.clone();
+    s.reserve(&again)
+        .await
+        .expect("name and room are free again");
+
+    s.record_missed_beat("h1", "down", 1)
+        .await
+        .expect("offline");
+    let e = s
+        .reserve(&reservation(6, "h1", 1, 128))
+        .await
+        .expect_err("offline");
+    assert!(e.to_string().contains("offline"), "{e}");
+}
+
+async fn list_filters_and_updates(store: Arc<dyn Store>) {
+    let s = &*store;
+    s.upsert_host("h1", "h1:7443").await.expect("host");
+    beat(s, "h1", 64, 1 << 20, &["debian-12"]).await;
+    let before = Utc::now();
+    for i in 0..7 {
+        s.reserve(&reservation(i, "h1", 1, 128))
+            .await
+            .expect("reserve");
+    }
+    let all = SandboxFilter {
+        limit: 100,
+        ..Default::default()
+    };
+    let (rows, total) = s.list_sandboxes(&all).await.expect("list");
+    assert_eq!((rows.len(), total), (7, 7));
+    // Newest first.
+    assert!(rows.windows(2).all(|w| w[0].created_at >= w[1].created_at));
+    let r = &rows[0];
+    assert!((r.created_at - before).num_seconds().abs() < 60);
+
+    let (rows, total) = s
+        .list_sandboxes(&SandboxFilter {
+            agent_id: Some("even".into()),
+            limit: 2,
+            offset: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!((rows.len(), total), (2, 4));
+    assert!(rows.iter().all(|r| r.agent_id == "even"));
+
+    let (rows, total) = s
+        .list_sandboxes(&SandboxFilter {
+            sandbox_name: Some("vm-3".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!((rows.len(), total), (1, 1));
+    let id = rows[0].id.clone();
+
+    let up = s
+        .update_sandbox(
+            &id,
+            &SandboxUpdate {
+                state: Some(SandboxState::Running),
+                ip_address: Some(Some("192.168.122.10".into())),
+                network: Some("default".into()),
+                ..Default::default()
+            },
+            Utc::now(),
+        )
+        .await
+        .expect("update")
+        .expect("row");
+    assert_eq!(up.state, SandboxState::Running);
+    assert_eq!(up.ip_address.as_deref(), Some("192.168.122.10"));
+    assert_eq!(up.network, "default");
+    assert!(up.updated_at >= up.created_at);
+
+    // Compare-and-set: a stale expectation changes nothing.
+    let stale = s
+        .update_sandbox(
+            &id,
+            &SandboxUpdate {
+                state: Some(SandboxState::Error),
+                expect_state: Some(SandboxState::Stopped),
+                ..Default::default()
+            },
+            Utc::now(),
+        )
+        .await
+        .expect("update");
+    assert!(stale.is_none());
+    let (running, _) = s
+        .list_sandboxes(&SandboxFilter {
+            state: Some(SandboxState::Running),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(running.len(), 1);
+    // Leaving fields alone, clearing the IP.
+    let cleared = s
+        .update_sandbox(
+            &id,
+            &SandboxUpdate {
+                ip_address: Some(None),
+                ..Default::default()
+            },
+            Utc::now(),
+        )
+        .await
+        .expect("update")
+        .expect("row");
+    assert_eq!(
+        (cleared.state, cleared.ip_address),
+        (SandboxState::Running, None)
+    );
+
+    assert!(
+        s.get_sandbox("SBX-missing000")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert_eq!(s.get_sandbox(&id).await.expect("get").expect("row").id, id);
+    assert_eq!(s.sandboxes_on_host("h1").await.expect("on host").len(), 7);
+    // i = 0, 3, 6 have a TTL.
+    assert_eq!(s.sandboxes_with_ttl().await.expect("ttl").len(), 3);
+}
+
+async fn concurrent_reservations_never_overbook(store: Arc<dyn Store>) {
+    store.upsert_host("h1", "h1:7443").await.expect("host");
+    // Room for exactly 10 sandboxes of 512 MiB.
+    beat(&*store, "h1", 64, 5120, &["debian-12"]).await;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.reserve(&reservation(i, "h1", 1, 512)).await
+        }));
+    }
+    let (mut ok, mut full) = (0, 0);
+    for t in tasks {
+        match t.await.expect("join") {
+            Ok(_) => ok += 1,
+            Err(ReserveError::NoRoom(_)) => full += 1,
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert_eq!((ok, full), (10, 40));
+    let usage = store.host_usage().await.expect("usage");
+    assert_eq!(
+        usage["h1"],
+        HostUsage {
+            cpus: 10,
+            memory_mb: 5120,
+            sandboxes: 10
+        }
+    );
+}
+
+async fn loop_locks(store: Arc<dyn Store>) {
+    let first = store.try_lock_loop(LoopKey::Janitor).await.expect("lock");
+    assert!(first.is_some());
+    let second = store.try_lock_loop(LoopKey::Janitor).await.expect("lock");
+    let other = store.try_lock_loop(LoopKey::Heartbeat).await.expect("lock");
+    assert!(other.is_some());
+    if second.is_none() {
+        // PostgreSQL: one holder at a time; released on drop.
+        first.expect("held").release().await;
+        assert!(
+            store
+                .try_lock_loop(LoopKey::Janitor)
+                .await
+                .expect("lock")
+                .is_some()
+        );
+    }
+}

@@ -1,0 +1,57 @@
+//! The error the sandbox service returns; `grpc` maps each kind to a status code.
+
+use crate::hypervisor::HypervisorError;
+use crate::overlay::OverlayError;
+use crate::state::StateError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// libvirt (or another backend) cannot be reached; retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<HypervisorError> for ServiceError {
+    fn from(e: HypervisorError) -> Self {
+        match e {
+            HypervisorError::Unavailable(m) => Self::Unavailable(format!("libvirt: {m}")),
+            HypervisorError::NotFound(m) => Self::Internal(format!("libvirt: {m} not found")),
+            HypervisorError::Failed(m) => Self::Internal(format!("libvirt: {m}")),
+        }
+    }
+}
+
+impl From<StateError> for ServiceError {
+    fn from(e: StateError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<OverlayError> for ServiceError {
+    fn from(e: OverlayError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<ServiceError> for tonic::Status {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::NotFound(m) => tonic::Status::not_found(m),
+            ServiceError::AlreadyExists(m) => tonic::Status::already_exists(m),
+            ServiceError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
+            ServiceError::DeadlineExceeded(m) => tonic::Status::deadline_exceeded(m),
+            ServiceError::Unavailable(m) => tonic::Status::unavailable(m),
+            ServiceError::Internal(m) => tonic::Status::internal(m),
+        }
+    }
+}

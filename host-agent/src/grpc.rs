@@ -1,0 +1,213 @@
+//! The `fluid.agent.v1.HostAgent` gRPC service. Thin handlers: validate the request
+//! with `fluid_proto::model`, call the sandbox service, map errors to a status at the
+//! boundary. Authorisation (the controller's client certificate) is the interceptor's.
+
+use std::sync::Arc;
+
+use fluid_proto::model::{CreateSandbox, SandboxId, StopSandbox, WaitForIp};
+use fluid_proto::pb;
+use fluid_proto::pb::host_agent_server::HostAgent;
+use tonic::{Request, Response, Status};
+
+use crate::hypervisor::Hypervisor;
+use crate::images::{ImageInfo, ImageKind};
+use crate::sandboxes::{SandboxView, Sandboxes};
+
+/// The gRPC face of [`Sandboxes`].
+pub struct AgentService<H> {
+    sandboxes: Arc<Sandboxes<H>>,
+}
+
+impl<H> std::fmt::Debug for AgentService<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgentService")
+    }
+}
+
+impl<H> AgentService<H> {
+    pub fn new(sandboxes: Arc<Sandboxes<H>>) -> Self {
+        Self { sandboxes }
+    }
+}
+
+fn sandbox_pb(v: SandboxView) -> pb::Sandbox {
+    let r = v.record;
+    pb::Sandbox {
+        id: r.id.to_string(),
+        name: r.name.to_string(),
+        image: r.image.to_string(),
+        cpus: r.cpus,
+        memory_mb: r.memory_mb,
+        state: pb::SandboxState::from(v.state) as i32,
+        mac_address: r.mac,
+        ip_address: v.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        domain_uuid: r.domain_uuid,
+        overlay_path: r.overlay_path.display().to_string(),
+        network: r.network.to_string(),
+        created_at_unix: r.created_at_unix,
+        error: v.error.unwrap_or_default(),
+    }
+}
+
+fn image_pb(i: ImageInfo) -> pb::Image {
+    pb::Image {
+        name: i.name,
+        kind: match i.kind {
+            ImageKind::Qcow2 => pb::ImageKind::Qcow2,
+            ImageKind::SourceVm => pb::ImageKind::SourceVm,
+        } as i32,
+        disk_path: i.disk_path,
+        uuid: i.uuid,
+        state: i.state,
+        persistent: i.persistent,
+        available: i.available,
+        error: i.error.unwrap_or_default(),
+    }
+}
+
+/// Logs a failed call where it is handled (here), then returns it.
+fn fail(op: &'static str, e: crate::error::ServiceError) -> Status {
+    let status = Status::from(e);
+    match status.code() {
+        tonic::Code::Internal | tonic::Code::Unavailable => {
+            tracing::error!(op, code = ?status.code(), "{}", status.message());
+        }
+        _ => tracing::info!(op, code = ?status.code(), "{}", status.message()),
+    }
+    status
+}
+
+#[tonic::async_trait]
+impl<H: Hypervisor> HostAgent for AgentService<H> {
+    async fn get_status(
+        &self,
+        _req: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::HostStatus>, Status> {
+        let c = self
+            .sandboxes
+            .capacity()
+            .await
+            .map_err(|e| fail("get_status", e))?;
+        let config = self.sandboxes.config();
+        Ok(Response::new(pb::HostStatus {
+            host_name: config.host_name.to_string(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            virt_type: config.virt_type.to_string(),
+            cpus_total: c.cpus_total,
+            cpus_reserved: c.cpus_reserved,
+            memory_mb_total: c.memory_mb_total,
+            memory_mb_reserved: c.memory_mb_reserved,
+            memory_mb_free: c.memory_mb_free,
+            sandboxes: c.sandboxes,
+            images: c.images,
+        }))
+    }
+
+    async fn list_images(
+        &self,
+        _req: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        let images = self
+            .sandboxes
+            .images()
+            .await
+            .map_err(|e| fail("list_images", e))?;
+        Ok(Response::new(pb::ListImagesResponse {
+            images: images.into_iter().map(image_pb).collect(),
+        }))
+    }
+
+    async fn list_sandboxes(
+        &self,
+        _req: Request<pb::ListSandboxesRequest>,
+    ) -> Result<Response<pb::ListSandboxesResponse>, Status> {
+        let list = self
+            .sandboxes
+            .list()
+            .await
+            .map_err(|e| fail("list_sandboxes", e))?;
+        Ok(Response::new(pb::ListSandboxesResponse {
+            sandboxes: list.into_iter().map(sandbox_pb).collect(),
+        }))
+    }
+
+    async fn get_sandbox(
+        &self,
+        req: Request<pb::SandboxRef>,
+    ) -> Result<Response<pb::Sandbox>, Status> {
+        let id = SandboxId::try_from(req.into_inner())?;
+        let v = self
+            .sandboxes
+            .get(&id)
+            .await
+            .map_err(|e| fail("get_sandbox", e))?;
+        Ok(Response::new(sandbox_pb(v)))
+    }
+
+    async fn create_sandbox(
+        &self,
+        req: Request<pb::CreateSandboxRequest>,
+    ) -> Result<Response<pb::Sandbox>, Status> {
+        let create = CreateSandbox::try_from(req.into_inner())?;
+        let v = self
+            .sandboxes
+            .create(create)
+            .await
+            .map_err(|e| fail("create_sandbox", e))?;
+        Ok(Response::new(sandbox_pb(v)))
+    }
+
+    async fn start_sandbox(
+        &self,
+        req: Request<pb::SandboxRef>,
+    ) -> Result<Response<pb::Sandbox>, Status> {
+        let id = SandboxId::try_from(req.into_inner())?;
+        let v = self
+            .sandboxes
+            .start(&id)
+            .await
+            .map_err(|e| fail("start_sandbox", e))?;
+        Ok(Response::new(sandbox_pb(v)))
+    }
+
+    async fn stop_sandbox(
+        &self,
+        req: Request<pb::StopSandboxRequest>,
+    ) -> Result<Response<pb::Sandbox>, Status> {
+        let stop = StopSandbox::try_from(req.into_inner())?;
+        let v = self
+            .sandboxes
+            .stop(stop)
+            .await
+            .map_err(|e| fail("stop_sandbox", e))?;
+        Ok(Response::new(sandbox_pb(v)))
+    }
+
+    async fn destroy_sandbox(
+        &self,
+        req: Request<pb::SandboxRef>,
+    ) -> Result<Response<pb::DestroySandboxResponse>, Status> {
+        let id = SandboxId::try_from(req.into_inner())?;
+        let existed = self
+            .sandboxes
+            .destroy(&id)
+            .await
+            .map_err(|e| fail("destroy_sandbox", e))?;
+        Ok(Response::new(pb::DestroySandboxResponse { existed }))
+    }
+
+    async fn wait_for_ip(
+        &self,
+        req: Request<pb::WaitForIpRequest>,
+    ) -> Result<Response<pb::SandboxIp>, Status> {
+        let wait = WaitForIp::try_from(req.into_inner())?;
+        let ip = self
+            .sandboxes
+            .wait_for_ip(wait)
+            .await
+            .map_err(|e| fail("wait_for_ip", e))?;
+        Ok(Response::new(pb::SandboxIp {
+            ip_address: ip.to_string(),
+        }))
+    }
+}

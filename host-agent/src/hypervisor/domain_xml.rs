@@ -1,0 +1,566 @@
+//! libvirt domain XML, built from typed structs and serialised with quick-xml (so every
+//! value is escaped), and the few pieces the agent reads back out of libvirt's XML
+//! (ownership mark, a source domain's disk and boot settings).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Boot, DomainSpec, FLUID_XMLNS, FluidMeta};
+use crate::config::VirtType;
+
+/// The domain XML for `spec`.
+pub fn render(spec: &DomainSpec) -> Result<String, quick_xml::SeError> {
+    let domain = Domain::from_spec(spec);
+    let mut out = String::new();
+    let mut ser = quick_xml::se::Serializer::with_root(&mut out, Some("domain"))?;
+    ser.indent(' ', 2);
+    domain.serialize(ser)?;
+    out.push('\n');
+    Ok(out)
+}
+
+#[derive(Debug, Serialize)]
+struct Domain {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    name: String,
+    uuid: String,
+    metadata: Metadata,
+    memory: Memory,
+    vcpu: u32,
+    os: Os,
+    features: Features,
+    cpu: Cpu,
+    clock: Clock,
+    on_poweroff: &'static str,
+    on_reboot: &'static str,
+    on_crash: &'static str,
+    devices: Devices,
+}
+
+#[derive(Debug, Serialize)]
+struct Metadata {
+    #[serde(rename = "fluid:sandbox")]
+    sandbox: SandboxMark,
+}
+
+#[derive(Debug, Serialize)]
+struct SandboxMark {
+    #[serde(rename = "@xmlns:fluid")]
+    xmlns: &'static str,
+    #[serde(rename = "@id")]
+    id: String,
+    #[serde(rename = "@agent")]
+    agent: String,
+    #[serde(rename = "@image")]
+    image: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Memory {
+    #[serde(rename = "@unit")]
+    unit: &'static str,
+    #[serde(rename = "$text")]
+    value: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Os {
+    #[serde(rename = "type")]
+    kind: OsType,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    initrd: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cmdline: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    boot: Option<BootDev>,
+}
+
+#[derive(Debug, Serialize)]
+struct OsType {
+    #[serde(rename = "@arch")]
+    arch: &'static str,
+    #[serde(rename = "$text")]
+    value: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct BootDev {
+    #[serde(rename = "@dev")]
+    dev: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct Features {
+    acpi: (),
+    apic: (),
+}
+
+#[derive(Debug, Serialize)]
+struct Cpu {
+    #[serde(rename = "@mode")]
+    mode: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct Clock {
+    #[serde(rename = "@offset")]
+    offset: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct Devices {
+    disk: Disk,
+    interface: Interface,
+    serial: Serial,
+    console: Console,
+    channel: Channel,
+    rng: Rng,
+}
+
+#[derive(Debug, Serialize)]
+struct Disk {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    #[serde(rename = "@device")]
+    device: &'static str,
+    driver: DiskDriver,
+    source: FileSource,
+    target: DiskTarget,
+}
+
+#[derive(Debug, Serialize)]
+struct DiskDriver {
+    #[serde(rename = "@name")]
+    name: &'static str,
+    #[serde(rename = "@type")]
+    kind: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct FileSource {
+    #[serde(rename = "@file")]
+    file: String,
+}
+
+#[derive(Debug, Serialize)]
+struct DiskTarget {
+    #[serde(rename = "@dev")]
+    dev: &'static str,
+    #[serde(rename = "@bus")]
+    bus: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct Interface {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    mac: MacAddress,
+    source: NetworkSource,
+    model: Model,
+}
+
+#[derive(Debug, Serialize)]
+struct MacAddress {
+    #[serde(rename = "@address")]
+    address: String,
+}
+
+#[derive(Debug, Serialize)]
+struct NetworkSource {
+    #[serde(rename = "@network")]
+    network: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Model {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct Serial {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    target: PortTarget,
+    log: LogFile,
+}
+
+#[derive(Debug, Serialize)]
+struct PortTarget {
+    #[serde(rename = "@port")]
+    port: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct LogFile {
+    #[serde(rename = "@file")]
+    file: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Console {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    target: ConsoleTarget,
+}
+
+#[derive(Debug, Serialize)]
+struct ConsoleTarget {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    #[serde(rename = "@port")]
+    port: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct Channel {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    target: ChannelTarget,
+}
+
+#[derive(Debug, Serialize)]
+struct ChannelTarget {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    #[serde(rename = "@name")]
+    name: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct Rng {
+    #[serde(rename = "@model")]
+    model: &'static str,
+    backend: RngBackend,
+}
+
+#[derive(Debug, Serialize)]
+struct RngBackend {
+    #[serde(rename = "@model")]
+    model: &'static str,
+    #[serde(rename = "$text")]
+    device: &'static str,
+}
+
+fn path_string(p: &std::path::Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+impl Domain {
+    fn from_spec(s: &DomainSpec) -> Self {
+        let (kernel, initrd, cmdline, boot) = match &s.boot {
+            Boot::Disk => (None, None, None, Some(BootDev { dev: "hd" })),
+            Boot::Kernel {
+                kernel,
+                initrd,
+                cmdline,
+            } => (
+                Some(path_string(kernel)),
+                initrd.as_deref().map(path_string),
+                cmdline.clone(),
+                None,
+            ),
+        };
+        Domain {
+            kind: s.virt_type.as_str(),
+            name: s.name.to_string(),
+            uuid: s.uuid.clone(),
+            metadata: Metadata {
+                sandbox: SandboxMark {
+                    xmlns: FLUID_XMLNS,
+                    id: s.id.to_string(),
+                    agent: s.agent.to_string(),
+                    image: s.image.to_string(),
+                },
+            },
+            memory: Memory {
+                unit: "MiB",
+                value: s.memory_mb,
+            },
+            vcpu: s.cpus,
+            os: Os {
+                kind: OsType {
+                    arch: "x86_64",
+                    value: "hvm",
+                },
+                kernel,
+                initrd,
+                cmdline,
+                boot,
+            },
+            features: Features { acpi: (), apic: () },
+            cpu: Cpu {
+                mode: match s.virt_type {
+                    VirtType::Kvm => "host-passthrough",
+                    VirtType::Qemu => "maximum",
+                },
+            },
+            clock: Clock { offset: "utc" },
+            on_poweroff: "destroy",
+            on_reboot: "restart",
+            on_crash: "destroy",
+            devices: Devices {
+                disk: Disk {
+                    kind: "file",
+                    device: "disk",
+                    driver: DiskDriver {
+                        name: "qemu",
+                        kind: "qcow2",
+                    },
+                    source: FileSource {
+                        file: path_string(&s.overlay),
+                    },
+                    target: DiskTarget {
+                        dev: "vda",
+                        bus: "virtio",
+                    },
+                },
+                interface: Interface {
+                    kind: "network",
+                    mac: MacAddress {
+                        address: s.mac.clone(),
+                    },
+                    source: NetworkSource {
+                        network: s.network.to_string(),
+                    },
+                    model: Model { kind: "virtio" },
+                },
+                serial: Serial {
+                    kind: "pty",
+                    target: PortTarget { port: 0 },
+                    log: LogFile {
+                        file: path_string(&s.console_log),
+                    },
+                },
+                console: Console {
+                    kind: "pty",
+                    target: ConsoleTarget {
+                        kind: "serial",
+                        port: 0,
+                    },
+                },
+                channel: Channel {
+                    kind: "unix",
+                    target: ChannelTarget {
+                        kind: "virtio",
+                        name: "org.qemu.guest_agent.0",
+                    },
+                },
+                rng: Rng {
+                    model: "virtio",
+                    backend: RngBackend {
+                        model: "random",
+                        device: "/dev/urandom",
+                    },
+                },
+            },
+        }
+    }
+}
+
+/// The ownership mark as `virDomainGetMetadata(ELEMENT, FLUID_XMLNS)` returns it.
+pub fn parse_meta(xml: &str) -> Option<FluidMeta> {
+    #[derive(Deserialize)]
+    struct Mark {
+        #[serde(rename = "@id")]
+        id: String,
+        #[serde(rename = "@agent")]
+        agent: String,
+        #[serde(rename = "@image", default)]
+        image: String,
+    }
+    let m: Mark = quick_xml::de::from_str(xml).ok()?;
+    Some(FluidMeta {
+        id: m.id,
+        agent: m.agent,
+        image: m.image,
+    })
+}
+
+/// What the agent reads from a source domain's XML: its first disk and how it boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceDisk {
+    pub path: PathBuf,
+    pub format: String,
+    pub boot: Boot,
+}
+
+/// Reads the first `device='disk'` with a file source, and the kernel settings.
+pub fn parse_source_disk(xml: &str) -> Option<SourceDisk> {
+    #[derive(Deserialize)]
+    struct D {
+        #[serde(default)]
+        os: Option<ROs>,
+        devices: RDevices,
+    }
+    #[derive(Deserialize)]
+    struct ROs {
+        kernel: Option<String>,
+        initrd: Option<String>,
+        cmdline: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct RDevices {
+        #[serde(default)]
+        disk: Vec<RDisk>,
+    }
+    #[derive(Deserialize)]
+    struct RDisk {
+        #[serde(rename = "@device", default)]
+        device: String,
+        driver: Option<RDriver>,
+        source: Option<RSource>,
+    }
+    #[derive(Deserialize)]
+    struct RDriver {
+        #[serde(rename = "@type")]
+        kind: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct RSource {
+        #[serde(rename = "@file")]
+        file: Option<String>,
+    }
+    let d: D = quick_xml::de::from_str(xml).ok()?;
+    let disk = d.devices.disk.into_iter().find(|disk| {
+        disk.device == "disk" && disk.source.as_ref().is_some_and(|s| s.file.is_some())
+    })?;
+    let path = PathBuf::from(disk.source?.file?);
+    let format = disk
+        .driver
+        .and_then(|d| d.kind)
+        .unwrap_or_else(|| "raw".into());
+    let boot = match d.os {
+        Some(ROs {
+            kernel: Some(kernel),
+            initrd,
+            cmdline,
+        }) => Boot::Kernel {
+            kernel: kernel.into(),
+            initrd: initrd.map(PathBuf::from),
+            cmdline,
+        },
+        _ => Boot::Disk,
+    };
+    Some(SourceDisk { path, format, boot })
+}
+
+#[cfg(test)]
+mod tests {
+    use fluid_proto::model::{Name, SandboxId};
+
+    use super::*;
+
+    fn name(s: &str) -> Name {
+        Name::parse("n", s).expect("name")
+    }
+
+    fn spec(virt_type: VirtType, boot: Boot) -> DomainSpec {
+        DomainSpec {
+            id: SandboxId::parse("id", "SBX-0123abcd").expect("id"),
+            name: name("web-1"),
+            uuid: "6f1c2a9e-5d7b-4f7e-9a51-2f4f0c9e1a10".into(),
+            agent: name("kvm-1"),
+            image: name("debian-12"),
+            virt_type,
+            cpus: 2,
+            memory_mb: 512,
+            boot,
+            overlay: "/var/lib/fluid-agent/overlays/SBX-0123abcd.qcow2".into(),
+            network: name("default"),
+            mac: "52:54:00:12:34:56".into(),
+            console_log: "/var/lib/fluid-agent/console/SBX-0123abcd.log".into(),
+        }
+    }
+
+    #[test]
+    fn qemu_direct_kernel_boot() {
+        let boot = Boot::Kernel {
+            kernel: "/images/d/vmlinuz".into(),
+            initrd: Some("/images/d/initrd.img".into()),
+            cmdline: Some("root=/dev/vda rw console=ttyS0 net.ifnames=0".into()),
+        };
+        let xml = render(&spec(VirtType::Qemu, boot)).expect("xml");
+        insta::assert_snapshot!(xml);
+    }
+
+    #[test]
+    fn kvm_disk_boot() {
+        let xml = render(&spec(VirtType::Kvm, Boot::Disk)).expect("xml");
+        insta::assert_snapshot!(xml);
+    }
+
+    #[test]
+    fn odd_values_are_escaped() {
+        let mut s = spec(
+            VirtType::Qemu,
+            Boot::Kernel {
+                kernel: "/img/<k>&'\".bin".into(),
+                initrd: None,
+                cmdline: Some("a=\"1\" b='2' c=<3> & d".into()),
+            },
+        );
+        s.overlay = "/ov/a'b\"c<d>&e.qcow2".into();
+        let xml = render(&s).expect("xml");
+        assert!(!xml.contains("<k>"), "{xml}");
+        assert!(xml.contains("&lt;k&gt;&amp;"), "{xml}");
+        assert!(xml.contains("c=&lt;3&gt; &amp; d"), "{xml}");
+        // Whatever was escaped must read back as the same value.
+        #[derive(Deserialize)]
+        struct Back {
+            os: BackOs,
+        }
+        #[derive(Deserialize)]
+        struct BackOs {
+            kernel: String,
+            cmdline: String,
+        }
+        let back: Back = quick_xml::de::from_str(&xml).expect("parse back");
+        assert_eq!(back.os.kernel, "/img/<k>&'\".bin");
+        assert_eq!(back.os.cmdline, "a=\"1\" b='2' c=<3> & d");
+        let disk = parse_source_disk(&xml).expect("disk");
+        assert_eq!(disk.path, PathBuf::from("/ov/a'b\"c<d>&e.qcow2"));
+    }
+
+    #[test]
+    fn rendered_xml_reads_back() {
+        let boot = Boot::Kernel {
+            kernel: "/k".into(),
+            initrd: None,
+            cmdline: None,
+        };
+        let xml = render(&spec(VirtType::Qemu, boot.clone())).expect("xml");
+        let disk = parse_source_disk(&xml).expect("disk");
+        assert_eq!(disk.format, "qcow2");
+        assert_eq!(disk.boot, boot);
+    }
+
+    #[test]
+    fn metadata_as_libvirt_returns_it() {
+        let xml = r#"<fluid:sandbox xmlns:fluid="https://fluid.dev/xmlns/sandbox/1" id="SBX-0123abcd" agent="kvm-1" image="debian-12"/>"#;
+        let m = parse_meta(xml).expect("meta");
+        assert_eq!(m.id, "SBX-0123abcd");
+        assert_eq!(m.agent, "kvm-1");
+        assert_eq!(m.image, "debian-12");
+        assert_eq!(parse_meta("<other/>"), None);
+        assert_eq!(parse_meta("not xml"), None);
+    }
+
+    #[test]
+    fn source_disk_skips_cdroms() {
+        let xml = r#"<domain type='kvm'><name>src</name><os><type>hvm</type><boot dev='hd'/></os>
+<devices>
+  <disk type='file' device='cdrom'><source file='/iso/x.iso'/></disk>
+  <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/vm/src.img'/><target dev='vda'/></disk>
+  <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/vm/second.qcow2'/></disk>
+</devices></domain>"#;
+        let d = parse_source_disk(xml).expect("disk");
+        assert_eq!(d.path, PathBuf::from("/vm/src.img"));
+        assert_eq!(d.format, "raw");
+        assert_eq!(d.boot, Boot::Disk);
+    }
+}

@@ -1,0 +1,238 @@
+//! An in-memory [`Hypervisor`] for unit tests (compiled only under `cfg(test)`).
+//! Starting a domain hands its MAC a DHCP lease at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use super::{
+    DomainSpec, DomainState, FluidMeta, Hypervisor, HypervisorError, Lease, NodeInfo, OwnedDomain,
+    Result, SourceDomain,
+};
+
+#[derive(Debug, Clone)]
+pub struct FakeDomain {
+    pub name: String,
+    pub state: DomainState,
+    pub meta: FluidMeta,
+    pub mac: String,
+}
+
+#[derive(Debug, Default)]
+pub struct FakeState {
+    /// By uuid.
+    pub domains: BTreeMap<String, FakeDomain>,
+    pub leases: Vec<Lease>,
+    pub released: Vec<Lease>,
+    pub sources: HashMap<String, SourceDomain>,
+    /// The guest ignores ACPI shutdown requests.
+    pub ignore_shutdown: bool,
+    pub fail_define: bool,
+    pub fail_start: bool,
+    pub unavailable: bool,
+    pub next_ip: u8,
+    pub defines: usize,
+}
+
+#[derive(Debug)]
+pub struct FakeHypervisor {
+    pub host: String,
+    pub state: Mutex<FakeState>,
+}
+
+impl FakeHypervisor {
+    pub fn new(host: &str) -> Self {
+        Self {
+            host: host.into(),
+            state: Mutex::new(FakeState {
+                next_ip: 10,
+                ..FakeState::default()
+            }),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a domain directly (e.g. an orphan, or another agent's domain).
+    pub fn insert(&self, uuid: &str, name: &str, id: &str, agent: &str, state: DomainState) {
+        self.lock().domains.insert(
+            uuid.into(),
+            FakeDomain {
+                name: name.into(),
+                state,
+                meta: FluidMeta {
+                    id: id.into(),
+                    agent: agent.into(),
+                    image: "debian-12".into(),
+                },
+                mac: "52:54:00:ff:ff:ff".into(),
+            },
+        );
+    }
+
+    pub fn owned_count(&self) -> usize {
+        let host = self.host.clone();
+        self.lock()
+            .domains
+            .values()
+            .filter(|d| d.meta.agent == host)
+            .count()
+    }
+
+    fn with<T>(&self, uuid: &str, f: impl FnOnce(&mut FakeState, &str) -> Result<T>) -> Result<T> {
+        let mut s = self.lock();
+        if s.unavailable {
+            return Err(HypervisorError::Unavailable("fake is down".into()));
+        }
+        match s.domains.get(uuid) {
+            Some(d) if d.meta.agent == self.host => f(&mut s, uuid),
+            _ => Err(HypervisorError::NotFound(format!("domain {uuid}"))),
+        }
+    }
+
+    fn set_state(&self, uuid: &str, state: DomainState) -> Result<()> {
+        self.with(uuid, |s, uuid| {
+            if let Some(d) = s.domains.get_mut(uuid) {
+                d.state = state;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[async_trait]
+impl Hypervisor for FakeHypervisor {
+    async fn define(&self, spec: &DomainSpec) -> Result<()> {
+        let mut s = self.lock();
+        if s.fail_define {
+            return Err(HypervisorError::Failed("define refused".into()));
+        }
+        if s.domains
+            .iter()
+            .any(|(u, d)| d.name == spec.name.as_str() && *u != spec.uuid)
+        {
+            return Err(HypervisorError::Failed("name taken".into()));
+        }
+        s.defines += 1;
+        s.domains.insert(
+            spec.uuid.clone(),
+            FakeDomain {
+                name: spec.name.to_string(),
+                state: DomainState::ShutOff,
+                meta: FluidMeta {
+                    id: spec.id.to_string(),
+                    agent: spec.agent.to_string(),
+                    image: spec.image.to_string(),
+                },
+                mac: spec.mac.clone(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn start(&self, uuid: &str) -> Result<()> {
+        self.with(uuid, |s, uuid| {
+            if s.fail_start {
+                return Err(HypervisorError::Failed("start refused".into()));
+            }
+            let ip = Ipv4Addr::new(192, 168, 122, s.next_ip);
+            s.next_ip = s.next_ip.wrapping_add(1);
+            let Some(d) = s.domains.get_mut(uuid) else {
+                return Err(HypervisorError::NotFound(uuid.into()));
+            };
+            if d.state == DomainState::Running {
+                return Err(HypervisorError::Failed("already running".into()));
+            }
+            d.state = DomainState::Running;
+            let mac = d.mac.clone();
+            s.leases.retain(|l| l.mac != mac);
+            s.leases.push(Lease { mac, ip });
+            Ok(())
+        })
+    }
+
+    async fn shutdown(&self, uuid: &str) -> Result<()> {
+        if self.lock().ignore_shutdown {
+            return self.with(uuid, |_, _| Ok(()));
+        }
+        self.set_state(uuid, DomainState::ShutOff)
+    }
+
+    async fn power_off(&self, uuid: &str) -> Result<()> {
+        self.set_state(uuid, DomainState::ShutOff)
+    }
+
+    async fn undefine(&self, uuid: &str) -> Result<()> {
+        self.with(uuid, |s, uuid| {
+            if s.domains
+                .get(uuid)
+                .is_some_and(|d| d.state != DomainState::ShutOff)
+            {
+                return Err(HypervisorError::Failed("domain is running".into()));
+            }
+            s.domains.remove(uuid);
+            Ok(())
+        })
+    }
+
+    async fn list_owned(&self) -> Result<Vec<OwnedDomain>> {
+        let s = self.lock();
+        if s.unavailable {
+            return Err(HypervisorError::Unavailable("fake is down".into()));
+        }
+        Ok(s.domains
+            .iter()
+            .filter(|(_, d)| d.meta.agent == self.host)
+            .map(|(uuid, d)| OwnedDomain {
+                uuid: uuid.clone(),
+                name: d.name.clone(),
+                state: d.state.clone(),
+                meta: d.meta.clone(),
+            })
+            .collect())
+    }
+
+    async fn domain_state(&self, uuid: &str) -> Result<DomainState> {
+        self.with(uuid, |s, uuid| {
+            s.domains
+                .get(uuid)
+                .map(|d| d.state.clone())
+                .ok_or_else(|| HypervisorError::NotFound(uuid.into()))
+        })
+    }
+
+    async fn name_in_use(&self, name: &str) -> Result<bool> {
+        Ok(self.lock().domains.values().any(|d| d.name == name))
+    }
+
+    async fn leases(&self, _network: &str) -> Result<Vec<Lease>> {
+        Ok(self.lock().leases.clone())
+    }
+
+    async fn release_lease(&self, _network: &str, lease: &Lease) -> Result<()> {
+        let mut s = self.lock();
+        s.leases.retain(|l| l != lease);
+        s.released.push(lease.clone());
+        Ok(())
+    }
+
+    async fn node_info(&self) -> Result<NodeInfo> {
+        Ok(NodeInfo {
+            cpus: 16,
+            memory_mb_total: 65536,
+            memory_mb_free: 60000,
+        })
+    }
+
+    async fn source_domain(&self, name: &str) -> Result<SourceDomain> {
+        self.lock()
+            .sources
+            .get(name)
+            .cloned()
+            .ok_or_else(|| HypervisorError::NotFound(format!("domain {name}")))
+    }
+}

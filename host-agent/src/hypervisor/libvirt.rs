@@ -1,0 +1,316 @@
+//! The [`Hypervisor`] backed by libvirt (`virt` crate).
+//!
+//! One dedicated OS thread owns the `virt::connect::Connect`. Callers send it boxed
+//! closures over a channel and await the answer on a oneshot, so blocking libvirt calls
+//! never run on the async runtime. The thread (re)opens the connection when it is
+//! missing or dead, so a libvirtd restart costs failed calls, not a dead agent.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+use async_trait::async_trait;
+use tokio::sync::oneshot;
+use virt::connect::Connect;
+use virt::domain::{Domain, DomainState as VirtState};
+use virt::enumutil::Enum;
+use virt::error::ErrorNumber;
+
+use super::domain_xml::{self, parse_meta, parse_source_disk};
+use super::leases::{self, DNSMASQ_STATE_DIR};
+use super::{
+    DomainSpec, DomainState, FLUID_XMLNS, FluidMeta, Hypervisor, HypervisorError, Lease, NodeInfo,
+    OwnedDomain, Result, SourceDomain,
+};
+
+type Job = Box<dyn FnOnce(Result<&Connect>) + Send>;
+
+/// A handle to the libvirt thread. Cheap to share behind an `Arc`.
+pub struct Libvirt {
+    jobs: mpsc::Sender<Job>,
+    host_name: String,
+    lease_dir: PathBuf,
+}
+
+impl Libvirt {
+    /// Starts the connection thread and checks that libvirt answers.
+    pub async fn connect(uri: &str, host_name: &str) -> Result<Self> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let uri = uri.to_owned();
+        std::thread::Builder::new()
+            .name("libvirt".into())
+            .spawn(move || connection_thread(&uri, rx))
+            .map_err(|e| HypervisorError::Failed(format!("spawning the libvirt thread: {e}")))?;
+        let lv = Self {
+            jobs,
+            host_name: host_name.to_owned(),
+            lease_dir: PathBuf::from(DNSMASQ_STATE_DIR),
+        };
+        let (uri, version) = lv
+            .call(|c| Ok((c.uri().map_err(map_err)?, c.lib_version().map_err(map_err)?)))
+            .await?;
+        tracing::info!(%uri, version, "connected to libvirt");
+        Ok(lv)
+    }
+
+    /// Runs `f` on the libvirt thread.
+    async fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connect) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = tx.send(conn.and_then(f));
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| HypervisorError::Unavailable("the libvirt thread has stopped".into()))?;
+        rx.await
+            .map_err(|_| HypervisorError::Failed("the libvirt call was aborted".into()))?
+    }
+
+    /// Runs `f` on one of this agent's domains.
+    async fn with_owned<T, F>(&self, uuid: &str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Domain) -> Result<T> + Send + 'static,
+    {
+        let host = self.host_name.clone();
+        let uuid = uuid.to_owned();
+        self.call(move |c| f(&owned_domain(c, &host, &uuid)?)).await
+    }
+
+    async fn bridge(&self, network: &str) -> Result<String> {
+        let network = network.to_owned();
+        self.call(move |c| {
+            c.lookup_network_by_name(&network)
+                .and_then(|n| n.bridge_name())
+                .map_err(map_err)
+        })
+        .await
+    }
+}
+
+fn connection_thread(uri: &str, jobs: mpsc::Receiver<Job>) {
+    // libvirt's default handler prints every error (even an expected "no domain") to
+    // stderr; errors are returned and logged by the caller instead.
+    virt::error::clear_error_callback();
+    let mut conn: Option<Connect> = None;
+    while let Ok(job) = jobs.recv() {
+        if let Some(c) = conn.take() {
+            if c.is_alive().unwrap_or(false) {
+                conn = Some(c);
+            } else {
+                tracing::warn!("the libvirt connection died; reconnecting");
+                // Closing a dead connection may report an error, which `virt` turns
+                // into a panic in `Drop`; it must not take the thread down.
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(c)));
+            }
+        }
+        if conn.is_none() {
+            match Connect::open(Some(uri)) {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    job(Err(HypervisorError::Unavailable(e.message().to_owned())));
+                    continue;
+                }
+            }
+        }
+        if let Some(c) = conn.as_ref() {
+            // A panic inside a job drops its reply sender; the caller sees an error.
+            if catch_unwind(AssertUnwindSafe(|| job(Ok(c)))).is_err() {
+                tracing::error!("a libvirt call panicked");
+            }
+        }
+    }
+    tracing::debug!("libvirt thread stopping");
+}
+
+fn map_err(e: virt::error::Error) -> HypervisorError {
+    match e.code() {
+        Enum::Known(ErrorNumber::NoDomain | ErrorNumber::NoNetwork) => {
+            HypervisorError::NotFound(e.message().to_owned())
+        }
+        Enum::Known(
+            ErrorNumber::NoConnect | ErrorNumber::InvalidConn | ErrorNumber::AuthFailed,
+        ) => HypervisorError::Unavailable(e.message().to_owned()),
+        _ if e.message().contains("client socket is closed") => {
+            HypervisorError::Unavailable(e.message().to_owned())
+        }
+        _ => HypervisorError::Failed(e.message().to_owned()),
+    }
+}
+
+fn meta_of(dom: &Domain) -> Option<FluidMeta> {
+    let xml = dom
+        .metadata(
+            virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+            Some(FLUID_XMLNS),
+            0,
+        )
+        .ok()?;
+    parse_meta(&xml)
+}
+
+/// Looks a domain up by uuid; only this agent's domains are found.
+fn owned_domain(c: &Connect, host: &str, uuid: &str) -> Result<Domain> {
+    let dom = c.lookup_domain_by_uuid_string(uuid).map_err(map_err)?;
+    match meta_of(&dom) {
+        Some(m) if m.agent == host => Ok(dom),
+        _ => Err(HypervisorError::NotFound(format!(
+            "domain {uuid} (not owned by {host})"
+        ))),
+    }
+}
+
+fn state_of(dom: &Domain) -> Result<DomainState> {
+    let (state, _reason) = dom.state().map_err(map_err)?;
+    Ok(match state {
+        Enum::Known(VirtState::Running | VirtState::Blocked | VirtState::Shutdown) => {
+            DomainState::Running
+        }
+        Enum::Known(VirtState::Paused) => DomainState::Paused,
+        Enum::Known(VirtState::Shutoff) => DomainState::ShutOff,
+        Enum::Known(VirtState::Crashed) => DomainState::Crashed,
+        Enum::Known(VirtState::PMSuspended) => DomainState::Other("suspended".into()),
+        Enum::Known(VirtState::NoState) => DomainState::Other("no state".into()),
+        Enum::Unknown(v) => DomainState::Other(format!("state {v}")),
+    })
+}
+
+#[async_trait]
+impl Hypervisor for Libvirt {
+    async fn define(&self, spec: &DomainSpec) -> Result<()> {
+        let xml = domain_xml::render(spec)
+            .map_err(|e| HypervisorError::Failed(format!("domain XML: {e}")))?;
+        self.call(move |c| c.define_domain_xml(&xml).map(drop).map_err(map_err))
+            .await
+    }
+
+    async fn start(&self, uuid: &str) -> Result<()> {
+        self.with_owned(uuid, |d| d.create().map(drop).map_err(map_err))
+            .await
+    }
+
+    async fn shutdown(&self, uuid: &str) -> Result<()> {
+        // The guest agent first (when it answers), else the ACPI power button.
+        let flags = virt::sys::VIR_DOMAIN_SHUTDOWN_GUEST_AGENT
+            | virt::sys::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN;
+        self.with_owned(uuid, move |d| d.shutdown_flags(flags).map_err(map_err))
+            .await
+    }
+
+    async fn power_off(&self, uuid: &str) -> Result<()> {
+        self.with_owned(uuid, |d| {
+            if state_of(d)? == DomainState::ShutOff {
+                return Ok(());
+            }
+            match d.destroy() {
+                Ok(()) => Ok(()),
+                // It may have stopped by itself in between.
+                Err(_) if state_of(d)? == DomainState::ShutOff => Ok(()),
+                Err(e) => Err(map_err(e)),
+            }
+        })
+        .await
+    }
+
+    async fn undefine(&self, uuid: &str) -> Result<()> {
+        self.with_owned(uuid, |d| {
+            let flags = virt::sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                | virt::sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                | virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM;
+            d.undefine_flags(flags).map_err(map_err)
+        })
+        .await
+    }
+
+    async fn list_owned(&self) -> Result<Vec<OwnedDomain>> {
+        let host = self.host_name.clone();
+        self.call(move |c| {
+            let mut out = Vec::new();
+            for dom in c.list_all_domains(0).map_err(map_err)? {
+                let Some(meta) = meta_of(&dom) else { continue };
+                if meta.agent != host {
+                    continue;
+                }
+                // A domain may vanish while we look at it; skip it then.
+                let looked = (|| {
+                    Ok::<_, HypervisorError>(OwnedDomain {
+                        uuid: dom.uuid_string().map_err(map_err)?,
+                        name: dom.name().map_err(map_err)?,
+                        state: state_of(&dom)?,
+                        meta: meta.clone(),
+                    })
+                })();
+                match looked {
+                    Ok(d) => out.push(d),
+                    Err(HypervisorError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn domain_state(&self, uuid: &str) -> Result<DomainState> {
+        self.with_owned(uuid, state_of).await
+    }
+
+    async fn name_in_use(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.call(move |c| match c.lookup_domain_by_name(&name) {
+            Ok(_) => Ok(true),
+            Err(e) => match map_err(e) {
+                HypervisorError::NotFound(_) => Ok(false),
+                other => Err(other),
+            },
+        })
+        .await
+    }
+
+    async fn leases(&self, network: &str) -> Result<Vec<Lease>> {
+        let bridge = self.bridge(network).await?;
+        leases::read(&self.lease_dir, &bridge).await
+    }
+
+    async fn release_lease(&self, network: &str, lease: &Lease) -> Result<()> {
+        let bridge = self.bridge(network).await?;
+        leases::release(&bridge, lease).await
+    }
+
+    async fn node_info(&self) -> Result<NodeInfo> {
+        self.call(|c| {
+            let info = c.node_info().map_err(map_err)?;
+            let free = c.free_memory().map_err(map_err)?;
+            Ok(NodeInfo {
+                cpus: info.cpus,
+                memory_mb_total: info.memory / 1024,
+                memory_mb_free: free / (1024 * 1024),
+            })
+        })
+        .await
+    }
+
+    async fn source_domain(&self, name: &str) -> Result<SourceDomain> {
+        let name = name.to_owned();
+        self.call(move |c| {
+            let dom = c.lookup_domain_by_name(&name).map_err(map_err)?;
+            let xml = dom.xml_desc(0).map_err(map_err)?;
+            let disk = parse_source_disk(&xml).ok_or_else(|| {
+                HypervisorError::Failed(format!("domain {name} has no file-backed disk"))
+            })?;
+            Ok(SourceDomain {
+                uuid: dom.uuid_string().map_err(map_err)?,
+                state: state_of(&dom)?,
+                persistent: dom.is_persistent().map_err(map_err)?,
+                disk_path: disk.path,
+                disk_format: disk.format,
+                boot: disk.boot,
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,159 @@
+//! The backend in front of the hypervisor. The service logic (`sandboxes`, `reconcile`)
+//! speaks only this trait; [`libvirt`] is the product implementation.
+//!
+//! Every domain the agent creates carries an ownership mark ([`FluidMeta`]); an
+//! implementation only ever lists or touches domains whose mark names this agent's host.
+
+pub mod domain_xml;
+pub mod leases;
+pub mod libvirt;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use fluid_proto::model::{Name, SandboxId};
+use serde::{Deserialize, Serialize};
+
+use crate::config::VirtType;
+
+/// XML namespace of the ownership mark in a domain's `<metadata>`.
+pub const FLUID_XMLNS: &str = "https://fluid.dev/xmlns/sandbox/1";
+
+/// Errors a caller branches on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HypervisorError {
+    /// The domain (network, …) does not exist, or is not this agent's.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The hypervisor cannot be reached.
+    #[error("hypervisor unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub type Result<T, E = HypervisorError> = std::result::Result<T, E>;
+
+/// How the guest boots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Boot {
+    /// From the disk's boot loader.
+    Disk,
+    /// Direct kernel boot.
+    Kernel {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: Option<String>,
+    },
+}
+
+/// Everything needed to define one sandbox's domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainSpec {
+    pub id: SandboxId,
+    pub name: Name,
+    pub uuid: String,
+    /// The agent's host name (the ownership mark).
+    pub agent: Name,
+    pub image: Name,
+    pub virt_type: VirtType,
+    pub cpus: u32,
+    pub memory_mb: u64,
+    pub boot: Boot,
+    /// The sandbox's qcow2 overlay (vda).
+    pub overlay: PathBuf,
+    pub network: Name,
+    pub mac: String,
+    /// Where the serial console is logged.
+    pub console_log: PathBuf,
+}
+
+/// The ownership mark in a domain's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FluidMeta {
+    pub id: String,
+    pub agent: String,
+    pub image: String,
+}
+
+/// A domain's run state as the hypervisor reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainState {
+    Running,
+    ShutOff,
+    Paused,
+    Crashed,
+    /// Anything else (no state, suspended to RAM, …), described.
+    Other(String),
+}
+
+/// One domain owned by this agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedDomain {
+    pub uuid: String,
+    pub name: String,
+    pub state: DomainState,
+    pub meta: FluidMeta,
+}
+
+/// A DHCP lease on a network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub mac: String,
+    pub ip: Ipv4Addr,
+}
+
+/// Host resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub cpus: u32,
+    pub memory_mb_total: u64,
+    pub memory_mb_free: u64,
+}
+
+/// An existing domain used as an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceDomain {
+    pub uuid: String,
+    pub state: DomainState,
+    pub persistent: bool,
+    /// The first disk's file and its format (`qcow2`, `raw`, …).
+    pub disk_path: PathBuf,
+    pub disk_format: String,
+    pub boot: Boot,
+}
+
+#[async_trait]
+pub trait Hypervisor: Send + Sync + 'static {
+    /// Defines (persistently) the domain described by `spec`. Does not start it.
+    async fn define(&self, spec: &DomainSpec) -> Result<()>;
+    async fn start(&self, uuid: &str) -> Result<()>;
+    /// Asks the guest to shut down (ACPI). Returns at once.
+    async fn shutdown(&self, uuid: &str) -> Result<()>;
+    /// Cuts the power. Succeeds if the domain is already off.
+    async fn power_off(&self, uuid: &str) -> Result<()>;
+    /// Removes the domain's definition (it must be off).
+    async fn undefine(&self, uuid: &str) -> Result<()>;
+    /// Every domain whose ownership mark names this agent.
+    async fn list_owned(&self) -> Result<Vec<OwnedDomain>>;
+    async fn domain_state(&self, uuid: &str) -> Result<DomainState>;
+    /// True when any domain (ours or not) has this name.
+    async fn name_in_use(&self, name: &str) -> Result<bool>;
+    /// The network's current DHCP leases (IPv4).
+    async fn leases(&self, network: &str) -> Result<Vec<Lease>>;
+    /// Releases a DHCP lease so the address can be handed out again at once.
+    async fn release_lease(&self, network: &str, lease: &Lease) -> Result<()>;
+    async fn node_info(&self) -> Result<NodeInfo>;
+    /// A domain used as an image (not necessarily ours; only read).
+    async fn source_domain(&self, name: &str) -> Result<SourceDomain>;
+}
+
+/// The lowercase `52:54:00:xx:xx:xx` MAC address form.
+pub fn random_mac() -> String {
+    let b: [u8; 3] = rand::random();
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
+}
+
+#[cfg(test)]
+pub mod fake;

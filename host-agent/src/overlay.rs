@@ -1,0 +1,203 @@
+//! Sandbox disks: one qcow2 overlay per sandbox on top of its image's disk
+//! (`state_dir/overlays/<sandbox id>.qcow2`), so a sandbox never writes to the image.
+//! Files must be readable by libvirt's `libvirt-qemu` user: directories 0755, files 0644.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use fluid_proto::model::SandboxId;
+
+const EXTENSION: &str = "qcow2";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("qemu-img create {overlay}: {message}")]
+    QemuImg { overlay: PathBuf, message: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OverlayError + '_ {
+    move |source| OverlayError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Creates `dir` (and parents) and makes it world-readable and traversable.
+pub async fn ensure_dir(dir: &Path) -> Result<(), OverlayError> {
+    tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
+    tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .await
+        .map_err(io(dir))
+}
+
+/// The overlay directory.
+#[derive(Debug, Clone)]
+pub struct Overlays {
+    dir: PathBuf,
+}
+
+impl Overlays {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub async fn ensure_dir(&self) -> Result<(), OverlayError> {
+        ensure_dir(&self.dir).await
+    }
+
+    pub fn path_for(&self, id: &SandboxId) -> PathBuf {
+        self.dir.join(format!("{id}.{EXTENSION}"))
+    }
+
+    /// `qemu-img create -f qcow2 -F <format> -b <backing> <overlay>`. An existing file is
+    /// replaced (it can only be the leftover of a failed create of the same id).
+    pub async fn create(
+        &self,
+        id: &SandboxId,
+        backing: &Path,
+        backing_format: &str,
+    ) -> Result<PathBuf, OverlayError> {
+        let overlay = self.path_for(id);
+        self.remove(&overlay).await?;
+        let out = tokio::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", backing_format, "-b"])
+            .arg(backing)
+            .arg(&overlay)
+            .output()
+            .await
+            .map_err(|e| OverlayError::QemuImg {
+                overlay: overlay.clone(),
+                message: format!("running qemu-img: {e}"),
+            })?;
+        if !out.status.success() {
+            return Err(OverlayError::QemuImg {
+                overlay,
+                message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        tokio::fs::set_permissions(&overlay, std::fs::Permissions::from_mode(0o644))
+            .await
+            .map_err(io(&overlay))?;
+        Ok(overlay)
+    }
+
+    /// Removes a file; a missing file is not an error.
+    pub async fn remove(&self, path: &Path) -> Result<(), OverlayError> {
+        remove_file(path).await
+    }
+
+    /// Sandbox ids of the overlay files present (files with other names are ignored).
+    pub async fn list(&self) -> Result<Vec<SandboxId>, OverlayError> {
+        let mut out = Vec::new();
+        let mut dir = match tokio::fs::read_dir(&self.dir).await {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io(&self.dir)(e)),
+        };
+        while let Some(entry) = dir.next_entry().await.map_err(io(&self.dir))? {
+            let name = entry.file_name();
+            let Some(stem) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(&format!(".{EXTENSION}")))
+            else {
+                continue;
+            };
+            if let Ok(id) = SandboxId::parse("overlay", stem) {
+                out.push(id);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// Removes a file; a missing file is not an error.
+pub async fn remove_file(path: &Path) -> Result<(), OverlayError> {
+    match tokio::fs::remove_file(path).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> SandboxId {
+        SandboxId::parse("id", s).expect("id")
+    }
+
+    #[tokio::test]
+    async fn lists_only_sandbox_overlays() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let o = Overlays::new(tmp.path().join("overlays"));
+        assert!(o.list().await.expect("list").is_empty());
+        o.ensure_dir().await.expect("dir");
+        for f in [
+            "SBX-0123abcd.qcow2",
+            "notes.txt",
+            "SBX-bad.qcow2",
+            "x.qcow2",
+        ] {
+            std::fs::write(tmp.path().join("overlays").join(f), b"").expect("write");
+        }
+        assert_eq!(o.list().await.expect("list"), vec![id("SBX-0123abcd")]);
+        o.remove(&o.path_for(&id("SBX-0123abcd")))
+            .await
+            .expect("remove");
+        o.remove(&o.path_for(&id("SBX-0123abcd")))
+            .await
+            .expect("remove twice");
+        assert!(o.list().await.expect("list").is_empty());
+        let mode = std::fs::metadata(tmp.path().join("overlays"))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
+    }
+
+    /// Needs `qemu-img` on the PATH.
+    #[tokio::test]
+    async fn creates_an_overlay_on_a_backing_file() {
+        if std::process::Command::new("qemu-img")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("qemu-img not installed; skipped");
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("tmp");
+        let base = tmp.path().join("base.qcow2");
+        let st = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&base)
+            .arg("16M")
+            .status()
+            .expect("qemu-img");
+        assert!(st.success());
+        let o = Overlays::new(tmp.path().join("overlays"));
+        o.ensure_dir().await.expect("dir");
+        let p = o
+            .create(&id("SBX-0123abcd"), &base, "qcow2")
+            .await
+            .expect("overlay");
+        let mode = std::fs::metadata(&p).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+        let e = o
+            .create(
+                &id("SBX-0123abce"),
+                &tmp.path().join("missing.qcow2"),
+                "qcow2",
+            )
+            .await
+            .expect_err("missing backing");
+        assert!(e.to_string().contains("qemu-img create"), "{e}");
+    }
+}

@@ -1,0 +1,618 @@
+//! The sandbox service: create, start, stop, destroy, inspect the sandboxes on this
+//! host. Generic over the [`Hypervisor`] so it never names libvirt.
+//!
+//! Every operation is idempotent by sandbox id (the controller may retry anything) and
+//! operations on one id are serialised by a per-id async mutex. `wait_for_ip` does not
+//! hold that lock while it waits, so a destroy is never blocked behind it.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fluid_proto::model::{CreateSandbox, ObservedState, SandboxId, StopSandbox, WaitForIp};
+use tokio::sync::OwnedMutexGuard;
+use tokio::time::Instant;
+
+use crate::config::AgentConfig;
+use crate::error::ServiceError;
+use crate::hypervisor::{
+    DomainSpec, DomainState, Hypervisor, HypervisorError, Lease, OwnedDomain, random_mac,
+};
+use crate::images::{self, ImageInfo, ResolvedImage};
+use crate::overlay::{self, Overlays};
+use crate::state::{SandboxRecord, StateStore};
+
+/// How often leases and domain states are polled while waiting.
+const POLL: Duration = Duration::from_millis(500);
+/// How often a graceful stop repeats its ACPI request (early requests are lost while a
+/// guest is still booting).
+const SHUTDOWN_RESEND: Duration = Duration::from_secs(5);
+
+/// A sandbox as observed now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxView {
+    pub record: SandboxRecord,
+    pub state: ObservedState,
+    /// The current DHCP lease, while the domain is running.
+    pub ip: Option<Ipv4Addr>,
+    pub error: Option<String>,
+}
+
+/// Host capacity and what this agent has promised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capacity {
+    pub cpus_total: u32,
+    pub cpus_reserved: u32,
+    pub memory_mb_total: u64,
+    pub memory_mb_reserved: u64,
+    pub memory_mb_free: u64,
+    pub sandboxes: u32,
+    pub images: Vec<String>,
+}
+
+/// How a new sandbox reaches its first running state.
+///
+/// Only [`Provision::ColdBoot`] exists today. The fast path from DESIGN.md
+/// ("Performance direction") slots in here as `RestoreSnapshot { state_file }`: per
+/// host, each golden image is booted once and its memory saved; a create then makes the
+/// overlay on the snapshot's disk, defines the domain with the fresh identity (name,
+/// uuid, MAC) and *restores* the saved state with that XML (`virDomainRestoreFlags`)
+/// instead of starting it, then re-identifies the guest (hostname, SSH host keys, DHCP
+/// renew). [`Sandboxes::create`] picks the variant per image in
+/// [`Provision::for_image`]; nothing else in the create path changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provision {
+    /// Start the defined domain; the guest boots from scratch (~30 s under TCG).
+    ColdBoot,
+}
+
+impl Provision {
+    fn for_image(_image: &ResolvedImage) -> Self {
+        Provision::ColdBoot
+    }
+
+    /// Brings a defined, stopped sandbox to running.
+    async fn run<H: Hypervisor>(self, hv: &H, record: &SandboxRecord) -> Result<(), ServiceError> {
+        match self {
+            Provision::ColdBoot => Ok(hv.start(&record.domain_uuid).await?),
+        }
+    }
+}
+
+/// The sandbox service.
+pub struct Sandboxes<H> {
+    pub(crate) hv: Arc<H>,
+    pub(crate) store: StateStore,
+    pub(crate) overlays: Overlays,
+    pub(crate) config: AgentConfig,
+    locks: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
+    poll: Duration,
+}
+
+impl<H> std::fmt::Debug for Sandboxes<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandboxes")
+            .field("host_name", &self.config.host_name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> i64 {
+    crate::unix_now()
+}
+
+impl<H: Hypervisor> Sandboxes<H> {
+    pub fn new(config: AgentConfig, hv: Arc<H>, store: StateStore) -> Self {
+        Self {
+            hv,
+            store,
+            overlays: Overlays::new(config.overlay_dir()),
+            config,
+            locks: Mutex::new(HashMap::new()),
+            poll: POLL,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with_poll(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    async fn lock(&self, id: &SandboxId) -> OwnedMutexGuard<()> {
+        let m = {
+            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            locks.entry(id.clone()).or_default().clone()
+        };
+        m.lock_owned().await
+    }
+
+    /// Drops the lock entry of a destroyed sandbox unless someone else waits on it.
+    fn forget_lock(&self, id: &SandboxId) {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        // One reference in the map, one in the caller's guard.
+        if locks.get(id).is_some_and(|m| Arc::strong_count(m) <= 2) {
+            locks.remove(id);
+        }
+    }
+
+    pub(crate) fn console_log(&self, id: &SandboxId) -> std::path::PathBuf {
+        self.config.console_dir().join(format!("{id}.log"))
+    }
+
+    /// The domain definition a record stands for.
+    pub(crate) fn spec_for(&self, r: &SandboxRecord) -> DomainSpec {
+        DomainSpec {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            uuid: r.domain_uuid.clone(),
+            agent: self.config.host_name.clone(),
+            image: r.image.clone(),
+            virt_type: self.config.virt_type,
+            cpus: r.cpus,
+            memory_mb: r.memory_mb,
+            boot: r.boot.clone(),
+            overlay: r.overlay_path.clone(),
+            network: r.network.clone(),
+            mac: r.mac.clone(),
+            console_log: self.console_log(&r.id),
+        }
+    }
+
+    async fn record(&self, id: &SandboxId) -> Result<SandboxRecord, ServiceError> {
+        self.store.get(id).await?.ok_or_else(|| {
+            ServiceError::NotFound(format!("sandbox {id} does not exist on this host"))
+        })
+    }
+
+    /// The domain's state; `None` when it is missing.
+    async fn state_of(&self, r: &SandboxRecord) -> Result<Option<DomainState>, ServiceError> {
+        match self.hv.domain_state(&r.domain_uuid).await {
+            Ok(s) => Ok(Some(s)),
+            Err(HypervisorError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn observe(r: SandboxRecord, domain: Option<&DomainState>, leases: &[Lease]) -> SandboxView {
+        let lease_ip = || leases.iter().find(|l| l.mac == r.mac).map(|l| l.ip);
+        let (state, ip, error) = match (&r.error, domain) {
+            (Some(e), _) => (ObservedState::Error, None, Some(e.clone())),
+            (None, None) => (
+                ObservedState::Error,
+                None,
+                Some("the domain is missing".to_owned()),
+            ),
+            (None, Some(DomainState::Running)) => (ObservedState::Running, lease_ip(), None),
+            (None, Some(DomainState::Paused)) => (ObservedState::Paused, lease_ip(), None),
+            (None, Some(DomainState::ShutOff)) if r.started => (ObservedState::Stopped, None, None),
+            (None, Some(DomainState::ShutOff)) => (ObservedState::Created, None, None),
+            (None, Some(DomainState::Crashed)) => (
+                ObservedState::Error,
+                None,
+                Some("the domain crashed".to_owned()),
+            ),
+            (None, Some(DomainState::Other(s))) => (
+                ObservedState::Error,
+                None,
+                Some(format!("the domain is in state {s:?}")),
+            ),
+        };
+        SandboxView {
+            record: r,
+            state,
+            ip,
+            error,
+        }
+    }
+
+    async fn leases(&self) -> Vec<Lease> {
+        // Leases are a hint; a sandbox is still reported when they cannot be read.
+        match self.hv.leases(self.config.network.as_str()).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("reading DHCP leases: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn view(&self, r: SandboxRecord) -> Result<SandboxView, ServiceError> {
+        let state = self.state_of(&r).await?;
+        let leases = self.leases().await;
+        Ok(Self::observe(r, state.as_ref(), &leases))
+    }
+
+    pub async fn get(&self, id: &SandboxId) -> Result<SandboxView, ServiceError> {
+        let r = self.record(id).await?;
+        self.view(r).await
+    }
+
+    /// Every sandbox this agent owns, with its observed state.
+    pub async fn list(&self) -> Result<Vec<SandboxView>, ServiceError> {
+        let records = self.store.list().await?;
+        let domains: HashMap<String, OwnedDomain> = self
+            .hv
+            .list_owned()
+            .await?
+            .into_iter()
+            .map(|d| (d.uuid.clone(), d))
+            .collect();
+        let leases = self.leases().await;
+        Ok(records
+            .into_iter()
+            .map(|r| {
+                let state = domains.get(&r.domain_uuid).map(|d| &d.state);
+                Self::observe(r, state, &leases)
+            })
+            .collect())
+    }
+
+    /// Creates the overlay and the domain; starts it when asked. Repeating a create
+    /// with the same id returns the existing sandbox (started if asked).
+    pub async fn create(&self, req: CreateSandbox) -> Result<SandboxView, ServiceError> {
+        let _guard = self.lock(&req.id).await;
+        if let Some(existing) = self.store.get(&req.id).await? {
+            if existing.name != req.name || existing.image != req.image {
+                tracing::warn!(id = %req.id, "create repeated with a different name or image; returning the existing sandbox");
+            }
+            if req.start {
+                self.start_locked(&existing).await?;
+            }
+            return self.get(&req.id).await;
+        }
+        let records = self.store.list().await?;
+        if let Some(other) = records.iter().find(|r| r.name == req.name) {
+            return Err(ServiceError::AlreadyExists(format!(
+                "sandbox {} already uses the name {}",
+                other.id, req.name
+            )));
+        }
+        if self.hv.name_in_use(req.name.as_str()).await? {
+            return Err(ServiceError::AlreadyExists(format!(
+                "a libvirt domain named {} already exists on this host",
+                req.name
+            )));
+        }
+        let image_config = self.config.image(&req.image).ok_or_else(|| {
+            ServiceError::NotFound(format!(
+                "image {} is not configured on this host",
+                req.image
+            ))
+        })?;
+        let image = images::resolve(self.hv.as_ref(), image_config).await?;
+        let provision = Provision::for_image(&image);
+
+        let used_macs: Vec<&str> = records.iter().map(|r| r.mac.as_str()).collect();
+        let mac = loop {
+            let mac = random_mac();
+            if !used_macs.contains(&mac.as_str()) {
+                break mac;
+            }
+        };
+        let started_at = Instant::now();
+        let overlay_path = self
+            .overlays
+            .create(&req.id, &image.backing, &image.backing_format)
+            .await?;
+        let overlay_ms = started_at.elapsed().as_millis();
+        let record = SandboxRecord {
+            id: req.id.clone(),
+            name: req.name.clone(),
+            image: req.image.clone(),
+            cpus: req.cpus,
+            memory_mb: req.memory_mb,
+            mac,
+            domain_uuid: uuid::Uuid::new_v4().to_string(),
+            overlay_path,
+            network: self.config.network.clone(),
+            boot: image.boot.clone(),
+            created_at_unix: unix_now(),
+            started: false,
+            last_ip: None,
+            error: None,
+        };
+        // The record goes first: after a crash, reconcile finds something to clean.
+        if let Err(e) = self.store.put(&record).await {
+            self.undo_create(&record, false).await;
+            return Err(e.into());
+        }
+        if let Err(e) = self.hv.define(&self.spec_for(&record)).await {
+            self.undo_create(&record, false).await;
+            return Err(e.into());
+        }
+        let define_ms = started_at.elapsed().as_millis() - overlay_ms;
+        if req.start {
+            if let Err(e) = provision.run(self.hv.as_ref(), &record).await {
+                self.undo_create(&record, true).await;
+                return Err(e);
+            }
+            self.mark_started(&record).await?;
+        }
+        tracing::info!(
+            id = %record.id, name = %record.name, image = %record.image,
+            overlay_ms, define_ms, total_ms = started_at.elapsed().as_millis(),
+            started = req.start, "sandbox created"
+        );
+        self.get(&req.id).await
+    }
+
+    /// Best-effort removal of what a failed create made.
+    async fn undo_create(&self, r: &SandboxRecord, defined: bool) {
+        if defined {
+            if let Err(e) = self.hv.power_off(&r.domain_uuid).await {
+                tracing::warn!(id = %r.id, "undo create: power off: {e}");
+            }
+            if let Err(e) = self.hv.undefine(&r.domain_uuid).await {
+                tracing::warn!(id = %r.id, "undo create: undefine: {e}");
+            }
+        }
+        if let Err(e) = self.overlays.remove(&r.overlay_path).await {
+            tracing::warn!(id = %r.id, "undo create: {e}");
+        }
+        if let Err(e) = self.store.remove(&r.id).await {
+            tracing::warn!(id = %r.id, "undo create: {e}");
+        }
+    }
+
+    async fn mark_started(&self, r: &SandboxRecord) -> Result<(), ServiceError> {
+        if !r.started {
+            let mut r = r.clone();
+            r.started = true;
+            self.store.put(&r).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn start(&self, id: &SandboxId) -> Result<SandboxView, ServiceError> {
+        let _guard = self.lock(id).await;
+        let r = self.record(id).await?;
+        self.start_locked(&r).await?;
+        self.get(id).await
+    }
+
+    async fn start_locked(&self, r: &SandboxRecord) -> Result<(), ServiceError> {
+        if let Some(e) = &r.error {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "sandbox {} cannot start: {e}",
+                r.id
+            )));
+        }
+        match self.state_of(r).await? {
+            Some(DomainState::Running) => {}
+            Some(DomainState::ShutOff | DomainState::Crashed) => {
+                self.hv.start(&r.domain_uuid).await?;
+                self.mark_started(r).await?;
+                tracing::info!(id = %r.id, "sandbox started");
+            }
+            Some(DomainState::Paused) => {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "sandbox {} is paused",
+                    r.id
+                )));
+            }
+            Some(DomainState::Other(s)) => {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "sandbox {} is in state {s:?}",
+                    r.id
+                )));
+            }
+            None => {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "sandbox {}'s domain is missing",
+                    r.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Graceful shutdown, then power off after the timeout; `force` powers off at once.
+    pub async fn stop(&self, req: StopSandbox) -> Result<SandboxView, ServiceError> {
+        let _guard = self.lock(&req.id).await;
+        let r = self.record(&req.id).await?;
+        let uuid = r.domain_uuid.as_str();
+        match self.state_of(&r).await? {
+            None => {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "sandbox {}'s domain is missing",
+                    r.id
+                )));
+            }
+            Some(DomainState::ShutOff) => return self.get(&req.id).await,
+            Some(DomainState::Running) if !req.force => {
+                let timeout = Duration::from_secs(u64::from(
+                    req.timeout_seconds
+                        .unwrap_or(self.config.stop_timeout_seconds),
+                ));
+                if !self.shutdown_gracefully(uuid, timeout).await? {
+                    tracing::info!(id = %r.id, ?timeout, "guest did not shut down in time; powering off");
+                    self.hv.power_off(uuid).await?;
+                }
+            }
+            Some(_) => self.hv.power_off(uuid).await?,
+        }
+        // A stopped guest holds no address; without this, a wait for the IP after the
+        // next start would return the old lease before the guest is up.
+        self.release_leases(&r).await;
+        tracing::info!(id = %r.id, force = req.force, "sandbox stopped");
+        self.get(&req.id).await
+    }
+
+    /// True when the guest shut down within `timeout`.
+    async fn shutdown_gracefully(
+        &self,
+        uuid: &str,
+        timeout: Duration,
+    ) -> Result<bool, ServiceError> {
+        let deadline = Instant::now() + timeout;
+        let mut next_request = Instant::now();
+        loop {
+            if Instant::now() >= next_request {
+                self.hv.shutdown(uuid).await?;
+                next_request = Instant::now() + SHUTDOWN_RESEND;
+            }
+            tokio::time::sleep(self.poll).await;
+            match self.hv.domain_state(uuid).await {
+                Ok(DomainState::ShutOff) => return Ok(true),
+                Ok(_) => {}
+                Err(HypervisorError::NotFound(m)) => {
+                    return Err(ServiceError::FailedPrecondition(format!(
+                        "the domain vanished while stopping: {m}"
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Removes domain, lease, overlay, console log and record. True if anything existed.
+    pub async fn destroy(&self, id: &SandboxId) -> Result<bool, ServiceError> {
+        let guard = self.lock(id).await;
+        let record = self.store.get(id).await?;
+        // Domains marked with this id: the record's, and any left by a lost record.
+        let domains: Vec<OwnedDomain> = self
+            .hv
+            .list_owned()
+            .await?
+            .into_iter()
+            .filter(|d| {
+                d.meta.id == id.as_str() || record.as_ref().is_some_and(|r| r.domain_uuid == d.uuid)
+            })
+            .collect();
+        let existed = record.is_some() || !domains.is_empty();
+        for d in &domains {
+            remove_domain(self.hv.as_ref(), &d.uuid).await?;
+        }
+        if let Some(r) = &record {
+            self.release_leases(r).await;
+            self.overlays.remove(&r.overlay_path).await?;
+        }
+        self.overlays.remove(&self.overlays.path_for(id)).await?;
+        overlay::remove_file(&self.console_log(id)).await?;
+        self.store.remove(id).await?;
+        drop(guard);
+        self.forget_lock(id);
+        if existed {
+            tracing::info!(id = %id, "sandbox destroyed");
+        }
+        Ok(existed)
+    }
+
+    /// Releases the DHCP leases of a sandbox's MAC (best effort: a lease left behind
+    /// expires on its own, and must not fail a stop or destroy).
+    async fn release_leases(&self, r: &SandboxRecord) {
+        for lease in self.leases().await.iter().filter(|l| l.mac == r.mac) {
+            match self.hv.release_lease(r.network.as_str(), lease).await {
+                Ok(()) => tracing::debug!(id = %r.id, ip = %lease.ip, "DHCP lease released"),
+                Err(e) => {
+                    tracing::warn!(id = %r.id, ip = %lease.ip, "releasing the DHCP lease: {e}")
+                }
+            }
+        }
+    }
+
+    /// Polls the network's leases until the sandbox has an IPv4 address.
+    pub async fn wait_for_ip(&self, req: WaitForIp) -> Result<Ipv4Addr, ServiceError> {
+        let r = self.record(&req.id).await?;
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(u64::from(req.timeout_seconds));
+        loop {
+            match self.state_of(&r).await? {
+                Some(DomainState::Running | DomainState::Paused) => {}
+                None => {
+                    return Err(ServiceError::FailedPrecondition(format!(
+                        "sandbox {}'s domain is missing",
+                        r.id
+                    )));
+                }
+                Some(_) => {
+                    return Err(ServiceError::FailedPrecondition(format!(
+                        "sandbox {} is not running",
+                        r.id
+                    )));
+                }
+            }
+            if let Some(ip) = self
+                .hv
+                .leases(r.network.as_str())
+                .await?
+                .iter()
+                .find(|l| l.mac == r.mac)
+                .map(|l| l.ip)
+            {
+                tracing::info!(id = %r.id, %ip, waited_ms = started.elapsed().as_millis(), "sandbox has an address");
+                self.remember_ip(&r.id, ip).await;
+                return Ok(ip);
+            }
+            if Instant::now() + self.poll > deadline {
+                return Err(ServiceError::DeadlineExceeded(format!(
+                    "sandbox {} has no DHCP lease after {} s",
+                    r.id, req.timeout_seconds
+                )));
+            }
+            tokio::time::sleep(self.poll).await;
+        }
+    }
+
+    async fn remember_ip(&self, id: &SandboxId, ip: Ipv4Addr) {
+        let _guard = self.lock(id).await;
+        match self.store.get(id).await {
+            Ok(Some(mut r)) if r.last_ip != Some(ip) => {
+                r.last_ip = Some(ip);
+                if let Err(e) = self.store.put(&r).await {
+                    tracing::warn!(id = %id, "saving the IP address: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(id = %id, "saving the IP address: {e}"),
+        }
+    }
+
+    /// Totals (config override or node info), promises (sum over records), free memory.
+    pub async fn capacity(&self) -> Result<Capacity, ServiceError> {
+        let node = self.hv.node_info().await?;
+        let records = self.store.list().await?;
+        Ok(Capacity {
+            cpus_total: self.config.cpus.unwrap_or(node.cpus),
+            cpus_reserved: records.iter().map(|r| r.cpus).sum(),
+            memory_mb_total: self.config.memory_mb.unwrap_or(node.memory_mb_total),
+            memory_mb_reserved: records.iter().map(|r| r.memory_mb).sum(),
+            memory_mb_free: node.memory_mb_free,
+            sandboxes: u32::try_from(records.len()).unwrap_or(u32::MAX),
+            images: self
+                .config
+                .images
+                .iter()
+                .map(|i| i.name().to_string())
+                .collect(),
+        })
+    }
+
+    pub async fn images(&self) -> Result<Vec<ImageInfo>, ServiceError> {
+        images::list(self.hv.as_ref(), &self.config.images).await
+    }
+}
+
+/// Powers a domain off and undefines it; a missing domain is fine.
+pub(crate) async fn remove_domain<H: Hypervisor>(hv: &H, uuid: &str) -> Result<(), ServiceError> {
+    match hv.power_off(uuid).await {
+        Ok(()) | Err(HypervisorError::NotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match hv.undefine(uuid).await {
+        Ok(()) | Err(HypervisorError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,209 @@
+//! The agent's local state: one record per sandbox, in redb (`state_dir/agent.redb`).
+//!
+//! What we store, and why: the sandbox's intent as this host accepted it (id, name,
+//! image, size), and the identity we gave it (domain uuid, MAC, overlay path, how it
+//! boots), so the domain can be found, redefined after a loss, and cleaned up
+//! completely. Everything observable (run state, IP) is read from libvirt; the last
+//! seen IP is only a hint. A record is written *before* its domain is defined, so a
+//! crash mid-create leaves something the reconciler can clean up.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fluid_proto::model::{Name, SandboxId};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::hypervisor::Boot;
+
+/// Sandbox id → JSON-encoded [`SandboxRecord`].
+const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes");
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    pub id: SandboxId,
+    pub name: Name,
+    pub image: Name,
+    pub cpus: u32,
+    pub memory_mb: u64,
+    pub mac: String,
+    pub domain_uuid: String,
+    pub overlay_path: PathBuf,
+    pub network: Name,
+    pub boot: Boot,
+    pub created_at_unix: i64,
+    /// Set once the domain was started; a stopped domain that never ran is "created".
+    #[serde(default)]
+    pub started: bool,
+    #[serde(default)]
+    pub last_ip: Option<Ipv4Addr>,
+    /// Why the sandbox cannot run (e.g. its overlay was lost).
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("state store: {0}")]
+pub struct StateError(String);
+
+fn err(e: impl std::fmt::Display) -> StateError {
+    StateError(e.to_string())
+}
+
+/// The redb store. Calls run on the blocking pool, never on the async runtime.
+#[derive(Clone)]
+pub struct StateStore {
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateStore")
+    }
+}
+
+impl StateStore {
+    /// Opens (or creates) the database at `path`.
+    pub async fn open(path: &Path) -> Result<Self, StateError> {
+        let path = path.to_owned();
+        let db = tokio::task::spawn_blocking(move || {
+            let db = Database::create(&path)
+                .map_err(|e| StateError(format!("{}: {e}", path.display())))?;
+            let tx = db.begin_write().map_err(err)?;
+            tx.open_table(SANDBOXES).map_err(err)?;
+            tx.commit().map_err(err)?;
+            Ok::<_, StateError>(db)
+        })
+        .await
+        .map_err(err)??;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StateError> + Send + 'static,
+    ) -> Result<T, StateError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(err)?
+    }
+
+    /// Inserts or replaces the record for `record.id`.
+    pub async fn put(&self, record: &SandboxRecord) -> Result<(), StateError> {
+        let key = record.id.to_string();
+        let value = serde_json::to_vec(record).map_err(err)?;
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(err)?;
+            tx.open_table(SANDBOXES)
+                .map_err(err)?
+                .insert(key.as_str(), value.as_slice())
+                .map_err(err)?;
+            tx.commit().map_err(err)
+        })
+        .await
+    }
+
+    pub async fn get(&self, id: &SandboxId) -> Result<Option<SandboxRecord>, StateError> {
+        let key = id.to_string();
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(err)?;
+            let table = tx.open_table(SANDBOXES).map_err(err)?;
+            match table.get(key.as_str()).map_err(err)? {
+                Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(err),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// Every record, ordered by id. An unreadable record is logged and skipped.
+    pub async fn list(&self) -> Result<Vec<SandboxRecord>, StateError> {
+        self.blocking(|db| {
+            let tx = db.begin_read().map_err(err)?;
+            let table = tx.open_table(SANDBOXES).map_err(err)?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(err)? {
+                let (k, v) = row.map_err(err)?;
+                match serde_json::from_slice(v.value()) {
+                    Ok(r) => out.push(r),
+                    Err(e) => tracing::error!(key = k.value(), "unreadable sandbox record: {e}"),
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Removes a record; true if it existed.
+    pub async fn remove(&self, id: &SandboxId) -> Result<bool, StateError> {
+        let key = id.to_string();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(err)?;
+            let existed = tx
+                .open_table(SANDBOXES)
+                .map_err(err)?
+                .remove(key.as_str())
+                .map_err(err)?
+                .is_some();
+            tx.commit().map_err(err)?;
+            Ok(existed)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn test_record(id: &str, name: &str) -> SandboxRecord {
+    let n = |s: &str| Name::parse("n", s).expect("name");
+    SandboxRecord {
+        id: SandboxId::parse("id", id).expect("id"),
+        name: n(name),
+        image: n("debian-12"),
+        cpus: 1,
+        memory_mb: 512,
+        mac: "52:54:00:00:00:01".into(),
+        domain_uuid: uuid::Uuid::new_v4().to_string(),
+        overlay_path: PathBuf::from(format!("/tmp/{id}.qcow2")),
+        network: n("default"),
+        boot: Boot::Disk,
+        created_at_unix: 1,
+        started: false,
+        last_ip: None,
+        error: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_get_list_remove_and_reopen() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let path = tmp.path().join("agent.redb");
+        let store = StateStore::open(&path).await.expect("open");
+        let a = test_record("SBX-aaaaaaaa", "a");
+        let mut b = test_record("SBX-bbbbbbbb", "b");
+        store.put(&b).await.expect("put");
+        store.put(&a).await.expect("put");
+        b.last_ip = Some(Ipv4Addr::new(192, 168, 122, 7));
+        store.put(&b).await.expect("replace");
+        assert_eq!(store.get(&a.id).await.expect("get"), Some(a.clone()));
+        let ids: Vec<_> = store
+            .list()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, vec![a.id.clone(), b.id.clone()]);
+        assert!(store.remove(&a.id).await.expect("remove"));
+        assert!(!store.remove(&a.id).await.expect("remove again"));
+        drop(store);
+        let store = StateStore::open(&path).await.expect("reopen");
+        assert_eq!(store.get(&b.id).await.expect("get"), Some(b));
+        assert_eq!(store.get(&a.id).await.expect("get"), None);
+    }
+}

@@ -1,0 +1,411 @@
+//! A running test fleet: one controller and N agents as real processes, with their
+//! own PKI, state directories and (for PostgreSQL) a fresh database.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use fluid_client::Client;
+use fluid_client::types::HostState;
+use fluid_proto::pb::host_agent_client::HostAgentClient;
+use fluid_proto::tls::TlsFiles;
+use tonic::transport::Channel;
+
+use crate::env::TestEnv;
+use crate::pki::Pki;
+use crate::process::Service;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+/// One agent of the fleet.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub name: String,
+    /// Capacity overrides (the agent otherwise reports the machine's).
+    pub memory_mb: Option<u64>,
+    pub cpus: Option<u32>,
+    /// Names its certificate carries (default 127.0.0.1 and localhost).
+    pub sans: Vec<String>,
+}
+
+impl AgentOptions {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            memory_mb: None,
+            cpus: None,
+            sans: vec!["127.0.0.1".into(), "localhost".into()],
+        }
+    }
+
+    pub fn memory_mb(mut self, mb: u64) -> Self {
+        self.memory_mb = Some(mb);
+        self
+    }
+
+    pub fn sans(mut self, sans: &[&str]) -> Self {
+        self.sans = sans.iter().map(|s| s.to_string()).collect();
+        self
+    }
+}
+
+#[derive(Debug)]
+pub struct Agent {
+    pub name: String,
+    pub address: String,
+    pub state_dir: PathBuf,
+    pub tls: TlsFiles,
+    pub service: Service,
+}
+
+#[derive(Debug)]
+pub struct Stack {
+    pub env: TestEnv,
+    pub dir: tempfile::TempDir,
+    pub pki: Pki,
+    pub api_url: String,
+    pub client: Client,
+    pub controller: Service,
+    pub agents: BTreeMap<String, Agent>,
+    /// Unique prefix of this stack's agent (host) names.
+    pub prefix: String,
+    database: Option<String>,
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn quote(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
+}
+
+fn quote_path(p: &Path) -> String {
+    quote(&p.to_string_lossy())
+}
+
+fn tls_toml(tls: &TlsFiles) -> String {
+    format!(
+        "[tls]\nca_cert = {}\ncert = {}\nkey = {}\n",
+        quote_path(&tls.ca_cert),
+        quote_path(&tls.cert),
+        quote_path(&tls.key)
+    )
+}
+
+fn random_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{:06x}", (nanos ^ std::process::id()) & 0xff_ffff)
+}
+
+impl Stack {
+    /// Starts agents and a controller that knows them; waits until the API answers.
+    pub async fn start(store: StoreKind, agents: Vec<AgentOptions>) -> Result<Self> {
+        let env = TestEnv::load()?;
+        let dir = tempfile::Builder::new()
+            .prefix("fluid-it-")
+            .tempdir_in("/var/tmp")?;
+        // libvirt-qemu must reach the overlays below this directory.
+        set_mode(dir.path(), 0o755)?;
+        let pki = Pki::init(
+            &env.bin_dir.join("fluid-controller"),
+            &dir.path().join("pki"),
+        )?;
+        let prefix = format!("it{}", random_suffix());
+
+        let mut stack = Self {
+            api_url: String::new(),
+            client: Client::new("http://127.0.0.1:1")?,
+            controller: Service::new(
+                "controller",
+                &env.bin_dir.join("fluid-controller"),
+                &[],
+                dir.path(),
+            ),
+            agents: BTreeMap::new(),
+            database: None,
+            env,
+            dir,
+            pki,
+            prefix,
+        };
+        for opts in agents {
+            stack.add_agent(opts)?;
+        }
+        stack.start_controller(store).await?;
+        Ok(stack)
+    }
+
+    /// Host name of agent `short` in this stack (`<prefix>-<short>`).
+    pub fn host(&self, short: &str) -> String {
+        format!("{}-{short}", self.prefix)
+    }
+
+    fn add_agent(&mut self, opts: AgentOptions) -> Result<()> {
+        let name = self.host(&opts.name);
+        let port = free_port()?;
+        let state_dir = self.dir.path().join(format!("agent-{}", opts.name));
+        std::fs::create_dir_all(&state_dir)?;
+        set_mode(&state_dir, 0o755)?;
+        let sans: Vec<&str> = opts.sans.iter().map(String::as_str).collect();
+        let tls = self.pki.agent(&name, &sans)?;
+        let img = &self.env.image_dir;
+        let mut toml = format!(
+            "host_name = {}\nlisten = \"127.0.0.1:{port}\"\nvirt_type = \"qemu\"\nnetwork = \"default\"\nstate_dir = {}\nstop_timeout_seconds = 20\n",
+            quote(&name),
+            quote_path(&state_dir),
+        );
+        if let Some(mb) = opts.memory_mb {
+            toml += &format!("memory_mb = {mb}\n");
+        }
+        if let Some(c) = opts.cpus {
+            toml += &format!("cpus = {c}\n");
+        }
+        toml += &tls_toml(&tls);
+        toml += &format!(
+            "\n[[images]]\nname = \"debian-12\"\npath = {}\nkernel = {}\ninitrd = {}\ncmdline = \"root=/dev/vda rw console=ttyS0 net.ifnames=0\"\n",
+            quote_path(&img.join("disk.qcow2")),
+            quote_path(&img.join("vmlinuz")),
+            quote_path(&img.join("initrd.img")),
+        );
+        let config = self.dir.path().join(format!("agent-{}.toml", opts.name));
+        std::fs::write(&config, toml)?;
+        let config = config.to_string_lossy().into_owned();
+        let mut service = Service::new(
+            &format!("agent-{}", opts.name),
+            &self.env.bin_dir.join("fluid-agent"),
+            &["--config", &config],
+            self.dir.path(),
+        );
+        service.start()?;
+        self.agents.insert(
+            opts.name.clone(),
+            Agent {
+                name,
+                address: format!("127.0.0.1:{port}"),
+                state_dir,
+                tls,
+                service,
+            },
+        );
+        Ok(())
+    }
+
+    async fn start_controller(&mut self, store: StoreKind) -> Result<()> {
+        let port = free_port()?;
+        let data_dir = self.dir.path().join("controller");
+        std::fs::create_dir_all(&data_dir)?;
+        let mut toml = format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {}\nheartbeat_interval_secs = 1\noffline_after_missed_beats = 3\nreconcile_interval_secs = 5\n",
+            quote_path(&data_dir)
+        );
+        if store == StoreKind::Postgres {
+            let url = self.create_database()?;
+            toml += &format!("database_url = {}\n", quote(&url));
+        }
+        toml += &tls_toml(&self.pki.controller());
+        for agent in self.agents.values() {
+            toml += &format!(
+                "\n[[hosts]]\nname = {}\naddress = {}\n",
+                quote(&agent.name),
+                quote(&agent.address)
+            );
+        }
+        let config = self.dir.path().join("controller.toml");
+        std::fs::write(&config, toml)?;
+        let config = config.to_string_lossy().into_owned();
+        self.controller = Service::new(
+            "controller",
+            &self.env.bin_dir.join("fluid-controller"),
+            &["serve", "--config", &config],
+            self.dir.path(),
+        );
+        self.api_url = format!("http://127.0.0.1:{port}");
+        self.client = Client::new(&self.api_url)?;
+        self.controller.start()?;
+        self.wait_healthy().await
+    }
+
+    /// A fresh PostgreSQL database for this stack.
+    fn create_database(&mut self) -> Result<String> {
+        let base = self
+            .env
+            .database_url
+            .clone()
+            .context("FLUID_TEST_DATABASE_URL is unset: the PostgreSQL runs need it (scripts/test.sh sets it)")?;
+        let db = format!("fluid_{}", self.prefix);
+        let out = std::process::Command::new("su")
+            .args(["postgres", "-c", &format!("createdb -O root {db}")])
+            .output()?;
+        if !out.status.success() {
+            bail!("createdb {db}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        self.database = Some(db.clone());
+        Ok(base.replace("/fluid_test", &format!("/{db}")))
+    }
+
+    pub async fn wait_healthy(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.client.health().await.is_ok() {
+                return Ok(());
+            }
+            if !self.controller.is_running() || Instant::now() > deadline {
+                bail!(
+                    "controller did not become healthy; log:\n{}",
+                    self.controller.log_tail(40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the controller reports host `short` in `state`.
+    pub async fn wait_host(
+        &mut self,
+        short: &str,
+        state: HostState,
+        within: Duration,
+    ) -> Result<()> {
+        let name = self.host(short);
+        let deadline = Instant::now() + within;
+        let mut last = None;
+        loop {
+            if let Ok(hosts) = self.client.list_hosts().await {
+                let h = hosts.hosts.into_iter().find(|h| h.name == name);
+                if h.as_ref().map(|h| h.state) == Some(state) {
+                    return Ok(());
+                }
+                last = h;
+            }
+            if Instant::now() > deadline {
+                let log = self
+                    .agents
+                    .get(short)
+                    .map(|a| a.service.log_tail(30))
+                    .unwrap_or_default();
+                bail!(
+                    "host {name} not {state:?} within {within:?}; last seen as {last:?}\nagent log:\n{log}\ncontroller log:\n{}",
+                    self.controller.log_tail(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    pub async fn restart_controller(&mut self) -> Result<()> {
+        self.controller.stop().await?;
+        self.controller.start()?;
+        self.wait_healthy().await
+    }
+
+    pub fn agent(&mut self, short: &str) -> Result<&mut Agent> {
+        self.agents
+            .get_mut(short)
+            .with_context(|| format!("no agent {short} in this stack"))
+    }
+
+    /// A gRPC client to agent `short`, presenting `identity` (None: no client certificate).
+    pub async fn agent_grpc(
+        &self,
+        short: &str,
+        identity: Option<&TlsFiles>,
+        ca: &Path,
+    ) -> Result<HostAgentClient<Channel>> {
+        let agent = self
+            .agents
+            .get(short)
+            .with_context(|| format!("no agent {short}"))?;
+        let ca_pem = std::fs::read(ca)?;
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+            .domain_name("127.0.0.1");
+        if let Some(id) = identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                std::fs::read(&id.cert)?,
+                std::fs::read(&id.key)?,
+            ));
+        }
+        let channel = Channel::from_shared(format!("https://{}", agent.address))?
+            .tls_config(tls)?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await?;
+        Ok(HostAgentClient::new(channel))
+    }
+
+    /// Destroys every domain one of this stack's agents left (after a failed test).
+    fn cleanup_domains(&self) {
+        let Ok(domains) = crate::virsh::domains() else {
+            return;
+        };
+        for d in domains {
+            let xml = std::process::Command::new("virsh")
+                .args(["-c", "qemu:///system", "dumpxml", &d])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            if xml.contains(&format!("agent=\"{}-", self.prefix))
+                || xml.contains(&format!("agent='{}-", self.prefix))
+            {
+                let _ = std::process::Command::new("virsh")
+                    .args(["-c", "qemu:///system", "destroy", &d])
+                    .output();
+                let _ = std::process::Command::new("virsh")
+                    .args(["-c", "qemu:///system", "undefine", &d])
+                    .output();
+            }
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.cleanup_domains();
+        if let Some(db) = &self.database {
+            let _ = std::process::Command::new("su")
+                .args(["postgres", "-c", &format!("dropdb --force {db}")])
+                .output();
+        }
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
+/// Waits until TCP `addr` accepts a connection and sends an SSH banner.
+pub async fn wait_ssh_banner(addr: &str, within: Duration) -> Result<String> {
+    use tokio::io::AsyncReadExt;
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Ok(mut s)) =
+            tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr)).await
+        {
+            let mut buf = [0u8; 64];
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await
+            {
+                let banner = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
+                if banner.starts_with("SSH-") {
+                    return Ok(banner);
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{addr} did not answer with an SSH banner within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

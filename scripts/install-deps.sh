@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages fluid needs to build and to run sandboxes.
+# Idempotent: a machine that has everything is left alone.
+set -euo pipefail
+
+packages=(
+  libvirt-daemon-system libvirt-dev qemu-system-x86 dnsmasq-base dnsmasq-utils
+  nftables debootstrap protobuf-compiler e2fsprogs openssh-client pkg-config
+  iproute2 curl jq postgresql
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# Debian's qemu-system-x86 7.2 needs bookworm's qemu-utils; a backported 10.x
+# qemu-utils blocks the install (HOST-ENV.md), so bookworm's is named explicitly.
+qemu_utils_ok=false
+if qemu-img --version 2>/dev/null | grep -q 'version 7\.'; then qemu_utils_ok=true; fi
+
+if [[ ${#missing[@]} -eq 0 && $qemu_utils_ok == true ]]; then
+  echo "install-deps: all packages present" >&2
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]} qemu-utils" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q >/dev/null
+apt-get install -y -q --allow-downgrades --no-install-recommends \
+  "${missing[@]}" qemu-utils/bookworm qemu-block-extra/bookworm qemu-system-x86 >/dev/null
+echo "install-deps: done ($(qemu-img --version | head -n1))" >&2

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace on a Debian 12 machine, as root:
+#   1. installs the packages, builds (or reuses) the golden image,
+#   2. starts PostgreSQL and libvirtd (inside a network namespace, HOST-ENV.md),
+#   3. fmt + clippy, unit tests (SQLite and PostgreSQL stores),
+#   4. integration tests with real VMs under TCG, run inside that namespace.
+# Environment: FLUID_NETNS (default fluid-test), CARGO_TARGET_DIR (cargo's default).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$(pwd)
+# shellcheck source=lib/netns.sh
+source scripts/lib/netns.sh
+
+step() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
+
+step "packages"
+./scripts/install-deps.sh
+
+step "golden image"
+FLUID_GOLDEN_IMAGE_DIR=$(./scripts/build-golden-image.sh)
+export FLUID_GOLDEN_IMAGE_DIR
+
+step "postgresql"
+FLUID_TEST_DATABASE_URL=$(fluid_postgres_up)
+export FLUID_TEST_DATABASE_URL
+echo "$FLUID_TEST_DATABASE_URL"
+
+step "libvirtd in a network namespace"
+fluid_libvirt_up "${FLUID_NETNS:-fluid-test}"
+echo "namespace: $FLUID_NETNS"
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
+
+step "build"
+cargo build --locked --workspace --all-targets
+
+step "unit tests"
+cargo test --locked --workspace --exclude integration-tests
+
+step "integration tests (real libvirt, TCG, inside $FLUID_NETNS)"
+# The test binaries start fluid-controller and fluid-agent from the same target dir.
+FLUID_BIN_DIR=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/debug
+export FLUID_BIN_DIR
+ip netns exec "$FLUID_NETNS" env PATH="$PATH" cargo test --locked -p integration-tests -- --test-threads=1
+cd "$root"
