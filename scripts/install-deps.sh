@@ -11,12 +11,12 @@ packages=(
 
 missing=()
 for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")
 done
 # Debian's qemu-system-x86 7.2 needs bookworm's qemu-utils; a backported 10.x
 # qemu-utils blocks the install (HOST-ENV.md), so bookworm's is named explicitly.
 qemu_utils_ok=false
-if qemu-img --version 2>/dev/null | grep -q 'version 7\.'; then qemu_utils_ok=true; fi
+if [[ $(qemu-img --version 2>/dev/null) == *"version 7."* ]]; then qemu_utils_ok=true; fi
 
 if [[ ${#missing[@]} -eq 0 && $qemu_utils_ok == true ]]; then
   echo "install-deps: all packages present" >&2

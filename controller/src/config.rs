@@ -247,4 +247,11 @@ mod tests {
         assert!(!is_config_key("GOLDEN_IMAGE_DIR"));
         assert!(!is_config_key("TEST_DATABASE_URL"));
     }
+
+    #[test]
+    fn the_deploy_example_parses() {
+        let c =
+            parse(include_str!("../../deploy/controller.toml")).expect("deploy/controller.toml");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    }
 }

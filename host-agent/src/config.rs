@@ -452,4 +452,12 @@ source_domain = "ubuntu-golden"
         let e = AgentConfig::load(Path::new("/nonexistent/agent.toml")).expect_err("missing");
         assert!(e.to_string().contains("does not exist"));
     }
+
+    #[test]
+    fn the_deploy_example_parses() {
+        let c = AgentConfig::from_toml(include_str!("../../deploy/agent.toml"))
+            .expect("deploy/agent.toml");
+        assert_eq!(c.host_name.as_str(), "kvm-1");
+        assert_eq!(c.images.len(), 1);
+    }
 }

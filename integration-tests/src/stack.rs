@@ -206,7 +206,7 @@ impl Stack {
         let data_dir = self.dir.path().join("controller");
         std::fs::create_dir_all(&data_dir)?;
         let mut toml = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = {}\nheartbeat_interval_secs = 1\noffline_after_missed_beats = 3\nreconcile_interval_secs = 5\n",
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {}\nheartbeat_interval_secs = 1\noffline_after_missed_beats = 3\nreconcile_interval_secs = 2\njanitor_interval_secs = 1\n",
             quote_path(&data_dir)
         );
         if store == StoreKind::Postgres {

@@ -16,7 +16,7 @@ fluid_libvirt_up() {
     fi
     ns=$cur
   else
-    ip netns list | grep -qw "^$ns" || ip netns add "$ns"
+    grep -qw "^$ns" <<<"$(ip netns list)" || ip netns add "$ns"
     ip netns exec "$ns" ip link set lo up
     mkdir -p /var/log/libvirt /run/libvirt /var/lib/libvirt/dnsmasq
     pgrep -x virtlogd >/dev/null || virtlogd -d
@@ -26,7 +26,9 @@ fluid_libvirt_up() {
     virsh -c qemu:///system version >/dev/null 2>&1 && break
     sleep 0.2
   done
-  if ! virsh -c qemu:///system net-info default 2>/dev/null | grep -q 'Active: *yes'; then
+  local info
+  info=$(virsh -c qemu:///system net-info default 2>/dev/null || true)
+  if ! grep -q 'Active: *yes' <<<"$info"; then
     virsh -c qemu:///system net-start default >/dev/null
   fi
   export FLUID_NETNS=$ns
@@ -62,9 +64,9 @@ fluid_postgres_up() {
     su postgres -c "psql -Atqc 'select 1'" >/dev/null 2>&1 && break
     sleep 0.2
   done
-  su postgres -c "psql -Atqc \"select 1 from pg_roles where rolname='root'\"" | grep -q 1 ||
+  [[ $(su postgres -c "psql -Atqc \"select 1 from pg_roles where rolname='root'\"") == 1 ]] ||
     su postgres -c "psql -qc 'create role root login superuser'" >/dev/null
-  su postgres -c "psql -Atqc \"select 1 from pg_database where datname='fluid_test'\"" | grep -q 1 ||
+  [[ $(su postgres -c "psql -Atqc \"select 1 from pg_database where datname='fluid_test'\"") == 1 ]] ||
     su postgres -c "psql -qc 'create database fluid_test owner root'" >/dev/null
   echo "postgres://root@localhost/fluid_test?host=/var/run/postgresql"
 }
