@@ -55,11 +55,11 @@ fluid_postgres_up() {
   local cluster
   cluster=$(pg_lsclusters -h 2>/dev/null | awk 'NR==1{print $1" "$2}')
   if [[ -z "$cluster" ]]; then
-    pg_createcluster 15 main >/dev/null
+    pg_createcluster 15 main >/dev/null 2>&1
     cluster="15 main"
   fi
   # shellcheck disable=SC2086
-  pg_ctlcluster $cluster start 2>/dev/null || true
+  pg_ctlcluster $cluster start >/dev/null 2>&1 || true
   for _ in $(seq 1 50); do
     su postgres -c "psql -Atqc 'select 1'" >/dev/null 2>&1 && break
     sleep 0.2
