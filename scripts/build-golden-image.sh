@@ -40,7 +40,7 @@ root="$work/root"
 
 echo "debootstrap from $mirror into $root" >&2
 debootstrap --variant=minbase \
-  --include=systemd-sysv,udev,dbus,openssh-server,linux-image-cloud-amd64,ifupdown,isc-dhcp-client,iproute2,netbase,sudo,qemu-guest-agent,python3,procps,less \
+  --include=systemd-sysv,udev,dbus,openssh-server,linux-image-cloud-amd64,ifupdown,isc-dhcp-client,iproute2,netbase,sudo,qemu-guest-agent,python3,procps,less,dmidecode \
   bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1 || { tail -30 "$work/debootstrap.log" >&2; exit 1; }
 
 # --- configuration inside the image -------------------------------------------------
@@ -73,12 +73,59 @@ UNIT
 ln -sf /etc/systemd/system/fluid-ssh-hostkeys.service \
   "$root/etc/systemd/system/multi-user.target.wants/fluid-ssh-hostkeys.service"
 cat >"$root/etc/ssh/sshd_config.d/fluid.conf" <<'SSHD'
-# Managed by fluid: keys or short-lived certificates only.
+# Managed by fluid: short-lived certificates from the controller's user CA only.
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 UseDNS no
+TrustedUserCAKeys /etc/ssh/fluid_user_ca.pub
+RevokedKeys /etc/ssh/fluid_revoked_keys
+AllowTcpForwarding no
+AllowAgentForwarding no
+X11Forwarding no
+PermitTunnel no
 SSHD
+: >"$root/etc/ssh/fluid_user_ca.pub"
+: >"$root/etc/ssh/fluid_revoked_keys"
+# Fresh identity at first boot: the host-agent passes the sandbox's hostname and the
+# SSH user CA keys it must trust as SMBIOS OEM strings ("fluid:hostname=…",
+# "fluid:ssh_user_ca=…"), readable before the network is up.
+cat >"$root/usr/local/sbin/fluid-identity" <<'IDENT'
+#!/bin/sh
+# Applies the identity fluid gave this sandbox (SMBIOS type 11 OEM strings).
+set -eu
+strings=$(dmidecode -q -t 11 2>/dev/null | sed -n 's/^[[:space:]]*String [0-9]*: //p')
+host=$(printf '%s\n' "$strings" | sed -n 's/^fluid:hostname=//p' | head -n1)
+cas=$(printf '%s\n' "$strings" | sed -n 's/^fluid:ssh_user_ca=//p')
+if [ -n "$host" ]; then
+  printf '%s\n' "$host" >/etc/hostname
+  hostname "$host"
+  sed -i "s/^127\.0\.1\.1 .*/127.0.1.1 $host/" /etc/hosts
+fi
+if [ -n "$cas" ]; then
+  umask 022
+  printf '%s\n' "$cas" >/etc/ssh/fluid_user_ca.pub.new
+  mv /etc/ssh/fluid_user_ca.pub.new /etc/ssh/fluid_user_ca.pub
+fi
+IDENT
+chmod 755 "$root/usr/local/sbin/fluid-identity"
+cat >"$root/etc/systemd/system/fluid-identity.service" <<'UNIT'
+[Unit]
+Description=Apply the sandbox identity given by fluid (hostname, SSH user CA)
+DefaultDependencies=no
+After=local-fs.target
+Before=network-pre.target ssh.service fluid-ssh-hostkeys.service
+Wants=network-pre.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/fluid-identity
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+ln -sf /etc/systemd/system/fluid-identity.service \
+  "$root/etc/systemd/system/multi-user.target.wants/fluid-identity.service"
 # Root has no password; access is by key or certificate only.
 chroot "$root" passwd -l root >/dev/null
 # Serial console for `virsh console` and boot logs.

@@ -12,10 +12,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fluid_proto::model::{CreateSandbox, HostStatus, SandboxId, SandboxInfo};
+use fluid_proto::model::{CreateSandbox, HostStatus, SandboxId, SandboxInfo, check_ssh_public_key};
 use fluid_proto::pb;
 use fluid_proto::pb::host_agent_client::HostAgentClient;
 use fluid_proto::tls::TlsMaterial;
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
@@ -87,9 +89,64 @@ impl AgentError {
     }
 }
 
+/// What `GetStatus` says, with the agent's exec key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentStatus {
+    pub status: HostStatus,
+    /// The agent's SSH public key for exec (OpenSSH line), when it reported a valid one.
+    pub ssh_public_key: Option<String>,
+}
+
+/// How one command ended (`ExecExit`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecExit {
+    /// -1 when the command had no exit status.
+    pub exit_code: i32,
+    pub timed_out: bool,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+}
+
+/// One event of an Exec stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    Started { at_unix_ms: i64 },
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exit(ExecExit),
+}
+
+impl From<pb::exec_event::Event> for ExecEvent {
+    fn from(e: pb::exec_event::Event) -> Self {
+        use pb::exec_event::Event;
+        match e {
+            Event::Started(s) => Self::Started {
+                at_unix_ms: s.started_at_unix_ms,
+            },
+            Event::Stdout(b) => Self::Stdout(b),
+            Event::Stderr(b) => Self::Stderr(b),
+            Event::Exit(x) => Self::Exit(ExecExit {
+                exit_code: x.exit_code,
+                timed_out: x.timed_out,
+                stdout_truncated: x.stdout_truncated,
+                stderr_truncated: x.stderr_truncated,
+                duration_ms: x.duration_ms,
+                error: (!x.error.is_empty()).then_some(x.error),
+            }),
+        }
+    }
+}
+
+/// The events of one Exec, as they come; ends after `Exit` (or an error).
+pub type ExecStream = BoxStream<'static, Result<ExecEvent, AgentError>>;
+
 #[async_trait]
 pub trait AgentConnector: Send + Sync + 'static {
-    async fn status(&self, t: &AgentTarget) -> Result<HostStatus, AgentError>;
+    async fn status(&self, t: &AgentTarget) -> Result<AgentStatus, AgentError>;
+    /// Starts a command; the stream carries its output and exit.
+    async fn exec(&self, t: &AgentTarget, req: pb::ExecRequest) -> Result<ExecStream, AgentError>;
     async fn list_images(&self, t: &AgentTarget) -> Result<Vec<ImageInfo>, AgentError>;
     async fn list_sandboxes(&self, t: &AgentTarget) -> Result<Vec<SandboxInfo>, AgentError>;
     async fn get_sandbox(&self, t: &AgentTarget, id: &SandboxId)
@@ -273,13 +330,51 @@ fn sandbox_reply(host: &str, s: pb::Sandbox) -> Result<SandboxInfo, AgentError> 
 
 #[async_trait]
 impl AgentConnector for GrpcAgents {
-    async fn status(&self, t: &AgentTarget) -> Result<HostStatus, AgentError> {
+    async fn status(&self, t: &AgentTarget) -> Result<AgentStatus, AgentError> {
         let s = self
             .call(t, self.timeouts.call, |mut c| async move {
                 c.get_status(pb::GetStatusRequest {}).await
             })
             .await?;
-        HostStatus::try_from(s).map_err(|e| AgentError::bad_reply(&t.name, e))
+        let key = s.ssh_public_key.clone();
+        let ssh_public_key = if key.is_empty() {
+            None
+        } else {
+            match check_ssh_public_key("ssh_public_key", &key) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    tracing::warn!(host = %t.name, error = %e, "agent reported a bad SSH key");
+                    None
+                }
+            }
+        };
+        Ok(AgentStatus {
+            status: HostStatus::try_from(s).map_err(|e| AgentError::bad_reply(&t.name, e))?,
+            ssh_public_key,
+        })
+    }
+
+    async fn exec(&self, t: &AgentTarget, req: pb::ExecRequest) -> Result<ExecStream, AgentError> {
+        let stream = self
+            .call(
+                t,
+                self.timeouts.call,
+                |mut c| async move { c.exec(req).await },
+            )
+            .await?;
+        let host = t.name.clone();
+        Ok(stream
+            .filter_map(move |item| {
+                let host = host.clone();
+                async move {
+                    match item {
+                        Ok(pb::ExecEvent { event: Some(e) }) => Some(Ok(ExecEvent::from(e))),
+                        Ok(pb::ExecEvent { event: None }) => None,
+                        Err(s) => Some(Err(AgentError::from_status(&host, &s))),
+                    }
+                }
+            })
+            .boxed())
     }
 
     async fn list_images(&self, t: &AgentTarget) -> Result<Vec<ImageInfo>, AgentError> {

@@ -46,6 +46,51 @@ pub struct Config {
     pub wait_for_ip_timeout_secs: u32,
     /// Deadline of one agent RPC (creates and IP waits get longer ones).
     pub agent_timeout_secs: u64,
+    /// The SSH user CA's private key (created 0600 on first start). None:
+    /// `data_dir/ssh_user_ca`. Replicas sharing a PostgreSQL database must share it.
+    pub ssh_ca_key_path: Option<PathBuf>,
+    /// Output kept per stream of a command (stdout and stderr each), also sent to the
+    /// agent as its cap. Default 1 MiB.
+    pub output_cap_bytes: u64,
+    /// What commands and file operations may do.
+    pub policy: PolicyConfig,
+}
+
+/// `[policy]`: enforced by the controller before any agent is called; a refusal is a
+/// 403 and still leaves an audit row (status `denied`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Regexes; when not empty, a command must match one of them.
+    pub command_allow: Vec<String>,
+    /// Regexes; a command matching any of them is refused (checked after the allow list).
+    pub command_deny: Vec<String>,
+    /// Absolute path prefixes the files API refuses (a prefix covers itself and
+    /// everything under it). Defaults: the password hashes and the files through which
+    /// fluid controls the sandbox's sshd (its trusted user CA, revoked keys, config).
+    pub denied_paths: Vec<String>,
+}
+
+/// Paths the files API refuses unless the configuration says otherwise.
+pub const DEFAULT_DENIED_PATHS: [&str; 5] = [
+    "/etc/shadow",
+    "/etc/gshadow",
+    "/etc/ssh/fluid_user_ca.pub",
+    "/etc/ssh/fluid_revoked_keys",
+    "/etc/ssh/sshd_config.d",
+];
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            command_allow: Vec::new(),
+            command_deny: Vec::new(),
+            denied_paths: DEFAULT_DENIED_PATHS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -65,6 +110,9 @@ impl Default for Config {
             default_memory_mb: 512,
             wait_for_ip_timeout_secs: 180,
             agent_timeout_secs: 30,
+            ssh_ca_key_path: None,
+            output_cap_bytes: 1024 * 1024,
+            policy: PolicyConfig::default(),
         }
     }
 }
@@ -94,6 +142,9 @@ const CONFIG_KEYS: &[&str] = &[
     "default_memory_mb",
     "wait_for_ip_timeout_secs",
     "agent_timeout_secs",
+    "ssh_ca_key_path",
+    "output_cap_bytes",
+    "policy",
 ];
 
 fn is_config_key(env_key: &str) -> bool {
@@ -164,6 +215,16 @@ impl Config {
                 "database_url must start with postgres://, postgresql:// or sqlite:".into(),
             );
         }
+        if self.output_cap_bytes == 0
+            || self.output_cap_bytes > fluid_proto::model::OUTPUT_CAP_MAX_BYTES
+        {
+            return bad(format!(
+                "output_cap_bytes must be 1-{}",
+                fluid_proto::model::OUTPUT_CAP_MAX_BYTES
+            ));
+        }
+        crate::policy::Policy::new(&self.policy)
+            .map_err(|e| ConfigError::Invalid(format!("policy: {e}")))?;
         let mut seen = std::collections::HashSet::new();
         for h in &self.hosts {
             Name::parse("hosts.name", &h.name).map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -180,6 +241,13 @@ impl Config {
         self.tls
             .as_ref()
             .ok_or_else(|| ConfigError::Invalid("tls is required".into()))
+    }
+
+    /// Where the SSH user CA key lives.
+    pub fn ssh_ca_key_path(&self) -> PathBuf {
+        self.ssh_ca_key_path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("ssh_user_ca"))
     }
 
     pub fn agent_timeout(&self) -> Duration {
@@ -225,9 +293,25 @@ mod tests {
             "[[hosts]]\nname = \"a b\"\naddress = \"h:1\"",
             "[[hosts]]\nname = \"a\"\naddress = \"no-port\"",
             "unknown_key = 1",
+            "output_cap_bytes = 0",
+            "[policy]\ncommand_deny = [\"(\"]",
+            "[policy]\ndenied_paths = [\"etc\"]",
+            "[policy]\nunknown = 1",
         ] {
             assert!(parse(&with_tls(toml)).is_err(), "{toml}");
         }
+    }
+
+    #[test]
+    fn policy_parses_with_defaults() {
+        let c = parse(&with_tls("[policy]\ncommand_deny = [\"^rm -rf /$\"]")).expect("valid");
+        assert_eq!(c.policy.command_deny, ["^rm -rf /$"]);
+        assert!(c.policy.denied_paths.iter().any(|p| p == "/etc/shadow"));
+        assert_eq!(c.output_cap_bytes, 1024 * 1024);
+        assert_eq!(
+            c.ssh_ca_key_path(),
+            PathBuf::from("/var/lib/fluid/ssh_user_ca")
+        );
     }
 
     #[test]

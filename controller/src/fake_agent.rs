@@ -1,16 +1,33 @@
 //! An in-memory agent fleet behind [`AgentConnector`], for tests of the service logic.
+//!
+//! Exec: by default a command prints `ran: <command>` and exits 0; the files and access
+//! operations (recognised by their `FLUID_OP` variable) act on an in-memory file map.
+//! Tests replace the behaviour with [`FakeAgents::script_exec`].
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use fluid_proto::model::{CreateSandbox, HostStatus, ObservedState, SandboxId, SandboxInfo};
+use fluid_proto::pb;
+use futures::StreamExt as _;
 
-use crate::agents::{AgentConnector, AgentError, AgentTarget, ImageInfo};
+use crate::agents::{
+    AgentConnector, AgentError, AgentStatus, AgentTarget, ExecEvent, ExecExit, ExecStream,
+    ImageInfo,
+};
 
-#[derive(Debug)]
+/// A scripted Exec: gets the request, answers the event stream.
+pub(crate) type ExecScript = Arc<dyn Fn(pb::ExecRequest) -> ExecStream + Send + Sync>;
+
+/// The agent's exec key in tests.
+pub(crate) const AGENT_SSH_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl agent";
+
 pub(crate) struct FakeAgents {
     pub images: Vec<String>,
     /// Sandboxes per host name.
@@ -19,6 +36,13 @@ pub(crate) struct FakeAgents {
     pub down: Mutex<HashSet<String>>,
     pub fail_create: AtomicBool,
     pub destroys: AtomicUsize,
+    /// Every Exec request received.
+    pub execs: Mutex<Vec<pb::ExecRequest>>,
+    /// Files of the sandboxes' in-memory file system (all sandboxes share it).
+    pub files: Mutex<HashMap<String, Vec<u8>>>,
+    pub exec_script: Mutex<Option<ExecScript>>,
+    /// The `ssh_user_ca_keys` of the last create.
+    pub last_ca_keys: Mutex<Vec<String>>,
 }
 
 impl Default for FakeAgents {
@@ -29,13 +53,125 @@ impl Default for FakeAgents {
             down: Mutex::default(),
             fail_create: AtomicBool::new(false),
             destroys: AtomicUsize::new(0),
+            execs: Mutex::default(),
+            files: Mutex::default(),
+            exec_script: Mutex::default(),
+            last_ca_keys: Mutex::default(),
         }
+    }
+}
+
+impl std::fmt::Debug for FakeAgents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeAgents").finish_non_exhaustive()
     }
 }
 
 const IP: Ipv4Addr = Ipv4Addr::new(192, 168, 122, 10);
 
+/// A stream of the given events.
+pub(crate) fn events(evs: Vec<ExecEvent>) -> ExecStream {
+    futures::stream::iter(evs.into_iter().map(Ok)).boxed()
+}
+
+pub(crate) fn exit(code: i32) -> ExecEvent {
+    ExecEvent::Exit(ExecExit {
+        exit_code: code,
+        duration_ms: 5,
+        ..Default::default()
+    })
+}
+
+fn started() -> ExecEvent {
+    ExecEvent::Started {
+        at_unix_ms: chrono::Utc::now().timestamp_millis(),
+    }
+}
+
 impl FakeAgents {
+    /// Replaces the Exec behaviour.
+    pub fn script_exec(&self, f: impl Fn(pb::ExecRequest) -> ExecStream + Send + Sync + 'static) {
+        if let Ok(mut s) = self.exec_script.lock() {
+            *s = Some(Arc::new(f));
+        }
+    }
+
+    pub fn file(&self, path: &str) -> Option<Vec<u8>> {
+        self.files.lock().ok()?.get(path).cloned()
+    }
+
+    pub fn put_file(&self, path: &str, content: &[u8]) {
+        if let Ok(mut f) = self.files.lock() {
+            f.insert(path.to_owned(), content.to_vec());
+        }
+    }
+
+    /// The default Exec: file operations on the in-memory map, anything else echoes.
+    fn default_exec(&self, req: &pb::ExecRequest) -> ExecStream {
+        let env = |k: &str| req.env.get(k).cloned().unwrap_or_default();
+        let path = env("FLUID_PATH");
+        let fail = |code: i32, msg: &str| {
+            events(vec![
+                started(),
+                ExecEvent::Stderr(msg.as_bytes().to_vec()),
+                exit(code),
+            ])
+        };
+        let Ok(mut files) = self.files.lock() else {
+            return fail(1, "poisoned");
+        };
+        match env("FLUID_OP").as_str() {
+            "read" => {
+                let Some(content) = files.get(&path) else {
+                    return fail(3, "No such file or directory");
+                };
+                let offset: usize = env("FLUID_OFFSET").parse().unwrap_or(0);
+                let limit: usize = env("FLUID_LIMIT").parse().unwrap_or(0);
+                let start = offset.min(content.len());
+                let end = start.saturating_add(limit).min(content.len());
+                let mut out = format!("{}\n", content.len()).into_bytes();
+                out.extend_from_slice(&content[start..end]);
+                events(vec![started(), ExecEvent::Stdout(out), exit(0)])
+            }
+            "write" => {
+                let size = req.stdin.len();
+                files.insert(path, req.stdin.clone());
+                events(vec![
+                    started(),
+                    ExecEvent::Stdout(format!("{size}\n").into_bytes()),
+                    exit(0),
+                ])
+            }
+            "create" => {
+                if files.contains_key(&path) {
+                    return fail(5, "File exists");
+                }
+                let size = req.stdin.len();
+                files.insert(path, req.stdin.clone());
+                events(vec![
+                    started(),
+                    ExecEvent::Stdout(format!("{size}\n").into_bytes()),
+                    exit(0),
+                ])
+            }
+            "sshkey" => {
+                let p = format!("/home/{}/.ssh/authorized_keys", env("FLUID_USER"));
+                let entry = files.entry(p).or_default();
+                entry.extend_from_slice(format!("{}\n", env("FLUID_KEY")).as_bytes());
+                events(vec![started(), exit(0)])
+            }
+            "revoke" => {
+                files.insert("/etc/ssh/fluid_revoked_keys".into(), req.stdin.clone());
+                events(vec![started(), exit(0)])
+            }
+            _ => events(vec![
+                started(),
+                ExecEvent::Stdout(format!("ran: {}\n", req.command).into_bytes()),
+                exit(0),
+            ]),
+        }
+    }
+
     fn check_up(&self, t: &AgentTarget) -> Result<(), AgentError> {
         let down = self.down.lock().map_err(|_| fail(t, "poisoned"))?;
         if down.contains(&t.name) {
@@ -112,9 +248,21 @@ pub(crate) fn info(id: &str, name: &str, state: ObservedState) -> SandboxInfo {
 
 #[async_trait]
 impl AgentConnector for FakeAgents {
-    async fn status(&self, t: &AgentTarget) -> Result<HostStatus, AgentError> {
+    async fn exec(&self, t: &AgentTarget, req: pb::ExecRequest) -> Result<ExecStream, AgentError> {
         self.check_up(t)?;
-        Ok(HostStatus {
+        if let Ok(mut e) = self.execs.lock() {
+            e.push(req.clone());
+        }
+        let script = self.exec_script.lock().ok().and_then(|s| s.clone());
+        Ok(match script {
+            Some(f) => f(req),
+            None => self.default_exec(&req),
+        })
+    }
+
+    async fn status(&self, t: &AgentTarget) -> Result<AgentStatus, AgentError> {
+        self.check_up(t)?;
+        let status = HostStatus {
             host_name: t.name.clone(),
             agent_version: "0.1.0-fake".into(),
             virt_type: "qemu".into(),
@@ -125,6 +273,10 @@ impl AgentConnector for FakeAgents {
             memory_mb_free: 8192,
             sandboxes: 0,
             images: self.images.clone(),
+        };
+        Ok(AgentStatus {
+            status,
+            ssh_public_key: Some(AGENT_SSH_KEY.into()),
         })
     }
 
@@ -165,6 +317,9 @@ impl AgentConnector for FakeAgents {
         req: &CreateSandbox,
     ) -> Result<SandboxInfo, AgentError> {
         self.check_up(t)?;
+        if let Ok(mut k) = self.last_ca_keys.lock() {
+            k.clone_from(&req.ssh_user_ca_keys);
+        }
         if self.fail_create.load(Ordering::SeqCst) {
             return Err(fail(t, "qemu-img: disk full"));
         }
@@ -230,4 +385,9 @@ impl AgentConnector for FakeAgents {
             s.ip_address
         })
     }
+}
+
+/// A fresh in-memory SSH user CA.
+pub(crate) fn test_ca() -> Arc<crate::ssh_ca::SshCa> {
+    Arc::new(crate::ssh_ca::SshCa::generate().expect("CA key"))
 }

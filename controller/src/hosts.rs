@@ -161,6 +161,8 @@ impl HostService {
                     .collect();
                 names.sort();
                 names.dedup();
+                let ssh_public_key = status.ssh_public_key;
+                let status = status.status;
                 if h.state != fluid_client::types::HostState::Online {
                     tracing::info!(host = %h.name, version = %status.agent_version, "host online");
                 }
@@ -172,6 +174,7 @@ impl HostService {
                             memory_mb_total: status.memory_mb_total,
                             images: names,
                             agent_version: status.agent_version,
+                            ssh_public_key,
                             at: Utc::now(),
                         },
                     )

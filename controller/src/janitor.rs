@@ -56,7 +56,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::fake_agent::FakeAgents;
+    use crate::fake_agent::{FakeAgents, test_ca};
     use crate::store::Reservation;
 
     #[tokio::test]
@@ -68,7 +68,8 @@ mod tests {
             .await
             .expect("host");
         let agents = Arc::new(FakeAgents::default());
-        let state = crate::build_state(store.clone(), agents, &Config::default());
+        let state = crate::build_state(store.clone(), agents, &Config::default(), test_ca())
+            .expect("state");
         state.hosts.beat_all().await.expect("beat");
         let reserve = |id: &str, name: &str, ttl: i64| Reservation {
             id: id.into(),

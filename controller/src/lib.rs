@@ -4,17 +4,25 @@
 //! A REST request enters in [`api`], becomes a placement decision in [`scheduler`]
 //! (reserved atomically in the [`store`]), and crosses to the host in [`agents`].
 //! [`hosts`] (heartbeat), [`reconciler`] and [`janitor`] run in the background.
+//! [`commands`], [`files`] and [`access`] run commands in sandboxes through the agents'
+//! Exec, audited in the store, under the [`policy`]; [`ssh_ca`] signs the SSH
+//! certificates agents and people use.
 
+pub mod access;
 pub mod agents;
 pub mod api;
 pub mod background;
+pub mod commands;
 pub mod config;
+pub mod files;
 pub mod hosts;
 pub mod janitor;
 pub mod pki;
+pub mod policy;
 pub mod reconciler;
 pub mod sandboxes;
 pub mod scheduler;
+pub mod ssh_ca;
 pub mod store;
 
 #[cfg(test)]
@@ -28,13 +36,18 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::AccessService;
 use crate::agents::{AgentConnector, AgentTimeouts, GrpcAgents};
 use crate::api::AppState;
+use crate::commands::CommandService;
 use crate::config::Config;
+use crate::files::FileService;
 use crate::hosts::HostService;
 use crate::janitor::Janitor;
+use crate::policy::Policy;
 use crate::reconciler::{LOST_GRACE, Reconciler};
 use crate::sandboxes::{SandboxService, SandboxSettings};
+use crate::ssh_ca::SshCa;
 use crate::store::{LoopKey, Store};
 
 pub use crate::config::Config as ControllerConfig;
@@ -46,12 +59,28 @@ pub const LOOPS_DEADLINE: Duration = Duration::from_secs(10);
 /// Time to close the database pool.
 pub const STORE_CLOSE_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Builds the services and handler state over a store and an agent connector.
+/// Builds the services and handler state over a store, an agent connector and the SSH
+/// user CA.
 pub fn build_state(
     store: Arc<dyn Store>,
     agents: Arc<dyn AgentConnector>,
     config: &Config,
-) -> AppState {
+    ca: Arc<SshCa>,
+) -> anyhow::Result<AppState> {
+    let policy = Arc::new(Policy::new(&config.policy).map_err(|e| anyhow::anyhow!("policy: {e}"))?);
+    let commands = Arc::new(CommandService::new(
+        store.clone(),
+        agents.clone(),
+        ca.clone(),
+        policy,
+        config.output_cap_bytes,
+    ));
+    let files = Arc::new(FileService::new(commands.clone()));
+    let access = Arc::new(AccessService::new(
+        store.clone(),
+        commands.clone(),
+        ca.clone(),
+    ));
     let sandboxes = Arc::new(SandboxService::new(
         store.clone(),
         agents.clone(),
@@ -60,6 +89,7 @@ pub fn build_state(
             default_memory_mb: config.default_memory_mb,
             cpu_overcommit_ratio: config.cpu_overcommit_ratio,
             wait_for_ip_timeout_secs: config.wait_for_ip_timeout_secs,
+            ssh_user_ca_keys: vec![ca.public_key().to_owned()],
         },
     ));
     let hosts = Arc::new(HostService::new(
@@ -68,11 +98,14 @@ pub fn build_state(
         config.cpu_overcommit_ratio,
         config.offline_after_missed_beats,
     ));
-    AppState {
+    Ok(AppState {
         store,
         sandboxes,
         hosts,
-    }
+        commands,
+        files,
+        access,
+    })
 }
 
 /// Spawns the heartbeat, reconciler and janitor loops; they stop when `cancel` fires.
@@ -170,7 +203,19 @@ pub async fn serve_on(
         tls,
         AgentTimeouts::new(config.agent_timeout()),
     ));
-    let state = build_state(store.clone(), agents.clone(), &config);
+    let ca_path = config.ssh_ca_key_path();
+    let ca = Arc::new(SshCa::load_or_create(&ca_path).context("loading the SSH user CA")?);
+    let interrupted = store
+        .interrupt_running_commands(chrono::Utc::now())
+        .await
+        .context("marking interrupted commands")?;
+    if interrupted > 0 {
+        tracing::warn!(
+            interrupted,
+            "commands were running when the controller stopped"
+        );
+    }
+    let state = build_state(store.clone(), agents.clone(), &config, ca)?;
     let loops_cancel = CancellationToken::new();
     let mut loops = spawn_background(&state, agents, &config, &loops_cancel);
 

@@ -185,7 +185,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::fake_agent::{FakeAgents, info};
+    use crate::fake_agent::{FakeAgents, info, test_ca};
     use crate::store::Reservation;
 
     #[tokio::test]
@@ -197,7 +197,9 @@ mod tests {
             .await
             .expect("host");
         let agents = Arc::new(FakeAgents::default());
-        let state = crate::build_state(store.clone(), agents.clone(), &Config::default());
+        let state =
+            crate::build_state(store.clone(), agents.clone(), &Config::default(), test_ca())
+                .expect("state");
         state.hosts.beat_all().await.expect("beat");
 
         // Orphans: unknown to the store, and destroyed in the store.

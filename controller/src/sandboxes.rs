@@ -23,6 +23,8 @@ use crate::store::{SandboxFilter, SandboxRecord, SandboxUpdate, Store, StoreErro
 
 /// Longest TTL a sandbox may ask for (30 days).
 pub const TTL_MAX_SECONDS: i64 = 30 * 24 * 3600;
+/// Commands `GET /v1/sandboxes/{id}?include_commands=true` returns (the newest).
+pub const INCLUDED_COMMANDS: u32 = 100;
 /// Longest `agent_id`.
 pub const AGENT_ID_MAX: usize = 128;
 
@@ -34,6 +36,15 @@ pub enum ServiceError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// Refused by policy (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The operation ran but could not do what was asked (422).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// A dependency is not ready (503).
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Schedule(#[from] ScheduleError),
     #[error(transparent)]
@@ -55,6 +66,8 @@ pub struct SandboxSettings {
     pub default_memory_mb: u64,
     pub cpu_overcommit_ratio: f64,
     pub wait_for_ip_timeout_secs: u32,
+    /// OpenSSH public keys of the user CAs every new sandbox trusts.
+    pub ssh_user_ca_keys: Vec<String>,
 }
 
 pub struct SandboxService {
@@ -237,6 +250,7 @@ impl SandboxService {
             cpus,
             memory_mb,
             start: auto_start,
+            ssh_user_ca_keys: self.settings.ssh_user_ca_keys.clone(),
         };
         let info = match self.agents.create_sandbox(&target, &create).await {
             Ok(info) => info,
@@ -344,9 +358,22 @@ impl SandboxService {
         include_commands: bool,
     ) -> Result<GetSandboxResponse, ServiceError> {
         let row = self.row(id).await?;
+        let commands = if include_commands {
+            let (rows, _) = self
+                .store
+                .list_commands(id.as_str(), INCLUDED_COMMANDS, 0)
+                .await?;
+            Some(
+                rows.iter()
+                    .map(crate::store::CommandRecord::to_api)
+                    .collect(),
+            )
+        } else {
+            None
+        };
         Ok(GetSandboxResponse {
             sandbox: row.to_api(),
-            commands: include_commands.then(Vec::new),
+            commands,
         })
     }
 

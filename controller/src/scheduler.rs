@@ -176,6 +176,7 @@ mod tests {
             last_seen: Some(Utc::now()),
             missed_beats: 0,
             last_error: None,
+            ssh_public_key: None,
         }
     }
 
@@ -268,6 +269,7 @@ mod tests {
                     memory_mb_total: mem,
                     images: vec!["img".into()],
                     agent_version: "t".into(),
+                    ssh_public_key: None,
                     at: Utc::now(),
                 },
             )

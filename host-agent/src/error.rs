@@ -7,6 +7,8 @@ use crate::state::StateError;
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     AlreadyExists(String),
@@ -14,6 +16,8 @@ pub enum ServiceError {
     FailedPrecondition(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    #[error("{0}")]
+    PermissionDenied(String),
     /// libvirt (or another backend) cannot be reached; retry later.
     #[error("{0}")]
     Unavailable(String),
@@ -46,10 +50,12 @@ impl From<OverlayError> for ServiceError {
 impl From<ServiceError> for tonic::Status {
     fn from(e: ServiceError) -> Self {
         match e {
+            ServiceError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
             ServiceError::NotFound(m) => tonic::Status::not_found(m),
             ServiceError::AlreadyExists(m) => tonic::Status::already_exists(m),
             ServiceError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
             ServiceError::DeadlineExceeded(m) => tonic::Status::deadline_exceeded(m),
+            ServiceError::PermissionDenied(m) => tonic::Status::permission_denied(m),
             ServiceError::Unavailable(m) => tonic::Status::unavailable(m),
             ServiceError::Internal(m) => tonic::Status::internal(m),
         }

@@ -4,10 +4,16 @@
 
 use std::sync::Arc;
 
-use fluid_proto::model::{CreateSandbox, SandboxId, StopSandbox, WaitForIp};
+use std::pin::Pin;
+
+use fluid_proto::model::{CreateSandbox, Exec, SandboxId, StopSandbox, WaitForIp};
 use fluid_proto::pb;
 use fluid_proto::pb::host_agent_server::HostAgent;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
+
+use crate::exec::{ExecEvent, ExecExit};
 
 use crate::hypervisor::Hypervisor;
 use crate::images::{ImageInfo, ImageKind};
@@ -65,6 +71,36 @@ fn image_pb(i: ImageInfo) -> pb::Image {
     }
 }
 
+fn exec_event_pb(e: ExecEvent) -> pb::ExecEvent {
+    use pb::exec_event::Event;
+    let event = match e {
+        ExecEvent::Started { at_unix_ms } => Event::Started(pb::ExecStarted {
+            started_at_unix_ms: at_unix_ms,
+        }),
+        ExecEvent::Stdout(b) => Event::Stdout(b),
+        ExecEvent::Stderr(b) => Event::Stderr(b),
+        ExecEvent::Exit(ExecExit {
+            exit_code,
+            timed_out,
+            stdout_truncated,
+            stderr_truncated,
+            duration_ms,
+            error,
+        }) => Event::Exit(pb::ExecExit {
+            exit_code,
+            timed_out,
+            stdout_truncated,
+            stderr_truncated,
+            duration_ms,
+            error: error.unwrap_or_default(),
+        }),
+    };
+    pb::ExecEvent { event: Some(event) }
+}
+
+/// The stream an Exec returns.
+pub type ExecStream = Pin<Box<dyn Stream<Item = Result<pb::ExecEvent, Status>> + Send>>;
+
 /// Logs a failed call where it is handled (here), then returns it.
 fn fail(op: &'static str, e: crate::error::ServiceError) -> Status {
     let status = Status::from(e);
@@ -79,6 +115,22 @@ fn fail(op: &'static str, e: crate::error::ServiceError) -> Status {
 
 #[tonic::async_trait]
 impl<H: Hypervisor> HostAgent for AgentService<H> {
+    type ExecStream = ExecStream;
+
+    async fn exec(
+        &self,
+        req: Request<pb::ExecRequest>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let exec = Exec::try_from(req.into_inner())?;
+        let rx = self
+            .sandboxes
+            .exec(exec)
+            .await
+            .map_err(|e| fail("exec", e))?;
+        let stream = ReceiverStream::new(rx).map(|e| Ok(exec_event_pb(e)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn get_status(
         &self,
         _req: Request<pb::GetStatusRequest>,
@@ -100,6 +152,7 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
             memory_mb_free: c.memory_mb_free,
             sandboxes: c.sandboxes,
             images: c.images,
+            ssh_public_key: self.sandboxes.ssh_public_key().to_owned(),
         }))
     }
 
@@ -209,5 +262,49 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
         Ok(Response::new(pb::SandboxIp {
             ip_address: ip.to_string(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_events_map_to_the_wire() {
+        use pb::exec_event::Event;
+        let ev = |e| exec_event_pb(e).event.expect("event");
+        assert_eq!(
+            ev(ExecEvent::Started { at_unix_ms: 5 }),
+            Event::Started(pb::ExecStarted {
+                started_at_unix_ms: 5
+            })
+        );
+        assert_eq!(
+            ev(ExecEvent::Stdout(b"o".to_vec())),
+            Event::Stdout(b"o".to_vec())
+        );
+        assert_eq!(
+            ev(ExecEvent::Stderr(b"e".to_vec())),
+            Event::Stderr(b"e".to_vec())
+        );
+        let exit = ExecExit {
+            exit_code: -1,
+            timed_out: true,
+            stdout_truncated: true,
+            stderr_truncated: false,
+            duration_ms: 7,
+            error: Some("lost".into()),
+        };
+        assert_eq!(
+            ev(ExecEvent::Exit(exit)),
+            Event::Exit(pb::ExecExit {
+                exit_code: -1,
+                timed_out: true,
+                stdout_truncated: true,
+                stderr_truncated: false,
+                duration_ms: 7,
+                error: "lost".into(),
+            })
+        );
     }
 }

@@ -4,12 +4,14 @@
 //! - [`config`]: the agent's TOML/env configuration.
 //! - [`grpc`]: the `HostAgent` gRPC service (thin handlers).
 //! - [`sandboxes`]: the service logic (create/start/stop/destroy/inspect).
+//! - [`exec`]: commands in sandboxes over SSH (key, connection pool, wrapper, streams).
 //! - [`reconcile`]: start-up repair of local records vs libvirt.
 //! - [`hypervisor`]: the backend trait and its libvirt implementation.
 //! - [`images`], [`overlay`], [`state`]: images, overlay disks, the redb records.
 
 pub mod config;
 pub mod error;
+pub mod exec;
 pub mod grpc;
 pub mod hypervisor;
 pub mod images;
@@ -48,7 +50,11 @@ pub async fn open(config: AgentConfig) -> anyhow::Result<Arc<Sandboxes<Libvirt>>
     let hv = Libvirt::connect(&config.libvirt_uri, config.host_name.as_str())
         .await
         .with_context(|| format!("connecting to libvirt at {}", config.libvirt_uri))?;
-    let sandboxes = Arc::new(Sandboxes::new(config, Arc::new(hv), store));
+    // The exec key lives in memory only: a restarted agent has a new one, and the
+    // controller reads it again from GetStatus.
+    let key = exec::AgentKey::generate(&format!("fluid-agent@{}", config.host_name))
+        .context("making the agent's SSH key")?;
+    let sandboxes = Arc::new(Sandboxes::new(config, Arc::new(hv), store, key));
     reconcile::reconcile(&sandboxes)
         .await
         .context("reconciling local state with libvirt")?;

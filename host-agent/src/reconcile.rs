@@ -119,7 +119,12 @@ mod tests {
         .expect("config");
         let store = StateStore::open(&config.db_path()).await.expect("store");
         let hv = Arc::new(FakeHypervisor::new("kvm-1"));
-        let s = Sandboxes::new(config, hv.clone(), store);
+        let s = Sandboxes::new(
+            config,
+            hv.clone(),
+            store,
+            crate::exec::AgentKey::generate("test").expect("key"),
+        );
         s.overlays.ensure_dir().await.expect("dir");
         (tmp, s, hv)
     }

@@ -16,6 +16,8 @@ use tokio::time::Instant;
 
 use crate::config::AgentConfig;
 use crate::error::ServiceError;
+use crate::exec::AgentKey;
+use crate::exec::pool::SshPool;
 use crate::hypervisor::{
     DomainSpec, DomainState, Hypervisor, HypervisorError, Lease, OwnedDomain, random_mac,
 };
@@ -88,6 +90,8 @@ pub struct Sandboxes<H> {
     pub(crate) config: AgentConfig,
     locks: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
     poll: Duration,
+    /// SSH connections to the sandboxes, for exec.
+    pub(crate) ssh: SshPool,
 }
 
 impl<H> std::fmt::Debug for Sandboxes<H> {
@@ -103,8 +107,10 @@ fn unix_now() -> i64 {
 }
 
 impl<H: Hypervisor> Sandboxes<H> {
-    pub fn new(config: AgentConfig, hv: Arc<H>, store: StateStore) -> Self {
+    /// The service; `key` is the agent's SSH key for exec ([`AgentKey::generate`]).
+    pub fn new(config: AgentConfig, hv: Arc<H>, store: StateStore, key: AgentKey) -> Self {
         Self {
+            ssh: SshPool::new(key),
             hv,
             store,
             overlays: Overlays::new(config.overlay_dir()),
@@ -124,7 +130,12 @@ impl<H: Hypervisor> Sandboxes<H> {
         &self.config
     }
 
-    async fn lock(&self, id: &SandboxId) -> OwnedMutexGuard<()> {
+    /// The agent's SSH public key (OpenSSH line), for certificates.
+    pub fn ssh_public_key(&self) -> &str {
+        self.ssh.key().public_openssh()
+    }
+
+    pub(crate) async fn lock(&self, id: &SandboxId) -> OwnedMutexGuard<()> {
         let m = {
             let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
             locks.entry(id.clone()).or_default().clone()
@@ -161,17 +172,21 @@ impl<H: Hypervisor> Sandboxes<H> {
             network: r.network.clone(),
             mac: r.mac.clone(),
             console_log: self.console_log(&r.id),
+            ssh_user_ca_keys: r.ssh_user_ca_keys.clone(),
         }
     }
 
-    async fn record(&self, id: &SandboxId) -> Result<SandboxRecord, ServiceError> {
+    pub(crate) async fn record(&self, id: &SandboxId) -> Result<SandboxRecord, ServiceError> {
         self.store.get(id).await?.ok_or_else(|| {
             ServiceError::NotFound(format!("sandbox {id} does not exist on this host"))
         })
     }
 
     /// The domain's state; `None` when it is missing.
-    async fn state_of(&self, r: &SandboxRecord) -> Result<Option<DomainState>, ServiceError> {
+    pub(crate) async fn state_of(
+        &self,
+        r: &SandboxRecord,
+    ) -> Result<Option<DomainState>, ServiceError> {
         match self.hv.domain_state(&r.domain_uuid).await {
             Ok(s) => Ok(Some(s)),
             Err(HypervisorError::NotFound(_)) => Ok(None),
@@ -316,6 +331,8 @@ impl<H: Hypervisor> Sandboxes<H> {
             started: false,
             last_ip: None,
             error: None,
+            ssh_user_ca_keys: req.ssh_user_ca_keys.clone(),
+            ssh_host_key: None,
         };
         // The record goes first: after a crash, reconcile finds something to clean.
         if let Err(e) = self.store.put(&record).await {
@@ -437,6 +454,7 @@ impl<H: Hypervisor> Sandboxes<H> {
             }
             Some(_) => self.hv.power_off(uuid).await?,
         }
+        self.ssh.forget(&r.id);
         // A stopped guest holds no address; without this, a wait for the IP after the
         // next start would return the old lease before the guest is up.
         self.release_leases(&r).await;
@@ -489,6 +507,7 @@ impl<H: Hypervisor> Sandboxes<H> {
             })
             .collect();
         let existed = record.is_some() || !domains.is_empty();
+        self.ssh.forget(id);
         for d in &domains {
             remove_domain(self.hv.as_ref(), &d.uuid).await?;
         }
@@ -614,5 +633,6 @@ pub(crate) async fn remove_domain<H: Hypervisor>(hv: &H, uuid: &str) -> Result<(
     }
 }
 
+mod exec;
 #[cfg(test)]
 mod tests;

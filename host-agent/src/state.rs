@@ -41,6 +41,14 @@ pub struct SandboxRecord {
     /// Why the sandbox cannot run (e.g. its overlay was lost).
     #[serde(default)]
     pub error: Option<String>,
+    /// OpenSSH public keys of the user CAs the guest's sshd trusts (given to the guest
+    /// as SMBIOS OEM strings, so a redefine keeps them).
+    #[serde(default)]
+    pub ssh_user_ca_keys: Vec<String>,
+    /// The guest's SSH host key (OpenSSH public line), learned on the first connection
+    /// (trust on first use); a different key later is refused.
+    #[serde(default)]
+    pub ssh_host_key: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +180,8 @@ pub(crate) fn test_record(id: &str, name: &str) -> SandboxRecord {
         started: false,
         last_ip: None,
         error: None,
+        ssh_user_ca_keys: Vec::new(),
+        ssh_host_key: None,
     }
 }
 
@@ -205,5 +215,16 @@ mod tests {
         let store = StateStore::open(&path).await.expect("reopen");
         assert_eq!(store.get(&b.id).await.expect("get"), Some(b));
         assert_eq!(store.get(&a.id).await.expect("get"), None);
+    }
+
+    #[test]
+    fn records_without_the_ssh_fields_still_read() {
+        let mut old = serde_json::to_value(test_record("SBX-aaaaaaaa", "a")).expect("json");
+        let obj = old.as_object_mut().expect("object");
+        obj.remove("ssh_user_ca_keys");
+        obj.remove("ssh_host_key");
+        let r: SandboxRecord = serde_json::from_value(old).expect("old record");
+        assert!(r.ssh_user_ca_keys.is_empty());
+        assert_eq!(r.ssh_host_key, None);
     }
 }

@@ -83,6 +83,7 @@ cmdline = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
         cpus: 1,
         memory_mb: 512,
         start: true,
+        ssh_user_ca_keys: Vec::new(),
     };
 
     let t = Instant::now();

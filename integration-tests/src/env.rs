@@ -20,12 +20,18 @@ impl TestEnv {
     pub fn load() -> Result<Self> {
         let bin_dir = match std::env::var_os("FLUID_BIN_DIR") {
             Some(d) => PathBuf::from(d),
-            // target/debug/deps/<test> → target/debug
-            None => std::env::current_exe()?
-                .parent()
-                .and_then(|p| p.parent())
-                .map(PathBuf::from)
-                .context("cannot locate the target directory")?,
+            // A test runs from target/debug/deps/, a bench binary from target/debug/.
+            None => {
+                let exe = std::env::current_exe()?;
+                let dir = exe.parent().context("cannot locate the target directory")?;
+                if dir.join("fluid-controller").exists() {
+                    dir.to_owned()
+                } else {
+                    dir.parent()
+                        .map(PathBuf::from)
+                        .context("cannot locate the target directory")?
+                }
+            }
         };
         for bin in ["fluid-controller", "fluid-agent"] {
             if !bin_dir.join(bin).exists() {

@@ -111,6 +111,16 @@ fn random_suffix() -> String {
 impl Stack {
     /// Starts agents and a controller that knows them; waits until the API answers.
     pub async fn start(store: StoreKind, agents: Vec<AgentOptions>) -> Result<Self> {
+        Self::start_with(store, agents, "").await
+    }
+
+    /// As [`Stack::start`], with `controller_tables` (TOML tables, e.g. `[policy]`)
+    /// appended to the controller's configuration.
+    pub async fn start_with(
+        store: StoreKind,
+        agents: Vec<AgentOptions>,
+        controller_tables: &str,
+    ) -> Result<Self> {
         let env = TestEnv::load()?;
         let dir = tempfile::Builder::new()
             .prefix("fluid-it-")
@@ -142,7 +152,7 @@ impl Stack {
         for opts in agents {
             stack.add_agent(opts)?;
         }
-        stack.start_controller(store).await?;
+        stack.start_controller(store, controller_tables).await?;
         Ok(stack)
     }
 
@@ -201,7 +211,7 @@ impl Stack {
         Ok(())
     }
 
-    async fn start_controller(&mut self, store: StoreKind) -> Result<()> {
+    async fn start_controller(&mut self, store: StoreKind, tables: &str) -> Result<()> {
         let port = free_port()?;
         let data_dir = self.dir.path().join("controller");
         std::fs::create_dir_all(&data_dir)?;
@@ -221,6 +231,8 @@ impl Stack {
                 quote(&agent.address)
             );
         }
+        toml += "\n";
+        toml += tables;
         let config = self.dir.path().join("controller.toml");
         std::fs::write(&config, toml)?;
         let config = config.to_string_lossy().into_owned();

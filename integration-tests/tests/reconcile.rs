@@ -78,6 +78,7 @@ async fn janitor_and_reconciler_close_the_gap() -> Result<()> {
         cpus: 1,
         memory_mb: 256,
         start: false,
+        ssh_user_ca_keys: Vec::new(),
     })
     .await?;
     ensure!(virsh::domains()?.contains(&orphan_name));

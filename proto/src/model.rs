@@ -172,6 +172,27 @@ pub struct CreateSandbox {
     pub cpus: u32,
     pub memory_mb: u64,
     pub start: bool,
+    /// OpenSSH public key lines of the user CAs the sandbox trusts.
+    pub ssh_user_ca_keys: Vec<String>,
+}
+
+/// An OpenSSH public key line (`type base64 [comment]`), one line, at most 8 KiB.
+pub fn check_ssh_public_key(field: &'static str, s: &str) -> Result<String, ValidationError> {
+    let mut parts = s.split_whitespace();
+    let kind = parts.next().unwrap_or_default();
+    let blob = parts.next().unwrap_or_default();
+    let kind_ok = kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-");
+    let blob_ok = !blob.is_empty()
+        && blob
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
+    if s.len() > 8192 || s.contains(['\n', '\r', '\0']) || !kind_ok || !blob_ok {
+        return Err(ValidationError::new(
+            field,
+            "not an OpenSSH public key line",
+        ));
+    }
+    Ok(s.trim().to_owned())
 }
 
 impl TryFrom<pb::CreateSandboxRequest> for CreateSandbox {
@@ -184,6 +205,15 @@ impl TryFrom<pb::CreateSandboxRequest> for CreateSandbox {
             cpus: check_cpus("cpus", r.cpus)?,
             memory_mb: check_memory_mb("memory_mb", r.memory_mb)?,
             start: r.start,
+            ssh_user_ca_keys: {
+                if r.ssh_user_ca_keys.len() > 16 {
+                    return Err(ValidationError::new("ssh_user_ca_keys", "at most 16 keys"));
+                }
+                r.ssh_user_ca_keys
+                    .iter()
+                    .map(|k| check_ssh_public_key("ssh_user_ca_keys", k))
+                    .collect::<Result<_, _>>()?
+            },
         })
     }
 }
@@ -197,6 +227,7 @@ impl From<&CreateSandbox> for pb::CreateSandboxRequest {
             cpus: c.cpus,
             memory_mb: c.memory_mb,
             start: c.start,
+            ssh_user_ca_keys: c.ssh_user_ca_keys.clone(),
         }
     }
 }
@@ -380,6 +411,180 @@ impl TryFrom<pb::HostStatus> for HostStatus {
     }
 }
 
+/// Longest command line accepted.
+pub const COMMAND_MAX_BYTES: usize = 64 * 1024;
+/// Largest standard input an Exec may carry.
+pub const STDIN_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// Largest per-stream output cap.
+pub const OUTPUT_CAP_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Longest command timeout (one day).
+pub const EXEC_TIMEOUT_MAX_SECONDS: u32 = 24 * 3600;
+
+/// A Unix user name: `[a-z_][a-z0-9_-]{0,31}`.
+pub fn check_user(field: &'static str, s: &str) -> Result<String, ValidationError> {
+    let ok = !s.is_empty()
+        && s.len() <= 32
+        && s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if !ok {
+        return Err(ValidationError::new(
+            field,
+            format!("{s:?} is not a user name ([a-z_][a-z0-9_-]{{0,31}})"),
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, at most 128 characters.
+pub fn check_env_name(field: &'static str, s: &str) -> Result<(), ValidationError> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !ok {
+        return Err(ValidationError::new(
+            field,
+            format!("{s:?} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)"),
+        ));
+    }
+    Ok(())
+}
+
+/// An absolute, normalised path: starts with `/`, no `.` or `..` components, no empty
+/// components (`//`), no trailing `/` (but for `/` itself), no NUL, at most 4096 bytes.
+pub fn check_abs_path(field: &'static str, s: &str) -> Result<String, ValidationError> {
+    let bad = |why: &str| Err(ValidationError::new(field, format!("{s:?}: {why}")));
+    if s.len() > 4096 {
+        return bad("longer than 4096 bytes");
+    }
+    if s.contains('\0') {
+        return bad("contains NUL");
+    }
+    if !s.starts_with('/') {
+        return bad("must be absolute");
+    }
+    if s != "/" {
+        for part in s[1..].split('/') {
+            match part {
+                "" => return bad("must be normalised (no empty components or trailing '/')"),
+                "." | ".." => return bad("must be normalised (no '.' or '..')"),
+                _ => {}
+            }
+        }
+    }
+    Ok(s.to_owned())
+}
+
+/// One command to run in a sandbox (validated `ExecRequest`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exec {
+    pub sandbox_id: SandboxId,
+    pub command_id: String,
+    pub command: String,
+    pub user: String,
+    pub workdir: Option<String>,
+    /// Sorted by name.
+    pub env: Vec<(String, String)>,
+    /// `None`: no limit.
+    pub timeout_seconds: Option<u32>,
+    pub output_cap_bytes: u64,
+    pub stdin: Vec<u8>,
+    pub ssh_certificate: String,
+}
+
+impl TryFrom<pb::ExecRequest> for Exec {
+    type Error = ValidationError;
+    fn try_from(r: pb::ExecRequest) -> Result<Self, Self::Error> {
+        let command_id = r.command_id;
+        let id_ok = command_id.strip_prefix("CMD-").is_some_and(|rest| {
+            (8..=32).contains(&rest.len())
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        });
+        if !id_ok {
+            return Err(ValidationError::new(
+                "command_id",
+                format!(
+                    "{command_id:?} is not a command id (CMD- and 8-32 lowercase letters or digits)"
+                ),
+            ));
+        }
+        if r.command.trim().is_empty() {
+            return Err(ValidationError::new("command", "must not be empty"));
+        }
+        if r.command.len() > COMMAND_MAX_BYTES {
+            return Err(ValidationError::new(
+                "command",
+                format!("longer than {COMMAND_MAX_BYTES} bytes"),
+            ));
+        }
+        if r.command.contains('\0') {
+            return Err(ValidationError::new("command", "contains NUL"));
+        }
+        let user = if r.user.is_empty() {
+            "root".to_owned()
+        } else {
+            check_user("user", &r.user)?
+        };
+        let workdir = if r.workdir.is_empty() {
+            None
+        } else {
+            Some(check_abs_path("workdir", &r.workdir)?)
+        };
+        let mut env = Vec::with_capacity(r.env.len());
+        for (k, v) in r.env {
+            check_env_name("env", &k)?;
+            if v.contains('\0') {
+                return Err(ValidationError::new(
+                    "env",
+                    format!("value of {k} contains NUL"),
+                ));
+            }
+            env.push((k, v));
+        }
+        env.sort();
+        if r.timeout_seconds > EXEC_TIMEOUT_MAX_SECONDS {
+            return Err(ValidationError::new(
+                "timeout_seconds",
+                format!("at most {EXEC_TIMEOUT_MAX_SECONDS}"),
+            ));
+        }
+        if r.output_cap_bytes == 0 || r.output_cap_bytes > OUTPUT_CAP_MAX_BYTES {
+            return Err(ValidationError::new(
+                "output_cap_bytes",
+                format!("must be 1-{OUTPUT_CAP_MAX_BYTES}"),
+            ));
+        }
+        if r.stdin.len() > STDIN_MAX_BYTES {
+            return Err(ValidationError::new(
+                "stdin",
+                format!("larger than {STDIN_MAX_BYTES} bytes"),
+            ));
+        }
+        if r.ssh_certificate.trim().is_empty() {
+            return Err(ValidationError::new("ssh_certificate", "must not be empty"));
+        }
+        Ok(Self {
+            sandbox_id: SandboxId::parse("sandbox_id", &r.sandbox_id)?,
+            command_id,
+            command: r.command,
+            user,
+            workdir,
+            env,
+            timeout_seconds: (r.timeout_seconds > 0).then_some(r.timeout_seconds),
+            output_cap_bytes: r.output_cap_bytes,
+            stdin: r.stdin,
+            ssh_certificate: r.ssh_certificate,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,6 +597,7 @@ mod tests {
             cpus: 1,
             memory_mb: 512,
             start: true,
+            ssh_user_ca_keys: Vec::new(),
         }
     }
 
@@ -491,5 +697,158 @@ mod tests {
             timeout_seconds: 100_000,
         };
         assert!(WaitForIp::try_from(r).is_err());
+    }
+
+    fn exec_req() -> pb::ExecRequest {
+        pb::ExecRequest {
+            sandbox_id: "SBX-0123abcd".into(),
+            command_id: "CMD-0123abcd".into(),
+            command: "echo hi".into(),
+            output_cap_bytes: 1024,
+            ssh_certificate: "ssh-ed25519-cert-v01@openssh.com AAAA".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn good_exec_defaults_to_root() {
+        let e = Exec::try_from(exec_req()).expect("valid");
+        assert_eq!(e.user, "root");
+        assert_eq!(e.timeout_seconds, None);
+    }
+
+    #[test]
+    fn bad_execs_are_refused() {
+        let cases: Vec<(pb::ExecRequest, &str)> = vec![
+            (
+                pb::ExecRequest {
+                    command: " ".into(),
+                    ..exec_req()
+                },
+                "command",
+            ),
+            (
+                pb::ExecRequest {
+                    command: "a\0b".into(),
+                    ..exec_req()
+                },
+                "command",
+            ),
+            (
+                pb::ExecRequest {
+                    command_id: "x".into(),
+                    ..exec_req()
+                },
+                "command_id",
+            ),
+            (
+                pb::ExecRequest {
+                    user: "Root".into(),
+                    ..exec_req()
+                },
+                "user",
+            ),
+            (
+                pb::ExecRequest {
+                    user: "a;b".into(),
+                    ..exec_req()
+                },
+                "user",
+            ),
+            (
+                pb::ExecRequest {
+                    workdir: "tmp".into(),
+                    ..exec_req()
+                },
+                "workdir",
+            ),
+            (
+                pb::ExecRequest {
+                    env: [("A;B".into(), "x".into())].into(),
+                    ..exec_req()
+                },
+                "env",
+            ),
+            (
+                pb::ExecRequest {
+                    env: [("1A".into(), "x".into())].into(),
+                    ..exec_req()
+                },
+                "env",
+            ),
+            (
+                pb::ExecRequest {
+                    output_cap_bytes: 0,
+                    ..exec_req()
+                },
+                "output_cap_bytes",
+            ),
+            (
+                pb::ExecRequest {
+                    timeout_seconds: 100_000,
+                    ..exec_req()
+                },
+                "timeout_seconds",
+            ),
+            (
+                pb::ExecRequest {
+                    ssh_certificate: String::new(),
+                    ..exec_req()
+                },
+                "ssh_certificate",
+            ),
+        ];
+        for (req, field) in cases {
+            assert_eq!(Exec::try_from(req).expect_err(field).field, field);
+        }
+    }
+
+    #[test]
+    fn env_values_are_kept_literally() {
+        let weird = "a'b\"c $(id) `id`\nnext";
+        let r = pb::ExecRequest {
+            env: [("X".into(), weird.into())].into(),
+            ..exec_req()
+        };
+        let e = Exec::try_from(r).expect("valid");
+        assert_eq!(e.env, vec![("X".to_owned(), weird.to_owned())]);
+    }
+
+    #[test]
+    fn paths_must_be_absolute_and_normal() {
+        for ok in ["/", "/etc/hosts", "/a b/c"] {
+            assert!(check_abs_path("path", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "etc", "/etc/", "/a//b", "/a/./b", "/a/../b", "/..", "/a\0b",
+        ] {
+            assert!(check_abs_path("path", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ca_keys_are_checked() {
+        let good = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl fluid-ca";
+        let r = pb::CreateSandboxRequest {
+            ssh_user_ca_keys: vec![good.into()],
+            ..create_req()
+        };
+        assert!(CreateSandbox::try_from(r).is_ok());
+        for bad in [
+            "",
+            "ssh-ed25519",
+            "ssh-ed25519 AAAA\nssh-rsa AAAA",
+            "rsa AAAA",
+            "ssh-ed25519 $(id)",
+        ] {
+            let r = pb::CreateSandboxRequest {
+                ssh_user_ca_keys: vec![bad.into()],
+                ..create_req()
+            };
+            assert_eq!(
+                CreateSandbox::try_from(r).expect_err(bad).field,
+                "ssh_user_ca_keys"
+            );
+        }
     }
 }

@@ -180,3 +180,254 @@ impl Client {
         self.get(&format!("/v1/sandboxes/{id}/ip")).await
     }
 }
+
+/// One Server-Sent Event: its `event` name and `data` (JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub event: String,
+    pub data: serde_json::Value,
+}
+
+impl Client {
+    pub async fn run_command(
+        &self,
+        sandbox_id: &str,
+        req: &RunCommandRequest,
+    ) -> Result<RunCommandResponse, ClientError> {
+        self.request(
+            Method::POST,
+            &format!("/v1/sandboxes/{sandbox_id}/run"),
+            Some(req),
+        )
+        .await
+    }
+
+    /// Runs a command with `?stream=true` and calls `on_event` for each event
+    /// (`started`, `stdout`, `stderr`, `exit`). Returns the final record.
+    pub async fn run_command_streaming(
+        &self,
+        sandbox_id: &str,
+        req: &RunCommandRequest,
+        mut on_event: impl FnMut(&SseEvent),
+    ) -> Result<RunCommandResponse, ClientError> {
+        let url = format!("{}/v1/sandboxes/{sandbox_id}/run?stream=true", self.base);
+        let transport = |source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        };
+        let mut builder = self.http.post(&url).json(req);
+        if let Some(t) = &self.token {
+            builder = builder.bearer_auth(t);
+        }
+        let mut resp = builder.send().await.map_err(transport)?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.bytes().await.map_err(transport)?;
+            let body = serde_json::from_slice::<ErrorBody>(&bytes).unwrap_or_else(|_| ErrorBody {
+                error: String::from_utf8_lossy(&bytes).into_owned(),
+                code: status.as_u16(),
+                details: String::new(),
+            });
+            return Err(ClientError::Api { status, body });
+        }
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            buf.extend_from_slice(&chunk);
+            while let Some(end) = find_blank_line(&buf) {
+                let block: Vec<u8> = buf.drain(..end + 2).collect();
+                let Some(ev) = parse_sse(&String::from_utf8_lossy(&block)) else {
+                    continue;
+                };
+                on_event(&ev);
+                if ev.event == "exit" {
+                    return serde_json::from_value(ev.data).map_err(|e| ClientError::Decode {
+                        url: url.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        Err(ClientError::Decode {
+            url: url.clone(),
+            reason: "the stream ended without an exit event".into(),
+        })
+    }
+
+    /// `query` is appended as is (e.g. `limit=10&offset=20`).
+    pub async fn list_commands(
+        &self,
+        sandbox_id: &str,
+        query: &str,
+    ) -> Result<ListCommandsResponse, ClientError> {
+        let mut path = format!("/v1/sandboxes/{sandbox_id}/commands");
+        if !query.is_empty() {
+            path = format!("{path}?{query}");
+        }
+        self.get(&path).await
+    }
+
+    pub async fn read_file(
+        &self,
+        sandbox_id: &str,
+        req: &ReadFileRequest,
+    ) -> Result<ReadFileResponse, ClientError> {
+        self.request(
+            Method::POST,
+            &format!("/v1/sandboxes/{sandbox_id}/files/read"),
+            Some(req),
+        )
+        .await
+    }
+
+    pub async fn write_file(
+        &self,
+        sandbox_id: &str,
+        req: &WriteFileRequest,
+    ) -> Result<WriteFileResponse, ClientError> {
+        self.request(
+            Method::POST,
+            &format!("/v1/sandboxes/{sandbox_id}/files/write"),
+            Some(req),
+        )
+        .await
+    }
+
+    pub async fn edit_file(
+        &self,
+        sandbox_id: &str,
+        req: &EditFileRequest,
+    ) -> Result<EditFileResponse, ClientError> {
+        self.request(
+            Method::POST,
+            &format!("/v1/sandboxes/{sandbox_id}/files/edit"),
+            Some(req),
+        )
+        .await
+    }
+
+    pub async fn add_ssh_key(
+        &self,
+        sandbox_id: &str,
+        req: &AddSshKeyRequest,
+    ) -> Result<(), ClientError> {
+        self.request::<_, serde_json::Value>(
+            Method::POST,
+            &format!("/v1/sandboxes/{sandbox_id}/sshkey"),
+            Some(req),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn request_access(&self, req: &AccessRequest) -> Result<AccessResponse, ClientError> {
+        self.request(Method::POST, "/v1/access/request", Some(req))
+            .await
+    }
+
+    pub async fn ca_pubkey(&self) -> Result<CaPublicKeyResponse, ClientError> {
+        self.get("/v1/access/ca-pubkey").await
+    }
+
+    pub async fn list_certificates(&self) -> Result<ListCertificatesResponse, ClientError> {
+        self.get("/v1/access/certificates").await
+    }
+
+    pub async fn get_certificate(&self, id: &str) -> Result<CertificateResponse, ClientError> {
+        self.get(&format!("/v1/access/certificate/{id}")).await
+    }
+
+    pub async fn revoke_certificate(&self, id: &str) -> Result<CertificateResponse, ClientError> {
+        self.request::<(), _>(
+            Method::DELETE,
+            &format!("/v1/access/certificate/{id}"),
+            None,
+        )
+        .await
+    }
+}
+
+impl Client {
+    /// Follows `GET /v1/sandboxes/{id}/stream`: calls `on_event` for every event
+    /// (`started`, `stdout`, `stderr`, `exit`, `lagged`) until the controller closes the
+    /// stream (the sandbox went away, or the controller stopped). Never times out on its
+    /// own; drop the future to stop watching.
+    pub async fn watch_sandbox(
+        &self,
+        sandbox_id: &str,
+        mut on_event: impl FnMut(&SseEvent),
+    ) -> Result<(), ClientError> {
+        let url = format!("{}/v1/sandboxes/{sandbox_id}/stream", self.base);
+        let transport = |source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        };
+        let mut builder = self
+            .http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(t) = &self.token {
+            builder = builder.bearer_auth(t);
+        }
+        let mut resp = builder.send().await.map_err(transport)?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.bytes().await.map_err(transport)?;
+            let body = serde_json::from_slice::<ErrorBody>(&bytes).unwrap_or_else(|_| ErrorBody {
+                error: String::from_utf8_lossy(&bytes).into_owned(),
+                code: status.as_u16(),
+                details: String::new(),
+            });
+            return Err(ClientError::Api { status, body });
+        }
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            buf.extend_from_slice(&chunk);
+            while let Some(end) = find_blank_line(&buf) {
+                let block: Vec<u8> = buf.drain(..end + 2).collect();
+                if let Some(ev) = parse_sse(&String::from_utf8_lossy(&block)) {
+                    on_event(&ev);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn find_blank_line(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\n\n")
+}
+
+/// Parses one SSE block (`event:` and `data:` lines); comments and keep-alives are `None`.
+pub fn parse_sse(block: &str) -> Option<SseEvent> {
+    let mut event = String::from("message");
+    let mut data = String::new();
+    for line in block.lines() {
+        if let Some(v) = line.strip_prefix("event:") {
+            event = v.trim().to_owned();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(v.strip_prefix(' ').unwrap_or(v));
+        }
+    }
+    if data.is_empty() {
+        return None;
+    }
+    let data = serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data));
+    Some(SseEvent { event, data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_blocks_parse() {
+        let ev = parse_sse("event: stdout\ndata: {\"data\":\"hi\"}\n\n").expect("event");
+        assert_eq!(ev.event, "stdout");
+        assert_eq!(ev.data["data"], "hi");
+        assert!(parse_sse(": keep-alive\n\n").is_none());
+        assert_eq!(find_blank_line(b"a\n\nb"), Some(1));
+    }
+}

@@ -136,9 +136,9 @@ pub struct ListSandboxesResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct GetSandboxResponse {
     pub sandbox: Sandbox,
-    /// Present when `include_commands=true` (filled once the exec API exists).
+    /// Present when `include_commands=true`: the sandbox's latest commands, newest first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub commands: Option<Vec<serde_json::Value>>,
+    pub commands: Option<Vec<Command>>,
 }
 
 /// `DELETE /v1/sandboxes/{id}`
@@ -250,4 +250,240 @@ pub struct AddHostRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HostResponse {
     pub host: Host,
+}
+
+/// `POST /v1/sandboxes/{id}/run` and `/command`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunCommandRequest {
+    /// Run by `/bin/sh -c`.
+    pub command: String,
+    /// Unix user (default `root`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Seconds before the command's process group is killed (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_sec: Option<u32>,
+    /// Environment; names `[A-Za-z_][A-Za-z0-9_]*`, values passed literally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<std::collections::BTreeMap<String, String>>,
+    /// *new*: absolute working directory (default: the user's home).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// *new*: given to the command on its standard input (UTF-8 text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+}
+
+/// One command run in a sandbox, as audited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Command {
+    /// `CMD-…`
+    pub id: String,
+    pub sandbox_id: String,
+    pub command: String,
+    /// The environment as a JSON object; secret-looking values are `***`.
+    pub env_json: String,
+    /// Output up to the controller's cap (invalid UTF-8 replaced).
+    pub stdout: String,
+    pub stderr: String,
+    /// -1 while running, or when the command had no exit status.
+    pub exit_code: i32,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// *new*: output was cut at the cap.
+    #[serde(default)]
+    pub truncated: bool,
+    /// *new*: killed at its timeout.
+    #[serde(default)]
+    pub timed_out: bool,
+    /// *new*
+    #[serde(default)]
+    pub user: String,
+    /// *new*
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// *new*
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// *new*: `running completed failed lost interrupted denied`.
+    #[serde(default)]
+    pub status: String,
+    /// *new*: what ran it: `command`, `file_read`, `file_write`, `file_edit`, `sshkey`, `revoke`.
+    #[serde(default)]
+    pub kind: String,
+    /// *new*: the sandbox's `agent_id`.
+    #[serde(default)]
+    pub agent_id: String,
+    /// *new*: why it failed, was denied or lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunCommandResponse {
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ListCommandsResponse {
+    pub commands: Vec<Command>,
+    pub total: u64,
+}
+
+/// *new*: one output chunk of a streamed command (SSE `stdout` / `stderr` events).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OutputChunk {
+    pub command_id: String,
+    /// The bytes: UTF-8 text, or base64 when `encoding` is `base64`.
+    pub data: String,
+    /// `utf-8` or `base64`.
+    pub encoding: String,
+}
+
+/// *new*: SSE `started` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CommandStarted {
+    pub command_id: String,
+    pub sandbox_id: String,
+    pub command: String,
+    pub started_at: DateTime<Utc>,
+}
+
+/// *new*: `POST /v1/sandboxes/{id}/files/read`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadFileRequest {
+    pub path: String,
+    /// Byte offset (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Bytes to read (default 1 MiB, at most 16 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReadFileResponse {
+    pub path: String,
+    pub content: String,
+    /// The file's whole size in bytes.
+    pub size: u64,
+    /// More bytes follow the part returned.
+    pub truncated: bool,
+    /// `utf-8` or `base64` (when the bytes are not UTF-8).
+    pub encoding: String,
+}
+
+/// *new*: `POST /v1/sandboxes/{id}/files/write`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WriteFileRequest {
+    pub path: String,
+    pub content: String,
+    /// `utf-8` (default) or `base64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<String>,
+    /// Octal permission bits, e.g. `"0644"` (default: kept, or 0644 for a new file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WriteFileResponse {
+    pub path: String,
+    pub size: u64,
+}
+
+/// *new*: `POST /v1/sandboxes/{id}/files/edit`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EditFileRequest {
+    pub path: String,
+    /// Must occur exactly once; empty: create the file (it must not exist).
+    pub old_str: String,
+    pub new_str: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EditFileResponse {
+    pub path: String,
+    /// Occurrences replaced (1; 0 when the file was created).
+    pub replaced: u32,
+}
+
+/// `POST /v1/sandboxes/{id}/sshkey`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddSshKeyRequest {
+    pub public_key: String,
+    pub username: String,
+}
+
+/// `POST /v1/access/request`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRequest {
+    pub sandbox_id: String,
+    pub user_id: String,
+    /// The user's OpenSSH public key line.
+    pub public_key: String,
+    /// 1-10 (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_minutes: Option<u32>,
+    /// *new*: the Unix user to log in as (default `root`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AccessResponse {
+    pub certificate_id: String,
+    /// The OpenSSH certificate (save as `<key>-cert.pub`).
+    pub certificate: String,
+    pub vm_ip_address: String,
+    pub ssh_port: u16,
+    pub username: String,
+    pub valid_until: DateTime<Utc>,
+    pub ttl_seconds: u64,
+    pub connect_command: String,
+    pub instructions: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CaPublicKeyResponse {
+    pub public_key: String,
+    pub usage: String,
+}
+
+/// An SSH certificate issued to a person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AccessCertificate {
+    pub id: String,
+    pub sandbox_id: String,
+    pub user_id: String,
+    pub public_key: String,
+    pub principals: Vec<String>,
+    pub serial: u64,
+    pub valid_after: DateTime<Utc>,
+    pub valid_until: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CertificateResponse {
+    pub certificate: AccessCertificate,
+    /// *new*, on DELETE: the revocation reached the sandbox's sshd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_applied: Option<bool>,
+    /// *new*, on DELETE: why it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ListCertificatesResponse {
+    pub certificates: Vec<AccessCertificate>,
+    pub total: u64,
 }

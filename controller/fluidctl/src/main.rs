@@ -3,12 +3,17 @@
 //! Every command is one or two REST calls through [`fluid_client::Client`]; the output is
 //! a table for people or, with `--json`, the API's own JSON shapes for scripts.
 
+mod access;
+mod encoding;
+mod exec;
+mod files;
 mod hosts;
 mod progress;
 mod render;
 mod sandboxes;
 mod status;
 mod vms;
+mod watch;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -62,6 +67,28 @@ pub enum Command {
     /// Create, inspect and manage sandboxes.
     #[command(subcommand, visible_alias = "sb", visible_alias = "sandboxes")]
     Sandbox(sandboxes::SandboxCmd),
+    /// Run a command in a sandbox (by `/bin/sh -c`), streaming its output; exits with
+    /// its exit status (124 when it timed out).
+    #[command(visible_alias = "exec")]
+    Run(exec::RunArgs),
+    /// Copy a file out of a sandbox (to stdout or -o FILE).
+    #[command(visible_alias = "cat")]
+    Read(files::ReadArgs),
+    /// Write a file in a sandbox from --from FILE, --content TEXT or stdin.
+    Write(files::WriteArgs),
+    /// Replace a unique string in a file in a sandbox (empty --old creates the file).
+    Edit(files::EditArgs),
+    /// List the commands run in a sandbox, newest first.
+    #[command(visible_alias = "history")]
+    Commands(exec::CommandsArgs),
+    /// Follow a sandbox's live activity: commands, their output and exits.
+    #[command(visible_alias = "logs")]
+    Watch(watch::WatchArgs),
+    /// Open an SSH session in a sandbox with a short-lived certificate.
+    Ssh(access::SshArgs),
+    /// SSH certificates: list, revoke, print the CA key.
+    #[command(subcommand)]
+    Access(access::AccessCmd),
 }
 
 /// What every command needs: the client and how to print.
@@ -112,7 +139,7 @@ pub fn emit_json<T: serde::Serialize + ?Sized>(value: &T) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = Client::new(&cli.url)?.with_token(cli.token);
     let ctx = Ctx {
         client,
@@ -124,7 +151,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Hosts(cmd) => hosts::run(&ctx, cmd).await,
         Command::Vms => vms::run(&ctx).await,
         Command::Sandbox(cmd) => sandboxes::run(&ctx, cmd).await,
+        // The only command whose exit status is not just success or failure.
+        Command::Run(args) => return exec::run(&ctx, args).await,
+        Command::Read(args) => files::read(&ctx, args).await,
+        Command::Write(args) => files::write(&ctx, args).await,
+        Command::Edit(args) => files::edit(&ctx, args).await,
+        Command::Commands(args) => exec::commands(&ctx, args).await,
+        Command::Watch(args) => watch::run(&ctx, args).await,
+        Command::Ssh(args) => access::ssh(&ctx, args).await,
+        Command::Access(cmd) => access::access(&ctx, cmd).await,
     }
+    .map(|()| ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -141,7 +178,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", render::error_message(&e, &url));
             ExitCode::FAILURE

@@ -6,6 +6,9 @@ use comfy_table::{ContentArrangement, Table, presets};
 use fluid_client::ClientError;
 use fluid_client::types::{Host, HostError, HostState, Sandbox, Vm};
 
+mod activity;
+pub use activity::*;
+
 /// Placeholder for absent values.
 const NONE: &str = "-";
 

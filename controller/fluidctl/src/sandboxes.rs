@@ -99,7 +99,7 @@ impl CreateArgs {
 }
 
 /// `$USER`, else `fluidctl`.
-fn default_agent_id() -> String {
+pub(crate) fn default_agent_id() -> String {
     std::env::var("USER")
         .ok()
         .map(|u| u.trim().to_owned())
@@ -170,7 +170,7 @@ fn encode(s: &str) -> String {
 }
 
 /// Sandbox ids go into URL paths; refuse anything that would change the path.
-fn check_id(id: &str) -> anyhow::Result<&str> {
+pub(crate) fn check_id(id: &str) -> anyhow::Result<&str> {
     let id = id.trim();
     if id.is_empty()
         || !id

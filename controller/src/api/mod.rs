@@ -1,7 +1,10 @@
 //! Where a REST request enters. The router maps the paths of `shared/API.md` to thin
 //! handlers; every error leaves through [`error::ApiError`].
 
+pub mod access;
+pub mod commands;
 pub mod error;
+pub mod files;
 pub mod health;
 pub mod hosts;
 pub mod json;
@@ -15,9 +18,12 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use tower_http::trace::TraceLayer;
 
+use crate::access::AccessService;
+use crate::commands::CommandService;
+use crate::files::FileService;
 use crate::hosts::HostService;
 use crate::sandboxes::SandboxService;
 use crate::store::Store;
@@ -29,6 +35,9 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub sandboxes: Arc<SandboxService>,
     pub hosts: Arc<HostService>,
+    pub commands: Arc<CommandService>,
+    pub files: Arc<FileService>,
+    pub access: Arc<AccessService>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -70,6 +79,27 @@ pub fn router(state: AppState) -> Router {
             axum::routing::post(sandboxes::stop_sandbox),
         )
         .route("/v1/sandboxes/{id}/ip", get(sandboxes::sandbox_ip))
+        .route("/v1/sandboxes/{id}/run", post(commands::run_command))
+        .route(
+            "/v1/sandboxes/{id}/command",
+            post(commands::run_command_alias),
+        )
+        .route("/v1/sandboxes/{id}/commands", get(commands::list_commands))
+        .route("/v1/sandboxes/{id}/stream", get(commands::stream_activity))
+        .route("/v1/sandboxes/{id}/files/read", post(files::read_file))
+        .route(
+            "/v1/sandboxes/{id}/files/write",
+            post(files::write_file).layer(DefaultBodyLimit::max(crate::files::WRITE_BODY_LIMIT)),
+        )
+        .route("/v1/sandboxes/{id}/files/edit", post(files::edit_file))
+        .route("/v1/sandboxes/{id}/sshkey", post(access::add_ssh_key))
+        .route("/v1/access/request", post(access::request_access))
+        .route("/v1/access/ca-pubkey", get(access::ca_pubkey))
+        .route("/v1/access/certificates", get(access::list_certificates))
+        .route(
+            "/v1/access/certificate/{id}",
+            get(access::get_certificate).delete(access::revoke_certificate),
+        )
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
@@ -80,3 +110,5 @@ pub fn router(state: AppState) -> Router {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_exec;

@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{health, hosts, sandboxes, vms};
+use super::{access, commands, files, health, hosts, sandboxes, vms};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -20,9 +20,27 @@ use super::{health, hosts, sandboxes, vms};
         sandboxes::start_sandbox,
         sandboxes::stop_sandbox,
         sandboxes::sandbox_ip,
+        commands::run_command,
+        commands::run_command_alias,
+        commands::list_commands,
+        commands::stream_activity,
+        files::read_file,
+        files::write_file,
+        files::edit_file,
+        access::add_ssh_key,
+        access::request_access,
+        access::ca_pubkey,
+        access::list_certificates,
+        access::get_certificate,
+        access::revoke_certificate,
     ),
+    components(schemas(
+        fluid_client::types::OutputChunk,
+        fluid_client::types::CommandStarted,
+    )),
     tags(
         (name = "health"), (name = "hosts"), (name = "inventory"), (name = "sandboxes"),
+        (name = "commands"), (name = "files"), (name = "access"),
     )
 )]
 pub struct ApiDoc;

@@ -13,14 +13,18 @@ use crate::config::Config;
 use crate::fake_agent::FakeAgents;
 use crate::store::Store;
 
-struct TestApp {
-    router: Router,
-    agents: Arc<FakeAgents>,
-    store: Arc<dyn Store>,
+pub(super) struct TestApp {
+    pub router: Router,
+    pub agents: Arc<FakeAgents>,
+    pub store: Arc<dyn Store>,
     _dir: tempfile::TempDir,
 }
 
-async fn app() -> TestApp {
+pub(super) async fn app() -> TestApp {
+    app_with(Config::default()).await
+}
+
+pub(super) async fn app_with(config: Config) -> TestApp {
     let dir = tempfile::tempdir().expect("tmp");
     let store = crate::store::tests::sqlite(&dir).await;
     store
@@ -28,7 +32,13 @@ async fn app() -> TestApp {
         .await
         .expect("host");
     let agents = Arc::new(FakeAgents::default());
-    let state = crate::build_state(store.clone(), agents.clone(), &Config::default());
+    let state = crate::build_state(
+        store.clone(),
+        agents.clone(),
+        &config,
+        crate::fake_agent::test_ca(),
+    )
+    .expect("state");
     state.hosts.beat_all().await.expect("first heartbeat");
     TestApp {
         router: super::router(state),
@@ -39,7 +49,7 @@ async fn app() -> TestApp {
 }
 
 impl TestApp {
-    async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
+    pub async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
         let resp = self.router.clone().oneshot(req).await.expect("infallible");
         let status = resp.status();
         let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
@@ -54,17 +64,17 @@ impl TestApp {
         (status, v)
     }
 
-    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+    pub async fn get(&self, uri: &str) -> (StatusCode, Value) {
         self.send(Request::get(uri).body(Body::empty()).expect("req"))
             .await
     }
 
-    async fn delete(&self, uri: &str) -> (StatusCode, Value) {
+    pub async fn delete(&self, uri: &str) -> (StatusCode, Value) {
         self.send(Request::delete(uri).body(Body::empty()).expect("req"))
             .await
     }
 
-    async fn post_raw(&self, uri: &str, body: impl Into<Body>) -> (StatusCode, Value) {
+    pub async fn post_raw(&self, uri: &str, body: impl Into<Body>) -> (StatusCode, Value) {
         self.send(
             Request::post(uri)
                 .header(header::CONTENT_TYPE, "application/json")
@@ -74,16 +84,16 @@ impl TestApp {
         .await
     }
 
-    async fn post(&self, uri: &str, body: Value) -> (StatusCode, Value) {
+    pub async fn post(&self, uri: &str, body: Value) -> (StatusCode, Value) {
         self.post_raw(uri, body.to_string()).await
     }
 
-    async fn post_empty(&self, uri: &str) -> (StatusCode, Value) {
+    pub async fn post_empty(&self, uri: &str) -> (StatusCode, Value) {
         self.send(Request::post(uri).body(Body::empty()).expect("req"))
             .await
     }
 
-    async fn create(&self, body: Value) -> Value {
+    pub async fn create(&self, body: Value) -> Value {
         let (s, v) = self.post("/v1/sandboxes", body).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         v
@@ -91,7 +101,7 @@ impl TestApp {
 }
 
 /// Asserts an error answer: status, `{"error", "code"}` (and `details` if any).
-fn assert_error(got: (StatusCode, Value), want: StatusCode, mentions: &str) {
+pub(super) fn assert_error(got: (StatusCode, Value), want: StatusCode, mentions: &str) {
     let (status, v) = got;
     assert_eq!(status, want, "{v}");
     assert_eq!(v["code"], json!(want.as_u16()), "{v}");
@@ -682,7 +692,13 @@ async fn hosts_and_vms() {
 #[tokio::test]
 async fn a_host_goes_offline_after_missed_beats_and_is_not_scheduled() {
     let app = app().await;
-    let state = crate::build_state(app.store.clone(), app.agents.clone(), &Config::default());
+    let state = crate::build_state(
+        app.store.clone(),
+        app.agents.clone(),
+        &Config::default(),
+        crate::fake_agent::test_ca(),
+    )
+    .expect("state");
     app.agents.down.lock().expect("lock").insert("kvm-1".into());
     for _ in 0..3 {
         state.hosts.beat_all().await.expect("beat");

@@ -11,6 +11,7 @@
 //! Two dialects implement [`Store`]: SQLite (embedded default) and PostgreSQL
 //! (production). Migrations live per dialect in `controller/migrations/`.
 
+mod audit_rows;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -19,7 +20,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use fluid_client::types::{HostState, Sandbox, SandboxState};
+use fluid_client::types::{AccessCertificate, Command, HostState, Sandbox, SandboxState};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -82,6 +83,8 @@ pub struct HostRecord {
     pub last_seen: Option<DateTime<Utc>>,
     pub missed_beats: u32,
     pub last_error: Option<String>,
+    /// The agent's SSH key for exec, from its last heartbeat.
+    pub ssh_public_key: Option<String>,
 }
 
 /// Resources promised to a host's live sandboxes.
@@ -133,6 +136,7 @@ pub struct Beat {
     pub memory_mb_total: u64,
     pub images: Vec<String>,
     pub agent_version: String,
+    pub ssh_public_key: Option<String>,
     pub at: DateTime<Utc>,
 }
 
@@ -206,6 +210,103 @@ pub struct SandboxUpdate {
     pub error: Option<Option<String>>,
     /// Apply only when the row is still in this state (compare-and-set).
     pub expect_state: Option<SandboxState>,
+}
+
+/// One audited command or file operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRecord {
+    pub id: String,
+    pub sandbox_id: String,
+    pub agent_id: String,
+    /// `command`, `file_read`, `file_write`, `file_edit`, `sshkey`, `revoke`.
+    pub kind: String,
+    pub command: String,
+    pub user: String,
+    pub workdir: Option<String>,
+    /// The environment, secret-looking values redacted.
+    pub env_json: String,
+    /// `running completed failed lost interrupted denied`.
+    pub status: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    pub truncated: bool,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<u64>,
+}
+
+impl CommandRecord {
+    pub fn to_api(&self) -> Command {
+        Command {
+            id: self.id.clone(),
+            sandbox_id: self.sandbox_id.clone(),
+            command: self.command.clone(),
+            env_json: self.env_json.clone(),
+            stdout: self.stdout.clone(),
+            stderr: self.stderr.clone(),
+            exit_code: self.exit_code.unwrap_or(-1),
+            started_at: self.started_at,
+            ended_at: self.ended_at,
+            truncated: self.truncated,
+            timed_out: self.timed_out,
+            user: self.user.clone(),
+            workdir: self.workdir.clone(),
+            duration_ms: self.duration_ms,
+            status: self.status.clone(),
+            kind: self.kind.clone(),
+            agent_id: self.agent_id.clone(),
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// How a running command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandEnd {
+    pub status: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    pub truncated: bool,
+    pub error: Option<String>,
+    pub ended_at: DateTime<Utc>,
+    pub duration_ms: Option<u64>,
+}
+
+/// An SSH certificate issued to a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertRecord {
+    pub id: String,
+    pub sandbox_id: String,
+    pub user_id: String,
+    pub public_key: String,
+    pub principals: Vec<String>,
+    pub serial: u64,
+    pub valid_after: DateTime<Utc>,
+    pub valid_until: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl CertRecord {
+    pub fn to_api(&self) -> AccessCertificate {
+        AccessCertificate {
+            id: self.id.clone(),
+            sandbox_id: self.sandbox_id.clone(),
+            user_id: self.user_id.clone(),
+            public_key: self.public_key.clone(),
+            principals: self.principals.clone(),
+            serial: self.serial,
+            valid_after: self.valid_after,
+            valid_until: self.valid_until,
+            created_at: self.created_at,
+            revoked_at: self.revoked_at,
+        }
+    }
 }
 
 /// `GET /v1/sandboxes` filters.
@@ -296,6 +397,42 @@ pub trait Store: Send + Sync + 'static {
         u: &SandboxUpdate,
         now: DateTime<Utc>,
     ) -> Result<Option<SandboxRecord>, StoreError>;
+
+    /// Records a command before it runs (or a refused one, already ended).
+    async fn insert_command(&self, c: &CommandRecord) -> Result<(), StoreError>;
+    /// Completes a `running` command; `None` when it is not running (or unknown).
+    async fn finish_command(
+        &self,
+        id: &str,
+        end: &CommandEnd,
+    ) -> Result<Option<CommandRecord>, StoreError>;
+    async fn get_command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError>;
+    /// A page of a sandbox's commands, newest first, and their total.
+    async fn list_commands(
+        &self,
+        sandbox_id: &str,
+        limit: u32,
+        offset: u64,
+    ) -> Result<(Vec<CommandRecord>, u64), StoreError>;
+    /// Marks every `running` command `interrupted` (a controller restarted under them).
+    async fn interrupt_running_commands(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    async fn insert_certificate(&self, c: &CertRecord) -> Result<(), StoreError>;
+    async fn get_certificate(&self, id: &str) -> Result<Option<CertRecord>, StoreError>;
+    /// A page of certificates, newest first, and their total.
+    async fn list_certificates(
+        &self,
+        limit: u32,
+        offset: u64,
+    ) -> Result<(Vec<CertRecord>, u64), StoreError>;
+    /// Sets `revoked_at` (kept if already set); `None` when unknown.
+    async fn revoke_certificate(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<CertRecord>, StoreError>;
+    /// Public keys of the sandbox's revoked certificates.
+    async fn revoked_keys(&self, sandbox_id: &str) -> Result<Vec<String>, StoreError>;
 
     /// `Some` when this replica may run the loop's next tick.
     async fn try_lock_loop(&self, key: LoopKey) -> Result<Option<LoopLock>, StoreError>;

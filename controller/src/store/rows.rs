@@ -12,20 +12,20 @@ pub(super) const UPSERT_HOST: &str = "INSERT INTO hosts (name, address, state, c
      ON CONFLICT (name) DO UPDATE SET address = excluded.address";
 
 pub(super) const INSERT_HOST: &str = "INSERT INTO hosts (name, address, state, created_at) VALUES ($1, $2, 'UNKNOWN', $3) \
-     RETURNING name, address, state, cpus_total, memory_mb_total, images, agent_version, last_seen, missed_beats, last_error";
+     RETURNING name, address, state, cpus_total, memory_mb_total, images, agent_version, last_seen, missed_beats, last_error, ssh_public_key";
 
-pub(super) const LIST_HOSTS: &str = "SELECT name, address, state, cpus_total, memory_mb_total, images, agent_version, last_seen, missed_beats, last_error \
+pub(super) const LIST_HOSTS: &str = "SELECT name, address, state, cpus_total, memory_mb_total, images, agent_version, last_seen, missed_beats, last_error, ssh_public_key \
      FROM hosts ORDER BY name";
 
-pub(super) const HOST_BY_NAME: &str = "SELECT name, address, state, cpus_total, memory_mb_total, images, agent_version, last_seen, missed_beats, last_error \
+pub(super) const HOST_BY_NAME: &str = "SELECT name, address, state, cpus_total, memory_mb_total, images, agent_version, last_seen, missed_beats, last_error, ssh_public_key \
      FROM hosts WHERE name = $1";
 
 /// PostgreSQL: the same, locking the row until the transaction ends.
-pub(super) const HOST_BY_NAME_FOR_UPDATE: &str = "SELECT name, address, state, cpus_total, memory_mb_total, images, agent_version, last_seen, missed_beats, last_error \
+pub(super) const HOST_BY_NAME_FOR_UPDATE: &str = "SELECT name, address, state, cpus_total, memory_mb_total, images, agent_version, last_seen, missed_beats, last_error, ssh_public_key \
      FROM hosts WHERE name = $1 FOR UPDATE";
 
 pub(super) const RECORD_BEAT: &str = "UPDATE hosts SET state = 'ONLINE', cpus_total = $2, memory_mb_total = $3, images = $4, \
-     agent_version = $5, last_seen = $6, missed_beats = 0, last_error = NULL WHERE name = $1";
+     agent_version = $5, last_seen = $6, missed_beats = 0, last_error = NULL, ssh_public_key = $7 WHERE name = $1";
 
 pub(super) const MISSED_BEAT: &str = "UPDATE hosts SET missed_beats = missed_beats + 1, last_error = $2, \
      state = CASE WHEN missed_beats + 1 >= $3 THEN 'OFFLINE' ELSE state END WHERE name = $1";
@@ -78,6 +78,7 @@ pub(super) struct HostRow {
     last_seen: Option<DateTime<Utc>>,
     missed_beats: i64,
     last_error: Option<String>,
+    ssh_public_key: Option<String>,
 }
 
 impl TryFrom<HostRow> for HostRecord {
@@ -105,6 +106,7 @@ impl TryFrom<HostRow> for HostRecord {
             last_seen: r.last_seen,
             missed_beats: u32::try_from(r.missed_beats).unwrap_or(u32::MAX),
             last_error: r.last_error,
+            ssh_public_key: r.ssh_public_key,
         })
     }
 }

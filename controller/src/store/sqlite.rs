@@ -13,10 +13,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::types::Json;
 use sqlx::{Sqlite, SqlitePool};
 
+use super::audit_rows::{self, CertRow, CommandRow, bind_cert, bind_command, bind_end};
 use super::rows::{self, HostRow, OneUsageRow, SandboxRow, UsageRow};
 use super::{
-    Beat, HostRecord, HostUsage, LoopKey, LoopLock, Reservation, ReserveError, SandboxFilter,
-    SandboxRecord, SandboxUpdate, Store, StoreError, check_room,
+    Beat, CertRecord, CommandEnd, CommandRecord, HostRecord, HostUsage, LoopKey, LoopLock,
+    Reservation, ReserveError, SandboxFilter, SandboxRecord, SandboxUpdate, Store, StoreError,
+    check_room,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -110,6 +112,7 @@ impl Store for SqliteStore {
             .bind(Json(&beat.images))
             .bind(&beat.agent_version)
             .bind(beat.at)
+            .bind(&beat.ssh_public_key)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -260,6 +263,121 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await?;
         row.map(SandboxRecord::try_from).transpose()
+    }
+
+    async fn insert_command(&self, c: &CommandRecord) -> Result<(), StoreError> {
+        bind_command!(sqlx::query(audit_rows::INSERT_COMMAND), c)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| rows::unique_or(e, || format!("command {}", c.id)))?;
+        Ok(())
+    }
+
+    async fn finish_command(
+        &self,
+        id: &str,
+        end: &CommandEnd,
+    ) -> Result<Option<CommandRecord>, StoreError> {
+        let row: Option<CommandRow> =
+            bind_end!(sqlx::query_as(audit_rows::FINISH_COMMAND), id, end)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(CommandRecord::from))
+    }
+
+    async fn get_command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {
+        let row: Option<CommandRow> = sqlx::query_as(audit_rows::GET_COMMAND)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(CommandRecord::from))
+    }
+
+    async fn list_commands(
+        &self,
+        sandbox_id: &str,
+        limit: u32,
+        offset: u64,
+    ) -> Result<(Vec<CommandRecord>, u64), StoreError> {
+        let rs: Vec<CommandRow> = sqlx::query_as(audit_rows::LIST_COMMANDS)
+            .bind(sandbox_id)
+            .bind(i64::from(limit))
+            .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        let (total,): (i64,) = sqlx::query_as(audit_rows::COUNT_COMMANDS)
+            .bind(sandbox_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((
+            rs.into_iter().map(CommandRecord::from).collect(),
+            total.max(0) as u64,
+        ))
+    }
+
+    async fn interrupt_running_commands(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let r = sqlx::query(audit_rows::INTERRUPT_RUNNING)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn insert_certificate(&self, c: &CertRecord) -> Result<(), StoreError> {
+        bind_cert!(sqlx::query(audit_rows::INSERT_CERT), c)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| rows::unique_or(e, || format!("certificate {}", c.id)))?;
+        Ok(())
+    }
+
+    async fn get_certificate(&self, id: &str) -> Result<Option<CertRecord>, StoreError> {
+        let row: Option<CertRow> = sqlx::query_as(audit_rows::GET_CERT)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(CertRecord::try_from).transpose()
+    }
+
+    async fn list_certificates(
+        &self,
+        limit: u32,
+        offset: u64,
+    ) -> Result<(Vec<CertRecord>, u64), StoreError> {
+        let rs: Vec<CertRow> = sqlx::query_as(audit_rows::LIST_CERTS)
+            .bind(i64::from(limit))
+            .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        let (total,): (i64,) = sqlx::query_as(audit_rows::COUNT_CERTS)
+            .fetch_one(&self.pool)
+            .await?;
+        let certs = rs
+            .into_iter()
+            .map(CertRecord::try_from)
+            .collect::<Result<_, _>>()?;
+        Ok((certs, total.max(0) as u64))
+    }
+
+    async fn revoke_certificate(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<CertRecord>, StoreError> {
+        let row: Option<CertRow> = sqlx::query_as(audit_rows::REVOKE_CERT)
+            .bind(id)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(CertRecord::try_from).transpose()
+    }
+
+    async fn revoked_keys(&self, sandbox_id: &str) -> Result<Vec<String>, StoreError> {
+        let rs: Vec<(String,)> = sqlx::query_as(audit_rows::REVOKED_KEYS)
+            .bind(sandbox_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rs.into_iter().map(|(k,)| k).collect())
     }
 
     async fn try_lock_loop(&self, _key: LoopKey) -> Result<Option<LoopLock>, StoreError> {

@@ -89,6 +89,7 @@ both!(
     list_filters_and_updates,
     concurrent_reservations_never_overbook,
     loop_locks,
+    commands_and_certificates,
 );
 
 pub(crate) async fn beat(store: &dyn Store, name: &str, cpus: u32, mem: u64, images: &[&str]) {
@@ -100,6 +101,7 @@ pub(crate) async fn beat(store: &dyn Store, name: &str, cpus: u32, mem: u64, ima
                 memory_mb_total: mem,
                 images: images.iter().map(|s| s.to_string()).collect(),
                 agent_version: "0.1.0".into(),
+                ssh_public_key: None,
                 at: Utc::now(),
             },
         )
@@ -438,4 +440,144 @@ async fn loop_locks(store: Arc<dyn Store>) {
                 .is_some()
         );
     }
+}
+
+async fn commands_and_certificates(store: Arc<dyn Store>) {
+    store.upsert_host("h1", "h1:7443").await.expect("host");
+    beat(&*store, "h1", 8, 8192, &["debian-12"]).await;
+    store
+        .record_beat(
+            "h1",
+            &Beat {
+                cpus_total: 8,
+                memory_mb_total: 8192,
+                images: vec!["debian-12".into()],
+                agent_version: "0.1.0".into(),
+                ssh_public_key: Some("ssh-ed25519 AAAAkey agent".into()),
+                at: Utc::now(),
+            },
+        )
+        .await
+        .expect("beat");
+    assert_eq!(
+        host(&*store, "h1").await.ssh_public_key.as_deref(),
+        Some("ssh-ed25519 AAAAkey agent")
+    );
+    let sbx = store
+        .reserve(&reservation(1, "h1", 1, 512))
+        .await
+        .expect("reserve");
+    let now = Utc::now();
+    let mut rec = CommandRecord {
+        id: "CMD-aaaaaaaaaa".into(),
+        sandbox_id: sbx.id.clone(),
+        agent_id: sbx.agent_id.clone(),
+        kind: "command".into(),
+        command: "echo hi".into(),
+        user: "root".into(),
+        workdir: Some("/tmp".into()),
+        env_json: "{}".into(),
+        status: "running".into(),
+        stdout: String::new(),
+        stderr: String::new(),
+        exit_code: None,
+        timed_out: false,
+        truncated: false,
+        error: None,
+        started_at: now,
+        ended_at: None,
+        duration_ms: None,
+    };
+    store.insert_command(&rec).await.expect("insert");
+    let end = CommandEnd {
+        status: "completed".into(),
+        stdout: "hi\n".into(),
+        stderr: String::new(),
+        exit_code: Some(0),
+        timed_out: false,
+        truncated: true,
+        error: None,
+        ended_at: Utc::now(),
+        duration_ms: Some(12),
+    };
+    let done = store
+        .finish_command(&rec.id, &end)
+        .await
+        .expect("finish")
+        .expect("was running");
+    assert_eq!(done.stdout, "hi\n");
+    assert_eq!(done.exit_code, Some(0));
+    assert!(done.truncated);
+    assert_eq!(done.duration_ms, Some(12));
+    assert!(
+        store
+            .finish_command(&rec.id, &end)
+            .await
+            .expect("again")
+            .is_none(),
+        "only a running command completes"
+    );
+    rec.id = "CMD-bbbbbbbbbb".into();
+    rec.started_at = now + chrono::Duration::seconds(1);
+    store.insert_command(&rec).await.expect("insert 2");
+    assert_eq!(
+        store
+            .interrupt_running_commands(Utc::now())
+            .await
+            .expect("interrupt"),
+        1
+    );
+    let c = store
+        .get_command(&rec.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(c.status, "interrupted");
+    assert!(c.ended_at.is_some());
+    let (page, total) = store.list_commands(&sbx.id, 1, 0).await.expect("list");
+    assert_eq!(total, 2);
+    assert_eq!(page[0].id, "CMD-bbbbbbbbbb", "newest first");
+    let (page, _) = store.list_commands(&sbx.id, 10, 1).await.expect("list");
+    assert_eq!(page[0].id, "CMD-aaaaaaaaaa");
+
+    let cert = CertRecord {
+        id: "CRT-aaaaaaaaaa".into(),
+        sandbox_id: sbx.id.clone(),
+        user_id: "alice".into(),
+        public_key: "ssh-ed25519 AAAAuser".into(),
+        principals: vec!["root".into()],
+        serial: u64::MAX >> 1,
+        valid_after: now,
+        valid_until: now + chrono::Duration::minutes(5),
+        created_at: now,
+        revoked_at: None,
+    };
+    store.insert_certificate(&cert).await.expect("insert cert");
+    let got = store
+        .get_certificate(&cert.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(got.serial, cert.serial);
+    assert_eq!(got.principals, cert.principals);
+    assert!(store.revoked_keys(&sbx.id).await.expect("keys").is_empty());
+    let r = store
+        .revoke_certificate(&cert.id, Utc::now())
+        .await
+        .expect("revoke")
+        .expect("exists");
+    assert!(r.revoked_at.is_some());
+    assert_eq!(
+        store.revoked_keys(&sbx.id).await.expect("keys"),
+        vec!["ssh-ed25519 AAAAuser".to_owned()]
+    );
+    assert!(
+        store
+            .revoke_certificate("CRT-none", Utc::now())
+            .await
+            .expect("revoke")
+            .is_none()
+    );
+    let (all, total) = store.list_certificates(10, 0).await.expect("list");
+    assert_eq!((all.len(), total), (1, 1));
 }

@@ -29,6 +29,7 @@ struct Domain {
     metadata: Metadata,
     memory: Memory,
     vcpu: u32,
+    sysinfo: Sysinfo,
     os: Os,
     features: Features,
     cpu: Cpu,
@@ -65,6 +66,32 @@ struct Memory {
     value: u64,
 }
 
+/// SMBIOS type 11 OEM strings: the guest's identity, read at boot by the golden
+/// image's `fluid-identity` unit (`fluid:hostname=…`, one `fluid:ssh_user_ca=…` per key).
+#[derive(Debug, Serialize)]
+struct Sysinfo {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    #[serde(rename = "oemStrings")]
+    oem_strings: OemStrings,
+}
+
+#[derive(Debug, Serialize)]
+struct OemStrings {
+    entry: Vec<String>,
+}
+
+/// The OEM strings that carry a sandbox's identity to its guest.
+pub fn oem_strings(spec: &DomainSpec) -> Vec<String> {
+    let mut entries = vec![format!("fluid:hostname={}", spec.name)];
+    entries.extend(
+        spec.ssh_user_ca_keys
+            .iter()
+            .map(|k| format!("fluid:ssh_user_ca={k}")),
+    );
+    entries
+}
+
 #[derive(Debug, Serialize)]
 struct Os {
     #[serde(rename = "type")]
@@ -77,6 +104,13 @@ struct Os {
     cmdline: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     boot: Option<BootDev>,
+    smbios: Smbios,
+}
+
+#[derive(Debug, Serialize)]
+struct Smbios {
+    #[serde(rename = "@mode")]
+    mode: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -282,6 +316,12 @@ impl Domain {
                 value: s.memory_mb,
             },
             vcpu: s.cpus,
+            sysinfo: Sysinfo {
+                kind: "smbios",
+                oem_strings: OemStrings {
+                    entry: oem_strings(s),
+                },
+            },
             os: Os {
                 kind: OsType {
                     arch: "x86_64",
@@ -291,6 +331,7 @@ impl Domain {
                 initrd,
                 cmdline,
                 boot,
+                smbios: Smbios { mode: "sysinfo" },
             },
             features: Features { acpi: (), apic: () },
             cpu: Cpu {
@@ -474,6 +515,10 @@ mod tests {
             network: name("default"),
             mac: "52:54:00:12:34:56".into(),
             console_log: "/var/lib/fluid-agent/console/SBX-0123abcd.log".into(),
+            ssh_user_ca_keys: vec![
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl fluid-ca".into(),
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBm8nRk0a1HE3b3Mbu2MhY5XgTbn6n3D3cXnGp4sA2nh <old&ca>".into(),
+            ],
         }
     }
 
@@ -537,6 +582,36 @@ mod tests {
         let disk = parse_source_disk(&xml).expect("disk");
         assert_eq!(disk.format, "qcow2");
         assert_eq!(disk.boot, boot);
+    }
+
+    #[test]
+    fn identity_goes_into_oem_strings() {
+        let mut s = spec(VirtType::Kvm, Boot::Disk);
+        let xml = render(&s).expect("xml");
+        #[derive(Deserialize)]
+        struct Back {
+            sysinfo: BackSysinfo,
+        }
+        #[derive(Deserialize)]
+        struct BackSysinfo {
+            #[serde(rename = "@type")]
+            kind: String,
+            #[serde(rename = "oemStrings")]
+            oem: BackOem,
+        }
+        #[derive(Deserialize)]
+        struct BackOem {
+            entry: Vec<String>,
+        }
+        let back: Back = quick_xml::de::from_str(&xml).expect("parse back");
+        assert_eq!(back.sysinfo.kind, "smbios");
+        assert_eq!(back.sysinfo.oem.entry, oem_strings(&s));
+        assert_eq!(back.sysinfo.oem.entry[0], "fluid:hostname=web-1");
+        assert!(back.sysinfo.oem.entry[2].ends_with("<old&ca>"));
+        assert!(xml.contains("<smbios mode=\"sysinfo\"/>"), "{xml}");
+        // Without CA keys the hostname is still given.
+        s.ssh_user_ca_keys.clear();
+        assert_eq!(oem_strings(&s), vec!["fluid:hostname=web-1".to_owned()]);
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub struct DomainSpec {
     pub mac: String,
     /// Where the serial console is logged.
     pub console_log: PathBuf,
+    /// User CA keys the guest's sshd must trust (SMBIOS OEM strings).
+    pub ssh_user_ca_keys: Vec<String>,
 }
 
 /// The ownership mark in a domain's metadata.

@@ -49,7 +49,13 @@ source_domain = "golden"
     .expect("config");
     let store = StateStore::open(&config.db_path()).await.expect("store");
     let hv = Arc::new(FakeHypervisor::new("kvm-1"));
-    let s = Sandboxes::new(config, hv.clone(), store).with_poll(Duration::from_millis(5));
+    let s = Sandboxes::new(
+        config,
+        hv.clone(),
+        store,
+        crate::exec::AgentKey::generate("test").expect("key"),
+    )
+    .with_poll(Duration::from_millis(5));
     s.overlays.ensure_dir().await.expect("dir");
     overlay::ensure_dir(&s.config.console_dir())
         .await
@@ -74,6 +80,7 @@ fn req(sid: &str, name: &str, start: bool) -> CreateSandbox {
         cpus: 2,
         memory_mb: 1024,
         start,
+        ssh_user_ca_keys: Vec::new(),
     }
 }
 
@@ -374,4 +381,46 @@ async fn libvirt_down_maps_to_unavailable() {
     e.hv.lock().unavailable = true;
     let err = e.s.list().await.expect_err("down");
     assert!(matches!(err, ServiceError::Unavailable(_)), "{err:?}");
+}
+
+fn exec_req(sid: &str, cert: &str) -> fluid_proto::model::Exec {
+    fluid_proto::model::Exec::try_from(fluid_proto::pb::ExecRequest {
+        sandbox_id: sid.into(),
+        command_id: "CMD-0123abcd".into(),
+        command: "true".into(),
+        output_cap_bytes: 1024,
+        ssh_certificate: cert.into(),
+        ..Default::default()
+    })
+    .expect("valid")
+}
+
+#[tokio::test]
+async fn exec_refuses_before_any_stream() {
+    let e = env().await;
+    let err = |r: Result<_, ServiceError>| r.expect_err("refused");
+    assert!(matches!(
+        err(e.s.exec(exec_req("SBX-aaaaaaaa", "x")).await),
+        ServiceError::NotFound(_)
+    ));
+    e.s.create(req("SBX-aaaaaaaa", "a", false))
+        .await
+        .expect("create");
+    assert!(matches!(
+        err(e.s.exec(exec_req("SBX-aaaaaaaa", "x")).await),
+        ServiceError::FailedPrecondition(m) if m.contains("not running")
+    ));
+    e.s.start(&id("SBX-aaaaaaaa")).await.expect("start");
+    let leases = std::mem::take(&mut e.hv.lock().leases);
+    assert!(matches!(
+        err(e.s.exec(exec_req("SBX-aaaaaaaa", "x")).await),
+        ServiceError::FailedPrecondition(m) if m.contains("no IP")
+    ));
+    e.hv.lock().leases = leases;
+    // A certificate that is not one is refused before any connection is tried.
+    assert!(matches!(
+        err(e.s.exec(exec_req("SBX-aaaaaaaa", "not a certificate")).await),
+        ServiceError::InvalidArgument(m) if m.contains("ssh_certificate")
+    ));
+    assert!(e.s.ssh_public_key().starts_with("ssh-ed25519 "));
 }

@@ -1,0 +1,135 @@
+//! Running commands in sandboxes over SSH.
+//!
+//! - [`AgentKey`]: the agent's ed25519 key, made at start and kept in memory only; the
+//!   controller signs short-lived OpenSSH certificates for it (principal `root`), which
+//!   arrive with each Exec and are used when a connection must be (re)made.
+//! - [`pool`]: one multiplexed SSH connection per sandbox, reused by every command;
+//!   host keys are trusted on first use ([`hostkey`]).
+//! - [`wrapper`]: the shell script that runs one command (literal env, user, workdir,
+//!   own process group with a pid file for the timeout kill).
+//! - [`run`]: one command on one channel: stdin, streamed output with per-stream caps,
+//!   timeout, exactly one exit event.
+
+pub mod hostkey;
+pub mod pool;
+pub mod run;
+pub mod wrapper;
+
+use std::sync::Arc;
+
+use russh::keys::PrivateKey;
+use russh::keys::ssh_key::private::Ed25519Keypair;
+
+use crate::error::ServiceError;
+
+/// The agent's SSH identity for exec.
+#[derive(Clone)]
+pub struct AgentKey {
+    key: Arc<PrivateKey>,
+    public_line: String,
+}
+
+impl std::fmt::Debug for AgentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentKey")
+            .field("public", &self.public_line)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentKey {
+    /// A fresh ed25519 key (never written anywhere).
+    pub fn generate(comment: &str) -> Result<Self, ExecError> {
+        let seed: [u8; 32] = rand::random();
+        let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
+        key.set_comment(comment);
+        let public_line = key
+            .public_key()
+            .to_openssh()
+            .map_err(|e| ExecError::Internal(format!("encoding the agent's public key: {e}")))?;
+        Ok(Self {
+            key: Arc::new(key),
+            public_line,
+        })
+    }
+
+    /// The OpenSSH public key line (`ssh-ed25519 AAAA… comment`).
+    pub fn public_openssh(&self) -> &str {
+        &self.public_line
+    }
+
+    pub(crate) fn private(&self) -> Arc<PrivateKey> {
+        self.key.clone()
+    }
+}
+
+/// Why a command could not be started; [`ServiceError`] gives each a status code.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ExecError {
+    /// The certificate in the request cannot be used (unparseable, not for this
+    /// agent's key).
+    #[error("{0}")]
+    BadCertificate(String),
+    /// The guest's sshd refused the certificate.
+    #[error("{0}")]
+    AuthRejected(String),
+    /// The guest presented a host key other than the one remembered.
+    #[error("{0}")]
+    HostKeyChanged(String),
+    /// The guest's sshd cannot be reached or the connection failed.
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<ExecError> for ServiceError {
+    fn from(e: ExecError) -> Self {
+        match e {
+            ExecError::BadCertificate(m) => ServiceError::InvalidArgument(m),
+            ExecError::AuthRejected(m) => ServiceError::PermissionDenied(m),
+            ExecError::HostKeyChanged(m) => ServiceError::FailedPrecondition(m),
+            ExecError::Unreachable(m) => ServiceError::Unavailable(m),
+            ExecError::Internal(m) => ServiceError::Internal(m),
+        }
+    }
+}
+
+/// One event of an Exec stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    Started { at_unix_ms: i64 },
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exit(ExecExit),
+}
+
+/// The last event of an Exec stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecExit {
+    /// -1 when the command had no exit status (killed, connection lost).
+    pub exit_code: i32,
+    pub timed_out: bool,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub duration_ms: u64,
+    /// Set when the command could not be run or its end is unknown.
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_is_ed25519_and_fresh() {
+        let a = AgentKey::generate("fluid-agent@kvm-1").expect("key");
+        let b = AgentKey::generate("fluid-agent@kvm-1").expect("key");
+        assert!(a.public_openssh().starts_with("ssh-ed25519 AAAA"));
+        assert!(a.public_openssh().ends_with(" fluid-agent@kvm-1"));
+        assert_ne!(a.public_openssh(), b.public_openssh());
+        let parsed =
+            russh::keys::PublicKey::from_openssh(a.public_openssh()).expect("valid OpenSSH line");
+        assert_eq!(parsed.key_data(), a.private().public_key().key_data());
+    }
+}
