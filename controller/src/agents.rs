@@ -142,11 +142,53 @@ impl From<pb::exec_event::Event> for ExecEvent {
 /// The events of one Exec, as they come; ends after `Exit` (or an error).
 pub type ExecStream = BoxStream<'static, Result<ExecEvent, AgentError>>;
 
+/// What a person sends into an interactive session (after its `open`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachInput {
+    Stdin(Vec<u8>),
+    Resize { cols: u32, rows: u32 },
+}
+
+impl From<AttachInput> for pb::AttachInput {
+    fn from(i: AttachInput) -> Self {
+        use pb::attach_input::Input;
+        let input = match i {
+            AttachInput::Stdin(b) => Input::Stdin(b),
+            AttachInput::Resize { cols, rows } => Input::Resize(pb::TerminalSize { cols, rows }),
+        };
+        Self { input: Some(input) }
+    }
+}
+
+/// What an interactive session answers: terminal bytes, then one `Exit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachOutput {
+    Data(Vec<u8>),
+    /// `exit_code` is -1 when the shell had no exit status.
+    Exit {
+        exit_code: i32,
+        error: Option<String>,
+    },
+}
+
+/// The input of one Attach (ending it hangs up).
+pub type AttachInputStream = BoxStream<'static, AttachInput>;
+/// The output of one Attach, as it comes; ends after `Exit` (or an error).
+pub type AttachStream = BoxStream<'static, Result<AttachOutput, AgentError>>;
+
 #[async_trait]
 pub trait AgentConnector: Send + Sync + 'static {
     async fn status(&self, t: &AgentTarget) -> Result<AgentStatus, AgentError>;
     /// Starts a command; the stream carries its output and exit.
     async fn exec(&self, t: &AgentTarget, req: pb::ExecRequest) -> Result<ExecStream, AgentError>;
+    /// Opens an interactive shell: `open` first, then `input` (stdin, resizes) as it
+    /// comes; the stream carries the terminal's output and the exit.
+    async fn attach(
+        &self,
+        t: &AgentTarget,
+        open: pb::AttachOpen,
+        input: AttachInputStream,
+    ) -> Result<AttachStream, AgentError>;
     async fn list_images(&self, t: &AgentTarget) -> Result<Vec<ImageInfo>, AgentError>;
     async fn list_sandboxes(&self, t: &AgentTarget) -> Result<Vec<SandboxInfo>, AgentError>;
     async fn get_sandbox(&self, t: &AgentTarget, id: &SandboxId)
@@ -298,30 +340,46 @@ impl GrpcAgents {
         let client = self.client(t)?;
         match tokio::time::timeout(deadline, f(client)).await {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
-            Ok(Err(status)) => {
-                let mut err = AgentError::from_status(&t.name, &status);
-                if let AgentError::Timeout { seconds, .. } = &mut err {
-                    *seconds = deadline.as_secs();
-                }
-                if let AgentError::Unavailable { message, .. } = &mut err {
-                    // The transport error's source chain says why (refused, TLS, DNS).
-                    let mut src = std::error::Error::source(&status);
-                    while let Some(s) = src {
-                        let s_text = s.to_string();
-                        if !message.contains(&s_text) {
-                            message.push_str(&format!(": {s_text}"));
-                        }
-                        src = s.source();
-                    }
-                }
-                Err(err)
-            }
+            Ok(Err(status)) => Err(status_error(t, deadline, &status)),
             Err(_) => Err(AgentError::Timeout {
                 host: t.name.clone(),
                 seconds: deadline.as_secs(),
             }),
         }
     }
+}
+
+/// A receiver as a stream.
+struct ReceiverStream<T>(tokio::sync::mpsc::Receiver<T>);
+
+impl<T> futures::Stream for ReceiverStream<T> {
+    type Item = T;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// An agent call's failure, with the transport's reasons.
+fn status_error(t: &AgentTarget, deadline: Duration, status: &tonic::Status) -> AgentError {
+    let mut err = AgentError::from_status(&t.name, status);
+    if let AgentError::Timeout { seconds, .. } = &mut err {
+        *seconds = deadline.as_secs();
+    }
+    if let AgentError::Unavailable { message, .. } = &mut err {
+        // The transport error's source chain says why (refused, TLS, DNS).
+        let mut src = std::error::Error::source(status);
+        while let Some(s) = src {
+            let s_text = s.to_string();
+            if !message.contains(&s_text) {
+                message.push_str(&format!(": {s_text}"));
+            }
+            src = s.source();
+        }
+    }
+    err
 }
 
 fn sandbox_reply(host: &str, s: pb::Sandbox) -> Result<SandboxInfo, AgentError> {
@@ -370,6 +428,67 @@ impl AgentConnector for GrpcAgents {
                     match item {
                         Ok(pb::ExecEvent { event: Some(e) }) => Some(Ok(ExecEvent::from(e))),
                         Ok(pb::ExecEvent { event: None }) => None,
+                        Err(s) => Some(Err(AgentError::from_status(&host, &s))),
+                    }
+                }
+            })
+            .boxed())
+    }
+
+    async fn attach(
+        &self,
+        t: &AgentTarget,
+        open: pb::AttachOpen,
+        input: AttachInputStream,
+    ) -> Result<AttachStream, AgentError> {
+        let first = pb::AttachInput {
+            input: Some(pb::attach_input::Input::Open(open)),
+        };
+        // A concrete stream type for tonic (a boxed one trips the compiler's Send
+        // proof); a task pumps the person's input into it.
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut input = input;
+            if tx.send(first).await.is_err() {
+                return;
+            }
+            while let Some(i) = input.next().await {
+                if tx.send(pb::AttachInput::from(i)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let outbound = ReceiverStream(rx);
+        // The deadline covers the opening only; the session lasts as long as it lasts.
+        let deadline = self.timeouts.call;
+        let mut client = self.client(t)?;
+        let stream = match tokio::time::timeout(deadline, client.attach(outbound)).await {
+            Ok(Ok(resp)) => resp.into_inner(),
+            Ok(Err(status)) => return Err(status_error(t, deadline, &status)),
+            Err(_) => {
+                return Err(AgentError::Timeout {
+                    host: t.name.clone(),
+                    seconds: deadline.as_secs(),
+                });
+            }
+        };
+        let host = t.name.clone();
+        Ok(stream
+            .filter_map(move |item| {
+                let host = host.clone();
+                async move {
+                    use pb::attach_output::Output;
+                    match item {
+                        Ok(pb::AttachOutput {
+                            output: Some(Output::Data(b)),
+                        }) => Some(Ok(AttachOutput::Data(b))),
+                        Ok(pb::AttachOutput {
+                            output: Some(Output::Exit(x)),
+                        }) => Some(Ok(AttachOutput::Exit {
+                            exit_code: x.exit_code,
+                            error: (!x.error.is_empty()).then_some(x.error),
+                        })),
+                        Ok(pb::AttachOutput { output: None }) => None,
                         Err(s) => Some(Err(AgentError::from_status(&host, &s))),
                     }
                 }

@@ -24,7 +24,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::agents::{AgentConnector, AgentTarget, ExecEvent, ExecStream};
 use crate::policy::Policy;
 use crate::sandboxes::{ServiceError, new_id};
-use crate::ssh_ca::{CertSpec, SshCa};
+use crate::ssh_ca::{CertSpec, SignedCert, SshCa};
 use crate::store::{CommandEnd, CommandRecord, SandboxRecord, Store};
 
 /// Lifetime of the certificate given to the agent with each Exec.
@@ -72,7 +72,7 @@ impl Hubs {
         )
     }
 
-    fn publish(&self, sandbox_id: &str, ev: &LiveEvent) {
+    pub(crate) fn publish(&self, sandbox_id: &str, ev: &LiveEvent) {
         let Ok(mut m) = self.map.lock() else { return };
         if let Some(tx) = m.get(sandbox_id)
             && tx.send(ev.clone()).is_err()
@@ -100,6 +100,28 @@ pub struct ExecSpec {
     pub output_cap: u64,
     /// Store stdout in the audit row (file reads do not: it is the file).
     pub audit_stdout: bool,
+}
+
+/// What the agent's certificate for one operation allows.
+/// What an agent certificate is cached under.
+type CertKey = (String, String, Vec<String>, bool);
+
+/// A cached agent certificate is reused while it has at least this long to live.
+const AGENT_CERT_MIN_LEFT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone, Copy)]
+pub struct Grant<'a> {
+    /// The command or session id (goes into the certificate's key id).
+    pub id: &'a str,
+    pub principals: &'a [String],
+    pub permit_pty: bool,
+}
+
+/// A sandbox's agent and a certificate for its exec key.
+#[derive(Debug, Clone)]
+pub struct AgentAccess {
+    pub target: AgentTarget,
+    pub certificate: String,
 }
 
 /// A finished run: the audit record and the raw output (each at most the cap).
@@ -153,14 +175,14 @@ pub fn stored_text(b: &[u8]) -> String {
 }
 
 /// Keeps the first `cap` bytes of a stream.
-struct Capture {
-    buf: Vec<u8>,
+pub(crate) struct Capture {
+    pub(crate) buf: Vec<u8>,
     cap: usize,
-    truncated: bool,
+    pub(crate) truncated: bool,
 }
 
 impl Capture {
-    fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         Self {
             buf: Vec::new(),
             cap,
@@ -169,7 +191,7 @@ impl Capture {
     }
 
     /// Keeps what fits; returns the part kept.
-    fn push<'a>(&mut self, b: &'a [u8]) -> &'a [u8] {
+    pub(crate) fn push<'a>(&mut self, b: &'a [u8]) -> &'a [u8] {
         let take = self.cap.saturating_sub(self.buf.len()).min(b.len());
         if take < b.len() {
             self.truncated = true;
@@ -191,6 +213,10 @@ pub struct CommandService {
     store: Arc<dyn Store>,
     agents: Arc<dyn AgentConnector>,
     ca: Arc<SshCa>,
+    /// Agent certificates still worth reusing, by (host, agent key, principals, pty).
+    /// Signing one per command would put the CA on every exec's hot path for nothing:
+    /// the certificate only authenticates the agent's connection to the sandbox.
+    certs: std::sync::Mutex<HashMap<CertKey, SignedCert>>,
     policy: Arc<Policy>,
     output_cap: u64,
     pub hubs: Arc<Hubs>,
@@ -216,6 +242,7 @@ impl CommandService {
             store,
             agents,
             ca,
+            certs: std::sync::Mutex::new(HashMap::new()),
             policy,
             output_cap,
             hubs: Arc::new(Hubs::default()),
@@ -252,10 +279,15 @@ impl CommandService {
             output_cap: self.output_cap,
             audit_stdout: true,
         };
-        // The agent's own validation, at the edge.
-        Exec::try_from(self.request_for("SBX-00000000", "CMD-0000000000", &spec, "x".into()))
-            .map_err(rest_field)?;
+        self.check_spec(&spec)?;
         Ok(spec)
+    }
+
+    /// The agent's own validation of a spec, at the edge (400 naming the field).
+    pub fn check_spec(&self, spec: &ExecSpec) -> Result<(), ServiceError> {
+        Exec::try_from(self.request_for("SBX-00000000", "CMD-0000000000", spec, "x".into()))
+            .map_err(rest_field)?;
+        Ok(())
     }
 
     fn request_for(
@@ -325,16 +357,18 @@ impl CommandService {
         self.start(&row, spec).await
     }
 
-    /// Starts `spec` in the sandbox: checks it runs, signs the agent a certificate,
-    /// inserts the audit row, opens the Exec stream and spawns the task that owns it.
-    pub async fn start(
+    /// Where the sandbox's agent is, with a certificate for the agent's exec key: checks
+    /// the sandbox runs (409 naming `what`), finds its host and signs (503 while the
+    /// host has not reported its key).
+    pub async fn agent_access(
         &self,
         row: &SandboxRecord,
-        spec: ExecSpec,
-    ) -> Result<RunHandle, ServiceError> {
+        what: &str,
+        grant: &Grant<'_>,
+    ) -> Result<AgentAccess, ServiceError> {
         if row.state != SandboxState::Running {
             return Err(ServiceError::Conflict(format!(
-                "sandbox {} is {}; commands need a RUNNING sandbox",
+                "sandbox {} is {}; {what} need a RUNNING sandbox",
                 row.id, row.state
             )));
         }
@@ -353,28 +387,84 @@ impl CommandService {
                 "host {host_name} has not reported an SSH key for exec yet"
             ))
         })?;
-        let id = new_id("CMD-");
+        let certificate = self.agent_certificate(host_name, agent_key, grant)?;
+        Ok(AgentAccess {
+            target: AgentTarget {
+                name: host.name,
+                address: host.address,
+            },
+            certificate,
+        })
+    }
+
+    /// A certificate for the agent's key: a cached one while it has more than
+    /// [`AGENT_CERT_MIN_LEFT`] to live, else a freshly signed one.
+    fn agent_certificate(
+        &self,
+        host_name: &str,
+        agent_key: &str,
+        grant: &Grant<'_>,
+    ) -> Result<String, ServiceError> {
+        let key: CertKey = (
+            host_name.to_owned(),
+            agent_key.to_owned(),
+            grant.principals.to_vec(),
+            grant.permit_pty,
+        );
+        let fresh_enough = |c: &SignedCert| {
+            (c.valid_before - Utc::now())
+                .to_std()
+                .is_ok_and(|left| left > AGENT_CERT_MIN_LEFT)
+        };
+        if let Ok(cache) = self.certs.lock()
+            && let Some(c) = cache.get(&key).filter(|c| fresh_enough(c))
+        {
+            return Ok(c.openssh.clone());
+        }
         let cert = self
             .ca
             .sign(&CertSpec {
                 public_key: agent_key,
-                principals: &["root".to_owned()],
+                principals: grant.principals,
                 ttl: AGENT_CERT_TTL,
-                key_id: &format!("fluid-agent:{host_name}:{id}"),
-                permit_pty: false,
+                key_id: &format!("fluid-agent:{host_name}:{}", grant.id),
+                permit_pty: grant.permit_pty,
             })
             .map_err(|e| {
                 ServiceError::Unavailable(format!("signing the agent's certificate: {e}"))
             })?;
-        let req = self.request_for(&row.id, &id, &spec, cert.openssh);
+        let openssh = cert.openssh.clone();
+        if let Ok(mut cache) = self.certs.lock() {
+            cache.retain(|_, c| fresh_enough(c));
+            cache.insert(key, cert);
+        }
+        Ok(openssh)
+    }
+
+    /// Starts `spec` in the sandbox: checks it runs, signs the agent a certificate,
+    /// inserts the audit row, opens the Exec stream and spawns the task that owns it.
+    pub async fn start(
+        &self,
+        row: &SandboxRecord,
+        spec: ExecSpec,
+    ) -> Result<RunHandle, ServiceError> {
+        let id = new_id("CMD-");
+        let access = self
+            .agent_access(
+                row,
+                "commands",
+                &Grant {
+                    id: &id,
+                    principals: &["root".to_owned()],
+                    permit_pty: false,
+                },
+            )
+            .await?;
+        let req = self.request_for(&row.id, &id, &spec, access.certificate);
         Exec::try_from(req.clone()).map_err(rest_field)?;
         let rec = self.record(row, &id, &spec);
         self.store.insert_command(&rec).await?;
-        let target = AgentTarget {
-            name: host.name,
-            address: host.address,
-        };
-        let stream = match self.agents.exec(&target, req).await {
+        let stream = match self.agents.exec(&access.target, req).await {
             Ok(s) => s,
             Err(e) => {
                 let end = CommandEnd {
@@ -551,7 +641,7 @@ impl Drive {
     }
 }
 
-fn local_end(mut rec: CommandRecord, e: CommandEnd) -> CommandRecord {
+pub(crate) fn local_end(mut rec: CommandRecord, e: CommandEnd) -> CommandRecord {
     rec.status = e.status;
     rec.stdout = e.stdout;
     rec.stderr = e.stderr;

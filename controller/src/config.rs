@@ -29,6 +29,14 @@ pub struct HostEntry {
 pub struct Config {
     /// Address the REST API listens on.
     pub listen: SocketAddr,
+    /// Address the public gRPC API (`fluid.v1`, plain h2c for now) listens on; absent
+    /// or empty (`""`): no gRPC API.
+    #[serde(
+        default = "default_grpc_listen",
+        deserialize_with = "empty_is_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub grpc_listen: Option<SocketAddr>,
     /// Where the embedded SQLite database lives when no `database_url` is given.
     pub data_dir: PathBuf,
     /// `postgres://…` or `sqlite://…`; none: SQLite at `data_dir/fluid.db`.
@@ -71,6 +79,24 @@ pub struct PolicyConfig {
     pub denied_paths: Vec<String>,
 }
 
+fn default_grpc_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 8081)))
+}
+
+/// An address, or `None` for an empty string.
+fn empty_is_none<'de, D>(d: D) -> Result<Option<SocketAddr>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let s: Option<String> = Option::deserialize(d)?;
+    match s.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(a) => a.parse().map(Some).map_err(|e| {
+            serde::de::Error::custom(format!("{a:?} is not an address (host:port): {e}"))
+        }),
+    }
+}
+
 /// Paths the files API refuses unless the configuration says otherwise.
 pub const DEFAULT_DENIED_PATHS: [&str; 5] = [
     "/etc/shadow",
@@ -97,6 +123,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            grpc_listen: default_grpc_listen(),
             data_dir: PathBuf::from("/var/lib/fluid"),
             database_url: None,
             tls: None,
@@ -129,6 +156,7 @@ pub enum ConfigError {
 /// `FLUID_AGENT_*`, test settings, …) belong to someone else and are ignored.
 const CONFIG_KEYS: &[&str] = &[
     "listen",
+    "grpc_listen",
     "data_dir",
     "database_url",
     "tls",
@@ -276,6 +304,16 @@ mod tests {
         assert_eq!(c.heartbeat_interval_secs, 5);
         assert_eq!(c.default_memory_mb, 512);
         assert!(c.database_url.is_none());
+        assert_eq!(c.grpc_listen, "127.0.0.1:8081".parse().ok());
+    }
+
+    #[test]
+    fn grpc_listen_can_be_moved_or_disabled() {
+        let c = parse(&with_tls("grpc_listen = \"0.0.0.0:9090\"")).expect("valid");
+        assert_eq!(c.grpc_listen, "0.0.0.0:9090".parse().ok());
+        let c = parse(&with_tls("grpc_listen = \"\"")).expect("valid");
+        assert_eq!(c.grpc_listen, None);
+        assert!(parse(&with_tls("grpc_listen = \"nowhere\"")).is_err());
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! Exec: by default a command prints `ran: <command>` and exits 0; the files and access
 //! operations (recognised by their `FLUID_OP` variable) act on an in-memory file map.
 //! Tests replace the behaviour with [`FakeAgents::script_exec`].
+//!
+//! Attach: a toy shell that greets, echoes stdin, reports resizes as text, exits 0 on
+//! a line containing `exit` and -1 ("hung up") when its input ends.
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -17,8 +20,8 @@ use fluid_proto::pb;
 use futures::StreamExt as _;
 
 use crate::agents::{
-    AgentConnector, AgentError, AgentStatus, AgentTarget, ExecEvent, ExecExit, ExecStream,
-    ImageInfo,
+    AgentConnector, AgentError, AgentStatus, AgentTarget, AttachInput, AttachInputStream,
+    AttachOutput, AttachStream, ExecEvent, ExecExit, ExecStream, ImageInfo,
 };
 
 /// A scripted Exec: gets the request, answers the event stream.
@@ -43,6 +46,10 @@ pub(crate) struct FakeAgents {
     pub exec_script: Mutex<Option<ExecScript>>,
     /// The `ssh_user_ca_keys` of the last create.
     pub last_ca_keys: Mutex<Vec<String>>,
+    /// Every Attach opening received.
+    pub attaches: Mutex<Vec<pb::AttachOpen>>,
+    /// Every Attach input received (all sessions).
+    pub attach_inputs: Arc<Mutex<Vec<AttachInput>>>,
 }
 
 impl Default for FakeAgents {
@@ -57,6 +64,8 @@ impl Default for FakeAgents {
             files: Mutex::default(),
             exec_script: Mutex::default(),
             last_ca_keys: Mutex::default(),
+            attaches: Mutex::default(),
+            attach_inputs: Arc::default(),
         }
     }
 }
@@ -260,6 +269,25 @@ impl AgentConnector for FakeAgents {
         })
     }
 
+    async fn attach(
+        &self,
+        t: &AgentTarget,
+        open: pb::AttachOpen,
+        input: AttachInputStream,
+    ) -> Result<AttachStream, AgentError> {
+        self.check_up(t)?;
+        if let Ok(mut a) = self.attaches.lock() {
+            a.push(open.clone());
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(toy_shell(open, input, tx, self.attach_inputs.clone()));
+        Ok(futures::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|o| (Ok(o), rx)) },
+        )
+        .boxed())
+    }
+
     async fn status(&self, t: &AgentTarget) -> Result<AgentStatus, AgentError> {
         self.check_up(t)?;
         let status = HostStatus {
@@ -385,6 +413,48 @@ impl AgentConnector for FakeAgents {
             s.ip_address
         })
     }
+}
+
+/// The fake's interactive shell (see the module docs).
+async fn toy_shell(
+    open: pb::AttachOpen,
+    mut input: AttachInputStream,
+    tx: tokio::sync::mpsc::Sender<AttachOutput>,
+    seen: Arc<Mutex<Vec<AttachInput>>>,
+) {
+    let hello = format!("welcome {}\r\n", open.user);
+    if tx
+        .send(AttachOutput::Data(hello.into_bytes()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let exit = loop {
+        let Some(i) = input.next().await else {
+            break AttachOutput::Exit {
+                exit_code: -1,
+                error: Some("hung up".into()),
+            };
+        };
+        if let Ok(mut s) = seen.lock() {
+            s.push(i.clone());
+        }
+        let out = match i {
+            AttachInput::Stdin(b) if String::from_utf8_lossy(&b).contains("exit") => {
+                break AttachOutput::Exit {
+                    exit_code: 0,
+                    error: None,
+                };
+            }
+            AttachInput::Stdin(b) => b,
+            AttachInput::Resize { cols, rows } => format!("[{cols}x{rows}]").into_bytes(),
+        };
+        if tx.send(AttachOutput::Data(out)).await.is_err() {
+            return;
+        }
+    };
+    let _ = tx.send(exit).await;
 }
 
 /// A fresh in-memory SSH user CA.

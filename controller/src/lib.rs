@@ -5,16 +5,20 @@
 //! (reserved atomically in the [`store`]), and crosses to the host in [`agents`].
 //! [`hosts`] (heartbeat), [`reconciler`] and [`janitor`] run in the background.
 //! [`commands`], [`files`] and [`access`] run commands in sandboxes through the agents'
-//! Exec, audited in the store, under the [`policy`]; [`ssh_ca`] signs the SSH
-//! certificates agents and people use.
+//! Exec, audited in the store, under the [`policy`]; [`attach`] opens audited
+//! interactive shells through the agents' Attach; [`ssh_ca`] signs the SSH
+//! certificates agents and people use. [`grpc_api`] serves the public gRPC API
+//! (`fluid.v1`) beside REST, over the same services.
 
 pub mod access;
 pub mod agents;
 pub mod api;
+pub mod attach;
 pub mod background;
 pub mod commands;
 pub mod config;
 pub mod files;
+pub mod grpc_api;
 pub mod hosts;
 pub mod janitor;
 pub mod pki;
@@ -39,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access::AccessService;
 use crate::agents::{AgentConnector, AgentTimeouts, GrpcAgents};
 use crate::api::AppState;
+use crate::attach::AttachService;
 use crate::commands::CommandService;
 use crate::config::Config;
 use crate::files::FileService;
@@ -76,6 +81,11 @@ pub fn build_state(
         config.output_cap_bytes,
     ));
     let files = Arc::new(FileService::new(commands.clone()));
+    let attach = Arc::new(AttachService::new(
+        commands.clone(),
+        store.clone(),
+        agents.clone(),
+    ));
     let access = Arc::new(AccessService::new(
         store.clone(),
         commands.clone(),
@@ -105,6 +115,7 @@ pub fn build_state(
         commands,
         files,
         access,
+        attach,
     })
 }
 
@@ -177,10 +188,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     serve_on(listener, config, shutdown).await
 }
 
-/// Serves on an already bound listener (tests bind port 0): opens and migrates the
-/// store, registers the configured hosts, starts the background loops and the HTTP API,
-/// and on `shutdown` stops them in order — HTTP (drained), loops, store — each with a
-/// deadline.
+/// Serves on an already bound listener (tests bind port 0): binds `grpc_listen` (when
+/// set), opens and migrates the store, registers the configured hosts, starts the
+/// background loops, the HTTP API and the gRPC API, and on `shutdown` stops them in
+/// order — HTTP and gRPC (drained), loops, store — each with a deadline.
 pub async fn serve_on(
     listener: TcpListener,
     config: Config,
@@ -190,6 +201,14 @@ pub async fn serve_on(
         .tls()?
         .load()
         .context("loading the controller's TLS files")?;
+    let grpc_listener = match config.grpc_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding grpc_listen {a}"))?,
+        ),
+        None => None,
+    };
     let store = store::open(config.database_url.as_deref(), &config.data_dir)
         .await
         .context("opening the store")?;
@@ -221,37 +240,66 @@ pub async fn serve_on(
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "fluid-controller listening");
-    let app = api::router(state);
-    let drain = shutdown.clone();
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(drain.cancelled_owned())
-            .await
+    // A child token: a server that stops on its own stops the other one too.
+    let drain = shutdown.child_token();
+    let mut servers: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    let app = api::router(state.clone());
+    let http_drain = drain.clone();
+    servers.spawn(async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(http_drain.cancelled_owned())
+            .await;
+        ("HTTP", r.map_err(anyhow::Error::from))
     });
+    if let Some(grpc) = grpc_listener {
+        let grpc_addr = grpc.local_addr()?;
+        tracing::info!(addr = %grpc_addr, "public gRPC API listening (h2c)");
+        let commands = state.commands.clone();
+        let grpc_drain = drain.clone();
+        servers.spawn(async move {
+            let r = grpc_api::serve(grpc, commands, grpc_drain).await;
+            ("gRPC", r.map_err(anyhow::Error::from))
+        });
+    }
 
     let early = tokio::select! {
-        r = &mut server => Some(r),
+        r = servers.join_next() => r,
         () = shutdown.cancelled() => None,
     };
-    let result = match early {
-        Some(r) => {
-            tracing::error!("HTTP server stopped on its own");
-            r.context("HTTP server task")?.context("HTTP server")
-        }
-        None => {
-            tracing::info!("shutting down: draining HTTP requests");
-            match tokio::time::timeout(HTTP_DRAIN_DEADLINE, &mut server).await {
-                Ok(r) => r.context("HTTP server task")?.context("HTTP server"),
-                Err(_) => {
-                    tracing::warn!(
-                        "HTTP requests still running after {HTTP_DRAIN_DEADLINE:?}; aborting them"
-                    );
-                    server.abort();
-                    Ok(())
-                }
+    let mut result = Ok(());
+    if let Some(r) = early {
+        let (name, r) = r.context("server task")?;
+        tracing::error!("{name} server stopped on its own");
+        result = r.with_context(|| format!("{name} server"));
+        drain.cancel();
+    } else {
+        tracing::info!("shutting down: draining HTTP and gRPC requests");
+    }
+    let drained = tokio::time::timeout(HTTP_DRAIN_DEADLINE, async {
+        let mut first_err = Ok(());
+        while let Some(r) = servers.join_next().await {
+            let r = match r {
+                Ok((name, r)) => r.with_context(|| format!("{name} server")),
+                Err(e) => Err(anyhow::Error::from(e).context("server task")),
+            };
+            if first_err.is_ok() {
+                first_err = r;
             }
         }
-    };
+        first_err
+    })
+    .await;
+    match drained {
+        Ok(r) => {
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        Err(_) => {
+            tracing::warn!("requests still running after {HTTP_DRAIN_DEADLINE:?}; aborting them");
+            servers.abort_all();
+        }
+    }
 
     tracing::info!("stopping background loops");
     loops_cancel.cancel();

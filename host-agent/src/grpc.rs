@@ -1,6 +1,7 @@
 //! The `fluid.agent.v1.HostAgent` gRPC service. Thin handlers: validate the request
 //! with `fluid_proto::model`, call the sandbox service, map errors to a status at the
 //! boundary. Authorisation (the controller's client certificate) is the interceptor's.
+//! Attach's message sequencing lives in [`attach`].
 
 use std::sync::Arc;
 
@@ -14,6 +15,8 @@ use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
 use crate::exec::{ExecEvent, ExecExit};
+
+pub mod attach;
 
 use crate::hypervisor::Hypervisor;
 use crate::images::{ImageInfo, ImageKind};
@@ -116,6 +119,23 @@ fn fail(op: &'static str, e: crate::error::ServiceError) -> Status {
 #[tonic::async_trait]
 impl<H: Hypervisor> HostAgent for AgentService<H> {
     type ExecStream = ExecStream;
+    type AttachStream = attach::AttachStream;
+
+    async fn attach(
+        &self,
+        req: Request<tonic::Streaming<pb::AttachInput>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let mut input = req.into_inner();
+        let open = attach::first_open(&mut input).await.inspect_err(|s| {
+            tracing::info!(op = "attach", code = ?s.code(), "{}", s.message());
+        })?;
+        let shell = self
+            .sandboxes
+            .attach(open)
+            .await
+            .map_err(|e| fail("attach", e))?;
+        Ok(Response::new(attach::session_stream(input, shell)))
+    }
 
     async fn exec(
         &self,

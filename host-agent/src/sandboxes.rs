@@ -633,6 +633,7 @@ pub(crate) async fn remove_domain<H: Hypervisor>(hv: &H, uuid: &str) -> Result<(
     }
 }
 
+mod attach;
 mod exec;
 #[cfg(test)]
 mod tests;

@@ -5,11 +5,14 @@
 //! a client that goes away.
 //!
 //! Needs what `libvirt_lifecycle` needs, and a golden image with the `fluid-identity`
-//! unit (`/var/cache/fluid/images-dev/debian-12-*/` or `FLUID_TEST_IMAGE_DIR`):
+//! unit (the newest `/var/cache/fluid/images{-dev,}/debian-12-*/`, or
+//! `FLUID_TEST_IMAGE_DIR`):
 //!
 //! ```text
 //! ip netns exec fluid-dev cargo test -p fluid-agent --test libvirt_exec -- --ignored --nocapture
 //! ```
+
+mod common;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,48 +23,14 @@ use fluid_agent::hypervisor::libvirt::Libvirt;
 use fluid_agent::{AgentConfig, Sandboxes};
 use fluid_proto::model::{CreateSandbox, Exec, Name, SandboxId, WaitForIp};
 use fluid_proto::pb;
-use russh::keys::ssh_key::certificate::{Builder, CertType};
+use russh::keys::PrivateKey;
 use russh::keys::ssh_key::private::Ed25519Keypair;
-use russh::keys::{PrivateKey, PublicKey};
 
-fn image_dir() -> Option<PathBuf> {
-    if let Ok(dir) = std::env::var("FLUID_TEST_IMAGE_DIR") {
-        return Some(dir.into());
-    }
-    std::fs::read_dir("/var/cache/fluid/images-dev")
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("debian-12-"))
-                && p.join("disk.qcow2").exists()
-        })
-}
+use common::{agent_toml, image_dir};
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
-/// A 5-minute user certificate for `subject`, principal root, signed by `ca`.
+/// A 5-minute agent exec certificate (principal root, no extensions).
 fn certificate(ca: &PrivateKey, subject: &str) -> String {
-    let subject = PublicKey::from_openssh(subject).expect("agent key");
-    let now = unix_now();
-    let mut b = Builder::new(
-        rand::random::<[u8; 32]>().to_vec(),
-        subject.key_data().clone(),
-        now - 60,
-        now + 300,
-    )
-    .expect("builder");
-    b.cert_type(CertType::User).expect("type");
-    b.valid_principal("root").expect("principal");
-    b.key_id("libvirt_exec test").expect("key id");
-    b.sign(ca).expect("sign").to_openssh().expect("openssh")
+    common::certificate(ca, subject, false)
 }
 
 /// What one Exec produced.
@@ -151,25 +120,7 @@ impl Ctx {
 async fn exec_in_a_real_sandbox() {
     let dir = image_dir().expect("a golden image (set FLUID_TEST_IMAGE_DIR)");
     let state_dir = PathBuf::from(format!("/var/tmp/agentdev-exec-{}", std::process::id()));
-    let toml = format!(
-        r#"
-host_name = "agentdev-exec-host"
-virt_type = "qemu"
-state_dir = "{state}"
-[tls]
-ca_cert = "/unused"
-cert = "/unused"
-key = "/unused"
-[[images]]
-name = "debian-12"
-path = "{d}/disk.qcow2"
-kernel = "{d}/vmlinuz"
-initrd = "{d}/initrd.img"
-cmdline = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
-"#,
-        state = state_dir.display(),
-        d = dir.display()
-    );
+    let toml = agent_toml("agentdev-exec-host", &state_dir, &dir);
     let _ = tracing_subscriber::fmt()
         .with_env_filter("fluid_agent=info")
         .try_init();

@@ -70,6 +70,8 @@ pub struct Stack {
     pub dir: tempfile::TempDir,
     pub pki: Pki,
     pub api_url: String,
+    /// The controller's public gRPC API (`fluid.v1`).
+    pub grpc_url: String,
     pub client: Client,
     pub controller: Service,
     pub agents: BTreeMap<String, Agent>,
@@ -135,6 +137,7 @@ impl Stack {
 
         let mut stack = Self {
             api_url: String::new(),
+            grpc_url: String::new(),
             client: Client::new("http://127.0.0.1:1")?,
             controller: Service::new(
                 "controller",
@@ -213,10 +216,12 @@ impl Stack {
 
     async fn start_controller(&mut self, store: StoreKind, tables: &str) -> Result<()> {
         let port = free_port()?;
+        let grpc_port = free_port()?;
+        self.grpc_url = format!("http://127.0.0.1:{grpc_port}");
         let data_dir = self.dir.path().join("controller");
         std::fs::create_dir_all(&data_dir)?;
         let mut toml = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = {}\nheartbeat_interval_secs = 1\noffline_after_missed_beats = 3\nreconcile_interval_secs = 2\njanitor_interval_secs = 1\n",
+            "listen = \"127.0.0.1:{port}\"\ngrpc_listen = \"127.0.0.1:{grpc_port}\"\ndata_dir = {}\nheartbeat_interval_secs = 1\noffline_after_missed_beats = 3\nreconcile_interval_secs = 2\njanitor_interval_secs = 1\n",
             quote_path(&data_dir)
         );
         if store == StoreKind::Postgres {

@@ -437,6 +437,105 @@ async fn commands_files_and_access_on_a_real_vm() -> Result<()> {
         "record {rec:?}"
     );
 
+    // 10a. the public gRPC API streams the same command, with the same audit.
+    let mut grpc =
+        fluid_proto::api::sandboxes_client::SandboxesClient::connect(stack.grpc_url.clone())
+            .await?;
+    let mut stream = grpc
+        .exec(fluid_proto::api::ExecCommandRequest {
+            sandbox_id: id.clone(),
+            command: "echo hi; echo err >&2; exit 3".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let (mut out, mut err_out, mut result) = (Vec::new(), Vec::new(), None);
+    while let Some(ev) = stream.message().await? {
+        use fluid_proto::api::command_event::Event;
+        match ev.event {
+            Some(Event::Stdout(b)) => out.extend(b),
+            Some(Event::Stderr(b)) => err_out.extend(b),
+            Some(Event::Exit(x)) => result = Some(x),
+            _ => {}
+        }
+    }
+    let result = result.context("gRPC exec ended without exit")?;
+    println!(
+        "grpc: stdout {:?} stderr {:?} exit {} status {}",
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&err_out),
+        result.exit_code,
+        result.status
+    );
+    ensure!(out == b"hi\n" && err_out == b"err\n" && result.exit_code == 3);
+    let status = grpc
+        .exec(fluid_proto::api::ExecCommandRequest {
+            sandbox_id: id.clone(),
+            command: "shutdown -h now".into(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+        .expect_err("policy must refuse over gRPC too");
+    ensure!(
+        status.code() == tonic::Code::PermissionDenied,
+        "gRPC policy refusal: {status}"
+    );
+
+    // 10b. attach: an interactive PTY shell over a WebSocket, audited.
+    {
+        use futures::{SinkExt as _, StreamExt as _};
+        use tokio_tungstenite::tungstenite::Message;
+        let url = client.attach_url(&id, 100, 30);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+        ws.send(Message::Binary(
+            b"echo $((6*7)); tty; stty size; exit 5\n".to_vec().into(),
+        ))
+        .await?;
+        let mut screen = Vec::new();
+        let mut exit = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Ok(Some(msg)) = tokio::time::timeout_at(deadline.into(), ws.next()).await {
+            match msg? {
+                Message::Binary(b) => screen.extend_from_slice(&b),
+                Message::Text(t) => {
+                    exit = Some(serde_json::from_str::<serde_json::Value>(t.as_str())?)
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        let screen = String::from_utf8_lossy(&screen);
+        let code = exit
+            .as_ref()
+            .and_then(|e| e.pointer("/exit/exit_code"))
+            .and_then(serde_json::Value::as_i64);
+        println!(
+            "attach: exit {code:?}; the screen showed 42: {}, a pty: {}, size 30x100: {}",
+            screen.contains("42"),
+            screen.contains("/dev/pts/"),
+            screen.contains("30 100")
+        );
+        ensure!(
+            code == Some(5)
+                && screen.contains("42")
+                && screen.contains("/dev/pts/")
+                && screen.contains("30 100"),
+            "attach screen: {screen:?} exit {exit:?}"
+        );
+        let audit = client.list_commands(&id, "limit=100").await?;
+        let session = audit
+            .commands
+            .iter()
+            .find(|c| c.kind == "attach")
+            .context("no audit row for the attach session")?;
+        println!(
+            "attach: audit row {} {:?} exit {} status {}",
+            session.id, session.command, session.exit_code, session.status
+        );
+        ensure!(session.exit_code == 5 && session.stdout.contains("42"));
+    }
+
     // 10. a revoked certificate is refused before its TTL.
     let (key, cert, cert_id) = request_cert(&stack, &id, &keys, "revoked", 10).await?;
     ensure!(

@@ -420,6 +420,28 @@ pub const OUTPUT_CAP_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Longest command timeout (one day).
 pub const EXEC_TIMEOUT_MAX_SECONDS: u32 = 24 * 3600;
 
+/// An id made of `prefix` and 8-32 lowercase letters or digits (`CMD-…`, `SES-…`).
+pub fn check_prefixed_id(
+    field: &'static str,
+    s: &str,
+    prefix: &str,
+    what: &str,
+) -> Result<(), ValidationError> {
+    let ok = s.strip_prefix(prefix).is_some_and(|rest| {
+        (8..=32).contains(&rest.len())
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    });
+    if !ok {
+        return Err(ValidationError::new(
+            field,
+            format!("{s:?} is not a {what} id ({prefix} and 8-32 lowercase letters or digits)"),
+        ));
+    }
+    Ok(())
+}
+
 /// A Unix user name: `[a-z_][a-z0-9_-]{0,31}`.
 pub fn check_user(field: &'static str, s: &str) -> Result<String, ValidationError> {
     let ok = !s.is_empty()
@@ -501,20 +523,7 @@ impl TryFrom<pb::ExecRequest> for Exec {
     type Error = ValidationError;
     fn try_from(r: pb::ExecRequest) -> Result<Self, Self::Error> {
         let command_id = r.command_id;
-        let id_ok = command_id.strip_prefix("CMD-").is_some_and(|rest| {
-            (8..=32).contains(&rest.len())
-                && rest
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        });
-        if !id_ok {
-            return Err(ValidationError::new(
-                "command_id",
-                format!(
-                    "{command_id:?} is not a command id (CMD- and 8-32 lowercase letters or digits)"
-                ),
-            ));
-        }
+        check_prefixed_id("command_id", &command_id, "CMD-", "command")?;
         if r.command.trim().is_empty() {
             return Err(ValidationError::new("command", "must not be empty"));
         }
@@ -585,270 +594,74 @@ impl TryFrom<pb::ExecRequest> for Exec {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn create_req() -> pb::CreateSandboxRequest {
-        pb::CreateSandboxRequest {
-            id: "SBX-0123abcd".into(),
-            name: "web-1".into(),
-            image: "debian-12".into(),
-            cpus: 1,
-            memory_mb: 512,
-            start: true,
-            ssh_user_ca_keys: Vec::new(),
-        }
+/// A terminal size: 1-1000 columns and rows.
+pub fn check_terminal_size(
+    field: &'static str,
+    size: Option<&pb::TerminalSize>,
+) -> Result<(u32, u32), ValidationError> {
+    let Some(size) = size else {
+        return Ok((80, 24));
+    };
+    if !(1..=1000).contains(&size.cols) || !(1..=1000).contains(&size.rows) {
+        return Err(ValidationError::new(
+            field,
+            format!("{}x{} is out of range (1-1000 each)", size.cols, size.rows),
+        ));
     }
+    Ok((size.cols, size.rows))
+}
 
-    #[test]
-    fn good_create_passes() {
-        let c = CreateSandbox::try_from(create_req()).expect("valid");
-        assert_eq!(c.id.as_str(), "SBX-0123abcd");
-        assert_eq!(c.memory_mb, 512);
-    }
+/// The opening of an interactive session (validated `AttachOpen`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachOpen {
+    pub sandbox_id: SandboxId,
+    pub session_id: String,
+    pub user: String,
+    pub cols: u32,
+    pub rows: u32,
+    pub term: String,
+    pub ssh_certificate: String,
+}
 
-    #[test]
-    fn bad_ids_are_refused() {
-        for id in [
-            "",
-            "SBX-",
-            "SBX-short",
-            "sbx-0123abcd",
-            "SBX-0123ABCD",
-            "SBX-0123abc/",
-            "../../etc",
-        ] {
-            let r = pb::CreateSandboxRequest {
-                id: id.into(),
-                ..create_req()
-            };
-            let e = CreateSandbox::try_from(r).expect_err(id);
-            assert_eq!(e.field, "id");
-        }
-    }
-
-    #[test]
-    fn bad_names_are_refused() {
-        let long = "a".repeat(64);
-        for name in [
-            "",
-            "-x",
-            ".hidden",
-            "a b",
-            "a/b",
-            "x;rm",
-            long.as_str(),
-            "ü",
-        ] {
-            let r = pb::CreateSandboxRequest {
-                name: name.into(),
-                ..create_req()
-            };
-            assert_eq!(CreateSandbox::try_from(r).expect_err(name).field, "name");
-        }
-    }
-
-    #[test]
-    fn sizes_are_bounded() {
-        for (cpus, mem, field) in [
-            (0, 512, "cpus"),
-            (129, 512, "cpus"),
-            (1, 0, "memory_mb"),
-            (1, 1_000_000_000, "memory_mb"),
-            (1, 64, "memory_mb"),
-        ] {
-            let r = pb::CreateSandboxRequest {
-                cpus,
-                memory_mb: mem,
-                ..create_req()
-            };
-            assert_eq!(CreateSandbox::try_from(r).expect_err(field).field, field);
-        }
-    }
-
-    #[test]
-    fn unknown_state_is_refused() {
-        assert!(ObservedState::try_from(0).is_err());
-        assert!(ObservedState::try_from(99).is_err());
-        assert_eq!(ObservedState::try_from(2), Ok(ObservedState::Running));
-    }
-
-    #[test]
-    fn reported_ip_must_parse() {
-        let s = pb::Sandbox {
-            id: "SBX-0123abcd".into(),
-            name: "n".into(),
-            image: "i".into(),
-            state: 2,
-            ip_address: "not-an-ip".into(),
-            ..Default::default()
+impl TryFrom<pb::AttachOpen> for AttachOpen {
+    type Error = ValidationError;
+    fn try_from(r: pb::AttachOpen) -> Result<Self, Self::Error> {
+        check_prefixed_id("session_id", &r.session_id, "SES-", "session")?;
+        let user = if r.user.is_empty() {
+            "root".to_owned()
+        } else {
+            check_user("user", &r.user)?
         };
-        assert_eq!(
-            SandboxInfo::try_from(s).expect_err("ip").field,
-            "ip_address"
-        );
-    }
-
-    #[test]
-    fn waits_are_bounded() {
-        let r = pb::WaitForIpRequest {
-            id: "SBX-0123abcd".into(),
-            timeout_seconds: 100_000,
+        let term = if r.term.is_empty() {
+            "xterm-256color".to_owned()
+        } else {
+            r.term
         };
-        assert!(WaitForIp::try_from(r).is_err());
-    }
-
-    fn exec_req() -> pb::ExecRequest {
-        pb::ExecRequest {
-            sandbox_id: "SBX-0123abcd".into(),
-            command_id: "CMD-0123abcd".into(),
-            command: "echo hi".into(),
-            output_cap_bytes: 1024,
-            ssh_certificate: "ssh-ed25519-cert-v01@openssh.com AAAA".into(),
-            ..Default::default()
+        if term.len() > 64
+            || !term
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(ValidationError::new(
+                "term",
+                format!("{term:?} is not a terminal type"),
+            ));
         }
-    }
-
-    #[test]
-    fn good_exec_defaults_to_root() {
-        let e = Exec::try_from(exec_req()).expect("valid");
-        assert_eq!(e.user, "root");
-        assert_eq!(e.timeout_seconds, None);
-    }
-
-    #[test]
-    fn bad_execs_are_refused() {
-        let cases: Vec<(pb::ExecRequest, &str)> = vec![
-            (
-                pb::ExecRequest {
-                    command: " ".into(),
-                    ..exec_req()
-                },
-                "command",
-            ),
-            (
-                pb::ExecRequest {
-                    command: "a\0b".into(),
-                    ..exec_req()
-                },
-                "command",
-            ),
-            (
-                pb::ExecRequest {
-                    command_id: "x".into(),
-                    ..exec_req()
-                },
-                "command_id",
-            ),
-            (
-                pb::ExecRequest {
-                    user: "Root".into(),
-                    ..exec_req()
-                },
-                "user",
-            ),
-            (
-                pb::ExecRequest {
-                    user: "a;b".into(),
-                    ..exec_req()
-                },
-                "user",
-            ),
-            (
-                pb::ExecRequest {
-                    workdir: "tmp".into(),
-                    ..exec_req()
-                },
-                "workdir",
-            ),
-            (
-                pb::ExecRequest {
-                    env: [("A;B".into(), "x".into())].into(),
-                    ..exec_req()
-                },
-                "env",
-            ),
-            (
-                pb::ExecRequest {
-                    env: [("1A".into(), "x".into())].into(),
-                    ..exec_req()
-                },
-                "env",
-            ),
-            (
-                pb::ExecRequest {
-                    output_cap_bytes: 0,
-                    ..exec_req()
-                },
-                "output_cap_bytes",
-            ),
-            (
-                pb::ExecRequest {
-                    timeout_seconds: 100_000,
-                    ..exec_req()
-                },
-                "timeout_seconds",
-            ),
-            (
-                pb::ExecRequest {
-                    ssh_certificate: String::new(),
-                    ..exec_req()
-                },
-                "ssh_certificate",
-            ),
-        ];
-        for (req, field) in cases {
-            assert_eq!(Exec::try_from(req).expect_err(field).field, field);
+        let (cols, rows) = check_terminal_size("size", r.size.as_ref())?;
+        if r.ssh_certificate.trim().is_empty() {
+            return Err(ValidationError::new("ssh_certificate", "must not be empty"));
         }
-    }
-
-    #[test]
-    fn env_values_are_kept_literally() {
-        let weird = "a'b\"c $(id) `id`\nnext";
-        let r = pb::ExecRequest {
-            env: [("X".into(), weird.into())].into(),
-            ..exec_req()
-        };
-        let e = Exec::try_from(r).expect("valid");
-        assert_eq!(e.env, vec![("X".to_owned(), weird.to_owned())]);
-    }
-
-    #[test]
-    fn paths_must_be_absolute_and_normal() {
-        for ok in ["/", "/etc/hosts", "/a b/c"] {
-            assert!(check_abs_path("path", ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "", "etc", "/etc/", "/a//b", "/a/./b", "/a/../b", "/..", "/a\0b",
-        ] {
-            assert!(check_abs_path("path", bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn ca_keys_are_checked() {
-        let good = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl fluid-ca";
-        let r = pb::CreateSandboxRequest {
-            ssh_user_ca_keys: vec![good.into()],
-            ..create_req()
-        };
-        assert!(CreateSandbox::try_from(r).is_ok());
-        for bad in [
-            "",
-            "ssh-ed25519",
-            "ssh-ed25519 AAAA\nssh-rsa AAAA",
-            "rsa AAAA",
-            "ssh-ed25519 $(id)",
-        ] {
-            let r = pb::CreateSandboxRequest {
-                ssh_user_ca_keys: vec![bad.into()],
-                ..create_req()
-            };
-            assert_eq!(
-                CreateSandbox::try_from(r).expect_err(bad).field,
-                "ssh_user_ca_keys"
-            );
-        }
+        Ok(Self {
+            sandbox_id: SandboxId::parse("sandbox_id", &r.sandbox_id)?,
+            session_id: r.session_id,
+            user,
+            cols,
+            rows,
+            term,
+            ssh_certificate: r.ssh_certificate,
+        })
     }
 }
+
+#[cfg(test)]
+mod tests;

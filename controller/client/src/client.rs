@@ -63,6 +63,12 @@ impl Client {
         &self.base
     }
 
+    /// The WebSocket URL of an interactive session in `sandbox_id` (see [`attach_url`];
+    /// add `&user=…&term=…` to change the defaults root and xterm-256color).
+    pub fn attach_url(&self, sandbox_id: &str, cols: u32, rows: u32) -> String {
+        attach_url(&self.base, sandbox_id, cols, rows)
+    }
+
     /// Sends a request and decodes a JSON answer (or an [`ErrorBody`]).
     pub async fn request<B: Serialize + ?Sized, R: DeserializeOwned>(
         &self,
@@ -393,6 +399,20 @@ impl Client {
     }
 }
 
+/// The WebSocket URL of an interactive session given the REST base URL: `http://` becomes
+/// `ws://`, `https://` becomes `wss://` (any other base is kept as it is).
+pub fn attach_url(base: &str, sandbox_id: &str, cols: u32, rows: u32) -> String {
+    let base = base.trim_end_matches('/');
+    let ws = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_owned()
+    };
+    format!("{ws}/v1/sandboxes/{sandbox_id}/attach?cols={cols}&rows={rows}")
+}
+
 fn find_blank_line(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\n\n")
 }
@@ -429,5 +449,34 @@ mod tests {
         assert_eq!(ev.data["data"], "hi");
         assert!(parse_sse(": keep-alive\n\n").is_none());
         assert_eq!(find_blank_line(b"a\n\nb"), Some(1));
+    }
+
+    #[test]
+    fn attach_urls_follow_the_scheme() {
+        assert_eq!(
+            attach_url("http://127.0.0.1:8080/", "SBX-1", 120, 40),
+            "ws://127.0.0.1:8080/v1/sandboxes/SBX-1/attach?cols=120&rows=40"
+        );
+        let c = Client::new("https://fluid.example").expect("client");
+        assert_eq!(
+            c.attach_url("SBX-1", 80, 24),
+            "wss://fluid.example/v1/sandboxes/SBX-1/attach?cols=80&rows=24"
+        );
+    }
+
+    #[test]
+    fn attach_frames_have_their_shapes() {
+        let r = serde_json::to_value(AttachControl::Resize(TerminalSize {
+            cols: 100,
+            rows: 30,
+        }))
+        .expect("json");
+        assert_eq!(r, serde_json::json!({"resize": {"cols": 100, "rows": 30}}));
+        let e: AttachEvent =
+            serde_json::from_str(r#"{"exit":{"exit_code":0,"error":null}}"#).expect("exit");
+        assert!(matches!(
+            e,
+            AttachEvent::Exit(AttachExit { exit_code: 0, .. })
+        ));
     }
 }

@@ -7,4 +7,4 @@
 pub mod client;
 pub mod types;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, attach_url};

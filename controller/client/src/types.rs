@@ -331,6 +331,44 @@ pub struct ListCommandsResponse {
     pub total: u64,
 }
 
+/// *new*: a terminal size (`GET /v1/sandboxes/{id}/attach`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TerminalSize {
+    pub cols: u32,
+    pub rows: u32,
+}
+
+/// *new*: a text frame a client sends on an attach WebSocket (binary frames are stdin):
+/// `{"resize":{"cols":N,"rows":M}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum AttachControl {
+    Resize(TerminalSize),
+}
+
+/// *new*: how an interactive session ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AttachExit {
+    /// The shell's exit status; -1 when it had none (hung up, connection lost).
+    pub exit_code: i32,
+    /// Why the session ended abnormally.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// `SES-…`: the session's audit record (in the sandbox's commands).
+    #[serde(default)]
+    pub session_id: String,
+}
+
+/// *new*: a text frame the server sends on an attach WebSocket (binary frames are
+/// terminal output): `{"exit":{"exit_code":N,"error":…,"session_id":"SES-…"}}`, the
+/// last frame before the close.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachEvent {
+    Exit(AttachExit),
+}
+
 /// *new*: one output chunk of a streamed command (SSE `stdout` / `stderr` events).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OutputChunk {

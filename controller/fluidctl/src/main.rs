@@ -4,6 +4,7 @@
 //! a table for people or, with `--json`, the API's own JSON shapes for scripts.
 
 mod access;
+mod attach;
 mod encoding;
 mod exec;
 mod files;
@@ -84,6 +85,9 @@ pub enum Command {
     /// Follow a sandbox's live activity: commands, their output and exits.
     #[command(visible_alias = "logs")]
     Watch(watch::WatchArgs),
+    /// Open an interactive shell in a sandbox (over the controller's WebSocket); exits
+    /// with the shell's exit status.
+    Attach(attach::AttachArgs),
     /// Open an SSH session in a sandbox with a short-lived certificate.
     Ssh(access::SshArgs),
     /// SSH certificates: list, revoke, print the CA key.
@@ -97,6 +101,8 @@ pub struct Ctx {
     pub client: Client,
     pub url: String,
     pub json: bool,
+    /// The bearer token, for requests made without the client (the attach WebSocket).
+    pub token: Option<String>,
 }
 
 impl Ctx {
@@ -140,19 +146,21 @@ pub fn emit_json<T: serde::Serialize + ?Sized>(value: &T) -> anyhow::Result<()> 
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&cli.url)?.with_token(cli.token);
+    let client = Client::new(&cli.url)?.with_token(cli.token.clone());
     let ctx = Ctx {
         client,
         url: cli.url,
         json: cli.json,
+        token: cli.token,
     };
     match cli.command {
         Command::Status => status::run(&ctx).await,
         Command::Hosts(cmd) => hosts::run(&ctx, cmd).await,
         Command::Vms => vms::run(&ctx).await,
         Command::Sandbox(cmd) => sandboxes::run(&ctx, cmd).await,
-        // The only command whose exit status is not just success or failure.
+        // The commands whose exit status is not just success or failure.
         Command::Run(args) => return exec::run(&ctx, args).await,
+        Command::Attach(args) => return attach::run(&ctx, args).await,
         Command::Read(args) => files::read(&ctx, args).await,
         Command::Write(args) => files::write(&ctx, args).await,
         Command::Edit(args) => files::edit(&ctx, args).await,

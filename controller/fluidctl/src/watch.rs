@@ -328,6 +328,7 @@ mod http_tests {
             client: fluid_client::Client::new(&url).expect("client"),
             url,
             json: false,
+            token: None,
         };
         let args = crate::exec::RunArgs {
             sandbox: "SBX-1".to_owned(),

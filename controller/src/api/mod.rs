@@ -2,6 +2,7 @@
 //! handlers; every error leaves through [`error::ApiError`].
 
 pub mod access;
+pub mod attach;
 pub mod commands;
 pub mod error;
 pub mod files;
@@ -22,6 +23,7 @@ use axum::routing::{get, post};
 use tower_http::trace::TraceLayer;
 
 use crate::access::AccessService;
+use crate::attach::AttachService;
 use crate::commands::CommandService;
 use crate::files::FileService;
 use crate::hosts::HostService;
@@ -38,6 +40,7 @@ pub struct AppState {
     pub commands: Arc<CommandService>,
     pub files: Arc<FileService>,
     pub access: Arc<AccessService>,
+    pub attach: Arc<AttachService>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -86,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/sandboxes/{id}/commands", get(commands::list_commands))
         .route("/v1/sandboxes/{id}/stream", get(commands::stream_activity))
+        .route("/v1/sandboxes/{id}/attach", get(attach::attach))
         .route("/v1/sandboxes/{id}/files/read", post(files::read_file))
         .route(
             "/v1/sandboxes/{id}/files/write",
@@ -109,6 +113,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
+#[cfg(test)]
+mod tests_attach;
 #[cfg(test)]
 mod tests_exec;

@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{access, commands, files, health, hosts, sandboxes, vms};
+use super::{access, attach, commands, files, health, hosts, sandboxes, vms};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -24,6 +24,7 @@ use super::{access, commands, files, health, hosts, sandboxes, vms};
         commands::run_command_alias,
         commands::list_commands,
         commands::stream_activity,
+        attach::attach,
         files::read_file,
         files::write_file,
         files::edit_file,
@@ -37,6 +38,8 @@ use super::{access, commands, files, health, hosts, sandboxes, vms};
     components(schemas(
         fluid_client::types::OutputChunk,
         fluid_client::types::CommandStarted,
+        fluid_client::types::AttachControl,
+        fluid_client::types::AttachEvent,
     )),
     tags(
         (name = "health"), (name = "hosts"), (name = "inventory"), (name = "sandboxes"),

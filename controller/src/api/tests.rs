@@ -13,18 +13,19 @@ use crate::config::Config;
 use crate::fake_agent::FakeAgents;
 use crate::store::Store;
 
-pub(super) struct TestApp {
+pub(crate) struct TestApp {
     pub router: Router,
     pub agents: Arc<FakeAgents>,
     pub store: Arc<dyn Store>,
+    pub state: super::AppState,
     _dir: tempfile::TempDir,
 }
 
-pub(super) async fn app() -> TestApp {
+pub(crate) async fn app() -> TestApp {
     app_with(Config::default()).await
 }
 
-pub(super) async fn app_with(config: Config) -> TestApp {
+pub(crate) async fn app_with(config: Config) -> TestApp {
     let dir = tempfile::tempdir().expect("tmp");
     let store = crate::store::tests::sqlite(&dir).await;
     store
@@ -41,9 +42,10 @@ pub(super) async fn app_with(config: Config) -> TestApp {
     .expect("state");
     state.hosts.beat_all().await.expect("first heartbeat");
     TestApp {
-        router: super::router(state),
+        router: super::router(state.clone()),
         agents,
         store,
+        state,
         _dir: dir,
     }
 }

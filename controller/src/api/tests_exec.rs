@@ -114,6 +114,10 @@ async fn run_answers_the_record_and_audits_it() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
+    // The agent's certificate is reused while it is fresh, not signed per command.
+    let execs = app.agents.execs.lock().expect("lock").clone();
+    assert_eq!(execs.len(), 2);
+    assert_eq!(execs[0].ssh_certificate, execs[1].ssh_certificate);
 }
 
 #[tokio::test]

@@ -9,10 +9,13 @@
 //!   own process group with a pid file for the timeout kill).
 //! - [`run`]: one command on one channel: stdin, streamed output with per-stream caps,
 //!   timeout, exactly one exit event.
+//! - [`shell`]: an interactive shell on a PTY on one channel (Attach): stdin, resizes,
+//!   terminal output, exactly one exit; closing the input hangs up.
 
 pub mod hostkey;
 pub mod pool;
 pub mod run;
+pub mod shell;
 pub mod wrapper;
 
 use std::sync::Arc;
@@ -73,6 +76,10 @@ pub enum ExecError {
     /// The guest's sshd refused the certificate.
     #[error("{0}")]
     AuthRejected(String),
+    /// The guest's sshd refused a channel request (a PTY for a certificate without
+    /// `permit-pty`, say).
+    #[error("{0}")]
+    Refused(String),
     /// The guest presented a host key other than the one remembered.
     #[error("{0}")]
     HostKeyChanged(String),
@@ -87,7 +94,7 @@ impl From<ExecError> for ServiceError {
     fn from(e: ExecError) -> Self {
         match e {
             ExecError::BadCertificate(m) => ServiceError::InvalidArgument(m),
-            ExecError::AuthRejected(m) => ServiceError::PermissionDenied(m),
+            ExecError::AuthRejected(m) | ExecError::Refused(m) => ServiceError::PermissionDenied(m),
             ExecError::HostKeyChanged(m) => ServiceError::FailedPrecondition(m),
             ExecError::Unreachable(m) => ServiceError::Unavailable(m),
             ExecError::Internal(m) => ServiceError::Internal(m),

@@ -231,6 +231,22 @@ impl SshPool {
         Ok(cert)
     }
 
+    /// A new connection that is not put in the pool: it belongs to the caller (an
+    /// interactive session whose certificate grants what the pooled connection's may
+    /// not, such as a PTY). Returns it and the host key learned on first use.
+    pub async fn connect_dedicated(
+        &self,
+        id: &SandboxId,
+        ip: Ipv4Addr,
+        known_host_key: Option<PublicKey>,
+        certificate: &str,
+    ) -> Result<(Arc<Conn>, Option<PublicKey>), ExecError> {
+        let started = Instant::now();
+        let (conn, learned) = self.connect(id, ip, known_host_key, certificate).await?;
+        tracing::info!(id = %id, %ip, connect_ms = started.elapsed().as_millis(), "dedicated SSH connection made");
+        Ok((Arc::new(conn), learned))
+    }
+
     /// Drops `conn` from the pool if it is still the sandbox's connection (it failed).
     pub fn discard(&self, id: &SandboxId, conn: &Arc<Conn>) {
         let entry = self
@@ -267,7 +283,7 @@ impl SshPool {
 
 /// Sends a disconnect without waiting for it. Commands still running on the
 /// connection see their channels end.
-fn close_in_background(conn: Arc<Conn>) {
+pub(crate) fn close_in_background(conn: Arc<Conn>) {
     tokio::spawn(async move {
         let _ = conn
             .handle

@@ -24,16 +24,7 @@ impl<H: Hypervisor> Sandboxes<H> {
     pub async fn exec(&self, req: Exec) -> Result<mpsc::Receiver<ExecEvent>, ServiceError> {
         let r = self.record(&req.sandbox_id).await?;
         let ip = self.exec_target(&r).await?;
-        let known = match r.ssh_host_key.as_deref().map(PublicKey::from_openssh) {
-            None => None,
-            Some(Ok(k)) => Some(k),
-            Some(Err(e)) => {
-                return Err(ServiceError::Internal(format!(
-                    "sandbox {}: the remembered SSH host key is unreadable: {e}",
-                    r.id
-                )));
-            }
-        };
+        let known = known_host_key(&r)?;
         let cmd = run::Command {
             command_id: req.command_id.clone(),
             script: wrapper::build(&req),
@@ -74,7 +65,7 @@ impl<H: Hypervisor> Sandboxes<H> {
     }
 
     /// The address of a sandbox that can run commands.
-    async fn exec_target(&self, r: &SandboxRecord) -> Result<Ipv4Addr, ServiceError> {
+    pub(super) async fn exec_target(&self, r: &SandboxRecord) -> Result<Ipv4Addr, ServiceError> {
         if let Some(e) = &r.error {
             return Err(ServiceError::FailedPrecondition(format!(
                 "sandbox {} cannot run commands: {e}",
@@ -110,7 +101,11 @@ impl<H: Hypervisor> Sandboxes<H> {
     }
 
     /// Saves a host key learned on first use (unless one was saved meanwhile).
-    async fn remember_host_key(&self, id: &SandboxId, key: &PublicKey) -> Result<(), ServiceError> {
+    pub(super) async fn remember_host_key(
+        &self,
+        id: &SandboxId,
+        key: &PublicKey,
+    ) -> Result<(), ServiceError> {
         let line = key.to_openssh().map_err(|e| {
             ServiceError::Internal(format!("encoding sandbox {id}'s host key: {e}"))
         })?;
@@ -123,5 +118,17 @@ impl<H: Hypervisor> Sandboxes<H> {
             tracing::info!(id = %id, fingerprint = %key.fingerprint(Default::default()), "SSH host key remembered (first use)");
         }
         Ok(())
+    }
+}
+
+/// The host key remembered for the sandbox (`None`: not yet, trust on first use).
+pub(super) fn known_host_key(r: &SandboxRecord) -> Result<Option<PublicKey>, ServiceError> {
+    match r.ssh_host_key.as_deref().map(PublicKey::from_openssh) {
+        None => Ok(None),
+        Some(Ok(k)) => Ok(Some(k)),
+        Some(Err(e)) => Err(ServiceError::Internal(format!(
+            "sandbox {}: the remembered SSH host key is unreadable: {e}",
+            r.id
+        ))),
     }
 }

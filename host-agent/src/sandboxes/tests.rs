@@ -424,3 +424,41 @@ async fn exec_refuses_before_any_stream() {
     ));
     assert!(e.s.ssh_public_key().starts_with("ssh-ed25519 "));
 }
+
+fn attach_req(sid: &str, cert: &str) -> fluid_proto::model::AttachOpen {
+    fluid_proto::model::AttachOpen::try_from(fluid_proto::pb::AttachOpen {
+        sandbox_id: sid.into(),
+        session_id: "SES-0123abcd".into(),
+        ssh_certificate: cert.into(),
+        ..Default::default()
+    })
+    .expect("valid")
+}
+
+#[tokio::test]
+async fn attach_refuses_like_exec_before_any_stream() {
+    let e = env().await;
+    let err = |r: Result<_, ServiceError>| r.expect_err("refused");
+    assert!(matches!(
+        err(e.s.attach(attach_req("SBX-aaaaaaaa", "x")).await),
+        ServiceError::NotFound(_)
+    ));
+    e.s.create(req("SBX-aaaaaaaa", "a", false))
+        .await
+        .expect("create");
+    assert!(matches!(
+        err(e.s.attach(attach_req("SBX-aaaaaaaa", "x")).await),
+        ServiceError::FailedPrecondition(m) if m.contains("not running")
+    ));
+    e.s.start(&id("SBX-aaaaaaaa")).await.expect("start");
+    let leases = std::mem::take(&mut e.hv.lock().leases);
+    assert!(matches!(
+        err(e.s.attach(attach_req("SBX-aaaaaaaa", "x")).await),
+        ServiceError::FailedPrecondition(m) if m.contains("no IP")
+    ));
+    e.hv.lock().leases = leases;
+    assert!(matches!(
+        err(e.s.attach(attach_req("SBX-aaaaaaaa", "not a certificate")).await),
+        ServiceError::InvalidArgument(m) if m.contains("ssh_certificate")
+    ));
+}
