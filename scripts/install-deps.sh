@@ -26,6 +26,6 @@ fi
 echo "install-deps: installing ${missing[*]} qemu-utils" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q >/dev/null
-apt-get install -y -q --allow-downgrades --no-install-recommends \
+apt-get install -y -q --allow-downgrades \
   "${missing[@]}" qemu-utils/bookworm qemu-block-extra/bookworm qemu-system-x86 >/dev/null
 echo "install-deps: done ($(qemu-img --version | head -n1))" >&2

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command from a fresh Debian 12 machine (as root) to a running fluid:
 #   packages → workspace build → golden image → fleet PKI → a local host-agent and a
-#   controller (SQLite, the embedded default) → a sandbox VM, whose state and IP it prints.
+#   controller (SQLite, the embedded default) → a sandbox VM (state and IP printed) → a
+#   command run in it.
 # Both services keep running afterwards; the API URL is printed at the end.
 #
 # libvirtd, its bridge and the VMs run inside the network namespace $FLUID_NETNS
@@ -99,13 +100,27 @@ done
 fluidctl hosts list
 
 say "creating a sandbox from debian-12 (boots in ~35 s under TCG)"
-fluidctl sandbox create --image debian-12 --agent-id quickstart --wait-for-ip
+sbx=$(fluidctl --json sandbox create --image debian-12 --agent-id quickstart --wait-for-ip | jq -r .sandbox.id)
+fluidctl sandbox get "$sbx"
+
+say "running a command in $sbx"
+# sshd comes up a few seconds after the DHCP lease.
+for i in $(seq 1 30); do
+  if fluidctl run "$sbx" -- 'echo "hello from $(hostname), kernel $(uname -r)"' 2>/tmp/fluid-quickstart-run.err; then
+    break
+  fi
+  [[ $i == 30 ]] && { cat /tmp/fluid-quickstart-run.err >&2; exit 1; }
+  sleep 2
+done
 
 cat <<EOF
 
 fluid is running.
   API:        $api   (OpenAPI: $api/openapi.json)
+  sandbox:    $sbx
   CLI:        $bin/fluidctl --url $api sandbox list
+              $bin/fluidctl --url $api run $sbx -- uname -a
+              $bin/fluidctl --url $api attach $sbx
   logs:       $logs/controller.log, $logs/agent.log
   configs:    $etc/controller.toml, $etc/agent.toml
   VM network: inside namespace '$ns' (ip netns exec $ns ssh root@<ip>)

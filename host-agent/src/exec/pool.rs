@@ -28,6 +28,9 @@ use super::{AgentKey, ExecError};
 pub const SSH_USER: &str = "root";
 /// Default time allowed for TCP connect, key exchange and authentication.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connect keeps retrying an unreachable sshd (a guest still booting).
+const SSH_READY_WAIT: Duration = Duration::from_secs(30);
+const SSH_READY_RETRY: Duration = Duration::from_secs(1);
 
 /// A live connection to one sandbox.
 pub struct Conn {
@@ -78,6 +81,10 @@ pub struct SshPool {
     key: AgentKey,
     config: Arc<client::Config>,
     connect_timeout: Duration,
+    /// How long a connect keeps retrying an sshd that is not reachable yet.
+    ready_wait: Duration,
+    /// The guests' sshd port (22; tests point it at a closed loopback port).
+    port: u16,
     entries: Mutex<HashMap<SandboxId, Arc<Entry>>>,
 }
 
@@ -102,6 +109,8 @@ impl SshPool {
             key,
             config: Arc::new(config),
             connect_timeout: CONNECT_TIMEOUT,
+            ready_wait: SSH_READY_WAIT,
+            port: 22,
             entries: Mutex::new(HashMap::new()),
         }
     }
@@ -165,7 +174,29 @@ impl SshPool {
         })
     }
 
+    /// Connects, retrying while the guest's sshd is not reachable yet: a sandbox has
+    /// its DHCP lease some seconds before sshd listens, and a first command sent right
+    /// after `wait_for_ip` should wait for it rather than fail.
     async fn connect(
+        &self,
+        id: &SandboxId,
+        ip: Ipv4Addr,
+        known: Option<PublicKey>,
+        certificate: &str,
+    ) -> Result<(Conn, Option<PublicKey>), ExecError> {
+        let deadline = tokio::time::Instant::now() + self.ready_wait;
+        loop {
+            match self.connect_once(id, ip, known.clone(), certificate).await {
+                Err(ExecError::Unreachable(m)) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(sandbox = %id, error = %m, "sshd not ready; retrying");
+                    tokio::time::sleep(SSH_READY_RETRY).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn connect_once(
         &self,
         id: &SandboxId,
         ip: Ipv4Addr,
@@ -176,7 +207,7 @@ impl SshPool {
         let first_use = known.is_none();
         let (handler, presented) = TofuHandler::new(known.clone());
         let attempt = async {
-            let mut handle = client::connect(self.config.clone(), (ip, 22), handler).await?;
+            let mut handle = client::connect(self.config.clone(), (ip, self.port), handler).await?;
             let auth = handle
                 .authenticate_openssh_cert(SSH_USER, self.key.private(), cert)
                 .await?;
@@ -331,12 +362,17 @@ mod tests {
     async fn an_unreachable_guest_is_unavailable_quickly() {
         let mut pool = SshPool::new(AgentKey::generate("t").expect("key"));
         pool.connect_timeout = Duration::from_millis(300);
+        pool.ready_wait = Duration::from_millis(1500);
+        // A loopback port nobody listens on (bound, then released).
+        pool.port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
         let cert = cert_for(pool.key().private().public_key());
         let id = SandboxId::parse("id", "SBX-0123abcd").expect("id");
-        // TEST-NET-1: nothing answers.
         let started = Instant::now();
         let e = pool
-            .connection(&id, Ipv4Addr::new(192, 0, 2, 1), None, &cert)
+            .connection(&id, Ipv4Addr::LOCALHOST, None, &cert)
             .await
             .expect_err("unreachable");
         assert!(matches!(e, ExecError::Unreachable(_)), "{e:?}");
