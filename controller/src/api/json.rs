@@ -44,7 +44,11 @@ async fn body<S: Send + Sync>(req: Request, state: &S) -> Result<(bool, Bytes), 
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 status,
-                format!("request body is larger than {BODY_LIMIT} bytes"),
+                format!(
+                    "request body is larger than this route's limit ({BODY_LIMIT} bytes; \
+                     files/write: {} bytes)",
+                    crate::files::WRITE_BODY_LIMIT
+                ),
             )
         } else {
             ApiError::new(status, e.body_text())

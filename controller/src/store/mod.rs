@@ -14,6 +14,7 @@
 mod audit_rows;
 mod postgres;
 mod rows;
+mod shared;
 mod sqlite;
 
 use std::collections::HashMap;

@@ -23,12 +23,23 @@ use crate::exec::shell::{QUEUE_DEPTH, Shell, ShellInput, ShellOutput};
 /// The stream an Attach returns.
 pub type AttachStream = Pin<Box<dyn Stream<Item = Result<pb::AttachOutput, Status>> + Send>>;
 
-/// Reads the first message, which must be a valid `open`.
+/// How long a caller has to send `open` after starting an Attach call.
+const OPEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads the first message, which must be a valid `open` sent within [`OPEN_WITHIN`].
 pub async fn first_open<S>(input: &mut S) -> Result<AttachOpen, Status>
 where
     S: Stream<Item = Result<pb::AttachInput, Status>> + Unpin,
 {
-    match input.next().await {
+    let first = tokio::time::timeout(OPEN_WITHIN, input.next())
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "no open message within {} s",
+                OPEN_WITHIN.as_secs()
+            ))
+        })?;
+    match first {
         Some(Ok(pb::AttachInput {
             input: Some(pb::attach_input::Input::Open(open)),
         })) => Ok(AttachOpen::try_from(open)?),
