@@ -12,21 +12,18 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fluid_agent::Sandboxes;
 use fluid_agent::exec::ExecEvent;
 use fluid_agent::exec::shell::{Shell, ShellInput, ShellOutput};
 use fluid_agent::hypervisor::libvirt::Libvirt;
-use fluid_agent::{AgentConfig, Sandboxes};
-use fluid_proto::model::{AttachOpen, CreateSandbox, Exec, Name, SandboxId, WaitForIp};
+use fluid_proto::model::{AttachOpen, Exec, SandboxId, WaitForIp};
 use fluid_proto::pb;
-use russh::keys::PrivateKey;
-use russh::keys::ssh_key::private::Ed25519Keypair;
 use tokio::sync::mpsc;
 
-use common::{agent_toml, certificate, image_dir};
+use common::{RealSandbox, certificate};
 
 struct Ctx {
     s: Arc<Sandboxes<Libvirt>>,
@@ -169,51 +166,23 @@ fn stdin(s: &str) -> ShellInput {
 #[tokio::test]
 #[ignore = "needs root, libvirtd, a golden image with fluid-identity, and the libvirt network namespace"]
 async fn attach_to_a_real_sandbox() {
-    let dir = image_dir().expect("a golden image (set FLUID_TEST_IMAGE_DIR)");
-    println!("image: {}", dir.display());
-    let state_dir = PathBuf::from(format!("/var/tmp/agentdev-attach-{}", std::process::id()));
-    let toml = agent_toml("agentdev-attach-host", &state_dir, &dir);
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("fluid_agent=info")
-        .try_init();
-    let config = AgentConfig::from_toml(&toml).expect("config");
-    let s = fluid_agent::open(config).await.expect("open the agent");
-
-    let ca = PrivateKey::from(Ed25519Keypair::from_seed(&rand::random()));
-    let ca_line = ca.public_key().to_openssh().expect("CA line");
-    let id = SandboxId::parse("id", "SBX-agentattach0001").expect("id");
-    let t = Instant::now();
-    s.create(CreateSandbox {
-        id: id.clone(),
-        name: Name::parse("name", "agentdev-attach").expect("name"),
-        image: Name::parse("image", "debian-12").expect("image"),
-        cpus: 1,
-        memory_mb: 512,
-        start: true,
-        ssh_user_ca_keys: vec![ca_line],
-    })
-    .await
-    .expect("create");
-
+    let sb = RealSandbox::start("attach", "SBX-agentattach0001").await;
+    let s = sb.s.clone();
     let ctx = Arc::new(Ctx {
         s: s.clone(),
-        id: id.clone(),
-        exec_cert: certificate(&ca, s.ssh_public_key(), false),
-        pty_cert: certificate(&ca, s.ssh_public_key(), true),
+        id: sb.id.clone(),
+        exec_cert: certificate(&sb.ca, s.ssh_public_key(), false),
+        pty_cert: certificate(&sb.ca, s.ssh_public_key(), true),
     });
     let body = tokio::spawn({
         let ctx = ctx.clone();
-        async move { checks(&ctx, t).await }
+        let created = sb.created;
+        async move { checks(&ctx, created).await }
     });
     let result = body.await;
-
-    assert!(s.destroy(&id).await.expect("destroy"));
     drop(ctx);
     drop(s);
-    let _ = std::fs::remove_dir_all(&state_dir);
-    if let Err(e) = result {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    sb.finish(result).await;
 }
 
 async fn checks(ctx: &Ctx, created: Instant) {

@@ -14,19 +14,18 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fluid_agent::Sandboxes;
 use fluid_agent::exec::{ExecEvent, ExecExit};
 use fluid_agent::hypervisor::libvirt::Libvirt;
-use fluid_agent::{AgentConfig, Sandboxes};
-use fluid_proto::model::{CreateSandbox, Exec, Name, SandboxId, WaitForIp};
+use fluid_proto::model::{Exec, SandboxId, WaitForIp};
 use fluid_proto::pb;
+
+use common::RealSandbox;
 use russh::keys::PrivateKey;
 use russh::keys::ssh_key::private::Ed25519Keypair;
-
-use common::{agent_toml, image_dir};
 
 /// A 5-minute agent exec certificate (principal root, no extensions).
 fn certificate(ca: &PrivateKey, subject: &str) -> String {
@@ -118,52 +117,22 @@ impl Ctx {
 #[tokio::test]
 #[ignore = "needs root, libvirtd, a golden image with fluid-identity, and the libvirt network namespace"]
 async fn exec_in_a_real_sandbox() {
-    let dir = image_dir().expect("a golden image (set FLUID_TEST_IMAGE_DIR)");
-    let state_dir = PathBuf::from(format!("/var/tmp/agentdev-exec-{}", std::process::id()));
-    let toml = agent_toml("agentdev-exec-host", &state_dir, &dir);
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("fluid_agent=info")
-        .try_init();
-    let config = AgentConfig::from_toml(&toml).expect("config");
-    let s = fluid_agent::open(config).await.expect("open the agent");
-    println!("agent key: {}", s.ssh_public_key());
-
-    let ca = PrivateKey::from(Ed25519Keypair::from_seed(&rand::random()));
-    let ca_line = ca.public_key().to_openssh().expect("CA line");
-    let id = SandboxId::parse("id", "SBX-agentexec0001").expect("id");
-    let t = Instant::now();
-    s.create(CreateSandbox {
-        id: id.clone(),
-        name: Name::parse("name", "agentdev-exec").expect("name"),
-        image: Name::parse("image", "debian-12").expect("image"),
-        cpus: 1,
-        memory_mb: 512,
-        start: true,
-        ssh_user_ca_keys: vec![ca_line],
-    })
-    .await
-    .expect("create");
-
+    let sb = RealSandbox::start("exec", "SBX-agentexec0001").await;
+    let s = sb.s.clone();
     let ctx = Arc::new(Ctx {
         s: s.clone(),
-        id: id.clone(),
-        cert: certificate(&ca, s.ssh_public_key()),
+        id: sb.id.clone(),
+        cert: certificate(&sb.ca, s.ssh_public_key()),
     });
     let body = tokio::spawn({
         let ctx = ctx.clone();
-        async move { checks(&ctx, t).await }
+        let created = sb.created;
+        async move { checks(&ctx, created).await }
     });
     let result = body.await;
-
-    let t = Instant::now();
-    assert!(s.destroy(&id).await.expect("destroy"));
-    println!("destroy: {:.2} s", t.elapsed().as_secs_f64());
     drop(ctx);
     drop(s);
-    let _ = std::fs::remove_dir_all(&state_dir);
-    if let Err(e) = result {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    sb.finish(result).await;
 }
 
 async fn checks(ctx: &Ctx, created: Instant) {

@@ -2,9 +2,76 @@
 //! and user certificates from a test CA.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
 
+use fluid_agent::hypervisor::libvirt::Libvirt;
+use fluid_agent::{AgentConfig, Sandboxes};
+use fluid_proto::model::{CreateSandbox, Name, SandboxId};
 use russh::keys::ssh_key::certificate::{Builder, CertType};
+use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{PrivateKey, PublicKey};
+
+/// A real agent (libvirt, its own state dir) with one booting sandbox that trusts a
+/// fresh test CA.
+pub struct RealSandbox {
+    pub s: Arc<Sandboxes<Libvirt>>,
+    pub id: SandboxId,
+    pub ca: PrivateKey,
+    pub created: Instant,
+    state_dir: PathBuf,
+}
+
+impl RealSandbox {
+    /// Opens an agent `agentdev-<tag>-host` and creates sandbox `id` named
+    /// `agentdev-<tag>` (started).
+    pub async fn start(tag: &str, id: &str) -> Self {
+        let dir = image_dir().expect("a golden image (set FLUID_TEST_IMAGE_DIR)");
+        println!("image: {}", dir.display());
+        let state_dir = PathBuf::from(format!("/var/tmp/agentdev-{tag}-{}", std::process::id()));
+        let toml = agent_toml(&format!("agentdev-{tag}-host"), &state_dir, &dir);
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("fluid_agent=info")
+            .try_init();
+        let config = AgentConfig::from_toml(&toml).expect("config");
+        let s = fluid_agent::open(config).await.expect("open the agent");
+        println!("agent key: {}", s.ssh_public_key());
+        let ca = PrivateKey::from(Ed25519Keypair::from_seed(&rand::random()));
+        let ca_line = ca.public_key().to_openssh().expect("CA line");
+        let id = SandboxId::parse("id", id).expect("id");
+        let created = Instant::now();
+        s.create(CreateSandbox {
+            id: id.clone(),
+            name: Name::parse("name", &format!("agentdev-{tag}")).expect("name"),
+            image: Name::parse("image", "debian-12").expect("image"),
+            cpus: 1,
+            memory_mb: 512,
+            start: true,
+            ssh_user_ca_keys: vec![ca_line],
+        })
+        .await
+        .expect("create");
+        Self {
+            s,
+            id,
+            ca,
+            created,
+            state_dir,
+        }
+    }
+
+    /// Destroys the sandbox and the agent's state, then re-raises a failed check.
+    pub async fn finish(self, checks: Result<(), tokio::task::JoinError>) {
+        let t = Instant::now();
+        assert!(self.s.destroy(&self.id).await.expect("destroy"));
+        println!("destroy: {:.2} s", t.elapsed().as_secs_f64());
+        drop(self.s);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+        if let Err(e) = checks {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+}
 
 /// The golden image: `FLUID_TEST_IMAGE_DIR`, else the newest `debian-12-*` with a disk
 /// under `/var/cache/fluid/images-dev` or `/var/cache/fluid/images`.
