@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   libvirt-daemon-system libvirt-dev qemu-system-x86 dnsmasq-base dnsmasq-utils
   nftables debootstrap protobuf-compiler e2fsprogs openssh-client pkg-config
-  iproute2 curl jq postgresql
+  iproute2 curl jq sqlite3 postgresql
 )
 
 missing=()

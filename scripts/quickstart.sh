@@ -91,6 +91,17 @@ say "starting fluid-agent (in $ns) and fluid-controller"
 restart agent ip netns exec "$ns" "$bin/fluid-agent" --config "$etc/agent.toml"
 restart controller "$bin/fluid-controller" serve --config "$etc/controller.toml"
 
+# Every API call needs a token; the admin token lives in $etc/admin.token (0600). A
+# token that no longer works (a wiped database) is replaced.
+token_file=$etc/admin.token
+for _ in $(seq 1 100); do curl -fs "$api/v1/health" >/dev/null && break; sleep 0.3; done
+if [[ ! -s $token_file ]] || ! "$bin/fluidctl" --url "$api" --token "$(cat "$token_file")" whoami >/dev/null 2>&1; then
+  say "creating an admin API token in $token_file"
+  (umask 077; "$bin/fluid-controller" token create --config "$etc/controller.toml" \
+    --role admin --name "quickstart-admin-$(date +%s)" >"$token_file")
+fi
+export FLUID_TOKEN
+FLUID_TOKEN=$(cat "$token_file")
 fluidctl() { "$bin/fluidctl" --url "$api" "$@"; }
 for _ in $(seq 1 100); do fluidctl status >/dev/null 2>&1 && break; sleep 0.3; done
 for _ in $(seq 1 100); do
@@ -118,6 +129,8 @@ cat <<EOF
 fluid is running.
   API:        $api   (OpenAPI: $api/openapi.json)
   sandbox:    $sbx
+  token:      export FLUID_TOKEN=\$(cat $token_file)   (admin; make others with
+              $bin/fluid-controller token create --config $etc/controller.toml --role agent --name NAME --agent-id ID)
   CLI:        $bin/fluidctl --url $api sandbox list
               $bin/fluidctl --url $api run $sbx -- uname -a
               $bin/fluidctl --url $api attach $sbx

@@ -62,6 +62,64 @@ pub struct Config {
     pub output_cap_bytes: u64,
     /// What commands and file operations may do.
     pub policy: PolicyConfig,
+    /// Human approvals: the over-commit gate and the webhook.
+    pub approvals: ApprovalsConfig,
+}
+
+/// `[approvals]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalsConfig {
+    /// A create that finds no host with room waits for an `overcommit` approval
+    /// instead of failing with 409.
+    pub overcommit_approval: bool,
+    /// How long an over-commit request waits for a decision before it expires.
+    pub overcommit_timeout_secs: u64,
+    /// Notified (signed JSON POST) of every new request and decision.
+    pub webhook_url: Option<String>,
+    /// The HMAC key of the webhook's signature; required with `webhook_url`
+    /// (or `webhook_secret_file`).
+    pub webhook_secret: Option<String>,
+    /// A file holding the webhook's HMAC key (first line).
+    pub webhook_secret_file: Option<PathBuf>,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        Self {
+            overcommit_approval: false,
+            overcommit_timeout_secs: 900,
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_secret_file: None,
+        }
+    }
+}
+
+impl ApprovalsConfig {
+    /// The webhook's HMAC key, from `webhook_secret` or `webhook_secret_file`.
+    pub fn webhook_secret(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        if let Some(s) = &self.webhook_secret {
+            return Ok(Some(s.as_bytes().to_vec()));
+        }
+        let Some(path) = &self.webhook_secret_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "approvals.webhook_secret_file {}: {e}",
+                path.display()
+            ))
+        })?;
+        let line = text.lines().next().unwrap_or_default().trim();
+        if line.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "approvals.webhook_secret_file {} is empty",
+                path.display()
+            )));
+        }
+        Ok(Some(line.as_bytes().to_vec()))
+    }
 }
 
 /// `[policy]`: enforced by the controller before any agent is called; a refusal is a
@@ -140,6 +198,7 @@ impl Default for Config {
             ssh_ca_key_path: None,
             output_cap_bytes: 1024 * 1024,
             policy: PolicyConfig::default(),
+            approvals: ApprovalsConfig::default(),
         }
     }
 }
@@ -173,6 +232,7 @@ const CONFIG_KEYS: &[&str] = &[
     "ssh_ca_key_path",
     "output_cap_bytes",
     "policy",
+    "approvals",
 ];
 
 fn is_config_key(env_key: &str) -> bool {
@@ -253,6 +313,23 @@ impl Config {
         }
         crate::policy::Policy::new(&self.policy)
             .map_err(|e| ConfigError::Invalid(format!("policy: {e}")))?;
+        let a = &self.approvals;
+        if a.overcommit_timeout_secs == 0 || a.overcommit_timeout_secs > 7 * 24 * 3600 {
+            return bad("approvals.overcommit_timeout_secs must be 1-604800".into());
+        }
+        if let Some(url) = &a.webhook_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return bad(format!(
+                    "approvals.webhook_url {url:?} must start with http:// or https://"
+                ));
+            }
+            if a.webhook_secret.is_none() && a.webhook_secret_file.is_none() {
+                return bad(
+                    "approvals.webhook_url needs webhook_secret or webhook_secret_file (deliveries are signed)"
+                        .into(),
+                );
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for h in &self.hosts {
             Name::parse("hosts.name", &h.name).map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -335,6 +412,10 @@ mod tests {
             "[policy]\ncommand_deny = [\"(\"]",
             "[policy]\ndenied_paths = [\"etc\"]",
             "[policy]\nunknown = 1",
+            "[approvals]\noverride = true",
+            "[approvals]\nwebhook_url = \"http://127.0.0.1:9/x\"",
+            "[approvals]\nwebhook_url = \"ftp://x\"\nwebhook_secret = \"s\"",
+            "[approvals]\novercommit_timeout_secs = 0",
         ] {
             assert!(parse(&with_tls(toml)).is_err(), "{toml}");
         }

@@ -7,15 +7,20 @@
 //! PERMISSION_DENIED, 404 → NOT_FOUND, 409 and 422 → FAILED_PRECONDITION, 503 →
 //! UNAVAILABLE, 504 → DEADLINE_EXCEEDED, others → INTERNAL.
 //!
-//! Transport: plain HTTP/2 without TLS (h2c), like the REST API, and without
-//! authentication for now — both arrive with a later issue. Bind it to a trusted
-//! address (the default is 127.0.0.1:8081).
-
-use std::sync::Arc;
+//! `GetSandbox` and the `Approvals` service (list, decide) follow their REST routes.
+//! Every call is authenticated from its `authorization: Bearer` metadata with the same
+//! tokens and permissions as REST (401 → UNAUTHENTICATED, 403 → PERMISSION_DENIED),
+//! and mutating calls are audited.
+//!
+//! Transport: plain HTTP/2 without TLS (h2c), like the REST API. Bind both to a trusted
+//! address (the defaults are on 127.0.0.1) or put a TLS-terminating proxy in front:
+//! bearer tokens must not cross an untrusted network in clear text.
 
 use axum::http::StatusCode;
+use fluid_client::governance::ApprovalStatus;
 use fluid_client::types::RunCommandRequest;
 use fluid_proto::api;
+use fluid_proto::api::approvals_server::{Approvals, ApprovalsServer};
 use fluid_proto::api::sandboxes_server::{Sandboxes, SandboxesServer};
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
@@ -24,14 +29,18 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
 
+use crate::api::AppState;
 use crate::api::error::ApiError;
-use crate::commands::{CommandService, LiveEvent};
+use crate::auth::{self, Caller, Permission};
+use crate::commands::LiveEvent;
 use crate::sandboxes::{ServiceError, parse_id};
+use crate::store::{ApprovalFilter, ApprovalRecord, NewAuditEvent, SandboxRecord};
 
 /// The gRPC status of a REST error.
 pub fn status_of(e: ApiError) -> Status {
     let code = match e.status {
         StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => Code::InvalidArgument,
+        StatusCode::UNAUTHORIZED => Code::Unauthenticated,
         StatusCode::FORBIDDEN => Code::PermissionDenied,
         StatusCode::NOT_FOUND => Code::NotFound,
         StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY => Code::FailedPrecondition,
@@ -84,33 +93,57 @@ pub fn command_event(ev: LiveEvent) -> api::CommandEvent {
     api::CommandEvent { event: Some(event) }
 }
 
-/// `fluid.v1.Sandboxes` over the controller's services.
-#[derive(Debug, Clone)]
-pub struct SandboxesApi {
-    commands: Arc<CommandService>,
+/// The caller behind a gRPC request's `authorization` metadata.
+async fn caller_of<T>(state: &AppState, request: &Request<T>) -> Result<Caller, Status> {
+    let token = request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(auth::bearer);
+    state
+        .auth
+        .authenticate(token)
+        .await
+        .map_err(|e| status_of(ApiError::from(e)))
 }
 
-impl SandboxesApi {
-    pub fn new(commands: Arc<CommandService>) -> Self {
-        Self { commands }
-    }
+async fn sandbox_for(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    p: Permission,
+) -> Result<SandboxRecord, Status> {
+    let id = parse_id(id).map_err(service_status)?;
+    crate::api::auth::sandbox_for(state, caller, &id, p)
+        .await
+        .map_err(status_of)
+}
 
-    /// The tonic service.
-    pub fn into_service(self) -> SandboxesServer<Self> {
-        SandboxesServer::new(self)
+/// `fluid.v1.Sandboxes` and `fluid.v1.Approvals` over the controller's services.
+#[derive(Debug, Clone)]
+pub struct PublicApi {
+    state: AppState,
+}
+
+impl PublicApi {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
     }
 }
 
 #[tonic::async_trait]
-impl Sandboxes for SandboxesApi {
+impl Sandboxes for PublicApi {
     type ExecStream = BoxStream<'static, Result<api::CommandEvent, Status>>;
 
     async fn exec(
         &self,
         request: Request<api::ExecCommandRequest>,
     ) -> Result<Response<Self::ExecStream>, Status> {
+        let caller = caller_of(&self.state, &request).await?;
         let r = request.into_inner();
         let id = parse_id(&r.sandbox_id).map_err(service_status)?;
+        sandbox_for(&self.state, &caller, &r.sandbox_id, Permission::Work).await?;
+        let commands = &self.state.commands;
         let rest = RunCommandRequest {
             command: r.command,
             user: non_empty(r.user),
@@ -119,34 +152,157 @@ impl Sandboxes for SandboxesApi {
             workdir: non_empty(r.workdir),
             stdin: None,
         };
-        let mut spec = self
-            .commands
-            .spec_from_request(rest)
-            .map_err(service_status)?;
+        let mut spec = commands.spec_from_request(rest).map_err(service_status)?;
         if !r.stdin.is_empty() {
             spec.stdin = r.stdin;
-            self.commands.check_spec(&spec).map_err(service_status)?;
+            commands.check_spec(&spec).map_err(service_status)?;
         }
-        let handle = self.commands.run(&id, spec).await.map_err(service_status)?;
+        let handle = commands.run(&id, spec).await.map_err(service_status)?;
+        audit_call(&self.state, &caller, "Exec", Some(id.as_str()), "started").await;
         // Dropping this stream (the client went away) only stops feeding it.
         let events = futures::stream::unfold(handle.into_events(), |mut rx| async move {
             rx.recv().await.map(|ev| (Ok(command_event(ev)), rx))
         });
         Ok(Response::new(events.boxed()))
     }
+
+    async fn get_sandbox(
+        &self,
+        request: Request<api::GetSandboxRequest>,
+    ) -> Result<Response<api::SandboxSummary>, Status> {
+        let caller = caller_of(&self.state, &request).await?;
+        let r = request.into_inner();
+        let sb = sandbox_for(&self.state, &caller, &r.sandbox_id, Permission::Read).await?;
+        Ok(Response::new(api::SandboxSummary {
+            id: sb.id,
+            agent_id: sb.agent_id,
+            sandbox_name: sb.sandbox_name,
+            state: sb.state.as_str().to_owned(),
+            ip_address: sb.ip_address.unwrap_or_default(),
+            host_name: sb.host_name.unwrap_or_default(),
+            read_only: sb.read_only,
+        }))
+    }
+}
+
+fn approval_summary(a: &ApprovalRecord) -> api::ApprovalSummary {
+    api::ApprovalSummary {
+        id: a.id.clone(),
+        kind: a.kind.as_str().to_owned(),
+        status: a.status.as_str().to_owned(),
+        requested_by: a.requested_by.clone(),
+        agent_id: a.agent_id.clone().unwrap_or_default(),
+        sandbox_id: a.sandbox_id.clone().unwrap_or_default(),
+        summary: a.summary.clone(),
+        details_json: a.details.to_string(),
+        decided_by: a.decided_by.clone().unwrap_or_default(),
+        comment: a.comment.clone().unwrap_or_default(),
+    }
+}
+
+/// Records a mutating gRPC call in the audit trail, like the REST middleware does.
+async fn audit_call(
+    state: &AppState,
+    caller: &Caller,
+    method: &str,
+    target: Option<&str>,
+    outcome: &str,
+) {
+    let mut e = NewAuditEvent::system("api", format!("gRPC {method}"), outcome)
+        .details(serde_json::json!({"token_id": caller.token_id}));
+    e.actor.clone_from(&caller.name);
+    e.role = caller.role.as_str().to_owned();
+    if let Some(t) = target {
+        e = if t.starts_with(fluid_proto::model::SandboxId::PREFIX) {
+            e.sandbox(t)
+        } else {
+            e.target(t)
+        };
+    }
+    if let Err(err) = state.store.append_audit(&e).await {
+        tracing::error!(error = %err, "appending a gRPC audit event");
+    }
+}
+
+#[tonic::async_trait]
+impl Approvals for PublicApi {
+    async fn list_approvals(
+        &self,
+        request: Request<api::ListApprovalsRequest>,
+    ) -> Result<Response<api::ListApprovalsResponse>, Status> {
+        let caller = caller_of(&self.state, &request).await?;
+        crate::auth::check(&caller, Permission::Read).map_err(|e| status_of(ApiError::from(e)))?;
+        let r = request.into_inner();
+        let status = match r.status.as_str() {
+            "" => Some(ApprovalStatus::Pending),
+            "all" => None,
+            s => Some(ApprovalStatus::parse(s).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "status: {s:?} is not one of pending approved rejected expired all"
+                ))
+            })?),
+        };
+        let filter = ApprovalFilter {
+            status,
+            limit: 1000,
+            ..Default::default()
+        };
+        let (rows, total) = self
+            .state
+            .approvals
+            .list(&caller, filter)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(api::ListApprovalsResponse {
+            approvals: rows.iter().map(approval_summary).collect(),
+            total,
+        }))
+    }
+
+    async fn decide(
+        &self,
+        request: Request<api::DecideRequest>,
+    ) -> Result<Response<api::ApprovalSummary>, Status> {
+        let caller = caller_of(&self.state, &request).await?;
+        let r = request.into_inner();
+        let result = self
+            .state
+            .approvals
+            .decide(&caller, &r.approval_id, r.approve, non_empty(r.comment))
+            .await;
+        let outcome = match &result {
+            Ok(a) => a.status.as_str().to_owned(),
+            Err(e) => format!("refused: {e}"),
+        };
+        if crate::approvals::check_id(&r.approval_id).is_ok() {
+            audit_call(
+                &self.state,
+                &caller,
+                "Decide",
+                Some(&r.approval_id),
+                &outcome,
+            )
+            .await;
+        }
+        Ok(Response::new(approval_summary(
+            &result.map_err(service_status)?,
+        )))
+    }
 }
 
 /// Serves the gRPC API on `listener` until `shutdown` fires (then drains).
 pub async fn serve(
     listener: TcpListener,
-    commands: Arc<CommandService>,
+    state: AppState,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    let api = PublicApi::new(state);
     tonic::transport::Server::builder()
-        .add_service(SandboxesApi::new(commands).into_service())
+        .add_service(SandboxesServer::new(api.clone()))
+        .add_service(ApprovalsServer::new(api))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled_owned())
         .await
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -9,11 +9,19 @@
 //! interactive shells through the agents' Attach; [`ssh_ca`] signs the SSH
 //! certificates agents and people use. [`grpc_api`] serves the public gRPC API
 //! (`fluid.v1`) beside REST, over the same services.
+//!
+//! Every call is authenticated ([`auth`]: bearer tokens, roles, read-only mode);
+//! [`approvals`] holds requests for human decisions (with the [`webhook`] that
+//! announces them), and [`overcommit`] gates creates that find no room behind one.
+//! Every mutating call, state change, decision and command is appended to the
+//! hash-chained audit trail in the [`store`].
 
 pub mod access;
 pub mod agents;
 pub mod api;
+pub mod approvals;
 pub mod attach;
+pub mod auth;
 pub mod background;
 pub mod commands;
 pub mod config;
@@ -21,6 +29,7 @@ pub mod files;
 pub mod grpc_api;
 pub mod hosts;
 pub mod janitor;
+pub mod overcommit;
 pub mod pki;
 pub mod policy;
 pub mod reconciler;
@@ -28,6 +37,7 @@ pub mod sandboxes;
 pub mod scheduler;
 pub mod ssh_ca;
 pub mod store;
+pub mod webhook;
 
 #[cfg(test)]
 pub(crate) mod fake_agent;
@@ -43,17 +53,21 @@ use tokio_util::sync::CancellationToken;
 use crate::access::AccessService;
 use crate::agents::{AgentConnector, AgentTimeouts, GrpcAgents};
 use crate::api::AppState;
+use crate::approvals::ApprovalService;
 use crate::attach::AttachService;
+use crate::auth::Authenticator;
 use crate::commands::CommandService;
 use crate::config::Config;
 use crate::files::FileService;
 use crate::hosts::HostService;
 use crate::janitor::Janitor;
+use crate::overcommit::CreateGate;
 use crate::policy::Policy;
 use crate::reconciler::{LOST_GRACE, Reconciler};
 use crate::sandboxes::{SandboxService, SandboxSettings};
 use crate::ssh_ca::SshCa;
 use crate::store::{LoopKey, Store};
+use crate::webhook::Webhook;
 
 pub use crate::config::Config as ControllerConfig;
 
@@ -108,7 +122,25 @@ pub fn build_state(
         config.cpu_overcommit_ratio,
         config.offline_after_missed_beats,
     ));
+    let webhook = match (
+        &config.approvals.webhook_url,
+        config.approvals.webhook_secret()?,
+    ) {
+        (Some(url), Some(secret)) => Some(Webhook::new(url, &secret)?),
+        _ => None,
+    };
+    let approvals = Arc::new(ApprovalService::new(store.clone(), webhook));
+    let gate = Arc::new(CreateGate::new(
+        store.clone(),
+        sandboxes.clone(),
+        approvals.clone(),
+        config
+            .approvals
+            .overcommit_approval
+            .then(|| Duration::from_secs(config.approvals.overcommit_timeout_secs)),
+    ));
     Ok(AppState {
+        auth: Arc::new(Authenticator::new(store.clone())),
         store,
         sandboxes,
         hosts,
@@ -116,6 +148,8 @@ pub fn build_state(
         files,
         access,
         attach,
+        approvals,
+        gate,
     })
 }
 
@@ -163,6 +197,7 @@ pub fn spawn_background(
     ));
 
     let janitor = Arc::new(Janitor::new(store.clone(), state.sandboxes.clone()));
+    let approvals = state.approvals.clone();
     set.spawn(background::run_periodic(
         "janitor",
         Duration::from_secs(config.janitor_interval_secs),
@@ -171,8 +206,10 @@ pub fn spawn_background(
         cancel.clone(),
         move || {
             let j = janitor.clone();
+            let approvals = approvals.clone();
             async move {
                 j.tick().await?;
+                approvals.expire_overdue().await?;
                 Ok(())
             }
         },
@@ -235,6 +272,11 @@ pub async fn serve_on(
         );
     }
     let state = build_state(store.clone(), agents.clone(), &config, ca)?;
+    match state.gate.resume().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(n, "resumed over-commit creates waiting for approval"),
+        Err(e) => tracing::warn!(error = %e, "resuming over-commit creates"),
+    }
     let loops_cancel = CancellationToken::new();
     let mut loops = spawn_background(&state, agents, &config, &loops_cancel);
 
@@ -254,10 +296,10 @@ pub async fn serve_on(
     if let Some(grpc) = grpc_listener {
         let grpc_addr = grpc.local_addr()?;
         tracing::info!(addr = %grpc_addr, "public gRPC API listening (h2c)");
-        let commands = state.commands.clone();
+        let grpc_state = state.clone();
         let grpc_drain = drain.clone();
         servers.spawn(async move {
-            let r = grpc_api::serve(grpc, commands, grpc_drain).await;
+            let r = grpc_api::serve(grpc, grpc_state, grpc_drain).await;
             ("gRPC", r.map_err(anyhow::Error::from))
         });
     }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+use fluid_client::governance::Role;
 use fluid_controller::config::{Config, DEFAULT_CONFIG_PATH};
 use fluid_controller::pki;
 use tokio::signal::unix::{SignalKind, signal};
@@ -34,6 +35,38 @@ enum Command {
         #[command(subcommand)]
         command: PkiCommand,
     },
+    /// Manage API tokens (directly in the controller's database).
+    Token {
+        /// TOML configuration (its database_url / data_dir name the database).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print its secret (shown only once; only a hash is stored).
+    Create {
+        /// admin, operator, agent or readonly.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// A unique name: it is the actor the audit trail shows.
+        #[arg(long)]
+        name: String,
+        /// The agent id an agent token is confined to (optional for readonly).
+        #[arg(long)]
+        agent_id: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by id or name; it stops working at once.
+    Revoke { id_or_name: String },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| format!("{s:?} is not one of admin operator agent readonly"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,6 +99,7 @@ fn main() -> anyhow::Result<()> {
         bail!("a rustls crypto provider was already installed");
     }
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -73,6 +107,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve { config } => serve(config),
+        Command::Token { config, command } => token(config, command),
         Command::Pki {
             command: PkiCommand::Init { dir },
         } => {
@@ -93,13 +128,48 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+fn load_config(config_path: Option<PathBuf>) -> anyhow::Result<Config> {
     let path = match config_path {
         Some(p) if !p.exists() => bail!("{}: no such file", p.display()),
         Some(p) => p,
         None => PathBuf::from(DEFAULT_CONFIG_PATH),
     };
-    let config = Config::load(&path)?;
+    Ok(Config::load(&path)?)
+}
+
+fn token(config_path: Option<PathBuf>, command: TokenCommand) -> anyhow::Result<()> {
+    let config = load_config(config_path)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async {
+        let store = fluid_controller::store::open(config.database_url.as_deref(), &config.data_dir)
+            .await
+            .context("opening the store")?;
+        let r = fluid_controller::auth::token_command(store.clone(), command.into()).await;
+        store.close().await;
+        r
+    })
+}
+
+impl From<TokenCommand> for fluid_controller::auth::TokenAction {
+    fn from(c: TokenCommand) -> Self {
+        match c {
+            TokenCommand::Create {
+                role,
+                name,
+                agent_id,
+            } => Self::Create {
+                role,
+                name,
+                agent_id,
+            },
+            TokenCommand::List => Self::List,
+            TokenCommand::Revoke { id_or_name } => Self::Revoke { id_or_name },
+        }
+    }
+}
+
+fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = load_config(config_path)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();

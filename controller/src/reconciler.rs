@@ -232,6 +232,7 @@ mod tests {
                 cpu: 1,
                 memory_mb: 128,
                 cpu_overcommit_ratio: 4.0,
+                allow_overcommit: false,
                 now: past,
             })
             .await

@@ -59,6 +59,14 @@ impl From<ValidationError> for ServiceError {
     }
 }
 
+/// A validated create request with its ids fixed, not yet placed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedCreate {
+    pub placement: Placement,
+    pub create: CreateSandbox,
+    pub wait_for_ip: bool,
+}
+
 /// What the service needs from the configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SandboxSettings {
@@ -111,7 +119,7 @@ pub fn parse_id(id: &str) -> Result<SandboxId, ServiceError> {
     Ok(SandboxId::parse("id", id)?)
 }
 
-fn check_agent_id(s: &str) -> Result<(), ServiceError> {
+pub fn check_agent_id(s: &str) -> Result<(), ServiceError> {
     if s.trim().is_empty() {
         return Err(ServiceError::Invalid("agent_id: must not be empty".into()));
     }
@@ -188,6 +196,18 @@ impl SandboxService {
         &self,
         req: CreateSandboxRequest,
     ) -> Result<CreateSandboxResponse, ServiceError> {
+        let prepared = self.prepare(&req, None)?;
+        let row = self.place(&prepared).await?;
+        self.launch(prepared, row).await
+    }
+
+    /// Validates a create request and fixes its ids (`id`, or a new one) without
+    /// reserving anything.
+    pub fn prepare(
+        &self,
+        req: &CreateSandboxRequest,
+        id: Option<SandboxId>,
+    ) -> Result<PreparedCreate, ServiceError> {
         let image = Name::parse("source_vm_name", &req.source_vm_name)?;
         check_agent_id(&req.agent_id)?;
         let cpus = check_cpus("cpu", req.cpu.unwrap_or(self.settings.default_cpu))?;
@@ -209,7 +229,10 @@ impl SandboxService {
                 "wait_for_ip: needs auto_start (a stopped VM gets no address)".into(),
             ));
         }
-        let id = SandboxId::parse("id", &new_id(SandboxId::PREFIX))?;
+        let id = match id {
+            Some(id) => id,
+            None => SandboxId::parse("id", &new_id(SandboxId::PREFIX))?,
+        };
         let name = match &req.vm_name {
             Some(n) => Name::parse("vm_name", n)?,
             None => Name::parse("vm_name", &format!("sbx-{}", &id.as_str()[4..]))?,
@@ -224,16 +247,52 @@ impl SandboxService {
             memory_mb,
             ttl_seconds: req.ttl_seconds,
         };
-        let row = scheduler::place(
+        Ok(PreparedCreate {
+            placement,
+            create: CreateSandbox {
+                id,
+                name,
+                image,
+                cpus,
+                memory_mb,
+                start: auto_start,
+                ssh_user_ca_keys: self.settings.ssh_user_ca_keys.clone(),
+            },
+            wait_for_ip,
+        })
+    }
+
+    /// Reserves room for a prepared create on the best host that has it.
+    pub async fn place(&self, p: &PreparedCreate) -> Result<SandboxRecord, ServiceError> {
+        Ok(scheduler::place(
             &*self.store,
-            &placement,
+            &p.placement,
             self.settings.cpu_overcommit_ratio,
             Utc::now(),
         )
-        .await?;
+        .await?)
+    }
+
+    /// The vCPU over-commit ratio the scheduler applies.
+    pub fn cpu_overcommit_ratio(&self) -> f64 {
+        self.settings.cpu_overcommit_ratio
+    }
+
+    /// Asks the agent to create (and start) a reserved sandbox, recording each step.
+    pub async fn launch(
+        &self,
+        p: PreparedCreate,
+        row: SandboxRecord,
+    ) -> Result<CreateSandboxResponse, ServiceError> {
+        let PreparedCreate {
+            create,
+            wait_for_ip,
+            ..
+        } = p;
+        let id = create.id.clone();
         let (target, _) = self.target(&row).await?;
-        tracing::info!(sandbox = %id, host = %target.name, image = %image, "sandbox placed");
-        if auto_start {
+        tracing::info!(sandbox = %id, host = %target.name, image = %create.image, "sandbox placed");
+        if create.start {
             self.update(
                 id.as_str(),
                 SandboxUpdate {
@@ -243,15 +302,6 @@ impl SandboxService {
             )
             .await?;
         }
-        let create = CreateSandbox {
-            id: id.clone(),
-            name,
-            image,
-            cpus,
-            memory_mb,
-            start: auto_start,
-            ssh_user_ca_keys: self.settings.ssh_user_ca_keys.clone(),
-        };
         let info = match self.agents.create_sandbox(&target, &create).await {
             Ok(info) => info,
             Err(e) => {

@@ -142,6 +142,7 @@ pub async fn place(
             cpu: p.cpus,
             memory_mb: p.memory_mb,
             cpu_overcommit_ratio: ratio,
+            allow_overcommit: false,
             now,
         };
         match store.reserve(&r).await {

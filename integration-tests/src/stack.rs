@@ -72,7 +72,12 @@ pub struct Stack {
     pub api_url: String,
     /// The controller's public gRPC API (`fluid.v1`).
     pub grpc_url: String,
+    /// A client that sends the admin token.
     pub client: Client,
+    /// The secret of an admin token made with `fluid-controller token create`.
+    pub admin_token: String,
+    /// The controller's configuration file.
+    pub controller_config: PathBuf,
     pub controller: Service,
     pub agents: BTreeMap<String, Agent>,
     /// Unique prefix of this stack's agent (host) names.
@@ -139,6 +144,8 @@ impl Stack {
             api_url: String::new(),
             grpc_url: String::new(),
             client: Client::new("http://127.0.0.1:1")?,
+            admin_token: String::new(),
+            controller_config: PathBuf::new(),
             controller: Service::new(
                 "controller",
                 &env.bin_dir.join("fluid-controller"),
@@ -238,9 +245,11 @@ impl Stack {
         }
         toml += "\n";
         toml += tables;
-        let config = self.dir.path().join("controller.toml");
-        std::fs::write(&config, toml)?;
-        let config = config.to_string_lossy().into_owned();
+        let config_path = self.dir.path().join("controller.toml");
+        std::fs::write(&config_path, toml)?;
+        self.controller_config = config_path.clone();
+        self.admin_token = self.token_cli("it-admin", "admin", None)?;
+        let config = config_path.to_string_lossy().into_owned();
         self.controller = Service::new(
             "controller",
             &self.env.bin_dir.join("fluid-controller"),
@@ -248,9 +257,41 @@ impl Stack {
             self.dir.path(),
         );
         self.api_url = format!("http://127.0.0.1:{port}");
-        self.client = Client::new(&self.api_url)?;
+        self.client = Client::new(&self.api_url)?.with_token(Some(self.admin_token.clone()));
         self.controller.start()?;
         self.wait_healthy().await
+    }
+
+    /// Creates an API token with `fluid-controller token create` (as an operator
+    /// would, on the controller's database) and returns its secret.
+    pub fn token_cli(&self, name: &str, role: &str, agent_id: Option<&str>) -> Result<String> {
+        let config = self.controller_config.to_string_lossy().into_owned();
+        let mut args = vec![
+            "token", "create", "--config", &config, "--role", role, "--name", name,
+        ];
+        if let Some(a) = agent_id {
+            args.extend(["--agent-id", a]);
+        }
+        let out = std::process::Command::new(self.env.bin_dir.join("fluid-controller"))
+            .args(&args)
+            .output()
+            .context("running fluid-controller token create")?;
+        if !out.status.success() {
+            bail!(
+                "fluid-controller token create: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let secret = String::from_utf8(out.stdout)?.trim().to_owned();
+        if !secret.starts_with("fluid_") || secret.contains('\n') {
+            bail!("fluid-controller token create printed {secret:?}");
+        }
+        Ok(secret)
+    }
+
+    /// A REST client that sends `token`.
+    pub fn client_with(&self, token: &str) -> Result<Client> {
+        Ok(Client::new(&self.api_url)?.with_token(Some(token.to_owned())))
     }
 
     /// A fresh PostgreSQL database for this stack.

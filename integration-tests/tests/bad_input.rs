@@ -22,8 +22,9 @@ async fn send(
     method: reqwest::Method,
     url: &str,
     body: Option<String>,
+    token: &str,
 ) -> Result<(u16, Value)> {
-    let mut req = http.request(method, url);
+    let mut req = http.request(method, url).bearer_auth(token);
     if let Some(b) = body {
         req = req.header("content-type", "application/json").body(b);
     }
@@ -175,7 +176,7 @@ async fn bad_input_gets_clear_4xx() -> Result<()> {
     ];
     let mut failures = Vec::new();
     for (what, method, url, body, want, mention) in cases {
-        let (status, json) = send(&http, method, &url, body).await?;
+        let (status, json) = send(&http, method, &url, body, &stack.admin_token).await?;
         let error = json.get("error").and_then(Value::as_str).unwrap_or("");
         let details = json.get("details").and_then(Value::as_str).unwrap_or("");
         let text = format!("{error} {details}");

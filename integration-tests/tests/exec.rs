@@ -416,6 +416,7 @@ async fn commands_files_and_access_on_a_real_vm() -> Result<()> {
             "{}/v1/sandboxes/{id}/run?stream=true",
             stack.api_url
         ))
+        .bearer_auth(&stack.admin_token)
         .json(&cmd("for i in 1 2 3 4; do echo $i; sleep 1; done; exit 7"))
         .send()
         .await?;
@@ -438,9 +439,18 @@ async fn commands_files_and_access_on_a_real_vm() -> Result<()> {
     );
 
     // 10a. the public gRPC API streams the same command, with the same audit.
-    let mut grpc =
-        fluid_proto::api::sandboxes_client::SandboxesClient::connect(stack.grpc_url.clone())
-            .await?;
+    let channel = tonic::transport::Channel::from_shared(stack.grpc_url.clone())?
+        .connect()
+        .await?;
+    let bearer: tonic::metadata::AsciiMetadataValue =
+        format!("Bearer {}", stack.admin_token).parse()?;
+    let mut grpc = fluid_proto::api::sandboxes_client::SandboxesClient::with_interceptor(
+        channel,
+        move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", bearer.clone());
+            Ok(req)
+        },
+    );
     let mut stream = grpc
         .exec(fluid_proto::api::ExecCommandRequest {
             sandbox_id: id.clone(),
@@ -486,8 +496,13 @@ async fn commands_files_and_access_on_a_real_vm() -> Result<()> {
     {
         use futures::{SinkExt as _, StreamExt as _};
         use tokio_tungstenite::tungstenite::Message;
-        let url = client.attach_url(&id, 100, 30);
-        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let mut req = client.attach_url(&id, 100, 30).into_client_request()?;
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", stack.admin_token).parse()?,
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
         ws.send(Message::Binary(
             b"echo $((6*7)); tty; stty size; exit 5\n".to_vec().into(),
         ))

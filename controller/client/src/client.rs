@@ -8,6 +8,13 @@ use serde::de::DeserializeOwned;
 
 use crate::types::*;
 
+// The calls of the human-in-the-loop API (tokens, approvals, modes, audit trail).
+#[path = "client_governance.rs"]
+mod client_governance;
+pub use client_governance::{
+    ASK_GRACE, ApprovalQuery, AuditQuery, CreateOutcome, DEFAULT_ASK_TIMEOUT_SECS, encode_component,
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The controller answered with an error body.
@@ -76,6 +83,21 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<R, ClientError> {
+        let answer = self.send(method, path, body, None).await?;
+        answer.decode()
+    }
+
+    /// Sends a request and reads the whole answer; a non-2xx status is a
+    /// [`ClientError::Api`]. `timeout` bounds the whole exchange (without it only the
+    /// connect timeout applies: the controller may hold a request for long, e.g. while
+    /// a VM boots or a human decides).
+    async fn send<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Option<Duration>,
+    ) -> Result<Answer, ClientError> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
@@ -83,6 +105,9 @@ impl Client {
         }
         if let Some(b) = body {
             req = req.json(b);
+        }
+        if let Some(t) = timeout {
+            req = req.timeout(t);
         }
         let resp = req.send().await.map_err(|source| ClientError::Transport {
             url: url.clone(),
@@ -97,21 +122,12 @@ impl Client {
                 source,
             })?;
         if !status.is_success() {
-            let body = serde_json::from_slice::<ErrorBody>(&bytes).unwrap_or_else(|_| ErrorBody {
-                error: String::from_utf8_lossy(&bytes).into_owned(),
-                code: status.as_u16(),
-                details: String::new(),
-            });
-            return Err(ClientError::Api { status, body });
+            return Err(api_error(status, &bytes));
         }
-        let bytes = if bytes.is_empty() {
-            &b"null"[..]
-        } else {
-            &bytes[..]
-        };
-        serde_json::from_slice(bytes).map_err(|e| ClientError::Decode {
+        Ok(Answer {
             url,
-            reason: e.to_string(),
+            status,
+            bytes: Vec::from(bytes),
         })
     }
 
@@ -135,6 +151,9 @@ impl Client {
         self.get("/v1/vms").await
     }
 
+    /// `POST /v1/sandboxes`. When no host has room, the controller holds the request
+    /// until a human decides on the over-commit (no client time-out applies); a
+    /// rejection is a `409` [`ClientError::Api`]. See [`Client::create_sandbox_nowait`].
     pub async fn create_sandbox(
         &self,
         req: &CreateSandboxRequest,
@@ -187,6 +206,39 @@ impl Client {
     }
 }
 
+/// A 2xx answer, read whole.
+#[derive(Debug)]
+struct Answer {
+    url: String,
+    status: StatusCode,
+    bytes: Vec<u8>,
+}
+
+impl Answer {
+    /// The body as JSON (an empty body reads as `null`).
+    fn decode<R: DeserializeOwned>(&self) -> Result<R, ClientError> {
+        let bytes = if self.bytes.is_empty() {
+            &b"null"[..]
+        } else {
+            &self.bytes[..]
+        };
+        serde_json::from_slice(bytes).map_err(|e| ClientError::Decode {
+            url: self.url.clone(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// The error of a non-2xx answer: its [`ErrorBody`], else its text as the message.
+fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+    let body = serde_json::from_slice::<ErrorBody>(bytes).unwrap_or_else(|_| ErrorBody {
+        error: String::from_utf8_lossy(bytes).into_owned(),
+        code: status.as_u16(),
+        details: String::new(),
+    });
+    ClientError::Api { status, body }
+}
+
 /// One Server-Sent Event: its `event` name and `data` (JSON).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SseEvent {
@@ -229,12 +281,7 @@ impl Client {
         let status = resp.status();
         if !status.is_success() {
             let bytes = resp.bytes().await.map_err(transport)?;
-            let body = serde_json::from_slice::<ErrorBody>(&bytes).unwrap_or_else(|_| ErrorBody {
-                error: String::from_utf8_lossy(&bytes).into_owned(),
-                code: status.as_u16(),
-                details: String::new(),
-            });
-            return Err(ClientError::Api { status, body });
+            return Err(api_error(status, &bytes));
         }
         let mut buf: Vec<u8> = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(transport)? {
@@ -378,12 +425,7 @@ impl Client {
         let status = resp.status();
         if !status.is_success() {
             let bytes = resp.bytes().await.map_err(transport)?;
-            let body = serde_json::from_slice::<ErrorBody>(&bytes).unwrap_or_else(|_| ErrorBody {
-                error: String::from_utf8_lossy(&bytes).into_owned(),
-                code: status.as_u16(),
-                details: String::new(),
-            });
-            return Err(ClientError::Api { status, body });
+            return Err(api_error(status, &bytes));
         }
         let mut buf: Vec<u8> = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(transport)? {

@@ -95,6 +95,9 @@ pub struct Sandbox {
     pub cpu: u32,
     /// *new*
     pub memory_mb: u64,
+    /// *new*: the sandbox is in read-only mode.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// `POST /v1/sandboxes`

@@ -4,15 +4,19 @@
 //! a table for people or, with `--json`, the API's own JSON shapes for scripts.
 
 mod access;
+mod approvals;
 mod attach;
+mod audit;
 mod encoding;
 mod exec;
 mod files;
 mod hosts;
+mod mode;
 mod progress;
 mod render;
 mod sandboxes;
 mod status;
+mod tokens;
 mod vms;
 mod watch;
 
@@ -93,6 +97,22 @@ pub enum Command {
     /// SSH certificates: list, revoke, print the CA key.
     #[command(subcommand)]
     Access(access::AccessCmd),
+    /// Show or set a sandbox's mode (read-only refuses every change to it).
+    Mode(mode::ModeArgs),
+    /// Ask a human a question and wait for the answer; exits 0 when approved, 1 when
+    /// rejected or expired.
+    Ask(approvals::AskArgs),
+    /// List, inspect, approve and reject requests for a human decision.
+    #[command(subcommand, visible_alias = "approval")]
+    Approvals(approvals::ApprovalsCmd),
+    /// List the audit trail, or verify its hash chain.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
+    /// Create, list and revoke API tokens (admin).
+    #[command(subcommand, visible_alias = "tokens")]
+    Token(tokens::TokenCmd),
+    /// Show the token this fluidctl uses: its name, role and agent.
+    Whoami,
 }
 
 /// What every command needs: the client and how to print.
@@ -161,6 +181,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         // The commands whose exit status is not just success or failure.
         Command::Run(args) => return exec::run(&ctx, args).await,
         Command::Attach(args) => return attach::run(&ctx, args).await,
+        Command::Ask(args) => return approvals::ask(&ctx, args).await,
+        Command::Audit(cmd) => return audit::run(&ctx, cmd).await,
         Command::Read(args) => files::read(&ctx, args).await,
         Command::Write(args) => files::write(&ctx, args).await,
         Command::Edit(args) => files::edit(&ctx, args).await,
@@ -168,6 +190,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch(args) => watch::run(&ctx, args).await,
         Command::Ssh(args) => access::ssh(&ctx, args).await,
         Command::Access(cmd) => access::access(&ctx, cmd).await,
+        Command::Mode(args) => mode::run(&ctx, args).await,
+        Command::Approvals(cmd) => approvals::run(&ctx, cmd).await,
+        Command::Token(cmd) => tokens::run(&ctx, cmd).await,
+        Command::Whoami => tokens::whoami(&ctx).await,
     }
     .map(|()| ExitCode::SUCCESS)
 }

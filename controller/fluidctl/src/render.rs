@@ -4,10 +4,13 @@
 use chrono::{DateTime, Utc};
 use comfy_table::{ContentArrangement, Table, presets};
 use fluid_client::ClientError;
+use fluid_client::governance::SandboxMode;
 use fluid_client::types::{Host, HostError, HostState, Sandbox, Vm};
 
 mod activity;
+mod governance;
 pub use activity::*;
+pub use governance::*;
 
 /// Placeholder for absent values.
 const NONE: &str = "-";
@@ -52,6 +55,11 @@ fn age(then: DateTime<Utc>, now: DateTime<Utc>) -> String {
     human_duration((now - then).num_seconds())
 }
 
+/// A timestamp to the second, in UTC: `2025-03-01T12:00:00Z`.
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 fn opt(s: Option<&str>) -> String {
     s.filter(|s| !s.is_empty()).unwrap_or(NONE).to_owned()
 }
@@ -60,7 +68,17 @@ fn mem(mb: u64) -> String {
     format!("{mb} MiB")
 }
 
-/// `ID NAME STATE IP HOST IMAGE CPU MEM AGE`
+/// The state, with `(read-only)` when the sandbox refuses changes.
+fn sandbox_state(s: &Sandbox) -> String {
+    if s.read_only {
+        format!("{} (read-only)", s.state)
+    } else {
+        s.state.to_string()
+    }
+}
+
+/// `ID NAME STATE IP HOST IMAGE CPU MEM AGE`; the state says `(read-only)` when the
+/// sandbox is.
 pub fn sandbox_table(sandboxes: &[Sandbox], now: DateTime<Utc>) -> String {
     if sandboxes.is_empty() {
         return "No sandboxes.".to_owned();
@@ -71,7 +89,7 @@ pub fn sandbox_table(sandboxes: &[Sandbox], now: DateTime<Utc>) -> String {
             vec![
                 s.id.clone(),
                 s.sandbox_name.clone(),
-                s.state.to_string(),
+                sandbox_state(s),
                 opt(s.ip_address.as_deref()),
                 opt(s.host_name.as_deref()),
                 s.base_image.clone(),
@@ -102,10 +120,16 @@ pub fn sandbox_detail(s: &Sandbox, ip: Option<&str>, now: DateTime<Utc>) -> Stri
     let ttl = s
         .ttl_seconds
         .map_or_else(|| "none".to_owned(), |t| format!("{t}s"));
-    let fields: [(&str, String); 14] = [
+    let mode = if s.read_only {
+        SandboxMode::ReadOnly
+    } else {
+        SandboxMode::ReadWrite
+    };
+    let fields: [(&str, String); 15] = [
         ("ID", s.id.clone()),
         ("NAME", s.sandbox_name.clone()),
-        ("STATE", s.state.to_string()),
+        ("STATE", sandbox_state(s)),
+        ("MODE", mode.as_str().to_owned()),
         ("IP", opt(ip)),
         ("HOST", opt(s.host_name.as_deref())),
         ("IMAGE", s.base_image.clone()),
@@ -232,13 +256,17 @@ pub fn host_error_lines(errors: &[HostError]) -> Vec<String> {
         .collect()
 }
 
+/// What a 401 adds to the controller's message.
+pub const AUTH_HINT: &str = "set FLUID_TOKEN or --token (fluid-controller token create …)";
+
 /// Collapses whitespace runs (newlines included) so a message stays on one line.
 pub fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The text after `error: ` for a failed command. API errors show the controller's
-/// message, details and status; transport errors say the controller is unreachable.
+/// message, details and status (a 401 with a hint where a token comes from); transport
+/// errors say the controller is unreachable.
 pub fn error_message(err: &anyhow::Error, base_url: &str) -> String {
     let mut context = Vec::new();
     let mut client_err = None;
@@ -261,10 +289,15 @@ pub fn error_message(err: &anyhow::Error, base_url: &str) -> String {
                 body.error.trim()
             };
             let details = body.details.trim();
-            if details.is_empty() {
+            let msg = if details.is_empty() {
                 format!("{what} (HTTP {})", status.as_u16())
             } else {
                 format!("{what}: {details} (HTTP {})", status.as_u16())
+            };
+            if status.as_u16() == 401 {
+                format!("{msg}; {AUTH_HINT}")
+            } else {
+                msg
             }
         }
         ClientError::Transport { source, .. } => {
@@ -310,6 +343,7 @@ mod tests {
             host_name: Some("host-a".to_owned()),
             cpu: 2,
             memory_mb: 2048,
+            read_only: false,
         }
     }
 
@@ -424,6 +458,54 @@ mod tests {
         let out = sandbox_detail(&s, None, t0());
         assert!(out.contains("IP:      -"), "{out}");
         assert!(out.contains("TTL:     none"), "{out}");
+    }
+
+    #[test]
+    fn read_only_sandboxes_are_marked() {
+        let mut s = sandbox("SBX-aaaaaaaa", SandboxState::Running, None);
+        let out = sandbox_detail(&s, None, t0());
+        assert!(out.contains("STATE:   RUNNING\n"), "{out}");
+        assert!(out.contains("MODE:    read-write"), "{out}");
+        s.read_only = true;
+        let out = sandbox_detail(&s, None, t0());
+        assert!(out.contains("STATE:   RUNNING (read-only)"), "{out}");
+        assert!(out.contains("MODE:    read-only"), "{out}");
+        let table = sandbox_table(&[s], t0());
+        let row: Vec<&str> = table
+            .lines()
+            .nth(1)
+            .expect("a row")
+            .split_whitespace()
+            .collect();
+        assert_eq!(&row[2..4], ["RUNNING", "(read-only)"]);
+    }
+
+    #[test]
+    fn unauthorized_errors_say_where_tokens_come_from() {
+        let api = |status, error: &str| {
+            anyhow::Error::new(ClientError::Api {
+                status,
+                body: ErrorBody {
+                    error: error.to_owned(),
+                    code: status.as_u16(),
+                    details: String::new(),
+                },
+            })
+        };
+        let msg = error_message(
+            &api(reqwest::StatusCode::UNAUTHORIZED, "missing bearer token"),
+            "http://x",
+        );
+        assert_eq!(msg, format!("missing bearer token (HTTP 401); {AUTH_HINT}"));
+        // A 403 is the controller's word alone.
+        let msg = error_message(
+            &api(
+                reqwest::StatusCode::FORBIDDEN,
+                "role readonly may not stop sandboxes",
+            ),
+            "http://x",
+        );
+        assert_eq!(msg, "role readonly may not stop sandboxes (HTTP 403)");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use fluid_client::client::CreateOutcome;
+use fluid_client::governance::PendingCreateResponse;
 use fluid_client::types::{CreateSandboxRequest, SandboxState};
 
 use crate::progress::with_spinner;
@@ -10,7 +12,14 @@ use crate::{Ctx, emit, emit_json, render};
 #[derive(Debug, Subcommand)]
 pub enum SandboxCmd {
     /// Create a sandbox from a golden image, start it and wait for its IP.
-    #[command(visible_alias = "new")]
+    #[command(
+        visible_alias = "new",
+        after_help = "\
+When no host has room for the sandbox, the controller asks a human to approve an \
+over-commit and holds the create until someone decides (fluidctl approvals list / \
+approve / reject); a rejection fails the create (HTTP 409). With --no-wait-approval the \
+create returns at once with the approval's id and the id the sandbox will have."
+    )]
     Create(CreateArgs),
     /// List sandboxes.
     #[command(visible_alias = "ls")]
@@ -76,6 +85,10 @@ pub struct CreateArgs {
     /// Return as soon as the VM is started, without waiting for its IP.
     #[arg(long)]
     pub no_wait: bool,
+    /// When the create needs an over-commit approval, return at once with its id
+    /// instead of waiting for a human to decide.
+    #[arg(long)]
+    pub no_wait_approval: bool,
 }
 
 impl CreateArgs {
@@ -96,6 +109,18 @@ impl CreateArgs {
             wait_for_ip: Some(self.wait()),
         }
     }
+}
+
+/// What a create that waits for an over-commit approval prints.
+pub fn pending_line(p: &PendingCreateResponse) -> String {
+    format!(
+        "{} waits for a human to approve the over-commit: {} ({})\n\
+         see it with `fluidctl approvals show {}`; the sandbox is created once approved",
+        p.sandbox_id,
+        p.request_id,
+        render::one_line(&p.approval.summary),
+        p.request_id
+    )
 }
 
 /// `$USER`, else `fluidctl`.
@@ -195,9 +220,29 @@ pub async fn run(ctx: &Ctx, cmd: SandboxCmd) -> anyhow::Result<()> {
             } else {
                 format!("creating a sandbox from {}", req.source_vm_name)
             };
-            let resp = with_spinner(ctx.interactive(), msg, ctx.client.create_sandbox(&req))
+            let create = async {
+                if args.no_wait_approval {
+                    ctx.client.create_sandbox_nowait(&req).await
+                } else {
+                    ctx.client
+                        .create_sandbox(&req)
+                        .await
+                        .map(CreateOutcome::Created)
+                }
+            };
+            let outcome = with_spinner(ctx.interactive(), msg, create)
                 .await
                 .with_context(|| format!("cannot create a sandbox from {}", req.source_vm_name))?;
+            let resp = match outcome {
+                CreateOutcome::Created(resp) => resp,
+                CreateOutcome::Pending(pending) => {
+                    if ctx.json {
+                        return emit_json(&pending);
+                    }
+                    emit(&pending_line(&pending));
+                    return Ok(());
+                }
+            };
             if ctx.json {
                 return emit_json(&resp);
             }
@@ -410,6 +455,35 @@ mod tests {
         assert_eq!(
             rejects(&["create", "--image", "x", "--ttl", "-5"]),
             ErrorKind::UnknownArgument
+        );
+    }
+
+    #[test]
+    fn create_can_skip_waiting_for_an_approval() {
+        assert!(!create(&["--image", "x"]).no_wait_approval);
+        assert!(create(&["--image", "x", "--no-wait-approval"]).no_wait_approval);
+        let approval: fluid_client::governance::Approval =
+            serde_json::from_value(serde_json::json!({
+                "id": "APR-1",
+                "kind": "overcommit",
+                "requested_by": "alice",
+                "summary": "over-commit host-a\nby 2 vCPUs",
+                "details": {},
+                "status": "pending",
+                "created_at": "2025-03-01T12:00:00Z",
+                "expires_at": "2025-03-01T12:05:00Z"
+            }))
+            .expect("an approval");
+        let line = pending_line(&PendingCreateResponse {
+            request_id: "APR-1".to_owned(),
+            sandbox_id: "SBX-1".to_owned(),
+            status: fluid_client::governance::ApprovalStatus::Pending,
+            approval,
+        });
+        assert_eq!(
+            line,
+            "SBX-1 waits for a human to approve the over-commit: APR-1 (over-commit host-a by 2 vCPUs)\n\
+             see it with `fluidctl approvals show APR-1`; the sandbox is created once approved"
         );
     }
 

@@ -20,10 +20,12 @@ use tokio::sync::mpsc;
 use utoipa::IntoParams;
 
 use super::AppState;
+use super::auth::sandbox_for;
 use super::error::ApiError;
 use super::params::{ApiPath, ApiQuery};
 use crate::agents::AttachInput;
 use crate::attach::{AttachRequest, AttachService, PreparedSession, SESSION_BUFFER, SessionOutput};
+use crate::auth::{Caller, Permission};
 use crate::sandboxes::parse_id;
 
 /// Largest frame a client may send.
@@ -50,11 +52,13 @@ pub struct AttachParams {
         (status = 503, body = ErrorBody)))]
 pub async fn attach(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<AttachParams>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
+    sandbox_for(&state, &caller, &id, Permission::Work).await?;
     let req = AttachRequest {
         user: params.user,
         term: params.term,

@@ -19,10 +19,12 @@ use tokio::sync::{broadcast, mpsc};
 use utoipa::IntoParams;
 
 use super::AppState;
+use super::auth::sandbox_for;
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::params::{ApiPath, ApiQuery};
-use super::sandboxes::{DEFAULT_LIMIT, MAX_LIMIT};
+use super::sandboxes::page_limit;
+use crate::auth::{Caller, Permission};
 use crate::commands::LiveEvent;
 use crate::sandboxes::parse_id;
 
@@ -43,11 +45,7 @@ pub struct PageParams {
 
 impl PageParams {
     pub fn page(&self) -> Result<(u32, u64), ApiError> {
-        let limit = match self.limit {
-            None => DEFAULT_LIMIT,
-            Some(0) => return Err(ApiError::bad_request("limit: must be positive")),
-            Some(n) => n.min(MAX_LIMIT),
-        };
+        let limit = page_limit(self.limit)?;
         Ok((limit, self.offset.unwrap_or(0)))
     }
 }
@@ -114,11 +112,13 @@ fn watch_stream(
 
 async fn run(
     state: AppState,
+    caller: Caller,
     id: String,
     params: RunParams,
     req: RunCommandRequest,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
+    sandbox_for(&state, &caller, &id, Permission::Work).await?;
     let spec = state.commands.spec_from_request(req)?;
     let handle = state.commands.run(&id, spec).await?;
     if params.stream.unwrap_or(false) {
@@ -143,11 +143,12 @@ async fn run(
         (status = 502, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn run_command(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<RunParams>,
     ApiJson(req): ApiJson<RunCommandRequest>,
 ) -> Result<Response, ApiError> {
-    run(state, id, params, req).await
+    run(state, caller, id, params, req).await
 }
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/command", tag = "commands",
@@ -158,11 +159,12 @@ pub async fn run_command(
         (status = 409, body = ErrorBody)))]
 pub async fn run_command_alias(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<RunParams>,
     ApiJson(req): ApiJson<RunCommandRequest>,
 ) -> Result<Response, ApiError> {
-    run(state, id, params, req).await
+    run(state, caller, id, params, req).await
 }
 
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/commands", tag = "commands",
@@ -171,10 +173,12 @@ pub async fn run_command_alias(
         (status = 404, body = ErrorBody)))]
 pub async fn list_commands(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<ListCommandsResponse>, ApiError> {
     let id = parse_id(&id)?;
+    sandbox_for(&state, &caller, &id, Permission::Read).await?;
     let (limit, offset) = params.page()?;
     let (commands, total) = state.commands.list(&id, limit, offset).await?;
     Ok(Json(ListCommandsResponse { commands, total }))
@@ -187,9 +191,11 @@ pub async fn list_commands(
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn stream_activity(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
+    sandbox_for(&state, &caller, &id, Permission::Read).await?;
     state.commands.sandbox(&id).await?;
     let rx = state.commands.hubs.subscribe(id.as_str()).ok_or_else(|| {
         ApiError::new(

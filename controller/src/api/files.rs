@@ -8,9 +8,11 @@ use fluid_client::types::{
 };
 
 use super::AppState;
+use super::auth::sandbox_for;
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::params::ApiPath;
+use crate::auth::{Caller, Permission};
 use crate::sandboxes::parse_id;
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/files/read", tag = "files",
@@ -22,10 +24,12 @@ use crate::sandboxes::parse_id;
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn read_file(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<ReadFileRequest>,
 ) -> Result<Json<ReadFileResponse>, ApiError> {
     let id = parse_id(&id)?;
+    sandbox_for(&state, &caller, &id, Permission::Read).await?;
     Ok(Json(state.files.read(&id, req).await?))
 }
 
@@ -36,10 +40,12 @@ pub async fn read_file(
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn write_file(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<WriteFileRequest>,
 ) -> Result<Json<WriteFileResponse>, ApiError> {
     let id = parse_id(&id)?;
+    sandbox_for(&state, &caller, &id, Permission::Work).await?;
     Ok(Json(state.files.write(&id, req).await?))
 }
 
@@ -51,9 +57,11 @@ pub async fn write_file(
         (status = 422, description = "old_str does not occur", body = ErrorBody)))]
 pub async fn edit_file(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<EditFileRequest>,
 ) -> Result<Json<EditFileResponse>, ApiError> {
     let id = parse_id(&id)?;
+    sandbox_for(&state, &caller, &id, Permission::Work).await?;
     Ok(Json(state.files.edit(&id, req).await?))
 }

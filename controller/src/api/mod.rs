@@ -2,10 +2,13 @@
 //! handlers; every error leaves through [`error::ApiError`].
 
 pub mod access;
+pub mod approvals;
 pub mod attach;
+pub mod auth;
 pub mod commands;
 pub mod error;
 pub mod files;
+pub mod governance;
 pub mod health;
 pub mod hosts;
 pub mod json;
@@ -23,10 +26,13 @@ use axum::routing::{get, post};
 use tower_http::trace::TraceLayer;
 
 use crate::access::AccessService;
+use crate::approvals::ApprovalService;
 use crate::attach::AttachService;
+use crate::auth::Authenticator;
 use crate::commands::CommandService;
 use crate::files::FileService;
 use crate::hosts::HostService;
+use crate::overcommit::CreateGate;
 use crate::sandboxes::SandboxService;
 use crate::store::Store;
 use error::ApiError;
@@ -41,6 +47,9 @@ pub struct AppState {
     pub files: Arc<FileService>,
     pub access: Arc<AccessService>,
     pub attach: Arc<AttachService>,
+    pub auth: Arc<Authenticator>,
+    pub approvals: Arc<ApprovalService>,
+    pub gate: Arc<CreateGate>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -104,7 +113,31 @@ pub fn router(state: AppState) -> Router {
             "/v1/access/certificate/{id}",
             get(access::get_certificate).delete(access::revoke_certificate),
         )
+        .route(
+            "/v1/sandboxes/{id}/mode",
+            get(governance::get_mode).put(governance::set_mode),
+        )
+        .route("/v1/whoami", get(governance::whoami))
+        .route(
+            "/v1/tokens",
+            get(governance::list_tokens).post(governance::create_token),
+        )
+        .route(
+            "/v1/tokens/{id}",
+            axum::routing::delete(governance::revoke_token),
+        )
+        .route("/v1/audit", get(governance::list_audit))
+        .route("/v1/human/ask", post(approvals::ask))
+        .route("/api/v1/human/ask", post(approvals::ask))
+        .route("/v1/approvals", get(approvals::list_approvals))
+        .route("/v1/approvals/{id}", get(approvals::get_approval))
+        .route("/v1/approvals/{id}/approve", post(approvals::approve))
+        .route("/v1/approvals/{id}/reject", post(approvals::reject))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(json::BODY_LIMIT))
@@ -115,6 +148,10 @@ pub fn router(state: AppState) -> Router {
 #[cfg(test)]
 pub(crate) mod tests;
 #[cfg(test)]
+mod tests_approvals;
+#[cfg(test)]
 mod tests_attach;
+#[cfg(test)]
+mod tests_authz;
 #[cfg(test)]
 mod tests_exec;

@@ -3,7 +3,9 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{access, attach, commands, files, health, hosts, sandboxes, vms};
+use super::{
+    access, approvals, attach, commands, files, governance, health, hosts, sandboxes, vms,
+};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -34,6 +36,18 @@ use super::{access, attach, commands, files, health, hosts, sandboxes, vms};
         access::list_certificates,
         access::get_certificate,
         access::revoke_certificate,
+        approvals::ask,
+        approvals::list_approvals,
+        approvals::get_approval,
+        approvals::approve,
+        approvals::reject,
+        governance::whoami,
+        governance::list_tokens,
+        governance::create_token,
+        governance::revoke_token,
+        governance::get_mode,
+        governance::set_mode,
+        governance::list_audit,
     ),
     components(schemas(
         fluid_client::types::OutputChunk,
@@ -43,7 +57,8 @@ use super::{access, attach, commands, files, health, hosts, sandboxes, vms};
     )),
     tags(
         (name = "health"), (name = "hosts"), (name = "inventory"), (name = "sandboxes"),
-        (name = "commands"), (name = "files"), (name = "access"),
+        (name = "commands"), (name = "files"), (name = "access"), (name = "approvals"),
+        (name = "auth"), (name = "audit"),
     )
 )]
 pub struct ApiDoc;

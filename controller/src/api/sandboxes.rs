@@ -3,6 +3,8 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use fluid_client::governance::{ApprovalStatus, PendingCreateResponse};
 use fluid_client::types::{
     CreateSandboxRequest, CreateSandboxResponse, DestroySandboxResponse, ErrorBody,
     GetSandboxResponse, ListSandboxesResponse, SandboxIpResponse, SandboxState,
@@ -12,9 +14,12 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::AppState;
+use super::auth::{require, sandbox_for};
 use super::error::ApiError;
 use super::json::{ApiJson, OptionalJson};
 use super::params::{ApiPath, ApiQuery};
+use crate::auth::{self, Caller, Permission};
+use crate::overcommit::CreateOutcome;
 use crate::sandboxes::parse_id;
 use crate::store::SandboxFilter;
 
@@ -22,6 +27,15 @@ use crate::store::SandboxFilter;
 pub const DEFAULT_LIMIT: u32 = 100;
 /// Largest page.
 pub const MAX_LIMIT: u32 = 1000;
+
+/// A page size from a `limit` parameter: the default, at most [`MAX_LIMIT`], never 0.
+pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(0) => Err(ApiError::bad_request("limit: must be positive")),
+        Some(n) => Ok(n.min(MAX_LIMIT)),
+    }
+}
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -35,6 +49,14 @@ pub struct ListParams {
     /// Page size (default 100, at most 1000).
     pub limit: Option<u32>,
     pub offset: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CreateParams {
+    /// When the create waits for an over-commit approval: block until it is decided
+    /// (true, the default), or answer 202 with the request at once (false).
+    pub wait: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
@@ -53,11 +75,7 @@ impl ListParams {
                 ))
             })?),
         };
-        let limit = match self.limit {
-            None => DEFAULT_LIMIT,
-            Some(0) => return Err(ApiError::bad_request("limit: must be positive")),
-            Some(n) => n.min(MAX_LIMIT),
-        };
+        let limit = page_limit(self.limit)?;
         let nonempty = |o: Option<String>| o.filter(|s| !s.is_empty());
         Ok(SandboxFilter {
             agent_id: nonempty(self.agent_id),
@@ -72,28 +90,60 @@ impl ListParams {
 }
 
 #[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes", request_body = CreateSandboxRequest,
+    params(CreateParams),
     responses((status = 201, body = CreateSandboxResponse),
+        (status = 202, description = "waiting for an over-commit approval (wait=false)", body = PendingCreateResponse),
+        (status = 403, description = "the token may not create, or not for this agent_id", body = ErrorBody),
         (status = 400, description = "invalid request or unknown image", body = ErrorBody),
         (status = 409, description = "duplicate vm_name or no host has room", body = ErrorBody),
         (status = 502, description = "the agent failed", body = ErrorBody),
         (status = 503, description = "the agent is unreachable", body = ErrorBody)))]
 pub async fn create_sandbox(
     State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<CreateParams>,
     ApiJson(req): ApiJson<CreateSandboxRequest>,
-) -> Result<(StatusCode, Json<CreateSandboxResponse>), ApiError> {
-    Ok((
-        StatusCode::CREATED,
-        Json(state.sandboxes.create(req).await?),
-    ))
+) -> Result<Response, ApiError> {
+    require(&caller, Permission::CreateSandbox)?;
+    auth::check_owner(
+        &caller,
+        &req.agent_id,
+        &format!("agent_id {:?}", req.agent_id),
+    )?;
+    let wait = params.wait.unwrap_or(true);
+    Ok(match state.gate.create(&caller, req, wait).await? {
+        CreateOutcome::Created(r) => (StatusCode::CREATED, Json(r)).into_response(),
+        CreateOutcome::Pending {
+            approval,
+            sandbox_id,
+        } => (
+            StatusCode::ACCEPTED,
+            Json(PendingCreateResponse {
+                request_id: approval.id.clone(),
+                sandbox_id,
+                status: ApprovalStatus::Pending,
+                approval: approval.to_api(),
+            }),
+        )
+            .into_response(),
+    })
 }
 
 #[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes", params(ListParams),
     responses((status = 200, body = ListSandboxesResponse), (status = 400, body = ErrorBody)))]
 pub async fn list_sandboxes(
     State(state): State<AppState>,
+    caller: Caller,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<ListSandboxesResponse>, ApiError> {
-    let filter = params.into_filter()?;
+    require(&caller, Permission::Read)?;
+    let mut filter = params.into_filter()?;
+    if let Some(own) = caller.scope() {
+        if let Some(asked) = &filter.agent_id {
+            auth::check_owner(&caller, asked, &format!("agent_id {asked:?}"))?;
+        }
+        filter.agent_id = Some(own.to_owned());
+    }
     Ok(Json(state.sandboxes.list(&filter).await?))
 }
 
@@ -103,10 +153,12 @@ pub async fn list_sandboxes(
         (status = 404, body = ErrorBody)))]
 pub async fn get_sandbox(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<GetParams>,
 ) -> Result<Json<GetSandboxResponse>, ApiError> {
     let id = parse_id(&id)?;
+    sandbox_for(&state, &caller, &id, Permission::Read).await?;
     let include = params.include_commands.unwrap_or(false);
     Ok(Json(state.sandboxes.get(&id, include).await?))
 }
@@ -117,9 +169,11 @@ pub async fn get_sandbox(
         (status = 404, body = ErrorBody), (status = 502, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn destroy_sandbox(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<DestroySandboxResponse>, ApiError> {
     let id = parse_id(&id)?;
+    sandbox_for(&state, &caller, &id, Permission::Control).await?;
     Ok(Json(state.sandboxes.destroy(&id).await?))
 }
 
@@ -130,10 +184,12 @@ pub async fn destroy_sandbox(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub async fn start_sandbox(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     OptionalJson(req): OptionalJson<StartSandboxRequest>,
 ) -> Result<Json<StartSandboxResponse>, ApiError> {
     let id = parse_id(&id)?;
+    sandbox_for(&state, &caller, &id, Permission::Control).await?;
     let wait = req.wait_for_ip.unwrap_or(false);
     Ok(Json(state.sandboxes.start(&id, wait).await?))
 }
@@ -144,9 +200,11 @@ pub async fn start_sandbox(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub async fn stop_sandbox(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<StopSandboxResponse>, ApiError> {
     let id = parse_id(&id)?;
+    sandbox_for(&state, &caller, &id, Permission::Control).await?;
     Ok(Json(state.sandboxes.stop(&id).await?))
 }
 
@@ -156,8 +214,10 @@ pub async fn stop_sandbox(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub async fn sandbox_ip(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<SandboxIpResponse>, ApiError> {
     let id = parse_id(&id)?;
+    sandbox_for(&state, &caller, &id, Permission::Read).await?;
     Ok(Json(state.sandboxes.ip(&id).await?))
 }

@@ -18,6 +18,9 @@ pub(crate) struct TestApp {
     pub agents: Arc<FakeAgents>,
     pub store: Arc<dyn Store>,
     pub state: super::AppState,
+    /// An admin token, sent by [`TestApp::send`] when a request has no
+    /// `Authorization` header of its own.
+    pub admin_token: String,
     _dir: tempfile::TempDir,
 }
 
@@ -41,17 +44,71 @@ pub(crate) async fn app_with(config: Config) -> TestApp {
     )
     .expect("state");
     state.hosts.beat_all().await.expect("first heartbeat");
+    let (admin_token, _) = state
+        .auth
+        .create("test-admin", fluid_client::governance::Role::Admin, None)
+        .await
+        .expect("admin token");
     TestApp {
         router: super::router(state.clone()),
         agents,
         store,
         state,
+        admin_token,
         _dir: dir,
     }
 }
 
+/// Adds the admin's `Authorization` header to a request that has none.
+async fn add_admin_auth(
+    axum::extract::State(v): axum::extract::State<axum::http::HeaderValue>,
+    mut req: Request<Body>,
+) -> Request<Body> {
+    if !req.headers().contains_key(header::AUTHORIZATION) {
+        req.headers_mut().insert(header::AUTHORIZATION, v);
+    }
+    req
+}
+
 impl TestApp {
+    /// The router, with the admin token added to requests that carry none (for tests
+    /// that serve it on a socket or call it directly).
+    pub fn admin_router(&self) -> Router {
+        let v: axum::http::HeaderValue = format!("Bearer {}", self.admin_token)
+            .parse()
+            .expect("header value");
+        self.router
+            .clone()
+            .layer(axum::middleware::map_request_with_state(v, add_admin_auth))
+    }
+
+    /// A new token with `role` (scoped to `agent_id`, if given).
+    pub async fn token(
+        &self,
+        name: &str,
+        role: fluid_client::governance::Role,
+        agent_id: Option<&str>,
+    ) -> String {
+        self.state
+            .auth
+            .create(name, role, agent_id)
+            .await
+            .expect("token")
+            .0
+    }
+
     pub async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
+        self.send_with(req, true).await
+    }
+
+    /// Sends `req`; with `as_admin`, adds the admin token when it carries none.
+    pub async fn send_with(&self, mut req: Request<Body>, as_admin: bool) -> (StatusCode, Value) {
+        if as_admin && !req.headers().contains_key(header::AUTHORIZATION) {
+            let v = format!("Bearer {}", self.admin_token)
+                .parse()
+                .expect("header value");
+            req.headers_mut().insert(header::AUTHORIZATION, v);
+        }
         let resp = self.router.clone().oneshot(req).await.expect("infallible");
         let status = resp.status();
         let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
@@ -129,7 +186,7 @@ fn keys(v: &Value) -> Vec<String> {
     k
 }
 
-const SANDBOX_KEYS: [&str; 14] = [
+const SANDBOX_KEYS: [&str; 15] = [
     "agent_id",
     "base_image",
     "cpu",
@@ -140,6 +197,7 @@ const SANDBOX_KEYS: [&str; 14] = [
     "job_id",
     "memory_mb",
     "network",
+    "read_only",
     "sandbox_name",
     "state",
     "ttl_seconds",

@@ -31,7 +31,7 @@ async fn listen(app: &TestApp) -> String {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let router = app.router.clone();
+    let router = app.admin_router();
     tokio::spawn(async move { axum::serve(listener, router).await });
     format!("ws://{addr}")
 }

@@ -190,8 +190,7 @@ async fn streamed_runs_send_events_in_order() {
         ])
     });
     let resp = app
-        .router
-        .clone()
+        .admin_router()
         .oneshot(sse_request(
             &format!("/v1/sandboxes/{id}/run?stream=true"),
             json!({"command": "x"}),
@@ -239,8 +238,7 @@ async fn a_client_that_leaves_does_not_cancel_the_command() {
         .boxed()
     });
     let resp = app
-        .router
-        .clone()
+        .admin_router()
         .oneshot(sse_request(
             &format!("/v1/sandboxes/{id}/run?stream=true"),
             json!({"command": "long"}),
@@ -559,8 +557,7 @@ async fn watchers_see_live_activity() {
     let app = app().await;
     let id = running(&app).await;
     let resp = app
-        .router
-        .clone()
+        .admin_router()
         .oneshot(
             Request::get(format!("/v1/sandboxes/{id}/stream"))
                 .body(Body::empty())

@@ -5,10 +5,16 @@ use axum::extract::State;
 use fluid_client::types::{ErrorBody, ListVmsResponse};
 
 use super::AppState;
+use super::auth::require;
 use super::error::ApiError;
+use crate::auth::{Caller, Permission};
 
 #[utoipa::path(get, path = "/v1/vms", tag = "inventory",
     responses((status = 200, body = ListVmsResponse), (status = 503, body = ErrorBody)))]
-pub async fn list_vms(State(state): State<AppState>) -> Result<Json<ListVmsResponse>, ApiError> {
+pub async fn list_vms(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<ListVmsResponse>, ApiError> {
+    require(&caller, Permission::Read)?;
     Ok(Json(state.hosts.list_vms().await?))
 }

@@ -11,6 +11,8 @@ use futures::StreamExt as _;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::agents::ExecEvent;
@@ -19,8 +21,26 @@ use crate::api::tests::{TestApp, app, app_with};
 use crate::config::Config;
 use crate::fake_agent::exit;
 
+/// Sends `authorization: Bearer …` with every call (none: no header).
+#[derive(Debug, Clone)]
+pub(crate) struct Bearer(pub Option<String>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            let v = format!("Bearer {t}")
+                .parse()
+                .map_err(|_| tonic::Status::invalid_argument("token"))?;
+            req.metadata_mut().insert("authorization", v);
+        }
+        Ok(req)
+    }
+}
+
+pub(crate) type AuthChannel = InterceptedService<Channel, Bearer>;
+
 struct Grpc {
-    client: SandboxesClient<Channel>,
+    client: SandboxesClient<AuthChannel>,
     stop: CancellationToken,
 }
 
@@ -30,20 +50,25 @@ impl Drop for Grpc {
     }
 }
 
-async fn serve(app: &TestApp) -> Grpc {
+/// Serves the gRPC API of `app` on 127.0.0.1:0; the channel to it and the stop token.
+pub(crate) async fn serve_api(app: &TestApp) -> (Channel, CancellationToken) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr: SocketAddr = listener.local_addr().expect("addr");
     let stop = CancellationToken::new();
-    tokio::spawn(super::serve(
-        listener,
-        app.state.commands.clone(),
-        stop.clone(),
-    ));
-    let client = SandboxesClient::connect(format!("http://{addr}"))
+    tokio::spawn(super::serve(listener, app.state.clone(), stop.clone()));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
         .await
         .expect("connect");
+    (channel, stop)
+}
+
+async fn serve(app: &TestApp) -> Grpc {
+    let (channel, stop) = serve_api(app).await;
+    let client = SandboxesClient::with_interceptor(channel, Bearer(Some(app.admin_token.clone())));
     Grpc { client, stop }
 }
 
@@ -199,6 +224,7 @@ async fn the_command_goes_on_when_the_client_leaves() {
 fn rest_statuses_map_to_codes() {
     for (status, code) in [
         (StatusCode::BAD_REQUEST, Code::InvalidArgument),
+        (StatusCode::UNAUTHORIZED, Code::Unauthenticated),
         (StatusCode::FORBIDDEN, Code::PermissionDenied),
         (StatusCode::NOT_FOUND, Code::NotFound),
         (StatusCode::CONFLICT, Code::FailedPrecondition),

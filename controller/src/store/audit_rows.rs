@@ -38,8 +38,12 @@ pub(super) const LIST_COMMANDS: &str = concat!(
 
 pub(super) const COUNT_COMMANDS: &str = "SELECT COUNT(*) FROM commands WHERE sandbox_id = $1";
 
-pub(super) const INTERRUPT_RUNNING: &str = "UPDATE commands SET status = 'interrupted', ended_at = $1, \
-     error = 'the controller restarted while the command ran' WHERE status = 'running'";
+/// Returns the rows, for their audit events.
+pub(super) const INTERRUPT_RUNNING: &str = concat!(
+    "UPDATE commands SET status = 'interrupted', ended_at = $1, \
+     error = 'the controller restarted while the command ran' WHERE status = 'running' RETURNING ",
+    command_columns!()
+);
 
 macro_rules! cert_columns {
     () => {

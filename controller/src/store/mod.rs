@@ -8,6 +8,11 @@
 //! from this and from the agents. Another replica sharing the PostgreSQL database can
 //! therefore take over at any time.
 //!
+//! Besides intent, what the human-in-the-loop needs ([`trust`]): API tokens, approval
+//! requests and the append-only, hash-chained audit trail, into which the store itself
+//! writes every sandbox state change and every finished or refused command, in the
+//! transaction that makes it.
+//!
 //! Two dialects implement [`Store`]: SQLite (embedded default) and PostgreSQL
 //! (production). Migrations live per dialect in `controller/migrations/`.
 
@@ -16,6 +21,9 @@ mod postgres;
 mod rows;
 mod shared;
 mod sqlite;
+pub mod trust;
+mod trust_rows;
+mod trust_shared;
 
 use std::collections::HashMap;
 
@@ -25,6 +33,9 @@ use fluid_client::types::{AccessCertificate, Command, HostState, Sandbox, Sandbo
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use trust::{
+    ApprovalFilter, ApprovalRecord, AuditFilter, Decided, NewAuditEvent, TokenRecord, TrustStore,
+};
 
 /// Sandbox states that hold resources on their host.
 pub const LIVE_STATES: [SandboxState; 4] = [
@@ -159,6 +170,8 @@ pub struct SandboxRecord {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub error: Option<String>,
+    /// Operations that change the sandbox are refused.
+    pub read_only: bool,
 }
 
 impl SandboxRecord {
@@ -182,6 +195,7 @@ impl SandboxRecord {
             host_name: self.host_name.clone(),
             cpu: self.cpu,
             memory_mb: self.memory_mb,
+            read_only: self.read_only,
         }
     }
 }
@@ -199,6 +213,9 @@ pub struct Reservation {
     pub cpu: u32,
     pub memory_mb: u64,
     pub cpu_overcommit_ratio: f64,
+    /// A human approved placing it beyond the host's capacity: skip the room check (the
+    /// host must still exist and be online, and the name must still be free).
+    pub allow_overcommit: bool,
     pub now: DateTime<Utc>,
 }
 
@@ -353,8 +370,10 @@ pub enum LoopKey {
     Janitor = 0x666c_7503,
 }
 
+/// Everything the controller persists; [`TrustStore`] (tokens, approvals, the audit
+/// trail) is part of it, so its methods work on an `Arc<dyn Store>`.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: trust::TrustStore + Send + Sync + 'static {
     /// Runs a trivial query: is the database reachable?
     async fn ping(&self) -> Result<(), StoreError>;
     async fn close(&self);
@@ -380,7 +399,8 @@ pub trait Store: Send + Sync + 'static {
     /// Resources held by live sandboxes, per host.
     async fn host_usage(&self) -> Result<HashMap<String, HostUsage>, StoreError>;
 
-    /// Atomically: lock the host, check the sandbox still fits, insert it (CREATED).
+    /// Atomically: lock the host, check the sandbox still fits (unless
+    /// `allow_overcommit`), insert it (CREATED) and append its `state` audit event.
     async fn reserve(&self, r: &Reservation) -> Result<SandboxRecord, ReserveError>;
     async fn get_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError>;
     /// A page of sandboxes (newest first) and the total matching the filter.
@@ -392,6 +412,7 @@ pub trait Store: Send + Sync + 'static {
     /// Non-destroyed sandboxes with a TTL.
     async fn sandboxes_with_ttl(&self) -> Result<Vec<SandboxRecord>, StoreError>;
     /// Applies `u`; `None` when the row does not exist (or `expect_state` did not match).
+    /// A change of state appends a `state` audit event in the same transaction.
     async fn update_sandbox(
         &self,
         id: &str,
@@ -399,9 +420,11 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Option<SandboxRecord>, StoreError>;
 
-    /// Records a command before it runs (or a refused one, already ended).
+    /// Records a command before it runs (or a refused one, already ended, with its
+    /// `command` audit event).
     async fn insert_command(&self, c: &CommandRecord) -> Result<(), StoreError>;
-    /// Completes a `running` command; `None` when it is not running (or unknown).
+    /// Completes a `running` command and appends its `command` audit event; `None` when
+    /// it is not running (or unknown).
     async fn finish_command(
         &self,
         id: &str,
@@ -415,7 +438,8 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
         offset: u64,
     ) -> Result<(Vec<CommandRecord>, u64), StoreError>;
-    /// Marks every `running` command `interrupted` (a controller restarted under them).
+    /// Marks every `running` command `interrupted` (a controller restarted under them),
+    /// appending a `command` audit event for each.
     async fn interrupt_running_commands(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
 
     async fn insert_certificate(&self, c: &CertRecord) -> Result<(), StoreError>;
@@ -462,3 +486,7 @@ pub async fn open(
 
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_trust;
+#[cfg(test)]
+mod tests_trust_events;

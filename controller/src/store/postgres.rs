@@ -9,17 +9,27 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use fluid_client::audit_chain::GENESIS;
+use fluid_client::governance::{ApprovalStatus, AuditEvent};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres};
 
 use super::audit_rows::{self, CertRow, CommandRow, bind_cert, bind_command, bind_end};
 use super::rows::{self, HostRow, OneUsageRow, SandboxRow, UsageRow};
+use super::trust::{
+    ApprovalFilter, ApprovalRecord, AuditFilter, Decided, NewAuditEvent, TokenRecord, TrustStore,
+};
+use super::trust_rows::{self, ApprovalRow, AuditRow, TokenRow};
 use super::{
     Beat, CertRecord, CommandEnd, CommandRecord, HostRecord, HostUsage, LoopKey, LoopLock,
     Reservation, ReserveError, SandboxFilter, SandboxRecord, SandboxUpdate, Store, StoreError,
     check_room,
 };
+
+/// The advisory lock (transaction-scoped) under which events are appended to the audit
+/// chain, on every replica. Beside the loops' keys ([`LoopKey`]).
+const CHAIN_LOCK: i64 = 0x666c_7510;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -60,6 +70,27 @@ impl PgStore {
         self.pool.begin().await
     }
 
+    /// The sandbox row stays locked until the update commits, so the state read is the
+    /// one the update changes.
+    const SANDBOX_STATE_FOR_UPDATE: &'static str = trust_rows::SANDBOX_STATE_FOR_UPDATE;
+
+    /// A write that appends to the audit chain; the chain's lock is taken as late as
+    /// possible, by `append_in_tx` (`lock_chain`).
+    async fn begin_chain(&self) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+        self.pool.begin().await
+    }
+
+    /// Waits for the chain's advisory lock, held until `tx` ends: appends serialise
+    /// across replicas, each reading the head the previous one committed. It is the last
+    /// lock any transaction takes, so it cannot deadlock with row locks.
+    async fn lock_chain(tx: &mut sqlx::Transaction<'static, Postgres>) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CHAIN_LOCK)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     /// A transaction-level advisory lock, held while the returned guard lives.
     async fn lock_loop(&self, key: LoopKey) -> Result<Option<LoopLock>, StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -72,3 +103,4 @@ impl PgStore {
 }
 
 super::shared::sql_store!(PgStore, Postgres, sqlx::postgres::PgArguments);
+super::trust_shared::trust_store!(PgStore, Postgres);

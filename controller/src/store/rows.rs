@@ -38,33 +38,58 @@ pub(super) const ONE_HOST_USAGE: &str = "SELECT CAST(COALESCE(SUM(cpu), 0) AS BI
      CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT) AS memory_mb, COUNT(*) AS sandboxes FROM sandboxes \
      WHERE host_name = $1 AND state IN ('CREATED', 'STARTING', 'RUNNING', 'STOPPED')";
 
-pub(super) const INSERT_SANDBOX: &str = "INSERT INTO sandboxes (id, job_id, agent_id, sandbox_name, base_image, network, ip_address, state, \
+/// A sandbox row's columns, in [`SandboxRow`] order.
+macro_rules! sandbox_columns {
+    () => {
+        "id, job_id, agent_id, sandbox_name, base_image, network, ip_address, state, ttl_seconds, \
+         host_name, cpu, memory_mb, created_at, updated_at, error, read_only"
+    };
+}
+pub(super) use sandbox_columns;
+
+pub(super) const INSERT_SANDBOX: &str = concat!(
+    "INSERT INTO sandboxes (id, job_id, agent_id, sandbox_name, base_image, network, ip_address, state, \
      ttl_seconds, host_name, cpu, memory_mb, created_at, updated_at, error) \
-     VALUES ($1, $2, $3, $4, $5, '', NULL, 'CREATED', $6, $7, $8, $9, $10, $10, NULL) \
-     RETURNING id, job_id, agent_id, sandbox_name, base_image, network, ip_address, state, ttl_seconds, host_name, cpu, memory_mb, created_at, updated_at, error";
+     VALUES ($1, $2, $3, $4, $5, '', NULL, 'CREATED', $6, $7, $8, $9, $10, $10, NULL) RETURNING ",
+    sandbox_columns!()
+);
 
-pub(super) const GET_SANDBOX: &str = "SELECT id, job_id, agent_id, sandbox_name, base_image, network, ip_address, state, ttl_seconds, host_name, cpu, memory_mb, created_at, updated_at, error \
-     FROM sandboxes WHERE id = $1";
+pub(super) const GET_SANDBOX: &str = concat!(
+    "SELECT ",
+    sandbox_columns!(),
+    " FROM sandboxes WHERE id = $1"
+);
 
-pub(super) const LIST_SANDBOXES: &str = "SELECT id, job_id, agent_id, sandbox_name, base_image, network, ip_address, state, ttl_seconds, host_name, cpu, memory_mb, created_at, updated_at, error \
-     FROM sandboxes WHERE ($1 IS NULL OR agent_id = $1) AND ($2 IS NULL OR job_id = $2) AND ($3 IS NULL OR base_image = $3) \
+pub(super) const LIST_SANDBOXES: &str = concat!(
+    "SELECT ",
+    sandbox_columns!(),
+    " FROM sandboxes WHERE ($1 IS NULL OR agent_id = $1) AND ($2 IS NULL OR job_id = $2) AND ($3 IS NULL OR base_image = $3) \
      AND ($4 IS NULL OR state = $4) AND ($5 IS NULL OR sandbox_name = $5) \
-     ORDER BY created_at DESC, id LIMIT $6 OFFSET $7";
+     ORDER BY created_at DESC, id LIMIT $6 OFFSET $7"
+);
 
 pub(super) const COUNT_SANDBOXES: &str = "SELECT COUNT(*) FROM sandboxes WHERE ($1 IS NULL OR agent_id = $1) AND ($2 IS NULL OR job_id = $2) \
      AND ($3 IS NULL OR base_image = $3) AND ($4 IS NULL OR state = $4) AND ($5 IS NULL OR sandbox_name = $5)";
 
-pub(super) const SANDBOXES_ON_HOST: &str = "SELECT id, job_id, agent_id, sandbox_name, base_image, network, ip_address, state, ttl_seconds, host_name, cpu, memory_mb, created_at, updated_at, error \
-     FROM sandboxes WHERE host_name = $1";
+pub(super) const SANDBOXES_ON_HOST: &str = concat!(
+    "SELECT ",
+    sandbox_columns!(),
+    " FROM sandboxes WHERE host_name = $1"
+);
 
-pub(super) const SANDBOXES_WITH_TTL: &str = "SELECT id, job_id, agent_id, sandbox_name, base_image, network, ip_address, state, ttl_seconds, host_name, cpu, memory_mb, created_at, updated_at, error \
-     FROM sandboxes WHERE ttl_seconds IS NOT NULL AND state <> 'DESTROYED'";
+pub(super) const SANDBOXES_WITH_TTL: &str = concat!(
+    "SELECT ",
+    sandbox_columns!(),
+    " FROM sandboxes WHERE ttl_seconds IS NOT NULL AND state <> 'DESTROYED'"
+);
 
-pub(super) const UPDATE_SANDBOX: &str = "UPDATE sandboxes SET state = COALESCE($2, state), \
+pub(super) const UPDATE_SANDBOX: &str = concat!(
+    "UPDATE sandboxes SET state = COALESCE($2, state), \
      ip_address = CASE WHEN $3 THEN $4 ELSE ip_address END, network = COALESCE($5, network), \
      error = CASE WHEN $6 THEN $7 ELSE error END, updated_at = $8 \
-     WHERE id = $1 AND ($9 IS NULL OR state = $9) \
-     RETURNING id, job_id, agent_id, sandbox_name, base_image, network, ip_address, state, ttl_seconds, host_name, cpu, memory_mb, created_at, updated_at, error";
+     WHERE id = $1 AND ($9 IS NULL OR state = $9) RETURNING ",
+    sandbox_columns!()
+);
 
 #[derive(Debug, sqlx::FromRow)]
 pub(super) struct HostRow {
@@ -153,6 +178,7 @@ pub(super) struct SandboxRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     error: Option<String>,
+    read_only: bool,
 }
 
 impl TryFrom<SandboxRow> for SandboxRecord {
@@ -176,6 +202,7 @@ impl TryFrom<SandboxRow> for SandboxRecord {
             created_at: r.created_at,
             updated_at: r.updated_at,
             error: r.error,
+            read_only: r.read_only,
         })
     }
 }

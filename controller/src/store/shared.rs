@@ -2,8 +2,10 @@
 //! `audit_rows.rs`); only the pool type differs, and sqlx's types are per database, so
 //! the methods are written once here and instantiated for each dialect by a macro.
 //! What differs stays in the dialect's file as inherent items the shared code calls:
-//! `begin_reservation` and `HOST_FOR_RESERVATION` (how a reservation locks its host)
-//! and `lock_loop` (the replica lock of a background loop).
+//! `begin_reservation` and `HOST_FOR_RESERVATION` (how a reservation locks its host),
+//! `begin_chain` and `SANDBOX_STATE_FOR_UPDATE` (a write that appends to the audit
+//! chain in its own transaction; see [`super::trust_shared`]) and `lock_loop` (the
+//! replica lock of a background loop).
 
 /// Implements [`Store`](super::Store) for `$store` (a struct with a `pool` field) over
 /// database `$db` with argument buffer `$args`.
@@ -21,6 +23,23 @@ macro_rules! sql_store {
                 .bind(i64::from(r.cpu))
                 .bind(r.memory_mb as i64)
                 .bind(r.now)
+        }
+
+        fn update_sandbox_query<'a>(
+            id: &'a str,
+            u: &'a SandboxUpdate,
+            now: DateTime<Utc>,
+        ) -> sqlx::query::QueryAs<'a, $db, SandboxRow, $args> {
+            sqlx::query_as(rows::UPDATE_SANDBOX)
+                .bind(id)
+                .bind(u.state.map(|s| s.as_str()))
+                .bind(u.ip_address.is_some())
+                .bind(u.ip_address.clone().flatten())
+                .bind(&u.network)
+                .bind(u.error.is_some())
+                .bind(u.error.clone().flatten())
+                .bind(now)
+                .bind(u.expect_state.map(|s| s.as_str()))
         }
 
         #[async_trait]
@@ -131,19 +150,21 @@ macro_rules! sql_store {
                         format!("{:?}", host.state).to_lowercase(),
                     ));
                 }
-                let usage: OneUsageRow = sqlx::query_as(rows::ONE_HOST_USAGE)
-                    .bind(&r.host_name)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(StoreError::from)?;
-                check_room(
-                    &host,
-                    usage.into(),
-                    r.cpu,
-                    r.memory_mb,
-                    r.cpu_overcommit_ratio,
-                )
-                .map_err(ReserveError::NoRoom)?;
+                if !r.allow_overcommit {
+                    let usage: OneUsageRow = sqlx::query_as(rows::ONE_HOST_USAGE)
+                        .bind(&r.host_name)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(StoreError::from)?;
+                    check_room(
+                        &host,
+                        usage.into(),
+                        r.cpu,
+                        r.memory_mb,
+                        r.cpu_overcommit_ratio,
+                    )
+                    .map_err(ReserveError::NoRoom)?;
+                }
                 let row: SandboxRow =
                     insert_sandbox(r).fetch_one(&mut *tx).await.map_err(
                         |e| match rows::unique_or(e, String::new) {
@@ -153,8 +174,10 @@ macro_rules! sql_store {
                             other => ReserveError::Store(other),
                         },
                     )?;
+                let rec = SandboxRecord::try_from(row)?;
+                Self::append_in_tx(&mut tx, &trust_rows::created_event(r)).await?;
                 tx.commit().await.map_err(StoreError::from)?;
-                Ok(row.try_into()?)
+                Ok(rec)
             }
 
             async fn get_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError> {
@@ -215,26 +238,56 @@ macro_rules! sql_store {
                 u: &SandboxUpdate,
                 now: DateTime<Utc>,
             ) -> Result<Option<SandboxRecord>, StoreError> {
-                let row: Option<SandboxRow> = sqlx::query_as(rows::UPDATE_SANDBOX)
+                if u.state.is_none() {
+                    // No change of state, nothing to audit: one statement.
+                    let row: Option<SandboxRow> = update_sandbox_query(id, u, now)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    return row.map(SandboxRecord::try_from).transpose();
+                }
+                let mut tx = self.begin_chain().await?;
+                let from: Option<(String,)> = sqlx::query_as(Self::SANDBOX_STATE_FOR_UPDATE)
                     .bind(id)
-                    .bind(u.state.map(|s| s.as_str()))
-                    .bind(u.ip_address.is_some())
-                    .bind(u.ip_address.clone().flatten())
-                    .bind(&u.network)
-                    .bind(u.error.is_some())
-                    .bind(u.error.clone().flatten())
-                    .bind(now)
-                    .bind(u.expect_state.map(|s| s.as_str()))
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *tx)
                     .await?;
-                row.map(SandboxRecord::try_from).transpose()
+                let row: Option<SandboxRow> = match from {
+                    Some(_) => {
+                        update_sandbox_query(id, u, now)
+                            .fetch_optional(&mut *tx)
+                            .await?
+                    }
+                    None => None,
+                };
+                let (Some((from,)), Some(row)) = (from, row) else {
+                    tx.rollback().await?;
+                    return Ok(None);
+                };
+                let rec = SandboxRecord::try_from(row)?;
+                let from = trust_rows::parse_state(id, &from)?;
+                if from != rec.state {
+                    Self::append_in_tx(&mut tx, &trust_rows::state_event(from, &rec)).await?;
+                }
+                tx.commit().await?;
+                Ok(Some(rec))
             }
 
             async fn insert_command(&self, c: &CommandRecord) -> Result<(), StoreError> {
+                let conflict = |e| rows::unique_or(e, || format!("command {}", c.id));
+                if c.status == "running" {
+                    // Audited when it ends (finish_command, interrupt_running_commands).
+                    bind_command!(sqlx::query(audit_rows::INSERT_COMMAND), c)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(conflict)?;
+                    return Ok(());
+                }
+                let mut tx = self.begin_chain().await?;
                 bind_command!(sqlx::query(audit_rows::INSERT_COMMAND), c)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await
-                    .map_err(|e| rows::unique_or(e, || format!("command {}", c.id)))?;
+                    .map_err(conflict)?;
+                Self::append_in_tx(&mut tx, &trust_rows::command_event(c)).await?;
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -243,11 +296,19 @@ macro_rules! sql_store {
                 id: &str,
                 end: &CommandEnd,
             ) -> Result<Option<CommandRecord>, StoreError> {
+                let mut tx = self.begin_chain().await?;
                 let row: Option<CommandRow> =
                     bind_end!(sqlx::query_as(audit_rows::FINISH_COMMAND), id, end)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&mut *tx)
                         .await?;
-                Ok(row.map(CommandRecord::from))
+                let Some(row) = row else {
+                    tx.rollback().await?;
+                    return Ok(None);
+                };
+                let rec = CommandRecord::from(row);
+                Self::append_in_tx(&mut tx, &trust_rows::command_event(&rec)).await?;
+                tx.commit().await?;
+                Ok(Some(rec))
             }
 
             async fn get_command(&self, id: &str) -> Result<Option<CommandRecord>, StoreError> {
@@ -284,11 +345,19 @@ macro_rules! sql_store {
                 &self,
                 now: DateTime<Utc>,
             ) -> Result<u64, StoreError> {
-                let r = sqlx::query(audit_rows::INTERRUPT_RUNNING)
+                let mut tx = self.begin_chain().await?;
+                let rs: Vec<CommandRow> = sqlx::query_as(audit_rows::INTERRUPT_RUNNING)
                     .bind(now)
-                    .execute(&self.pool)
+                    .fetch_all(&mut *tx)
                     .await?;
-                Ok(r.rows_affected())
+                let mut interrupted: Vec<CommandRecord> =
+                    rs.into_iter().map(CommandRecord::from).collect();
+                interrupted.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
+                for c in &interrupted {
+                    Self::append_in_tx(&mut tx, &trust_rows::command_event(c)).await?;
+                }
+                tx.commit().await?;
+                Ok(interrupted.len() as u64)
             }
 
             async fn insert_certificate(&self, c: &CertRecord) -> Result<(), StoreError> {

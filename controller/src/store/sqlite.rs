@@ -14,12 +14,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use fluid_client::audit_chain::GENESIS;
+use fluid_client::governance::{ApprovalStatus, AuditEvent};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::types::Json;
 use sqlx::{Sqlite, SqlitePool};
 
 use super::audit_rows::{self, CertRow, CommandRow, bind_cert, bind_command, bind_end};
 use super::rows::{self, HostRow, OneUsageRow, SandboxRow, UsageRow};
+use super::trust::{
+    ApprovalFilter, ApprovalRecord, AuditFilter, Decided, NewAuditEvent, TokenRecord, TrustStore,
+};
+use super::trust_rows::{self, ApprovalRow, AuditRow, TokenRow};
 use super::{
     Beat, CertRecord, CommandEnd, CommandRecord, HostRecord, HostUsage, LoopKey, LoopLock,
     Reservation, ReserveError, SandboxFilter, SandboxRecord, SandboxUpdate, Store, StoreError,
@@ -74,6 +80,21 @@ impl SqliteStore {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
+    /// Under the write lock (`begin_chain`), the state read stays current.
+    const SANDBOX_STATE_FOR_UPDATE: &'static str = trust_rows::SANDBOX_STATE;
+
+    /// A write that appends to the audit chain: `BEGIN IMMEDIATE` takes the write lock
+    /// up front, which is the chain's lock too.
+    async fn begin_chain(&self) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    /// Every transaction that appends was begun `IMMEDIATE` (`begin_chain`,
+    /// `begin_reservation`): it holds the lock already.
+    async fn lock_chain(_tx: &mut sqlx::Transaction<'static, Sqlite>) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
     /// One SQLite file has one controller: its loops always run.
     async fn lock_loop(&self, _key: LoopKey) -> Result<Option<LoopLock>, StoreError> {
         Ok(Some(LoopLock { tx: None }))
@@ -81,3 +102,4 @@ impl SqliteStore {
 }
 
 super::shared::sql_store!(SqliteStore, Sqlite, sqlx::sqlite::SqliteArguments);
+super::trust_shared::trust_store!(SqliteStore, Sqlite);

@@ -20,8 +20,8 @@ pub(crate) async fn sqlite(dir: &tempfile::TempDir) -> Arc<dyn Store> {
 
 pub(crate) struct TestPg {
     pub store: Arc<dyn Store>,
-    admin: PgPool,
-    schema: String,
+    pub admin: PgPool,
+    pub schema: String,
 }
 
 impl TestPg {
@@ -109,7 +109,7 @@ pub(crate) async fn beat(store: &dyn Store, name: &str, cpus: u32, mem: u64, ima
         .expect("beat");
 }
 
-fn reservation(i: usize, host: &str, cpu: u32, mem: u64) -> Reservation {
+pub(crate) fn reservation(i: usize, host: &str, cpu: u32, mem: u64) -> Reservation {
     Reservation {
         id: format!("SBX-t{i:09}"),
         job_id: format!("JOB-t{i:09}"),
@@ -121,6 +121,7 @@ fn reservation(i: usize, host: &str, cpu: u32, mem: u64) -> Reservation {
         cpu,
         memory_mb: mem,
         cpu_overcommit_ratio: 4.0,
+        allow_overcommit: false,
         now: Utc::now(),
     }
 }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, TimeZone, Utc};
 use fluid_client::types::{AccessCertificate, Command, CommandStarted};
 
-use super::{NONE, age, one_line, table};
+use super::{NONE, age, one_line, rfc3339, table};
 
 /// Longest command text shown in a table cell.
 const COMMAND_WIDTH: usize = 60;
@@ -107,10 +107,6 @@ pub fn commands_table(commands: &[Command], now: DateTime<Utc>) -> String {
 pub fn commands_footer(shown: usize, total: u64) -> Option<String> {
     (u64::try_from(shown).unwrap_or(u64::MAX) < total)
         .then(|| format!("({shown} of {total} commands shown; use --limit/--offset for more)"))
-}
-
-fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// `ID SANDBOX USER VALID-UNTIL REVOKED`
