@@ -12,7 +12,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fluid_proto::model::{CreateSandbox, HostStatus, SandboxId, SandboxInfo, check_ssh_public_key};
+use fluid_proto::model::{
+    CreateSandbox, EgressPolicy, HostStatus, SandboxId, SandboxInfo, check_ssh_public_key,
+};
 use fluid_proto::pb;
 use fluid_proto::pb::host_agent_client::HostAgentClient;
 use fluid_proto::tls::TlsMaterial;
@@ -86,6 +88,38 @@ impl AgentError {
             host: host.to_owned(),
             message: format!("invalid reply: {e}"),
         }
+    }
+}
+
+/// A sandbox's egress policy as its agent enforces it (`EgressPolicyState`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EgressState {
+    pub policy: EgressPolicy,
+    /// What each domain entry resolves to now, by domain.
+    pub resolved: Vec<(String, Vec<std::net::IpAddr>)>,
+}
+
+impl EgressState {
+    fn from_reply(host: &str, s: pb::EgressPolicyState) -> Result<Self, AgentError> {
+        let policy = EgressPolicy::try_from(s.policy.unwrap_or_default())
+            .map_err(|e| AgentError::bad_reply(host, e))?;
+        let resolved = s
+            .resolved
+            .into_iter()
+            .map(|r| {
+                let addresses = r
+                    .addresses
+                    .iter()
+                    .map(|a| {
+                        a.parse().map_err(|_| {
+                            AgentError::bad_reply(host, format!("{a:?} is not an IP address"))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok((r.domain, addresses))
+            })
+            .collect::<Result<_, AgentError>>()?;
+        Ok(Self { policy, resolved })
     }
 }
 
@@ -218,6 +252,19 @@ pub trait AgentConnector: Send + Sync + 'static {
         id: &SandboxId,
         timeout_seconds: u32,
     ) -> Result<Option<Ipv4Addr>, AgentError>;
+    /// Replaces the sandbox's egress allow-list; what the agent enforces now.
+    async fn set_egress_policy(
+        &self,
+        t: &AgentTarget,
+        id: &SandboxId,
+        policy: &EgressPolicy,
+    ) -> Result<EgressState, AgentError>;
+    /// The allow-list the agent enforces, and what its domains resolve to.
+    async fn get_egress_policy(
+        &self,
+        t: &AgentTarget,
+        id: &SandboxId,
+    ) -> Result<EgressState, AgentError>;
 }
 
 /// Checks an agent address: `host:port` (IPv6 in brackets). Returns the host part.
@@ -624,6 +671,38 @@ impl AgentConnector for GrpcAgents {
             )
         })
     }
+
+    async fn set_egress_policy(
+        &self,
+        t: &AgentTarget,
+        id: &SandboxId,
+        policy: &EgressPolicy,
+    ) -> Result<EgressState, AgentError> {
+        let msg = pb::SetEgressPolicyRequest {
+            sandbox_id: id.to_string(),
+            policy: Some(pb::EgressPolicy::from(policy)),
+        };
+        let s = self
+            .call(t, self.timeouts.call, |mut c| async move {
+                c.set_egress_policy(msg).await
+            })
+            .await?;
+        EgressState::from_reply(&t.name, s)
+    }
+
+    async fn get_egress_policy(
+        &self,
+        t: &AgentTarget,
+        id: &SandboxId,
+    ) -> Result<EgressState, AgentError> {
+        let msg = pb::SandboxRef { id: id.to_string() };
+        let s = self
+            .call(t, self.timeouts.call, |mut c| async move {
+                c.get_egress_policy(msg).await
+            })
+            .await?;
+        EgressState::from_reply(&t.name, s)
+    }
 }
 
 #[cfg(test)]
@@ -662,5 +741,32 @@ mod tests {
         assert!(matches!(e, AgentError::Refused { .. }));
         let e = AgentError::from_status("h", &tonic::Status::internal("x"));
         assert!(matches!(e, AgentError::Failed { .. }));
+    }
+
+    #[test]
+    fn egress_replies_are_validated() {
+        let ok = pb::EgressPolicyState {
+            sandbox_id: "SBX-1".into(),
+            policy: Some(pb::EgressPolicy {
+                allow: vec![pb::EgressRule {
+                    destination: Some(pb::egress_rule::Destination::Domain("a.example".into())),
+                    protocol: "tcp".into(),
+                    port: 443,
+                }],
+            }),
+            resolved: vec![pb::ResolvedDomain {
+                domain: "a.example".into(),
+                addresses: vec!["192.0.2.1".into(), "2001:db8::1".into()],
+            }],
+        };
+        let s = EgressState::from_reply("h", ok.clone()).expect("valid");
+        assert_eq!(s.policy.allow.len(), 1);
+        assert_eq!(s.resolved[0].1.len(), 2);
+        let mut bad = ok;
+        bad.resolved[0].addresses.push("nope".into());
+        assert!(matches!(
+            EgressState::from_reply("h", bad),
+            Err(AgentError::Failed { .. })
+        ));
     }
 }

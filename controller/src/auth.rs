@@ -18,10 +18,13 @@
 //! | `Ask` (open an approval request) | ✓ | ✓ | ✓ | — |
 //! | `Decide` (approve, reject) | ✓ | ✓ | — | — |
 //! | `ManageHosts`, `SetMode`, `RevokeAccess` | ✓ | ✓ | — | — |
+//! | `ManageNetwork` (set a sandbox's egress allow-list) | ✓ | ✓ | — | — |
 //! | `ManageTokens` | ✓ | — | — | — |
 //!
 //! A sandbox in read-only mode refuses `Control` and `Work` to everyone, admin
-//! included, until an operator switches it back.
+//! included, until an operator switches it back. An egress request
+//! (`POST /v1/sandboxes/{id}/network/requests`) needs `Ask` and `Read` on the sandbox:
+//! an agent asks only for its own.
 
 use std::sync::Arc;
 
@@ -82,10 +85,11 @@ pub enum Permission {
     SetMode,
     RevokeAccess,
     ManageTokens,
+    ManageNetwork,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 11] = [
+    pub const ALL: [Permission; 12] = [
         Self::Read,
         Self::ReadFleet,
         Self::CreateSandbox,
@@ -97,6 +101,7 @@ impl Permission {
         Self::SetMode,
         Self::RevokeAccess,
         Self::ManageTokens,
+        Self::ManageNetwork,
     ];
 
     /// The roles that hold this permission (before scoping and read-only mode).
@@ -107,9 +112,11 @@ impl Permission {
             Self::ReadFleet => &[Admin, Operator, Readonly],
             Self::CreateSandbox | Self::Work => &[Admin, Agent],
             Self::Control | Self::Ask => &[Admin, Operator, Agent],
-            Self::Decide | Self::ManageHosts | Self::SetMode | Self::RevokeAccess => {
-                &[Admin, Operator]
-            }
+            Self::Decide
+            | Self::ManageHosts
+            | Self::SetMode
+            | Self::RevokeAccess
+            | Self::ManageNetwork => &[Admin, Operator],
             Self::ManageTokens => &[Admin],
         }
     }
@@ -128,6 +135,7 @@ impl Permission {
             Self::SetMode => "changing a sandbox's mode",
             Self::RevokeAccess => "revoking SSH certificates",
             Self::ManageTokens => "managing API tokens",
+            Self::ManageNetwork => "changing a sandbox's network egress",
         }
     }
 

@@ -21,7 +21,7 @@ use fluid_proto::pb;
 use futures::StreamExt as _;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::agents::{AgentConnector, AgentTarget, ExecEvent, ExecStream};
+use crate::agents::{AgentConnector, AgentError, AgentTarget, ExecEvent, ExecStream};
 use crate::policy::Policy;
 use crate::sandboxes::{ServiceError, new_id};
 use crate::ssh_ca::{CertSpec, SignedCert, SshCa};
@@ -105,6 +105,13 @@ pub struct ExecSpec {
 /// What the agent's certificate for one operation allows.
 /// What an agent certificate is cached under.
 type CertKey = (String, String, Vec<String>, bool);
+
+/// Whether the agent refused a certificate because it was signed for another key
+/// (the agent restarted since the controller last learned its key).
+pub fn is_stale_agent_key(e: &AgentError) -> bool {
+    matches!(e, AgentError::Failed { message, .. } | AgentError::Refused { message, .. }
+        if message.contains("not a certificate for this agent's key"))
+}
 
 /// A cached agent certificate is reused while it has at least this long to live.
 const AGENT_CERT_MIN_LEFT: Duration = Duration::from_secs(120);
@@ -397,6 +404,35 @@ impl CommandService {
         })
     }
 
+    /// Asks the agent for its current SSH key and stores it (the rest of the host's
+    /// record is left as the last heartbeat wrote it).
+    pub async fn refresh_agent_key(&self, target: &AgentTarget) {
+        let status = match self.agents.status(target).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(host = %target.name, error = %e, "refreshing the agent's key");
+                return;
+            }
+        };
+        let Ok(hosts) = self.store.list_hosts().await else {
+            return;
+        };
+        let Some(host) = hosts.into_iter().find(|h| h.name == target.name) else {
+            return;
+        };
+        let beat = crate::store::Beat {
+            cpus_total: status.status.cpus_total,
+            memory_mb_total: status.status.memory_mb_total,
+            images: host.images,
+            agent_version: status.status.agent_version,
+            ssh_public_key: status.ssh_public_key,
+            at: Utc::now(),
+        };
+        if let Err(e) = self.store.record_beat(&target.name, &beat).await {
+            tracing::warn!(host = %target.name, error = %e, "storing the agent's new key");
+        }
+    }
+
     /// A certificate for the agent's key: a cached one while it has more than
     /// [`AGENT_CERT_MIN_LEFT`] to live, else a freshly signed one.
     fn agent_certificate(
@@ -449,22 +485,31 @@ impl CommandService {
         spec: ExecSpec,
     ) -> Result<RunHandle, ServiceError> {
         let id = new_id("CMD-");
-        let access = self
-            .agent_access(
-                row,
-                "commands",
-                &Grant {
-                    id: &id,
-                    principals: &["root".to_owned()],
-                    permit_pty: false,
-                },
-            )
-            .await?;
-        let req = self.request_for(&row.id, &id, &spec, access.certificate);
+        let principals = ["root".to_owned()];
+        let grant = Grant {
+            id: &id,
+            principals: &principals,
+            permit_pty: false,
+        };
+        let access = self.agent_access(row, "commands", &grant).await?;
+        let mut req = self.request_for(&row.id, &id, &spec, access.certificate);
         Exec::try_from(req.clone()).map_err(rest_field)?;
         let rec = self.record(row, &id, &spec);
         self.store.insert_command(&rec).await?;
-        let stream = match self.agents.exec(&access.target, req).await {
+        let mut result = self.agents.exec(&access.target, req.clone()).await;
+        if let Err(e) = &result
+            && is_stale_agent_key(e)
+        {
+            // The agent restarted with a new key since its last heartbeat: learn the
+            // new key now and sign for it, rather than fail until the next beat.
+            tracing::info!(host = %access.target.name, "agent key changed; refreshing it");
+            self.refresh_agent_key(&access.target).await;
+            if let Ok(fresh) = self.agent_access(row, "commands", &grant).await {
+                req.ssh_certificate = fresh.certificate;
+                result = self.agents.exec(&fresh.target, req).await;
+            }
+        }
+        let stream = match result {
             Ok(s) => s,
             Err(e) => {
                 let end = CommandEnd {

@@ -62,7 +62,7 @@ pub struct Config {
     pub output_cap_bytes: u64,
     /// What commands and file operations may do.
     pub policy: PolicyConfig,
-    /// Human approvals: the over-commit gate and the webhook.
+    /// Human approvals: the over-commit gate, egress requests and the webhook.
     pub approvals: ApprovalsConfig,
 }
 
@@ -75,6 +75,8 @@ pub struct ApprovalsConfig {
     pub overcommit_approval: bool,
     /// How long an over-commit request waits for a decision before it expires.
     pub overcommit_timeout_secs: u64,
+    /// How long a sandbox's egress request waits for a decision before it expires.
+    pub egress_timeout_secs: u64,
     /// Notified (signed JSON POST) of every new request and decision.
     pub webhook_url: Option<String>,
     /// The HMAC key of the webhook's signature; required with `webhook_url`
@@ -89,6 +91,7 @@ impl Default for ApprovalsConfig {
         Self {
             overcommit_approval: false,
             overcommit_timeout_secs: 900,
+            egress_timeout_secs: 900,
             webhook_url: None,
             webhook_secret: None,
             webhook_secret_file: None,
@@ -317,6 +320,9 @@ impl Config {
         if a.overcommit_timeout_secs == 0 || a.overcommit_timeout_secs > 7 * 24 * 3600 {
             return bad("approvals.overcommit_timeout_secs must be 1-604800".into());
         }
+        if a.egress_timeout_secs == 0 || a.egress_timeout_secs > 7 * 24 * 3600 {
+            return bad("approvals.egress_timeout_secs must be 1-604800".into());
+        }
         if let Some(url) = &a.webhook_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return bad(format!(
@@ -416,6 +422,7 @@ mod tests {
             "[approvals]\nwebhook_url = \"http://127.0.0.1:9/x\"",
             "[approvals]\nwebhook_url = \"ftp://x\"\nwebhook_secret = \"s\"",
             "[approvals]\novercommit_timeout_secs = 0",
+            "[approvals]\negress_timeout_secs = 0",
         ] {
             assert!(parse(&with_tls(toml)).is_err(), "{toml}");
         }

@@ -15,13 +15,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use fluid_proto::model::{CreateSandbox, HostStatus, ObservedState, SandboxId, SandboxInfo};
+use fluid_proto::model::{
+    CreateSandbox, EgressPolicy, HostStatus, ObservedState, SandboxId, SandboxInfo,
+};
 use fluid_proto::pb;
 use futures::StreamExt as _;
 
 use crate::agents::{
     AgentConnector, AgentError, AgentStatus, AgentTarget, AttachInput, AttachInputStream,
-    AttachOutput, AttachStream, ExecEvent, ExecExit, ExecStream, ImageInfo,
+    AttachOutput, AttachStream, EgressState, ExecEvent, ExecExit, ExecStream, ImageInfo,
 };
 
 /// A scripted Exec: gets the request, answers the event stream.
@@ -50,6 +52,10 @@ pub(crate) struct FakeAgents {
     pub attaches: Mutex<Vec<pb::AttachOpen>>,
     /// Every Attach input received (all sessions).
     pub attach_inputs: Arc<Mutex<Vec<AttachInput>>>,
+    /// The egress policy each sandbox has (from its create, then SetEgressPolicy).
+    pub egress: Mutex<HashMap<String, EgressPolicy>>,
+    /// How many SetEgressPolicy calls arrived.
+    pub egress_sets: AtomicUsize,
 }
 
 impl Default for FakeAgents {
@@ -66,6 +72,8 @@ impl Default for FakeAgents {
             last_ca_keys: Mutex::default(),
             attaches: Mutex::default(),
             attach_inputs: Arc::default(),
+            egress: Mutex::default(),
+            egress_sets: AtomicUsize::new(0),
         }
     }
 }
@@ -103,6 +111,21 @@ impl FakeAgents {
         if let Ok(mut s) = self.exec_script.lock() {
             *s = Some(Arc::new(f));
         }
+    }
+
+    /// The egress policy the fake enforces for `id`, if it has one.
+    pub fn egress_of(&self, id: &str) -> Option<EgressPolicy> {
+        self.egress.lock().ok()?.get(id).cloned()
+    }
+
+    fn egress_state(&self, id: &SandboxId) -> EgressState {
+        let policy = self.egress_of(id.as_str()).unwrap_or_default();
+        // Every domain resolves to one documentation address.
+        let resolved = policy
+            .domains()
+            .map(|d| (d.to_owned(), vec![std::net::IpAddr::from([192, 0, 2, 7])]))
+            .collect();
+        EgressState { policy, resolved }
     }
 
     pub fn file(&self, path: &str) -> Option<Vec<u8>> {
@@ -348,6 +371,9 @@ impl AgentConnector for FakeAgents {
         if let Ok(mut k) = self.last_ca_keys.lock() {
             k.clone_from(&req.ssh_user_ca_keys);
         }
+        if let Ok(mut e) = self.egress.lock() {
+            e.insert(req.id.to_string(), req.egress.clone());
+        }
         if self.fail_create.load(Ordering::SeqCst) {
             return Err(fail(t, "qemu-img: disk full"));
         }
@@ -412,6 +438,30 @@ impl AgentConnector for FakeAgents {
             }
             s.ip_address
         })
+    }
+
+    async fn set_egress_policy(
+        &self,
+        t: &AgentTarget,
+        id: &SandboxId,
+        policy: &EgressPolicy,
+    ) -> Result<EgressState, AgentError> {
+        self.with(t, id, |_| ())?;
+        self.egress_sets.fetch_add(1, Ordering::SeqCst);
+        self.egress
+            .lock()
+            .map_err(|_| fail(t, "poisoned"))?
+            .insert(id.to_string(), policy.clone());
+        Ok(self.egress_state(id))
+    }
+
+    async fn get_egress_policy(
+        &self,
+        t: &AgentTarget,
+        id: &SandboxId,
+    ) -> Result<EgressState, AgentError> {
+        self.with(t, id, |_| ())?;
+        Ok(self.egress_state(id))
     }
 }
 

@@ -13,6 +13,8 @@
 //! Every call is authenticated ([`auth`]: bearer tokens, roles, read-only mode);
 //! [`approvals`] holds requests for human decisions (with the [`webhook`] that
 //! announces them), and [`overcommit`] gates creates that find no room behind one.
+//! [`egress`] holds each sandbox's network allow-list (pushed to its agent), which
+//! agents extend through approvals ([`egress_requests`]).
 //! Every mutating call, state change, decision and command is appended to the
 //! hash-chained audit trail in the [`store`].
 
@@ -25,6 +27,8 @@ pub mod auth;
 pub mod background;
 pub mod commands;
 pub mod config;
+pub mod egress;
+pub mod egress_requests;
 pub mod files;
 pub mod grpc_api;
 pub mod hosts;
@@ -58,6 +62,8 @@ use crate::attach::AttachService;
 use crate::auth::Authenticator;
 use crate::commands::CommandService;
 use crate::config::Config;
+use crate::egress::EgressService;
+use crate::egress_requests::EgressGate;
 use crate::files::FileService;
 use crate::hosts::HostService;
 use crate::janitor::Janitor;
@@ -118,7 +124,7 @@ pub fn build_state(
     ));
     let hosts = Arc::new(HostService::new(
         store.clone(),
-        agents,
+        agents.clone(),
         config.cpu_overcommit_ratio,
         config.offline_after_missed_beats,
     ));
@@ -139,6 +145,13 @@ pub fn build_state(
             .overcommit_approval
             .then(|| Duration::from_secs(config.approvals.overcommit_timeout_secs)),
     ));
+    let egress = Arc::new(EgressService::new(store.clone(), agents.clone()));
+    let egress_gate = Arc::new(EgressGate::new(
+        store.clone(),
+        egress.clone(),
+        approvals.clone(),
+        Duration::from_secs(config.approvals.egress_timeout_secs),
+    ));
     Ok(AppState {
         auth: Arc::new(Authenticator::new(store.clone())),
         store,
@@ -150,6 +163,8 @@ pub fn build_state(
         attach,
         approvals,
         gate,
+        egress,
+        egress_gate,
     })
 }
 
@@ -276,6 +291,11 @@ pub async fn serve_on(
         Ok(0) => {}
         Ok(n) => tracing::info!(n, "resumed over-commit creates waiting for approval"),
         Err(e) => tracing::warn!(error = %e, "resuming over-commit creates"),
+    }
+    match state.egress_gate.resume().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(n, "resumed egress requests waiting for approval"),
+        Err(e) => tracing::warn!(error = %e, "resuming egress requests"),
     }
     let loops_cancel = CancellationToken::new();
     let mut loops = spawn_background(&state, agents, &config, &loops_cancel);

@@ -4,7 +4,11 @@
 //!   orphans: destroyed on the agent;
 //! - live rows placed on the host but missing from its inventory for longer than a grace
 //!   period are marked ERROR ("lost");
-//! - observed state changes (RUNNING ↔ STOPPED, ERROR) and IP addresses are written back.
+//! - observed state changes (RUNNING ↔ STOPPED, ERROR) and IP addresses are written back;
+//! - each RUNNING or STOPPED sandbox's egress allow-list (intent) is compared with the
+//!   one its agent enforces (`GetEgressPolicy`, a small call per settled sandbox per
+//!   tick, at most [`EGRESS_CHECKS`] at once) and, when they differ, the stored one is
+//!   re-read and pushed: after a PUT the agent missed, or an agent that lost its state.
 //!
 //! Writes are compare-and-set on the state the tick read, so a concurrent API operation
 //! wins over a stale observation.
@@ -15,7 +19,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use fluid_client::types::{HostState, SandboxState};
-use fluid_proto::model::SandboxInfo;
+use fluid_proto::model::{SandboxId, SandboxInfo};
+use futures::StreamExt as _;
 use futures::future::join_all;
 
 use crate::agents::{AgentConnector, AgentTarget};
@@ -38,6 +43,9 @@ impl std::fmt::Debug for Reconciler {
             .finish_non_exhaustive()
     }
 }
+
+/// Egress comparisons in flight per host.
+pub const EGRESS_CHECKS: usize = 8;
 
 /// Default grace period before a missing sandbox is declared lost.
 pub const LOST_GRACE: Duration = Duration::from_secs(60);
@@ -130,7 +138,52 @@ impl Reconciler {
                 )
                 .await?;
         }
+        self.reconcile_egress(&target, &seen).await
+    }
+
+    /// Pushes the stored allow-list of each settled sandbox the agent lists whose
+    /// enforced one differs.
+    async fn reconcile_egress(
+        &self,
+        target: &AgentTarget,
+        seen: &std::collections::HashSet<&str>,
+    ) -> Result<(), StoreError> {
+        let stored = self.store.egress_on_host(&target.name).await?;
+        futures::stream::iter(
+            stored
+                .into_iter()
+                .filter(|(id, _)| seen.contains(id.as_str())),
+        )
+        .for_each_concurrent(EGRESS_CHECKS, |(id, text)| async move {
+            self.check_egress(target, &id, &text).await;
+        })
+        .await;
         Ok(())
+    }
+
+    async fn check_egress(&self, target: &AgentTarget, id: &str, text: &str) {
+        let (Ok(sid), Ok(want)) = (
+            SandboxId::parse("id", id),
+            crate::egress::policy_from_json(text),
+        ) else {
+            tracing::warn!(sandbox = %id, "stored allow-list unreadable; not reconciled");
+            return;
+        };
+        match self.agents.get_egress_policy(target, &sid).await {
+            Ok(s) if s.policy == want => {}
+            Ok(s) => {
+                tracing::info!(sandbox = %id, host = %target.name, agent_entries = s.policy.allow.len(), entries = want.allow.len(), "agent's allow-list differs; pushing the stored one");
+                // Re-read at push time: an API change since this tick began wins.
+                let pushed =
+                    crate::egress::push_stored(&*self.store, &*self.agents, target, &sid).await;
+                if let Err(e) = pushed {
+                    tracing::warn!(sandbox = %id, host = %target.name, error = %e, "allow-list not pushed");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(sandbox = %id, host = %target.name, error = %e, "no egress view this round");
+            }
+        }
     }
 
     async fn destroy_orphan(&self, target: &AgentTarget, s: &SandboxInfo, why: &str) {
@@ -289,5 +342,75 @@ mod tests {
         agents.plant("kvm-1", info(&live_id, "again", ObservedState::Running));
         r.tick().await.expect("tick");
         assert!(agents.on_host("kvm-1").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stored_allow_list_the_agent_lost_is_pushed_again() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = crate::store::tests::sqlite(&dir).await;
+        store
+            .upsert_host("kvm-1", "kvm-1:7443")
+            .await
+            .expect("host");
+        let agents = Arc::new(FakeAgents::default());
+        let state =
+            crate::build_state(store.clone(), agents.clone(), &Config::default(), test_ca())
+                .expect("state");
+        state.hosts.beat_all().await.expect("beat");
+        let sb = state
+            .sandboxes
+            .create(CreateSandboxRequest {
+                source_vm_name: "debian-12".into(),
+                agent_id: "a".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("create")
+            .sandbox;
+        // The intent changes while the agent is down: stored, not pushed.
+        agents.down.lock().expect("lock").insert("kvm-1".into());
+        let caller = crate::auth::Caller {
+            token_id: "TOK-x".into(),
+            name: "op".into(),
+            role: fluid_client::governance::Role::Operator,
+            agent_id: None,
+        };
+        let row = store.get_sandbox(&sb.id).await.expect("get").expect("row");
+        let allow = vec![fluid_client::network::EgressRuleBody::for_destination(
+            "deb.debian.org",
+            Some(fluid_client::network::EgressProtocol::Tcp),
+            Some(443),
+        )];
+        let e = state
+            .egress
+            .put(&caller, &row, &allow)
+            .await
+            .expect_err("agent down");
+        assert!(
+            e.to_string().contains("pushed when the agent is back"),
+            "{e}"
+        );
+        assert_eq!(
+            agents.egress_of(&sb.id).map(|p| p.allow.len()),
+            Some(0),
+            "created sealed, and the agent did not get the change"
+        );
+        agents.down.lock().expect("lock").clear();
+        let r = Reconciler::new(store.clone(), agents.clone(), LOST_GRACE, LOST_GRACE);
+        r.tick().await.expect("tick");
+        let got = agents.egress_of(&sb.id).expect("policy");
+        assert_eq!(got.allow.len(), 1);
+        assert_eq!(got.allow[0].to_string(), "deb.debian.org tcp/443");
+        // In sync: the next tick pushes nothing.
+        let sets = agents.egress_sets.load(std::sync::atomic::Ordering::SeqCst);
+        r.tick().await.expect("tick");
+        assert_eq!(
+            agents.egress_sets.load(std::sync::atomic::Ordering::SeqCst),
+            sets
+        );
+        // An agent that lost its state gets it back.
+        agents.egress.lock().expect("lock").remove(&sb.id);
+        r.tick().await.expect("tick");
+        assert_eq!(agents.egress_of(&sb.id), Some(got));
     }
 }

@@ -13,7 +13,8 @@ use fluid_client::types::{
 };
 use fluid_proto::ValidationError;
 use fluid_proto::model::{
-    CreateSandbox, Name, ObservedState, SandboxId, SandboxInfo, check_cpus, check_memory_mb,
+    CreateSandbox, EgressPolicy, Name, ObservedState, SandboxId, SandboxInfo, check_cpus,
+    check_memory_mb,
 };
 use rand::Rng as _;
 
@@ -257,6 +258,7 @@ impl SandboxService {
                 memory_mb,
                 start: auto_start,
                 ssh_user_ca_keys: self.settings.ssh_user_ca_keys.clone(),
+                egress: EgressPolicy::default(),
             },
             wait_for_ip,
         })
@@ -285,11 +287,20 @@ impl SandboxService {
         row: SandboxRecord,
     ) -> Result<CreateSandboxResponse, ServiceError> {
         let PreparedCreate {
-            create,
+            mut create,
             wait_for_ip,
             ..
         } = p;
         let id = create.id.clone();
+        // The allow-list in force from the first packet: what is stored by now.
+        if let Some(text) = self.store.get_egress(id.as_str()).await? {
+            match crate::egress::policy_from_json(&text) {
+                Ok(egress) => create.egress = egress,
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, error = %e, "stored allow-list unreadable; creating sealed")
+                }
+            }
+        }
         let (target, _) = self.target(&row).await?;
         tracing::info!(sandbox = %id, host = %target.name, image = %create.image, "sandbox placed");
         if create.start {

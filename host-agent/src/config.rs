@@ -4,14 +4,17 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use fluid_proto::model::Name;
+use fluid_proto::model::{EgressRule, Name};
 use fluid_proto::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
+
+mod network;
+use network::RawNetworkField;
 
 /// Where the agent looks for its config file unless told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/fluid/agent.toml";
@@ -54,8 +57,8 @@ pub struct AgentConfig {
     pub libvirt_uri: String,
     /// Default `kvm`.
     pub virt_type: VirtType,
-    /// libvirt network the sandboxes' NIC joins. Default `default`.
-    pub network: Name,
+    /// The libvirt network the sandboxes join and how they are isolated on it.
+    pub network: NetworkConfig,
     /// Overlays, the redb file and serial logs live here. Default `/var/lib/fluid-agent`.
     pub state_dir: PathBuf,
     /// Capacity overrides; otherwise libvirt's node info.
@@ -65,6 +68,32 @@ pub struct AgentConfig {
     pub stop_timeout_seconds: u32,
     /// Images sandboxes can be created from.
     pub images: Vec<ImageConfig>,
+}
+
+/// `[network]`: the libvirt network and the sandboxes' isolation on it (nftables rules
+/// outside the VM, a DNS proxy on the bridge).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// libvirt network the sandboxes' NIC joins. Default `default`. (The top-level
+    /// `network = "<name>"` of older configs still sets it.)
+    pub name: Name,
+    /// Seal every sandbox with nftables. Default true; false leaves sandboxes with
+    /// whatever the libvirt network allows (a warning is logged at start).
+    pub enforce: bool,
+    /// Name of this agent's two nftables tables (`bridge` and `inet` families).
+    /// Default `fluid_<host_name>` with every character but letters and digits as `_`.
+    pub nft_table: String,
+    /// The network's bridge; default: read from libvirt.
+    pub bridge: Option<String>,
+    /// Where the agent's DNS proxy listens (sandboxes' DNS is redirected there).
+    /// Default: the bridge's address, port 5353.
+    pub dns_listen: Option<SocketAddrV4>,
+    /// Where the DNS proxy forwards queries. Default: the bridge's address, port 53
+    /// (libvirt's dnsmasq).
+    pub dns_upstream: Option<SocketAddr>,
+    /// Destinations every sandbox of this host may reach, e.g. an apt proxy
+    /// (`"10.0.0.5/32 tcp/3142"`, `"deb.debian.org tcp/80"`, `"192.168.1.0/24"`).
+    pub always_allow: Vec<EgressRule>,
 }
 
 /// Something a sandbox's disk can be cloned from.
@@ -160,7 +189,7 @@ struct RawConfig {
     tls: Option<TlsFiles>,
     libvirt_uri: String,
     virt_type: VirtType,
-    network: String,
+    network: RawNetworkField,
     state_dir: PathBuf,
     cpus: Option<u32>,
     memory_mb: Option<u64>,
@@ -176,7 +205,7 @@ impl Default for RawConfig {
             tls: None,
             libvirt_uri: "qemu:///system".into(),
             virt_type: VirtType::Kvm,
-            network: "default".into(),
+            network: RawNetworkField::default(),
             state_dir: PathBuf::from("/var/lib/fluid-agent"),
             cpus: None,
             memory_mb: None,
@@ -266,8 +295,7 @@ impl RawConfig {
                 "is required (ca_cert, cert, key); there is no plaintext mode",
             )
         })?;
-        let network =
-            Name::parse("network", &self.network).map_err(|e| invalid("network", e.reason))?;
+        let network = self.network.validate(&host_name)?;
         if self.libvirt_uri.trim().is_empty() {
             return Err(invalid("libvirt_uri", "must not be empty"));
         }
@@ -334,7 +362,12 @@ key = "/etc/fluid/agent.key"
         assert_eq!(c.listen.to_string(), "0.0.0.0:7443");
         assert_eq!(c.libvirt_uri, "qemu:///system");
         assert_eq!(c.virt_type, VirtType::Kvm);
-        assert_eq!(c.network.as_str(), "default");
+        assert_eq!(c.network.name.as_str(), "default");
+        assert!(c.network.enforce);
+        assert_eq!(c.network.nft_table, "fluid_kvm_1");
+        assert_eq!(c.network.bridge, None);
+        assert_eq!(c.network.dns_listen, None);
+        assert!(c.network.always_allow.is_empty());
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/fluid-agent"));
         assert_eq!(c.stop_timeout_seconds, 30);
         assert_eq!(c.cpus, None);
@@ -459,5 +492,8 @@ source_domain = "ubuntu-golden"
             .expect("deploy/agent.toml");
         assert_eq!(c.host_name.as_str(), "kvm-1");
         assert_eq!(c.images.len(), 1);
+        assert_eq!(c.network.name.as_str(), "default");
+        assert!(c.network.enforce);
+        assert_eq!(c.network.nft_table, "fluid_kvm_1");
     }
 }

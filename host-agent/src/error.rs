@@ -1,6 +1,7 @@
 //! The error the sandbox service returns; `grpc` maps each kind to a status code.
 
 use crate::hypervisor::HypervisorError;
+use crate::network::FirewallError;
 use crate::overlay::OverlayError;
 use crate::state::StateError;
 
@@ -32,6 +33,14 @@ impl From<HypervisorError> for ServiceError {
             HypervisorError::NotFound(m) => Self::Internal(format!("libvirt: {m} not found")),
             HypervisorError::Failed(m) => Self::Internal(format!("libvirt: {m}")),
         }
+    }
+}
+
+/// The sandbox network rules could not be applied: nothing that needs them may go on
+/// (a create is undone), and the caller may retry.
+impl From<FirewallError> for ServiceError {
+    fn from(e: FirewallError) -> Self {
+        Self::Unavailable(e.to_string())
     }
 }
 

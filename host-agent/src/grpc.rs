@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use std::pin::Pin;
 
-use fluid_proto::model::{CreateSandbox, Exec, SandboxId, StopSandbox, WaitForIp};
+use fluid_proto::model::{CreateSandbox, Exec, SandboxId, SetEgressPolicy, StopSandbox, WaitForIp};
 use fluid_proto::pb;
 use fluid_proto::pb::host_agent_server::HostAgent;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,7 +20,7 @@ pub mod attach;
 
 use crate::hypervisor::Hypervisor;
 use crate::images::{ImageInfo, ImageKind};
-use crate::sandboxes::{SandboxView, Sandboxes};
+use crate::sandboxes::{EgressState, SandboxView, Sandboxes};
 
 /// The gRPC face of [`Sandboxes`].
 pub struct AgentService<H> {
@@ -55,6 +55,21 @@ fn sandbox_pb(v: SandboxView) -> pb::Sandbox {
         network: r.network.to_string(),
         created_at_unix: r.created_at_unix,
         error: v.error.unwrap_or_default(),
+    }
+}
+
+fn egress_pb(e: EgressState) -> pb::EgressPolicyState {
+    pb::EgressPolicyState {
+        sandbox_id: e.id.to_string(),
+        policy: Some(pb::EgressPolicy::from(&e.policy)),
+        resolved: e
+            .resolved
+            .into_iter()
+            .map(|(domain, addrs)| pb::ResolvedDomain {
+                domain,
+                addresses: addrs.iter().map(ToString::to_string).collect(),
+            })
+            .collect(),
     }
 }
 
@@ -267,6 +282,32 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
             .await
             .map_err(|e| fail("destroy_sandbox", e))?;
         Ok(Response::new(pb::DestroySandboxResponse { existed }))
+    }
+
+    async fn set_egress_policy(
+        &self,
+        req: Request<pb::SetEgressPolicyRequest>,
+    ) -> Result<Response<pb::EgressPolicyState>, Status> {
+        let set = SetEgressPolicy::try_from(req.into_inner())?;
+        let state = self
+            .sandboxes
+            .set_egress_policy(set)
+            .await
+            .map_err(|e| fail("set_egress_policy", e))?;
+        Ok(Response::new(egress_pb(state)))
+    }
+
+    async fn get_egress_policy(
+        &self,
+        req: Request<pb::SandboxRef>,
+    ) -> Result<Response<pb::EgressPolicyState>, Status> {
+        let id = SandboxId::try_from(req.into_inner())?;
+        let state = self
+            .sandboxes
+            .egress_policy(&id)
+            .await
+            .map_err(|e| fail("get_egress_policy", e))?;
+        Ok(Response::new(egress_pb(state)))
     }
 
     async fn wait_for_ip(

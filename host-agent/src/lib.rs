@@ -7,6 +7,7 @@
 //! - [`exec`]: commands in sandboxes over SSH (key, connection pool, wrapper, streams).
 //! - [`reconcile`]: start-up repair of local records vs libvirt.
 //! - [`hypervisor`]: the backend trait and its libvirt implementation.
+//! - [`network`]: sandbox isolation (nftables rules, egress allow-lists, DNS proxy).
 //! - [`images`], [`overlay`], [`state`]: images, overlay disks, the redb records.
 
 pub mod config;
@@ -15,6 +16,7 @@ pub mod exec;
 pub mod grpc;
 pub mod hypervisor;
 pub mod images;
+pub mod network;
 pub mod overlay;
 pub mod reconcile;
 pub mod sandboxes;
@@ -30,7 +32,10 @@ use tokio_util::sync::CancellationToken;
 pub use config::AgentConfig;
 pub use sandboxes::Sandboxes;
 
+use crate::hypervisor::Hypervisor as _;
 use crate::hypervisor::libvirt::Libvirt;
+use crate::network::nft::NftCommand;
+use crate::network::{Firewall, NetworkSettings};
 use crate::state::StateStore;
 
 /// Seconds since the Unix epoch.
@@ -41,7 +46,34 @@ pub(crate) fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Opens the state, connects to libvirt and reconciles; the service is ready to serve.
+/// The firewall the config asks for: enforcing (settings completed from the libvirt
+/// network) or not at all.
+async fn firewall(config: &AgentConfig, hv: &Libvirt) -> anyhow::Result<Firewall> {
+    let net = &config.network;
+    if !net.enforce {
+        tracing::warn!(
+            "[network] enforce = false: sandboxes are NOT isolated (no nftables rules; \
+             they reach whatever the libvirt network {} reaches)",
+            net.name
+        );
+        return Ok(Firewall::disabled());
+    }
+    let info = hv
+        .network_info(net.name.as_str())
+        .await
+        .with_context(|| format!("reading libvirt network {}", net.name))?;
+    let settings = NetworkSettings::resolve(net, &info)?;
+    tracing::info!(
+        table = %settings.table, bridge = %settings.bridge, host = %settings.host,
+        dns_listen = %settings.dns_listen, dns_upstream = %settings.dns_upstream,
+        always_allow = settings.always_allow.len(),
+        "sandboxes are sealed by nftables rules"
+    );
+    Ok(Firewall::new(settings, Arc::new(NftCommand::default())))
+}
+
+/// Opens the state, connects to libvirt, reconciles and applies the sandboxes'
+/// network rules (and starts keeping them current); the service is ready to serve.
 pub async fn open(config: AgentConfig) -> anyhow::Result<Arc<Sandboxes<Libvirt>>> {
     overlay::ensure_dir(&config.state_dir).await?;
     overlay::ensure_dir(&config.overlay_dir()).await?;
@@ -54,10 +86,16 @@ pub async fn open(config: AgentConfig) -> anyhow::Result<Arc<Sandboxes<Libvirt>>
     // controller reads it again from GetStatus.
     let key = exec::AgentKey::generate(&format!("fluid-agent@{}", config.host_name))
         .context("making the agent's SSH key")?;
-    let sandboxes = Arc::new(Sandboxes::new(config, Arc::new(hv), store, key));
+    let firewall = Arc::new(firewall(&config, &hv).await?);
+    let sandboxes = Arc::new(Sandboxes::new(config, Arc::new(hv), store, key, firewall));
     reconcile::reconcile(&sandboxes)
         .await
         .context("reconciling local state with libvirt")?;
+    sandboxes
+        .restore_network()
+        .await
+        .context("applying the sandbox network rules")?;
+    network::watch::spawn(&sandboxes);
     Ok(sandboxes)
 }
 
@@ -71,16 +109,47 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let listen = config.listen;
     let host_name = config.host_name.clone();
     let sandboxes = open(config).await?;
-    let service =
-        HostAgentServer::with_interceptor(grpc::AgentService::new(sandboxes), require_controller);
+    // The DNS proxy the rules send sandboxes' DNS to. Without it a sandbox cannot
+    // resolve anything, so its failure stops the agent (to be restarted) rather than
+    // leaving it half-working.
+    let dns = match sandboxes.firewall().settings() {
+        Some(settings) => {
+            let sink: Arc<dyn network::dns::ResolvedSink> = sandboxes.firewall().clone();
+            let (dns_listen, upstream) = (settings.dns_listen.into(), settings.dns_upstream);
+            tracing::info!(listen = %dns_listen, %upstream, "serving the sandboxes' DNS proxy");
+            tokio::spawn(network::dns::serve(
+                dns_listen,
+                upstream,
+                sink,
+                shutdown.child_token(),
+            ))
+        }
+        None => tokio::spawn(std::future::pending::<anyhow::Result<()>>()),
+    };
+    let service = HostAgentServer::with_interceptor(
+        grpc::AgentService::new(sandboxes.clone()),
+        require_controller,
+    );
     tracing::info!(%listen, host = %host_name, "serving the HostAgent gRPC service (mTLS)");
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .tls_config(tls)
         .context("TLS configuration")?
         .add_service(service)
-        .serve_with_shutdown(listen, shutdown.cancelled_owned())
-        .await
-        .with_context(|| format!("serving on {listen}"))?;
-    tracing::info!("gRPC server stopped; sandboxes are left running");
+        .serve_with_shutdown(listen, shutdown.clone().cancelled_owned());
+    tokio::pin!(server);
+    tokio::select! {
+        served = &mut server => served.with_context(|| format!("serving on {listen}"))?,
+        ended = dns => {
+            let ended = ended.context("the DNS proxy task")?;
+            if !shutdown.is_cancelled() {
+                shutdown.cancel();
+                let _ = (&mut server).await;
+                ended.context("the DNS proxy")?;
+                anyhow::bail!("the DNS proxy stopped");
+            }
+            (&mut server).await.with_context(|| format!("serving on {listen}"))?;
+        }
+    }
+    tracing::info!("gRPC server stopped; sandboxes are left running (and sealed)");
     Ok(())
 }

@@ -124,6 +124,7 @@ mod tests {
             hv.clone(),
             store,
             crate::exec::AgentKey::generate("test").expect("key"),
+            Arc::new(crate::network::Firewall::disabled()),
         );
         s.overlays.ensure_dir().await.expect("dir");
         (tmp, s, hv)

@@ -4,6 +4,11 @@
 //! Every operation is idempotent by sandbox id (the controller may retry anything) and
 //! operations on one id are serialised by a per-id async mutex. `wait_for_ip` does not
 //! hold that lock while it waits, so a destroy is never blocked behind it.
+//!
+//! The sandbox's network rules ([`Firewall`]) move with its life: a create puts the
+//! sandbox in the rules (sealed) before its domain exists, an address is admitted only
+//! once its lease is known (and `wait_for_ip` returns it only after that), a stop
+//! withdraws the address, a destroy removes every rule of it.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -22,8 +27,11 @@ use crate::hypervisor::{
     DomainSpec, DomainState, Hypervisor, HypervisorError, Lease, OwnedDomain, random_mac,
 };
 use crate::images::{self, ImageInfo, ResolvedImage};
+use crate::network::{Firewall, tap_name};
 use crate::overlay::{self, Overlays};
 use crate::state::{SandboxRecord, StateStore};
+
+pub use egress::EgressState;
 
 /// How often leases and domain states are polled while waiting.
 const POLL: Duration = Duration::from_millis(500);
@@ -92,6 +100,8 @@ pub struct Sandboxes<H> {
     poll: Duration,
     /// SSH connections to the sandboxes, for exec.
     pub(crate) ssh: SshPool,
+    /// The sandboxes' network rules.
+    pub(crate) firewall: Arc<Firewall>,
 }
 
 impl<H> std::fmt::Debug for Sandboxes<H> {
@@ -107,10 +117,18 @@ fn unix_now() -> i64 {
 }
 
 impl<H: Hypervisor> Sandboxes<H> {
-    /// The service; `key` is the agent's SSH key for exec ([`AgentKey::generate`]).
-    pub fn new(config: AgentConfig, hv: Arc<H>, store: StateStore, key: AgentKey) -> Self {
+    /// The service; `key` is the agent's SSH key for exec ([`AgentKey::generate`]),
+    /// `firewall` isolates its sandboxes.
+    pub fn new(
+        config: AgentConfig,
+        hv: Arc<H>,
+        store: StateStore,
+        key: AgentKey,
+        firewall: Arc<Firewall>,
+    ) -> Self {
         Self {
             ssh: SshPool::new(key),
+            firewall,
             hv,
             store,
             overlays: Overlays::new(config.overlay_dir()),
@@ -171,6 +189,7 @@ impl<H: Hypervisor> Sandboxes<H> {
             overlay: r.overlay_path.clone(),
             network: r.network.clone(),
             mac: r.mac.clone(),
+            tap: tap_name(&r.id),
             console_log: self.console_log(&r.id),
             ssh_user_ca_keys: r.ssh_user_ca_keys.clone(),
         }
@@ -228,7 +247,7 @@ impl<H: Hypervisor> Sandboxes<H> {
 
     async fn leases(&self) -> Vec<Lease> {
         // Leases are a hint; a sandbox is still reported when they cannot be read.
-        match self.hv.leases(self.config.network.as_str()).await {
+        match self.hv.leases(self.config.network.name.as_str()).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!("reading DHCP leases: {e}");
@@ -273,9 +292,15 @@ impl<H: Hypervisor> Sandboxes<H> {
     pub async fn create(&self, req: CreateSandbox) -> Result<SandboxView, ServiceError> {
         let _guard = self.lock(&req.id).await;
         if let Some(existing) = self.store.get(&req.id).await? {
-            if existing.name != req.name || existing.image != req.image {
-                tracing::warn!(id = %req.id, "create repeated with a different name or image; returning the existing sandbox");
+            if existing.name != req.name
+                || existing.image != req.image
+                || existing.egress != req.egress
+            {
+                tracing::warn!(id = %req.id, "create repeated with a different name, image or egress policy; returning the existing sandbox");
             }
+            // The rules of a sandbox whose first create failed half-way are put right.
+            self.firewall.upsert(&existing);
+            self.firewall.sync().await?;
             if req.start {
                 self.start_locked(&existing).await?;
             }
@@ -286,6 +311,17 @@ impl<H: Hypervisor> Sandboxes<H> {
             return Err(ServiceError::AlreadyExists(format!(
                 "sandbox {} already uses the name {}",
                 other.id, req.name
+            )));
+        }
+        // Tap names keep 10 characters of the id; two ids sharing them cannot coexist.
+        if let Some(other) = records
+            .iter()
+            .find(|r| tap_name(&r.id) == tap_name(&req.id))
+        {
+            return Err(ServiceError::AlreadyExists(format!(
+                "sandbox {} already uses the network device {}",
+                other.id,
+                tap_name(&req.id)
             )));
         }
         if self.hv.name_in_use(req.name.as_str()).await? {
@@ -325,7 +361,7 @@ impl<H: Hypervisor> Sandboxes<H> {
             mac,
             domain_uuid: uuid::Uuid::new_v4().to_string(),
             overlay_path,
-            network: self.config.network.clone(),
+            network: self.config.network.name.clone(),
             boot: image.boot.clone(),
             created_at_unix: unix_now(),
             started: false,
@@ -333,9 +369,17 @@ impl<H: Hypervisor> Sandboxes<H> {
             error: None,
             ssh_user_ca_keys: req.ssh_user_ca_keys.clone(),
             ssh_host_key: None,
+            egress: req.egress.clone(),
+            known_ip: None,
         };
         // The record goes first: after a crash, reconcile finds something to clean.
         if let Err(e) = self.store.put(&record).await {
+            self.undo_create(&record, false).await;
+            return Err(e.into());
+        }
+        // Then the rules: the sandbox is sealed before its domain exists.
+        self.firewall.upsert(&record);
+        if let Err(e) = self.firewall.sync().await {
             self.undo_create(&record, false).await;
             return Err(e.into());
         }
@@ -373,6 +417,11 @@ impl<H: Hypervisor> Sandboxes<H> {
             tracing::warn!(id = %r.id, "undo create: {e}");
         }
         if let Err(e) = self.store.remove(&r.id).await {
+            tracing::warn!(id = %r.id, "undo create: {e}");
+        }
+        if self.firewall.remove(&r.id)
+            && let Err(e) = self.firewall.sync().await
+        {
             tracing::warn!(id = %r.id, "undo create: {e}");
         }
     }
@@ -458,6 +507,7 @@ impl<H: Hypervisor> Sandboxes<H> {
         // A stopped guest holds no address; without this, a wait for the IP after the
         // next start would return the old lease before the guest is up.
         self.release_leases(&r).await;
+        self.withdraw_ip(&r).await;
         tracing::info!(id = %r.id, force = req.force, "sandbox stopped");
         self.get(&req.id).await
     }
@@ -510,6 +560,13 @@ impl<H: Hypervisor> Sandboxes<H> {
         self.ssh.forget(id);
         for d in &domains {
             remove_domain(self.hv.as_ref(), &d.uuid).await?;
+        }
+        // The domain is gone: now none of its rules may stay. A failed apply is
+        // retried by the firewall's periodic check; it must not fail the destroy.
+        if self.firewall.remove(id)
+            && let Err(e) = self.firewall.sync().await
+        {
+            tracing::warn!(id = %id, "removing the sandbox's network rules: {e}");
         }
         if let Some(r) = &record {
             self.release_leases(r).await;
@@ -568,6 +625,8 @@ impl<H: Hypervisor> Sandboxes<H> {
                 .find(|l| l.mac == r.mac)
                 .map(|l| l.ip)
             {
+                // Not before the rules admit it: the caller's first SSH must get through.
+                self.admit_ip(&r.id, ip).await?;
                 tracing::info!(id = %r.id, %ip, waited_ms = started.elapsed().as_millis(), "sandbox has an address");
                 self.remember_ip(&r.id, ip).await;
                 return Ok(ip);
@@ -585,8 +644,9 @@ impl<H: Hypervisor> Sandboxes<H> {
     async fn remember_ip(&self, id: &SandboxId, ip: Ipv4Addr) {
         let _guard = self.lock(id).await;
         match self.store.get(id).await {
-            Ok(Some(mut r)) if r.last_ip != Some(ip) => {
+            Ok(Some(mut r)) if r.last_ip != Some(ip) || r.known_ip != Some(ip) => {
                 r.last_ip = Some(ip);
+                r.known_ip = Some(ip);
                 if let Err(e) = self.store.put(&r).await {
                     tracing::warn!(id = %id, "saving the IP address: {e}");
                 }
@@ -634,6 +694,7 @@ pub(crate) async fn remove_domain<H: Hypervisor>(hv: &H, uuid: &str) -> Result<(
 }
 
 mod attach;
+mod egress;
 mod exec;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

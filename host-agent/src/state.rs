@@ -6,12 +6,16 @@
 //! completely. Everything observable (run state, IP) is read from libvirt; the last
 //! seen IP is only a hint. A record is written *before* its domain is defined, so a
 //! crash mid-create leaves something the reconciler can clean up.
+//!
+//! The network side is intent too: the egress allow-list, and the address the
+//! firewall admits for the sandbox (its lease as learned), so a restarted agent
+//! restores both before any sandbox traffic is re-evaluated.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fluid_proto::model::{Name, SandboxId};
+use fluid_proto::model::{EgressPolicy, Name, SandboxId};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +53,72 @@ pub struct SandboxRecord {
     /// (trust on first use); a different key later is refused.
     #[serde(default)]
     pub ssh_host_key: Option<String>,
+    /// What the sandbox may reach beyond the baseline (empty: sealed).
+    #[serde(default, with = "stored_policy")]
+    pub egress: EgressPolicy,
+    /// The IPv4 address the firewall admits from the sandbox: its DHCP lease, learned by
+    /// the agent; cleared when it stops. `None`: only DHCP gets out.
+    #[serde(default)]
+    pub known_ip: Option<Ipv4Addr>,
+}
+
+/// The allow-list as stored: plain fields, checked again when read back.
+mod stored_policy {
+    use fluid_proto::model::{Destination, EgressPolicy, EgressRule, parse_protocol};
+    use ipnet::IpNet;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct StoredRule {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cidr: Option<IpNet>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        domain: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        protocol: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+    }
+
+    pub fn serialize<S: Serializer>(p: &EgressPolicy, s: S) -> Result<S::Ok, S::Error> {
+        p.allow
+            .iter()
+            .map(|r| {
+                let (cidr, domain) = match &r.destination {
+                    Destination::Cidr(n) => (Some(*n), None),
+                    Destination::Domain(d) => (None, Some(d.clone())),
+                };
+                StoredRule {
+                    cidr,
+                    domain,
+                    protocol: r.protocol.map(|p| p.as_str().to_owned()),
+                    port: r.port,
+                }
+            })
+            .collect::<Vec<_>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<EgressPolicy, D::Error> {
+        use serde::de::Error as _;
+        let stored = Vec::<StoredRule>::deserialize(d)?;
+        let rules = stored
+            .into_iter()
+            .map(|r| {
+                let destination = match (r.cidr, r.domain) {
+                    (Some(n), None) => Destination::Cidr(n),
+                    (None, Some(d)) => Destination::Domain(
+                        fluid_proto::model::check_domain("domain", &d).map_err(D::Error::custom)?,
+                    ),
+                    _ => return Err(D::Error::custom("an egress rule needs cidr or domain")),
+                };
+                let protocol = parse_protocol("protocol", r.protocol.as_deref().unwrap_or(""))
+                    .map_err(D::Error::custom)?;
+                EgressRule::new(destination, protocol, r.port).map_err(D::Error::custom)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        EgressPolicy::new(rules).map_err(D::Error::custom)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +252,8 @@ pub(crate) fn test_record(id: &str, name: &str) -> SandboxRecord {
         error: None,
         ssh_user_ca_keys: Vec::new(),
         ssh_host_key: None,
+        egress: EgressPolicy::default(),
+        known_ip: None,
     }
 }
 
@@ -223,8 +295,38 @@ mod tests {
         let obj = old.as_object_mut().expect("object");
         obj.remove("ssh_user_ca_keys");
         obj.remove("ssh_host_key");
+        obj.remove("egress");
+        obj.remove("known_ip");
         let r: SandboxRecord = serde_json::from_value(old).expect("old record");
         assert!(r.ssh_user_ca_keys.is_empty());
         assert_eq!(r.ssh_host_key, None);
+        assert!(r.egress.allow.is_empty());
+        assert_eq!(r.known_ip, None);
+    }
+
+    #[test]
+    fn egress_policies_round_trip() {
+        let mut r = test_record("SBX-aaaaaaaa", "a");
+        r.egress = EgressPolicy::new(vec![
+            crate::network::allow::parse_rule("10.0.0.0/8 tcp/443").expect("rule"),
+            crate::network::allow::parse_rule("example.org udp").expect("rule"),
+            crate::network::allow::parse_rule("2001:db8::/32").expect("rule"),
+        ])
+        .expect("policy");
+        r.known_ip = Some(Ipv4Addr::new(192, 168, 122, 9));
+        let json = serde_json::to_value(&r).expect("json");
+        assert_eq!(
+            json["egress"],
+            serde_json::json!([
+                {"cidr": "10.0.0.0/8", "protocol": "tcp", "port": 443},
+                {"cidr": "2001:db8::/32"},
+                {"domain": "example.org", "protocol": "udp"},
+            ])
+        );
+        let back: SandboxRecord = serde_json::from_value(json).expect("back");
+        assert_eq!(back, r);
+        let mut bad = serde_json::to_value(&r).expect("json");
+        bad["egress"] = serde_json::json!([{"cidr": "10.0.0.0/8", "port": 80}]);
+        assert!(serde_json::from_value::<SandboxRecord>(bad).is_err());
     }
 }

@@ -84,6 +84,7 @@ cmdline = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
         memory_mb: 512,
         start: true,
         ssh_user_ca_keys: Vec::new(),
+        egress: Default::default(),
     };
 
     let t = Instant::now();

@@ -7,6 +7,7 @@
 //! (they never skip silently).
 
 pub mod env;
+pub mod internet;
 pub mod pki;
 pub mod process;
 pub mod stack;

@@ -32,6 +32,8 @@ pub struct AgentOptions {
     pub cpus: Option<u32>,
     /// Names its certificate carries (default 127.0.0.1 and localhost).
     pub sans: Vec<String>,
+    /// Extra keys of the agent's `[network]` table (e.g. `dns_upstream = "…"`).
+    pub network: String,
 }
 
 impl AgentOptions {
@@ -41,7 +43,15 @@ impl AgentOptions {
             memory_mb: None,
             cpus: None,
             sans: vec!["127.0.0.1".into(), "localhost".into()],
+            network: String::new(),
         }
+    }
+
+    /// Adds a line to the agent's `[network]` table.
+    pub fn network(mut self, line: &str) -> Self {
+        self.network.push_str(line);
+        self.network.push('\n');
+        self
     }
 
     pub fn memory_mb(mut self, mb: u64) -> Self {
@@ -181,7 +191,7 @@ impl Stack {
         let tls = self.pki.agent(&name, &sans)?;
         let img = &self.env.image_dir;
         let mut toml = format!(
-            "host_name = {}\nlisten = \"127.0.0.1:{port}\"\nvirt_type = \"qemu\"\nnetwork = \"default\"\nstate_dir = {}\nstop_timeout_seconds = 20\n",
+            "host_name = {}\nlisten = \"127.0.0.1:{port}\"\nvirt_type = \"qemu\"\nstate_dir = {}\nstop_timeout_seconds = 20\n",
             quote(&name),
             quote_path(&state_dir),
         );
@@ -197,6 +207,13 @@ impl Stack {
             quote_path(&img.join("disk.qcow2")),
             quote_path(&img.join("vmlinuz")),
             quote_path(&img.join("initrd.img")),
+        );
+        // Each agent of a stack has its own nftables tables (named after its host) and
+        // its own DNS proxy port on the bridge.
+        toml += &format!(
+            "\n[network]\ndns_listen = \"192.168.122.1:{}\"\n{}",
+            free_port()?,
+            opts.network
         );
         let config = self.dir.path().join(format!("agent-{}.toml", opts.name));
         std::fs::write(&config, toml)?;

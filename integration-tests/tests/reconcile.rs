@@ -79,6 +79,7 @@ async fn janitor_and_reconciler_close_the_gap() -> Result<()> {
         memory_mb: 256,
         start: false,
         ssh_user_ca_keys: Vec::new(),
+        egress: None,
     })
     .await?;
     ensure!(virsh::domains()?.contains(&orphan_name));

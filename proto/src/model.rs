@@ -174,6 +174,8 @@ pub struct CreateSandbox {
     pub start: bool,
     /// OpenSSH public key lines of the user CAs the sandbox trusts.
     pub ssh_user_ca_keys: Vec<String>,
+    /// What it may reach from its first packet (empty: sealed).
+    pub egress: EgressPolicy,
 }
 
 /// An OpenSSH public key line (`type base64 [comment]`), one line, at most 8 KiB.
@@ -214,6 +216,7 @@ impl TryFrom<pb::CreateSandboxRequest> for CreateSandbox {
                     .map(|k| check_ssh_public_key("ssh_user_ca_keys", k))
                     .collect::<Result<_, _>>()?
             },
+            egress: EgressPolicy::try_from(r.egress.unwrap_or_default())?,
         })
     }
 }
@@ -228,6 +231,7 @@ impl From<&CreateSandbox> for pb::CreateSandboxRequest {
             memory_mb: c.memory_mb,
             start: c.start,
             ssh_user_ca_keys: c.ssh_user_ca_keys.clone(),
+            egress: Some(pb::EgressPolicy::from(&c.egress)),
         }
     }
 }
@@ -662,6 +666,12 @@ impl TryFrom<pb::AttachOpen> for AttachOpen {
         })
     }
 }
+
+pub mod egress;
+pub use egress::{
+    Destination, EgressPolicy, EgressRule, Protocol, SetEgressPolicy, check_domain, parse_cidr,
+    parse_protocol,
+};
 
 #[cfg(test)]
 mod tests;

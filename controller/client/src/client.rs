@@ -15,6 +15,11 @@ pub use client_governance::{
     ASK_GRACE, ApprovalQuery, AuditQuery, CreateOutcome, DEFAULT_ASK_TIMEOUT_SECS, encode_component,
 };
 
+// A sandbox's egress allow-list and the requests for more.
+#[path = "client_network.rs"]
+mod client_network;
+pub use client_network::{DEFAULT_EGRESS_TIMEOUT_SECS, EgressOutcome};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The controller answered with an error body.

@@ -58,7 +58,7 @@ pub struct AuditQuery {
     pub sandbox_id: Option<String>,
     /// A token name, or `controller`.
     pub actor: Option<String>,
-    /// `api`, `state`, `approval`, `command`, `token`, `mode`.
+    /// `api`, `state`, `approval`, `command`, `token`, `mode`, `network`.
     pub kind: Option<String>,
     /// Only events at or after this time.
     pub since: Option<DateTime<Utc>>,

@@ -14,7 +14,7 @@ pub enum Role {
     /// Everything.
     Admin,
     /// Reads everything, decides approvals, manages hosts, flags sandboxes read-only,
-    /// stops and destroys sandboxes.
+    /// sets their egress allow-lists, stops and destroys sandboxes.
     Operator,
     /// Creates sandboxes for its own `agent_id` and works only on those; never decides.
     Agent,
@@ -291,7 +291,8 @@ pub struct AuditEvent {
     /// The actor's role, or `system`.
     pub role: String,
     /// `api` (a mutating call), `state` (a sandbox state change), `approval`
-    /// (requested / decided / expired), `command`, `token`, `mode`.
+    /// (requested / decided / expired), `command`, `token`, `mode`, `network` (an
+    /// allow-list change: `set` or `allow`).
     pub kind: String,
     /// What happened, e.g. `POST /v1/sandboxes/{id}/run` or `RUNNING`.
     pub action: String,

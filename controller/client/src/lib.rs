@@ -2,12 +2,14 @@
 //!
 //! [`types`] holds the JSON shapes of the API (a superset of fluid-remote v1; see
 //! `shared/API.md`); [`governance`] those of tokens, approvals, modes and the audit
-//! trail, whose hash chain [`audit_chain`] computes and verifies. The controller serialises exactly these types, so client and
-//! server cannot drift apart. [`Client`] is a thin async wrapper over them.
+//! trail, whose hash chain [`audit_chain`] computes and verifies; [`network`] those of
+//! a sandbox's egress allow-list and the requests for more. The controller serialises
+//! exactly these types, so client and server cannot drift apart. [`Client`] is a thin async wrapper over them.
 
 pub mod audit_chain;
 pub mod client;
 pub mod governance;
+pub mod network;
 pub mod types;
 
 pub use client::{Client, ClientError, attach_url};

@@ -12,6 +12,7 @@ mod exec;
 mod files;
 mod hosts;
 mod mode;
+mod net;
 mod progress;
 mod render;
 mod sandboxes;
@@ -99,6 +100,9 @@ pub enum Command {
     Access(access::AccessCmd),
     /// Show or set a sandbox's mode (read-only refuses every change to it).
     Mode(mode::ModeArgs),
+    /// A sandbox's network egress: show, allow, deny, or request a destination.
+    #[command(subcommand, visible_alias = "network")]
+    Net(net::NetCmd),
     /// Ask a human a question and wait for the answer; exits 0 when approved, 1 when
     /// rejected or expired.
     Ask(approvals::AskArgs),
@@ -183,6 +187,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Attach(args) => return attach::run(&ctx, args).await,
         Command::Ask(args) => return approvals::ask(&ctx, args).await,
         Command::Audit(cmd) => return audit::run(&ctx, cmd).await,
+        Command::Net(cmd) => return net::run(&ctx, cmd).await,
         Command::Read(args) => files::read(&ctx, args).await,
         Command::Write(args) => files::write(&ctx, args).await,
         Command::Edit(args) => files::edit(&ctx, args).await,

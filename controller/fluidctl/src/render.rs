@@ -9,8 +9,10 @@ use fluid_client::types::{Host, HostError, HostState, Sandbox, Vm};
 
 mod activity;
 mod governance;
+mod network;
 pub use activity::*;
 pub use governance::*;
+pub use network::*;
 
 /// Placeholder for absent values.
 const NONE: &str = "-";

@@ -146,7 +146,7 @@ pub async fn set_mode(
 pub struct AuditParams {
     pub sandbox_id: Option<String>,
     pub actor: Option<String>,
-    /// api state approval command mode.
+    /// api state approval command mode network token.
     pub kind: Option<String>,
     /// RFC 3339: events at or after this time.
     pub since: Option<String>,

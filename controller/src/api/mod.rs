@@ -12,6 +12,7 @@ pub mod governance;
 pub mod health;
 pub mod hosts;
 pub mod json;
+pub mod network;
 pub mod openapi;
 pub mod params;
 pub mod sandboxes;
@@ -30,6 +31,8 @@ use crate::approvals::ApprovalService;
 use crate::attach::AttachService;
 use crate::auth::Authenticator;
 use crate::commands::CommandService;
+use crate::egress::EgressService;
+use crate::egress_requests::EgressGate;
 use crate::files::FileService;
 use crate::hosts::HostService;
 use crate::overcommit::CreateGate;
@@ -50,6 +53,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub approvals: Arc<ApprovalService>,
     pub gate: Arc<CreateGate>,
+    pub egress: Arc<EgressService>,
+    pub egress_gate: Arc<EgressGate>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -106,6 +111,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/sandboxes/{id}/files/edit", post(files::edit_file))
         .route("/v1/sandboxes/{id}/sshkey", post(access::add_ssh_key))
+        .route(
+            "/v1/sandboxes/{id}/network",
+            get(network::get_network).put(network::put_network),
+        )
+        .route(
+            "/v1/sandboxes/{id}/network/requests",
+            post(network::request_egress),
+        )
         .route("/v1/access/request", post(access::request_access))
         .route("/v1/access/ca-pubkey", get(access::ca_pubkey))
         .route("/v1/access/certificates", get(access::list_certificates))
@@ -155,3 +168,5 @@ mod tests_attach;
 mod tests_authz;
 #[cfg(test)]
 mod tests_exec;
+#[cfg(test)]
+mod tests_network;

@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use super::{
-    access, approvals, attach, commands, files, governance, health, hosts, sandboxes, vms,
+    access, approvals, attach, commands, files, governance, health, hosts, network, sandboxes, vms,
 };
 
 #[derive(Debug, OpenApi)]
@@ -48,6 +48,9 @@ use super::{
         governance::get_mode,
         governance::set_mode,
         governance::list_audit,
+        network::get_network,
+        network::put_network,
+        network::request_egress,
     ),
     components(schemas(
         fluid_client::types::OutputChunk,
@@ -58,7 +61,7 @@ use super::{
     tags(
         (name = "health"), (name = "hosts"), (name = "inventory"), (name = "sandboxes"),
         (name = "commands"), (name = "files"), (name = "access"), (name = "approvals"),
-        (name = "auth"), (name = "audit"),
+        (name = "auth"), (name = "audit"), (name = "network"),
     )
 )]
 pub struct ApiDoc;

@@ -54,11 +54,14 @@ enum Class {
     Control,
     Work,
     Ask,
+    /// Ask about the sandbox under test (`Ask` and `Read` on it): an egress request.
+    AskSandbox,
     Decide,
     ManageHosts,
     SetMode,
     RevokeAccess,
     ManageTokens,
+    ManageNetwork,
 }
 
 /// The expected table: `true` = allowed. Unauthenticated callers are refused
@@ -76,11 +79,13 @@ fn allowed(class: Class, who: Who) -> bool {
         Control => [true, true, true, false, false],
         Work => [true, false, true, false, false],
         Ask => [true, true, true, true, false],
+        AskSandbox => [true, true, true, false, false],
         Decide => [true, true, false, false, false],
         ManageHosts => [true, true, false, false, false],
         SetMode => [true, true, false, false, false],
         RevokeAccess => [true, true, false, false, false],
         ManageTokens => [true, false, false, false, false],
+        ManageNetwork => [true, true, false, false, false],
     };
     match who {
         Admin => row[0],
@@ -163,6 +168,7 @@ fn calls() -> Vec<Call> {
             None,
         ),
         call(ReadSandbox, get.clone(), "/v1/sandboxes/{id}/mode", None),
+        call(ReadSandbox, get.clone(), "/v1/sandboxes/{id}/network", None),
         call(
             ReadSandbox,
             post.clone(),
@@ -240,6 +246,12 @@ fn calls() -> Vec<Call> {
             "/api/v1/human/ask",
             Some(json!({"prompt": "ok?", "timeout_secs": 1})),
         ),
+        call(
+            AskSandbox,
+            post.clone(),
+            "/v1/sandboxes/{id}/network/requests?wait=false",
+            Some(json!({"destination": "10.{n}.0.0/16", "reason": "authz"})),
+        ),
         call(Decide, post.clone(), "/v1/approvals/{apr}/approve", None),
         call(
             Decide,
@@ -264,6 +276,12 @@ fn calls() -> Vec<Call> {
             Method::DELETE,
             "/v1/access/certificate/CRT-nosuch0000",
             None,
+        ),
+        call(
+            ManageNetwork,
+            Method::PUT,
+            "/v1/sandboxes/{id}/network",
+            Some(json!({"allow": [{"domain": "deb.debian.org", "protocol": "tcp", "port": 443}]})),
         ),
         call(ManageTokens, get.clone(), "/v1/tokens", None),
         call(
@@ -413,7 +431,12 @@ async fn an_agent_token_cannot_touch_another_agents_sandbox_nor_decide() {
     for c in calls() {
         if !matches!(
             c.class,
-            Class::ReadSandbox | Class::Work | Class::Control | Class::Decide
+            Class::ReadSandbox
+                | Class::Work
+                | Class::Control
+                | Class::Decide
+                | Class::AskSandbox
+                | Class::ManageNetwork
         ) {
             continue;
         }

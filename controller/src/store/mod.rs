@@ -8,15 +8,17 @@
 //! from this and from the agents. Another replica sharing the PostgreSQL database can
 //! therefore take over at any time.
 //!
-//! Besides intent, what the human-in-the-loop needs ([`trust`]): API tokens, approval
-//! requests and the append-only, hash-chained audit trail, into which the store itself
-//! writes every sandbox state change and every finished or refused command, in the
+//! A sandbox's egress allow-list is intent too ([`egress`]). Besides intent, what the
+//! human-in-the-loop needs ([`trust`]): API tokens, approval requests and the
+//! append-only, hash-chained audit trail, into which the store itself writes every
+//! sandbox state change, allow-list change and finished or refused command, in the
 //! transaction that makes it.
 //!
 //! Two dialects implement [`Store`]: SQLite (embedded default) and PostgreSQL
 //! (production). Migrations live per dialect in `controller/migrations/`.
 
 mod audit_rows;
+pub mod egress;
 mod postgres;
 mod rows;
 mod shared;
@@ -31,6 +33,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use fluid_client::types::{AccessCertificate, Command, HostState, Sandbox, SandboxState};
 
+pub use egress::{EMPTY_EGRESS_JSON, EgressStore, EgressWrite};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use trust::{
@@ -371,9 +374,10 @@ pub enum LoopKey {
 }
 
 /// Everything the controller persists; [`TrustStore`] (tokens, approvals, the audit
-/// trail) is part of it, so its methods work on an `Arc<dyn Store>`.
+/// trail) and [`EgressStore`] (sandboxes' allow-lists) are part of it, so their methods
+/// work on an `Arc<dyn Store>`.
 #[async_trait]
-pub trait Store: trust::TrustStore + Send + Sync + 'static {
+pub trait Store: trust::TrustStore + egress::EgressStore + Send + Sync + 'static {
     /// Runs a trivial query: is the database reachable?
     async fn ping(&self) -> Result<(), StoreError>;
     async fn close(&self);
@@ -486,6 +490,8 @@ pub async fn open(
 
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_egress;
 #[cfg(test)]
 mod tests_trust;
 #[cfg(test)]

@@ -104,3 +104,4 @@ impl PgStore {
 
 super::shared::sql_store!(PgStore, Postgres, sqlx::postgres::PgArguments);
 super::trust_shared::trust_store!(PgStore, Postgres);
+super::egress::egress_store!(PgStore);

@@ -103,3 +103,4 @@ impl SqliteStore {
 
 super::shared::sql_store!(SqliteStore, Sqlite, sqlx::sqlite::SqliteArguments);
 super::trust_shared::trust_store!(SqliteStore, Sqlite);
+super::egress::egress_store!(SqliteStore);

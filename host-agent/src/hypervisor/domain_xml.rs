@@ -194,7 +194,15 @@ struct Interface {
     kind: &'static str,
     mac: MacAddress,
     source: NetworkSource,
+    /// The host-side tap's name, fixed so the agent's nftables rules can name it.
+    target: InterfaceTarget,
     model: Model,
+}
+
+#[derive(Debug, Serialize)]
+struct InterfaceTarget {
+    #[serde(rename = "@dev")]
+    dev: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -368,6 +376,7 @@ impl Domain {
                     source: NetworkSource {
                         network: s.network.to_string(),
                     },
+                    target: InterfaceTarget { dev: s.tap.clone() },
                     model: Model { kind: "virtio" },
                 },
                 serial: Serial {
@@ -514,6 +523,7 @@ mod tests {
             overlay: "/var/lib/fluid-agent/overlays/SBX-0123abcd.qcow2".into(),
             network: name("default"),
             mac: "52:54:00:12:34:56".into(),
+            tap: "fx0123abcd".into(),
             console_log: "/var/lib/fluid-agent/console/SBX-0123abcd.log".into(),
             ssh_user_ca_keys: vec![
                 "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl fluid-ca".into(),

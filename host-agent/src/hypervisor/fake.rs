@@ -8,8 +8,8 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    DomainSpec, DomainState, FluidMeta, Hypervisor, HypervisorError, Lease, NodeInfo, OwnedDomain,
-    Result, SourceDomain,
+    DomainSpec, DomainState, FluidMeta, Hypervisor, HypervisorError, Lease, NetworkInfo, NodeInfo,
+    OwnedDomain, Result, SourceDomain,
 };
 
 #[derive(Debug, Clone)]
@@ -218,6 +218,13 @@ impl Hypervisor for FakeHypervisor {
         s.leases.retain(|l| l != lease);
         s.released.push(lease.clone());
         Ok(())
+    }
+
+    async fn network_info(&self, _network: &str) -> Result<NetworkInfo> {
+        Ok(NetworkInfo {
+            bridge: "virbr0".into(),
+            ipv4: Some(ipnet::Ipv4Net::new(Ipv4Addr::new(192, 168, 122, 1), 24).expect("net")),
+        })
     }
 
     async fn node_info(&self) -> Result<NodeInfo> {

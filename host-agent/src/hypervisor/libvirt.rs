@@ -19,8 +19,8 @@ use virt::error::ErrorNumber;
 use super::domain_xml::{self, parse_meta, parse_source_disk};
 use super::leases::{self, DNSMASQ_STATE_DIR};
 use super::{
-    DomainSpec, DomainState, FLUID_XMLNS, FluidMeta, Hypervisor, HypervisorError, Lease, NodeInfo,
-    OwnedDomain, Result, SourceDomain,
+    DomainSpec, DomainState, FLUID_XMLNS, FluidMeta, Hypervisor, HypervisorError, Lease,
+    NetworkInfo, NodeInfo, OwnedDomain, Result, SourceDomain,
 };
 
 type Job = Box<dyn FnOnce(Result<&Connect>) + Send>;
@@ -279,6 +279,18 @@ impl Hypervisor for Libvirt {
     async fn release_lease(&self, network: &str, lease: &Lease) -> Result<()> {
         let bridge = self.bridge(network).await?;
         leases::release(&bridge, lease).await
+    }
+
+    async fn network_info(&self, network: &str) -> Result<NetworkInfo> {
+        let network = network.to_owned();
+        let xml = self
+            .call(move |c| {
+                c.lookup_network_by_name(&network)
+                    .and_then(|n| n.xml_desc(0))
+                    .map_err(map_err)
+            })
+            .await?;
+        super::network_xml::parse_network(&xml)
     }
 
     async fn node_info(&self) -> Result<NodeInfo> {

@@ -7,6 +7,7 @@
 pub mod domain_xml;
 pub mod leases;
 pub mod libvirt;
+pub mod network_xml;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -65,6 +66,8 @@ pub struct DomainSpec {
     pub overlay: PathBuf,
     pub network: Name,
     pub mac: String,
+    /// The host-side tap device of the NIC (`fx…`, see `network::tap_name`).
+    pub tap: String,
     /// Where the serial console is logged.
     pub console_log: PathBuf,
     /// User CA keys the guest's sshd must trust (SMBIOS OEM strings).
@@ -104,6 +107,16 @@ pub struct OwnedDomain {
 pub struct Lease {
     pub mac: String,
     pub ip: Ipv4Addr,
+}
+
+/// What the agent needs to know about the libvirt network its sandboxes join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkInfo {
+    /// The Linux bridge (e.g. `virbr0`).
+    pub bridge: String,
+    /// The host's IPv4 address on the bridge with the network's prefix (e.g.
+    /// 192.168.122.1/24); `None` when the network has no IPv4 address.
+    pub ipv4: Option<ipnet::Ipv4Net>,
 }
 
 /// Host resources.
@@ -146,6 +159,8 @@ pub trait Hypervisor: Send + Sync + 'static {
     async fn leases(&self, network: &str) -> Result<Vec<Lease>>;
     /// Releases a DHCP lease so the address can be handed out again at once.
     async fn release_lease(&self, network: &str, lease: &Lease) -> Result<()>;
+    /// The network's bridge and IPv4 address (for the agent's firewall and DNS proxy).
+    async fn network_info(&self, network: &str) -> Result<NetworkInfo>;
     async fn node_info(&self) -> Result<NodeInfo>;
     /// A domain used as an image (not necessarily ours; only read).
     async fn source_domain(&self, name: &str) -> Result<SourceDomain>;

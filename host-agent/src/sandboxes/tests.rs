@@ -7,15 +7,19 @@ use fluid_proto::model::Name;
 
 use super::*;
 use crate::hypervisor::fake::FakeHypervisor;
+use crate::network::nft::fake::FakeNft;
+use crate::network::test_settings;
 
-struct Env {
+pub(crate) struct Env {
     _tmp: tempfile::TempDir,
-    s: Sandboxes<FakeHypervisor>,
-    hv: Arc<FakeHypervisor>,
+    pub s: Sandboxes<FakeHypervisor>,
+    pub hv: Arc<FakeHypervisor>,
+    /// The kernel stand-in behind the (enforcing) firewall.
+    pub nft: Arc<FakeNft>,
     image: PathBuf,
 }
 
-async fn env() -> Env {
+pub(crate) async fn env() -> Env {
     let tmp = tempfile::tempdir().expect("tmp");
     let image = tmp.path().join("disk.qcow2");
     let st = std::process::Command::new("qemu-img")
@@ -49,11 +53,14 @@ source_domain = "golden"
     .expect("config");
     let store = StateStore::open(&config.db_path()).await.expect("store");
     let hv = Arc::new(FakeHypervisor::new("kvm-1"));
+    let nft = Arc::new(FakeNft::default());
+    let firewall = Arc::new(Firewall::new(test_settings(), nft.clone()));
     let s = Sandboxes::new(
         config,
         hv.clone(),
         store,
         crate::exec::AgentKey::generate("test").expect("key"),
+        firewall,
     )
     .with_poll(Duration::from_millis(5));
     s.overlays.ensure_dir().await.expect("dir");
@@ -64,15 +71,16 @@ source_domain = "golden"
         _tmp: tmp,
         s,
         hv,
+        nft,
         image,
     }
 }
 
-fn id(s: &str) -> SandboxId {
+pub(crate) fn id(s: &str) -> SandboxId {
     SandboxId::parse("id", s).expect("id")
 }
 
-fn req(sid: &str, name: &str, start: bool) -> CreateSandbox {
+pub(crate) fn req(sid: &str, name: &str, start: bool) -> CreateSandbox {
     CreateSandbox {
         id: id(sid),
         name: Name::parse("name", name).expect("name"),
@@ -81,6 +89,7 @@ fn req(sid: &str, name: &str, start: bool) -> CreateSandbox {
         memory_mb: 1024,
         start,
         ssh_user_ca_keys: Vec::new(),
+        egress: Default::default(),
     }
 }
 

@@ -48,6 +48,7 @@ impl RealSandbox {
             memory_mb: 512,
             start: true,
             ssh_user_ca_keys: vec![ca_line],
+            egress: Default::default(),
         })
         .await
         .expect("create");

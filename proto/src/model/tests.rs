@@ -9,6 +9,7 @@ fn create_req() -> pb::CreateSandboxRequest {
         memory_mb: 512,
         start: true,
         ssh_user_ca_keys: Vec::new(),
+        egress: None,
     }
 }
 

@@ -1,0 +1,735 @@
+//! The desired nftables state of this agent's two tables, built from its sandboxes.
+//!
+//! Pure: facts in, one JSON batch (`nftables::schema::Nftables`) out. The batch starts
+//! with `add table; delete table; add table` for each family, so applying it replaces
+//! whatever the tables held — whether or not they existed — in one kernel transaction:
+//! there is never a moment with a sandbox unfiltered, and nothing of a removed sandbox
+//! survives a rebuild.
+//!
+//! `bridge <table>` — layer 2, on the frames a sandbox's tap sends:
+//!
+//! ```text
+//! set taps { type ifname }                      every tap of this agent
+//! chain prerouting { filter hook prerouting priority -300 }
+//!     iifname "fx…" jump tap_<id>                 one per sandbox
+//! chain tap_<id>
+//!     ether saddr != <its MAC> drop               no MAC spoofing
+//!     ether type != { ip, arp } drop              no IPv6, no VLANs, nothing else
+//!     arp saddr ether != <its MAC> drop
+//!     arp saddr ip != { 0.0.0.0, <its IP> } drop  (only 0.0.0.0 while the IP is unknown)
+//!     ip protocol udp udp sport 68 udp dport 67 accept    DHCP
+//!     ip saddr != <its IP> drop                   (all IPv4 while the IP is unknown)
+//! chain forward { filter hook forward priority 0 }
+//!     iifname @taps drop                          no layer 2 between sandboxes or
+//!     oifname @taps drop                          with anyone else on the bridge
+//! ```
+//!
+//! `inet <table>` — layer 3, keyed on the sandboxes' MACs (packets from the bridge
+//! keep their Ethernet header, so `ether saddr` matches in these hooks):
+//!
+//! ```text
+//! set macs { type ether_addr }   set ips { type ipv4_addr }   (this agent's sandboxes)
+//! set d_<id>_<n> { type ipv4_addr; flags timeout }   addresses a domain entry resolved to
+//! chain prerouting { nat hook prerouting priority dstnat - 1 }
+//!     DNS (udp and tcp 53) from @macs to the bridge address or off the subnet
+//!         → dnat to the agent's DNS proxy
+//! chain input { filter hook input priority -1 }
+//!     ether saddr @macs jump sandbox_to_host
+//! chain sandbox_to_host       established/related, DHCP, the DNS proxy; else drop
+//! chain forward { filter hook forward priority -1 }
+//!     ct state established,related accept
+//!     ip daddr @ips ct state new drop             nobody opens a connection to a sandbox
+//!     ether saddr @macs jump egress
+//! chain egress
+//!     ip daddr 169.254.169.254 drop               cloud metadata, never
+//!     ether saddr <MAC> jump sbx_<id>             one per sandbox
+//!     drop
+//! chain sbx_<id>              always_allow + the sandbox's policy, each `… accept`
+//! ```
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use fluid_proto::model::{Destination, EgressPolicy, EgressRule, SandboxId};
+use ipnet::IpNet;
+use nftables::expr::{
+    CT, Elem, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, SetItem,
+};
+use nftables::schema::{
+    Chain, Element, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetFlag, SetType,
+    SetTypeValue, Table,
+};
+use nftables::stmt::{JumpTarget, Match, NAT, NATFamily, Operator, Statement};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+
+use super::{NetworkSettings, id_suffix, tap_name};
+
+/// The link-local address clouds serve instance metadata (and credentials) on.
+pub const METADATA_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+/// What the rules need to know about one sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxNet {
+    pub id: SandboxId,
+    /// Lower case, `52:54:00:…`.
+    pub mac: String,
+    /// Its DHCP lease, once learned; until then it may only do DHCP.
+    pub ip: Option<Ipv4Addr>,
+    pub policy: EgressPolicy,
+    /// Per domain: addresses it resolved to and the seconds each stays allowed.
+    pub resolved: BTreeMap<String, BTreeMap<Ipv4Addr, u32>>,
+}
+
+/// How many chains, named sets and rules one table holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub chains: usize,
+    pub sets: usize,
+    pub rules: usize,
+}
+
+/// The counts of both tables, for the drift check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shape {
+    pub bridge: Counts,
+    pub inet: Counts,
+}
+
+/// A batch to apply and the shape the tables have after it.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub nftables: Nftables<'static>,
+    pub shape: Shape,
+}
+
+/// The domains a sandbox's sets are made for: the host's and the sandbox's domain
+/// entries, sorted, once each. A domain's position is its set's number.
+pub fn domains(always_allow: &[EgressRule], policy: &EgressPolicy) -> Vec<String> {
+    let mut out: Vec<String> = always_allow
+        .iter()
+        .chain(&policy.allow)
+        .filter_map(|r| match &r.destination {
+            Destination::Domain(d) => Some(d.clone()),
+            Destination::Cidr(_) => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The set holding the addresses of a sandbox's `index`-th domain.
+pub fn domain_set(id: &SandboxId, index: usize) -> String {
+    format!("d_{}_{index}", id_suffix(id))
+}
+
+/// The bridge chain that filters what a sandbox's tap sends.
+pub fn tap_chain(id: &SandboxId) -> String {
+    format!("tap_{}", id_suffix(id))
+}
+
+/// The inet chain holding a sandbox's allow-list.
+pub fn egress_chain(id: &SandboxId) -> String {
+    format!("sbx_{}", id_suffix(id))
+}
+
+fn s(v: impl Into<String>) -> Expression<'static> {
+    Expression::String(Cow::Owned(v.into()))
+}
+
+fn num(v: u16) -> Expression<'static> {
+    Expression::Number(u32::from(v))
+}
+
+fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: Cow::Borrowed(protocol),
+            field: Cow::Borrowed(field),
+        },
+    )))
+}
+
+fn meta(key: MetaKey) -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+
+fn ct_state() -> Expression<'static> {
+    Expression::Named(NamedExpression::CT(CT {
+        key: Cow::Borrowed("state"),
+        family: None,
+        dir: None,
+    }))
+}
+
+fn anon_set(items: impl IntoIterator<Item = Expression<'static>>) -> Expression<'static> {
+    Expression::Named(NamedExpression::Set(
+        items.into_iter().map(SetItem::Element).collect(),
+    ))
+}
+
+fn set_ref(name: &str) -> Expression<'static> {
+    s(format!("@{name}"))
+}
+
+/// A network as nft wants it: a plain address for a host route, else a prefix.
+fn net(n: IpNet) -> Expression<'static> {
+    if n.prefix_len() == n.max_prefix_len() {
+        s(n.addr().to_string())
+    } else {
+        Expression::Named(NamedExpression::Prefix(Prefix {
+            addr: Box::new(s(n.network().to_string())),
+            len: u32::from(n.prefix_len()),
+        }))
+    }
+}
+
+fn cmp(left: Expression<'static>, op: Operator, right: Expression<'static>) -> Statement<'static> {
+    Statement::Match(Match { left, right, op })
+}
+
+fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+    cmp(left, Operator::EQ, right)
+}
+
+fn ne(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+    cmp(left, Operator::NEQ, right)
+}
+
+fn accept() -> Statement<'static> {
+    Statement::Accept(None)
+}
+
+fn drop_() -> Statement<'static> {
+    Statement::Drop(None)
+}
+
+fn jump(target: &str) -> Statement<'static> {
+    Statement::Jump(JumpTarget {
+        target: Cow::Owned(target.to_owned()),
+    })
+}
+
+fn established() -> Statement<'static> {
+    cmp(
+        ct_state(),
+        Operator::IN,
+        Expression::List(vec![s("established"), s("related")]),
+    )
+}
+
+fn dnat_to(to: SocketAddrV4) -> Statement<'static> {
+    Statement::DNAT(Some(NAT {
+        addr: Some(s(to.ip().to_string())),
+        family: Some(NATFamily::IP),
+        port: Some(num(to.port())),
+        flags: None,
+    }))
+}
+
+/// Collects the commands of one batch and counts what each table will hold.
+struct Builder {
+    table: String,
+    objects: Vec<NfObject<'static>>,
+    shape: Shape,
+}
+
+/// A base chain's type, hook and priority.
+type Hook = (NfChainType, NfHook, i32);
+
+impl Builder {
+    fn new(table: &str) -> Self {
+        Self {
+            table: table.to_owned(),
+            objects: Vec::new(),
+            shape: Shape::default(),
+        }
+    }
+
+    fn counts(&mut self, family: NfFamily) -> &mut Counts {
+        match family {
+            NfFamily::Bridge => &mut self.shape.bridge,
+            _ => &mut self.shape.inet,
+        }
+    }
+
+    fn cmd(&mut self, cmd: NfCmd<'static>) {
+        self.objects.push(NfObject::CmdObject(cmd));
+    }
+
+    fn table_obj(&self, family: NfFamily) -> NfListObject<'static> {
+        NfListObject::Table(Table {
+            family,
+            name: Cow::Owned(self.table.clone()),
+            handle: None,
+        })
+    }
+
+    /// `add table; delete table; add table`: an empty table, existing before or not.
+    fn fresh_table(&mut self, family: NfFamily) {
+        self.cmd(NfCmd::Add(self.table_obj(family)));
+        self.cmd(NfCmd::Delete(self.table_obj(family)));
+        self.cmd(NfCmd::Add(self.table_obj(family)));
+    }
+
+    fn set(&mut self, family: NfFamily, name: &str, kind: SetType, timeout: bool) {
+        self.counts(family).sets += 1;
+        let set = Set {
+            family,
+            table: Cow::Owned(self.table.clone()),
+            name: Cow::Owned(name.to_owned()),
+            handle: None,
+            set_type: SetTypeValue::Single(kind),
+            policy: None,
+            flags: timeout.then(|| [SetFlag::Timeout].into_iter().collect()),
+            elem: None,
+            timeout: None,
+            gc_interval: None,
+            size: None,
+            comment: None,
+        };
+        self.cmd(NfCmd::Add(NfListObject::Set(Box::new(set))));
+    }
+
+    fn elements(&mut self, family: NfFamily, set: &str, elem: Vec<Expression<'static>>) {
+        if elem.is_empty() {
+            return;
+        }
+        self.cmd(NfCmd::Add(NfListObject::Element(element(
+            family,
+            &self.table,
+            set,
+            elem,
+        ))));
+    }
+
+    fn chain(&mut self, family: NfFamily, name: &str, hook: Option<Hook>) {
+        self.counts(family).chains += 1;
+        let chain = Chain {
+            family,
+            table: Cow::Owned(self.table.clone()),
+            name: Cow::Owned(name.to_owned()),
+            newname: None,
+            handle: None,
+            _type: hook.map(|h| h.0),
+            hook: hook.map(|h| h.1),
+            prio: hook.map(|h| h.2),
+            dev: None,
+            policy: hook.map(|_| NfChainPolicy::Accept),
+        };
+        self.cmd(NfCmd::Add(NfListObject::Chain(chain)));
+    }
+
+    fn rule(&mut self, family: NfFamily, chain: &str, expr: Vec<Statement<'static>>) {
+        self.rule_with(family, chain, expr, None);
+    }
+
+    /// A rule with a comment (the sandbox id on per-sandbox rules, for people reading
+    /// `nft list`).
+    fn rule_with(
+        &mut self,
+        family: NfFamily,
+        chain: &str,
+        expr: Vec<Statement<'static>>,
+        comment: Option<&str>,
+    ) {
+        self.counts(family).rules += 1;
+        let rule = Rule {
+            family,
+            table: Cow::Owned(self.table.clone()),
+            chain: Cow::Owned(chain.to_owned()),
+            expr: Cow::Owned(expr),
+            handle: None,
+            index: None,
+            comment: comment.map(|c| Cow::Owned(c.to_owned())),
+        };
+        self.cmd(NfCmd::Add(NfListObject::Rule(rule)));
+    }
+
+    fn finish(self) -> Batch {
+        Batch {
+            nftables: Nftables {
+                objects: Cow::Owned(self.objects),
+            },
+            shape: self.shape,
+        }
+    }
+}
+
+fn element(
+    family: NfFamily,
+    table: &str,
+    set: &str,
+    elem: Vec<Expression<'static>>,
+) -> Element<'static> {
+    Element {
+        family,
+        table: Cow::Owned(table.to_owned()),
+        name: Cow::Owned(set.to_owned()),
+        elem: Cow::Owned(elem),
+    }
+}
+
+/// A set element that expires after `seconds`.
+fn timed(addr: Ipv4Addr, seconds: u32) -> Expression<'static> {
+    Expression::Named(NamedExpression::Elem(Elem {
+        val: Box::new(s(addr.to_string())),
+        timeout: Some(seconds.max(1)),
+        expires: None,
+        comment: None,
+        counter: None,
+    }))
+}
+
+/// The statements that allow one entry (`None`: a domain without a set).
+fn allow_rule(rule: &EgressRule, domain_set: Option<&str>) -> Option<Vec<Statement<'static>>> {
+    let mut expr = vec![match &rule.destination {
+        Destination::Cidr(n @ IpNet::V4(_)) => eq(payload("ip", "daddr"), net(*n)),
+        Destination::Cidr(n @ IpNet::V6(_)) => eq(payload("ip6", "daddr"), net(*n)),
+        Destination::Domain(_) => eq(payload("ip", "daddr"), set_ref(domain_set?)),
+    }];
+    match (rule.protocol, rule.port) {
+        (Some(p), Some(port)) => expr.push(eq(payload(p.as_str(), "dport"), num(port))),
+        (Some(p), None) => expr.push(eq(meta(MetaKey::L4proto), s(p.as_str()))),
+        (None, _) => {}
+    }
+    expr.push(accept());
+    Some(expr)
+}
+
+/// The whole desired state of both tables, as one batch.
+pub fn build(settings: &NetworkSettings, sandboxes: &[SandboxNet]) -> Batch {
+    let mut b = Builder::new(&settings.table);
+    bridge_table(&mut b, sandboxes);
+    inet_table(&mut b, settings, sandboxes);
+    b.finish()
+}
+
+fn bridge_table(b: &mut Builder, sandboxes: &[SandboxNet]) {
+    let br = NfFamily::Bridge;
+    b.fresh_table(br);
+    b.set(br, "taps", SetType::Ifname, false);
+    b.chain(
+        br,
+        "prerouting",
+        Some((NfChainType::Filter, NfHook::Prerouting, -300)),
+    );
+    b.chain(
+        br,
+        "forward",
+        Some((NfChainType::Filter, NfHook::Forward, 0)),
+    );
+    for sbx in sandboxes {
+        b.chain(br, &tap_chain(&sbx.id), None);
+    }
+    b.elements(
+        br,
+        "taps",
+        sandboxes.iter().map(|x| s(tap_name(&x.id))).collect(),
+    );
+    for sbx in sandboxes {
+        b.rule_with(
+            br,
+            "prerouting",
+            vec![
+                eq(meta(MetaKey::Iifname), s(tap_name(&sbx.id))),
+                jump(&tap_chain(&sbx.id)),
+            ],
+            Some(sbx.id.as_str()),
+        );
+    }
+    b.rule(
+        br,
+        "forward",
+        vec![eq(meta(MetaKey::Iifname), set_ref("taps")), drop_()],
+    );
+    b.rule(
+        br,
+        "forward",
+        vec![eq(meta(MetaKey::Oifname), set_ref("taps")), drop_()],
+    );
+    for sbx in sandboxes {
+        let chain = tap_chain(&sbx.id);
+        let mac = || s(sbx.mac.clone());
+        b.rule(
+            br,
+            &chain,
+            vec![ne(payload("ether", "saddr"), mac()), drop_()],
+        );
+        b.rule(
+            br,
+            &chain,
+            vec![
+                ne(payload("ether", "type"), anon_set([s("ip"), s("arp")])),
+                drop_(),
+            ],
+        );
+        b.rule(
+            br,
+            &chain,
+            vec![ne(payload("arp", "saddr ether"), mac()), drop_()],
+        );
+        let arp_ips = match sbx.ip {
+            Some(ip) => anon_set([s("0.0.0.0"), s(ip.to_string())]),
+            None => s("0.0.0.0"),
+        };
+        b.rule(
+            br,
+            &chain,
+            vec![ne(payload("arp", "saddr ip"), arp_ips), drop_()],
+        );
+        b.rule(
+            br,
+            &chain,
+            vec![
+                eq(payload("ip", "protocol"), s("udp")),
+                eq(payload("udp", "sport"), num(68)),
+                eq(payload("udp", "dport"), num(67)),
+                accept(),
+            ],
+        );
+        match sbx.ip {
+            Some(ip) => b.rule(
+                br,
+                &chain,
+                vec![ne(payload("ip", "saddr"), s(ip.to_string())), drop_()],
+            ),
+            None => b.rule(
+                br,
+                &chain,
+                vec![eq(payload("ether", "type"), s("ip")), drop_()],
+            ),
+        }
+    }
+}
+
+fn inet_table(b: &mut Builder, settings: &NetworkSettings, sandboxes: &[SandboxNet]) {
+    let inet = NfFamily::INet;
+    let host = settings.host_ip();
+    let subnet = IpNet::V4(settings.host.trunc());
+    let dns = settings.dns_listen;
+    b.fresh_table(inet);
+    b.set(inet, "macs", SetType::EtherAddr, false);
+    b.set(inet, "ips", SetType::Ipv4Addr, false);
+    let domain_sets: Vec<Vec<(String, String)>> = sandboxes
+        .iter()
+        .map(|x| {
+            domains(&settings.always_allow, &x.policy)
+                .into_iter()
+                .enumerate()
+                .map(|(i, d)| (d, domain_set(&x.id, i)))
+                .collect()
+        })
+        .collect();
+    for sets in &domain_sets {
+        for (_, set) in sets {
+            b.set(inet, set, SetType::Ipv4Addr, true);
+        }
+    }
+    let dstnat_1 = -101;
+    b.chain(
+        inet,
+        "prerouting",
+        Some((NfChainType::NAT, NfHook::Prerouting, dstnat_1)),
+    );
+    b.chain(
+        inet,
+        "input",
+        Some((NfChainType::Filter, NfHook::Input, -1)),
+    );
+    b.chain(inet, "sandbox_to_host", None);
+    b.chain(
+        inet,
+        "forward",
+        Some((NfChainType::Filter, NfHook::Forward, -1)),
+    );
+    b.chain(inet, "egress", None);
+    for sbx in sandboxes {
+        b.chain(inet, &egress_chain(&sbx.id), None);
+    }
+    b.elements(
+        inet,
+        "macs",
+        sandboxes.iter().map(|x| s(x.mac.clone())).collect(),
+    );
+    b.elements(
+        inet,
+        "ips",
+        sandboxes
+            .iter()
+            .filter_map(|x| x.ip)
+            .map(|ip| s(ip.to_string()))
+            .collect(),
+    );
+    for (sbx, sets) in sandboxes.iter().zip(&domain_sets) {
+        for (domain, set) in sets {
+            let elems = sbx
+                .resolved
+                .get(domain)
+                .map(|addrs| addrs.iter().map(|(a, secs)| timed(*a, *secs)).collect())
+                .unwrap_or_default();
+            b.elements(inet, set, elems);
+        }
+    }
+
+    // DNS to the resolver DHCP hands out, or to any resolver off the subnet (a guest
+    // with a resolver of its own), goes to the DNS proxy; DNS to a neighbour does not.
+    let from_sandbox = || {
+        vec![
+            eq(meta(MetaKey::Nfproto), s("ipv4")),
+            eq(payload("ether", "saddr"), set_ref("macs")),
+        ]
+    };
+    for to in [
+        eq(payload("ip", "daddr"), s(host.to_string())),
+        ne(payload("ip", "daddr"), net(subnet)),
+    ] {
+        for proto in ["udp", "tcp"] {
+            let mut expr = from_sandbox();
+            expr.extend([
+                to.clone(),
+                eq(payload(proto, "dport"), num(53)),
+                dnat_to(dns),
+            ]);
+            b.rule(inet, "prerouting", expr);
+        }
+    }
+
+    b.rule(
+        inet,
+        "input",
+        vec![
+            eq(payload("ether", "saddr"), set_ref("macs")),
+            jump("sandbox_to_host"),
+        ],
+    );
+    b.rule(inet, "sandbox_to_host", vec![established(), accept()]);
+    b.rule(
+        inet,
+        "sandbox_to_host",
+        vec![
+            eq(payload("udp", "sport"), num(68)),
+            eq(payload("udp", "dport"), num(67)),
+            accept(),
+        ],
+    );
+    for proto in ["udp", "tcp"] {
+        b.rule(
+            inet,
+            "sandbox_to_host",
+            vec![
+                eq(payload("ip", "daddr"), s(dns.ip().to_string())),
+                eq(payload(proto, "dport"), num(dns.port())),
+                accept(),
+            ],
+        );
+    }
+    b.rule(inet, "sandbox_to_host", vec![drop_()]);
+
+    b.rule(inet, "forward", vec![established(), accept()]);
+    b.rule(
+        inet,
+        "forward",
+        vec![
+            eq(payload("ip", "daddr"), set_ref("ips")),
+            cmp(ct_state(), Operator::IN, s("new")),
+            drop_(),
+        ],
+    );
+    b.rule(
+        inet,
+        "forward",
+        vec![
+            eq(payload("ether", "saddr"), set_ref("macs")),
+            jump("egress"),
+        ],
+    );
+    b.rule(
+        inet,
+        "egress",
+        vec![
+            eq(payload("ip", "daddr"), s(METADATA_V4.to_string())),
+            drop_(),
+        ],
+    );
+    for sbx in sandboxes {
+        b.rule_with(
+            inet,
+            "egress",
+            vec![
+                eq(payload("ether", "saddr"), s(sbx.mac.clone())),
+                jump(&egress_chain(&sbx.id)),
+            ],
+            Some(sbx.id.as_str()),
+        );
+    }
+    b.rule(inet, "egress", vec![drop_()]);
+    for (sbx, sets) in sandboxes.iter().zip(&domain_sets) {
+        let chain = egress_chain(&sbx.id);
+        for rule in settings.always_allow.iter().chain(&sbx.policy.allow) {
+            let set = match &rule.destination {
+                Destination::Domain(d) => {
+                    sets.iter().find(|(x, _)| x == d).map(|(_, s)| s.as_str())
+                }
+                Destination::Cidr(_) => None,
+            };
+            if let Some(expr) = allow_rule(rule, set) {
+                b.rule(inet, &chain, expr);
+            }
+        }
+    }
+}
+
+/// Adds resolved addresses to a domain set, each for its seconds. An address already
+/// there gets its new timeout (`add; delete; add` in one batch: a plain `add` keeps an
+/// existing element's old timeout).
+pub fn add_resolved(table: &str, set: &str, addrs: &[(Ipv4Addr, u32)]) -> Nftables<'static> {
+    let inet = NfFamily::INet;
+    let plain: Vec<Expression<'static>> = addrs.iter().map(|(a, _)| s(a.to_string())).collect();
+    let timed_elems: Vec<Expression<'static>> =
+        addrs.iter().map(|(a, secs)| timed(*a, *secs)).collect();
+    let objects = vec![
+        NfObject::CmdObject(NfCmd::Add(NfListObject::Element(element(
+            inet,
+            table,
+            set,
+            timed_elems.clone(),
+        )))),
+        NfObject::CmdObject(NfCmd::Delete(NfListObject::Element(element(
+            inet, table, set, plain,
+        )))),
+        NfObject::CmdObject(NfCmd::Add(NfListObject::Element(element(
+            inet,
+            table,
+            set,
+            timed_elems,
+        )))),
+    ];
+    Nftables {
+        objects: Cow::Owned(objects),
+    }
+}
+
+/// Counts the chains, named sets and rules in `nft -j list table …` output.
+pub fn counts_of_listing(listing: &serde_json::Value) -> Counts {
+    let mut c = Counts::default();
+    let items = listing
+        .get("nftables")
+        .and_then(|v| v.as_array())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for item in items {
+        if item.get("chain").is_some() {
+            c.chains += 1;
+        } else if item.get("set").is_some() {
+            c.sets += 1;
+        } else if item.get("rule").is_some() {
+            c.rules += 1;
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests;
