@@ -46,6 +46,13 @@ impl Service {
         Ok(())
     }
 
+    /// SIGKILL now, without waiting (for `Drop`).
+    pub fn kill_now(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+
     /// SIGTERM, then SIGKILL after 10 s.
     pub async fn stop(&mut self) -> Result<()> {
         let Some(mut child) = self.child.take() else {

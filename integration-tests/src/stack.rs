@@ -447,6 +447,17 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         self.cleanup_domains();
+        // The agents' nftables tables outlive them by design (a stopped agent keeps
+        // its sandboxes sealed); a finished test removes them.
+        for agent in self.agents.values_mut() {
+            agent.service.kill_now();
+            let table = format!("fluid_{}", agent.name.replace('-', "_"));
+            for family in ["bridge", "inet"] {
+                let _ = std::process::Command::new("nft")
+                    .args(["delete", "table", family, &table])
+                    .output();
+            }
+        }
         if let Some(db) = &self.database {
             let _ = std::process::Command::new("su")
                 .args(["postgres", "-c", &format!("dropdb --force {db}")])

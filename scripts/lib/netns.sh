@@ -38,6 +38,11 @@ fluid_libvirt_up() {
 # fluid0) and NS (NS_IP/24), so a controller outside can reach an agent inside.
 fluid_veth_up() {
   local ns=$1 host_ip=$2 ns_ip=$3
+  # A pair left from an earlier run whose peer is in another (or a deleted) namespace
+  # is replaced.
+  if ip link show fluid0 >/dev/null 2>&1 && ! ip netns exec "$ns" ip link show fluid0-ns >/dev/null 2>&1; then
+    ip link del fluid0
+  fi
   if ! ip link show fluid0 >/dev/null 2>&1; then
     ip link add fluid0 type veth peer name fluid0-ns
     ip link set fluid0-ns netns "$ns"
