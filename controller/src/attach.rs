@@ -133,17 +133,22 @@ impl AttachService {
         if valid.user != "root" {
             principals.push(valid.user.clone());
         }
+        let grant = Grant {
+            id: &open.session_id,
+            principals: &principals,
+            permit_pty: true,
+        };
         let access = self
             .commands
-            .agent_access(
-                &row,
-                "interactive sessions",
-                &Grant {
-                    id: &open.session_id,
-                    principals: &principals,
-                    permit_pty: true,
-                },
-            )
+            .agent_access(&row, "interactive sessions", &grant)
+            .await?;
+        // A session's input cannot be replayed, so unlike exec it cannot retry after a
+        // refused certificate: ask the agent for its current key first (a restarted
+        // agent has a new one until the next heartbeat). One status call per session.
+        self.commands.refresh_agent_key(&access.target).await;
+        let access = self
+            .commands
+            .agent_access(&row, "interactive sessions", &grant)
             .await?;
         open.ssh_certificate = access.certificate;
         open.user.clone_from(&valid.user);
