@@ -84,9 +84,7 @@ fn audit_of(a: &ApprovalRecord, actor: &str, role: &str, action: &str) -> NewAud
             "details": a.details,
         }));
     e.sandbox_id.clone_from(&a.sandbox_id);
-    e.actor = actor.to_owned();
-    e.role = role.to_owned();
-    e
+    e.by(actor, role)
 }
 
 impl ApprovalService {

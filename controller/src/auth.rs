@@ -375,12 +375,10 @@ pub async fn token_command(store: Arc<dyn Store>, action: TokenAction) -> anyhow
             .unwrap_or_else(|_| "unknown".into())
     );
     let audit = |action: &str, t: &TokenInfo| {
-        let mut e = crate::store::NewAuditEvent::system("token", action, action)
+        crate::store::NewAuditEvent::system("token", action, action)
             .target(t.id.clone())
-            .details(serde_json::json!({"name": t.name, "role": t.role, "agent_id": t.agent_id}));
-        e.actor.clone_from(&actor);
-        e.role = "cli".into();
-        e
+            .details(serde_json::json!({"name": t.name, "role": t.role, "agent_id": t.agent_id}))
+            .by(&actor, "cli")
     };
     match action {
         TokenAction::Create {

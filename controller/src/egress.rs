@@ -261,13 +261,14 @@ impl EgressService {
             if let Some(a) = &who.approval_id {
                 e = e.target(a.clone());
             }
-            e = e.sandbox(id).details(serde_json::json!({
-                "old": bodies_of(&old),
-                "new": bodies_of(&new),
-                "approval_id": who.approval_id,
-            }));
-            e.actor.clone_from(&who.actor);
-            e.role.clone_from(&who.role);
+            e = e
+                .sandbox(id)
+                .details(serde_json::json!({
+                    "old": bodies_of(&old),
+                    "new": bodies_of(&new),
+                    "approval_id": who.approval_id,
+                }))
+                .by(&who.actor, &who.role);
             match self
                 .store
                 .set_egress(id, &policy_json(&new), &text, &e)

@@ -209,9 +209,8 @@ async fn audit_call(
     outcome: &str,
 ) {
     let mut e = NewAuditEvent::system("api", format!("gRPC {method}"), outcome)
-        .details(serde_json::json!({"token_id": caller.token_id}));
-    e.actor.clone_from(&caller.name);
-    e.role = caller.role.as_str().to_owned();
+        .details(serde_json::json!({"token_id": caller.token_id}))
+        .by(&caller.name, caller.role.as_str());
     if let Some(t) = target {
         e = if t.starts_with(fluid_proto::model::SandboxId::PREFIX) {
             e.sandbox(t)

@@ -28,8 +28,8 @@ use crate::auth::Caller;
 use crate::sandboxes::{PreparedCreate, SandboxService, ServiceError};
 use crate::scheduler::{Placement, ScheduleError};
 use crate::store::{
-    ApprovalFilter, ApprovalRecord, HostRecord, HostUsage, Reservation, ReserveError,
-    SandboxRecord, Store, free_cpus, free_memory,
+    ApprovalFilter, ApprovalRecord, HostRecord, HostUsage, ReserveError, SandboxRecord, Store,
+    free_cpus, free_memory,
 };
 
 /// One host as an over-commit approval shows it.
@@ -243,20 +243,12 @@ impl CreateGate {
         p: &Placement,
         host: &str,
     ) -> Result<SandboxRecord, ServiceError> {
-        let r = Reservation {
-            id: p.id.clone(),
-            job_id: p.job_id.clone(),
-            agent_id: p.agent_id.clone(),
-            sandbox_name: p.sandbox_name.clone(),
-            base_image: p.image.clone(),
-            ttl_seconds: p.ttl_seconds,
-            host_name: host.to_owned(),
-            cpu: p.cpus,
-            memory_mb: p.memory_mb,
-            cpu_overcommit_ratio: self.sandboxes.cpu_overcommit_ratio(),
-            now: Utc::now(),
-            allow_overcommit: true,
-        };
+        let r = p.reservation(
+            host,
+            self.sandboxes.cpu_overcommit_ratio(),
+            Utc::now(),
+            true,
+        );
         self.store.reserve(&r).await.map_err(|e| match e {
             ReserveError::NoRoom(m) => {
                 ServiceError::Conflict(format!("approved over-commit on {host}: {m}"))

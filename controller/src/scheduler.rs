@@ -29,6 +29,33 @@ pub struct Placement {
     pub ttl_seconds: Option<i64>,
 }
 
+impl Placement {
+    /// The reservation of this placement on `host`; `allow_overcommit` skips the
+    /// capacity check (a human approved the over-commit).
+    pub fn reservation(
+        &self,
+        host: &str,
+        ratio: f64,
+        now: DateTime<Utc>,
+        allow_overcommit: bool,
+    ) -> Reservation {
+        Reservation {
+            id: self.id.clone(),
+            job_id: self.job_id.clone(),
+            agent_id: self.agent_id.clone(),
+            sandbox_name: self.sandbox_name.clone(),
+            base_image: self.image.clone(),
+            ttl_seconds: self.ttl_seconds,
+            host_name: host.to_owned(),
+            cpu: self.cpus,
+            memory_mb: self.memory_mb,
+            cpu_overcommit_ratio: ratio,
+            now,
+            allow_overcommit,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
     /// No host offers the image (400: the request names something that does not exist).
@@ -131,20 +158,7 @@ pub async fn place(
         .map_err(|reasons| ScheduleError::NoCapacity(explain(&reasons)))?;
     let mut lost = Vec::new();
     for host in candidates {
-        let r = Reservation {
-            id: p.id.clone(),
-            job_id: p.job_id.clone(),
-            agent_id: p.agent_id.clone(),
-            sandbox_name: p.sandbox_name.clone(),
-            base_image: p.image.clone(),
-            ttl_seconds: p.ttl_seconds,
-            host_name: host.name.clone(),
-            cpu: p.cpus,
-            memory_mb: p.memory_mb,
-            cpu_overcommit_ratio: ratio,
-            allow_overcommit: false,
-            now,
-        };
+        let r = p.reservation(&host.name, ratio, now, false);
         match store.reserve(&r).await {
             Ok(row) => return Ok(row),
             Err(ReserveError::NoRoom(why)) => {

@@ -128,10 +128,9 @@ pub async fn set_mode(
         .set_sandbox_read_only(id.as_str(), read_only, Utc::now())
         .await?
         .ok_or_else(|| ApiError::not_found(format!("sandbox {id} not found")))?;
-    let mut event =
-        NewAuditEvent::system("mode", req.mode.as_str(), req.mode.as_str()).sandbox(sb.id.clone());
-    event.actor.clone_from(&caller.name);
-    event.role = caller.role.as_str().to_owned();
+    let event = NewAuditEvent::system("mode", req.mode.as_str(), req.mode.as_str())
+        .sandbox(sb.id.clone())
+        .by(&caller.name, caller.role.as_str());
     if let Err(e) = state.store.append_audit(&event).await {
         tracing::error!(error = %e, "appending a mode audit event");
     }

@@ -134,6 +134,13 @@ impl NewAuditEvent {
         }
     }
 
+    /// Names who did it (instead of `controller` / `system`).
+    pub fn by(mut self, actor: &str, role: &str) -> Self {
+        actor.clone_into(&mut self.actor);
+        role.clone_into(&mut self.role);
+        self
+    }
+
     pub fn target(mut self, target: impl Into<String>) -> Self {
         self.target = Some(target.into());
         self
