@@ -40,7 +40,7 @@ root="$work/root"
 
 echo "debootstrap from $mirror into $root" >&2
 debootstrap --variant=minbase \
-  --include=systemd-sysv,udev,dbus,openssh-server,linux-image-cloud-amd64,ifupdown,isc-dhcp-client,iproute2,netbase,sudo,qemu-guest-agent,python3,procps,less,dmidecode \
+  --include=systemd-sysv,udev,dbus,openssh-server,linux-image-cloud-amd64,ifupdown,isc-dhcp-client,iproute2,netbase,sudo,qemu-guest-agent,python3,python3-apt,procps,less,dmidecode \
   bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1 || { tail -30 "$work/debootstrap.log" >&2; exit 1; }
 
 # --- configuration inside the image -------------------------------------------------
@@ -126,6 +126,8 @@ WantedBy=multi-user.target
 UNIT
 ln -sf /etc/systemd/system/fluid-identity.service \
   "$root/etc/systemd/system/multi-user.target.wants/fluid-identity.service"
+# python3 and python3-apt are what Ansible needs on a target (its apt module would
+# otherwise install python3-apt itself, changing the very state it reproduces).
 # Root has no password; access is by key or certificate only.
 chroot "$root" passwd -l root >/dev/null
 # Serial console for `virsh console` and boot logs.

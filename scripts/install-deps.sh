@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   libvirt-daemon-system libvirt-dev qemu-system-x86 dnsmasq-base dnsmasq-utils
   nftables debootstrap protobuf-compiler e2fsprogs openssh-client pkg-config
-  iproute2 curl jq sqlite3 postgresql
+  iproute2 curl jq sqlite3 postgresql dpkg-dev python3-venv
 )
 
 missing=()
@@ -18,7 +18,19 @@ done
 qemu_utils_ok=false
 if [[ $(qemu-img --version 2>/dev/null) == *"version 7."* ]]; then qemu_utils_ok=true; fi
 
+# ansible-core from PyPI in its own venv (Debian's pip refuses system installs), for
+# the controller's playbook verification and jobs.
+ansible_venv=${FLUID_ANSIBLE_VENV:-/opt/fluid-ansible}
+install_ansible() {
+  if ! "$ansible_venv/bin/ansible-playbook" --version >/dev/null 2>&1; then
+    echo "install-deps: ansible-core into $ansible_venv" >&2
+    /usr/bin/python3 -m venv "$ansible_venv"
+    "$ansible_venv/bin/pip" install -q --disable-pip-version-check 'ansible-core>=2.17,<2.20'
+  fi
+}
+
 if [[ ${#missing[@]} -eq 0 && $qemu_utils_ok == true ]]; then
+  install_ansible
   echo "install-deps: all packages present" >&2
   exit 0
 fi
@@ -28,4 +40,5 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -q >/dev/null
 apt-get install -y -q --allow-downgrades \
   "${missing[@]}" qemu-utils/bookworm qemu-block-extra/bookworm qemu-system-x86 >/dev/null
+install_ansible
 echo "install-deps: done ($(qemu-img --version | head -n1))" >&2

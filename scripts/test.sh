@@ -20,6 +20,10 @@ step "golden image"
 FLUID_GOLDEN_IMAGE_DIR=$(./scripts/build-golden-image.sh)
 export FLUID_GOLDEN_IMAGE_DIR
 
+step "local apt mirror (packages the review-loop test installs)"
+FLUID_APT_MIRROR_DIR=$(./scripts/build-apt-mirror.sh nginx)
+export FLUID_APT_MIRROR_DIR
+
 step "postgresql"
 FLUID_TEST_DATABASE_URL=$(fluid_postgres_up)
 export FLUID_TEST_DATABASE_URL

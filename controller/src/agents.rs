@@ -23,6 +23,14 @@ use futures::stream::BoxStream;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
+// Snapshots, out-of-band disk reads and the SSH tunnel: a supertrait, in its own file.
+#[path = "agents_snapshots.rs"]
+mod snapshots;
+pub use snapshots::{
+    AgentSnapshot, DIFF_TIMEOUT, READ_FILE_MAX, SnapshotAgent, TunnelInputStream, TunnelStream,
+    read_cap,
+};
+
 /// The agent a call goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentTarget {
@@ -210,8 +218,10 @@ pub type AttachInputStream = BoxStream<'static, AttachInput>;
 /// The output of one Attach, as it comes; ends after `Exit` (or an error).
 pub type AttachStream = BoxStream<'static, Result<AttachOutput, AgentError>>;
 
+/// "Talk to the agent at host H". Snapshots, diffs, file reads and the SSH tunnel are
+/// in the supertrait [`SnapshotAgent`].
 #[async_trait]
-pub trait AgentConnector: Send + Sync + 'static {
+pub trait AgentConnector: SnapshotAgent + Send + Sync + 'static {
     async fn status(&self, t: &AgentTarget) -> Result<AgentStatus, AgentError>;
     /// Starts a command; the stream carries its output and exit.
     async fn exec(&self, t: &AgentTarget, req: pb::ExecRequest) -> Result<ExecStream, AgentError>;
@@ -339,6 +349,14 @@ impl std::fmt::Debug for GrpcAgents {
     }
 }
 
+/// Largest message taken from an agent: a diff carries both sides' text of every
+/// changed text file (tonic's default of 4 MiB is too small after a package install).
+pub const AGENT_MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+fn agent_client(ch: Channel) -> HostAgentClient<Channel> {
+    HostAgentClient::new(ch).max_decoding_message_size(AGENT_MAX_MESSAGE_BYTES)
+}
+
 impl GrpcAgents {
     pub fn new(tls: TlsMaterial, timeouts: AgentTimeouts) -> Self {
         Self {
@@ -358,7 +376,7 @@ impl GrpcAgents {
             .lock()
             .map_err(|_| unavailable("channel pool poisoned".into()))?;
         if let Some(ch) = channels.get(&t.address) {
-            return Ok(HostAgentClient::new(ch.clone()));
+            return Ok(agent_client(ch.clone()));
         }
         let host = check_address(&t.address).map_err(unavailable)?;
         let endpoint = Endpoint::from_shared(format!("https://{}", t.address))
@@ -371,7 +389,7 @@ impl GrpcAgents {
             .keep_alive_timeout(Duration::from_secs(10));
         let ch = endpoint.connect_lazy();
         channels.insert(t.address.clone(), ch.clone());
-        Ok(HostAgentClient::new(ch))
+        Ok(agent_client(ch))
     }
 
     async fn call<T, F, Fut>(

@@ -19,12 +19,16 @@
 //! | `Decide` (approve, reject) | ✓ | ✓ | — | — |
 //! | `ManageHosts`, `SetMode`, `RevokeAccess` | ✓ | ✓ | — | — |
 //! | `ManageNetwork` (set a sandbox's egress allow-list) | ✓ | ✓ | — | — |
+//! | `Playbooks` (write playbooks, generate, verify, start Ansible jobs) | ✓ | ✓ | ✓ | — |
 //! | `ManageTokens` | ✓ | — | — | — |
 //!
 //! A sandbox in read-only mode refuses `Control` and `Work` to everyone, admin
 //! included, until an operator switches it back. An egress request
 //! (`POST /v1/sandboxes/{id}/network/requests`) needs `Ask` and `Read` on the sandbox:
-//! an agent asks only for its own.
+//! an agent asks only for its own. Generating a playbook from a sandbox also needs
+//! `Read` on it, and a job against a sandbox `Work` on it; reading playbooks and jobs
+//! is `Read` (a scoped caller sees only its own agent's jobs and the playbooks not
+//! generated from another agent's sandbox).
 
 use std::sync::Arc;
 
@@ -86,10 +90,11 @@ pub enum Permission {
     RevokeAccess,
     ManageTokens,
     ManageNetwork,
+    Playbooks,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 12] = [
+    pub const ALL: [Permission; 13] = [
         Self::Read,
         Self::ReadFleet,
         Self::CreateSandbox,
@@ -102,6 +107,7 @@ impl Permission {
         Self::RevokeAccess,
         Self::ManageTokens,
         Self::ManageNetwork,
+        Self::Playbooks,
     ];
 
     /// The roles that hold this permission (before scoping and read-only mode).
@@ -111,7 +117,7 @@ impl Permission {
             Self::Read => &[Admin, Operator, Agent, Readonly],
             Self::ReadFleet => &[Admin, Operator, Readonly],
             Self::CreateSandbox | Self::Work => &[Admin, Agent],
-            Self::Control | Self::Ask => &[Admin, Operator, Agent],
+            Self::Control | Self::Ask | Self::Playbooks => &[Admin, Operator, Agent],
             Self::Decide
             | Self::ManageHosts
             | Self::SetMode
@@ -136,6 +142,7 @@ impl Permission {
             Self::RevokeAccess => "revoking SSH certificates",
             Self::ManageTokens => "managing API tokens",
             Self::ManageNetwork => "changing a sandbox's network egress",
+            Self::Playbooks => "writing and running Ansible playbooks",
         }
     }
 

@@ -64,6 +64,104 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Human approvals: the over-commit gate, egress requests and the webhook.
     pub approvals: ApprovalsConfig,
+    /// Diffs between disk states: volatile and metadata-only paths, the text limit.
+    #[serde(default)]
+    pub diff: crate::diffs::DiffConfig,
+    /// Ansible: where ansible-playbook is, production targets, job deadlines.
+    pub ansible: AnsibleConfig,
+    /// Playbook verification: paths whose differences are identity noise.
+    pub verify: VerifyConfig,
+}
+
+/// `[ansible]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnsibleConfig {
+    /// The ansible-playbook to run: a path, or a name looked up in `PATH` and then in
+    /// `/opt/fluid-ansible/bin`.
+    pub ansible_playbook: String,
+    /// Production targets a job may name as its `vm_name`.
+    pub targets: Vec<AnsibleTarget>,
+    /// Longest run of one ansible-playbook (each of a production job's check and apply).
+    pub job_timeout_secs: u64,
+    /// How long a production apply waits for its `production_apply` approval.
+    pub production_approval_timeout_secs: u64,
+}
+
+impl Default for AnsibleConfig {
+    fn default() -> Self {
+        Self {
+            ansible_playbook: "ansible-playbook".into(),
+            targets: Vec::new(),
+            job_timeout_secs: 1800,
+            production_approval_timeout_secs: 3600,
+        }
+    }
+}
+
+/// `[[ansible.targets]]`: a production inventory and the SSH access ansible needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnsibleTarget {
+    /// What jobs name as `vm_name` (a sandbox of that name is shadowed).
+    pub name: String,
+    /// `address[:port]` of each host (port 22 when absent; IPv6 in brackets).
+    pub hosts: Vec<String>,
+    /// The SSH user.
+    #[serde(default = "default_target_user")]
+    pub user: String,
+    /// The SSH private key (a file the controller reads; 0600).
+    pub private_key: PathBuf,
+    /// Extra `ssh` arguments (e.g. `["-o", "StrictHostKeyChecking=yes"]`).
+    #[serde(default)]
+    pub ssh_common_args: Vec<String>,
+    /// Overrides the playbook's `become`.
+    #[serde(default, rename = "become", skip_serializing_if = "Option::is_none")]
+    pub r#become: Option<bool>,
+}
+
+fn default_target_user() -> String {
+    "root".into()
+}
+
+/// `[verify]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyConfig {
+    /// Paths whose differences a verification ignores: what differs between any two
+    /// sandboxes (their identity, written at first boot) and the traces of the
+    /// playbook run itself. An entry covers itself and everything below it; a trailing
+    /// `*` matches any suffix.
+    pub ignore_paths: Vec<String>,
+}
+
+/// What differs between any two sandboxes of one image (their identity, written at
+/// first boot; their logs), or is left by ansible itself.
+pub const DEFAULT_VERIFY_IGNORE: [&str; 13] = [
+    "/etc/hostname",
+    "/etc/hosts",
+    "/etc/machine-id",
+    "/var/lib/dbus/machine-id",
+    "/etc/ssh/ssh_host_*",
+    "/etc/ssh/fluid_user_ca.pub",
+    "/etc/ssh/fluid_revoked_keys",
+    "/var/lib/systemd/random-seed",
+    "/var/lib/systemd/credential.secret",
+    "/var/lib/dhcp",
+    "/root/.ansible",
+    "/root/.ssh/known_hosts",
+    "/var/log",
+];
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        Self {
+            ignore_paths: DEFAULT_VERIFY_IGNORE
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        }
+    }
 }
 
 /// `[approvals]`.
@@ -202,6 +300,9 @@ impl Default for Config {
             output_cap_bytes: 1024 * 1024,
             policy: PolicyConfig::default(),
             approvals: ApprovalsConfig::default(),
+            diff: crate::diffs::DiffConfig::default(),
+            ansible: AnsibleConfig::default(),
+            verify: VerifyConfig::default(),
         }
     }
 }
@@ -236,6 +337,9 @@ const CONFIG_KEYS: &[&str] = &[
     "output_cap_bytes",
     "policy",
     "approvals",
+    "diff",
+    "ansible",
+    "verify",
 ];
 
 fn is_config_key(env_key: &str) -> bool {
@@ -336,6 +440,8 @@ impl Config {
                 );
             }
         }
+        self.validate_ansible()?;
+        self.diff.validate().map_err(ConfigError::Invalid)?;
         let mut seen = std::collections::HashSet::new();
         for h in &self.hosts {
             Name::parse("hosts.name", &h.name).map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -363,6 +469,56 @@ impl Config {
 
     pub fn agent_timeout(&self) -> Duration {
         Duration::from_secs(self.agent_timeout_secs)
+    }
+
+    fn validate_ansible(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let a = &self.ansible;
+        if a.ansible_playbook.trim().is_empty() {
+            return bad("ansible.ansible_playbook must not be empty".into());
+        }
+        if a.job_timeout_secs == 0 || a.job_timeout_secs > 24 * 3600 {
+            return bad("ansible.job_timeout_secs must be 1-86400".into());
+        }
+        if a.production_approval_timeout_secs == 0
+            || a.production_approval_timeout_secs > 7 * 24 * 3600
+        {
+            return bad("ansible.production_approval_timeout_secs must be 1-604800".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for t in &a.targets {
+            let what = format!("ansible.targets.{}", t.name);
+            Name::parse("ansible.targets.name", &t.name)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            if t.name.starts_with(fluid_proto::model::SandboxId::PREFIX) {
+                return bad(format!(
+                    "{what}: a target name must not look like a sandbox id"
+                ));
+            }
+            if !seen.insert(t.name.as_str()) {
+                return bad(format!("ansible.targets: {:?} is listed twice", t.name));
+            }
+            if t.hosts.is_empty() {
+                return bad(format!("{what}: hosts must name at least one host"));
+            }
+            for h in &t.hosts {
+                crate::jobs::parse_target_host(h)
+                    .map_err(|e| ConfigError::Invalid(format!("{what}.hosts: {e}")))?;
+            }
+            fluid_proto::model::check_user("user", &t.user)
+                .map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))?;
+            if !t.private_key.is_absolute() {
+                return bad(format!("{what}: private_key must be an absolute path"));
+            }
+        }
+        for p in &self.verify.ignore_paths {
+            if !p.starts_with('/') || p.contains("/../") || p.ends_with("/..") {
+                return bad(format!(
+                    "verify.ignore_paths: {p:?} must be an absolute path without .."
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -423,6 +579,14 @@ mod tests {
             "[approvals]\nwebhook_url = \"ftp://x\"\nwebhook_secret = \"s\"",
             "[approvals]\novercommit_timeout_secs = 0",
             "[approvals]\negress_timeout_secs = 0",
+            "[ansible]\njob_timeout_secs = 0",
+            "[ansible]\nansible_playbook = \" \"",
+            "[[ansible.targets]]\nname = \"p\"\nhosts = []\nprivate_key = \"/k\"",
+            "[[ansible.targets]]\nname = \"p\"\nhosts = [\"a b\"]\nprivate_key = \"/k\"",
+            "[[ansible.targets]]\nname = \"p\"\nhosts = [\"h:0\"]\nprivate_key = \"/k\"",
+            "[[ansible.targets]]\nname = \"p\"\nhosts = [\"h\"]\nprivate_key = \"k\"",
+            "[[ansible.targets]]\nname = \"SBX-abcdefghij\"\nhosts = [\"h\"]\nprivate_key = \"/k\"",
+            "[verify]\nignore_paths = [\"etc\"]",
         ] {
             assert!(parse(&with_tls(toml)).is_err(), "{toml}");
         }
@@ -437,6 +601,30 @@ mod tests {
         assert_eq!(
             c.ssh_ca_key_path(),
             PathBuf::from("/var/lib/fluid/ssh_user_ca")
+        );
+    }
+
+    #[test]
+    fn ansible_targets_parse_with_defaults() {
+        let c = parse(&with_tls(
+            "[ansible]\njob_timeout_secs = 60\n[[ansible.targets]]\nname = \"prod-web\"\n\
+             hosts = [\"10.0.0.5\", \"[2001:db8::1]:2222\", \"web.example:22\"]\n\
+             private_key = \"/etc/fluid/prod.key\"\nbecome = false\n",
+        ))
+        .expect("valid");
+        let t = &c.ansible.targets[0];
+        assert_eq!((t.user.as_str(), t.r#become), ("root", Some(false)));
+        assert_eq!(c.ansible.job_timeout_secs, 60);
+        assert_eq!(c.ansible.production_approval_timeout_secs, 3600);
+        assert_eq!(c.ansible.ansible_playbook, "ansible-playbook");
+        assert!(c.verify.ignore_paths.iter().any(|p| p == "/etc/machine-id"));
+        assert_eq!(
+            crate::jobs::parse_target_host("[2001:db8::1]:2222"),
+            Ok(("2001:db8::1".into(), 2222))
+        );
+        assert_eq!(
+            crate::jobs::parse_target_host("web.example"),
+            Ok(("web.example".into(), 22))
         );
     }
 

@@ -56,7 +56,13 @@ pub(crate) struct FakeAgents {
     pub egress: Mutex<HashMap<String, EgressPolicy>>,
     /// How many SetEgressPolicy calls arrived.
     pub egress_sets: AtomicUsize,
+    /// Snapshots, diffs, file reads, tunnels ([`snapshots`]).
+    pub snap: snapshots::SnapshotFake,
 }
+
+// The fake's `SnapshotAgent` half.
+#[path = "fake_agent_snapshots.rs"]
+mod snapshots;
 
 impl Default for FakeAgents {
     fn default() -> Self {
@@ -74,6 +80,7 @@ impl Default for FakeAgents {
             attach_inputs: Arc::default(),
             egress: Mutex::default(),
             egress_sets: AtomicUsize::new(0),
+            snap: snapshots::SnapshotFake::default(),
         }
     }
 }
@@ -373,6 +380,9 @@ impl AgentConnector for FakeAgents {
         }
         if let Ok(mut e) = self.egress.lock() {
             e.insert(req.id.to_string(), req.egress.clone());
+        }
+        if let (Some(from), Ok(mut f)) = (&req.from_snapshot, self.snap.forks.lock()) {
+            f.push((req.id.clone(), from.clone()));
         }
         if self.fail_create.load(Ordering::SeqCst) {
             return Err(fail(t, "qemu-img: disk full"));

@@ -15,6 +15,11 @@
 //! announces them), and [`overcommit`] gates creates that find no room behind one.
 //! [`egress`] holds each sandbox's network allow-list (pushed to its agent), which
 //! agents extend through approvals ([`egress_requests`]).
+//! [`snapshots`] takes, restores and forks from snapshots of sandboxes; [`diffs`]
+//! compares disk states (read out-of-band by the agents) into the review record.
+//! [`playbooks`] stores Ansible playbooks, [`generate`] writes one from a diff,
+//! [`jobs`] runs them (against a sandbox, or production behind a `production_apply`
+//! approval) and [`verify`] proves one reproduces its sandbox on a fresh one.
 //! Every mutating call, state change, decision and command is appended to the
 //! hash-chained audit trail in the [`store`].
 
@@ -27,20 +32,27 @@ pub mod auth;
 pub mod background;
 pub mod commands;
 pub mod config;
+pub mod diff_convert;
+pub mod diffs;
 pub mod egress;
 pub mod egress_requests;
 pub mod files;
+pub mod generate;
 pub mod grpc_api;
 pub mod hosts;
 pub mod janitor;
+pub mod jobs;
 pub mod overcommit;
 pub mod pki;
+pub mod playbooks;
 pub mod policy;
 pub mod reconciler;
 pub mod sandboxes;
 pub mod scheduler;
+pub mod snapshots;
 pub mod ssh_ca;
 pub mod store;
+pub mod verify;
 pub mod webhook;
 
 #[cfg(test)]
@@ -62,17 +74,24 @@ use crate::attach::AttachService;
 use crate::auth::Authenticator;
 use crate::commands::CommandService;
 use crate::config::Config;
+use crate::diffs::DiffService;
 use crate::egress::EgressService;
 use crate::egress_requests::EgressGate;
 use crate::files::FileService;
+use crate::generate::Generator;
 use crate::hosts::HostService;
 use crate::janitor::Janitor;
+use crate::jobs::runner::{AnsibleRunner, PlaybookRunner};
+use crate::jobs::{JobDeps, JobService, JobSettings};
 use crate::overcommit::CreateGate;
+use crate::playbooks::PlaybookService;
 use crate::policy::Policy;
 use crate::reconciler::{LOST_GRACE, Reconciler};
 use crate::sandboxes::{SandboxService, SandboxSettings};
+use crate::snapshots::SnapshotService;
 use crate::ssh_ca::SshCa;
 use crate::store::{LoopKey, Store};
+use crate::verify::{Verifier, VerifyDeps};
 use crate::webhook::Webhook;
 
 pub use crate::config::Config as ControllerConfig;
@@ -91,6 +110,17 @@ pub fn build_state(
     agents: Arc<dyn AgentConnector>,
     config: &Config,
     ca: Arc<SshCa>,
+) -> anyhow::Result<AppState> {
+    build_state_with_runner(store, agents, config, ca, Arc::new(AnsibleRunner))
+}
+
+/// [`build_state`] with the given runner of ansible-playbook (tests record runs).
+pub fn build_state_with_runner(
+    store: Arc<dyn Store>,
+    agents: Arc<dyn AgentConnector>,
+    config: &Config,
+    ca: Arc<SshCa>,
+    runner: Arc<dyn PlaybookRunner>,
 ) -> anyhow::Result<AppState> {
     let policy = Arc::new(Policy::new(&config.policy).map_err(|e| anyhow::anyhow!("policy: {e}"))?);
     let commands = Arc::new(CommandService::new(
@@ -152,8 +182,58 @@ pub fn build_state(
         approvals.clone(),
         Duration::from_secs(config.approvals.egress_timeout_secs),
     ));
+    let snapshots = Arc::new(SnapshotService::new(
+        store.clone(),
+        agents.clone(),
+        commands.clone(),
+        sandboxes.clone(),
+    ));
+    let diffs = Arc::new(DiffService::new(
+        store.clone(),
+        agents.clone(),
+        commands.clone(),
+        config.diff.clone(),
+    ));
+    let playbooks = Arc::new(PlaybookService::new(store.clone(), &config.data_dir));
+    let jobs = Arc::new(JobService::new(
+        JobDeps {
+            store: store.clone(),
+            agents: agents.clone(),
+            approvals: approvals.clone(),
+            playbooks: playbooks.clone(),
+            sandboxes: sandboxes.clone(),
+            ca: ca.clone(),
+        },
+        runner,
+        JobSettings::from_config(config),
+    ));
+    let generator = Arc::new(Generator::new(
+        store.clone(),
+        diffs.clone(),
+        playbooks.clone(),
+        jobs.clone(),
+        &config.data_dir,
+        config.diff.text_limit_bytes,
+    ));
+    let verifier = Arc::new(Verifier::new(
+        VerifyDeps {
+            store: store.clone(),
+            sandboxes: sandboxes.clone(),
+            egress: egress.clone(),
+            diffs: diffs.clone(),
+            playbooks: playbooks.clone(),
+            jobs: jobs.clone(),
+        },
+        config.verify.ignore_paths.clone(),
+    ));
     Ok(AppState {
         auth: Arc::new(Authenticator::new(store.clone())),
+        snapshots,
+        diffs,
+        playbooks,
+        jobs,
+        generator,
+        verifier,
         store,
         sandboxes,
         hosts,
@@ -296,6 +376,11 @@ pub async fn serve_on(
         Ok(0) => {}
         Ok(n) => tracing::info!(n, "resumed egress requests waiting for approval"),
         Err(e) => tracing::warn!(error = %e, "resuming egress requests"),
+    }
+    match state.jobs.resume().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(n, "resumed production jobs waiting for approval"),
+        Err(e) => tracing::warn!(error = %e, "resuming Ansible jobs"),
     }
     let loops_cancel = CancellationToken::new();
     let mut loops = spawn_background(&state, agents, &config, &loops_cancel);

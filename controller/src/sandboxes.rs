@@ -61,11 +61,22 @@ impl From<ValidationError> for ServiceError {
 }
 
 /// A validated create request with its ids fixed, not yet placed.
+///
+/// [`SandboxService::prepare`] leaves `pin_host` empty and `create.from_snapshot`
+/// unset; a caller sets them before [`SandboxService::place`]:
+/// - `pin_host`: place the sandbox on this host only (a fork: the snapshot it starts
+///   from lives there; a verify sandbox beside the one it is compared with). The host
+///   must still pass every check (online, image, room) and capacity is still reserved;
+///   when it does not fit the create is a 409 naming why, never another host.
+/// - `create.from_snapshot`: the agent starts the new sandbox's disk from that snapshot
+///   (of a sandbox on the same host, so set `pin_host` to the snapshot's host).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PreparedCreate {
     pub placement: Placement,
     pub create: CreateSandbox,
     pub wait_for_ip: bool,
+    /// Place on this host only (see above).
+    pub pin_host: Option<String>,
 }
 
 /// What the service needs from the configuration.
@@ -259,20 +270,23 @@ impl SandboxService {
                 start: auto_start,
                 ssh_user_ca_keys: self.settings.ssh_user_ca_keys.clone(),
                 egress: EgressPolicy::default(),
+                from_snapshot: None,
             },
             wait_for_ip,
+            pin_host: None,
         })
     }
 
-    /// Reserves room for a prepared create on the best host that has it.
+    /// Reserves room for a prepared create on the best host that has it (on its
+    /// `pin_host` only, when set).
     pub async fn place(&self, p: &PreparedCreate) -> Result<SandboxRecord, ServiceError> {
-        Ok(scheduler::place(
-            &*self.store,
-            &p.placement,
-            self.settings.cpu_overcommit_ratio,
-            Utc::now(),
-        )
-        .await?)
+        let ratio = self.settings.cpu_overcommit_ratio;
+        Ok(match &p.pin_host {
+            Some(host) => {
+                scheduler::place_on(&*self.store, &p.placement, host, ratio, Utc::now()).await?
+            }
+            None => scheduler::place(&*self.store, &p.placement, ratio, Utc::now()).await?,
+        })
     }
 
     /// The vCPU over-commit ratio the scheduler applies.
@@ -535,6 +549,13 @@ impl SandboxService {
                 },
             )
             .await?;
+        // Its snapshots went with its domain and overlay (the reconciler removes an
+        // orphan's when the host was offline).
+        match self.store.delete_sandbox_snapshots(id.as_str()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sandbox = %id, snapshots = n, "snapshot records removed"),
+            Err(e) => tracing::warn!(sandbox = %id, error = %e, "removing snapshot records"),
+        }
         tracing::info!(sandbox = %id, "sandbox destroyed");
         Ok(body(&row))
     }

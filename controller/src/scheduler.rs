@@ -172,6 +172,37 @@ pub async fn place(
     Err(ScheduleError::NoCapacity(explain(&lost)))
 }
 
+/// Reserves `p` on `host` and nowhere else (a fork: its snapshot lives there): the
+/// same checks as [`place`] on that one host; when it fails them, a
+/// [`ScheduleError::NoCapacity`] naming why.
+pub async fn place_on(
+    store: &dyn Store,
+    p: &Placement,
+    host: &str,
+    ratio: f64,
+    now: DateTime<Utc>,
+) -> Result<SandboxRecord, ScheduleError> {
+    let pinned = |why: String| {
+        ScheduleError::NoCapacity(format!("{host}: {why} (the sandbox must run on {host})"))
+    };
+    let hosts = store.list_hosts().await?;
+    let h = hosts
+        .iter()
+        .find(|h| h.name == host)
+        .ok_or_else(|| pinned("not registered".into()))?;
+    let usage = store.host_usage().await?;
+    let u = usage.get(host).copied().unwrap_or_default();
+    if let Some(why) = reject_reason(h, u, p, ratio) {
+        return Err(pinned(why));
+    }
+    match store.reserve(&p.reservation(host, ratio, now, false)).await {
+        Ok(row) => Ok(row),
+        Err(ReserveError::NoRoom(why)) => Err(pinned(why)),
+        Err(ReserveError::DuplicateName(n)) => Err(ScheduleError::DuplicateName(n)),
+        Err(ReserveError::Store(e)) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -291,6 +322,41 @@ mod tests {
             .await
             .expect("beat");
         Arc::new(store)
+    }
+
+    #[tokio::test]
+    async fn a_pinned_placement_uses_that_host_or_says_why_not() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = store_with_host(&dir, 4, 1024).await;
+        let row = place_on(&*store, &placement(0, "img", 1, 512), "h1", 4.0, Utc::now())
+            .await
+            .expect("fits");
+        assert_eq!(row.host_name.as_deref(), Some("h1"));
+        let e = place_on(
+            &*store,
+            &placement(1, "img", 1, 1024),
+            "h1",
+            4.0,
+            Utc::now(),
+        )
+        .await
+        .expect_err("full");
+        assert!(matches!(e, ScheduleError::NoCapacity(_)), "{e}");
+        assert!(e.to_string().contains("h1: 512 MiB memory free"), "{e}");
+        let e = place_on(&*store, &placement(2, "img", 1, 64), "h9", 4.0, Utc::now())
+            .await
+            .expect_err("unknown host");
+        assert!(e.to_string().contains("h9: not registered"), "{e}");
+        let e = place_on(
+            &*store,
+            &placement(3, "other", 1, 64),
+            "h1",
+            4.0,
+            Utc::now(),
+        )
+        .await
+        .expect_err("no image");
+        assert!(e.to_string().contains("no image"), "{e}");
     }
 
     #[tokio::test]

@@ -19,6 +19,12 @@ pub enum ServiceError {
     DeadlineExceeded(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// A size past a limit (a file larger than the caller allows).
+    #[error("{0}")]
+    OutOfRange(String),
+    /// Too many of something at once (tunnels); retry later.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// libvirt (or another backend) cannot be reached; retry later.
     #[error("{0}")]
     Unavailable(String),
@@ -31,6 +37,7 @@ impl From<HypervisorError> for ServiceError {
         match e {
             HypervisorError::Unavailable(m) => Self::Unavailable(format!("libvirt: {m}")),
             HypervisorError::NotFound(m) => Self::Internal(format!("libvirt: {m} not found")),
+            HypervisorError::NoSnapshot(m) => Self::NotFound(m),
             HypervisorError::Failed(m) => Self::Internal(format!("libvirt: {m}")),
         }
     }
@@ -65,6 +72,8 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
             ServiceError::DeadlineExceeded(m) => tonic::Status::deadline_exceeded(m),
             ServiceError::PermissionDenied(m) => tonic::Status::permission_denied(m),
+            ServiceError::OutOfRange(m) => tonic::Status::out_of_range(m),
+            ServiceError::ResourceExhausted(m) => tonic::Status::resource_exhausted(m),
             ServiceError::Unavailable(m) => tonic::Status::unavailable(m),
             ServiceError::Internal(m) => tonic::Status::internal(m),
         }

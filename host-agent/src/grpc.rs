@@ -1,13 +1,16 @@
 //! The `fluid.agent.v1.HostAgent` gRPC service. Thin handlers: validate the request
 //! with `fluid_proto::model`, call the sandbox service, map errors to a status at the
 //! boundary. Authorisation (the controller's client certificate) is the interceptor's.
-//! Attach's message sequencing lives in [`attach`].
+//! Attach's message sequencing lives in [`attach`], Tunnel's in [`tunnel`], and the
+//! snapshot RPCs' request and answer conversions in [`snapshots`].
 
 use std::sync::Arc;
 
 use std::pin::Pin;
 
-use fluid_proto::model::{CreateSandbox, Exec, SandboxId, SetEgressPolicy, StopSandbox, WaitForIp};
+use fluid_proto::model::{
+    CreateSandbox, Exec, SandboxId, SetEgressPolicy, SnapshotRef, StopSandbox, WaitForIp,
+};
 use fluid_proto::pb;
 use fluid_proto::pb::host_agent_server::HostAgent;
 use tokio_stream::wrappers::ReceiverStream;
@@ -17,6 +20,8 @@ use tonic::{Request, Response, Status};
 use crate::exec::{ExecEvent, ExecExit};
 
 pub mod attach;
+pub mod snapshots;
+pub mod tunnel;
 
 use crate::hypervisor::Hypervisor;
 use crate::images::{ImageInfo, ImageKind};
@@ -135,6 +140,8 @@ fn fail(op: &'static str, e: crate::error::ServiceError) -> Status {
 impl<H: Hypervisor> HostAgent for AgentService<H> {
     type ExecStream = ExecStream;
     type AttachStream = attach::AttachStream;
+    type ReadSnapshotFileStream = snapshots::FileStream;
+    type TunnelStream = tunnel::TunnelStream;
 
     async fn attach(
         &self,
@@ -308,6 +315,106 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
             .await
             .map_err(|e| fail("get_egress_policy", e))?;
         Ok(Response::new(egress_pb(state)))
+    }
+
+    async fn create_snapshot(
+        &self,
+        req: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotInfo>, Status> {
+        let create = snapshots::create_request(req.into_inner())?;
+        let v = self
+            .sandboxes
+            .create_snapshot(create)
+            .await
+            .map_err(|e| fail("create_snapshot", e))?;
+        Ok(Response::new(snapshots::snapshot_pb(v)))
+    }
+
+    async fn list_snapshots(
+        &self,
+        req: Request<pb::SandboxRef>,
+    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        let id = SandboxId::try_from(req.into_inner())?;
+        let list = self
+            .sandboxes
+            .list_snapshots(&id)
+            .await
+            .map_err(|e| fail("list_snapshots", e))?;
+        Ok(Response::new(pb::ListSnapshotsResponse {
+            snapshots: list.into_iter().map(snapshots::snapshot_pb).collect(),
+        }))
+    }
+
+    async fn revert_snapshot(
+        &self,
+        req: Request<pb::RevertSnapshotRequest>,
+    ) -> Result<Response<pb::Sandbox>, Status> {
+        let (sref, start) = snapshots::revert_request(req.into_inner())?;
+        let v = self
+            .sandboxes
+            .revert_snapshot(&sref, start)
+            .await
+            .map_err(|e| fail("revert_snapshot", e))?;
+        Ok(Response::new(sandbox_pb(v)))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        req: Request<pb::SnapshotRef>,
+    ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
+        let sref = SnapshotRef::try_from(req.into_inner())?;
+        let existed = self
+            .sandboxes
+            .delete_snapshot(&sref)
+            .await
+            .map_err(|e| fail("delete_snapshot", e))?;
+        Ok(Response::new(pb::DeleteSnapshotResponse { existed }))
+    }
+
+    async fn diff_snapshots(
+        &self,
+        req: Request<pb::DiffSnapshotsRequest>,
+    ) -> Result<Response<pb::SnapshotDiff>, Status> {
+        let diff = snapshots::diff_request(req.into_inner())?;
+        let d = self
+            .sandboxes
+            .diff(diff)
+            .await
+            .map_err(|e| fail("diff_snapshots", e))?;
+        Ok(Response::new(d))
+    }
+
+    async fn read_snapshot_file(
+        &self,
+        req: Request<pb::ReadSnapshotFileRequest>,
+    ) -> Result<Response<Self::ReadSnapshotFileStream>, Status> {
+        let read = snapshots::read_request(req.into_inner())?;
+        let (meta, data) = self
+            .sandboxes
+            .read_snapshot_file(read)
+            .await
+            .map_err(|e| fail("read_snapshot_file", e))?;
+        Ok(Response::new(snapshots::chunks(meta, data)))
+    }
+
+    async fn tunnel(
+        &self,
+        req: Request<tonic::Streaming<pb::TunnelInput>>,
+    ) -> Result<Response<Self::TunnelStream>, Status> {
+        let mut input = req.into_inner();
+        let open = tunnel::first_open(&mut input).await.inspect_err(|s| {
+            tracing::info!(op = "tunnel", code = ?s.code(), "{}", s.message());
+        })?;
+        let conn = self
+            .sandboxes
+            .open_tunnel(&open.sandbox_id, open.port)
+            .await
+            .map_err(|e| fail("tunnel", e))?;
+        Ok(Response::new(tunnel::bridge(
+            input,
+            conn.stream,
+            conn.permit,
+        )))
     }
 
     async fn wait_for_ip(

@@ -3,7 +3,8 @@
 //!
 //! - [`config`]: the agent's TOML/env configuration.
 //! - [`grpc`]: the `HostAgent` gRPC service (thin handlers).
-//! - [`sandboxes`]: the service logic (create/start/stop/destroy/inspect).
+//! - [`sandboxes`]: the service logic (create/start/stop/destroy/inspect, snapshots,
+//!   fork, diffs and file reads of disk states, tunnels).
 //! - [`exec`]: commands in sandboxes over SSH (key, connection pool, wrapper, streams).
 //! - [`reconcile`]: start-up repair of local records vs libvirt.
 //! - [`hypervisor`]: the backend trait and its libvirt implementation.
@@ -91,6 +92,10 @@ pub async fn open(config: AgentConfig) -> anyhow::Result<Arc<Sandboxes<Libvirt>>
     reconcile::reconcile(&sandboxes)
         .await
         .context("reconciling local state with libvirt")?;
+    sandboxes
+        .clear_leftovers()
+        .await
+        .context("clearing what an interrupted diff left")?;
     sandboxes
         .restore_network()
         .await

@@ -1,6 +1,8 @@
 //! Sandbox disks: one qcow2 overlay per sandbox on top of its image's disk
 //! (`state_dir/overlays/<sandbox id>.qcow2`), so a sandbox never writes to the image.
-//! Files must be readable by libvirt's `libvirt-qemu` user: directories 0755, files 0644.
+//! A fork's overlay is another sandbox's snapshot exported onto the same image
+//! ([`Overlays::create_from_snapshot`]). Files must be readable by libvirt's
+//! `libvirt-qemu` user: directories 0755, files 0644.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -16,8 +18,12 @@ pub enum OverlayError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("qemu-img create {overlay}: {message}")]
-    QemuImg { overlay: PathBuf, message: String },
+    #[error("qemu-img {op} {overlay}: {message}")]
+    QemuImg {
+        op: &'static str,
+        overlay: PathBuf,
+        message: String,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OverlayError + '_ {
@@ -64,26 +70,71 @@ impl Overlays {
     ) -> Result<PathBuf, OverlayError> {
         let overlay = self.path_for(id);
         self.remove(&overlay).await?;
-        let out = tokio::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", backing_format, "-b"])
+        let mut cmd = tokio::process::Command::new("qemu-img");
+        cmd.args(["create", "-q", "-f", "qcow2", "-F", backing_format, "-b"])
             .arg(backing)
-            .arg(&overlay)
+            .arg(&overlay);
+        self.run("create", cmd, &overlay).await?;
+        Ok(overlay)
+    }
+
+    /// A fork's overlay: the disk of snapshot `snapshot` inside `source` (another
+    /// sandbox's overlay, which may be in use: `-U`) written as a new overlay on
+    /// `backing`, holding only what differs from it:
+    /// `qemu-img convert -U -l snapshot.name=<snapshot> -O qcow2 -B <backing> -F <format>
+    /// <source> <overlay>`. An existing file is replaced.
+    pub async fn create_from_snapshot(
+        &self,
+        id: &SandboxId,
+        source: &Path,
+        snapshot: &str,
+        backing: &Path,
+        backing_format: &str,
+    ) -> Result<PathBuf, OverlayError> {
+        let overlay = self.path_for(id);
+        self.remove(&overlay).await?;
+        let mut cmd = tokio::process::Command::new("qemu-img");
+        cmd.args(["convert", "-U", "-l"])
+            .arg(format!("snapshot.name={snapshot}"))
+            .args(["-O", "qcow2", "-B"])
+            .arg(backing)
+            .args(["-F", backing_format])
+            .arg(source)
+            .arg(&overlay);
+        if let Err(e) = self.run("convert", cmd, &overlay).await {
+            // A failed convert may leave a partial file.
+            let _ = self.remove(&overlay).await;
+            return Err(e);
+        }
+        Ok(overlay)
+    }
+
+    /// Runs one qemu-img command that writes `overlay`, then makes it 0644.
+    async fn run(
+        &self,
+        op: &'static str,
+        mut cmd: tokio::process::Command,
+        overlay: &Path,
+    ) -> Result<(), OverlayError> {
+        let out = cmd
+            .kill_on_drop(true)
             .output()
             .await
             .map_err(|e| OverlayError::QemuImg {
-                overlay: overlay.clone(),
+                op,
+                overlay: overlay.to_owned(),
                 message: format!("running qemu-img: {e}"),
             })?;
         if !out.status.success() {
             return Err(OverlayError::QemuImg {
-                overlay,
+                op,
+                overlay: overlay.to_owned(),
                 message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             });
         }
-        tokio::fs::set_permissions(&overlay, std::fs::Permissions::from_mode(0o644))
+        tokio::fs::set_permissions(overlay, std::fs::Permissions::from_mode(0o644))
             .await
-            .map_err(io(&overlay))?;
-        Ok(overlay)
+            .map_err(io(overlay))
     }
 
     /// Removes a file; a missing file is not an error.
@@ -199,5 +250,76 @@ mod tests {
             .await
             .expect_err("missing backing");
         assert!(e.to_string().contains("qemu-img create"), "{e}");
+    }
+
+    /// Needs `qemu-img` on the PATH.
+    #[tokio::test]
+    async fn forks_an_overlay_from_a_snapshot() {
+        if std::process::Command::new("qemu-img")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("qemu-img not installed; skipped");
+            return;
+        }
+        let qemu_img = |args: &[&str]| {
+            let out = std::process::Command::new("qemu-img")
+                .args(args)
+                .output()
+                .expect("qemu-img");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let tmp = tempfile::tempdir().expect("tmp");
+        let path = |n: &str| tmp.path().join(n).display().to_string();
+        qemu_img(&["create", "-q", "-f", "qcow2", &path("base.qcow2"), "4M"]);
+        let o = Overlays::new(tmp.path().join("overlays"));
+        o.ensure_dir().await.expect("dir");
+        let src = o
+            .create(&id("SBX-0123abcd"), &tmp.path().join("base.qcow2"), "qcow2")
+            .await
+            .expect("source overlay");
+        let src_s = src.display().to_string();
+        // Data in the snapshot, then different data after it.
+        qemu_img(&["snapshot", "-c", "snap-1", &src_s]);
+        let fork = o
+            .create_from_snapshot(
+                &id("SBX-0123abce"),
+                &src,
+                "snap-1",
+                &tmp.path().join("base.qcow2"),
+                "qcow2",
+            )
+            .await
+            .expect("fork");
+        let mode = std::fs::metadata(&fork).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+        let info = qemu_img(&["info", "--output=json", &fork.display().to_string()]);
+        assert!(
+            info.contains("base.qcow2"),
+            "the fork is on the image: {info}"
+        );
+        assert!(
+            !info.contains("snap-1"),
+            "the fork has no snapshots: {info}"
+        );
+
+        let e = o
+            .create_from_snapshot(
+                &id("SBX-0123abcf"),
+                &src,
+                "missing",
+                &tmp.path().join("base.qcow2"),
+                "qcow2",
+            )
+            .await
+            .expect_err("no such snapshot");
+        assert!(e.to_string().contains("qemu-img convert"), "{e}");
+        assert!(!o.path_for(&id("SBX-0123abcf")).exists(), "no partial file");
     }
 }

@@ -3,7 +3,8 @@
 //! - an owned domain without a record is an orphan: powered off, undefined, its
 //!   overlay and console log removed;
 //! - a record without a domain is redefined from the record when its overlay still
-//!   exists (left stopped), otherwise kept and marked in error;
+//!   exists (left stopped), otherwise kept and marked in error (a redefined domain has
+//!   lost libvirt's record of its snapshots; their data stays in the overlay, unlisted);
 //! - an overlay file without a record is deleted.
 //!
 //! Only domains carrying this agent's ownership mark are ever considered.

@@ -5,6 +5,10 @@
 //! operations on one id are serialised by a per-id async mutex. `wait_for_ip` does not
 //! hold that lock while it waits, so a destroy is never blocked behind it.
 //!
+//! Snapshots, revert and fork live in [`snapshots`] and `fork`; diffs and file reads
+//! of disk states (read out-of-band with `fluid_inspect`) in `inspect`; the Tunnel
+//! RPC's connection to a guest's sshd in `tunnel`.
+//!
 //! The sandbox's network rules ([`Firewall`]) move with its life: a create puts the
 //! sandbox in the rules (sealed) before its domain exists, an address is admitted only
 //! once its lease is known (and `wait_for_ip` returns it only after that), a stop
@@ -102,6 +106,10 @@ pub struct Sandboxes<H> {
     pub(crate) ssh: SshPool,
     /// The sandboxes' network rules.
     pub(crate) firewall: Arc<Firewall>,
+    /// Diffs and file reads at once (each holds two exported disk images).
+    pub(crate) inspect_slots: Arc<tokio::sync::Semaphore>,
+    /// Open tunnels.
+    pub(crate) tunnels: Arc<tokio::sync::Semaphore>,
 }
 
 impl<H> std::fmt::Debug for Sandboxes<H> {
@@ -135,6 +143,8 @@ impl<H: Hypervisor> Sandboxes<H> {
             config,
             locks: Mutex::new(HashMap::new()),
             poll: POLL,
+            inspect_slots: Arc::new(tokio::sync::Semaphore::new(inspect::MAX_CONCURRENT)),
+            tunnels: Arc::new(tokio::sync::Semaphore::new(tunnel::MAX_TUNNELS)),
         }
     }
 
@@ -245,7 +255,7 @@ impl<H: Hypervisor> Sandboxes<H> {
         }
     }
 
-    async fn leases(&self) -> Vec<Lease> {
+    pub(crate) async fn leases(&self) -> Vec<Lease> {
         // Leases are a hint; a sandbox is still reported when they cannot be read.
         match self.hv.leases(self.config.network.name.as_str()).await {
             Ok(l) => l,
@@ -336,6 +346,10 @@ impl<H: Hypervisor> Sandboxes<H> {
                 req.image
             ))
         })?;
+        let fork_source = match &req.from_snapshot {
+            Some(from) => Some(self.fork_source(&req, from).await?),
+            None => None,
+        };
         let image = images::resolve(self.hv.as_ref(), image_config).await?;
         let provision = Provision::for_image(&image);
 
@@ -347,10 +361,14 @@ impl<H: Hypervisor> Sandboxes<H> {
             }
         };
         let started_at = Instant::now();
-        let overlay_path = self
-            .overlays
-            .create(&req.id, &image.backing, &image.backing_format)
-            .await?;
+        let overlay_path = match (&fork_source, &req.from_snapshot) {
+            (Some(source), Some(from)) => self.fork_overlay(&req, source, from, &image).await?,
+            _ => {
+                self.overlays
+                    .create(&req.id, &image.backing, &image.backing_format)
+                    .await?
+            }
+        };
         let overlay_ms = started_at.elapsed().as_millis();
         let record = SandboxRecord {
             id: req.id.clone(),
@@ -398,7 +416,8 @@ impl<H: Hypervisor> Sandboxes<H> {
         tracing::info!(
             id = %record.id, name = %record.name, image = %record.image,
             overlay_ms, define_ms, total_ms = started_at.elapsed().as_millis(),
-            started = req.start, "sandbox created"
+            started = req.start, forked_from = ?req.from_snapshot.as_ref().map(|f| format!("{}/{}", f.sandbox_id, f.name)),
+            "sandbox created"
         );
         self.get(&req.id).await
     }
@@ -696,5 +715,9 @@ pub(crate) async fn remove_domain<H: Hypervisor>(hv: &H, uuid: &str) -> Result<(
 mod attach;
 mod egress;
 mod exec;
+mod fork;
+pub mod inspect;
+pub mod snapshots;
 #[cfg(test)]
 pub(crate) mod tests;
+pub mod tunnel;

@@ -85,6 +85,7 @@ cmdline = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
         start: true,
         ssh_user_ca_keys: Vec::new(),
         egress: Default::default(),
+        from_snapshot: None,
     };
 
     let t = Instant::now();

@@ -13,6 +13,9 @@ pub struct TestEnv {
     pub image_dir: PathBuf,
     /// PostgreSQL URL for the PostgreSQL runs.
     pub database_url: Option<String>,
+    /// A local Debian package repository (`scripts/build-apt-mirror.sh`) for tests whose
+    /// sandboxes install packages.
+    pub apt_mirror_dir: Option<PathBuf>,
 }
 
 impl TestEnv {
@@ -55,6 +58,7 @@ impl TestEnv {
             bin_dir,
             image_dir,
             database_url: std::env::var("FLUID_TEST_DATABASE_URL").ok(),
+            apt_mirror_dir: std::env::var_os("FLUID_APT_MIRROR_DIR").map(PathBuf::from),
         })
     }
 }

@@ -127,6 +127,24 @@ impl Internet {
         Ok(net)
     }
 
+    /// Serves `dir` over HTTP on `port` at the server's address (e.g. a package mirror
+    /// built by `scripts/build-apt-mirror.sh`), and waits until it answers.
+    pub fn serve(&mut self, port: u16, dir: &std::path::Path) -> Result<()> {
+        let server = self.server.to_string();
+        let dir = dir.to_string_lossy().into_owned();
+        self.spawn(&[
+            "python3",
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            &server,
+            "--directory",
+            &dir,
+        ])?;
+        self.wait_listening(port)
+    }
+
     fn spawn(&mut self, args: &[&str]) -> Result<()> {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.namespace])

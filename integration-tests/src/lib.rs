@@ -6,7 +6,9 @@
 //! namespace. Run outside that setup they fail with a message saying what is missing
 //! (they never skip silently).
 
+pub mod api;
 pub mod env;
+pub mod guest;
 pub mod internet;
 pub mod pki;
 pub mod process;

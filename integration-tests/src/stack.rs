@@ -436,8 +436,15 @@ impl Stack {
                 let _ = std::process::Command::new("virsh")
                     .args(["-c", "qemu:///system", "destroy", &d])
                     .output();
+                // Sandboxes with snapshots cannot be undefined without their metadata.
                 let _ = std::process::Command::new("virsh")
-                    .args(["-c", "qemu:///system", "undefine", &d])
+                    .args([
+                        "-c",
+                        "qemu:///system",
+                        "undefine",
+                        &d,
+                        "--snapshots-metadata",
+                    ])
                     .output();
             }
         }

@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use fluid_client::Client;
 use fluid_client::governance::ApprovalStatus;
-use fluid_client::types::{CreateSandboxRequest, HostState, RunCommandRequest, WriteFileRequest};
+use fluid_client::types::{HostState, WriteFileRequest};
+use integration_tests::api::Api;
+use integration_tests::guest;
 use integration_tests::internet::{HTTP_PORT, HTTP_PORT_2, Internet};
 use integration_tests::stack::{AgentOptions, Stack, StoreKind, free_port};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// Probes from inside a sandbox; prints `OK …` or `FAIL <why>`; exit 0 on success.
 const PROBE: &str = r#"#!/usr/bin/env python3
@@ -57,25 +59,7 @@ except Exception as e:
 "#;
 
 async fn run(c: &Client, id: &str, cmd: &str) -> Result<(i32, String)> {
-    let r = c
-        .run_command(
-            id,
-            &RunCommandRequest {
-                command: cmd.into(),
-                user: None,
-                timeout_sec: Some(60),
-                env: None,
-                workdir: None,
-                stdin: None,
-            },
-        )
-        .await?;
-    Ok((
-        r.command.exit_code,
-        format!("{}{}", r.command.stdout, r.command.stderr)
-            .trim()
-            .to_owned(),
-    ))
+    guest::run(c, id, cmd, 60).await
 }
 
 /// Runs a probe; `true` when it reached its target.
@@ -85,66 +69,12 @@ async fn probe(c: &Client, id: &str, what: &str, args: &str) -> Result<bool> {
     Ok(code == 0)
 }
 
-struct Api<'a> {
-    http: reqwest::Client,
-    url: &'a str,
-}
-
-impl Api<'_> {
-    async fn send(
-        &self,
-        token: &str,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<(u16, Value)> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await?;
-        Ok((
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        ))
-    }
-}
-
 async fn create(c: &Client, name: &str) -> Result<(String, Ipv4Addr)> {
-    let r = c
-        .create_sandbox(&CreateSandboxRequest {
-            source_vm_name: "debian-12".into(),
-            agent_id: "agent-net".into(),
-            vm_name: Some(name.into()),
-            cpu: Some(1),
-            memory_mb: Some(512),
-            ttl_seconds: None,
-            auto_start: Some(true),
-            wait_for_ip: Some(true),
-        })
-        .await?;
-    let ip = r.ip_address.context("no IP")?.parse()?;
-    Ok((r.sandbox.id, ip))
+    guest::create(c, "agent-net", name).await
 }
 
-/// Waits until sshd in the sandbox runs a command (it starts after the lease).
 async fn ready(c: &Client, id: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Ok((0, _)) = run(c, id, "true").await {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "{id}: no command ran within 90 s"
-        );
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+    guest::ready(c, id, Duration::from_secs(90)).await
 }
 
 fn nft(args: &[&str]) -> Result<String> {
@@ -183,10 +113,7 @@ async fn sandboxes_are_sealed_and_egress_opens_only_with_approval() -> Result<()
     let agent_token = stack.token_cli("net-bot", "agent", Some("agent-net"))?;
     let operator_token = stack.token_cli("net-op", "operator", None)?;
     let agent = stack.client_with(&agent_token)?;
-    let api = Api {
-        http: reqwest::Client::new(),
-        url: &stack.api_url,
-    };
+    let api = Api::new(&stack.api_url);
 
     let ((a, a_ip), (b, b_ip)) =
         tokio::try_join!(create(&agent, "net-a"), create(&agent, "net-b"))?;
@@ -305,7 +232,7 @@ async fn sandboxes_are_sealed_and_egress_opens_only_with_approval() -> Result<()
             req_path.clone(),
         );
         tokio::spawn(async move {
-            Api { http, url: &url }
+            Api { http, url }
                 .send(&token, reqwest::Method::POST, &path, Some(json!({"destination": server.to_string(), "port": HTTP_PORT, "protocol": "tcp", "reason": "fetch the test page"})))
                 .await
         })

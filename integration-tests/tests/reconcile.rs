@@ -80,6 +80,7 @@ async fn janitor_and_reconciler_close_the_gap() -> Result<()> {
         start: false,
         ssh_user_ca_keys: Vec::new(),
         egress: None,
+        from_snapshot: None,
     })
     .await?;
     ensure!(virsh::domains()?.contains(&orphan_name));

@@ -176,6 +176,8 @@ pub struct CreateSandbox {
     pub ssh_user_ca_keys: Vec<String>,
     /// What it may reach from its first packet (empty: sealed).
     pub egress: EgressPolicy,
+    /// Fork: start from this snapshot's disk (a sandbox on the same host).
+    pub from_snapshot: Option<SnapshotRef>,
 }
 
 /// An OpenSSH public key line (`type base64 [comment]`), one line, at most 8 KiB.
@@ -217,6 +219,7 @@ impl TryFrom<pb::CreateSandboxRequest> for CreateSandbox {
                     .collect::<Result<_, _>>()?
             },
             egress: EgressPolicy::try_from(r.egress.unwrap_or_default())?,
+            from_snapshot: r.from_snapshot.map(SnapshotRef::try_from).transpose()?,
         })
     }
 }
@@ -232,6 +235,7 @@ impl From<&CreateSandbox> for pb::CreateSandboxRequest {
             start: c.start,
             ssh_user_ca_keys: c.ssh_user_ca_keys.clone(),
             egress: Some(pb::EgressPolicy::from(&c.egress)),
+            from_snapshot: c.from_snapshot.as_ref().map(pb::SnapshotRef::from),
         }
     }
 }
@@ -668,10 +672,12 @@ impl TryFrom<pb::AttachOpen> for AttachOpen {
 }
 
 pub mod egress;
+pub mod snapshot;
 pub use egress::{
     Destination, EgressPolicy, EgressRule, Protocol, SetEgressPolicy, check_domain, parse_cidr,
     parse_protocol,
 };
+pub use snapshot::{DiskState, SnapshotName, SnapshotRef};
 
 #[cfg(test)]
 mod tests;

@@ -20,6 +20,15 @@ pub use client_governance::{
 mod client_network;
 pub use client_network::{DEFAULT_EGRESS_TIMEOUT_SECS, EgressOutcome};
 
+// Snapshots, restore, fork and diffs.
+#[path = "client_snapshots.rs"]
+mod client_snapshots;
+
+// Ansible playbooks, generation, verification and jobs.
+#[path = "client_ansible.rs"]
+mod client_ansible;
+pub use client_ansible::{VerifyOutcome, job_stream_url};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The controller answered with an error body.

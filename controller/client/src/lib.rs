@@ -6,10 +6,12 @@
 //! a sandbox's egress allow-list and the requests for more. The controller serialises
 //! exactly these types, so client and server cannot drift apart. [`Client`] is a thin async wrapper over them.
 
+pub mod ansible;
 pub mod audit_chain;
 pub mod client;
 pub mod governance;
 pub mod network;
+pub mod snapshots;
 pub mod types;
 
 pub use client::{Client, ClientError, attach_url};

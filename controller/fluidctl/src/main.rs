@@ -4,6 +4,7 @@
 //! a table for people or, with `--json`, the API's own JSON shapes for scripts.
 
 mod access;
+mod ansible;
 mod approvals;
 mod attach;
 mod audit;
@@ -11,11 +12,13 @@ mod encoding;
 mod exec;
 mod files;
 mod hosts;
+mod jobs;
 mod mode;
 mod net;
 mod progress;
 mod render;
 mod sandboxes;
+mod snapshots;
 mod status;
 mod tokens;
 mod vms;
@@ -100,6 +103,23 @@ pub enum Command {
     Access(access::AccessCmd),
     /// Show or set a sandbox's mode (read-only refuses every change to it).
     Mode(mode::ModeArgs),
+    /// A sandbox's snapshots: create, list, restore, delete.
+    #[command(subcommand, visible_alias = "snapshots", visible_alias = "snap")]
+    Snapshot(snapshots::SnapshotCmd),
+    /// Create a new sandbox from a sandbox's snapshot (on the same host).
+    Fork(snapshots::ForkArgs),
+    /// Show what changed in a sandbox between two snapshots, or a snapshot and now:
+    /// files, packages, services, the commands run, then the text diffs.
+    Diff(snapshots::DiffArgs),
+    /// Ansible playbooks: list, show, create, delete, export, and their tasks.
+    #[command(subcommand, visible_alias = "playbooks", visible_alias = "pb")]
+    Playbook(ansible::PlaybookCmd),
+    /// Generate a playbook from a sandbox's changes, or verify that one reproduces them.
+    #[command(subcommand)]
+    Ansible(ansible::AnsibleCmd),
+    /// Run playbooks on sandboxes or production targets, and follow their output.
+    #[command(subcommand, visible_alias = "jobs")]
+    Job(jobs::JobCmd),
     /// A sandbox's network egress: show, allow, deny, or request a destination.
     #[command(subcommand, visible_alias = "network")]
     Net(net::NetCmd),
@@ -188,6 +208,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ask(args) => return approvals::ask(&ctx, args).await,
         Command::Audit(cmd) => return audit::run(&ctx, cmd).await,
         Command::Net(cmd) => return net::run(&ctx, cmd).await,
+        Command::Ansible(cmd) => return ansible::ansible(&ctx, cmd).await,
+        Command::Job(cmd) => return jobs::run(&ctx, cmd).await,
+        Command::Playbook(cmd) => ansible::playbook(&ctx, cmd).await,
         Command::Read(args) => files::read(&ctx, args).await,
         Command::Write(args) => files::write(&ctx, args).await,
         Command::Edit(args) => files::edit(&ctx, args).await,
@@ -196,6 +219,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ssh(args) => access::ssh(&ctx, args).await,
         Command::Access(cmd) => access::access(&ctx, cmd).await,
         Command::Mode(args) => mode::run(&ctx, args).await,
+        Command::Snapshot(cmd) => snapshots::run(&ctx, cmd).await,
+        Command::Fork(args) => snapshots::fork(&ctx, args).await,
+        Command::Diff(args) => snapshots::diff(&ctx, args).await,
         Command::Approvals(cmd) => approvals::run(&ctx, cmd).await,
         Command::Token(cmd) => tokens::run(&ctx, cmd).await,
         Command::Whoami => tokens::whoami(&ctx).await,

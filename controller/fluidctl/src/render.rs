@@ -8,11 +8,15 @@ use fluid_client::governance::SandboxMode;
 use fluid_client::types::{Host, HostError, HostState, Sandbox, Vm};
 
 mod activity;
+mod ansible;
 mod governance;
 mod network;
+mod snapshots;
 pub use activity::*;
+pub use ansible::*;
 pub use governance::*;
 pub use network::*;
+pub use snapshots::*;
 
 /// Placeholder for absent values.
 const NONE: &str = "-";

@@ -2,6 +2,8 @@
 //! handlers; every error leaves through [`error::ApiError`].
 
 pub mod access;
+pub mod ansible;
+pub mod ansible_jobs;
 pub mod approvals;
 pub mod attach;
 pub mod auth;
@@ -16,6 +18,7 @@ pub mod network;
 pub mod openapi;
 pub mod params;
 pub mod sandboxes;
+pub mod snapshots;
 pub mod vms;
 
 use std::sync::Arc;
@@ -31,13 +34,19 @@ use crate::approvals::ApprovalService;
 use crate::attach::AttachService;
 use crate::auth::Authenticator;
 use crate::commands::CommandService;
+use crate::diffs::DiffService;
 use crate::egress::EgressService;
 use crate::egress_requests::EgressGate;
 use crate::files::FileService;
+use crate::generate::Generator;
 use crate::hosts::HostService;
+use crate::jobs::JobService;
 use crate::overcommit::CreateGate;
+use crate::playbooks::PlaybookService;
 use crate::sandboxes::SandboxService;
+use crate::snapshots::SnapshotService;
 use crate::store::Store;
+use crate::verify::Verifier;
 use error::ApiError;
 
 /// What handlers share.
@@ -55,6 +64,12 @@ pub struct AppState {
     pub gate: Arc<CreateGate>,
     pub egress: Arc<EgressService>,
     pub egress_gate: Arc<EgressGate>,
+    pub snapshots: Arc<SnapshotService>,
+    pub diffs: Arc<DiffService>,
+    pub playbooks: Arc<PlaybookService>,
+    pub jobs: Arc<JobService>,
+    pub generator: Arc<Generator>,
+    pub verifier: Arc<Verifier>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -119,6 +134,70 @@ pub fn router(state: AppState) -> Router {
             "/v1/sandboxes/{id}/network/requests",
             post(network::request_egress),
         )
+        .route(
+            "/v1/sandboxes/{id}/snapshot",
+            post(snapshots::create_snapshot_alias),
+        )
+        .route(
+            "/v1/sandboxes/{id}/snapshots",
+            get(snapshots::list_snapshots).post(snapshots::create_snapshot),
+        )
+        .route(
+            "/v1/sandboxes/{id}/snapshots/{name}",
+            axum::routing::delete(snapshots::delete_snapshot),
+        )
+        .route(
+            "/v1/sandboxes/{id}/snapshots/{name}/restore",
+            post(snapshots::restore_snapshot),
+        )
+        .route("/v1/sandboxes/{id}/fork", post(snapshots::fork_sandbox))
+        .route("/v1/sandboxes/{id}/diff", post(snapshots::diff_sandbox))
+        .route("/v1/sandboxes/{id}/diffs", get(snapshots::list_diffs))
+        .route(
+            "/v1/sandboxes/{id}/diffs/{diff_id}",
+            get(snapshots::get_diff),
+        )
+        .route(
+            "/v1/sandboxes/{id}/generate/ansible",
+            post(ansible::generate_ansible),
+        )
+        .route(
+            "/v1/ansible/playbooks",
+            get(ansible::list_playbooks).post(ansible::create_playbook),
+        )
+        .route(
+            "/v1/ansible/playbooks/{name}",
+            get(ansible::get_playbook).delete(ansible::delete_playbook),
+        )
+        .route(
+            "/v1/ansible/playbooks/{name}/export",
+            get(ansible::export_playbook),
+        )
+        .route(
+            "/v1/ansible/playbooks/{name}/verify",
+            post(ansible::verify_playbook),
+        )
+        .route(
+            "/v1/ansible/playbooks/{name}/tasks",
+            post(ansible::add_task),
+        )
+        .route(
+            "/v1/ansible/playbooks/{name}/tasks/reorder",
+            axum::routing::patch(ansible::reorder_tasks),
+        )
+        .route(
+            "/v1/ansible/playbooks/{name}/tasks/{task_id}",
+            axum::routing::put(ansible::update_task).delete(ansible::delete_task),
+        )
+        .route(
+            "/v1/ansible/jobs",
+            get(ansible_jobs::list_jobs).post(ansible_jobs::create_job),
+        )
+        .route("/v1/ansible/jobs/{job_id}", get(ansible_jobs::get_job))
+        .route(
+            "/v1/ansible/jobs/{job_id}/stream",
+            get(ansible_jobs::stream_job),
+        )
         .route("/v1/access/request", post(access::request_access))
         .route("/v1/access/ca-pubkey", get(access::ca_pubkey))
         .route("/v1/access/certificates", get(access::list_certificates))
@@ -161,12 +240,20 @@ pub fn router(state: AppState) -> Router {
 #[cfg(test)]
 pub(crate) mod tests;
 #[cfg(test)]
+mod tests_ansible;
+#[cfg(test)]
+mod tests_ansible_jobs;
+#[cfg(test)]
 mod tests_approvals;
 #[cfg(test)]
 mod tests_attach;
 #[cfg(test)]
 mod tests_authz;
 #[cfg(test)]
+mod tests_diffs;
+#[cfg(test)]
 mod tests_exec;
 #[cfg(test)]
 mod tests_network;
+#[cfg(test)]
+mod tests_snapshots;

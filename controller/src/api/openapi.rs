@@ -4,7 +4,8 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use super::{
-    access, approvals, attach, commands, files, governance, health, hosts, network, sandboxes, vms,
+    access, ansible, ansible_jobs, approvals, attach, commands, files, governance, health, hosts,
+    network, sandboxes, snapshots, vms,
 };
 
 #[derive(Debug, OpenApi)]
@@ -51,6 +52,30 @@ use super::{
         network::get_network,
         network::put_network,
         network::request_egress,
+        snapshots::create_snapshot,
+        snapshots::create_snapshot_alias,
+        snapshots::list_snapshots,
+        snapshots::restore_snapshot,
+        snapshots::delete_snapshot,
+        snapshots::fork_sandbox,
+        snapshots::diff_sandbox,
+        snapshots::list_diffs,
+        snapshots::get_diff,
+        ansible::list_playbooks,
+        ansible::create_playbook,
+        ansible::get_playbook,
+        ansible::delete_playbook,
+        ansible::export_playbook,
+        ansible::add_task,
+        ansible::update_task,
+        ansible::delete_task,
+        ansible::reorder_tasks,
+        ansible::generate_ansible,
+        ansible::verify_playbook,
+        ansible_jobs::create_job,
+        ansible_jobs::list_jobs,
+        ansible_jobs::get_job,
+        ansible_jobs::stream_job,
     ),
     components(schemas(
         fluid_client::types::OutputChunk,
@@ -61,7 +86,7 @@ use super::{
     tags(
         (name = "health"), (name = "hosts"), (name = "inventory"), (name = "sandboxes"),
         (name = "commands"), (name = "files"), (name = "access"), (name = "approvals"),
-        (name = "auth"), (name = "audit"), (name = "network"),
+        (name = "auth"), (name = "audit"), (name = "network"), (name = "snapshots"), (name = "ansible"),
     )
 )]
 pub struct ApiDoc;

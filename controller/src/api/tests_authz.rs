@@ -62,6 +62,10 @@ enum Class {
     RevokeAccess,
     ManageTokens,
     ManageNetwork,
+    /// Write playbooks, verify them, start Ansible jobs.
+    Playbooks,
+    /// Generate a playbook from the sandbox under test (`Playbooks` and `Read` on it).
+    PlaybooksSandbox,
 }
 
 /// The expected table: `true` = allowed. Unauthenticated callers are refused
@@ -86,6 +90,8 @@ fn allowed(class: Class, who: Who) -> bool {
         RevokeAccess => [true, true, false, false, false],
         ManageTokens => [true, false, false, false, false],
         ManageNetwork => [true, true, false, false, false],
+        Playbooks => [true, true, true, true, false],
+        PlaybooksSandbox => [true, true, true, false, false],
     };
     match who {
         Admin => row[0],
@@ -283,6 +289,118 @@ fn calls() -> Vec<Call> {
             "/v1/sandboxes/{id}/network",
             Some(json!({"allow": [{"domain": "deb.debian.org", "protocol": "tcp", "port": 443}]})),
         ),
+        // Snapshots: taking, restoring and deleting change the sandbox (Work); a fork
+        // creates one (CreateSandbox, and Read on the source); the rest read.
+        call(
+            Work,
+            post.clone(),
+            "/v1/sandboxes/{id}/snapshots",
+            Some(json!({"name": "s-{n}"})),
+        ),
+        call(
+            Work,
+            post.clone(),
+            "/v1/sandboxes/{id}/snapshot",
+            Some(json!({"name": "t-{n}"})),
+        ),
+        call(
+            Work,
+            post.clone(),
+            "/v1/sandboxes/{id}/snapshots/nosuch/restore",
+            None,
+        ),
+        call(
+            Work,
+            Method::DELETE,
+            "/v1/sandboxes/{id}/snapshots/nosuch",
+            None,
+        ),
+        call(
+            Create,
+            post.clone(),
+            "/v1/sandboxes/{id}/fork",
+            Some(json!({"snapshot": "nosuch"})),
+        ),
+        call(
+            ReadSandbox,
+            get.clone(),
+            "/v1/sandboxes/{id}/snapshots",
+            None,
+        ),
+        call(
+            ReadSandbox,
+            post.clone(),
+            "/v1/sandboxes/{id}/diff",
+            Some(json!({"from_snapshot": "nosuch"})),
+        ),
+        call(ReadSandbox, get.clone(), "/v1/sandboxes/{id}/diffs", None),
+        call(
+            ReadSandbox,
+            get.clone(),
+            "/v1/sandboxes/{id}/diffs/DIF-nosuch0000",
+            None,
+        ),
+        // Ansible: reading is Read; writing, verifying and jobs are Playbooks; a job on
+        // the sandbox also needs Work on it, a generate Read on it. (Bodies are refused
+        // after the permission checks, so nothing is written or run.)
+        call(Read, get.clone(), "/v1/ansible/playbooks", None),
+        call(Read, get.clone(), "/v1/ansible/playbooks/nosuch", None),
+        call(
+            Read,
+            get.clone(),
+            "/v1/ansible/playbooks/nosuch/export",
+            None,
+        ),
+        call(Read, get.clone(), "/v1/ansible/jobs", None),
+        call(Read, get.clone(), "/v1/ansible/jobs/JOB-nosuch0000", None),
+        call(
+            Playbooks,
+            post.clone(),
+            "/v1/ansible/playbooks",
+            Some(json!({"name": "a/b"})),
+        ),
+        call(
+            Playbooks,
+            Method::DELETE,
+            "/v1/ansible/playbooks/nosuch",
+            None,
+        ),
+        call(
+            Playbooks,
+            post.clone(),
+            "/v1/ansible/playbooks/nosuch/tasks",
+            Some(json!({"name": "x", "module": "copy"})),
+        ),
+        call(
+            Playbooks,
+            Method::PATCH,
+            "/v1/ansible/playbooks/nosuch/tasks/reorder",
+            Some(json!({"task_ids": []})),
+        ),
+        call(
+            Playbooks,
+            post.clone(),
+            "/v1/ansible/playbooks/nosuch/verify",
+            None,
+        ),
+        call(
+            Playbooks,
+            post.clone(),
+            "/v1/ansible/jobs",
+            Some(json!({"vm_name": "nosuch", "playbook": "nosuch"})),
+        ),
+        call(
+            Work,
+            post.clone(),
+            "/v1/ansible/jobs",
+            Some(json!({"vm_name": "{id}", "playbook": "nosuch"})),
+        ),
+        call(
+            PlaybooksSandbox,
+            post.clone(),
+            "/v1/sandboxes/{id}/generate/ansible",
+            Some(json!({"name": "a/b"})),
+        ),
         call(ManageTokens, get.clone(), "/v1/tokens", None),
         call(
             ManageTokens,
@@ -437,6 +555,7 @@ async fn an_agent_token_cannot_touch_another_agents_sandbox_nor_decide() {
                 | Class::Decide
                 | Class::AskSandbox
                 | Class::ManageNetwork
+                | Class::PlaybooksSandbox
         ) {
             continue;
         }

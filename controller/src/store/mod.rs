@@ -8,7 +8,8 @@
 //! from this and from the agents. Another replica sharing the PostgreSQL database can
 //! therefore take over at any time.
 //!
-//! A sandbox's egress allow-list is intent too ([`egress`]). Besides intent, what the
+//! A sandbox's egress allow-list is intent too ([`egress`]), and so are Ansible playbooks
+//! ([`playbooks`], with the record of the jobs that ran them). Besides intent, what the
 //! human-in-the-loop needs ([`trust`]): API tokens, approval requests and the
 //! append-only, hash-chained audit trail, into which the store itself writes every
 //! sandbox state change, allow-list change and finished or refused command, in the
@@ -19,9 +20,12 @@
 
 mod audit_rows;
 pub mod egress;
+mod playbook_rows;
+pub mod playbooks;
 mod postgres;
 mod rows;
 mod shared;
+pub mod snapshots;
 mod sqlite;
 pub mod trust;
 mod trust_rows;
@@ -34,7 +38,11 @@ use chrono::{DateTime, Utc};
 use fluid_client::types::{AccessCertificate, Command, HostState, Sandbox, SandboxState};
 
 pub use egress::{EMPTY_EGRESS_JSON, EgressStore, EgressWrite};
+pub use playbooks::{
+    JobFilter, JobRecord, JobUpdate, PlaybookRecord, PlaybookStore, TaskRecord, TaskWrite,
+};
 pub use postgres::PgStore;
+pub use snapshots::{DiffRecord, SnapshotRecord, SnapshotStore};
 pub use sqlite::SqliteStore;
 pub use trust::{
     ApprovalFilter, ApprovalRecord, AuditFilter, Decided, NewAuditEvent, TokenRecord, TrustStore,
@@ -374,10 +382,18 @@ pub enum LoopKey {
 }
 
 /// Everything the controller persists; [`TrustStore`] (tokens, approvals, the audit
-/// trail) and [`EgressStore`] (sandboxes' allow-lists) are part of it, so their methods
-/// work on an `Arc<dyn Store>`.
+/// trail), [`EgressStore`] (sandboxes' allow-lists) and [`SnapshotStore`] (snapshots,
+/// diffs) are part of it, so their methods work on an `Arc<dyn Store>`.
 #[async_trait]
-pub trait Store: trust::TrustStore + egress::EgressStore + Send + Sync + 'static {
+pub trait Store:
+    trust::TrustStore
+    + egress::EgressStore
+    + playbooks::PlaybookStore
+    + snapshots::SnapshotStore
+    + Send
+    + Sync
+    + 'static
+{
     /// Runs a trivial query: is the database reachable?
     async fn ping(&self) -> Result<(), StoreError>;
     async fn close(&self);
@@ -492,6 +508,10 @@ pub async fn open(
 pub(crate) mod tests;
 #[cfg(test)]
 mod tests_egress;
+#[cfg(test)]
+mod tests_playbooks;
+#[cfg(test)]
+mod tests_snapshots;
 #[cfg(test)]
 mod tests_trust;
 #[cfg(test)]

@@ -105,3 +105,5 @@ impl PgStore {
 super::shared::sql_store!(PgStore, Postgres, sqlx::postgres::PgArguments);
 super::trust_shared::trust_store!(PgStore, Postgres);
 super::egress::egress_store!(PgStore);
+super::snapshots::snapshot_store!(PgStore);
+super::playbook_rows::playbook_store!(PgStore);

@@ -104,3 +104,5 @@ impl SqliteStore {
 super::shared::sql_store!(SqliteStore, Sqlite, sqlx::sqlite::SqliteArguments);
 super::trust_shared::trust_store!(SqliteStore, Sqlite);
 super::egress::egress_store!(SqliteStore);
+super::snapshots::snapshot_store!(SqliteStore);
+super::playbook_rows::playbook_store!(SqliteStore);

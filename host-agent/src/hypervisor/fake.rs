@@ -1,5 +1,7 @@
 //! An in-memory [`Hypervisor`] for unit tests (compiled only under `cfg(test)`).
-//! Starting a domain hands its MAC a DHCP lease at once.
+//! Starting a domain hands its MAC a DHCP lease at once. Snapshots are kept per domain
+//! (memory while running, disk-only while shut off) and go with an undefine, as
+//! libvirt's do with `VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -8,8 +10,8 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    DomainSpec, DomainState, FluidMeta, Hypervisor, HypervisorError, Lease, NetworkInfo, NodeInfo,
-    OwnedDomain, Result, SourceDomain,
+    DomainSnapshot, DomainSpec, DomainState, FluidMeta, Hypervisor, HypervisorError, Lease,
+    NetworkInfo, NodeInfo, OwnedDomain, Result, RevertTo, SourceDomain,
 };
 
 #[derive(Debug, Clone)]
@@ -18,6 +20,8 @@ pub struct FakeDomain {
     pub state: DomainState,
     pub meta: FluidMeta,
     pub mac: String,
+    /// Oldest first.
+    pub snapshots: Vec<DomainSnapshot>,
 }
 
 #[derive(Debug, Default)]
@@ -34,6 +38,10 @@ pub struct FakeState {
     pub unavailable: bool,
     pub next_ip: u8,
     pub defines: usize,
+    /// Snapshot creates fail.
+    pub fail_snapshot: bool,
+    /// Every snapshot create, revert and delete: (operation, domain uuid, name).
+    pub snapshot_calls: Vec<(&'static str, String, String)>,
 }
 
 #[derive(Debug)]
@@ -70,6 +78,7 @@ impl FakeHypervisor {
                     image: "debian-12".into(),
                 },
                 mac: "52:54:00:ff:ff:ff".into(),
+                snapshots: Vec::new(),
             },
         );
     }
@@ -92,6 +101,25 @@ impl FakeHypervisor {
             Some(d) if d.meta.agent == self.host => f(&mut s, uuid),
             _ => Err(HypervisorError::NotFound(format!("domain {uuid}"))),
         }
+    }
+
+    /// Hands the domain's MAC a fresh lease (as its guest's DHCP would).
+    fn give_lease(s: &mut FakeState, uuid: &str) {
+        let ip = Ipv4Addr::new(192, 168, 122, s.next_ip);
+        s.next_ip = s.next_ip.wrapping_add(1);
+        if let Some(mac) = s.domains.get(uuid).map(|d| d.mac.clone()) {
+            s.leases.retain(|l| l.mac != mac);
+            s.leases.push(Lease { mac, ip });
+        }
+    }
+
+    /// The names of a domain's snapshots.
+    pub fn snapshot_names(&self, uuid: &str) -> Vec<String> {
+        self.lock()
+            .domains
+            .get(uuid)
+            .map(|d| d.snapshots.iter().map(|s| s.name.clone()).collect())
+            .unwrap_or_default()
     }
 
     fn set_state(&self, uuid: &str, state: DomainState) -> Result<()> {
@@ -129,6 +157,7 @@ impl Hypervisor for FakeHypervisor {
                     image: spec.image.to_string(),
                 },
                 mac: spec.mac.clone(),
+                snapshots: Vec::new(),
             },
         );
         Ok(())
@@ -139,8 +168,6 @@ impl Hypervisor for FakeHypervisor {
             if s.fail_start {
                 return Err(HypervisorError::Failed("start refused".into()));
             }
-            let ip = Ipv4Addr::new(192, 168, 122, s.next_ip);
-            s.next_ip = s.next_ip.wrapping_add(1);
             let Some(d) = s.domains.get_mut(uuid) else {
                 return Err(HypervisorError::NotFound(uuid.into()));
             };
@@ -148,9 +175,7 @@ impl Hypervisor for FakeHypervisor {
                 return Err(HypervisorError::Failed("already running".into()));
             }
             d.state = DomainState::Running;
-            let mac = d.mac.clone();
-            s.leases.retain(|l| l.mac != mac);
-            s.leases.push(Lease { mac, ip });
+            Self::give_lease(s, uuid);
             Ok(())
         })
     }
@@ -241,5 +266,82 @@ impl Hypervisor for FakeHypervisor {
             .get(name)
             .cloned()
             .ok_or_else(|| HypervisorError::NotFound(format!("domain {name}")))
+    }
+
+    async fn snapshot_create(&self, uuid: &str, name: &str, description: &str) -> Result<()> {
+        self.with(uuid, |s, uuid| {
+            s.snapshot_calls.push(("create", uuid.into(), name.into()));
+            if s.fail_snapshot {
+                return Err(HypervisorError::Failed("snapshot refused".into()));
+            }
+            let Some(d) = s.domains.get_mut(uuid) else {
+                return Err(HypervisorError::NotFound(uuid.into()));
+            };
+            if d.snapshots.iter().any(|x| x.name == name) {
+                return Err(HypervisorError::Failed(format!(
+                    "snapshot {name} already exists"
+                )));
+            }
+            let (state, memory) = match d.state {
+                DomainState::Running => ("running", true),
+                DomainState::Paused => ("paused", true),
+                _ => ("shutoff", false),
+            };
+            d.snapshots.push(DomainSnapshot {
+                name: name.into(),
+                description: description.into(),
+                state: state.into(),
+                memory,
+                creation_time: crate::unix_now(),
+            });
+            Ok(())
+        })
+    }
+
+    async fn snapshot_list(&self, uuid: &str) -> Result<Vec<DomainSnapshot>> {
+        self.with(uuid, |s, uuid| {
+            Ok(s.domains
+                .get(uuid)
+                .map(|d| d.snapshots.clone())
+                .unwrap_or_default())
+        })
+    }
+
+    async fn snapshot_revert(&self, uuid: &str, name: &str, to: RevertTo) -> Result<()> {
+        self.with(uuid, |s, uuid| {
+            s.snapshot_calls.push(("revert", uuid.into(), name.into()));
+            let Some(d) = s.domains.get_mut(uuid) else {
+                return Err(HypervisorError::NotFound(uuid.into()));
+            };
+            let Some(snap) = d.snapshots.iter().find(|x| x.name == name) else {
+                return Err(HypervisorError::NoSnapshot(format!("snapshot {name}")));
+            };
+            let state = match (to, snap.memory) {
+                (RevertTo::Paused, _) => DomainState::Paused,
+                (RevertTo::Running, _) | (RevertTo::AsTaken, true) => DomainState::Running,
+                (RevertTo::AsTaken, false) => DomainState::ShutOff,
+            };
+            let booted = state == DomainState::Running && !snap.memory;
+            d.state = state;
+            if booted {
+                Self::give_lease(s, uuid);
+            }
+            Ok(())
+        })
+    }
+
+    async fn snapshot_delete(&self, uuid: &str, name: &str) -> Result<()> {
+        self.with(uuid, |s, uuid| {
+            s.snapshot_calls.push(("delete", uuid.into(), name.into()));
+            let Some(d) = s.domains.get_mut(uuid) else {
+                return Err(HypervisorError::NotFound(uuid.into()));
+            };
+            let before = d.snapshots.len();
+            d.snapshots.retain(|x| x.name != name);
+            if d.snapshots.len() == before {
+                return Err(HypervisorError::NoSnapshot(format!("snapshot {name}")));
+            }
+            Ok(())
+        })
     }
 }

@@ -4,6 +4,10 @@
 //! closures over a channel and await the answer on a oneshot, so blocking libvirt calls
 //! never run on the async runtime. The thread (re)opens the connection when it is
 //! missing or dead, so a libvirtd restart costs failed calls, not a dead agent.
+//!
+//! Snapshot create, revert and delete can take seconds (saving or loading a guest's
+//! memory); they run on a second thread with its own connection, so they never hold
+//! up the quick calls (states, leases, heartbeats) behind them.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -19,8 +23,8 @@ use virt::error::ErrorNumber;
 use super::domain_xml::{self, parse_meta, parse_source_disk};
 use super::leases::{self, DNSMASQ_STATE_DIR};
 use super::{
-    DomainSpec, DomainState, FLUID_XMLNS, FluidMeta, Hypervisor, HypervisorError, Lease,
-    NetworkInfo, NodeInfo, OwnedDomain, Result, SourceDomain,
+    DomainSnapshot, DomainSpec, DomainState, FLUID_XMLNS, FluidMeta, Hypervisor, HypervisorError,
+    Lease, NetworkInfo, NodeInfo, OwnedDomain, Result, RevertTo, SourceDomain, snapshot_xml,
 };
 
 type Job = Box<dyn FnOnce(Result<&Connect>) + Send>;
@@ -28,6 +32,8 @@ type Job = Box<dyn FnOnce(Result<&Connect>) + Send>;
 /// A handle to the libvirt thread. Cheap to share behind an `Arc`.
 pub struct Libvirt {
     jobs: mpsc::Sender<Job>,
+    /// The second thread, for the slow snapshot calls.
+    slow_jobs: mpsc::Sender<Job>,
     host_name: String,
     lease_dir: PathBuf,
 }
@@ -35,14 +41,18 @@ pub struct Libvirt {
 impl Libvirt {
     /// Starts the connection thread and checks that libvirt answers.
     pub async fn connect(uri: &str, host_name: &str) -> Result<Self> {
-        let (jobs, rx) = mpsc::channel::<Job>();
-        let uri = uri.to_owned();
-        std::thread::Builder::new()
-            .name("libvirt".into())
-            .spawn(move || connection_thread(&uri, rx))
-            .map_err(|e| HypervisorError::Failed(format!("spawning the libvirt thread: {e}")))?;
+        let spawn = |name: &str| {
+            let (jobs, rx) = mpsc::channel::<Job>();
+            let uri = uri.to_owned();
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || connection_thread(&uri, rx))
+                .map_err(|e| HypervisorError::Failed(format!("spawning the {name} thread: {e}")))?;
+            Ok::<_, HypervisorError>(jobs)
+        };
         let lv = Self {
-            jobs,
+            jobs: spawn("libvirt")?,
+            slow_jobs: spawn("libvirt-slow")?,
             host_name: host_name.to_owned(),
             lease_dir: PathBuf::from(DNSMASQ_STATE_DIR),
         };
@@ -59,12 +69,20 @@ impl Libvirt {
         T: Send + 'static,
         F: FnOnce(&Connect) -> Result<T> + Send + 'static,
     {
+        Self::call_on(&self.jobs, f).await
+    }
+
+    /// Runs `f` on the thread given by `lane`.
+    async fn call_on<T, F>(lane: &mpsc::Sender<Job>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connect) -> Result<T> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
             let _ = tx.send(conn.and_then(f));
         });
-        self.jobs
-            .send(job)
+        lane.send(job)
             .map_err(|_| HypervisorError::Unavailable("the libvirt thread has stopped".into()))?;
         rx.await
             .map_err(|_| HypervisorError::Failed("the libvirt call was aborted".into()))?
@@ -79,6 +97,17 @@ impl Libvirt {
         let host = self.host_name.clone();
         let uuid = uuid.to_owned();
         self.call(move |c| f(&owned_domain(c, &host, &uuid)?)).await
+    }
+
+    /// [`Libvirt::with_owned`] on the slow thread.
+    async fn with_owned_slow<T, F>(&self, uuid: &str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Domain) -> Result<T> + Send + 'static,
+    {
+        let host = self.host_name.clone();
+        let uuid = uuid.to_owned();
+        Self::call_on(&self.slow_jobs, move |c| f(&owned_domain(c, &host, &uuid)?)).await
     }
 
     async fn bridge(&self, network: &str) -> Result<String> {
@@ -131,6 +160,9 @@ fn map_err(e: virt::error::Error) -> HypervisorError {
     match e.code() {
         Enum::Known(ErrorNumber::NoDomain | ErrorNumber::NoNetwork) => {
             HypervisorError::NotFound(e.message().to_owned())
+        }
+        Enum::Known(ErrorNumber::NoDomainSnapshot) => {
+            HypervisorError::NoSnapshot(e.message().to_owned())
         }
         Enum::Known(
             ErrorNumber::NoConnect | ErrorNumber::InvalidConn | ErrorNumber::AuthFailed,
@@ -217,6 +249,8 @@ impl Hypervisor for Libvirt {
     }
 
     async fn undefine(&self, uuid: &str) -> Result<()> {
+        // SNAPSHOTS_METADATA: libvirt refuses to undefine a domain with snapshots
+        // otherwise; their data lives in the overlay, which the caller removes.
         self.with_owned(uuid, |d| {
             let flags = virt::sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
                 | virt::sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
@@ -322,6 +356,67 @@ impl Hypervisor for Libvirt {
                 disk_format: disk.format,
                 boot: disk.boot,
             })
+        })
+        .await
+    }
+
+    async fn snapshot_create(&self, uuid: &str, name: &str, description: &str) -> Result<()> {
+        let xml = snapshot_xml::render_create(name, description)
+            .map_err(|e| HypervisorError::Failed(format!("snapshot XML: {e}")))?;
+        self.with_owned_slow(uuid, move |d| {
+            d.create_snapshot_xml(&xml, virt::sys::VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC)
+                .map(drop)
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn snapshot_list(&self, uuid: &str) -> Result<Vec<DomainSnapshot>> {
+        self.with_owned(uuid, |d| {
+            let mut out = Vec::new();
+            for snap in d.list_all_snapshots(0).map_err(map_err)? {
+                // One deleted while we look is skipped.
+                let xml = match snap.xml_desc(0) {
+                    Ok(x) => x,
+                    Err(e) => match map_err(e) {
+                        HypervisorError::NoSnapshot(_) => continue,
+                        other => return Err(other),
+                    },
+                };
+                out.push(snapshot_xml::parse(&xml).map_err(|e| {
+                    HypervisorError::Failed(format!("reading a snapshot's XML: {e}"))
+                })?);
+            }
+            out.sort_by(|a, b| {
+                (a.creation_time, a.name.as_str()).cmp(&(b.creation_time, b.name.as_str()))
+            });
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn snapshot_revert(&self, uuid: &str, name: &str, to: RevertTo) -> Result<()> {
+        let name = name.to_owned();
+        // libvirt 9 reverts a running domain to a shut-off snapshot by stopping it,
+        // and to a running one without FORCE (same definition); RUNNING boots a
+        // disk-only snapshot.
+        let flags = match to {
+            RevertTo::AsTaken => 0,
+            RevertTo::Running => virt::sys::VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING,
+            RevertTo::Paused => virt::sys::VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED,
+        };
+        self.with_owned_slow(uuid, move |d| {
+            let snap = Domain::lookup_snapshot_by_name(d, &name, 0).map_err(map_err)?;
+            snap.revert(flags).map_err(map_err)
+        })
+        .await
+    }
+
+    async fn snapshot_delete(&self, uuid: &str, name: &str) -> Result<()> {
+        let name = name.to_owned();
+        self.with_owned_slow(uuid, move |d| {
+            let snap = Domain::lookup_snapshot_by_name(d, &name, 0).map_err(map_err)?;
+            snap.delete(0).map_err(map_err)
         })
         .await
     }

@@ -3,11 +3,17 @@
 //!
 //! Every domain the agent creates carries an ownership mark ([`FluidMeta`]); an
 //! implementation only ever lists or touches domains whose mark names this agent's host.
+//!
+//! Snapshots are the hypervisor's internal snapshots of a domain's overlay (qcow2):
+//! taken with the memory state while the domain runs, disk-only while it is shut off.
+//! Each carries a free-text description, in which the agent keeps its own metadata, so
+//! the hypervisor is the single source of truth for which snapshots exist.
 
 pub mod domain_xml;
 pub mod leases;
 pub mod libvirt;
 pub mod network_xml;
+pub mod snapshot_xml;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -27,6 +33,9 @@ pub enum HypervisorError {
     /// The domain (network, …) does not exist, or is not this agent's.
     #[error("{0} not found")]
     NotFound(String),
+    /// The domain exists, but not the named snapshot of it.
+    #[error("{0} not found")]
+    NoSnapshot(String),
     /// The hypervisor cannot be reached.
     #[error("hypervisor unavailable: {0}")]
     Unavailable(String),
@@ -139,6 +148,33 @@ pub struct SourceDomain {
     pub boot: Boot,
 }
 
+/// One internal snapshot of a domain, as the hypervisor reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainSnapshot {
+    pub name: String,
+    /// The text stored with the snapshot (the agent's JSON metadata; anything for a
+    /// snapshot someone else made).
+    pub description: String,
+    /// The domain's state when it was taken: `running`, `shutoff`, `paused`, ….
+    pub state: String,
+    /// The memory state is included (taken while the domain ran).
+    pub memory: bool,
+    /// Seconds since the Unix epoch.
+    pub creation_time: i64,
+}
+
+/// The run state a domain is left in after a revert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevertTo {
+    /// The snapshot's own: running for a snapshot with memory, shut off for a
+    /// disk-only one.
+    AsTaken,
+    /// Running (a disk-only snapshot boots the domain).
+    Running,
+    /// Paused.
+    Paused,
+}
+
 #[async_trait]
 pub trait Hypervisor: Send + Sync + 'static {
     /// Defines (persistently) the domain described by `spec`. Does not start it.
@@ -164,6 +200,19 @@ pub trait Hypervisor: Send + Sync + 'static {
     async fn node_info(&self) -> Result<NodeInfo>;
     /// A domain used as an image (not necessarily ours; only read).
     async fn source_domain(&self, name: &str) -> Result<SourceDomain>;
+
+    /// Takes an internal snapshot `name` of the domain with `description` stored in
+    /// it: with the memory state while the domain runs (the guest is paused while it
+    /// is saved), disk-only while it is shut off. Fails if the name is taken.
+    async fn snapshot_create(&self, uuid: &str, name: &str, description: &str) -> Result<()>;
+    /// The domain's snapshots, oldest first.
+    async fn snapshot_list(&self, uuid: &str) -> Result<Vec<DomainSnapshot>>;
+    /// Reverts disk (and memory, when the snapshot has it) to the snapshot, leaving
+    /// the domain as `to` says. [`HypervisorError::NoSnapshot`] when it is missing.
+    async fn snapshot_revert(&self, uuid: &str, name: &str, to: RevertTo) -> Result<()>;
+    /// Deletes the snapshot (its data leaves the overlay; later snapshots stay).
+    /// [`HypervisorError::NoSnapshot`] when it is missing.
+    async fn snapshot_delete(&self, uuid: &str, name: &str) -> Result<()>;
 }
 
 /// The lowercase `52:54:00:xx:xx:xx` MAC address form.

@@ -11,7 +11,7 @@ use crate::network::nft::fake::FakeNft;
 use crate::network::test_settings;
 
 pub(crate) struct Env {
-    _tmp: tempfile::TempDir,
+    pub _tmp: tempfile::TempDir,
     pub s: Sandboxes<FakeHypervisor>,
     pub hv: Arc<FakeHypervisor>,
     /// The kernel stand-in behind the (enforcing) firewall.
@@ -90,6 +90,7 @@ pub(crate) fn req(sid: &str, name: &str, start: bool) -> CreateSandbox {
         start,
         ssh_user_ca_keys: Vec::new(),
         egress: Default::default(),
+        from_snapshot: None,
     }
 }
 

@@ -49,6 +49,7 @@ impl RealSandbox {
             start: true,
             ssh_user_ca_keys: vec![ca_line],
             egress: Default::default(),
+            from_snapshot: None,
         })
         .await
         .expect("create");

@@ -10,6 +10,7 @@ fn create_req() -> pb::CreateSandboxRequest {
         start: true,
         ssh_user_ca_keys: Vec::new(),
         egress: None,
+        from_snapshot: None,
     }
 }
 

@@ -1,0 +1,154 @@
+//! What runs ansible-playbook: a small trait, so the job logic is tested with a
+//! recording fake (behind `cfg(test)`), and its product implementation, which is
+//! `fluid_ansible::run`.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use fluid_ansible::{RunError, RunOutcome, RunSpec};
+use tokio::sync::mpsc;
+
+/// Where ansible-core is installed when it is not on `PATH` (`scripts/install-deps.sh`).
+pub const FALLBACK_BIN_DIR: &str = "/opt/fluid-ansible/bin";
+
+#[async_trait]
+pub trait PlaybookRunner: Send + Sync + 'static {
+    /// Runs one ansible-playbook, sending its output line by line to `lines`.
+    async fn run(
+        &self,
+        spec: &RunSpec,
+        lines: mpsc::Sender<String>,
+    ) -> Result<RunOutcome, RunError>;
+
+    /// `ansible-playbook --syntax-check` of the playbook at `path`.
+    async fn syntax_check(&self, ansible_playbook: &Path, path: &Path) -> Result<(), RunError>;
+}
+
+/// The product runner: ansible-playbook itself.
+#[derive(Debug, Default)]
+pub struct AnsibleRunner;
+
+#[async_trait]
+impl PlaybookRunner for AnsibleRunner {
+    async fn run(
+        &self,
+        spec: &RunSpec,
+        lines: mpsc::Sender<String>,
+    ) -> Result<RunOutcome, RunError> {
+        fluid_ansible::run(spec, lines).await
+    }
+
+    async fn syntax_check(&self, ansible_playbook: &Path, path: &Path) -> Result<(), RunError> {
+        fluid_ansible::syntax_check(ansible_playbook, path).await
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The ansible-playbook to run for `configured`: a path as it is; a bare name from
+/// `PATH`, else from [`FALLBACK_BIN_DIR`]. `None` when none is installed (a bare name
+/// that is nowhere comes back as the fallback path, so errors name a real place).
+pub fn resolve_ansible_playbook(configured: &str) -> (PathBuf, bool) {
+    let configured = configured.trim();
+    if configured.contains('/') {
+        let p = PathBuf::from(configured);
+        let ok = is_executable(&p);
+        return (p, ok);
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(configured);
+            if is_executable(&p) {
+                return (p, true);
+            }
+        }
+    }
+    let p = Path::new(FALLBACK_BIN_DIR).join(configured);
+    let ok = is_executable(&p);
+    (p, ok)
+}
+
+#[cfg(test)]
+pub(crate) mod fake {
+    //! A runner that records what it was asked and answers what the test says.
+
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicI32, Ordering};
+
+    use super::*;
+
+    /// One recorded run.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Invocation {
+        pub check: bool,
+        pub diff: bool,
+        pub hosts: Vec<(String, String, u16, String)>,
+        pub playbook: String,
+        pub extra_args: Vec<String>,
+    }
+
+    #[derive(Debug, Default)]
+    pub struct FakeRunner {
+        pub runs: Mutex<Vec<Invocation>>,
+        /// Exit code of the next runs (default 0).
+        pub exit_code: AtomicI32,
+        /// `--syntax-check` refuses with this output.
+        pub syntax_error: Mutex<Option<String>>,
+        /// How long a run takes after printing its lines.
+        pub pause: Mutex<Option<std::time::Duration>>,
+    }
+
+    impl FakeRunner {
+        pub fn runs(&self) -> Vec<Invocation> {
+            self.runs.lock().map(|r| r.clone()).unwrap_or_default()
+        }
+    }
+
+    #[async_trait]
+    impl PlaybookRunner for FakeRunner {
+        async fn run(
+            &self,
+            spec: &RunSpec,
+            lines: mpsc::Sender<String>,
+        ) -> Result<RunOutcome, RunError> {
+            let playbook = std::fs::read_to_string(&spec.playbook_path).unwrap_or_default();
+            let inv = Invocation {
+                check: spec.check,
+                diff: spec.diff,
+                hosts: spec
+                    .hosts
+                    .iter()
+                    .map(|h| (h.name.clone(), h.address.clone(), h.port, h.user.clone()))
+                    .collect(),
+                playbook,
+                extra_args: spec.extra_args.clone(),
+            };
+            if let Ok(mut r) = self.runs.lock() {
+                r.push(inv);
+            }
+            let mode = if spec.check { "check" } else { "apply" };
+            for l in [format!("PLAY [{mode}]"), "TASK [fake] ok".to_owned()] {
+                let _ = lines.send(l).await;
+            }
+            let pause = self.pause.lock().ok().and_then(|p| *p);
+            if let Some(p) = pause {
+                tokio::time::sleep(p).await;
+            }
+            Ok(RunOutcome {
+                exit_code: Some(self.exit_code.load(Ordering::SeqCst)),
+                timed_out: false,
+                dropped_lines: 0,
+            })
+        }
+
+        async fn syntax_check(&self, _: &Path, _: &Path) -> Result<(), RunError> {
+            match self.syntax_error.lock().ok().and_then(|e| e.clone()) {
+                Some(output) => Err(RunError::SyntaxCheck { output }),
+                None => Ok(()),
+            }
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! Snapshots, revert, fork and the out-of-band readers against real libvirt, without
+//! booting a guest (TCG boots take ~35 s; the booted paths are the integration tests'):
+//!
+//! - disk-only snapshots of a shut-off sandbox (idempotent; the agent's JSON in the
+//!   libvirt snapshot's description);
+//! - revert really puts the disk back (a byte pattern written with `qemu-io` between
+//!   two snapshots comes and goes);
+//! - forks made with `qemu-img convert -l snapshot.name=…` carry that snapshot's disk;
+//! - a file read from a snapshot and a diff of a snapshot against a fork's disk "now"
+//!   (temporary snapshot taken and removed) through `fluid_inspect`;
+//! - destroying a sandbox that has snapshots leaves nothing.
+//!
+//! Needs what `libvirt_lifecycle` needs (root, libvirtd, a golden image, `qemu-img`,
+//! `qemu-io`), run in libvirt's network namespace:
+//!
+//! ```text
+//! source scripts/lib/netns.sh; fluid_libvirt_up fluid-test
+//! ip netns exec fluid-test env PATH=$PATH cargo test -p fluid-agent --test libvirt_snapshots -- --ignored --nocapture
+//! ```
+
+#[allow(dead_code)]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use fluid_agent::Sandboxes;
+use fluid_agent::error::ServiceError;
+use fluid_agent::hypervisor::libvirt::Libvirt;
+use fluid_agent::sandboxes::inspect::{DiffRequest, ReadFileRequest};
+use fluid_agent::sandboxes::snapshots::CreateSnapshot;
+use fluid_agent::{AgentConfig, sandboxes::SandboxView};
+use fluid_proto::model::{CreateSandbox, DiskState, Name, SandboxId, SnapshotName, SnapshotRef};
+
+fn sid(s: &str) -> SandboxId {
+    SandboxId::parse("id", s).expect("id")
+}
+
+fn snap(s: &str) -> SnapshotName {
+    SnapshotName::parse("name", s).expect("name")
+}
+
+fn sref(id: &str, n: &str) -> SnapshotRef {
+    SnapshotRef {
+        sandbox_id: sid(id),
+        name: snap(n),
+    }
+}
+
+fn create(id: &str, name: &str, from: Option<SnapshotRef>) -> CreateSandbox {
+    CreateSandbox {
+        id: sid(id),
+        name: Name::parse("name", name).expect("name"),
+        image: Name::parse("image", "debian-12").expect("image"),
+        cpus: 1,
+        memory_mb: 512,
+        start: false,
+        ssh_user_ca_keys: Vec::new(),
+        egress: Default::default(),
+        from_snapshot: from,
+    }
+}
+
+fn take(id: &str, n: &str) -> CreateSnapshot {
+    CreateSnapshot {
+        sandbox_id: sid(id),
+        name: snap(n),
+        disk_only: true,
+        ssh_certificate: String::new(),
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(cmd).args(args).output().expect(cmd);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn virtual_size(overlay: &Path) -> u64 {
+    let (ok, out) = run(
+        "qemu-img",
+        &[
+            "info",
+            "-U",
+            "--output=json",
+            &overlay.display().to_string(),
+        ],
+    );
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    v["virtual-size"].as_u64().expect("virtual-size")
+}
+
+/// True when `overlay` holds the test pattern at `offset` (read-only, shared).
+fn has_pattern(overlay: &Path, offset: u64) -> bool {
+    let (ok, out) = run(
+        "qemu-io",
+        &[
+            "-r",
+            "-U",
+            "-f",
+            "qcow2",
+            "-c",
+            &format!("read -P 0x5a {offset} 64k"),
+            &overlay.display().to_string(),
+        ],
+    );
+    ok && !out.contains("Pattern verification failed")
+}
+
+fn overlay(v: &SandboxView) -> PathBuf {
+    v.record.overlay_path.clone()
+}
+
+#[tokio::test]
+#[ignore = "needs root, libvirtd, a golden image, and the libvirt network namespace"]
+async fn snapshots_revert_fork_and_inspect_against_libvirt() {
+    let dir = common::image_dir().expect("a golden image (set FLUID_TEST_IMAGE_DIR)");
+    let state_dir = PathBuf::from(format!("/var/tmp/agentdev-snap-{}", std::process::id()));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("fluid_agent=info")
+        .try_init();
+    let toml = common::agent_toml("agentdev-snap-host", &state_dir, &dir);
+    let s: Arc<Sandboxes<Libvirt>> =
+        fluid_agent::open(AgentConfig::from_toml(&toml).expect("config"))
+            .await
+            .expect("open the agent");
+
+    let checks = {
+        let s = s.clone();
+        tokio::spawn(async move { checks(&s).await })
+    }
+    .await;
+
+    for id in ["SBX-agsnap000a", "SBX-agsnap000b", "SBX-agsnap000c"] {
+        s.destroy(&sid(id)).await.expect("destroy");
+    }
+    for name in ["agentdev-snap-a", "agentdev-snap-b", "agentdev-snap-c"] {
+        let (exists, _) = run("virsh", &["dominfo", name]);
+        assert!(!exists, "{name} is gone");
+    }
+    let left: Vec<_> = std::fs::read_dir(state_dir.join("overlays"))
+        .expect("overlays")
+        .collect();
+    assert!(left.is_empty(), "no overlay left: {left:?}");
+    drop(s);
+    let _ = std::fs::remove_dir_all(&state_dir);
+    if let Err(e) = checks {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn checks(s: &Arc<Sandboxes<Libvirt>>) {
+    let a = s
+        .create(create("SBX-agsnap000a", "agentdev-snap-a", None))
+        .await
+        .expect("create a");
+    let offset = virtual_size(&overlay(&a)) - 1024 * 1024;
+
+    // s1: a disk-only snapshot of the shut-off sandbox, idempotent.
+    let t = Instant::now();
+    let s1 = s
+        .create_snapshot(take("SBX-agsnap000a", "s1"))
+        .await
+        .expect("s1");
+    println!("disk-only snapshot: {:.2} s", t.elapsed().as_secs_f64());
+    assert!(!s1.memory);
+    assert_eq!(s1.vm_state, "shutoff");
+    assert_eq!(s1.guest_sync, "skipped: not running");
+    assert_eq!(
+        s.create_snapshot(take("SBX-agsnap000a", "s1"))
+            .await
+            .expect("again"),
+        s1
+    );
+    let (ok, xml) = run("virsh", &["snapshot-dumpxml", "agentdev-snap-a", "s1"]);
+    assert!(ok, "{xml}");
+    assert!(xml.contains("fluid_snapshot"), "metadata in libvirt: {xml}");
+
+    // A change after s1, then s2.
+    let (ok, out) = run(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            &format!("write -P 0x5a {offset} 64k"),
+            &overlay(&a).display().to_string(),
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(has_pattern(&overlay(&a), offset));
+    s.create_snapshot(take("SBX-agsnap000a", "s2"))
+        .await
+        .expect("s2");
+    let names: Vec<String> = s
+        .list_snapshots(&sid("SBX-agsnap000a"))
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|x| x.name)
+        .collect();
+    assert_eq!(names, vec!["s1", "s2"]);
+
+    // Forks: b from s2 has the change, c from s1 does not.
+    let t = Instant::now();
+    let b = s
+        .create(create(
+            "SBX-agsnap000b",
+            "agentdev-snap-b",
+            Some(sref("SBX-agsnap000a", "s2")),
+        ))
+        .await
+        .expect("fork b");
+    println!(
+        "fork (qemu-img convert): {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    let c = s
+        .create(create(
+            "SBX-agsnap000c",
+            "agentdev-snap-c",
+            Some(sref("SBX-agsnap000a", "s1")),
+        ))
+        .await
+        .expect("fork c");
+    assert!(has_pattern(&overlay(&b), offset), "b is s2's disk");
+    assert!(!has_pattern(&overlay(&c), offset), "c is s1's disk");
+    assert_ne!(b.record.mac, a.record.mac);
+    let e = s
+        .create(create(
+            "SBX-agsnap000d",
+            "agentdev-snap-d",
+            Some(sref("SBX-agsnap000a", "nope")),
+        ))
+        .await
+        .expect_err("unknown snapshot");
+    assert!(matches!(e, ServiceError::NotFound(_)), "{e:?}");
+
+    // Revert puts the disk back, both ways.
+    let v = s
+        .revert_snapshot(&sref("SBX-agsnap000a", "s1"), false)
+        .await
+        .expect("revert s1");
+    assert_eq!(v.state, fluid_proto::model::ObservedState::Created);
+    assert!(!has_pattern(&overlay(&a), offset), "reverted to s1");
+    s.revert_snapshot(&sref("SBX-agsnap000a", "s2"), false)
+        .await
+        .expect("revert s2");
+    assert!(has_pattern(&overlay(&a), offset), "reverted to s2");
+
+    // One file out of a snapshot, read out-of-band.
+    let t = Instant::now();
+    let (meta, data) = s
+        .read_snapshot_file(ReadFileRequest {
+            state: DiskState {
+                sandbox_id: sid("SBX-agsnap000a"),
+                snapshot: Some(snap("s1")),
+            },
+            path: "/etc/os-release".into(),
+            max_bytes: 0,
+            ssh_certificate: String::new(),
+        })
+        .await
+        .expect("read");
+    println!(
+        "read a file from a snapshot: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    let text = String::from_utf8_lossy(&data);
+    assert!(text.contains("bookworm"), "{text}");
+    assert_eq!(meta.size, u64::try_from(data.len()).expect("len"));
+    assert_eq!((meta.uid, meta.owner.as_str()), (0, "root"));
+
+    // s1 against c's disk now (c is a fork of s1): nothing differs.
+    let t = Instant::now();
+    let d = s
+        .diff(DiffRequest {
+            from: DiskState {
+                sandbox_id: sid("SBX-agsnap000a"),
+                snapshot: Some(snap("s1")),
+            },
+            to: DiskState {
+                sandbox_id: sid("SBX-agsnap000c"),
+                snapshot: None,
+            },
+            volatile_paths: Vec::new(),
+            metadata_only_paths: Vec::new(),
+            text_limit_bytes: 0,
+            ssh_certificate: String::new(),
+        })
+        .await
+        .expect("diff");
+    println!(
+        "diff s1 vs a fork of it now: {:.2} s ({} / {} entries)",
+        t.elapsed().as_secs_f64(),
+        d.from_entries,
+        d.to_entries
+    );
+    assert!(d.from_entries > 1000, "{}", d.from_entries);
+    assert_eq!(d.from_entries, d.to_entries);
+    assert!(d.files.is_empty(), "{:?}", d.files);
+    assert!(d.packages.is_empty() && d.services.is_empty());
+    assert!(
+        s.list_snapshots(&sid("SBX-agsnap000c"))
+            .await
+            .expect("list")
+            .is_empty(),
+        "the temporary snapshot is gone"
+    );
+    let (_, listed) = run("virsh", &["snapshot-list", "--name", "agentdev-snap-c"]);
+    assert!(listed.trim().is_empty(), "not even in libvirt: {listed}");
+    let scratch = s.config().state_dir.join("scratch");
+    assert_eq!(std::fs::read_dir(&scratch).expect("scratch").count(), 0);
+
+    // Delete: idempotent.
+    assert!(
+        s.delete_snapshot(&sref("SBX-agsnap000a", "s1"))
+            .await
+            .expect("delete")
+    );
+    assert!(
+        !s.delete_snapshot(&sref("SBX-agsnap000a", "s1"))
+            .await
+            .expect("again")
+    );
+}
