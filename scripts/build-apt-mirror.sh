@@ -16,7 +16,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 packages=("$@")
 [[ ${#packages[@]} -gt 0 ]] || packages=(nginx)
 cache_root=${FLUID_MIRROR_CACHE:-/var/cache/fluid/mirror}
-key=$( (sha256sum "$here/build-apt-mirror.sh"; printf '%s\n' "${packages[@]}") | sha256sum | cut -c1-16)
+key=$( (cat "$here/build-apt-mirror.sh"; printf '%s\n' "${packages[@]}") | sha256sum | cut -c1-16)
 out="$cache_root/$key"
 
 if [[ -f "$out/Packages.gz" ]]; then
@@ -50,5 +50,7 @@ mkdir -p "$cache_root"
 rm -rf "$out"
 mv "$work" "$out"
 trap - EXIT
+# Mirrors of older versions of this script or package lists are no longer used.
+find "$cache_root" -mindepth 1 -maxdepth 1 ! -path "$out" -exec rm -rf {} +
 echo "apt mirror built: $out ($(ls "$out"/*.deb | wc -l) packages, $(du -sh "$out" | cut -f1))" >&2
 echo "$out"

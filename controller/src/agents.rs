@@ -4,11 +4,12 @@
 //! trait (tests put a fake behind it). [`GrpcAgents`] implements it over mTLS with one
 //! lazily connected tonic channel per agent address (tonic reconnects by itself), a
 //! connect timeout and a deadline per call. Every reply is validated on receipt with the
-//! `fluid_proto::model` types.
+//! `fluid_proto::model` types. Every call goes through the `fluid_telemetry` gRPC layer:
+//! a span whose W3C `traceparent` travels in the metadata, the RPC and code in [`Metrics`].
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,10 +19,14 @@ use fluid_proto::model::{
 use fluid_proto::pb;
 use fluid_proto::pb::host_agent_client::HostAgentClient;
 use fluid_proto::tls::TlsMaterial;
+use fluid_telemetry::grpc::{GrpcLayer, GrpcService};
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
+use tower::Layer as _;
+
+use crate::metrics::Metrics;
 
 // Snapshots, out-of-band disk reads and the SSH tunnel: a supertrait, in its own file.
 #[path = "agents_snapshots.rs"]
@@ -339,7 +344,12 @@ pub struct GrpcAgents {
     tls: TlsMaterial,
     timeouts: AgentTimeouts,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Traces and counts every call.
+    layer: GrpcLayer,
 }
+
+/// A channel to an agent, through the tracing and metrics layer.
+pub type AgentChannel = GrpcService<Channel>;
 
 impl std::fmt::Debug for GrpcAgents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -353,20 +363,23 @@ impl std::fmt::Debug for GrpcAgents {
 /// changed text file (tonic's default of 4 MiB is too small after a package install).
 pub const AGENT_MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-fn agent_client(ch: Channel) -> HostAgentClient<Channel> {
-    HostAgentClient::new(ch).max_decoding_message_size(AGENT_MAX_MESSAGE_BYTES)
-}
-
 impl GrpcAgents {
-    pub fn new(tls: TlsMaterial, timeouts: AgentTimeouts) -> Self {
+    /// `metrics` counts every call by RPC and gRPC code.
+    pub fn new(tls: TlsMaterial, timeouts: AgentTimeouts, metrics: Arc<Metrics>) -> Self {
         Self {
             tls,
             timeouts,
             channels: Mutex::new(HashMap::new()),
+            layer: GrpcLayer::client(fluid_proto::pb::host_agent_server::SERVICE_NAME, metrics),
         }
     }
 
-    fn client(&self, t: &AgentTarget) -> Result<HostAgentClient<Channel>, AgentError> {
+    fn agent_client(&self, ch: Channel) -> HostAgentClient<AgentChannel> {
+        HostAgentClient::new(self.layer.layer(ch))
+            .max_decoding_message_size(AGENT_MAX_MESSAGE_BYTES)
+    }
+
+    fn client(&self, t: &AgentTarget) -> Result<HostAgentClient<AgentChannel>, AgentError> {
         let unavailable = |message: String| AgentError::Unavailable {
             host: t.name.clone(),
             message,
@@ -376,7 +389,7 @@ impl GrpcAgents {
             .lock()
             .map_err(|_| unavailable("channel pool poisoned".into()))?;
         if let Some(ch) = channels.get(&t.address) {
-            return Ok(agent_client(ch.clone()));
+            return Ok(self.agent_client(ch.clone()));
         }
         let host = check_address(&t.address).map_err(unavailable)?;
         let endpoint = Endpoint::from_shared(format!("https://{}", t.address))
@@ -389,7 +402,7 @@ impl GrpcAgents {
             .keep_alive_timeout(Duration::from_secs(10));
         let ch = endpoint.connect_lazy();
         channels.insert(t.address.clone(), ch.clone());
-        Ok(agent_client(ch))
+        Ok(self.agent_client(ch))
     }
 
     async fn call<T, F, Fut>(
@@ -399,7 +412,7 @@ impl GrpcAgents {
         f: F,
     ) -> Result<T, AgentError>
     where
-        F: FnOnce(HostAgentClient<Channel>) -> Fut,
+        F: FnOnce(HostAgentClient<AgentChannel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let client = self.client(t)?;

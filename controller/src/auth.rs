@@ -131,7 +131,7 @@ impl Permission {
     pub fn describe(self) -> &'static str {
         match self {
             Self::Read => "reading",
-            Self::ReadFleet => "reading the audit trail and certificates",
+            Self::ReadFleet => "reading the audit trail, certificates and metrics",
             Self::CreateSandbox => "creating sandboxes",
             Self::Control => "starting, stopping and destroying sandboxes",
             Self::Work => "changing what is inside a sandbox",

@@ -22,6 +22,7 @@ use futures::StreamExt as _;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::agents::{AgentConnector, AgentError, AgentTarget, ExecEvent, ExecStream};
+use crate::metrics::{ExecOutcome, Metrics};
 use crate::policy::Policy;
 use crate::sandboxes::{ServiceError, new_id};
 use crate::ssh_ca::{CertSpec, SignedCert, SshCa};
@@ -227,6 +228,7 @@ pub struct CommandService {
     policy: Arc<Policy>,
     output_cap: u64,
     pub hubs: Arc<Hubs>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for CommandService {
@@ -244,6 +246,7 @@ impl CommandService {
         ca: Arc<SshCa>,
         policy: Arc<Policy>,
         output_cap: u64,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             store,
@@ -253,6 +256,7 @@ impl CommandService {
             policy,
             output_cap,
             hubs: Arc::new(Hubs::default()),
+            metrics,
         }
     }
 
@@ -351,6 +355,8 @@ impl CommandService {
         if let Err(e) = self.store.insert_command(&rec).await {
             return e.into();
         }
+        self.metrics
+            .command_finished(spec.kind, ExecOutcome::Denied, None);
         tracing::warn!(sandbox = %row.id, command = %rec.id, %reason, "command denied");
         ServiceError::Forbidden(reason)
     }
@@ -479,12 +485,15 @@ impl CommandService {
 
     /// Starts `spec` in the sandbox: checks it runs, signs the agent a certificate,
     /// inserts the audit row, opens the Exec stream and spawns the task that owns it.
+    #[tracing::instrument(name = "command", skip_all,
+        fields(sandbox_id = %row.id, command_id = tracing::field::Empty, kind = spec.kind))]
     pub async fn start(
         &self,
         row: &SandboxRecord,
         spec: ExecSpec,
     ) -> Result<RunHandle, ServiceError> {
         let id = new_id("CMD-");
+        tracing::Span::current().record("command_id", id.as_str());
         let principals = ["root".to_owned()];
         let grant = Grant {
             id: &id,
@@ -526,6 +535,8 @@ impl CommandService {
                 if let Err(se) = self.store.finish_command(&id, &end).await {
                     tracing::error!(command = %id, error = %se, "recording a failed exec");
                 }
+                self.metrics
+                    .command_finished(spec.kind, ExecOutcome::Failed, None);
                 return Err(e.into());
             }
         };
@@ -536,9 +547,14 @@ impl CommandService {
             hubs: self.hubs.clone(),
             cap: usize::try_from(spec.output_cap).unwrap_or(usize::MAX),
             audit_stdout: spec.audit_stdout,
+            kind: spec.kind,
+            metrics: self.metrics.clone(),
         };
         tracing::info!(sandbox = %row.id, command = %id, kind = spec.kind, "command started");
-        tokio::spawn(task.run(stream, rec, tx, done_tx));
+        // The task stays in this command's span (its log lines carry the sandbox id).
+        tokio::spawn(tracing::Instrument::in_current_span(
+            task.run(stream, rec, tx, done_tx),
+        ));
         Ok(RunHandle {
             id,
             events: rx,
@@ -564,6 +580,8 @@ struct Drive {
     hubs: Arc<Hubs>,
     cap: usize,
     audit_stdout: bool,
+    kind: &'static str,
+    metrics: Arc<Metrics>,
 }
 
 impl Drive {
@@ -661,6 +679,8 @@ impl Drive {
             }
         };
         tracing::info!(command = %record.id, status = %record.status, exit_code = ?record.exit_code, "command ended");
+        self.metrics
+            .command_finished(self.kind, outcome(&record), Some(began.elapsed()));
         let exit = LiveEvent::Exit(Box::new(record.to_api()));
         self.emit(&mut tx, &record.sandbox_id, exit).await;
         let _ = done.send(Outcome {
@@ -683,6 +703,17 @@ impl Drive {
             // The requester left; the command goes on.
             *tx = None;
         }
+    }
+}
+
+/// How a finished command's record reads as a metric outcome.
+fn outcome(r: &CommandRecord) -> ExecOutcome {
+    match r.status.as_str() {
+        "completed" if r.timed_out => ExecOutcome::TimedOut,
+        "completed" if r.exit_code == Some(0) => ExecOutcome::Ok,
+        "completed" => ExecOutcome::NonZero,
+        "lost" => ExecOutcome::Lost,
+        _ => ExecOutcome::Failed,
     }
 }
 

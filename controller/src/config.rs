@@ -71,6 +71,34 @@ pub struct Config {
     pub ansible: AnsibleConfig,
     /// Playbook verification: paths whose differences are identity noise.
     pub verify: VerifyConfig,
+    /// Log lines on stderr: `text` (default) or `json` (one object per line, with the
+    /// fields of the enclosing spans, e.g. `sandbox_id`).
+    #[serde(default)]
+    pub log_format: fluid_telemetry::LogFormat,
+    /// `http://host:port` of an OTLP/gRPC trace receiver (a collector); empty: spans
+    /// are not exported.
+    #[serde(default)]
+    pub otlp_endpoint: String,
+    /// `GET /metrics` on the REST listener.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` without a token (default true: the REST listener is bound to
+    /// loopback unless configured otherwise, and a Prometheus scraper rarely holds a
+    /// bearer token). False: it needs a token with the `ReadFleet` permission (admin,
+    /// operator, readonly) — set that when `listen` is reachable from other machines.
+    pub public: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { public: true }
+    }
 }
 
 /// `[ansible]`.
@@ -303,6 +331,9 @@ impl Default for Config {
             diff: crate::diffs::DiffConfig::default(),
             ansible: AnsibleConfig::default(),
             verify: VerifyConfig::default(),
+            log_format: fluid_telemetry::LogFormat::Text,
+            otlp_endpoint: String::new(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -340,6 +371,9 @@ const CONFIG_KEYS: &[&str] = &[
     "diff",
     "ansible",
     "verify",
+    "log_format",
+    "otlp_endpoint",
+    "metrics",
 ];
 
 fn is_config_key(env_key: &str) -> bool {
@@ -442,6 +476,8 @@ impl Config {
         }
         self.validate_ansible()?;
         self.diff.validate().map_err(ConfigError::Invalid)?;
+        fluid_telemetry::check_otlp_endpoint(&self.otlp_endpoint)
+            .map_err(|e| ConfigError::Invalid(format!("otlp_endpoint: {e}")))?;
         let mut seen = std::collections::HashSet::new();
         for h in &self.hosts {
             Name::parse("hosts.name", &h.name).map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -547,6 +583,23 @@ mod tests {
     }
 
     #[test]
+    fn observability_settings() {
+        let c = parse(&with_tls("")).expect("valid");
+        assert_eq!(c.log_format, fluid_telemetry::LogFormat::Text);
+        assert!(c.otlp_endpoint.is_empty());
+        assert!(c.metrics.public);
+        let c = parse(&with_tls(
+            "log_format = \"json\"\notlp_endpoint = \"http://127.0.0.1:4317\"\n[metrics]\npublic = false",
+        ))
+        .expect("valid");
+        assert_eq!(c.log_format, fluid_telemetry::LogFormat::Json);
+        assert_eq!(c.otlp_endpoint, "http://127.0.0.1:4317");
+        assert!(!c.metrics.public);
+        assert!(is_config_key("OTLP_ENDPOINT"));
+        assert!(is_config_key("METRICS__PUBLIC"));
+    }
+
+    #[test]
     fn grpc_listen_can_be_moved_or_disabled() {
         let c = parse(&with_tls("grpc_listen = \"0.0.0.0:9090\"")).expect("valid");
         assert_eq!(c.grpc_listen, "0.0.0.0:9090".parse().ok());
@@ -587,6 +640,10 @@ mod tests {
             "[[ansible.targets]]\nname = \"p\"\nhosts = [\"h\"]\nprivate_key = \"k\"",
             "[[ansible.targets]]\nname = \"SBX-abcdefghij\"\nhosts = [\"h\"]\nprivate_key = \"/k\"",
             "[verify]\nignore_paths = [\"etc\"]",
+            "log_format = \"yaml\"",
+            "otlp_endpoint = \"collector:4317\"",
+            "otlp_endpoint = \"https://collector:4317\"",
+            "[metrics]\nopen = true",
         ] {
             assert!(parse(&with_tls(toml)).is_err(), "{toml}");
         }

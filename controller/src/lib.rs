@@ -21,7 +21,8 @@
 //! [`jobs`] runs them (against a sandbox, or production behind a `production_apply`
 //! approval) and [`verify`] proves one reproduces its sandbox on a fresh one.
 //! Every mutating call, state change, decision and command is appended to the
-//! hash-chained audit trail in the [`store`].
+//! hash-chained audit trail in the [`store`]. [`metrics`] counts what happens for
+//! Prometheus (`GET /metrics`).
 
 pub mod access;
 pub mod agents;
@@ -42,6 +43,7 @@ pub mod grpc_api;
 pub mod hosts;
 pub mod janitor;
 pub mod jobs;
+pub mod metrics;
 pub mod overcommit;
 pub mod pki;
 pub mod playbooks;
@@ -83,6 +85,7 @@ use crate::hosts::HostService;
 use crate::janitor::Janitor;
 use crate::jobs::runner::{AnsibleRunner, PlaybookRunner};
 use crate::jobs::{JobDeps, JobService, JobSettings};
+use crate::metrics::Metrics;
 use crate::overcommit::CreateGate;
 use crate::playbooks::PlaybookService;
 use crate::policy::Policy;
@@ -122,6 +125,19 @@ pub fn build_state_with_runner(
     ca: Arc<SshCa>,
     runner: Arc<dyn PlaybookRunner>,
 ) -> anyhow::Result<AppState> {
+    build_state_with(store, agents, config, ca, runner, Arc::new(Metrics::new()))
+}
+
+/// [`build_state_with_runner`] counting into `metrics` (which the agent connector
+/// may share).
+pub fn build_state_with(
+    store: Arc<dyn Store>,
+    agents: Arc<dyn AgentConnector>,
+    config: &Config,
+    ca: Arc<SshCa>,
+    runner: Arc<dyn PlaybookRunner>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<AppState> {
     let policy = Arc::new(Policy::new(&config.policy).map_err(|e| anyhow::anyhow!("policy: {e}"))?);
     let commands = Arc::new(CommandService::new(
         store.clone(),
@@ -129,6 +145,7 @@ pub fn build_state_with_runner(
         ca.clone(),
         policy,
         config.output_cap_bytes,
+        metrics.clone(),
     ));
     let files = Arc::new(FileService::new(commands.clone()));
     let attach = Arc::new(AttachService::new(
@@ -151,6 +168,7 @@ pub fn build_state_with_runner(
             wait_for_ip_timeout_secs: config.wait_for_ip_timeout_secs,
             ssh_user_ca_keys: vec![ca.public_key().to_owned()],
         },
+        metrics.clone(),
     ));
     let hosts = Arc::new(HostService::new(
         store.clone(),
@@ -228,6 +246,8 @@ pub fn build_state_with_runner(
     ));
     Ok(AppState {
         auth: Arc::new(Authenticator::new(store.clone())),
+        metrics,
+        metrics_public: config.metrics.public,
         snapshots,
         diffs,
         playbooks,
@@ -350,9 +370,11 @@ pub async fn serve_on(
             .await
             .with_context(|| format!("registering host {}", h.name))?;
     }
+    let metrics = Arc::new(Metrics::new());
     let agents: Arc<dyn AgentConnector> = Arc::new(GrpcAgents::new(
         tls,
         AgentTimeouts::new(config.agent_timeout()),
+        metrics.clone(),
     ));
     let ca_path = config.ssh_ca_key_path();
     let ca = Arc::new(SshCa::load_or_create(&ca_path).context("loading the SSH user CA")?);
@@ -366,7 +388,14 @@ pub async fn serve_on(
             "commands were running when the controller stopped"
         );
     }
-    let state = build_state(store.clone(), agents.clone(), &config, ca)?;
+    let state = build_state_with(
+        store.clone(),
+        agents.clone(),
+        &config,
+        ca,
+        Arc::new(AnsibleRunner),
+        metrics,
+    )?;
     match state.gate.resume().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(n, "resumed over-commit creates waiting for approval"),

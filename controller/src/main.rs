@@ -98,13 +98,10 @@ fn main() -> anyhow::Result<()> {
     {
         bail!("a rustls crypto provider was already installed");
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // The one-shot commands log plain text; `serve` sets up logging from its config.
+        fluid_telemetry::init(&telemetry_settings(fluid_telemetry::LogFormat::Text, ""))?;
+    }
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::Token { config, command } => token(config, command),
@@ -168,10 +165,29 @@ impl From<TokenCommand> for fluid_controller::auth::TokenAction {
     }
 }
 
+fn telemetry_settings(
+    log_format: fluid_telemetry::LogFormat,
+    otlp_endpoint: &str,
+) -> fluid_telemetry::Settings {
+    fluid_telemetry::Settings {
+        service_name: "fluid-controller",
+        instance: None,
+        log_format,
+        otlp_endpoint: Some(otlp_endpoint.to_owned()),
+    }
+}
+
 fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-    runtime.block_on(async {
+    // Inside the runtime: the OTLP exporter's channel lives on it.
+    let telemetry = runtime.block_on(async {
+        fluid_telemetry::init(&telemetry_settings(
+            config.log_format,
+            &config.otlp_endpoint,
+        ))
+    })?;
+    let served = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -191,5 +207,8 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             std::process::exit(130);
         });
         fluid_controller::serve(config, shutdown).await
-    })
+    });
+    // Spans still buffered are sent while the runtime (and the exporter's channel) runs.
+    telemetry.shutdown();
+    served
 }

@@ -19,6 +19,7 @@ use fluid_proto::model::{
 use rand::Rng as _;
 
 use crate::agents::{AgentConnector, AgentError, AgentTarget};
+use crate::metrics::Metrics;
 use crate::scheduler::{self, Placement, ScheduleError};
 use crate::store::{SandboxFilter, SandboxRecord, SandboxUpdate, Store, StoreError};
 
@@ -94,6 +95,7 @@ pub struct SandboxService {
     store: Arc<dyn Store>,
     agents: Arc<dyn AgentConnector>,
     settings: SandboxSettings,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for SandboxService {
@@ -148,11 +150,13 @@ impl SandboxService {
         store: Arc<dyn Store>,
         agents: Arc<dyn AgentConnector>,
         settings: SandboxSettings,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             store,
             agents,
             settings,
+            metrics,
         }
     }
 
@@ -294,8 +298,21 @@ impl SandboxService {
         self.settings.cpu_overcommit_ratio
     }
 
-    /// Asks the agent to create (and start) a reserved sandbox, recording each step.
+    /// Asks the agent to create (and start) a reserved sandbox, recording each step;
+    /// its duration goes into `fluid_sandbox_create_duration_seconds`.
+    #[tracing::instrument(name = "sandbox.create", skip_all, fields(sandbox_id = %row.id))]
     pub async fn launch(
+        &self,
+        p: PreparedCreate,
+        row: SandboxRecord,
+    ) -> Result<CreateSandboxResponse, ServiceError> {
+        let started = std::time::Instant::now();
+        let r = self.launch_timed(p, row).await;
+        self.metrics.sandbox_created(r.is_ok(), started.elapsed());
+        r
+    }
+
+    async fn launch_timed(
         &self,
         p: PreparedCreate,
         row: SandboxRecord,
@@ -452,6 +469,7 @@ impl SandboxService {
         })
     }
 
+    #[tracing::instrument(name = "sandbox.start", skip_all, fields(sandbox_id = %id))]
     pub async fn start(
         &self,
         id: &SandboxId,
@@ -478,6 +496,7 @@ impl SandboxService {
         })
     }
 
+    #[tracing::instrument(name = "sandbox.stop", skip_all, fields(sandbox_id = %id))]
     pub async fn stop(&self, id: &SandboxId) -> Result<StopSandboxResponse, ServiceError> {
         let row = self.row(id).await?;
         match row.state {
@@ -515,6 +534,7 @@ impl SandboxService {
     /// Destroys the sandbox on its host and marks it DESTROYED (the row stays). When its
     /// host is offline or gone, the row is marked at once and the reconciler removes the
     /// orphan when the host comes back.
+    #[tracing::instrument(name = "sandbox.destroy", skip_all, fields(sandbox_id = %id))]
     pub async fn destroy(&self, id: &SandboxId) -> Result<DestroySandboxResponse, ServiceError> {
         let row = self.row(id).await?;
         let body = |r: &SandboxRecord| DestroySandboxResponse {

@@ -68,7 +68,17 @@ pub struct AgentConfig {
     pub stop_timeout_seconds: u32,
     /// Images sandboxes can be created from.
     pub images: Vec<ImageConfig>,
+    /// Plain-HTTP listener of `GET /metrics` (Prometheus). Default `127.0.0.1:9464`;
+    /// `""` turns it off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log lines on stderr: `text` (default) or `json`. `--log-format` overrides it.
+    pub log_format: fluid_telemetry::LogFormat,
+    /// `http://host:port` of an OTLP/gRPC trace receiver; `None`: spans not exported.
+    pub otlp_endpoint: Option<String>,
 }
+
+/// The default `metrics_listen`.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 
 /// `[network]`: the libvirt network and the sandboxes' isolation on it (nftables rules
 /// outside the VM, a DNS proxy on the bridge).
@@ -195,6 +205,9 @@ struct RawConfig {
     memory_mb: Option<u64>,
     stop_timeout_seconds: u32,
     images: Vec<RawImage>,
+    metrics_listen: String,
+    log_format: fluid_telemetry::LogFormat,
+    otlp_endpoint: String,
 }
 
 impl Default for RawConfig {
@@ -211,6 +224,9 @@ impl Default for RawConfig {
             memory_mb: None,
             stop_timeout_seconds: 30,
             images: Vec::new(),
+            metrics_listen: DEFAULT_METRICS_LISTEN.into(),
+            log_format: fluid_telemetry::LogFormat::Text,
+            otlp_endpoint: String::new(),
         }
     }
 }
@@ -309,6 +325,16 @@ impl RawConfig {
         if !(1..=600).contains(&self.stop_timeout_seconds) {
             return Err(invalid("stop_timeout_seconds", "must be 1-600"));
         }
+        let metrics_listen =
+            match self.metrics_listen.trim() {
+                "" => None,
+                a => Some(a.parse::<SocketAddr>().map_err(|e| {
+                    invalid("metrics_listen", format!("{a:?} is not host:port: {e}"))
+                })?),
+            };
+        fluid_telemetry::check_otlp_endpoint(&self.otlp_endpoint)
+            .map_err(|e| invalid("otlp_endpoint", e))?;
+        let otlp_endpoint = Some(self.otlp_endpoint.trim().to_owned()).filter(|e| !e.is_empty());
         let mut images = Vec::with_capacity(self.images.len());
         let mut seen = HashSet::new();
         for (i, raw) in self.images.into_iter().enumerate() {
@@ -333,6 +359,9 @@ impl RawConfig {
             memory_mb: self.memory_mb,
             stop_timeout_seconds: self.stop_timeout_seconds,
             images,
+            metrics_listen,
+            log_format: self.log_format,
+            otlp_endpoint,
         })
     }
 }
@@ -372,6 +401,9 @@ key = "/etc/fluid/agent.key"
         assert_eq!(c.stop_timeout_seconds, 30);
         assert_eq!(c.cpus, None);
         assert!(c.images.is_empty());
+        assert_eq!(c.metrics_listen, DEFAULT_METRICS_LISTEN.parse().ok());
+        assert_eq!(c.log_format, fluid_telemetry::LogFormat::Text);
+        assert_eq!(c.otlp_endpoint, None);
         assert_eq!(
             c.db_path(),
             PathBuf::from("/var/lib/fluid-agent/agent.redb")
@@ -424,6 +456,20 @@ source_domain = "ubuntu-golden"
     }
 
     #[test]
+    fn observability_settings() {
+        let c = AgentConfig::from_toml(&format!(
+            "metrics_listen = \"\"\nlog_format = \"json\"\notlp_endpoint = \"http://127.0.0.1:4317\"\n{MINIMAL}"
+        ))
+        .expect("valid");
+        assert_eq!(c.metrics_listen, None);
+        assert_eq!(c.log_format, fluid_telemetry::LogFormat::Json);
+        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4317"));
+        let c = AgentConfig::from_toml(&format!("metrics_listen = \"0.0.0.0:9100\"\n{MINIMAL}"))
+            .expect("valid");
+        assert_eq!(c.metrics_listen, "0.0.0.0:9100".parse().ok());
+    }
+
+    #[test]
     fn required_fields() {
         assert!(err("[tls]\nca_cert='/a'\ncert='/b'\nkey='/c'").contains("host_name"));
         assert!(err("host_name = 'h'").contains("plaintext"));
@@ -439,6 +485,9 @@ source_domain = "ubuntu-golden"
             ("state_dir = 'relative'", "state_dir"),
             ("cpus = 0", "cpus"),
             ("stop_timeout_seconds = 0", "stop_timeout_seconds"),
+            ("metrics_listen = 'nowhere'", "metrics_listen"),
+            ("otlp_endpoint = 'collector:4317'", "otlp_endpoint"),
+            ("log_format = 'xml'", "log_format"),
             ("bogus = 1", "bogus"),
         ];
         for (line, field) in cases {

@@ -18,6 +18,7 @@ use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
 use crate::exec::{ExecEvent, ExecExit};
+use crate::metrics::{Op, metrics};
 
 pub mod attach;
 pub mod snapshots;
@@ -124,6 +125,17 @@ fn exec_event_pb(e: ExecEvent) -> pb::ExecEvent {
 /// The stream an Exec returns.
 pub type ExecStream = Pin<Box<dyn Stream<Item = Result<pb::ExecEvent, Status>> + Send>>;
 
+/// Runs a sandbox operation, counted and timed as `op` in the metrics.
+async fn timed<T>(
+    op: Op,
+    fut: impl std::future::Future<Output = Result<T, crate::error::ServiceError>>,
+) -> Result<T, crate::error::ServiceError> {
+    let started = std::time::Instant::now();
+    let r = fut.await;
+    metrics().op(op, r.is_ok(), started.elapsed());
+    r
+}
+
 /// Logs a failed call where it is handled (here), then returns it.
 fn fail(op: &'static str, e: crate::error::ServiceError) -> Status {
     let status = Status::from(e);
@@ -164,12 +176,18 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
         req: Request<pb::ExecRequest>,
     ) -> Result<Response<Self::ExecStream>, Status> {
         let exec = Exec::try_from(req.into_inner())?;
-        let rx = self
-            .sandboxes
-            .exec(exec)
-            .await
-            .map_err(|e| fail("exec", e))?;
-        let stream = ReceiverStream::new(rx).map(|e| Ok(exec_event_pb(e)));
+        let started = std::time::Instant::now();
+        let rx = self.sandboxes.exec(exec).await.map_err(|e| {
+            metrics().op(Op::Exec, false, started.elapsed());
+            fail("exec", e)
+        })?;
+        // The command is timed to its exit.
+        let stream = ReceiverStream::new(rx).map(move |e| {
+            if let ExecEvent::Exit(x) = &e {
+                metrics().op(Op::Exec, x.error.is_none(), started.elapsed());
+            }
+            Ok(exec_event_pb(e))
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -244,9 +262,7 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
         req: Request<pb::CreateSandboxRequest>,
     ) -> Result<Response<pb::Sandbox>, Status> {
         let create = CreateSandbox::try_from(req.into_inner())?;
-        let v = self
-            .sandboxes
-            .create(create)
+        let v = timed(Op::Create, self.sandboxes.create(create))
             .await
             .map_err(|e| fail("create_sandbox", e))?;
         Ok(Response::new(sandbox_pb(v)))
@@ -257,9 +273,7 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
         req: Request<pb::SandboxRef>,
     ) -> Result<Response<pb::Sandbox>, Status> {
         let id = SandboxId::try_from(req.into_inner())?;
-        let v = self
-            .sandboxes
-            .start(&id)
+        let v = timed(Op::Start, self.sandboxes.start(&id))
             .await
             .map_err(|e| fail("start_sandbox", e))?;
         Ok(Response::new(sandbox_pb(v)))
@@ -270,9 +284,7 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
         req: Request<pb::StopSandboxRequest>,
     ) -> Result<Response<pb::Sandbox>, Status> {
         let stop = StopSandbox::try_from(req.into_inner())?;
-        let v = self
-            .sandboxes
-            .stop(stop)
+        let v = timed(Op::Stop, self.sandboxes.stop(stop))
             .await
             .map_err(|e| fail("stop_sandbox", e))?;
         Ok(Response::new(sandbox_pb(v)))
@@ -283,9 +295,7 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
         req: Request<pb::SandboxRef>,
     ) -> Result<Response<pb::DestroySandboxResponse>, Status> {
         let id = SandboxId::try_from(req.into_inner())?;
-        let existed = self
-            .sandboxes
-            .destroy(&id)
+        let existed = timed(Op::Destroy, self.sandboxes.destroy(&id))
             .await
             .map_err(|e| fail("destroy_sandbox", e))?;
         Ok(Response::new(pb::DestroySandboxResponse { existed }))
@@ -322,9 +332,7 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
         req: Request<pb::CreateSnapshotRequest>,
     ) -> Result<Response<pb::SnapshotInfo>, Status> {
         let create = snapshots::create_request(req.into_inner())?;
-        let v = self
-            .sandboxes
-            .create_snapshot(create)
+        let v = timed(Op::Snapshot, self.sandboxes.create_snapshot(create))
             .await
             .map_err(|e| fail("create_snapshot", e))?;
         Ok(Response::new(snapshots::snapshot_pb(v)))
@@ -350,9 +358,7 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
         req: Request<pb::RevertSnapshotRequest>,
     ) -> Result<Response<pb::Sandbox>, Status> {
         let (sref, start) = snapshots::revert_request(req.into_inner())?;
-        let v = self
-            .sandboxes
-            .revert_snapshot(&sref, start)
+        let v = timed(Op::Revert, self.sandboxes.revert_snapshot(&sref, start))
             .await
             .map_err(|e| fail("revert_snapshot", e))?;
         Ok(Response::new(sandbox_pb(v)))
@@ -376,9 +382,7 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
         req: Request<pb::DiffSnapshotsRequest>,
     ) -> Result<Response<pb::SnapshotDiff>, Status> {
         let diff = snapshots::diff_request(req.into_inner())?;
-        let d = self
-            .sandboxes
-            .diff(diff)
+        let d = timed(Op::Diff, self.sandboxes.diff(diff))
             .await
             .map_err(|e| fail("diff_snapshots", e))?;
         Ok(Response::new(d))

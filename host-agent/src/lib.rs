@@ -10,6 +10,9 @@
 //! - [`hypervisor`]: the backend trait and its libvirt implementation.
 //! - [`network`]: sandbox isolation (nftables rules, egress allow-lists, DNS proxy).
 //! - [`images`], [`overlay`], [`state`]: images, overlay disks, the redb records.
+//! - [`metrics`]: Prometheus metrics on `metrics_listen`. Every gRPC call runs in a
+//!   server span that continues the controller's trace (`traceparent`), so with an
+//!   `otlp_endpoint` one trace follows a request down to the libvirt calls.
 
 pub mod config;
 pub mod error;
@@ -17,6 +20,7 @@ pub mod exec;
 pub mod grpc;
 pub mod hypervisor;
 pub mod images;
+pub mod metrics;
 pub mod network;
 pub mod overlay;
 pub mod reconcile;
@@ -113,7 +117,21 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         .server_config();
     let listen = config.listen;
     let host_name = config.host_name.clone();
+    // Bound first: a taken port fails the start before anything else is touched.
+    let metrics_listener = match config.metrics_listen {
+        Some(a) => Some(metrics::bind(a).await?),
+        None => None,
+    };
     let sandboxes = open(config).await?;
+    if let Some(l) = metrics_listener {
+        tracing::info!(listen = %l.local_addr()?, "serving Prometheus metrics (GET /metrics)");
+        let (s, token) = (sandboxes.clone(), shutdown.child_token());
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(l, s, token).await {
+                tracing::error!("{e:#}");
+            }
+        });
+    }
     // The DNS proxy the rules send sandboxes' DNS to. Without it a sandbox cannot
     // resolve anything, so its failure stops the agent (to be restarted) rather than
     // leaving it half-working.
@@ -139,6 +157,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let server = tonic::transport::Server::builder()
         .tls_config(tls)
         .context("TLS configuration")?
+        .layer(fluid_telemetry::grpc::GrpcLayer::server(
+            fluid_proto::pb::host_agent_server::SERVICE_NAME,
+            Arc::new(metrics::GrpcRequests),
+        ))
         .add_service(service)
         .serve_with_shutdown(listen, shutdown.clone().cancelled_owned());
     tokio::pin!(server);

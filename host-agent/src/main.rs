@@ -7,13 +7,22 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use fluid_agent::AgentConfig;
 use fluid_agent::config::DEFAULT_CONFIG_PATH;
+use fluid_telemetry::Telemetry;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
+}
+
+impl From<LogFormat> for fluid_telemetry::LogFormat {
+    fn from(f: LogFormat) -> Self {
+        match f {
+            LogFormat::Text => Self::Text,
+            LogFormat::Json => Self::Json,
+        }
+    }
 }
 
 /// The fluid host-agent: runs sandboxes on this host for the fluid controller.
@@ -23,23 +32,21 @@ struct Cli {
     /// Config file (TOML); `FLUID_AGENT_*` environment variables override it.
     #[arg(long, default_value = DEFAULT_CONFIG_PATH, env = "FLUID_AGENT_CONFIG")]
     config: PathBuf,
-    /// Log line format. The level comes from `RUST_LOG` (default `info`).
-    #[arg(
-        long,
-        value_enum,
-        default_value = "text",
-        env = "FLUID_AGENT_LOG_FORMAT"
-    )]
-    log_format: LogFormat,
+    /// Log line format; overrides the config's `log_format` (default `text`). The
+    /// level comes from `RUST_LOG` (default `info`).
+    #[arg(long, value_enum, env = "FLUID_AGENT_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+/// Logging (and span export, with `otlp_endpoint`) from the config; inside the runtime,
+/// where the OTLP exporter's channel runs.
+fn init_telemetry(config: &AgentConfig, cli: &Cli) -> anyhow::Result<Telemetry> {
+    Ok(fluid_telemetry::init(&fluid_telemetry::Settings {
+        service_name: "fluid-agent",
+        instance: Some(config.host_name.to_string()),
+        log_format: cli.log_format.map_or(config.log_format, Into::into),
+        otlp_endpoint: config.otlp_endpoint.clone(),
+    })?)
 }
 
 async fn shutdown_signal() -> anyhow::Result<&'static str> {
@@ -54,31 +61,47 @@ async fn shutdown_signal() -> anyhow::Result<&'static str> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
+    // Before logging is set up (it comes from the config), errors go to stderr as is.
+    let config = match AgentConfig::load(&cli.config) {
+        Ok(c) => c,
         Err(e) => {
-            tracing::error!("starting the tokio runtime: {e}");
+            eprintln!("fluid-agent: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(agent_main(cli)) {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fluid-agent: starting the tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let telemetry = match runtime.block_on(async { init_telemetry(&config, &cli) }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("fluid-agent: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = match runtime.block_on(agent_main(config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // Buffered spans go out while the runtime (the exporter's channel) still runs.
+    telemetry.shutdown();
+    code
 }
 
-async fn agent_main(cli: Cli) -> anyhow::Result<()> {
+async fn agent_main(config: AgentConfig) -> anyhow::Result<()> {
     if rustls::crypto::ring::default_provider()
         .install_default()
         .is_err()
     {
         anyhow::bail!("a rustls crypto provider was already installed");
     }
-    let config = AgentConfig::load(&cli.config)?;
 
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(fluid_agent::run(config, shutdown.clone()));

@@ -299,6 +299,7 @@ impl<H: Hypervisor> Sandboxes<H> {
 
     /// Creates the overlay and the domain; starts it when asked. Repeating a create
     /// with the same id returns the existing sandbox (started if asked).
+    #[tracing::instrument(name = "sandbox.create", skip_all, fields(sandbox_id = %req.id))]
     pub async fn create(&self, req: CreateSandbox) -> Result<SandboxView, ServiceError> {
         let _guard = self.lock(&req.id).await;
         if let Some(existing) = self.store.get(&req.id).await? {
@@ -454,6 +455,7 @@ impl<H: Hypervisor> Sandboxes<H> {
         Ok(())
     }
 
+    #[tracing::instrument(name = "sandbox.start", skip_all, fields(sandbox_id = %id))]
     pub async fn start(&self, id: &SandboxId) -> Result<SandboxView, ServiceError> {
         let _guard = self.lock(id).await;
         let r = self.record(id).await?;
@@ -498,6 +500,7 @@ impl<H: Hypervisor> Sandboxes<H> {
     }
 
     /// Graceful shutdown, then power off after the timeout; `force` powers off at once.
+    #[tracing::instrument(name = "sandbox.stop", skip_all, fields(sandbox_id = %req.id))]
     pub async fn stop(&self, req: StopSandbox) -> Result<SandboxView, ServiceError> {
         let _guard = self.lock(&req.id).await;
         let r = self.record(&req.id).await?;
@@ -562,6 +565,7 @@ impl<H: Hypervisor> Sandboxes<H> {
     }
 
     /// Removes domain, lease, overlay, console log and record. True if anything existed.
+    #[tracing::instrument(name = "sandbox.destroy", skip_all, fields(sandbox_id = %id))]
     pub async fn destroy(&self, id: &SandboxId) -> Result<bool, ServiceError> {
         let guard = self.lock(id).await;
         let record = self.store.get(id).await?;
@@ -616,6 +620,7 @@ impl<H: Hypervisor> Sandboxes<H> {
     }
 
     /// Polls the network's leases until the sandbox has an IPv4 address.
+    #[tracing::instrument(name = "sandbox.wait_for_ip", skip_all, fields(sandbox_id = %req.id))]
     pub async fn wait_for_ip(&self, req: WaitForIp) -> Result<Ipv4Addr, ServiceError> {
         let r = self.record(&req.id).await?;
         let started = Instant::now();

@@ -34,6 +34,8 @@ pub struct AgentOptions {
     pub sans: Vec<String>,
     /// Extra keys of the agent's `[network]` table (e.g. `dns_upstream = "…"`).
     pub network: String,
+    /// Extra top-level keys of the agent's configuration (e.g. `otlp_endpoint = "…"`).
+    pub top: String,
 }
 
 impl AgentOptions {
@@ -44,7 +46,15 @@ impl AgentOptions {
             cpus: None,
             sans: vec!["127.0.0.1".into(), "localhost".into()],
             network: String::new(),
+            top: String::new(),
         }
+    }
+
+    /// Adds a top-level line to the agent's configuration.
+    pub fn config(mut self, line: &str) -> Self {
+        self.top.push_str(line);
+        self.top.push('\n');
+        self
     }
 
     /// Adds a line to the agent's `[network]` table.
@@ -69,6 +79,8 @@ impl AgentOptions {
 pub struct Agent {
     pub name: String,
     pub address: String,
+    /// `http://127.0.0.1:PORT/metrics` (each agent of a stack has its own port).
+    pub metrics_url: String,
     pub state_dir: PathBuf,
     pub tls: TlsFiles,
     pub service: Service,
@@ -138,6 +150,17 @@ impl Stack {
         agents: Vec<AgentOptions>,
         controller_tables: &str,
     ) -> Result<Self> {
+        Self::start_configured(store, agents, "", controller_tables).await
+    }
+
+    /// As [`Stack::start_with`], with `controller_top` (top-level keys, e.g.
+    /// `otlp_endpoint = "…"`) in the controller's configuration too.
+    pub async fn start_configured(
+        store: StoreKind,
+        agents: Vec<AgentOptions>,
+        controller_top: &str,
+        controller_tables: &str,
+    ) -> Result<Self> {
         let env = TestEnv::load()?;
         let dir = tempfile::Builder::new()
             .prefix("fluid-it-")
@@ -172,7 +195,9 @@ impl Stack {
         for opts in agents {
             stack.add_agent(opts)?;
         }
-        stack.start_controller(store, controller_tables).await?;
+        stack
+            .start_controller(store, controller_top, controller_tables)
+            .await?;
         Ok(stack)
     }
 
@@ -190,11 +215,14 @@ impl Stack {
         let sans: Vec<&str> = opts.sans.iter().map(String::as_str).collect();
         let tls = self.pki.agent(&name, &sans)?;
         let img = &self.env.image_dir;
+        // Agents of a stack share the machine: each has its own metrics port.
+        let metrics_port = free_port()?;
         let mut toml = format!(
-            "host_name = {}\nlisten = \"127.0.0.1:{port}\"\nvirt_type = \"qemu\"\nstate_dir = {}\nstop_timeout_seconds = 20\n",
+            "host_name = {}\nlisten = \"127.0.0.1:{port}\"\nvirt_type = \"qemu\"\nstate_dir = {}\nstop_timeout_seconds = 20\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n",
             quote(&name),
             quote_path(&state_dir),
         );
+        toml += &opts.top;
         if let Some(mb) = opts.memory_mb {
             toml += &format!("memory_mb = {mb}\n");
         }
@@ -230,6 +258,7 @@ impl Stack {
             Agent {
                 name,
                 address: format!("127.0.0.1:{port}"),
+                metrics_url: format!("http://127.0.0.1:{metrics_port}/metrics"),
                 state_dir,
                 tls,
                 service,
@@ -238,7 +267,7 @@ impl Stack {
         Ok(())
     }
 
-    async fn start_controller(&mut self, store: StoreKind, tables: &str) -> Result<()> {
+    async fn start_controller(&mut self, store: StoreKind, top: &str, tables: &str) -> Result<()> {
         let port = free_port()?;
         let grpc_port = free_port()?;
         self.grpc_url = format!("http://127.0.0.1:{grpc_port}");
@@ -251,6 +280,10 @@ impl Stack {
         if store == StoreKind::Postgres {
             let url = self.create_database()?;
             toml += &format!("database_url = {}\n", quote(&url));
+        }
+        toml += top;
+        if !top.is_empty() && !top.ends_with('\n') {
+            toml += "\n";
         }
         toml += &tls_toml(&self.pki.controller());
         for agent in self.agents.values() {

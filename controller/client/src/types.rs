@@ -15,13 +15,38 @@ pub struct ErrorBody {
     pub details: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// `GET /v1/health`. Every field but `status` is optional, so older answers (and
+/// older clients) still parse.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HealthResponse {
     /// "ok", or "degraded" with a 503.
     pub status: String,
     /// *new*: the failing part, when not ok.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// *new*: the store: "ok", or why it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// *new*: the host-agents as the heartbeat last saw them (reported, never a reason
+    /// for a 503).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<HealthHosts>,
+    /// *new*: the controller's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// *new*: host-agent reachability in a health answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HealthHosts {
+    /// Answering their heartbeats.
+    pub online: u64,
+    /// Missed `offline_after_missed_beats` heartbeats in a row.
+    pub offline: u64,
+    /// Registered, not yet heard from.
+    #[serde(default)]
+    pub unknown: u64,
+    pub total: u64,
 }
 
 /// Sandbox states. Serialised in upper case (`RUNNING`).

@@ -27,7 +27,7 @@ pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> anyhow::Result<String> {
 }
 
 /// A borderless, kubectl-style table: columns two spaces apart, no trailing blanks.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut t = Table::new();
     t.load_preset(presets::NOTHING)
         .set_content_arrangement(ContentArrangement::Disabled)
@@ -57,7 +57,7 @@ pub fn human_duration(secs: i64) -> String {
     }
 }
 
-fn age(then: DateTime<Utc>, now: DateTime<Utc>) -> String {
+pub(crate) fn age(then: DateTime<Utc>, now: DateTime<Utc>) -> String {
     human_duration((now - then).num_seconds())
 }
 
@@ -172,7 +172,7 @@ fn key_values(fields: &[(&str, String)]) -> String {
         .join("\n")
 }
 
-fn host_state(s: HostState) -> &'static str {
+pub(crate) fn host_state(s: HostState) -> &'static str {
     match s {
         HostState::Unknown => "UNKNOWN",
         HostState::Online => "ONLINE",

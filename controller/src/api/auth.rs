@@ -1,4 +1,5 @@
-//! Authentication at the edge: a middleware on every route but `/v1/health` that turns
+//! Authentication at the edge: a middleware on every route but `/v1/health` (and
+//! `/metrics` while `[metrics] public = true`) that turns
 //! the bearer token into a [`Caller`] (401 without a valid one), and records every
 //! mutating call in the audit trail with its outcome once the handler has answered.
 //! Handlers take the [`Caller`] as an extractor and check their [`Permission`].
@@ -17,6 +18,8 @@ use crate::store::{NewAuditEvent, SandboxRecord};
 
 /// Routes that answer without a token.
 pub const OPEN_PATHS: [&str; 1] = ["/v1/health"];
+/// Open too while `[metrics] public = true` (the default).
+pub const METRICS_PATH: &str = "/metrics";
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
@@ -65,7 +68,7 @@ pub async fn require_token(
     next: Next,
 ) -> Response {
     let path = req.uri().path().to_owned();
-    if OPEN_PATHS.contains(&path.as_str()) {
+    if OPEN_PATHS.contains(&path.as_str()) || (path == METRICS_PATH && state.metrics_public) {
         return next.run(req).await;
     }
     let token = req

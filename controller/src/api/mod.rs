@@ -14,6 +14,7 @@ pub mod governance;
 pub mod health;
 pub mod hosts;
 pub mod json;
+pub mod metrics;
 pub mod network;
 pub mod openapi;
 pub mod params;
@@ -70,6 +71,9 @@ pub struct AppState {
     pub jobs: Arc<JobService>,
     pub generator: Arc<Generator>,
     pub verifier: Arc<Verifier>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// `GET /metrics` answers without a token (`[metrics] public`).
+    pub metrics_public: bool,
 }
 
 impl std::fmt::Debug for AppState {
@@ -226,14 +230,21 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/approvals/{id}/approve", post(approvals::approve))
         .route("/v1/approvals/{id}/reject", post(approvals::reject))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route("/metrics", get(metrics::metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
         ))
+        // Outside authentication, so refusals are counted too.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count_requests,
+        ))
+        // Inside routing: the request's span is named after its route template.
+        .route_layer(TraceLayer::new_for_http().make_span_with(metrics::request_span))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(json::BODY_LIMIT))
-        .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
@@ -255,5 +266,7 @@ mod tests_diffs;
 mod tests_exec;
 #[cfg(test)]
 mod tests_network;
+#[cfg(test)]
+mod tests_observability;
 #[cfg(test)]
 mod tests_snapshots;

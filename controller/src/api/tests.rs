@@ -220,7 +220,15 @@ async fn health_and_openapi() {
     let app = app().await;
     assert_eq!(
         app.get("/v1/health").await,
-        (StatusCode::OK, json!({"status": "ok"}))
+        (
+            StatusCode::OK,
+            json!({
+                "status": "ok",
+                "store": "ok",
+                "hosts": {"online": 1, "offline": 0, "unknown": 0, "total": 1},
+                "version": env!("CARGO_PKG_VERSION"),
+            })
+        )
     );
     let (s, doc) = app.get("/openapi.json").await;
     assert_eq!(s, StatusCode::OK);
@@ -261,6 +269,11 @@ async fn health_reports_a_failing_store() {
     assert_eq!(v["status"], "degraded");
     assert_eq!(v["code"], 503);
     assert!(v["error"].as_str().expect("error").contains("store"));
+    assert!(v["store"].as_str().is_some_and(|s| s != "ok"), "{v}");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    // Old clients still read it as a health answer.
+    let h: fluid_client::types::HealthResponse = serde_json::from_value(v).expect("parses");
+    assert_eq!(h.status, "degraded");
 }
 
 #[tokio::test]

@@ -158,6 +158,11 @@ fn calls() -> Vec<Call> {
     let post = Method::POST;
     vec![
         call(Open, get.clone(), "/v1/health", None),
+        // Open by default (`[metrics] public`); its body is not JSON.
+        Call {
+            streaming: true,
+            ..call(Open, get.clone(), "/metrics", None)
+        },
         call(Read, get.clone(), "/v1/sandboxes", None),
         call(Read, get.clone(), "/v1/hosts", None),
         call(Read, get.clone(), "/v1/vms", None),

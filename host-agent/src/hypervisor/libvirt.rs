@@ -8,6 +8,9 @@
 //! Snapshot create, revert and delete can take seconds (saving or loading a guest's
 //! memory); they run on a second thread with its own connection, so they never hold
 //! up the quick calls (states, leases, heartbeats) behind them.
+//!
+//! Every call runs in a `libvirt` span named after it (`libvirt define`; reads at DEBUG
+//! level) and is counted in the agent's metrics, in one place: `Libvirt::call_on`.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -28,6 +31,18 @@ use super::{
 };
 
 type Job = Box<dyn FnOnce(Result<&Connect>) + Send>;
+
+/// libvirt calls that only read (their spans are at DEBUG level).
+const READ_OPS: [&str; 8] = [
+    "network_bridge",
+    "list_domains",
+    "domain_state",
+    "lookup_name",
+    "network_info",
+    "node_info",
+    "source_domain",
+    "snapshot_list",
+];
 
 /// A handle to the libvirt thread. Cheap to share behind an `Arc`.
 pub struct Libvirt {
@@ -57,62 +72,100 @@ impl Libvirt {
             lease_dir: PathBuf::from(DNSMASQ_STATE_DIR),
         };
         let (uri, version) = lv
-            .call(|c| Ok((c.uri().map_err(map_err)?, c.lib_version().map_err(map_err)?)))
+            .call("connect", |c| {
+                Ok((c.uri().map_err(map_err)?, c.lib_version().map_err(map_err)?))
+            })
             .await?;
         tracing::info!(%uri, version, "connected to libvirt");
         Ok(lv)
     }
 
-    /// Runs `f` on the libvirt thread.
-    async fn call<T, F>(&self, f: F) -> Result<T>
+    /// Runs `f` on the libvirt thread; `op` names the call in its span and metrics.
+    async fn call<T, F>(&self, op: &'static str, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connect) -> Result<T> + Send + 'static,
     {
-        Self::call_on(&self.jobs, f).await
+        Self::call_on(op, &self.jobs, f).await
     }
 
-    /// Runs `f` on the thread given by `lane`.
-    async fn call_on<T, F>(lane: &mpsc::Sender<Job>, f: F) -> Result<T>
+    /// Runs `f` on the thread given by `lane`, in a `libvirt` span (the child of the
+    /// operation, and through it of the controller's request, that asked for it; none
+    /// outside any span);
+    /// counted in `fluid_agent_libvirt_calls_total` and, failed, `…_errors_total`.
+    async fn call_on<T, F>(op: &'static str, lane: &mpsc::Sender<Job>, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connect) -> Result<T> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let _ = tx.send(conn.and_then(f));
-        });
-        lane.send(job)
-            .map_err(|_| HypervisorError::Unavailable("the libvirt thread has stopped".into()))?;
-        rx.await
-            .map_err(|_| HypervisorError::Failed("the libvirt call was aborted".into()))?
+        // Background polls (lease watch, heartbeats) run outside any span: no trace.
+        // Reads are DEBUG spans (exported with RUST_LOG=debug): an IP wait polls one
+        // twice a second, which would bury the calls that change something.
+        let span = if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else if READ_OPS.contains(&op) {
+            tracing::debug_span!(
+                "libvirt",
+                otel.name = %format!("libvirt {op}"),
+                libvirt.op = op,
+                otel.status_code = tracing::field::Empty,
+            )
+        } else {
+            tracing::info_span!(
+                "libvirt",
+                otel.name = %format!("libvirt {op}"),
+                libvirt.op = op,
+                otel.status_code = tracing::field::Empty,
+            )
+        };
+        let run = async move {
+            let (tx, rx) = oneshot::channel();
+            let job: Job = Box::new(move |conn| {
+                let _ = tx.send(conn.and_then(f));
+            });
+            lane.send(job).map_err(|_| {
+                HypervisorError::Unavailable("the libvirt thread has stopped".into())
+            })?;
+            rx.await
+                .map_err(|_| HypervisorError::Failed("the libvirt call was aborted".into()))?
+        };
+        let r = tracing::Instrument::instrument(run, span.clone()).await;
+        crate::metrics::metrics().libvirt_call(op, r.as_ref().err());
+        if r.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        r
     }
 
     /// Runs `f` on one of this agent's domains.
-    async fn with_owned<T, F>(&self, uuid: &str, f: F) -> Result<T>
+    async fn with_owned<T, F>(&self, op: &'static str, uuid: &str, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Domain) -> Result<T> + Send + 'static,
     {
         let host = self.host_name.clone();
         let uuid = uuid.to_owned();
-        self.call(move |c| f(&owned_domain(c, &host, &uuid)?)).await
+        self.call(op, move |c| f(&owned_domain(c, &host, &uuid)?))
+            .await
     }
 
     /// [`Libvirt::with_owned`] on the slow thread.
-    async fn with_owned_slow<T, F>(&self, uuid: &str, f: F) -> Result<T>
+    async fn with_owned_slow<T, F>(&self, op: &'static str, uuid: &str, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Domain) -> Result<T> + Send + 'static,
     {
         let host = self.host_name.clone();
         let uuid = uuid.to_owned();
-        Self::call_on(&self.slow_jobs, move |c| f(&owned_domain(c, &host, &uuid)?)).await
+        Self::call_on(op, &self.slow_jobs, move |c| {
+            f(&owned_domain(c, &host, &uuid)?)
+        })
+        .await
     }
 
     async fn bridge(&self, network: &str) -> Result<String> {
         let network = network.to_owned();
-        self.call(move |c| {
+        self.call("network_bridge", move |c| {
             c.lookup_network_by_name(&network)
                 .and_then(|n| n.bridge_name())
                 .map_err(map_err)
@@ -216,12 +269,14 @@ impl Hypervisor for Libvirt {
     async fn define(&self, spec: &DomainSpec) -> Result<()> {
         let xml = domain_xml::render(spec)
             .map_err(|e| HypervisorError::Failed(format!("domain XML: {e}")))?;
-        self.call(move |c| c.define_domain_xml(&xml).map(drop).map_err(map_err))
-            .await
+        self.call("define", move |c| {
+            c.define_domain_xml(&xml).map(drop).map_err(map_err)
+        })
+        .await
     }
 
     async fn start(&self, uuid: &str) -> Result<()> {
-        self.with_owned(uuid, |d| d.create().map(drop).map_err(map_err))
+        self.with_owned("start", uuid, |d| d.create().map(drop).map_err(map_err))
             .await
     }
 
@@ -229,12 +284,14 @@ impl Hypervisor for Libvirt {
         // The guest agent first (when it answers), else the ACPI power button.
         let flags = virt::sys::VIR_DOMAIN_SHUTDOWN_GUEST_AGENT
             | virt::sys::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN;
-        self.with_owned(uuid, move |d| d.shutdown_flags(flags).map_err(map_err))
-            .await
+        self.with_owned("shutdown", uuid, move |d| {
+            d.shutdown_flags(flags).map_err(map_err)
+        })
+        .await
     }
 
     async fn power_off(&self, uuid: &str) -> Result<()> {
-        self.with_owned(uuid, |d| {
+        self.with_owned("power_off", uuid, |d| {
             if state_of(d)? == DomainState::ShutOff {
                 return Ok(());
             }
@@ -251,7 +308,7 @@ impl Hypervisor for Libvirt {
     async fn undefine(&self, uuid: &str) -> Result<()> {
         // SNAPSHOTS_METADATA: libvirt refuses to undefine a domain with snapshots
         // otherwise; their data lives in the overlay, which the caller removes.
-        self.with_owned(uuid, |d| {
+        self.with_owned("undefine", uuid, |d| {
             let flags = virt::sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
                 | virt::sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
                 | virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM;
@@ -262,7 +319,7 @@ impl Hypervisor for Libvirt {
 
     async fn list_owned(&self) -> Result<Vec<OwnedDomain>> {
         let host = self.host_name.clone();
-        self.call(move |c| {
+        self.call("list_domains", move |c| {
             let mut out = Vec::new();
             for dom in c.list_all_domains(0).map_err(map_err)? {
                 let Some(meta) = meta_of(&dom) else { continue };
@@ -290,17 +347,19 @@ impl Hypervisor for Libvirt {
     }
 
     async fn domain_state(&self, uuid: &str) -> Result<DomainState> {
-        self.with_owned(uuid, state_of).await
+        self.with_owned("domain_state", uuid, state_of).await
     }
 
     async fn name_in_use(&self, name: &str) -> Result<bool> {
         let name = name.to_owned();
-        self.call(move |c| match c.lookup_domain_by_name(&name) {
-            Ok(_) => Ok(true),
-            Err(e) => match map_err(e) {
-                HypervisorError::NotFound(_) => Ok(false),
-                other => Err(other),
-            },
+        self.call("lookup_name", move |c| {
+            match c.lookup_domain_by_name(&name) {
+                Ok(_) => Ok(true),
+                Err(e) => match map_err(e) {
+                    HypervisorError::NotFound(_) => Ok(false),
+                    other => Err(other),
+                },
+            }
         })
         .await
     }
@@ -318,7 +377,7 @@ impl Hypervisor for Libvirt {
     async fn network_info(&self, network: &str) -> Result<NetworkInfo> {
         let network = network.to_owned();
         let xml = self
-            .call(move |c| {
+            .call("network_info", move |c| {
                 c.lookup_network_by_name(&network)
                     .and_then(|n| n.xml_desc(0))
                     .map_err(map_err)
@@ -328,7 +387,7 @@ impl Hypervisor for Libvirt {
     }
 
     async fn node_info(&self) -> Result<NodeInfo> {
-        self.call(|c| {
+        self.call("node_info", |c| {
             let info = c.node_info().map_err(map_err)?;
             let free = c.free_memory().map_err(map_err)?;
             Ok(NodeInfo {
@@ -342,7 +401,7 @@ impl Hypervisor for Libvirt {
 
     async fn source_domain(&self, name: &str) -> Result<SourceDomain> {
         let name = name.to_owned();
-        self.call(move |c| {
+        self.call("source_domain", move |c| {
             let dom = c.lookup_domain_by_name(&name).map_err(map_err)?;
             let xml = dom.xml_desc(0).map_err(map_err)?;
             let disk = parse_source_disk(&xml).ok_or_else(|| {
@@ -363,7 +422,7 @@ impl Hypervisor for Libvirt {
     async fn snapshot_create(&self, uuid: &str, name: &str, description: &str) -> Result<()> {
         let xml = snapshot_xml::render_create(name, description)
             .map_err(|e| HypervisorError::Failed(format!("snapshot XML: {e}")))?;
-        self.with_owned_slow(uuid, move |d| {
+        self.with_owned_slow("snapshot_create", uuid, move |d| {
             d.create_snapshot_xml(&xml, virt::sys::VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC)
                 .map(drop)
                 .map_err(map_err)
@@ -372,7 +431,7 @@ impl Hypervisor for Libvirt {
     }
 
     async fn snapshot_list(&self, uuid: &str) -> Result<Vec<DomainSnapshot>> {
-        self.with_owned(uuid, |d| {
+        self.with_owned("snapshot_list", uuid, |d| {
             let mut out = Vec::new();
             for snap in d.list_all_snapshots(0).map_err(map_err)? {
                 // One deleted while we look is skipped.
@@ -405,7 +464,7 @@ impl Hypervisor for Libvirt {
             RevertTo::Running => virt::sys::VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING,
             RevertTo::Paused => virt::sys::VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED,
         };
-        self.with_owned_slow(uuid, move |d| {
+        self.with_owned_slow("snapshot_revert", uuid, move |d| {
             let snap = Domain::lookup_snapshot_by_name(d, &name, 0).map_err(map_err)?;
             snap.revert(flags).map_err(map_err)
         })
@@ -414,7 +473,7 @@ impl Hypervisor for Libvirt {
 
     async fn snapshot_delete(&self, uuid: &str, name: &str) -> Result<()> {
         let name = name.to_owned();
-        self.with_owned_slow(uuid, move |d| {
+        self.with_owned_slow("snapshot_delete", uuid, move |d| {
             let snap = Domain::lookup_snapshot_by_name(d, &name, 0).map_err(map_err)?;
             snap.delete(0).map_err(map_err)
         })

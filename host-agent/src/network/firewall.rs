@@ -289,7 +289,9 @@ impl Firewall {
             (st.generation, ruleset::build(settings, &sandboxes))
         };
         let started = Instant::now();
-        self.nft.apply(&batch.nftables).await?;
+        let applied = self.nft.apply(&batch.nftables).await;
+        crate::metrics::metrics().nft_apply(applied.is_ok());
+        applied?;
         let mut st = self.lock();
         st.applied = st.applied.max(generation);
         st.shape = Some(batch.shape);

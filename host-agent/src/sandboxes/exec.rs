@@ -21,6 +21,7 @@ use crate::state::SandboxRecord;
 impl<H: Hypervisor> Sandboxes<H> {
     /// Starts `req` in its sandbox; the receiver yields `Started`, output chunks, then
     /// exactly one `Exit`.
+    #[tracing::instrument(name = "sandbox.exec", skip_all, fields(sandbox_id = %req.sandbox_id))]
     pub async fn exec(&self, req: Exec) -> Result<mpsc::Receiver<ExecEvent>, ServiceError> {
         let r = self.record(&req.sandbox_id).await?;
         let ip = self.exec_target(&r).await?;

@@ -167,9 +167,12 @@ impl<H: Hypervisor> Sandboxes<H> {
         req: DiffRequest,
     ) -> Result<pb::SnapshotDiff, ServiceError> {
         let this = self.clone();
-        tokio::spawn(async move { this.diff_owned(req).await })
-            .await
-            .map_err(join_error)?
+        // In the caller's span: the export and comparison stay in its trace.
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
+            this.diff_owned(req).await
+        }))
+        .await
+        .map_err(join_error)?
     }
 
     async fn diff_owned(&self, req: DiffRequest) -> Result<pb::SnapshotDiff, ServiceError> {

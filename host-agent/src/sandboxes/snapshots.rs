@@ -152,6 +152,7 @@ struct GuestOutput {
 impl<H: Hypervisor> Sandboxes<H> {
     /// Takes snapshot `req.name` of a sandbox (see the module docs). Repeating it
     /// returns the existing snapshot.
+    #[tracing::instrument(name = "sandbox.snapshot", skip_all, fields(sandbox_id = %req.sandbox_id))]
     pub async fn create_snapshot(&self, req: CreateSnapshot) -> Result<SnapshotView, ServiceError> {
         refuse_reserved(&req.name)?;
         let _guard = self.lock(&req.sandbox_id).await;
@@ -184,6 +185,7 @@ impl<H: Hypervisor> Sandboxes<H> {
     /// snapshot was taken; disk-only it is left shut off, or booted when `start`.
     /// The SSH connection is dropped (the guest's TCP state went back in time); the
     /// network rules stay (same MAC, same lease).
+    #[tracing::instrument(name = "sandbox.revert", skip_all, fields(sandbox_id = %sref.sandbox_id))]
     pub async fn revert_snapshot(
         &self,
         sref: &SnapshotRef,

@@ -30,11 +30,12 @@ fn ms(d: Duration) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runs: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(200);
+    let arg = std::env::args().nth(1);
+    if matches!(arg.as_deref(), Some("--version" | "-V")) {
+        println!("exec-bench {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
+    let runs: usize = arg.map(|s| s.parse()).transpose()?.unwrap_or(200);
     let mut stack = Stack::start(StoreKind::Sqlite, vec![AgentOptions::new("a")]).await?;
     stack
         .wait_host("a", HostState::Online, Duration::from_secs(30))

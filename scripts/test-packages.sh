@@ -1,0 +1,385 @@
+#!/usr/bin/env bash
+# Builds the two Debian packages and proves them, without touching this machine's /etc,
+# users or services:
+#   1. cargo-deb (installed when missing); `cargo deb` for fluid-agent and fluid-controller
+#      (which also ships fluidctl) as <version>-1, and the same binaries again as
+#      <version>-2 (the "newer version" of the upgrade test);
+#   2. dpkg-deb -I / -c of each, the expected fields and files, lintian (no errors
+#      allowed; deploy/debian/lintian/* override what stays, each with its reason);
+#   3. in a clean Debian 12 root made by debootstrap (minbase), with /proc mounted and a
+#      policy-rc.d that forbids starting anything: dpkg -i both, apt-get install -f, then
+#      the user, groups, directories, conffiles, units and their enablement; edit both
+#      configs, install the -2 packages, check the edits and state survived; remove (state
+#      must stay), purge (user, state, logs, conffiles, statoverride, units must go).
+# Prints a PASS/FAIL table and exits 1 if anything failed.
+#
+# Environment:
+#   CARGO_TARGET_DIR        cargo's target directory (the .debs go to <it>/fluid-debs/)
+#   FLUID_DEB_ROOT_CACHE    where the debootstrap tarball and downloaded .debs are cached
+#                           (default /var/cache/fluid/deb-root)
+#   FLUID_APT_MIRROR        Debian mirror (default: the first bookworm URI in apt's sources)
+#   FLUID_CARGO_DEB_VERSION cargo-deb to install when missing (default 3.8.0)
+#   FLUID_KEEP_ROOT=1       keep the test root (its path is printed) instead of deleting it
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+repo=$(pwd)
+
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+die() { echo "test-packages: $*" >&2; exit 1; }
+[[ $(id -u) == 0 ]] || die "run as root (debootstrap and chroot)"
+
+# --- results -----------------------------------------------------------------------------
+results=()
+record() { # status name detail
+  local detail=${3//$'\n'/ }
+  results+=("$1"$'\t'"$2"$'\t'"${detail:0:150}")
+  printf '  %-4s %s  %s\n' "$1" "$2" "${detail:0:150}"
+}
+# check NAME COMMAND...: PASS when the command exits 0; its output is the detail.
+check() {
+  local name=$1 out; shift
+  if out=$("$@" 2>&1); then record PASS "$name" "$out"; else record FAIL "$name" "$out"; fi
+}
+# expect GOT WANT: prints GOT, succeeds when equal.
+expect() { echo "$1"; [[ "$1" == "$2" ]]; }
+print_table() {
+  local pass=0 fail=0 skip=0 r
+  say "summary"
+  printf '%-4s  %-44s  %s\n' RES CHECK DETAIL
+  for r in "${results[@]}"; do
+    IFS=$'\t' read -r status name detail <<<"$r"
+    printf '%-4s  %-44s  %s\n' "$status" "$name" "${detail:0:90}"
+    case $status in PASS) pass=$((pass + 1)) ;; FAIL) fail=$((fail + 1)) ;; *) skip=$((skip + 1)) ;; esac
+  done
+  printf '\n%d passed, %d failed, %d skipped\n' "$pass" "$fail" "$skip"
+  [[ $fail == 0 ]]
+}
+
+# --- 1. build ----------------------------------------------------------------------------
+say "tools"
+export PATH="$HOME/.cargo/bin:$PATH"
+need_apt=()
+command -v dpkg-shlibdeps >/dev/null || need_apt+=(dpkg-dev)   # cargo-deb's $auto depends
+command -v lintian >/dev/null || need_apt+=(lintian)
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+command -v jq >/dev/null || need_apt+=(jq)
+if [[ ${#need_apt[@]} -gt 0 ]]; then
+  echo "installing ${need_apt[*]}"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "installing cargo-deb ${FLUID_CARGO_DEB_VERSION:-3.8.0} (a few minutes, once)"
+  cargo install cargo-deb --locked --version "${FLUID_CARGO_DEB_VERSION:-3.8.0}"
+fi
+echo "$(cargo deb --version), $(lintian --version), debootstrap $(dpkg-query -W -f='${Version}' debootstrap)"
+
+target=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
+out=$target/fluid-debs
+rm -rf "$out"
+mkdir -p "$out/1" "$out/2"
+version=$(cargo metadata --format-version 1 --no-deps |
+  jq -r '.packages[] | select(.name == "fluid-agent") | .version')
+v1="$version-1" v2="$version-2"
+
+say "cargo deb (release build; the first one takes several minutes)"
+started=$SECONDS
+cargo deb --locked -p fluid-agent -o "$out/1/"
+cargo deb --locked -p fluid-controller -o "$out/1/"
+echo "built in $((SECONDS - started)) s"
+# The "newer version": the same binaries, repackaged with a higher Debian revision.
+cargo deb --locked --no-build -p fluid-agent --deb-version "$v2" -o "$out/2/"
+cargo deb --locked --no-build -p fluid-controller --deb-version "$v2" -o "$out/2/"
+agent1=$out/1/fluid-agent_${v1}_amd64.deb
+ctl1=$out/1/fluid-controller_${v1}_amd64.deb
+agent2=$out/2/fluid-agent_${v2}_amd64.deb
+ctl2=$out/2/fluid-controller_${v2}_amd64.deb
+for f in "$agent1" "$ctl1" "$agent2" "$ctl2"; do [[ -f $f ]] || die "missing $f"; done
+ls -l "$out"/1/*.deb "$out"/2/*.deb
+
+# --- 2. inspect and lint -----------------------------------------------------------------
+say "package metadata and contents"
+for deb in "$agent1" "$ctl1"; do
+  echo "--- dpkg-deb -I $(basename "$deb")"
+  dpkg-deb -I "$deb"
+  echo "--- dpkg-deb -c $(basename "$deb")"
+  dpkg-deb -c "$deb"
+done
+
+field() { dpkg-deb -f "$1" "$2"; }
+for deb in "$agent1" "$ctl1"; do
+  pkg=$(field "$deb" Package)
+  record INFO "$pkg size" "$(stat -c %s "$deb") bytes (.deb), Installed-Size $(field "$deb" Installed-Size) KiB"
+  check "$pkg: Section admin, Priority optional" \
+    expect "$(field "$deb" Section) $(field "$deb" Priority)" "admin optional"
+  check "$pkg: Maintainer" expect "$(field "$deb" Maintainer)" "fluid maintainers <maintainers@fluid.dev>"
+  check "$pkg: conffiles" expect "$(dpkg-deb --ctrl-tarfile "$deb" | tar -xOf - ./conffiles)" \
+    "/etc/fluid/${pkg#fluid-}.toml"
+done
+# has_deps DEB FIELD NAME...: every NAME is one of FIELD's comma-separated entries
+# (ignoring version constraints).
+has_deps() {
+  local deb=$1 fld=$2 value entries missing=() p; shift 2
+  value=$(field "$deb" "$fld")
+  entries=$(tr ',' '\n' <<<"$value" | sed -E 's/\([^)]*\)//g; s/^ +//; s/ +$//')
+  for p in "$@"; do grep -qxF "$p" <<<"$entries" || missing+=("$p"); done
+  echo "$value"
+  [[ ${#missing[@]} == 0 ]] || { echo "missing: ${missing[*]}"; return 1; }
+}
+check "fluid-agent: Depends" has_deps "$agent1" Depends libvirt-daemon-system qemu-utils \
+  "qemu-system-x86 | qemu-kvm" nftables openssh-client dnsmasq-base dnsmasq-utils adduser libvirt0 libc6
+check "fluid-controller: Depends" has_deps "$ctl1" Depends openssh-client adduser libc6
+check "fluid-controller: Suggests" has_deps "$ctl1" Suggests postgresql python3-venv
+has_files() { # deb, then paths that must be in it
+  local deb=$1 listing missing=(); shift
+  listing=$(dpkg-deb -c "$deb" | awk '{print $6}')
+  for p in "$@"; do grep -qxF "./$p" <<<"$listing" || missing+=("$p"); done
+  [[ ${#missing[@]} == 0 ]] && echo "$# files present" || { echo "missing: ${missing[*]}"; return 1; }
+}
+check "fluid-agent: files" has_files "$agent1" usr/bin/fluid-agent etc/fluid/agent.toml \
+  usr/lib/systemd/system/fluid-agent.service usr/share/doc/fluid-agent/copyright \
+  usr/share/doc/fluid-agent/changelog.Debian.gz usr/share/doc/fluid-agent/README.md \
+  usr/share/lintian/overrides/fluid-agent
+check "fluid-controller: files" has_files "$ctl1" usr/bin/fluid-controller usr/bin/fluidctl \
+  etc/fluid/controller.toml usr/lib/systemd/system/fluid-controller.service \
+  usr/share/doc/fluid-controller/copyright usr/share/doc/fluid-controller/changelog.Debian.gz \
+  usr/share/doc/fluid-controller/README.md usr/share/doc/fluid-controller/examples/postgres-setup.sql \
+  usr/share/doc/fluid-controller/examples/ansible/deploy-agents.yml \
+  usr/share/doc/fluid-controller/examples/ansible/roles/fluid_agent/tasks/main.yml \
+  usr/share/lintian/overrides/fluid-controller
+stripped() { # deb path
+  dpkg-deb --fsys-tarfile "$1" | tar -xOf - "./$2" >"$out/probe"
+  file -b "$out/probe"
+  ! file -b "$out/probe" | grep -q 'not stripped'
+}
+check "fluid-agent: binary stripped" stripped "$agent1" usr/bin/fluid-agent
+check "fluid-controller: binaries stripped" stripped "$ctl1" usr/bin/fluidctl
+rm -f "$out/probe"
+
+say "lintian"
+for deb in "$agent1" "$ctl1"; do
+  pkg=$(field "$deb" Package)
+  echo "--- lintian $(basename "$deb")"
+  lint=$(lintian --show-overrides "$deb" 2>&1 | grep -v 'running with root privileges' || true)
+  echo "${lint:-(no tags)}"
+  errors=$(grep -c '^E: ' <<<"$lint" || true)
+  warnings=$(grep -c '^W: ' <<<"$lint" || true)
+  overridden=$(grep -c '^O: ' <<<"$lint" || true)
+  info="$errors errors, $warnings warnings, $overridden overridden"
+  if [[ $errors == 0 ]]; then record PASS "$pkg: lintian" "$info"; else record FAIL "$pkg: lintian" "$info"; fi
+done
+
+# --- 3. a clean Debian root --------------------------------------------------------------
+cache=${FLUID_DEB_ROOT_CACHE:-/var/cache/fluid/deb-root}
+mirror=${FLUID_APT_MIRROR:-}
+if [[ -z "$mirror" ]]; then
+  mirror=$(grep -rhoE '^(URIs:|deb) +[^ ]*debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null |
+    grep -v security | head -n1 | awk '{print $2}' || true)
+  mirror=${mirror:-http://deb.debian.org/debian}
+fi
+# The tarball is keyed by what makes it (not by this whole script, so that changing a
+# check does not bootstrap again).
+recipe="debootstrap --variant=minbase bookworm $mirror (v1)"
+key=$(printf '%s' "$recipe" | sha256sum | cut -c1-16)
+tarball=$cache/bookworm-minbase-$key.tar.gz
+mkdir -p "$cache/apt-archives/partial"
+
+work=$(mktemp -d /var/tmp/fluid-deb-test.XXXXXX)
+root=$work/root
+mounts=()
+cleanup() {
+  local m ok=true
+  for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do
+    m=${mounts[i]}
+    if mountpoint -q "$m"; then umount "$m" 2>/dev/null || umount -l "$m" || ok=false; fi
+  done
+  # Delete the root only when nothing is mounted in it any more.
+  if [[ ${FLUID_KEEP_ROOT:-} == 1 ]]; then
+    echo "test root kept: $root"
+  elif $ok && ! grep -q " $work/" /proc/mounts; then
+    rm -rf "$work"
+  else
+    echo "test-packages: something is still mounted under $work; not deleting it" >&2
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say "clean Debian root"
+if [[ ! -f $tarball ]]; then
+  echo "debootstrap from $mirror (cached afterwards as $tarball)"
+  mkdir -p "$work/boot"
+  debootstrap --variant=minbase bookworm "$work/boot" "$mirror" >"$work/debootstrap.log" 2>&1 ||
+    { tail -30 "$work/debootstrap.log" >&2; die "debootstrap failed"; }
+  tar --numeric-owner -C "$work/boot" -czf "$tarball.tmp" .
+  mv "$tarball.tmp" "$tarball"
+  rm -rf "$work/boot"
+fi
+mkdir -p "$root"
+tar --numeric-owner -C "$root" -xzf "$tarball"
+echo "root: $root (from $(basename "$tarball"))"
+
+mount -t proc proc "$root/proc"; mounts+=("$root/proc")
+mount --bind "$cache/apt-archives" "$root/var/cache/apt/archives"; mounts+=("$root/var/cache/apt/archives")
+cp /etc/resolv.conf "$root/etc/resolv.conf"
+printf '#!/bin/sh\n# test-packages.sh: start nothing in this root\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
+chmod 0755 "$root/usr/sbin/policy-rc.d"
+mkdir -p "$root/tmp/debs"
+cp "$agent1" "$ctl1" "$agent2" "$ctl2" "$root/tmp/debs/"
+
+# A command inside the root, with a clean environment.
+in_root() {
+  env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 \
+    DEBIAN_FRONTEND=noninteractive chroot "$root" "$@"
+}
+owner_mode() { in_root stat -c '%U:%G %a' "$1" 2>&1; }
+status_of() { in_root dpkg-query -W -f='${db:Status-Abbrev}${Version}' "$1" 2>/dev/null | tr -s ' ' || true; }
+# none_exist PATH...: succeeds when none of the paths (globs, relative to the root) exist.
+none_exist() {
+  local left=() p
+  for p in "$@"; do
+    for f in "$root"$p; do [[ -e $f || -L $f ]] && left+=("${f#"$root"}"); done
+  done
+  [[ ${#left[@]} == 0 ]] && echo "none of $# left" || { echo "left: ${left[*]}"; return 1; }
+}
+all_exist() {
+  local missing=() p
+  for p in "$@"; do [[ -e $root$p ]] || missing+=("$p"); done
+  [[ ${#missing[@]} == 0 ]] && echo "all $# there" || { echo "missing: ${missing[*]}"; return 1; }
+}
+
+apt_fix() {
+  local log=$work/apt-f.log
+  in_root apt-get install -f -y -q --no-install-recommends >"$log" 2>&1 || { tail -20 "$log"; return 1; }
+  echo "$(grep -c '^Setting up ' "$log") packages set up (no recommends)"
+}
+user_ok() {
+  local e uid home shell
+  e=$(in_root getent passwd fluid) || { echo 'no user fluid'; return 1; }
+  echo "$e"
+  IFS=: read -r _ _ uid _ _ home shell <<<"$e"
+  [[ $uid -lt 1000 && $home == /var/lib/fluid && $shell == /usr/sbin/nologin ]]
+}
+groups_ok() {
+  local g
+  in_root getent group fluid >/dev/null || { echo 'no group fluid'; return 1; }
+  g=$(in_root id -nG fluid)
+  echo "$g"
+  [[ " $g " == *" libvirt "* && " $g " == *" kvm "* ]]
+}
+unit_enabled() { # unit
+  local link
+  link=$(readlink "$root/etc/systemd/system/multi-user.target.wants/$1.service") || { echo 'no wants symlink'; return 1; }
+  echo "multi-user.target.wants/$1.service -> $link"
+  [[ -f $root/usr/lib/systemd/system/$1.service && $link == */$1.service ]]
+}
+binaries_run() {
+  local b
+  for b in fluid-agent fluid-controller fluidctl; do in_root "$b" --version || return 1; done
+}
+units_verify() {
+  local out rc=0
+  out=$(in_root systemd-analyze verify fluid-agent.service fluid-controller.service 2>&1) || rc=$?
+  echo "${out:-no complaints}"
+  return $rc
+}
+nothing_started() {
+  if pgrep -af '^/usr/bin/fluid-(agent|controller)'; then return 1; fi
+  echo "no fluid process"
+}
+dpkg_i_v2() {
+  local log=$work/dpkg-v2.log
+  in_root dpkg -i "/tmp/debs/$(basename "$agent2")" "/tmp/debs/$(basename "$ctl2")" </dev/null >"$log" 2>&1 ||
+    { tail -20 "$log"; return 1; }
+  grep -E '^(Preparing|Setting up)' "$log" | tr '\n' ' '
+}
+purged() {
+  local s
+  s=$(in_root dpkg-query -W -f='${db:Status-Abbrev}' fluid-agent fluid-controller 2>/dev/null | tr -d ' ' || true)
+  echo "dpkg status: '${s:-unknown}'"
+  [[ -z $s || $s == unun || $s == pnpn ]]
+}
+user_gone() {
+  if in_root getent passwd fluid || in_root getent group fluid; then return 1; fi
+  echo "no user, no group"
+}
+statoverride_gone() {
+  if in_root dpkg-statoverride --list /etc/fluid/controller.toml; then return 1; fi
+  echo "none"
+}
+uid_orphans() { # uid
+  local left
+  left=$(find "$root" -xdev -uid "$1" 2>/dev/null | head -5)
+  [[ -z $left ]] && echo "none" || { echo "left: $left"; return 1; }
+}
+
+say "install: dpkg -i, then apt-get install -f"
+in_root apt-get update -q
+rc=0
+in_root dpkg -i "/tmp/debs/$(basename "$agent1")" "/tmp/debs/$(basename "$ctl1")" || rc=$?
+record INFO "dpkg -i" "exit $rc (dependencies missing in a minimal root: expected non-zero)"
+started=$SECONDS
+check "apt-get install -f" apt_fix
+echo "apt-get install -f took $((SECONDS - started)) s"
+check "both installed" expect "$(status_of fluid-agent), $(status_of fluid-controller)" "ii $v1, ii $v1"
+
+# checks_installed LABEL: the state every installed version must have.
+checks_installed() {
+  local label=$1 unit
+  check "$label: user fluid (system, nologin)" user_ok
+  check "$label: group fluid; in libvirt, kvm" groups_ok
+  check "$label: /var/lib/fluid" expect "$(owner_mode /var/lib/fluid)" "fluid:fluid 750"
+  check "$label: /var/lib/fluid-agent" expect "$(owner_mode /var/lib/fluid-agent)" "fluid:fluid 755"
+  check "$label: /var/log/fluid" expect "$(owner_mode /var/log/fluid)" "fluid:fluid 750"
+  check "$label: /etc/fluid/pki" expect "$(owner_mode /etc/fluid/pki)" "root:fluid 750"
+  check "$label: controller.toml (statoverride)" expect "$(owner_mode /etc/fluid/controller.toml)" "root:fluid 640"
+  check "$label: agent.toml" expect "$(owner_mode /etc/fluid/agent.toml)" "root:root 644"
+  for unit in fluid-agent fluid-controller; do
+    check "$label: $unit.service enabled" unit_enabled "$unit"
+  done
+  check "$label: binaries run (--version)" binaries_run
+}
+
+say "checks after the first install"
+checks_installed "install"
+if in_root sh -c 'command -v systemd-analyze' >/dev/null; then
+  check "systemd-analyze verify (both units)" units_verify
+else
+  record SKIP "systemd-analyze verify" "systemd is not installed in the root"
+fi
+check "nothing was started (policy-rc.d)" nothing_started
+
+say "upgrade to $v2 with edited configs and existing state"
+printf '\n# edited by test-packages.sh\n' >>"$root/etc/fluid/agent.toml"
+printf '\n# edited by test-packages.sh\n' >>"$root/etc/fluid/controller.toml"
+in_root install -o fluid -g fluid -m 0640 /dev/null /var/lib/fluid/fluid.db
+in_root install -o fluid -g fluid -m 0644 /dev/null /var/lib/fluid-agent/agent.redb
+check "dpkg -i $v2 (no conffile prompt)" dpkg_i_v2
+check "upgraded to $v2" expect "$(status_of fluid-agent), $(status_of fluid-controller)" "ii $v2, ii $v2"
+check "upgrade: agent.toml edit kept" grep -c 'edited by test-packages.sh' "$root/etc/fluid/agent.toml"
+check "upgrade: controller.toml edit kept" grep -c 'edited by test-packages.sh' "$root/etc/fluid/controller.toml"
+check "upgrade: no .dpkg-new/-dist/-old left" none_exist '/etc/fluid/*.dpkg-*'
+check "upgrade: state files kept" all_exist /var/lib/fluid/fluid.db /var/lib/fluid-agent/agent.redb
+checks_installed "upgrade"
+
+say "remove (not purge): nothing of the operator's may go"
+in_root dpkg -r fluid-agent fluid-controller
+check "removed, config kept" expect "$(status_of fluid-agent), $(status_of fluid-controller)" "rc $v2, rc $v2"
+check "remove: binaries gone" none_exist /usr/bin/fluid-agent /usr/bin/fluid-controller /usr/bin/fluidctl
+check "remove: user kept" user_ok
+check "remove: state, logs, configs kept" all_exist /var/lib/fluid/fluid.db \
+  /var/lib/fluid-agent/agent.redb /var/log/fluid /etc/fluid/agent.toml /etc/fluid/controller.toml
+
+say "purge: user, state, logs and conffiles go"
+fluid_uid=$(in_root getent passwd fluid | cut -d: -f3)
+in_root dpkg --purge fluid-agent fluid-controller
+check "purged" purged
+check "purge: user and group gone" user_gone
+check "purge: directories and conffiles gone" none_exist /var/lib/fluid /var/lib/fluid-agent \
+  /var/log/fluid /etc/fluid/agent.toml /etc/fluid/controller.toml /etc/fluid
+check "purge: statoverride gone" statoverride_gone
+check "purge: units, wants links, masks gone" none_exist '/usr/lib/systemd/system/fluid-*' \
+  '/etc/systemd/system/*/fluid-*' '/etc/systemd/system/fluid-*'
+check "purge: no file owned by old uid $fluid_uid" uid_orphans "$fluid_uid"
+
+print_table
