@@ -1,0 +1,1 @@
+//! Agent-written Ansible content must never run on the controller host.

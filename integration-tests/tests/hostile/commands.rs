@@ -1,0 +1,1 @@
+//! Attacks: commands (filled in below).

@@ -1,0 +1,1 @@
+//! Attacks: disk (filled in below).

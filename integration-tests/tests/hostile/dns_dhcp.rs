@@ -1,0 +1,1 @@
+//! Attacks: dns_dhcp (filled in below).

@@ -1,0 +1,1 @@
+//! Attacks: egress (filled in below).

@@ -1,0 +1,1 @@
+//! Attacks: guest_access (filled in below).

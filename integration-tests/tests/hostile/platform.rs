@@ -1,0 +1,1 @@
+//! Attacks: platform (filled in below).
