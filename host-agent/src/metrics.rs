@@ -332,52 +332,69 @@ pub async fn serve<H: Hypervisor>(
 mod tests {
     use super::*;
 
+    /// Each event counts exactly once: a private registry (not the process-wide one,
+    /// which other tests of this binary also bump) and exact sums.
     #[test]
     fn the_registry_encodes_valid_text() {
-        let m = metrics();
+        let m = AgentMetrics::new();
         m.op(Op::Create, true, Duration::from_millis(450));
         m.op(Op::Exec, false, Duration::from_millis(300));
         m.libvirt_call("define", None);
         m.libvirt_call("start", Some(&HypervisorError::Failed("x".into())));
         m.nft_apply(true);
         m.nft_apply(false);
-        GrpcRequests.finished("CreateSandbox", tonic::Code::Ok, Duration::ZERO);
         m.set_states([ObservedState::Running, ObservedState::Running]);
         let text = m.encode();
         let e = fluid_telemetry::exposition::parse(&text).expect(&text);
-        assert!(
-            e.sum(
-                "fluid_agent_operations_total",
-                &[("op", "create"), ("outcome", "ok")]
-            ) >= 1.0
+        let exactly = |name: &str, labels: &[(&str, &str)], want: f64| {
+            assert_eq!(e.sum(name, labels), want, "{name} {labels:?} in\n{text}");
+        };
+        exactly(
+            "fluid_agent_operations_total",
+            &[("op", "create"), ("outcome", "ok")],
+            1.0,
         );
-        assert!(
-            e.sum(
-                "fluid_agent_operation_duration_seconds_count",
-                &[("op", "exec")]
-            ) >= 1.0
+        exactly(
+            "fluid_agent_operations_total",
+            &[("op", "exec"), ("outcome", "error")],
+            1.0,
         );
-        assert!(
-            e.sum(
-                "fluid_agent_libvirt_errors_total",
-                &[("op", "start"), ("kind", "failed")]
-            ) >= 1.0
+        exactly(
+            "fluid_agent_operation_duration_seconds_count",
+            &[("op", "exec")],
+            1.0,
         );
-        assert!(e.sum("fluid_agent_nft_apply_errors_total", &[]) >= 1.0);
-        assert!(
+        exactly("fluid_agent_libvirt_calls_total", &[], 2.0);
+        exactly(
+            "fluid_agent_libvirt_errors_total",
+            &[("op", "start"), ("kind", "failed")],
+            1.0,
+        );
+        exactly("fluid_agent_libvirt_errors_total", &[("op", "define")], 0.0);
+        exactly("fluid_agent_nft_applies_total", &[], 2.0);
+        exactly("fluid_agent_nft_apply_errors_total", &[], 1.0);
+        exactly("fluid_agent_sandboxes", &[("state", "RUNNING")], 2.0);
+        exactly("fluid_agent_sandboxes", &[("state", "ERROR")], 0.0);
+        exactly(
+            "fluid_agent_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+            1.0,
+        );
+    }
+
+    /// The gRPC server layer counts into the process-wide registry: one call, one count
+    /// (a method name no other test uses, so the difference is exact).
+    #[test]
+    fn grpc_requests_count_once_per_call() {
+        let count = || {
+            let e = fluid_telemetry::exposition::parse(&metrics().encode()).expect("valid");
             e.sum(
                 "fluid_agent_grpc_requests_total",
-                &[("method", "CreateSandbox"), ("code", "Ok")]
-            ) >= 1.0
-        );
-        assert_eq!(e.sum("fluid_agent_sandboxes", &[("state", "RUNNING")]), 2.0);
-        assert_eq!(e.sum("fluid_agent_sandboxes", &[("state", "ERROR")]), 0.0);
-        assert_eq!(
-            e.sum(
-                "fluid_agent_build_info",
-                &[("version", env!("CARGO_PKG_VERSION"))]
-            ),
-            1.0
-        );
+                &[("method", "MetricsProbe"), ("code", "Ok")],
+            )
+        };
+        let before = count();
+        GrpcRequests.finished("MetricsProbe", tonic::Code::Ok, Duration::ZERO);
+        assert_eq!(count() - before, 1.0);
     }
 }

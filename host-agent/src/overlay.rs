@@ -216,12 +216,11 @@ mod tests {
     /// Needs `qemu-img` on the PATH.
     #[tokio::test]
     async fn creates_an_overlay_on_a_backing_file() {
-        if std::process::Command::new("qemu-img")
+        let installed = std::process::Command::new("qemu-img")
             .arg("--version")
             .output()
-            .is_err()
-        {
-            eprintln!("qemu-img not installed; skipped");
+            .is_ok();
+        if !fluid_prereq::available("qemu-img", installed, "qemu-img is not installed") {
             return;
         }
         let tmp = tempfile::tempdir().expect("tmp");
@@ -255,12 +254,11 @@ mod tests {
     /// Needs `qemu-img` on the PATH.
     #[tokio::test]
     async fn forks_an_overlay_from_a_snapshot() {
-        if std::process::Command::new("qemu-img")
+        let installed = std::process::Command::new("qemu-img")
             .arg("--version")
             .output()
-            .is_err()
-        {
-            eprintln!("qemu-img not installed; skipped");
+            .is_ok();
+        if !fluid_prereq::available("qemu-img", installed, "qemu-img is not installed") {
             return;
         }
         let qemu_img = |args: &[&str]| {

@@ -7,7 +7,7 @@
 //! `dhcp_release`), e.g.:
 //!
 //! ```text
-//! ip netns exec fluid-dev cargo test -p fluid-agent --test libvirt_lifecycle -- --ignored --nocapture
+//! ip netns exec fluid-dev cargo test -p fluid-agent --test libvirt_lifecycle -- --nocapture
 //! ```
 //!
 //! Guests run under TCG (`virt_type = "qemu"`), see HOST-ENV.md.
@@ -17,23 +17,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fluid_agent::AgentConfig;
-use fluid_proto::model::{CreateSandbox, Name, SandboxId, StopSandbox, WaitForIp};
 
-fn image_dir() -> Option<PathBuf> {
-    if let Ok(dir) = std::env::var("FLUID_TEST_IMAGE_DIR") {
-        return Some(dir.into());
-    }
-    std::fs::read_dir("/var/cache/fluid/images")
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("debian-12-"))
-                && p.join("disk.qcow2").exists()
-        })
-}
+mod common;
+use common::image_dir;
+use fluid_proto::model::{CreateSandbox, Name, SandboxId, StopSandbox, WaitForIp};
 
 fn virsh(args: &[&str]) -> (bool, String) {
     let out = Command::new("virsh")
@@ -47,8 +34,10 @@ fn virsh(args: &[&str]) -> (bool, String) {
 }
 
 #[tokio::test]
-#[ignore = "needs root, libvirtd, a golden image, and the libvirt network namespace"]
 async fn sandbox_lifecycle_against_libvirt() {
+    if !common::real_host() {
+        return;
+    }
     let dir = image_dir().expect("a golden image (set FLUID_TEST_IMAGE_DIR)");
     let state_dir = PathBuf::from(format!("/var/tmp/agentdev-test-{}", std::process::id()));
     let toml = format!(

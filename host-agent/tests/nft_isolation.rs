@@ -17,7 +17,7 @@
 //! Needs root, `ip`, `nft` and OpenBSD `nc`:
 //!
 //! ```text
-//! cargo test -p fluid-agent --test nft_isolation -- --ignored --nocapture
+//! cargo test -p fluid-agent --test nft_isolation -- --nocapture
 //! ```
 
 use std::net::Ipv4Addr;
@@ -254,8 +254,17 @@ fn check(what: &str, got: bool, want: bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs root, ip, nft and nc; creates its own network namespaces"]
 async fn rules_seal_sandboxes_in_a_real_kernel() {
+    let root = nix::unistd::geteuid().is_root();
+    let tools = ["ip", "nft", "nc"].iter().all(|t| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !fluid_prereq::available("nftables", root && tools, "needs root, ip, nft and nc") {
+        return;
+    }
     let mut lab = Lab::new();
     let s1 = record(
         "SBX-nfttest001",

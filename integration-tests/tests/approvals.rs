@@ -309,7 +309,9 @@ async fn humans_decide_and_the_record_cannot_be_rewritten() -> Result<()> {
     let e = creator.await?.expect_err("rejected");
     println!("overcommit: rejected → {e}");
     ensure!(e.status() == Some(StatusCode::CONFLICT));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The 409 is the gated create's last act (the continuation answers it after the
+    // decision, and creates nothing on a rejection), so no wait is needed before
+    // checking that nothing was created.
     let e = operator
         .get_sandbox(&pending.sandbox_id)
         .await

@@ -115,7 +115,7 @@ async fn bad_input_gets_clear_4xx() -> Result<()> {
             create.clone(),
             Some("{\"source_vm_name\": ".into()),
             400,
-            "",
+            "invalid request body",
         ),
         (
             "unknown field",
@@ -131,7 +131,7 @@ async fn bad_input_gets_clear_4xx() -> Result<()> {
             create.clone(),
             Some(big),
             413,
-            "",
+            "larger than this route's limit",
         ),
         (
             "unknown sandbox id",
@@ -155,7 +155,7 @@ async fn bad_input_gets_clear_4xx() -> Result<()> {
             format!("{create}/..%2Fetc"),
             None,
             400,
-            "",
+            "is not a sandbox id",
         ),
         (
             "duplicate vm_name",

@@ -2,7 +2,7 @@
 //! certificate from another CA, and a fleet certificate that is not the controller's;
 //! the controller refuses an agent whose certificate names another host.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use fluid_client::types::HostState;
@@ -91,21 +91,38 @@ async fn mtls_refusals() -> Result<()> {
         status.message()
     );
 
-    // 4. The controller never accepts agent x: its certificate names another host.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let hosts = stack.client.list_hosts().await?;
-    let x = hosts
-        .hosts
-        .iter()
-        .find(|h| h.name == stack.host("x"))
-        .context("host x not registered")?;
-    ensure!(
-        x.state != HostState::Online,
-        "controller accepted an agent certificate for another host"
-    );
+    // 4. The controller never accepts agent x: its certificate names another host. The
+    // heartbeat must have dialled it and recorded why it refused (no fixed wait: poll
+    // until the refusal is on record).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let x = loop {
+        let hosts = stack.client.list_hosts().await?;
+        let x = hosts
+            .hosts
+            .into_iter()
+            .find(|h| h.name == stack.host("x"))
+            .context("host x not registered")?;
+        ensure!(
+            x.state != HostState::Online,
+            "controller accepted an agent certificate for another host"
+        );
+        if x.last_error.as_deref().is_some_and(|e| !e.is_empty()) {
+            break x;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the controller never dialled agent x (no last_error within 60 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let why = x.last_error.clone().unwrap_or_default();
     println!(
-        "agent certificate for another host → host {:?}, last error: {:?}",
-        x.state, x.last_error
+        "agent certificate for another host → host {:?}, last error: {why:?}",
+        x.state
+    );
+    ensure!(
+        why.contains("NotValidForName") || why.contains("not valid for name"),
+        "host x was refused for another reason than its certificate's name: {why}"
     );
     Ok(())
 }

@@ -251,6 +251,14 @@ async fn diff_restore_fork_generate_verify_and_apply_with_approval() -> Result<(
     )
     .await?;
     println!("apt-get install nginx: {:.1?}", t.elapsed());
+    let nginx_version = must(&agent, &s, "dpkg-query -W -f '${Version}' nginx", 30)
+        .await?
+        .trim()
+        .to_owned();
+    ensure!(
+        nginx_version.starts_with("1.22.1-"),
+        "nginx from the mirror: {nginx_version:?}"
+    );
     agent
         .write_file(
             &s,
@@ -427,6 +435,11 @@ async fn diff_restore_fork_generate_verify_and_apply_with_approval() -> Result<(
     ready(&admin, &fork).await?;
     let version = must(&admin, &fork, "dpkg-query -W -f '${Version}' nginx && test ! -e /etc/motd && cat /etc/nginx/conf.d/site.conf | head -n1", 30).await?;
     println!("fork {fork} from B in {:.1?}: nginx {version}", t.elapsed());
+    // The fork carries B's disk: the very nginx build B installed from the mirror.
+    ensure!(
+        version.starts_with(&nginx_version) && version.contains("server {"),
+        "fork {fork} has nginx {version:?}, B had {nginx_version:?}"
+    );
     admin.destroy_sandbox(&fork).await?;
 
     // Bad input: 4xx with a message, never a 500.
@@ -732,7 +745,8 @@ async fn diff_restore_fork_generate_verify_and_apply_with_approval() -> Result<(
     let state = must(&admin, &p, "dpkg-query -W -f '${Version}' nginx; echo; cat /etc/nginx/conf.d/site.conf | head -n2; systemctl is-enabled fluid-hello.service; test ! -e /etc/motd && echo motd-removed", 30).await?;
     println!("production now: {}", state.replace('\n', " | "));
     ensure!(
-        state.contains("enabled")
+        state.lines().any(|l| l.trim() == "enabled")
+            && state.starts_with(&nginx_version)
             && state.contains("motd-removed")
             && state.contains("listen 8088"),
         "{state}"

@@ -23,12 +23,13 @@ use tokio::sync::mpsc;
 
 fn ansible() -> Option<PathBuf> {
     let found = fluid_ansible::find_ansible_playbook();
-    if found.is_none() {
-        eprintln!(
-            "SKIPPED: ansible-playbook not found in PATH or /opt/fluid-ansible/bin \
-             (python3 -m venv /opt/fluid-ansible && /opt/fluid-ansible/bin/pip install ansible-core)"
-        );
-    }
+    let present = found.is_some();
+    fluid_prereq::available(
+        "ansible",
+        present,
+        "ansible-playbook not found in PATH or /opt/fluid-ansible/bin \
+         (python3 -m venv /opt/fluid-ansible && /opt/fluid-ansible/bin/pip install ansible-core)",
+    );
     found
 }
 
@@ -471,8 +472,8 @@ async fn a_broken_playbook_fails_the_syntax_check_with_ansibles_words() {
 async fn ansibles_loader_reads_back_every_string() {
     let Some(bin) = ansible() else { return };
     let python = bin.with_file_name("python3");
-    if !python.is_file() {
-        eprintln!("SKIPPED: no python3 beside {}", bin.display());
+    let why = format!("no python3 beside {}", bin.display());
+    if !fluid_prereq::available("ansible", python.is_file(), &why) {
         return;
     }
     let strings: &[&str] = &[

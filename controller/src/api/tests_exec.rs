@@ -266,19 +266,46 @@ async fn output_is_capped_and_memory_stays_bounded() {
     };
     let app = app_with(config).await;
     let id = running(&app).await;
-    // 50 MB in 64 KiB chunks, produced lazily.
+    // 256 MiB in 64 KiB chunks, produced lazily: a controller that kept the output
+    // would grow by at least that much.
+    const CHUNKS: usize = 4096;
     app.agents.script_exec(|_| {
-        futures::stream::iter(0..800)
+        futures::stream::iter(0..CHUNKS)
             .map(|_| Ok(ExecEvent::Stdout(vec![b'x'; 64 * 1024])))
             .chain(futures::stream::iter(vec![Ok(exit(0))]))
             .boxed()
     });
+    // The process's resident memory, sampled while the output streams through.
+    let baseline = resident_bytes();
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(baseline));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(resident_bytes(), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        })
+    };
     let (s, v) = app
         .post(
             &format!("/v1/sandboxes/{id}/run"),
             json!({"command": "yes"}),
         )
         .await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().expect("sampler");
+    let growth = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(baseline);
+    // 256 MiB went through; what stayed resident is the cap plus the bounded queue and
+    // whatever the other tests of this binary allocate meanwhile.
+    assert!(
+        growth < 64 * 1024 * 1024,
+        "resident memory grew by {} MiB while 256 MiB of output streamed",
+        growth / (1024 * 1024)
+    );
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["command"]["truncated"], true);
     assert_eq!(
@@ -585,4 +612,15 @@ async fn watchers_see_live_activity() {
     }
     let names: Vec<String> = parse_sse(&text).into_iter().map(|(e, _)| e).collect();
     assert_eq!(names, ["started", "stdout", "exit"]);
+}
+
+/// This process's resident set size, from `/proc/self/statm`.
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("resident pages in /proc/self/statm");
+    pages * 4096
 }

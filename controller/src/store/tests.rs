@@ -1,5 +1,6 @@
 //! One suite, run against SQLite (a temp file) and PostgreSQL (a private schema in
-//! `FLUID_TEST_DATABASE_URL`; skipped with a notice when it is unset).
+//! `FLUID_TEST_DATABASE_URL`; without it the PostgreSQL runs skip on a developer's
+//! machine and fail under CI, see `fluid_prereq`).
 
 use std::str::FromStr as _;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub(crate) struct TestPg {
     pub store: Arc<dyn Store>,
     pub admin: PgPool,
     pub schema: String,
+    /// Connection options of `store` (the URL with the private schema as search path).
+    pub opts: PgConnectOptions,
 }
 
 impl TestPg {
@@ -40,10 +43,15 @@ impl TestPg {
 
 /// A store in a fresh schema of the test PostgreSQL, or `None` (with a notice).
 pub(crate) async fn pg() -> Option<TestPg> {
-    let Ok(url) = std::env::var("FLUID_TEST_DATABASE_URL") else {
-        eprintln!("notice: FLUID_TEST_DATABASE_URL is unset; skipping the PostgreSQL run");
+    let url = std::env::var("FLUID_TEST_DATABASE_URL");
+    if !fluid_prereq::available(
+        "postgres",
+        url.is_ok(),
+        "FLUID_TEST_DATABASE_URL is unset: the PostgreSQL run of this store suite did not run",
+    ) {
         return None;
-    };
+    }
+    let url = url.unwrap_or_default();
     let admin = PgPool::connect(&url)
         .await
         .expect("connect to FLUID_TEST_DATABASE_URL");
@@ -56,11 +64,14 @@ pub(crate) async fn pg() -> Option<TestPg> {
     let opts = PgConnectOptions::from_str(&url)
         .expect("url")
         .options([("search_path", schema.as_str())]);
-    let store = PgStore::connect_with(opts).await.expect("open pg store");
+    let store = PgStore::connect_with(opts.clone())
+        .await
+        .expect("open pg store");
     Some(TestPg {
         store: Arc::new(store),
         admin,
         schema,
+        opts,
     })
 }
 
@@ -88,7 +99,6 @@ both!(
     reservations_check_room_and_names,
     list_filters_and_updates,
     concurrent_reservations_never_overbook,
-    loop_locks,
     commands_and_certificates,
 );
 
@@ -424,22 +434,61 @@ async fn concurrent_reservations_never_overbook(store: Arc<dyn Store>) {
     );
 }
 
-async fn loop_locks(store: Arc<dyn Store>) {
-    let first = store.try_lock_loop(LoopKey::Janitor).await.expect("lock");
-    assert!(first.is_some());
-    let second = store.try_lock_loop(LoopKey::Janitor).await.expect("lock");
-    let other = store.try_lock_loop(LoopKey::Heartbeat).await.expect("lock");
-    assert!(other.is_some());
-    if second.is_none() {
-        // PostgreSQL: one holder at a time; released on drop.
-        first.expect("held").release().await;
+/// A background loop runs on one replica at a time. Two replicas are two stores with
+/// their own pools on one database: while the first holds a loop's lock the second is
+/// refused it, other loops stay free, and the lock passes on once released.
+mod loop_locks {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_replicas_exclude_each_other() {
+        let Some(pg) = pg().await else { return };
+        let replica_a = pg.store.clone();
+        let replica_b = PgStore::connect_with(pg.opts.clone())
+            .await
+            .expect("second replica");
+
+        let held = replica_a
+            .try_lock_loop(LoopKey::Janitor)
+            .await
+            .expect("lock")
+            .expect("replica A takes the free janitor lock");
         assert!(
-            store
+            replica_b
                 .try_lock_loop(LoopKey::Janitor)
                 .await
                 .expect("lock")
-                .is_some()
+                .is_none(),
+            "replica B took the janitor lock while replica A held it"
         );
+        let other = replica_b
+            .try_lock_loop(LoopKey::Heartbeat)
+            .await
+            .expect("lock");
+        assert!(other.is_some(), "another loop's lock must stay free");
+
+        held.release().await;
+        assert!(
+            replica_b
+                .try_lock_loop(LoopKey::Janitor)
+                .await
+                .expect("lock")
+                .is_some(),
+            "the janitor lock did not pass to replica B once released"
+        );
+        drop(other);
+        replica_b.close().await;
+        pg.cleanup().await;
+    }
+
+    /// SQLite is the embedded, single-process store: its loops always run.
+    #[tokio::test]
+    async fn sqlite_always_grants() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = sqlite(&dir).await;
+        let first = store.try_lock_loop(LoopKey::Janitor).await.expect("lock");
+        let second = store.try_lock_loop(LoopKey::Janitor).await.expect("lock");
+        assert!(first.is_some() && second.is_some());
     }
 }
 

@@ -1,5 +1,11 @@
-//! Setup shared by the real-VM tests: the golden image, the agent's configuration,
-//! and user certificates from a test CA.
+//! Setup shared by the real-VM tests: what they need from the machine, the golden
+//! image, the agent's configuration, and user certificates from a test CA.
+//!
+//! These tests run in CI (`scripts/test.sh` runs the workspace's tests inside libvirtd's
+//! network namespace). Where root, libvirtd's namespace or a golden image is missing
+//! they skip with a `FLUID-SKIP` line on a developer's machine and fail under CI
+//! (`fluid_prereq`).
+#![allow(dead_code)] // each test binary uses its own part of this module
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -73,6 +79,48 @@ impl RealSandbox {
             std::panic::resume_unwind(e.into_panic());
         }
     }
+}
+
+/// Whether the real-VM tests can run here: root, inside the network namespace that
+/// libvirtd runs in (leases are released on its bridge), and a golden image.
+pub fn real_host() -> bool {
+    let missing = missing_for_real_vms();
+    fluid_prereq::available(
+        "libvirt",
+        missing.is_none(),
+        missing.as_deref().unwrap_or(""),
+    )
+}
+
+fn missing_for_real_vms() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("real-VM tests need root".into());
+    }
+    let netns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+    let libvirtd = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "libvirtd")
+        });
+    let Some(libvirtd) = libvirtd else {
+        return Some("libvirtd is not running".into());
+    };
+    if netns(&libvirtd) != netns("self") {
+        return Some(
+            "not in libvirtd's network namespace (run under `ip netns exec <ns>`, as scripts/test.sh does)"
+                .into(),
+        );
+    }
+    if image_dir().is_none() {
+        return Some(
+            "no golden image (set FLUID_TEST_IMAGE_DIR, or run scripts/build-golden-image.sh)"
+                .into(),
+        );
+    }
+    None
 }
 
 /// The golden image: `FLUID_TEST_IMAGE_DIR`, else the newest `debian-12-*` with a disk

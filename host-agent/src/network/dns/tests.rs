@@ -681,8 +681,8 @@ fn only_ipv4_clients_are_sandboxes() {
 #[tokio::test]
 async fn ipv6_clients_are_answered_but_not_reported() {
     let listen = SocketAddr::from((Ipv6Addr::LOCALHOST, 0));
-    if UdpSocket::bind(listen).await.is_err() {
-        eprintln!("no IPv6 loopback here; skipping");
+    let bound = UdpSocket::bind(listen).await.is_ok();
+    if !fluid_prereq::available("ipv6", bound, "no IPv6 loopback on this machine") {
         return;
     }
     let upstream = FakeUpstream::start(answer_with(
