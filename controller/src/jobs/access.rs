@@ -87,7 +87,8 @@ impl JobKey {
         write_atomic(
             &self.cert_path,
             format!("{}\n", signed.openssh).as_bytes(),
-            0o600,
+            // Public; readable by the confined run's user after a renewal.
+            0o644,
         )?;
         Ok(())
     }

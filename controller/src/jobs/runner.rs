@@ -1,6 +1,8 @@
 //! What runs ansible-playbook: a small trait, so the job logic is tested with a
 //! recording fake (behind `cfg(test)`), and its product implementation, which is
-//! `fluid_ansible::run`.
+//! `fluid_ansible::run` inside bubblewrap ([`Sandbox`], `[ansible] sandbox`): it fails
+//! closed (a job fails with the reason) when bwrap or the sandbox user is missing, and
+//! runs unconfined only when an admin set `sandbox = "off"`.
 
 use std::path::{Path, PathBuf};
 
@@ -24,9 +26,76 @@ pub trait PlaybookRunner: Send + Sync + 'static {
     async fn syntax_check(&self, ansible_playbook: &Path, path: &Path) -> Result<(), RunError>;
 }
 
-/// The product runner: ansible-playbook itself.
-#[derive(Debug, Default)]
-pub struct AnsibleRunner;
+/// How the product runner confines ansible-playbook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sandbox {
+    /// bubblewrap (`bwrap`: a path or a name in `PATH`), as `user` when not empty.
+    Bwrap { bwrap: String, user: String },
+    /// Unconfined (`[ansible] sandbox = "off"`).
+    Off,
+}
+
+impl Sandbox {
+    pub fn from_config(a: &crate::config::AnsibleConfig) -> Self {
+        match a.sandbox {
+            crate::config::AnsibleSandbox::Bwrap => Self::Bwrap {
+                bwrap: a.bwrap.clone(),
+                user: a.sandbox_user.clone(),
+            },
+            crate::config::AnsibleSandbox::Off => Self::Off,
+        }
+    }
+
+    /// The confinement of a run now, or why there can be none (the job fails).
+    pub fn resolve(&self) -> Result<Option<fluid_ansible::Confinement>, RunError> {
+        let Self::Bwrap { bwrap, user } = self else {
+            return Ok(None);
+        };
+        let (path, found) = resolve_binary(bwrap, Path::new("/usr/bin"));
+        if !found {
+            return Err(RunError::Unconfinable(format!(
+                "the Ansible sandbox needs bubblewrap, and {} is not there: install it \
+                 (apt-get install bubblewrap), or set [ansible] bwrap to its path; \
+                 refusing to run ansible-playbook unconfined",
+                path.display()
+            )));
+        }
+        let user = match user.trim() {
+            "" => None,
+            name => {
+                let u = fluid_ansible::runner::confine::lookup_user(name)?.ok_or_else(|| {
+                    RunError::Unconfinable(format!(
+                        "the Ansible sandbox user {name:?} does not exist: create it \
+                         (adduser --system --group {name}; scripts/install-deps.sh does), \
+                         or set [ansible] sandbox_user = \"\"; refusing to run ansible-playbook"
+                    ))
+                })?;
+                Some(u)
+            }
+        };
+        Ok(Some(fluid_ansible::Confinement { bwrap: path, user }))
+    }
+}
+
+/// The product runner: ansible-playbook itself, confined as [`Sandbox`] says.
+#[derive(Debug)]
+pub struct AnsibleRunner {
+    pub sandbox: Sandbox,
+}
+
+impl AnsibleRunner {
+    /// A runner as `[ansible]` says; warns loudly when confinement is off.
+    pub fn from_config(a: &crate::config::AnsibleConfig) -> Self {
+        let sandbox = Sandbox::from_config(a);
+        if sandbox == Sandbox::Off {
+            tracing::warn!(
+                "[ansible] sandbox = \"off\": ansible-playbook runs UNCONFINED, as the controller's user, \
+                 with the controller's keys and database in reach of every playbook; set sandbox = \"bwrap\""
+            );
+        }
+        Self { sandbox }
+    }
+}
 
 #[async_trait]
 impl PlaybookRunner for AnsibleRunner {
@@ -35,7 +104,20 @@ impl PlaybookRunner for AnsibleRunner {
         spec: &RunSpec,
         lines: mpsc::Sender<String>,
     ) -> Result<RunOutcome, RunError> {
-        fluid_ansible::run(spec, lines).await
+        let confine = self.sandbox.resolve()?;
+        if confine.is_none() {
+            let _ = lines
+                .send(
+                    "[fluid: WARNING: [ansible] sandbox = \"off\": this run is not confined]"
+                        .into(),
+                )
+                .await;
+        }
+        let spec = RunSpec {
+            confine,
+            ..spec.clone()
+        };
+        fluid_ansible::run(&spec, lines).await
     }
 
     async fn syntax_check(&self, ansible_playbook: &Path, path: &Path) -> Result<(), RunError> {
@@ -52,6 +134,11 @@ fn is_executable(p: &Path) -> bool {
 /// `PATH`, else from [`FALLBACK_BIN_DIR`]. `None` when none is installed (a bare name
 /// that is nowhere comes back as the fallback path, so errors name a real place).
 pub fn resolve_ansible_playbook(configured: &str) -> (PathBuf, bool) {
+    resolve_binary(configured, Path::new(FALLBACK_BIN_DIR))
+}
+
+/// A binary: a path as it is; a bare name from `PATH`, else from `fallback`.
+pub fn resolve_binary(configured: &str, fallback: &Path) -> (PathBuf, bool) {
     let configured = configured.trim();
     if configured.contains('/') {
         let p = PathBuf::from(configured);
@@ -66,7 +153,7 @@ pub fn resolve_ansible_playbook(configured: &str) -> (PathBuf, bool) {
             }
         }
     }
-    let p = Path::new(FALLBACK_BIN_DIR).join(configured);
+    let p = fallback.join(configured);
     let ok = is_executable(&p);
     (p, ok)
 }
