@@ -256,6 +256,8 @@ mod tests_ansible;
 #[cfg(test)]
 mod tests_ansible_jobs;
 #[cfg(test)]
+mod tests_ansible_owners;
+#[cfg(test)]
 mod tests_approvals;
 #[cfg(test)]
 mod tests_attach;

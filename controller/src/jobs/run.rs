@@ -70,7 +70,6 @@ impl JobService {
             AnsibleError::Internal(format!("writing {}: {e}", playbook_path.display()))
         })?;
         let (ansible_playbook, _) = resolve_ansible_playbook(&self.settings.ansible_playbook);
-        let hosts = stage_keys(dir, hosts)?;
         let mut read_only = artefacts_in(&job.playbook_yaml, &self.settings.artefact_dir);
         read_only.extend(known_hosts_files(&hosts));
         let spec = RunSpec {
@@ -107,40 +106,6 @@ impl JobService {
     pub(crate) fn output_len(&self, job_id: &str) -> usize {
         self.hubs.output(job_id).map_or(0, |(o, _)| o.len())
     }
-}
-
-/// The hosts with every private key outside the run's directory copied into it (0600):
-/// a confined run sees its directory, not the controller's key files.
-fn stage_keys(dir: &Path, hosts: Vec<InventoryHost>) -> Result<Vec<InventoryHost>, AnsibleError> {
-    let mut staged: Vec<(std::path::PathBuf, std::path::PathBuf)> = Vec::new();
-    hosts
-        .into_iter()
-        .map(|mut h| {
-            if let Some(key) = h.private_key.clone()
-                && !key.starts_with(dir)
-            {
-                let to = match staged.iter().find(|(from, _)| *from == key) {
-                    Some((_, to)) => to.clone(),
-                    None => {
-                        let to = dir.join(format!("target_key_{}", staged.len()));
-                        let bytes = std::fs::read(&key).map_err(|e| {
-                            AnsibleError::Unavailable(format!(
-                                "reading the target's key {}: {e}",
-                                key.display()
-                            ))
-                        })?;
-                        write_atomic(&to, &bytes, 0o600).map_err(|e| {
-                            AnsibleError::Internal(format!("writing {}: {e}", to.display()))
-                        })?;
-                        staged.push((key.clone(), to.clone()));
-                        to
-                    }
-                };
-                h.private_key = Some(to);
-            }
-            Ok(h)
-        })
-        .collect()
 }
 
 /// The artefacts (`<artefact_dir>/<sha256>`) a playbook's YAML names: the only files

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use fluid_ansible::{RunError, RunOutcome, RunSpec};
+use fluid_ansible::{InventoryHost, RunError, RunOutcome, RunSpec};
 use tokio::sync::mpsc;
 
 /// Where ansible-core is installed when it is not on `PATH` (`scripts/install-deps.sh`).
@@ -113,8 +113,13 @@ impl PlaybookRunner for AnsibleRunner {
                 )
                 .await;
         }
+        let hosts = match confine {
+            Some(_) => stage_keys(&spec.work_dir, spec.hosts.clone())?,
+            None => spec.hosts.clone(),
+        };
         let spec = RunSpec {
             confine,
+            hosts,
             ..spec.clone()
         };
         fluid_ansible::run(&spec, lines).await
@@ -123,6 +128,43 @@ impl PlaybookRunner for AnsibleRunner {
     async fn syntax_check(&self, ansible_playbook: &Path, path: &Path) -> Result<(), RunError> {
         fluid_ansible::syntax_check(ansible_playbook, path).await
     }
+}
+
+/// The hosts with every private key outside the run's directory copied into it (0600):
+/// a confined run sees its directory, not the controller's key files.
+fn stage_keys(dir: &Path, hosts: Vec<InventoryHost>) -> Result<Vec<InventoryHost>, RunError> {
+    let mut staged: Vec<(std::path::PathBuf, std::path::PathBuf)> = Vec::new();
+    hosts
+        .into_iter()
+        .map(|mut h| {
+            if let Some(key) = h.private_key.clone()
+                && !key.starts_with(dir)
+            {
+                let to = match staged.iter().find(|(from, _)| *from == key) {
+                    Some((_, to)) => to.clone(),
+                    None => {
+                        let to = dir.join(format!("target_key_{}", staged.len()));
+                        let bytes = std::fs::read(&key).map_err(|e| {
+                            RunError::Unconfinable(format!(
+                                "reading the target's key {}: {e}",
+                                key.display()
+                            ))
+                        })?;
+                        super::access::write_atomic(&to, &bytes, 0o600).map_err(|e| {
+                            RunError::Io {
+                                what: format!("writing {}", to.display()),
+                                source: e,
+                            }
+                        })?;
+                        staged.push((key.clone(), to.clone()));
+                        to
+                    }
+                };
+                h.private_key = Some(to);
+            }
+            Ok(h)
+        })
+        .collect()
 }
 
 fn is_executable(p: &Path) -> bool {
