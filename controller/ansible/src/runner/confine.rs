@@ -108,13 +108,31 @@ pub fn bwrap_args(
             Err(_) => {}
         }
     }
-    a.extend(["--dir".into(), "/etc".into()]);
+    // The directories leading to what is bound, traversable (bwrap would create them
+    // 0700, which the unprivileged user cannot enter).
+    let mut dests: Vec<PathBuf> = ETC_ENTRIES
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .collect();
+    dests.extend(install_root(ansible_playbook));
+    dests.push(work.to_owned());
+    dests.extend(read_only.iter().cloned());
+    for d in ancestors(&dests) {
+        a.extend([
+            "--perms".into(),
+            "0755".into(),
+            "--dir".into(),
+            path_arg(&d),
+        ]);
+    }
     for e in ETC_ENTRIES {
         a.extend(["--ro-bind-try".into(), (*e).into(), (*e).into()]);
     }
     a.extend(
         [
-            "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp",
+            "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm",
+            "--perms", "1777", "--tmpfs", "/tmp",
         ]
         .map(OsString::from),
     );
@@ -169,6 +187,25 @@ pub fn bwrap_args(
         ]);
     }
     Ok(a)
+}
+
+/// Every ancestor directory of `paths` (not `/`, nor what the sandbox mounts
+/// itself), parents first.
+fn ancestors(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = std::collections::BTreeSet::new();
+    for p in paths {
+        for anc in p.ancestors().skip(1) {
+            if anc == Path::new("/")
+                || ["/usr", "/proc", "/dev", "/tmp"]
+                    .iter()
+                    .any(|m| anc.starts_with(m))
+            {
+                continue;
+            }
+            out.insert(anc.to_owned());
+        }
+    }
+    out.into_iter().collect()
 }
 
 /// Gives the work directory (and everything in it) to the run's user.
