@@ -141,7 +141,8 @@ fn known_hosts_files(hosts: &[InventoryHost]) -> Vec<std::path::PathBuf> {
             if let Some(v) = a.strip_prefix(key) {
                 for f in v.split_whitespace() {
                     let p = std::path::PathBuf::from(f);
-                    if p.is_absolute() && p.exists() && !out.contains(&p) {
+                    // Regular files only (`/dev/null` is the sandbox's own).
+                    if p.is_absolute() && p.is_file() && !out.contains(&p) {
                         out.push(p);
                     }
                 }
