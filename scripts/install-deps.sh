@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   libvirt-daemon-system libvirt-dev qemu-system-x86 dnsmasq-base dnsmasq-utils
   nftables debootstrap protobuf-compiler e2fsprogs openssh-client pkg-config
-  iproute2 curl jq sqlite3 postgresql dpkg-dev python3-venv
+  iproute2 curl jq sqlite3 postgresql dpkg-dev python3-venv bubblewrap
 )
 
 missing=()
@@ -29,8 +29,19 @@ install_ansible() {
   fi
 }
 
+# The unprivileged user the controller's confined ansible-playbook runs become
+# ([ansible] sandbox_user; the fluid-controller package creates it too).
+ansible_user() {
+  if ! getent passwd fluid-ansible >/dev/null; then
+    echo "install-deps: system user fluid-ansible" >&2
+    adduser --system --quiet --group --home /nonexistent --no-create-home \
+      --shell /usr/sbin/nologin --gecos "fluid Ansible runs" fluid-ansible
+  fi
+}
+
 if [[ ${#missing[@]} -eq 0 && $qemu_utils_ok == true ]]; then
   install_ansible
+  ansible_user
   echo "install-deps: all packages present" >&2
   exit 0
 fi
@@ -41,4 +52,5 @@ apt-get update -q >/dev/null
 apt-get install -y -q --allow-downgrades \
   "${missing[@]}" qemu-utils/bookworm qemu-block-extra/bookworm qemu-system-x86 >/dev/null
 install_ansible
+ansible_user
 echo "install-deps: done ($(qemu-img --version | head -n1))" >&2

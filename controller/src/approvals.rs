@@ -29,6 +29,9 @@ pub const SUMMARY_MAX: usize = 4096;
 pub const COMMENT_MAX: usize = 4096;
 /// Largest `details` document (compact JSON).
 pub const DETAILS_MAX: usize = 64 * 1024;
+/// Largest `details` of a request the controller opens itself (a `production_apply`
+/// shows a whole playbook).
+pub const INTERNAL_DETAILS_MAX: usize = 1024 * 1024;
 
 /// Who asked, as recorded on a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,9 +114,14 @@ impl ApprovalService {
                 "prompt: 1-{SUMMARY_MAX} bytes of text"
             )));
         }
-        if req.details.to_string().len() > DETAILS_MAX {
+        let max = if req.kind == ApprovalKind::Custom {
+            DETAILS_MAX
+        } else {
+            INTERNAL_DETAILS_MAX
+        };
+        if req.details.to_string().len() > max {
             return Err(ServiceError::Invalid(format!(
-                "context: at most {DETAILS_MAX} bytes of JSON"
+                "context: at most {max} bytes of JSON"
             )));
         }
         let now = Utc::now();

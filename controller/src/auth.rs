@@ -19,8 +19,16 @@
 //! | `Decide` (approve, reject) | ✓ | ✓ | — | — |
 //! | `ManageHosts`, `SetMode`, `RevokeAccess` | ✓ | ✓ | — | — |
 //! | `ManageNetwork` (set a sandbox's egress allow-list) | ✓ | ✓ | — | — |
-//! | `Playbooks` (write playbooks, generate, verify, start Ansible jobs) | ✓ | ✓ | ✓ | — |
+//! | `Playbooks` (write playbooks, generate, verify, start Ansible jobs) | ✓ | ✓ | own | — |
 //! | `ManageTokens` | ✓ | — | — | — |
+//!
+//! Ansible limits (each role's `limits` in [`role_table`], served by `GET /v1/roles`):
+//! an agent token owns the playbooks it creates and sees only those; what it writes
+//! is untrusted ([`crate::playbooks::trusted`]): no templates or lookups, no
+//! delegation, `connection`, `check_mode`, `ansible_*` variables or controller-side
+//! modules (a 400 naming the field); and each of its production jobs, check runs
+//! included, waits for a human's `production_apply` approval. Operators and admins
+//! may use the whole of Ansible. Every job runs in the confined runner.
 //!
 //! A sandbox in read-only mode refuses `Control` and `Work` to everyone, admin
 //! included, until an operator switches it back. An egress request
@@ -146,10 +154,128 @@ impl Permission {
         }
     }
 
+    /// The permission's name, as `GET /v1/roles` lists it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Read => "Read",
+            Self::ReadFleet => "ReadFleet",
+            Self::CreateSandbox => "CreateSandbox",
+            Self::Control => "Control",
+            Self::Work => "Work",
+            Self::Ask => "Ask",
+            Self::Decide => "Decide",
+            Self::ManageHosts => "ManageHosts",
+            Self::SetMode => "SetMode",
+            Self::RevokeAccess => "RevokeAccess",
+            Self::ManageTokens => "ManageTokens",
+            Self::ManageNetwork => "ManageNetwork",
+            Self::Playbooks => "Playbooks",
+        }
+    }
+
+    /// What the permission covers, in one line (`GET /v1/roles`).
+    pub fn summary(self) -> &'static str {
+        match self {
+            Self::Read => {
+                "read sandboxes, commands, files, hosts, images, playbooks, jobs and own approvals"
+            }
+            Self::ReadFleet => "read the audit trail, SSH certificates and metrics",
+            Self::CreateSandbox => "create (and fork) sandboxes",
+            Self::Control => "start, stop and destroy sandboxes",
+            Self::Work => {
+                "run commands, write files, attach, take SSH access and snapshots in a sandbox"
+            }
+            Self::Ask => "open approval requests (questions, egress requests)",
+            Self::Decide => "approve or reject approval requests",
+            Self::ManageHosts => "manage hosts",
+            Self::SetMode => "switch a sandbox between read-only and read-write",
+            Self::RevokeAccess => "revoke SSH certificates",
+            Self::ManageTokens => "create, list and revoke API tokens",
+            Self::ManageNetwork => "set a sandbox's egress allow-list",
+            Self::Playbooks => {
+                "write playbooks, generate them from sandboxes, verify them, start Ansible jobs"
+            }
+        }
+    }
+
     /// Operations a read-only sandbox refuses.
     pub fn changes_sandbox(self) -> bool {
         matches!(self, Self::Control | Self::Work)
     }
+}
+
+/// Who each role is for (`GET /v1/roles`).
+pub fn role_description(role: Role) -> &'static str {
+    match role {
+        Role::Admin => "everything, including API tokens",
+        Role::Operator => {
+            "a human running the fleet: hosts, modes, network, approvals; no work inside sandboxes"
+        }
+        Role::Agent => {
+            "an AI agent: works in its own agent's sandboxes, writes and runs its own playbooks"
+        }
+        Role::Readonly => "an observer: reads (only one agent's things when scoped)",
+    }
+}
+
+/// Limits beyond the permissions (`GET /v1/roles`): scoping, Ansible content,
+/// production jobs.
+pub fn role_limits(role: Role) -> &'static [&'static str] {
+    match role {
+        Role::Admin | Role::Operator => &[
+            "Ansible: trusted with the whole of Ansible in playbooks (templates, lookups, delegation, any module); jobs still run in the confined runner (bubblewrap, [ansible] sandbox), which sees only the job's playbook, inventory and key",
+            "Ansible: production jobs run the check (--check --diff) at once; the apply waits for a production_apply approval that shows the whole playbook",
+            "a read-only sandbox refuses Control and Work to every role",
+        ],
+        Role::Agent => &[
+            "scoped to its agent_id: sandboxes, playbooks, jobs and approvals of another agent are refused (403) or left out of lists",
+            "Ansible: owns the playbooks it creates; reads, edits, deletes, exports, verifies and runs only those",
+            "Ansible: its content never runs on the controller: no templates ({{ }}, {% %}, {# #}) or lookups in any string, no delegate_to, local_action, connection, check_mode, run_once, delegate_facts, no ansible_* or magic variables in vars/set_fact, no controller-side modules (add_host, group_by, include_*/import_*, include_vars, script, fetch, …), copy/template src only a generated artefact; conditions compare and call nothing (400 naming the field; unsafe strings {\"__ansible_unsafe\": …} may hold anything)",
+            "Ansible: every production job, check runs included, waits for a production_apply approval showing the whole playbook before anything runs",
+            "a read-only sandbox refuses Control and Work to every role",
+        ],
+        Role::Readonly => &[
+            "scoped when it has an agent_id: sees only that agent's sandboxes, playbooks and jobs, and not the fleet (ReadFleet)",
+            "Ansible: writes nothing (no Playbooks permission); were it allowed, its content would get the agent's rules",
+        ],
+    }
+}
+
+/// The whole role table, from [`Permission::roles`] (the table the checks use).
+pub fn role_table() -> Vec<fluid_client::governance::RoleInfo> {
+    use fluid_client::governance::{RoleInfo, RolePermission};
+    [Role::Admin, Role::Operator, Role::Agent, Role::Readonly]
+        .into_iter()
+        .map(|role| RoleInfo {
+            role,
+            description: role_description(role).to_owned(),
+            permissions: Permission::ALL
+                .into_iter()
+                .filter(|p| p.roles().contains(&role))
+                .map(|p| {
+                    let scoped = match role {
+                        Role::Agent => !matches!(p, Permission::Ask),
+                        Role::Readonly => p == Permission::Read,
+                        Role::Admin | Role::Operator => false,
+                    };
+                    RolePermission {
+                        permission: p.name().to_owned(),
+                        description: p.summary().to_owned(),
+                        scope: if scoped {
+                            if role == Role::Readonly {
+                                "own agent if scoped".to_owned()
+                            } else {
+                                "own agent".to_owned()
+                            }
+                        } else {
+                            "all".to_owned()
+                        },
+                    }
+                })
+                .collect(),
+            limits: role_limits(role).iter().map(|s| (*s).to_owned()).collect(),
+        })
+        .collect()
 }
 
 /// Why a caller is refused.
@@ -484,6 +610,27 @@ mod tests {
         let e = check_owner(&a, "b", "sandbox SBX-1").expect_err("stranger");
         assert!(e.to_string().contains("belongs to another agent"), "{e}");
         assert!(check_owner(&caller(Role::Operator, None), "b", "x").is_ok());
+    }
+
+    #[test]
+    fn the_role_table_is_the_checks_table() {
+        let t = role_table();
+        assert_eq!(t.len(), 4);
+        for r in &t {
+            for p in Permission::ALL {
+                let listed = r.permissions.iter().any(|x| x.permission == p.name());
+                assert_eq!(
+                    listed,
+                    p.roles().contains(&r.role),
+                    "{} {}",
+                    r.role,
+                    p.name()
+                );
+            }
+        }
+        let agent = t.iter().find(|r| r.role == Role::Agent).expect("agent");
+        assert!(agent.limits.iter().any(|l| l.contains("delegate_to")));
+        assert!(!agent.permissions.iter().any(|p| p.permission == "Decide"));
     }
 
     #[test]

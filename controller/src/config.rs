@@ -114,6 +114,28 @@ pub struct AnsibleConfig {
     pub job_timeout_secs: u64,
     /// How long a production apply waits for its `production_apply` approval.
     pub production_approval_timeout_secs: u64,
+    /// How ansible-playbook is confined: `bwrap` (bubblewrap; the default) or `off`
+    /// (unconfined: it then runs as the controller's user with its files in view; only
+    /// for an admin who accepts that, warned about at start and in every job).
+    pub sandbox: AnsibleSandbox,
+    /// The bubblewrap binary: a path, or a name looked up in `PATH`.
+    pub bwrap: String,
+    /// The unprivileged user runs become (`fluid-ansible`, created by the package and
+    /// `scripts/install-deps.sh`); empty: the controller's own user, behind bwrap's
+    /// namespaces only. A root controller switches to it with `setpriv`; another one
+    /// maps its uid to it in a user namespace.
+    pub sandbox_user: String,
+}
+
+/// `[ansible] sandbox`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnsibleSandbox {
+    /// ansible-playbook runs inside bubblewrap (fails closed when bwrap is missing).
+    #[default]
+    Bwrap,
+    /// Unconfined. Never the default.
+    Off,
 }
 
 impl Default for AnsibleConfig {
@@ -123,6 +145,9 @@ impl Default for AnsibleConfig {
             targets: Vec::new(),
             job_timeout_secs: 1800,
             production_approval_timeout_secs: 3600,
+            sandbox: AnsibleSandbox::Bwrap,
+            bwrap: "bwrap".into(),
+            sandbox_user: "fluid-ansible".into(),
         }
     }
 }

@@ -177,7 +177,17 @@ impl Generator {
         };
         let s = self
             .playbooks
-            .create_stored(&name, &hosts, true, Some(source), tasks)
+            .create_stored(
+                &name,
+                &hosts,
+                true,
+                Some(source),
+                crate::playbooks::Owner {
+                    agent_id: Some(sb.agent_id.clone()),
+                    created_by: format!("generated from {}", sb.id),
+                },
+                tasks,
+            )
             .await?;
         let yaml = s.yaml()?;
         if let Some(line) = self.syntax_check(&name, &yaml).await {

@@ -21,7 +21,7 @@
 
 pub mod access;
 pub mod live;
-mod production;
+pub mod production;
 mod run;
 pub mod runner;
 mod sandbox;
@@ -75,6 +75,9 @@ pub struct JobSettings {
     pub approval_timeout: Duration,
     /// Private working directories of runs (`<data_dir>/jobs`).
     pub work_dir: PathBuf,
+    /// Generated artefacts (`<data_dir>/artifacts`): a confined run sees those its
+    /// playbook names.
+    pub artefact_dir: PathBuf,
 }
 
 impl JobSettings {
@@ -85,6 +88,7 @@ impl JobSettings {
             job_timeout: Duration::from_secs(c.ansible.job_timeout_secs),
             approval_timeout: Duration::from_secs(c.ansible.production_approval_timeout_secs),
             work_dir: c.data_dir.join("jobs"),
+            artefact_dir: c.data_dir.join("artifacts"),
         }
     }
 }
@@ -294,7 +298,14 @@ impl JobService {
             .stored_for(caller, req.playbook.trim())
             .await?;
         check_runnable_hosts(&stored.playbook.name, &stored.playbook.hosts)?;
+        // Untrusted callers' playbooks are checked whole again: content stored before
+        // these rules, or written into the playbook by someone else, never runs on
+        // their behalf unchecked.
+        self.playbooks.check_content(caller, &stored.doc())?;
         let yaml = stored.yaml()?;
+        if matches!(target, Target::Production(_)) {
+            production::check_approvable(&yaml)?;
+        }
         let (kind, phase, sandbox_id) = match &target {
             Target::Production(_) => (TARGET_PRODUCTION, PHASE_CHECK, None),
             Target::Sandbox(sb) => (

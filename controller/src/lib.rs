@@ -114,7 +114,13 @@ pub fn build_state(
     config: &Config,
     ca: Arc<SshCa>,
 ) -> anyhow::Result<AppState> {
-    build_state_with_runner(store, agents, config, ca, Arc::new(AnsibleRunner))
+    build_state_with_runner(
+        store,
+        agents,
+        config,
+        ca,
+        Arc::new(AnsibleRunner::from_config(&config.ansible)),
+    )
 }
 
 /// [`build_state`] with the given runner of ansible-playbook (tests record runs).
@@ -393,7 +399,7 @@ pub async fn serve_on(
         agents.clone(),
         &config,
         ca,
-        Arc::new(AnsibleRunner),
+        Arc::new(AnsibleRunner::from_config(&config.ansible)),
         metrics,
     )?;
     match state.gate.resume().await {

@@ -4,8 +4,18 @@
 //! a rename, so a reader never sees half a playbook); a delete removes it. Changes are
 //! serialised per controller so files are written in the order the rows changed.
 //!
-//! A playbook generated from a sandbox (it has a `source`) holds that sandbox's files:
-//! a caller scoped to another agent cannot see it (403), nor list it.
+//! A playbook has an owner: the agent id of the token that created it (a generated
+//! one: its source sandbox's agent), or none when an operator or admin created it. A
+//! caller scoped to an agent (an `agent` token, a scoped `readonly` one) reads, edits,
+//! deletes, exports, verifies and runs only its own agent's playbooks: another's is a
+//! 403 (like another agent's sandbox), and is left out of lists.
+//!
+//! Content from an `agent` or `readonly` token is untrusted: on top of the ordinary
+//! validation, [`fluid_ansible::validate::untrusted`] refuses anything that would run
+//! on the controller host or be templated there (delegation, `connection`,
+//! `check_mode`, controller-side modules, `ansible_*` variables, templates and
+//! lookups), with a 400 naming the field. Operators and admins are trusted with the
+//! whole of Ansible (their playbooks still run in the confined runner).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +31,7 @@ use crate::auth::{self, Caller};
 use crate::jobs::access::write_atomic;
 use crate::sandboxes::{ServiceError, new_id};
 use crate::store::{PlaybookRecord, Store, StoreError, TaskRecord, TaskWrite};
+use fluid_client::governance::Role;
 
 /// Default `hosts` of a playbook.
 pub const DEFAULT_HOSTS: &str = "all";
@@ -108,6 +119,12 @@ pub fn render(doc: &PlaybookDoc) -> Result<String, AnsibleError> {
     })
 }
 
+/// Whether `caller` is trusted with the whole of Ansible (templates, delegation,
+/// controller-side modules): operators and admins. Agent and readonly tokens are not.
+pub fn trusted(caller: &Caller) -> bool {
+    matches!(caller.role, Role::Admin | Role::Operator)
+}
+
 /// Params as stored: absent or null is `{}`.
 fn params_of(v: Option<serde_json::Value>) -> serde_json::Value {
     match v {
@@ -116,10 +133,22 @@ fn params_of(v: Option<serde_json::Value>) -> serde_json::Value {
     }
 }
 
+/// Who a new playbook belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The creating token's agent id (scoped callers see only their own); `None` for
+    /// an operator's or admin's playbook.
+    pub agent_id: Option<String>,
+    /// The creating token's name (or what created it).
+    pub created_by: String,
+}
+
 pub struct PlaybookService {
     store: Arc<dyn Store>,
     /// `<data_dir>/playbooks`.
     dir: PathBuf,
+    /// `<data_dir>/artifacts`: the only `src` an untrusted caller may name.
+    artefact_dir: String,
     /// Held from a change's write to the store to its file's rename.
     writes: tokio::sync::Mutex<()>,
 }
@@ -137,6 +166,7 @@ impl PlaybookService {
         Self {
             store,
             dir: data_dir.join("playbooks"),
+            artefact_dir: data_dir.join("artifacts").display().to_string(),
             writes: tokio::sync::Mutex::new(()),
         }
     }
@@ -150,19 +180,31 @@ impl PlaybookService {
         p.to_api(self.file_path(&p.name).display().to_string())
     }
 
-    /// Whether a scoped caller may see a playbook: one generated from a sandbox of
-    /// another agent is hidden.
-    async fn check_visible(&self, caller: &Caller, p: &PlaybookRecord) -> Result<(), AnsibleError> {
-        let (Some(_), Some(src)) = (caller.scope(), &p.source) else {
+    /// Whether `caller` may see a playbook: a scoped caller only its own agent's.
+    fn check_visible(&self, caller: &Caller, p: &PlaybookRecord) -> Result<(), AnsibleError> {
+        if caller.scope().is_none() {
             return Ok(());
-        };
-        let owner = self
-            .store
-            .get_sandbox(&src.sandbox_id)
-            .await?
-            .map(|sb| sb.agent_id)
-            .unwrap_or_default();
-        auth::check_owner(caller, &owner, &format!("playbook {:?}", p.name))?;
+        }
+        auth::check_owner(
+            caller,
+            p.owner_agent_id.as_deref().unwrap_or_default(),
+            &format!("playbook {:?}", p.name),
+        )?;
+        Ok(())
+    }
+
+    /// Checks content `caller` wrote: untrusted callers get the stricter rules.
+    pub fn check_content(&self, caller: &Caller, doc: &PlaybookDoc) -> Result<(), AnsibleError> {
+        if !trusted(caller) {
+            fluid_ansible::validate::check_untrusted_playbook(doc, &self.artefact_dir)?;
+        }
+        Ok(())
+    }
+
+    fn check_task(&self, caller: &Caller, t: &TaskSpec) -> Result<(), AnsibleError> {
+        if !trusted(caller) {
+            fluid_ansible::validate::check_untrusted_task(t, &self.artefact_dir)?;
+        }
         Ok(())
     }
 
@@ -208,7 +250,7 @@ impl PlaybookService {
     /// [`Self::stored`], for a caller that must be allowed to see it.
     pub async fn stored_for(&self, caller: &Caller, name: &str) -> Result<Stored, AnsibleError> {
         let s = self.stored(name).await?;
-        self.check_visible(caller, &s.playbook).await?;
+        self.check_visible(caller, &s.playbook)?;
         Ok(s)
     }
 
@@ -220,16 +262,23 @@ impl PlaybookService {
         }
     }
 
-    pub async fn create(&self, req: &CreatePlaybookRequest) -> Result<Playbook, AnsibleError> {
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        req: &CreatePlaybookRequest,
+    ) -> Result<Playbook, AnsibleError> {
         let hosts = req.hosts.as_deref().unwrap_or(DEFAULT_HOSTS).trim();
+        let r#become = req.r#become.unwrap_or(true);
+        self.check_content(
+            caller,
+            &PlaybookDoc::from_tasks(req.name.clone(), hosts, r#become, []),
+        )?;
+        let owner = Owner {
+            agent_id: caller.scope().map(str::to_owned),
+            created_by: caller.name.clone(),
+        };
         let s = self
-            .create_stored(
-                &req.name,
-                hosts,
-                req.r#become.unwrap_or(true),
-                None,
-                Vec::new(),
-            )
+            .create_stored(&req.name, hosts, r#become, None, owner, Vec::new())
             .await?;
         Ok(self.api(&s.playbook))
     }
@@ -242,6 +291,7 @@ impl PlaybookService {
         hosts: &str,
         r#become: bool,
         source: Option<fluid_client::ansible::PlaybookSource>,
+        owner: Owner,
         specs: Vec<TaskSpec>,
     ) -> Result<Stored, AnsibleError> {
         fluid_ansible::validate::validate_playbook_name(name)?;
@@ -254,6 +304,8 @@ impl PlaybookService {
             r#become,
             source,
             verification: None,
+            owner_agent_id: owner.agent_id,
+            created_by: Some(owner.created_by),
             created_at: now,
             updated_at: now,
         };
@@ -310,7 +362,7 @@ impl PlaybookService {
         let (rows, mut total) = self.store.list_playbooks(limit, offset).await?;
         let mut out = Vec::with_capacity(rows.len());
         for p in rows {
-            match self.check_visible(caller, &p).await {
+            match self.check_visible(caller, &p) {
                 Ok(()) => out.push(self.api(&p)),
                 Err(AnsibleError::Forbidden(_)) => total = total.saturating_sub(1),
                 Err(e) => return Err(e),
@@ -388,6 +440,7 @@ impl PlaybookService {
             handler: req.handler.unwrap_or(false),
         };
         fluid_ansible::validate::validate_task(&spec)?;
+        self.check_task(caller, &spec)?;
         let now = Utc::now();
         let rec = TaskRecord {
             id: new_id("TSK-"),
@@ -448,7 +501,9 @@ impl PlaybookService {
                 req.options.as_ref(),
             )?);
         }
-        fluid_ansible::validate::validate_task(&TaskSpec::from_api(&rec.to_api()))?;
+        let spec = TaskSpec::from_api(&rec.to_api());
+        fluid_ansible::validate::validate_task(&spec)?;
+        self.check_task(caller, &spec)?;
         let all = s
             .tasks
             .iter()

@@ -59,6 +59,10 @@ pub enum RunError {
     /// inventory (a host name with spaces, a template in an address, …).
     #[error("invalid run: {0}")]
     Invalid(String),
+    /// ansible-playbook cannot be confined as configured (bwrap or the sandbox user
+    /// missing): the run is refused rather than run unconfined.
+    #[error("{0}")]
+    Unconfinable(String),
     /// A file or process operation failed.
     #[error("{what}: {source}")]
     Io {

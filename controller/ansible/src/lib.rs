@@ -20,6 +20,7 @@ pub use error::{RunError, ValidationError, YamlError};
 pub use generate::{ArtefactNeed, GenerateOptions, Generated, generate};
 pub use model::{PlaybookDoc, TaskSpec};
 pub use runner::{
-    InventoryHost, RunOutcome, RunSpec, find_ansible_playbook, run, syntax_check, version,
+    Confinement, InventoryHost, RunOutcome, RunSpec, find_ansible_playbook, run, syntax_check,
+    version,
 };
 pub use yaml::to_yaml;

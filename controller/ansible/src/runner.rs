@@ -23,10 +23,12 @@ use tokio::sync::mpsc;
 pub use crate::error::RunError;
 
 mod config;
+pub mod confine;
 #[cfg(test)]
 mod tests;
 
 pub use config::sh_quote;
+pub use confine::Confinement;
 
 /// Lines buffered between ansible-playbook and a slow receiver.
 const BUFFER_LINES: usize = 4096;
@@ -89,6 +91,11 @@ pub struct RunSpec {
     pub timeout: Duration,
     /// More arguments before the playbook (`--tags`, `--limit`, `-v`, …).
     pub extra_args: Vec<String>,
+    /// Run inside bubblewrap ([`confine`]); `None` runs unconfined.
+    pub confine: Option<Confinement>,
+    /// More files or directories the confined run sees, read-only, at the same path
+    /// (artefacts a playbook copies, a production target's known_hosts).
+    pub read_only: Vec<PathBuf>,
 }
 
 /// How a run ended.
@@ -146,6 +153,32 @@ fn base_command(ansible_playbook: &Path, cfg: &Path, local_tmp: &Path) -> Comman
             cmd.env_remove(&k);
         }
     }
+    with_ansible_env(&mut cmd, cfg, local_tmp);
+    cmd
+}
+
+/// ansible-playbook inside bubblewrap (`prefix` = bwrap's arguments, ending in `--`),
+/// with an environment of its own: nothing of the controller's is passed on.
+fn confined_command(
+    c: &Confinement,
+    prefix: Vec<std::ffi::OsString>,
+    ansible_playbook: &Path,
+    cfg: &Path,
+    local_tmp: &Path,
+) -> Command {
+    let mut cmd = Command::new(&c.bwrap);
+    cmd.env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", "/tmp")
+        .env("LANG", "C.UTF-8")
+        .env("LC_ALL", "C.UTF-8")
+        .args(prefix)
+        .arg(ansible_playbook);
+    with_ansible_env(&mut cmd, cfg, local_tmp);
+    cmd
+}
+
+fn with_ansible_env(cmd: &mut Command, cfg: &Path, local_tmp: &Path) {
     cmd.env("ANSIBLE_CONFIG", cfg)
         .env("ANSIBLE_LOCAL_TEMP", local_tmp)
         .env("ANSIBLE_FORCE_COLOR", "0")
@@ -157,7 +190,6 @@ fn base_command(ansible_playbook: &Path, cfg: &Path, local_tmp: &Path) -> Comman
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .process_group(0);
-    cmd
 }
 
 fn spawn(mut cmd: Command, binary: &Path) -> Result<Child, RunError> {
@@ -191,17 +223,49 @@ pub async fn run(spec: &RunSpec, lines: mpsc::Sender<String>) -> Result<RunOutco
     let cfg_path = work.join("ansible.cfg");
     write_file(&inventory_path, &inventory).await?;
     write_file(&cfg_path, config::ANSIBLE_CFG).await?;
-    // SSH control sockets need a short path (sun_path is 108 bytes).
-    let cp_dir = tempfile::Builder::new()
-        .prefix("fluid-cp")
-        .tempdir()
-        .map_err(|e| RunError::io("creating the SSH control directory", e))?;
-
-    let mut cmd = base_command(&spec.ansible_playbook, &cfg_path, &local_tmp);
-    cmd.env("ANSIBLE_SSH_CONTROL_PATH_DIR", cp_dir.path())
-        .current_dir(work)
-        .arg("-i")
-        .arg(&inventory_path);
+    // SSH control sockets need a short path (sun_path is 108 bytes): a directory of
+    // the confined run's private /tmp, else a temporary one.
+    let mut cp_dir = None;
+    let mut cmd = match &spec.confine {
+        Some(c) => {
+            let as_root = confine::is_root();
+            let mut in_work: Vec<PathBuf> = vec![inventory_path.clone(), cfg_path.clone()];
+            if spec.playbook_path.starts_with(work) {
+                in_work.push(spec.playbook_path.clone());
+            }
+            in_work.extend(spec.hosts.iter().filter_map(|h| h.private_key.clone()));
+            let mut read_only = spec.read_only.clone();
+            if !spec.playbook_path.starts_with(work) {
+                read_only.push(spec.playbook_path.clone());
+            }
+            let prefix = confine::bwrap_args(
+                c,
+                &spec.ansible_playbook,
+                work,
+                &in_work,
+                &read_only,
+                as_root,
+            )?;
+            if let (Some((uid, gid)), true) = (c.user, as_root) {
+                confine::hand_over(work, uid, gid)?;
+            }
+            let mut cmd =
+                confined_command(c, prefix, &spec.ansible_playbook, &cfg_path, &local_tmp);
+            cmd.env("ANSIBLE_SSH_CONTROL_PATH_DIR", "/tmp/cp");
+            cmd
+        }
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("fluid-cp")
+                .tempdir()
+                .map_err(|e| RunError::io("creating the SSH control directory", e))?;
+            let mut cmd = base_command(&spec.ansible_playbook, &cfg_path, &local_tmp);
+            cmd.env("ANSIBLE_SSH_CONTROL_PATH_DIR", dir.path());
+            cp_dir = Some(dir);
+            cmd
+        }
+    };
+    cmd.current_dir(work).arg("-i").arg(&inventory_path);
     if spec.check {
         cmd.arg("--check");
     }
@@ -210,7 +274,11 @@ pub async fn run(spec: &RunSpec, lines: mpsc::Sender<String>) -> Result<RunOutco
     }
     cmd.args(&spec.extra_args).arg(&spec.playbook_path);
 
-    let mut child = spawn(cmd, &spec.ansible_playbook)?;
+    let binary = spec
+        .confine
+        .as_ref()
+        .map_or(&spec.ansible_playbook, |c| &c.bwrap);
+    let mut child = spawn(cmd, binary)?;
     let group = child
         .id()
         .and_then(|id| i32::try_from(id).ok())
@@ -266,6 +334,7 @@ pub async fn run(spec: &RunSpec, lines: mpsc::Sender<String>) -> Result<RunOutco
     {
         forwarder_abort.abort();
     }
+    drop(cp_dir);
     Ok(RunOutcome {
         exit_code,
         timed_out,

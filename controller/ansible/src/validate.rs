@@ -8,6 +8,11 @@ use crate::model::{PlaybookDoc, TaskSpec};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_untrusted;
+pub mod untrusted;
+
+pub use untrusted::{check_untrusted_playbook, check_untrusted_task};
 
 /// Longest task name, in characters.
 pub const TASK_NAME_MAX: usize = 256;

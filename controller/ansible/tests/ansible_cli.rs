@@ -117,6 +117,8 @@ async fn run_local(bin: &Path, playbook: &Path, work: &Path, check: bool) -> (Ru
         work_dir: work.to_owned(),
         timeout: Duration::from_secs(300),
         extra_args: vec![],
+        confine: None,
+        read_only: Vec::new(),
     };
     let (tx, mut rx) = mpsc::channel(64);
     let collector = tokio::spawn(async move {
@@ -651,6 +653,8 @@ async fn ssh_arguments_reach_ssh_intact() {
         work_dir: dir.path().join("work"),
         timeout: Duration::from_secs(120),
         extra_args: vec!["-vvv".into()],
+        confine: None,
+        read_only: Vec::new(),
     };
     let (tx, mut rx) = mpsc::channel(64);
     let collector = tokio::spawn(async move {

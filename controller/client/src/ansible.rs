@@ -45,6 +45,14 @@ pub struct Playbook {
     /// *new*: the last verification's result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+    /// The agent id of the token that created it (a generated one: its source
+    /// sandbox's agent); absent for an operator's or admin's. A scoped token sees only
+    /// its own agent's playbooks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_agent_id: Option<String>,
+    /// The name of the token that created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -132,6 +132,11 @@ impl Client {
         self.get("/v1/whoami").await
     }
 
+    /// `GET /v1/roles`: what each role may do.
+    pub async fn roles(&self) -> Result<crate::governance::RolesResponse, ClientError> {
+        self.get("/v1/roles").await
+    }
+
     /// `GET /v1/tokens` (admin).
     pub async fn list_tokens(&self) -> Result<ListTokensResponse, ClientError> {
         self.get("/v1/tokens").await

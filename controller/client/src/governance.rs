@@ -93,6 +93,35 @@ pub struct WhoAmI {
     pub agent_id: Option<String>,
 }
 
+/// One permission of a role, in `GET /v1/roles`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RolePermission {
+    /// The permission's name (`Read`, `Work`, `Playbooks`, …).
+    pub permission: String,
+    /// What it covers, in one line.
+    pub description: String,
+    /// `all`, or `own agent` when a scoped token holds it only for its agent's
+    /// sandboxes, playbooks, jobs and requests.
+    pub scope: String,
+}
+
+/// A role, what it may do and its limits, in `GET /v1/roles`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RoleInfo {
+    pub role: Role,
+    /// Who the role is for, in one line.
+    pub description: String,
+    pub permissions: Vec<RolePermission>,
+    /// Limits beyond the permissions (scoping, Ansible content, production jobs).
+    pub limits: Vec<String>,
+}
+
+/// `GET /v1/roles`: the controller's role table (the one its checks use).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RolesResponse {
+    pub roles: Vec<RoleInfo>,
+}
+
 /// The kinds of approval request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

@@ -137,6 +137,9 @@ pub enum Command {
     Token(tokens::TokenCmd),
     /// Show the token this fluidctl uses: its name, role and agent.
     Whoami,
+    /// What each role may do: its permissions (and their scope) and limits, the
+    /// Ansible ones included (the table the controller enforces).
+    Roles,
 }
 
 /// What every command needs: the client and how to print.
@@ -225,6 +228,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Approvals(cmd) => approvals::run(&ctx, cmd).await,
         Command::Token(cmd) => tokens::run(&ctx, cmd).await,
         Command::Whoami => tokens::whoami(&ctx).await,
+        Command::Roles => tokens::roles(&ctx).await,
     }
     .map(|()| ExitCode::SUCCESS)
 }

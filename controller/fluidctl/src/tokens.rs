@@ -103,6 +103,16 @@ pub async fn whoami(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `fluidctl roles`.
+pub async fn roles(ctx: &Ctx) -> anyhow::Result<()> {
+    let resp = ctx.client.roles().await?;
+    if ctx.json {
+        return emit_json(&resp);
+    }
+    emit(&render::roles(&resp));
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,5 +172,6 @@ mod tests {
             Ok(Command::Token(TokenCmd::Revoke { id_or_name })) if id_or_name == "ci bot"
         ));
         assert!(matches!(parse(&["whoami"]), Ok(Command::Whoami)));
+        assert!(matches!(parse(&["roles"]), Ok(Command::Roles)));
     }
 }

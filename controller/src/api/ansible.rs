@@ -77,7 +77,7 @@ pub async fn create_playbook(
     ApiJson(req): ApiJson<CreatePlaybookRequest>,
 ) -> Result<(StatusCode, Json<PlaybookResponse>), ApiError> {
     require(&caller, Permission::Playbooks)?;
-    let playbook = state.playbooks.create(&req).await?;
+    let playbook = state.playbooks.create(&caller, &req).await?;
     Ok((StatusCode::CREATED, Json(PlaybookResponse { playbook })))
 }
 

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use fluid_client::governance::{
     CreateTokenRequest, CreateTokenResponse, ListAuditResponse, ListTokensResponse, ModeResponse,
-    SandboxMode, SetModeRequest, TokenInfo, WhoAmI,
+    RolesResponse, SandboxMode, SetModeRequest, TokenInfo, WhoAmI,
 };
 use fluid_client::types::ErrorBody;
 use serde::Deserialize;
@@ -37,6 +37,17 @@ impl From<TokenError> for ApiError {
     responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
 pub async fn whoami(caller: Caller) -> Json<WhoAmI> {
     Json(caller.whoami())
+}
+
+/// The role table the controller enforces: each role's permissions (with their
+/// scope) and limits, the Ansible ones included. Any authenticated caller.
+#[utoipa::path(get, path = "/v1/roles", tag = "auth",
+    responses((status = 200, body = RolesResponse), (status = 401, body = ErrorBody)))]
+pub async fn roles(caller: Caller) -> Result<Json<RolesResponse>, ApiError> {
+    require(&caller, Permission::Read)?;
+    Ok(Json(RolesResponse {
+        roles: crate::auth::role_table(),
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/tokens", tag = "auth",

@@ -214,6 +214,7 @@ pub fn router(state: AppState) -> Router {
             get(governance::get_mode).put(governance::set_mode),
         )
         .route("/v1/whoami", get(governance::whoami))
+        .route("/v1/roles", get(governance::roles))
         .route(
             "/v1/tokens",
             get(governance::list_tokens).post(governance::create_token),
@@ -254,6 +255,8 @@ pub(crate) mod tests;
 mod tests_ansible;
 #[cfg(test)]
 mod tests_ansible_jobs;
+#[cfg(test)]
+mod tests_ansible_owners;
 #[cfg(test)]
 mod tests_approvals;
 #[cfg(test)]

@@ -43,6 +43,7 @@ use super::{
         approvals::approve,
         approvals::reject,
         governance::whoami,
+        governance::roles,
         governance::list_tokens,
         governance::create_token,
         governance::revoke_token,

@@ -94,9 +94,10 @@ pub(crate) fn keys(v: &Value) -> Vec<String> {
     k
 }
 
-const PLAYBOOK_KEYS: [&str; 7] = [
+const PLAYBOOK_KEYS: [&str; 8] = [
     "become",
     "created_at",
+    "created_by",
     "file_path",
     "hosts",
     "id",

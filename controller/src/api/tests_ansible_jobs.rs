@@ -15,7 +15,7 @@ use super::tests_ansible::{AnsibleApp, ansible_app, keys, playbook, task};
 use crate::config::{AnsibleTarget, Config};
 use crate::store::{AuditFilter, JobRecord};
 
-fn prod_config() -> Config {
+pub(crate) fn prod_config() -> Config {
     let mut c = Config::default();
     c.ansible.targets = vec![AnsibleTarget {
         name: "prod-web".into(),

@@ -169,6 +169,7 @@ fn calls() -> Vec<Call> {
         call(Read, get.clone(), "/v1/access/ca-pubkey", None),
         call(Read, get.clone(), "/v1/approvals", None),
         call(Read, get.clone(), "/v1/whoami", None),
+        call(Read, get.clone(), "/v1/roles", None),
         call(Read, get.clone(), "/openapi.json", None),
         call(ReadSandbox, get.clone(), "/v1/sandboxes/{id}", None),
         call(ReadSandbox, get.clone(), "/v1/sandboxes/{id}/ip", None),

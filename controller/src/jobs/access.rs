@@ -87,7 +87,8 @@ impl JobKey {
         write_atomic(
             &self.cert_path,
             format!("{}\n", signed.openssh).as_bytes(),
-            0o600,
+            // Public; readable by the confined run's user after a renewal.
+            0o644,
         )?;
         Ok(())
     }
@@ -132,9 +133,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let ca = SshCa::generate().expect("ca");
         let k = JobKey::create(dir.path(), &ca, "JOB-abc").expect("key");
-        for p in [&k.key_path, &k.cert_path] {
+        // The certificate is public (and read by the confined run's user after a
+        // renewal); the key is private.
+        for (p, want) in [(&k.key_path, 0o600), (&k.cert_path, 0o644)] {
             let mode = std::fs::metadata(p).expect("meta").permissions().mode();
-            assert_eq!(mode & 0o777, 0o600, "{}", p.display());
+            assert_eq!(mode & 0o777, want, "{}", p.display());
         }
         let key = PrivateKey::read_openssh_file(&k.key_path).expect("key parses");
         let text = std::fs::read_to_string(&k.cert_path).expect("cert");

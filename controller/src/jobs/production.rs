@@ -1,6 +1,12 @@
 //! The production-apply gate: `--check --diff` first, its output in a
 //! `production_apply` approval, and the real run only once a human approves. A
 //! rejection or an expiry ends the job `failed` without running anything.
+//!
+//! A job created by an agent (or any token that is not an operator's or admin's) asks
+//! first: a `production_apply` approval with phase `check` must be granted before
+//! even the check run starts (a check run still executes the playbook's code paths on
+//! production hosts). Every approval shows the whole playbook, never a clipped one: a
+//! playbook over [`APPROVAL_YAML_MAX`] is refused when the job is created.
 
 use fluid_ansible::InventoryHost;
 use fluid_client::governance::{ApprovalKind, ApprovalStatus};
@@ -9,15 +15,29 @@ use super::{
     JobEnd, JobService, PHASE_APPLY, PHASE_AWAITING_APPROVAL, PHASE_CHECK, PHASE_DONE, audit,
     parse_target_host,
 };
-use crate::approvals::{DETAILS_MAX, NewRequest, Requester, refusal_reason};
+use crate::approvals::{INTERNAL_DETAILS_MAX, NewRequest, Requester, refusal_reason};
 use crate::config::AnsibleTarget;
 use crate::playbooks::AnsibleError;
 use crate::store::{JobRecord, JobUpdate};
 
 /// Most of the check run's output an approval shows.
 pub const APPROVAL_CHECK_OUTPUT_MAX: usize = 48 * 1024;
-/// Most of the playbook an approval shows (the job keeps all of it).
-pub const APPROVAL_YAML_MAX: usize = 16 * 1024;
+/// Largest playbook a production job takes: an approval shows all of it, so a
+/// larger one is refused up front rather than clipped.
+pub const APPROVAL_YAML_MAX: usize = 512 * 1024;
+/// The phase of a job waiting for the approval of its check run.
+pub const PHASE_AWAITING_CHECK_APPROVAL: &str = "awaiting_check_approval";
+
+/// Refuses a playbook too large to be shown whole in an approval.
+pub fn check_approvable(yaml: &str) -> Result<(), AnsibleError> {
+    if yaml.len() > APPROVAL_YAML_MAX {
+        return Err(AnsibleError::Invalid(format!(
+            "playbook: {} bytes of YAML; a production job's approval shows the whole playbook, at most {APPROVAL_YAML_MAX} bytes: split it",
+            yaml.len()
+        )));
+    }
+    Ok(())
+}
 
 /// The inventory of a production target: each `address[:port]` with the target's user,
 /// key and SSH arguments.
@@ -83,39 +103,46 @@ pub fn clip(s: &str, max: usize) -> (String, bool) {
     )
 }
 
-/// What a `production_apply` approval shows: the job, the target, the playbook (and
-/// its SHA-256: what will run) and the check run's output, within the size an
-/// approval may have.
+/// What a `production_apply` approval shows: the job, the target, the whole playbook
+/// (and its SHA-256: what will run) and the check run's output (its start and end
+/// when it is long; the job keeps all of it), within the size an approval may have.
+/// `check_output` is `None` for the approval of a check run.
 pub fn approval_details(
     job: &JobRecord,
     t: &AnsibleTarget,
-    check_output: &str,
+    check_output: Option<&str>,
     check_exit_code: Option<i32>,
 ) -> serde_json::Value {
-    let (mut check_max, mut yaml_max) = (APPROVAL_CHECK_OUTPUT_MAX, APPROVAL_YAML_MAX);
+    let mut check_max = APPROVAL_CHECK_OUTPUT_MAX;
     loop {
-        let (check, check_cut) = clip(check_output, check_max);
-        let (yaml, yaml_cut) = clip(&job.playbook_yaml, yaml_max);
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "job_id": job.id,
             "playbook": job.playbook,
             "playbook_sha256": job.playbook_sha256,
             "target": t.name,
             "hosts": t.hosts,
             "user": t.user,
-            "check_exit_code": check_exit_code,
-            "check_output": check,
-            "check_output_truncated": check_cut,
-            "playbook_yaml": yaml,
-            "playbook_yaml_truncated": yaml_cut,
+            "phase": if check_output.is_some() { "apply" } else { "check" },
+            "playbook_yaml": job.playbook_yaml,
+            "playbook_yaml_truncated": false,
         });
-        // JSON escapes can make the text longer than its parts: shrink until it fits.
-        if v.to_string().len() <= DETAILS_MAX - 256 || check_max < 1024 {
+        if let Some(out) = check_output {
+            let (check, check_cut) = clip(out, check_max);
+            v["check_exit_code"] = serde_json::json!(check_exit_code);
+            v["check_output"] = serde_json::json!(check);
+            v["check_output_truncated"] = serde_json::json!(check_cut);
+        }
+        // JSON escapes can make the text longer than its parts: shrink the check
+        // output (never the playbook) until it fits.
+        if v.to_string().len() <= INTERNAL_DETAILS_MAX - 256 || check_max < 1024 {
             return v;
         }
         check_max = check_max * 3 / 4;
-        yaml_max = yaml_max * 3 / 4;
     }
+}
+
+fn trusted_role(role: &str) -> bool {
+    matches!(role, "admin" | "operator")
 }
 
 impl JobService {
@@ -129,6 +156,13 @@ impl JobService {
         let failed = |e: String| Some(JobEnd::failed(e));
         if let Err(e) = self.start(job, PHASE_CHECK).await {
             return failed(e.to_string());
+        }
+        if !trusted_role(role) || job.agent_id.is_some() {
+            match self.approve_check(job, t, role).await {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(msg) => return failed(msg),
+            }
         }
         let hosts = match production_hosts(t) {
             Ok(h) => h,
@@ -176,7 +210,7 @@ impl JobService {
             },
             sandbox_id: None,
             summary,
-            details: approval_details(job, t, &check_output, exit),
+            details: approval_details(job, t, Some(&check_output), exit),
             timeout: self.settings.approval_timeout,
         };
         let approval = match self.approvals.open(req, role).await {
@@ -206,6 +240,90 @@ impl JobService {
         }
         drop(dir);
         self.await_and_apply(job, t, &approval.id).await
+    }
+
+    /// The approval an untrusted creator's job needs before its check run: `Ok(true)`
+    /// when approved, `Ok(false)` when another controller took the job over, `Err`
+    /// with why it must fail (rejected, expired, …; nothing was run).
+    async fn approve_check(
+        &self,
+        job: &JobRecord,
+        t: &AnsibleTarget,
+        role: &str,
+    ) -> Result<bool, String> {
+        let req = NewRequest {
+            kind: ApprovalKind::ProductionApply,
+            requester: Requester {
+                name: job.created_by.clone(),
+                agent_id: job.agent_id.clone(),
+            },
+            sandbox_id: None,
+            summary: format!(
+                "run playbook {} on production target {} in check mode (--check --diff), asked by {}",
+                job.playbook, t.name, job.created_by
+            ),
+            details: approval_details(job, t, None, None),
+            timeout: self.settings.approval_timeout,
+        };
+        let approval =
+            self.approvals.open(req, role).await.map_err(|e| {
+                format!("opening the production_apply approval of the check run: {e}")
+            })?;
+        self.say(
+            &job.id,
+            &format!(
+                "=== a check run on production needs an approval: waiting for {} ===",
+                approval.id
+            ),
+        );
+        let e = audit(job, "awaiting_approval", "pending")
+            .details(serde_json::json!({"approval_id": approval.id, "phase": "check"}));
+        let u = JobUpdate {
+            phase: Some(PHASE_AWAITING_CHECK_APPROVAL.into()),
+            approval_id: Some(approval.id.clone()),
+            ..Default::default()
+        };
+        if let Err(err) = self.update(job, u, Some(e)).await {
+            tracing::error!(job = %job.id, error = %err, "recording a job's check approval");
+        }
+        let fin = self
+            .approvals
+            .wait(&approval.id)
+            .await
+            .map_err(|e| format!("waiting for approval {}: {e}", approval.id))?;
+        let took = |phase: &str| JobUpdate {
+            phase: Some(phase.into()),
+            expect_phase: Some(PHASE_AWAITING_CHECK_APPROVAL.into()),
+            ..Default::default()
+        };
+        if fin.status != ApprovalStatus::Approved {
+            let why = refusal_reason(&fin).unwrap_or_else(|| "was not approved".into());
+            let msg = format!("approval {} {why}", approval.id);
+            self.say(&job.id, &format!("=== {msg}: nothing was run ==="));
+            let e = audit(job, "refused", fin.status.as_str()).details(
+                serde_json::json!({"approval_id": approval.id, "reason": why, "phase": "check"}),
+            );
+            return match self.update(job, took(PHASE_DONE), Some(e)).await {
+                Ok(false) => Ok(false),
+                _ => Err(msg),
+            };
+        }
+        let by = fin
+            .decided_by
+            .clone()
+            .unwrap_or_else(|| "controller".into());
+        self.say(
+            &job.id,
+            &format!("=== check run approved by {by} ({}) ===", approval.id),
+        );
+        let e = audit(job, "approved", "running").details(serde_json::json!({
+            "approval_id": approval.id, "decided_by": by, "comment": fin.comment, "phase": "check",
+        }));
+        match self.update(job, took(PHASE_CHECK), Some(e)).await {
+            Ok(true) => Ok(true),
+            Ok(false) => Ok(false),
+            Err(err) => Err(format!("recording the approval of {}: {err}", approval.id)),
+        }
     }
 
     /// Waits for the decision on `approval_id`; runs the playbook for real only when
@@ -301,7 +419,9 @@ mod tests {
     /// ansible-playbook accepts (an unreachable host exits 4, not a usage error).
     #[tokio::test]
     async fn ansible_playbook_takes_a_targets_inventory() {
-        use crate::jobs::runner::{AnsibleRunner, PlaybookRunner as _, resolve_ansible_playbook};
+        use crate::jobs::runner::{
+            AnsibleRunner, PlaybookRunner as _, Sandbox, resolve_ansible_playbook,
+        };
         let (bin, installed) = resolve_ansible_playbook("ansible-playbook");
         if !installed {
             eprintln!("notice: ansible-playbook is not installed; skipping");
@@ -338,15 +458,23 @@ mod tests {
             work_dir: dir.path().join("work"),
             timeout: std::time::Duration::from_secs(120),
             extra_args: production_extra_args(&t),
+            confine: None,
+            read_only: Vec::new(),
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-        let (out, lines) = tokio::join!(AnsibleRunner.run(&spec, tx), async {
-            let mut all = Vec::new();
-            while let Some(l) = rx.recv().await {
-                all.push(l);
+        let (out, lines) = tokio::join!(
+            AnsibleRunner {
+                sandbox: Sandbox::Off
             }
-            all
-        });
+            .run(&spec, tx),
+            async {
+                let mut all = Vec::new();
+                while let Some(l) = rx.recv().await {
+                    all.push(l);
+                }
+                all
+            }
+        );
         let out = out.expect("ran");
         let text = lines.join("\n");
         assert_eq!(out.exit_code, Some(4), "unreachable: {text}");

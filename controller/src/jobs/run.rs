@@ -19,7 +19,9 @@ const LINE_BUFFER: usize = 256;
 impl From<RunError> for AnsibleError {
     fn from(e: RunError) -> Self {
         match e {
-            RunError::NotInstalled { .. } => Self::Unavailable(e.to_string()),
+            RunError::NotInstalled { .. } | RunError::Unconfinable(_) => {
+                Self::Unavailable(e.to_string())
+            }
             RunError::Invalid(m) => Self::Invalid(m),
             other => Self::Internal(other.to_string()),
         }
@@ -68,6 +70,8 @@ impl JobService {
             AnsibleError::Internal(format!("writing {}: {e}", playbook_path.display()))
         })?;
         let (ansible_playbook, _) = resolve_ansible_playbook(&self.settings.ansible_playbook);
+        let mut read_only = artefacts_in(&job.playbook_yaml, &self.settings.artefact_dir);
+        read_only.extend(known_hosts_files(&hosts));
         let spec = RunSpec {
             ansible_playbook,
             playbook_path,
@@ -77,6 +81,8 @@ impl JobService {
             work_dir: dir.to_owned(),
             timeout: self.settings.job_timeout,
             extra_args,
+            confine: None,
+            read_only,
         };
         let (tx, mut rx) = mpsc::channel::<String>(LINE_BUFFER);
         let pump = async {
@@ -100,4 +106,48 @@ impl JobService {
     pub(crate) fn output_len(&self, job_id: &str) -> usize {
         self.hubs.output(job_id).map_or(0, |(o, _)| o.len())
     }
+}
+
+/// The artefacts (`<artefact_dir>/<sha256>`) a playbook's YAML names: the only files
+/// of the controller's a confined run copies from.
+pub fn artefacts_in(yaml: &str, artefact_dir: &Path) -> Vec<std::path::PathBuf> {
+    let prefix = format!("{}/", artefact_dir.display());
+    let mut out: Vec<std::path::PathBuf> = Vec::new();
+    let mut rest = yaml;
+    while let Some(i) = rest.find(&prefix) {
+        let after = &rest[i + prefix.len()..];
+        let hex: String = after
+            .chars()
+            .take_while(char::is_ascii_hexdigit)
+            .take(65)
+            .collect();
+        if hex.len() == 64 {
+            let p = artefact_dir.join(&hex);
+            if p.is_file() && !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        rest = after;
+    }
+    out
+}
+
+/// Files named by `UserKnownHostsFile=` / `GlobalKnownHostsFile=` in the hosts' SSH
+/// arguments, so a confined run checks host keys as configured.
+fn known_hosts_files(hosts: &[InventoryHost]) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<std::path::PathBuf> = Vec::new();
+    for a in hosts.iter().flat_map(|h| &h.ssh_common_args) {
+        for key in ["UserKnownHostsFile=", "GlobalKnownHostsFile="] {
+            if let Some(v) = a.strip_prefix(key) {
+                for f in v.split_whitespace() {
+                    let p = std::path::PathBuf::from(f);
+                    // Regular files only (`/dev/null` is the sandbox's own).
+                    if p.is_absolute() && p.is_file() && !out.contains(&p) {
+                        out.push(p);
+                    }
+                }
+            }
+        }
+    }
+    out
 }

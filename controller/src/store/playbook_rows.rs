@@ -15,7 +15,8 @@ use super::playbooks::{JobRecord, PlaybookRecord, TaskRecord};
 
 macro_rules! playbook_columns {
     () => {
-        "id, name, hosts, become, source_json, verification_json, created_at, updated_at"
+        "id, name, hosts, become, source_json, verification_json, created_at, updated_at, \
+         owner_agent_id, created_by"
     };
 }
 
@@ -36,7 +37,7 @@ macro_rules! job_columns {
 pub(super) const INSERT_PLAYBOOK: &str = concat!(
     "INSERT INTO playbooks (",
     playbook_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 );
 
 pub(super) const GET_PLAYBOOK: &str = concat!(
@@ -153,6 +154,8 @@ pub(super) struct PlaybookRow {
     verification_json: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    owner_agent_id: Option<String>,
+    created_by: Option<String>,
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(
@@ -192,6 +195,8 @@ impl TryFrom<PlaybookRow> for PlaybookRecord {
             r#become: r.become_,
             source,
             verification,
+            owner_agent_id: r.owner_agent_id,
+            created_by: r.created_by,
             created_at: r.created_at,
             updated_at: r.updated_at,
         })
@@ -328,6 +333,8 @@ macro_rules! playbook_store {
                     .bind(pr::opt_json_text(p.verification.as_ref())?)
                     .bind(p.created_at)
                     .bind(p.updated_at)
+                    .bind(&p.owner_agent_id)
+                    .bind(&p.created_by)
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| rows::unique_or(e, || format!("playbook {:?}", p.name)))?;

@@ -26,6 +26,10 @@ pub struct PlaybookRecord {
     pub r#become: bool,
     pub source: Option<PlaybookSource>,
     pub verification: Option<Verification>,
+    /// The agent id of the token that created it (`None`: an operator or admin).
+    pub owner_agent_id: Option<String>,
+    /// The creating token's name.
+    pub created_by: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -43,6 +47,8 @@ impl PlaybookRecord {
             updated_at: self.updated_at,
             source: self.source.clone(),
             verification: self.verification.clone(),
+            owner_agent_id: self.owner_agent_id.clone(),
+            created_by: self.created_by.clone(),
         }
     }
 }

@@ -43,6 +43,8 @@ fn playbook(name: &str) -> PlaybookRecord {
         r#become: true,
         source: None,
         verification: None,
+        owner_agent_id: Some("agent-1".into()),
+        created_by: Some("bot".into()),
         created_at: now,
         updated_at: now,
     }

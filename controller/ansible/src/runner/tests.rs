@@ -42,6 +42,8 @@ fn spec(dir: &Path, binary: PathBuf, timeout: Duration) -> RunSpec {
         work_dir: dir.join("work"),
         timeout,
         extra_args: vec!["--tags".into(), "fluid_review".into()],
+        confine: None,
+        read_only: Vec::new(),
     }
 }
 

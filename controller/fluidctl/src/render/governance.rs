@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use fluid_client::governance::{
     Approval, ApprovalKind, ApprovalStatus, AskResponse, AuditEvent, CreateTokenResponse,
-    TokenInfo, WhoAmI,
+    RolesResponse, TokenInfo, WhoAmI,
 };
 use serde_json::Value;
 
@@ -340,6 +340,43 @@ pub fn whoami(w: &WhoAmI) -> String {
         ("ROLE", w.role.as_str().to_owned()),
         ("AGENT", opt(w.agent_id.as_deref())),
     ])
+}
+
+/// The role table: each role, who it is for, its permissions (with their scope) and
+/// its limits.
+pub fn roles(r: &RolesResponse) -> String {
+    let mut out = String::new();
+    for (i, role) in r.roles.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "{} — {}\n",
+            role.role.as_str().to_uppercase(),
+            role.description
+        ));
+        let width = role
+            .permissions
+            .iter()
+            .map(|p| p.permission.len())
+            .max()
+            .unwrap_or(0);
+        for p in &role.permissions {
+            let scope = if p.scope == "all" {
+                String::new()
+            } else {
+                format!(" ({})", p.scope)
+            };
+            out.push_str(&format!(
+                "  {:<width$}  {}{scope}\n",
+                p.permission, p.description
+            ));
+        }
+        for l in &role.limits {
+            out.push_str(&format!("  limit: {l}\n"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
