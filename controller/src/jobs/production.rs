@@ -312,6 +312,7 @@ mod tests {
             dir.path(),
             &crate::ssh_ca::SshCa::generate().expect("ca"),
             "JOB-x",
+            "SBX-00000000",
         )
         .expect("key");
         let t = AnsibleTarget {
