@@ -84,18 +84,43 @@ AllowTcpForwarding no
 AllowAgentForwarding no
 X11Forwarding no
 PermitTunnel no
+# A certificate opens only the sandbox it names: principal sbx:<sandbox id>:<user>,
+# for this boot's sandbox id (fluid-ssh-principals; a bare user name is not enough).
+AuthorizedPrincipalsCommand /usr/sbin/fluid-ssh-principals %u
+AuthorizedPrincipalsCommandUser nobody
 SSHD
+# The one principal this sandbox accepts for a user: sbx:<id>:<user>. The id comes
+# from /run (tmpfs), written at every boot by fluid-identity from SMBIOS, so a fork or
+# a clone never keeps its source's; no id, no certificate login (fails closed).
+cat >"$root/usr/sbin/fluid-ssh-principals" <<'PRINC'
+#!/bin/sh
+id=$(cat /run/fluid-identity/sandbox_id 2>/dev/null) || exit 0
+case $id in SBX-*[!a-z0-9]* | SBX- | '') exit 0 ;; SBX-*) ;; *) exit 0 ;; esac
+printf 'sbx:%s:%s\n' "$id" "$1"
+PRINC
+chmod 755 "$root/usr/sbin/fluid-ssh-principals"
 : >"$root/etc/ssh/fluid_user_ca.pub"
 : >"$root/etc/ssh/fluid_revoked_keys"
-# Fresh identity at first boot: the host-agent passes the sandbox's hostname and the
-# SSH user CA keys it must trust as SMBIOS OEM strings ("fluid:hostname=…",
-# "fluid:ssh_user_ca=…"), readable before the network is up.
+# Fresh identity at every boot: the host-agent passes the sandbox's hostname, its id and
+# the SSH user CA keys it must trust as SMBIOS OEM strings ("fluid:hostname=…",
+# "fluid:sandbox_id=…", "fluid:ssh_user_ca=…"), readable before the network is up.
 cat >"$root/usr/local/sbin/fluid-identity" <<'IDENT'
 #!/bin/sh
 # Applies the identity fluid gave this sandbox (SMBIOS type 11 OEM strings).
 set -eu
 strings=$(dmidecode -q -t 11 2>/dev/null | sed -n 's/^[[:space:]]*String [0-9]*: //p')
 host=$(printf '%s\n' "$strings" | sed -n 's/^fluid:hostname=//p' | head -n1)
+# This boot's sandbox id, for sshd's principals (fluid-ssh-principals), first of all.
+sbx=$(printf '%s\n' "$strings" | sed -n 's/^fluid:sandbox_id=//p' | head -n1)
+mkdir -p /run/fluid-identity
+chmod 755 /run/fluid-identity
+rm -f /run/fluid-identity/sandbox_id
+case $sbx in
+  SBX-*[!a-z0-9]* | SBX- | '') ;;
+  SBX-*) printf '%s\n' "$sbx" >/run/fluid-identity/sandbox_id.new
+         chmod 644 /run/fluid-identity/sandbox_id.new
+         mv /run/fluid-identity/sandbox_id.new /run/fluid-identity/sandbox_id ;;
+esac
 cas=$(printf '%s\n' "$strings" | sed -n 's/^fluid:ssh_user_ca=//p')
 if [ -n "$host" ]; then
   printf '%s\n' "$host" >/etc/hostname

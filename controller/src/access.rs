@@ -2,6 +2,12 @@
 //! (`/v1/access/*`), their records, and revocation pushed to the sandbox's sshd
 //! (`RevokedKeys /etc/ssh/fluid_revoked_keys`, re-read at every authentication). Also
 //! `POST /v1/sandboxes/{id}/sshkey`, which appends a key to a user's authorized_keys.
+//!
+//! A certificate names its sandbox (principal `sbx:<sandbox id>:<user>`), so only that
+//! sandbox's sshd accepts it (a fork has its own id) and revocation has to reach that
+//! one sandbox only. The revoked-keys file lives on the sandbox's disk, which a
+//! snapshot restore reverts: [`AccessService::reapply_revocations`] writes the store's
+//! list again after a restore and after a start.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,13 +23,19 @@ use fluid_proto::model::{SandboxId, check_ssh_public_key, check_user};
 use crate::commands::{CommandService, ExecSpec};
 use crate::files::check_outcome;
 use crate::sandboxes::{ServiceError, new_id};
-use crate::ssh_ca::{CertSpec, SshCa, parse_public_key};
+use crate::ssh_ca::{CertSpec, SshCa, TTL_MAX, parse_public_key, sandbox_principal};
 use crate::store::{CertRecord, Store};
 
 /// Certificate lifetime when `ttl_minutes` is not given.
 pub const DEFAULT_TTL_MINUTES: u32 = 5;
 /// Longest `user_id`.
 pub const USER_ID_MAX: usize = 128;
+/// Re-applying revocations retries after this while the sandbox's sshd is not up,
+/// doubling each time up to [`REAPPLY_RETRY_MAX`].
+const REAPPLY_RETRY: Duration = Duration::from_secs(2);
+const REAPPLY_RETRY_MAX: Duration = Duration::from_secs(30);
+/// ... for as long as a certificate could live, plus this.
+const REAPPLY_SLACK: Duration = Duration::from_secs(60);
 
 const REVOKE_SH: &str = r#"set -e
 t=$(mktemp /etc/ssh/.fluid_revoked_keys.XXXXXX)
@@ -136,7 +148,9 @@ impl AccessService {
             .clone()
             .ok_or_else(|| ServiceError::Conflict(format!("sandbox {id} has no IP address yet")))?;
         let cert_id = new_id("CRT-");
-        let principals = vec![username.clone()];
+        // Bound to this sandbox and this user: no other sandbox's sshd, and no other
+        // user here, accepts it.
+        let principals = vec![sandbox_principal(&row.id, &username)];
         let ttl = Duration::from_secs(u64::from(ttl_minutes) * 60);
         let signed = self
             .ca
@@ -172,7 +186,7 @@ impl AccessService {
             instructions: format!(
                 "Save `certificate` as <private key>-cert.pub (ssh then uses it by itself) or pass \
                  it with -o CertificateFile=. It is valid for {ttl_minutes} minute(s), for user \
-                 {username}; port, agent and X11 forwarding are not permitted."
+                 {username} on sandbox {id} only; port, agent and X11 forwarding are not permitted."
             ),
             vm_ip_address: ip,
             ssh_port: 22,
@@ -225,6 +239,57 @@ impl AccessService {
             revocation_applied: Some(pushed.is_ok()),
             revocation_error: pushed.err().map(|e| e.to_string()),
         })
+    }
+
+    /// Writes the sandbox's revoked keys again when it has any (a restore reverted the
+    /// file on its disk; a revocation made while it was stopped never reached it).
+    /// Retries until the sandbox's sshd takes it (a booting sandbox) for as long as a
+    /// certificate revoked now could still be valid, in a task of its own; waits up to
+    /// `wait` for it. `Ok(false)`: nothing to write; `Ok(true)`: written; `Err`: not
+    /// yet (the task keeps trying).
+    pub async fn reapply_revocations(
+        self: &Arc<Self>,
+        id: &SandboxId,
+        wait: Duration,
+    ) -> Result<bool, ServiceError> {
+        if self.store.revoked_keys(id.as_str()).await?.is_empty() {
+            return Ok(false);
+        }
+        let this = self.clone();
+        let sid = id.clone();
+        let task = tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + TTL_MAX + REAPPLY_SLACK;
+            let mut pause = REAPPLY_RETRY;
+            loop {
+                let r = this.push_revocations(sid.as_str()).await;
+                match &r {
+                    Ok(()) => {
+                        tracing::info!(sandbox = %sid, "revoked SSH keys written again");
+                        return r;
+                    }
+                    // Gone, destroyed or stopped: a later start re-applies.
+                    Err(ServiceError::NotFound(_) | ServiceError::Conflict(_)) => return r,
+                    Err(e) if tokio::time::Instant::now() >= deadline => {
+                        tracing::warn!(sandbox = %sid, error = %e, "revoked SSH keys not written again");
+                        return r;
+                    }
+                    Err(e) => tracing::debug!(sandbox = %sid, error = %e, "revoked keys: retrying"),
+                }
+                // Each attempt is an audited command: back off while the guest boots.
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(REAPPLY_RETRY_MAX);
+            }
+        });
+        match tokio::time::timeout(wait, task).await {
+            Ok(Ok(r)) => r.map(|()| true),
+            Ok(Err(e)) => Err(ServiceError::Unavailable(format!(
+                "re-applying revocations: {e}"
+            ))),
+            Err(_) => Err(ServiceError::Unavailable(format!(
+                "sandbox {id}: revoked keys not written within {} s; still trying",
+                wait.as_secs()
+            ))),
+        }
     }
 
     async fn push_revocations(&self, sandbox_id: &str) -> Result<(), ServiceError> {

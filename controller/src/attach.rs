@@ -3,7 +3,8 @@
 //!
 //! [`AttachService::prepare`] does everything that can refuse before the HTTP upgrade
 //! (parameters 400, unknown sandbox 404, not RUNNING 409, no agent key 503) and signs
-//! the agent a certificate (`permit-pty`, principals `root` and the session's user).
+//! the agent a certificate (`permit-pty`, principals `root` and the session's user,
+//! both bound to the sandbox: `sbx:<id>:<user>`).
 //! [`AttachService::run`] is transport-agnostic: it inserts the session's audit row
 //! (kind `attach`, status `running`) and tells the sandbox's watchers, opens the
 //! agent's stream with the person's input as its input, forwards the terminal's
@@ -129,13 +130,13 @@ impl AttachService {
             ServiceError::Invalid(format!("{field}: {}", e.reason))
         })?;
         let row = self.commands.sandbox(id).await?;
-        let mut principals = vec!["root".to_owned()];
+        let mut users = vec!["root".to_owned()];
         if valid.user != "root" {
-            principals.push(valid.user.clone());
+            users.push(valid.user.clone());
         }
         let grant = Grant {
             id: &open.session_id,
-            principals: &principals,
+            users: &users,
             permit_pty: true,
         };
         let access = self

@@ -25,7 +25,7 @@ use crate::agents::{AgentConnector, AgentError, AgentTarget, ExecEvent, ExecStre
 use crate::metrics::{ExecOutcome, Metrics};
 use crate::policy::Policy;
 use crate::sandboxes::{ServiceError, new_id};
-use crate::ssh_ca::{CertSpec, SignedCert, SshCa};
+use crate::ssh_ca::{CertSpec, SignedCert, SshCa, sandbox_principal};
 use crate::store::{CommandEnd, CommandRecord, SandboxRecord, Store};
 
 /// Lifetime of the certificate given to the agent with each Exec.
@@ -121,7 +121,10 @@ const AGENT_CERT_MIN_LEFT: Duration = Duration::from_secs(120);
 pub struct Grant<'a> {
     /// The command or session id (goes into the certificate's key id).
     pub id: &'a str,
-    pub principals: &'a [String],
+    /// Unix users the agent may log in as. The certificate names each of them bound to
+    /// the sandbox ([`crate::ssh_ca::sandbox_principal`]), never as a bare user name, so
+    /// it opens that sandbox only.
+    pub users: &'a [String],
     pub permit_pty: bool,
 }
 
@@ -221,9 +224,10 @@ pub struct CommandService {
     store: Arc<dyn Store>,
     agents: Arc<dyn AgentConnector>,
     ca: Arc<SshCa>,
-    /// Agent certificates still worth reusing, by (host, agent key, principals, pty).
-    /// Signing one per command would put the CA on every exec's hot path for nothing:
-    /// the certificate only authenticates the agent's connection to the sandbox.
+    /// Agent certificates still worth reusing, by (host, agent key, principals, pty);
+    /// the principals name the sandbox, so each sandbox has its own. Signing one per
+    /// command would put the CA on every exec's hot path for nothing: the certificate
+    /// only authenticates the agent's connection to the sandbox.
     certs: std::sync::Mutex<HashMap<CertKey, SignedCert>>,
     policy: Arc<Policy>,
     output_cap: u64,
@@ -379,6 +383,19 @@ impl CommandService {
         what: &str,
         grant: &Grant<'_>,
     ) -> Result<AgentAccess, ServiceError> {
+        self.agent_access_for(row, &[row.id.as_str()], what, grant)
+            .await
+    }
+
+    /// [`Self::agent_access`] with a certificate valid on each of `sandboxes` (all on
+    /// `row`'s host; a diff may `sync` two running sandboxes).
+    pub async fn agent_access_for(
+        &self,
+        row: &SandboxRecord,
+        sandboxes: &[&str],
+        what: &str,
+        grant: &Grant<'_>,
+    ) -> Result<AgentAccess, ServiceError> {
         if row.state != SandboxState::Running {
             return Err(ServiceError::Conflict(format!(
                 "sandbox {} is {}; {what} need a RUNNING sandbox",
@@ -400,7 +417,11 @@ impl CommandService {
                 "host {host_name} has not reported an SSH key for exec yet"
             ))
         })?;
-        let certificate = self.agent_certificate(host_name, agent_key, grant)?;
+        let principals: Vec<String> = sandboxes
+            .iter()
+            .flat_map(|sb| grant.users.iter().map(|u| sandbox_principal(sb, u)))
+            .collect();
+        let certificate = self.agent_certificate(host_name, agent_key, &principals, grant)?;
         Ok(AgentAccess {
             target: AgentTarget {
                 name: host.name,
@@ -445,12 +466,13 @@ impl CommandService {
         &self,
         host_name: &str,
         agent_key: &str,
+        principals: &[String],
         grant: &Grant<'_>,
     ) -> Result<String, ServiceError> {
         let key: CertKey = (
             host_name.to_owned(),
             agent_key.to_owned(),
-            grant.principals.to_vec(),
+            principals.to_vec(),
             grant.permit_pty,
         );
         let fresh_enough = |c: &SignedCert| {
@@ -467,7 +489,7 @@ impl CommandService {
             .ca
             .sign(&CertSpec {
                 public_key: agent_key,
-                principals: grant.principals,
+                principals,
                 ttl: AGENT_CERT_TTL,
                 key_id: &format!("fluid-agent:{host_name}:{}", grant.id),
                 permit_pty: grant.permit_pty,
@@ -494,10 +516,10 @@ impl CommandService {
     ) -> Result<RunHandle, ServiceError> {
         let id = new_id("CMD-");
         tracing::Span::current().record("command_id", id.as_str());
-        let principals = ["root".to_owned()];
+        let users = ["root".to_owned()];
         let grant = Grant {
             id: &id,
-            principals: &principals,
+            users: &users,
             permit_pty: false,
         };
         let access = self.agent_access(row, "commands", &grant).await?;

@@ -286,7 +286,10 @@ pub struct PolicyConfig {
     /// Regexes; a command matching any of them is refused (checked after the allow list).
     pub command_deny: Vec<String>,
     /// Absolute path prefixes the files API refuses (a prefix covers itself and
-    /// everything under it). Defaults: the password hashes and the files through which
+    /// everything under it, component-wise: `/etc/shadow` does not cover
+    /// `/etc/shadow-`). Checked on the path as given and, inside the guest, on the path
+    /// it resolves to and on the file opened (symlinks, `/proc/<pid>/root`, hard links).
+    /// Defaults: the password hashes and their `-` backups, and the files through which
     /// fluid controls the sandbox's sshd (its trusted user CA, revoked keys, config).
     pub denied_paths: Vec<String>,
 }
@@ -310,9 +313,11 @@ where
 }
 
 /// Paths the files API refuses unless the configuration says otherwise.
-pub const DEFAULT_DENIED_PATHS: [&str; 5] = [
+pub const DEFAULT_DENIED_PATHS: [&str; 7] = [
     "/etc/shadow",
+    "/etc/shadow-",
     "/etc/gshadow",
+    "/etc/gshadow-",
     "/etc/ssh/fluid_user_ca.pub",
     "/etc/ssh/fluid_revoked_keys",
     "/etc/ssh/sshd_config.d",

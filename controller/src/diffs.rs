@@ -22,7 +22,7 @@ use crate::commands::CommandService;
 pub use crate::diff_convert::{DiffDetail, TextPair};
 use crate::diff_convert::{convert, file_meta};
 use crate::sandboxes::{ServiceError, new_id};
-use crate::snapshots::{guest_certificate, online_target, snapshot_row};
+use crate::snapshots::{guest_certificate_for, online_target, snapshot_row};
 use crate::store::{DiffRecord, SandboxRecord, SnapshotRecord, Store, StoreError};
 
 /// Path prefixes a diff leaves out unless configured otherwise: what always churns.
@@ -279,12 +279,12 @@ impl DiffService {
     /// A certificate for the agent when a side is a running sandbox's disk now (the
     /// agent `sync`s the guest before reading it); empty otherwise.
     async fn certificate(&self, sides: &[&Resolved]) -> String {
-        for s in sides {
-            if s.snapshot.is_none() && s.sandbox.state == SandboxState::Running {
-                return guest_certificate(&self.commands, &s.sandbox, "diff").await;
-            }
-        }
-        String::new()
+        let now: Vec<&SandboxRecord> = sides
+            .iter()
+            .filter(|s| s.snapshot.is_none() && s.sandbox.state == SandboxState::Running)
+            .map(|s| &s.sandbox)
+            .collect();
+        guest_certificate_for(&self.commands, &now, "diff").await
     }
 
     /// Compares two disk states on one host. Same state on both sides is a 400; an

@@ -1,6 +1,9 @@
 //! The command and file policy (`[policy]` in the configuration): allow / deny regexes
 //! for command lines and path prefixes the files API refuses. Compiled once; checked by
-//! the controller before any agent is called.
+//! the controller before any agent is called, on the path as given. A path string says
+//! little about the file it reaches (symlinks, `/proc/<pid>/root`, hard links), so the
+//! files API checks again inside the guest, on the resolved path and on the file it
+//! really opened (`files.rs`, [`Policy::denied_paths`] passed to that script).
 
 use fluid_proto::model::check_abs_path;
 use regex::Regex;
@@ -49,8 +52,23 @@ impl Policy {
         Ok(())
     }
 
-    /// `Err(reason)` when `path` (absolute, normalised) is under a denied prefix.
+    /// The denied prefixes, as configured (absolute, normalised).
+    pub fn denied_paths(&self) -> &[String] {
+        &self.denied_paths
+    }
+
+    /// `Err(reason)` when `path` (absolute, normalised) is under a denied prefix (a
+    /// prefix covers itself and what is below it: `/etc/shadow` covers `/etc/shadow/x`
+    /// but not `/etc/shadow-`, which is an entry of its own), or goes through
+    /// `/proc/<pid>/{root,cwd,fd,map_files}` or `/dev/fd`, which reach files under other
+    /// names (`/proc/1/root/etc/shadow`).
     pub fn check_path(&self, path: &str) -> Result<(), String> {
+        if goes_through_proc(path) {
+            return Err(format!(
+                "{path} goes through /proc/<pid>/root, cwd, fd or map_files, or /dev/fd: \
+                 the files API refuses those paths"
+            ));
+        }
         let hit = self.denied_paths.iter().find(|p| {
             p.as_str() == "/"
                 || path == p.as_str()
@@ -62,6 +80,19 @@ impl Policy {
             Some(p) => Err(format!("{path} is under policy.denied_paths entry {p}")),
             None => Ok(()),
         }
+    }
+}
+
+/// Whether `path` has a component sequence `/proc/<x>/{root,cwd,fd,map_files}` (also
+/// under `/proc/<x>/task/<y>/`) or starts with `/dev/fd`.
+pub fn goes_through_proc(path: &str) -> bool {
+    const MAGIC: [&str; 4] = ["root", "cwd", "fd", "map_files"];
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    match parts.as_slice() {
+        ["dev", "fd", ..] => true,
+        ["proc", _, m, ..] if MAGIC.contains(m) => true,
+        ["proc", _, "task", _, m, ..] if MAGIC.contains(m) => true,
+        _ => false,
     }
 }
 
@@ -83,6 +114,44 @@ mod tests {
         assert!(p.check_path("/secret/x/y").is_err());
         assert!(p.check_path("/etc/shadow-").is_ok());
         assert!(p.check_path("/secrets").is_ok());
+        // Paths that reach files under other names.
+        for via in [
+            "/proc/1/root/etc/shadow",
+            "/proc/self/root",
+            "/proc/self/cwd/x",
+            "/proc/1/fd/3",
+            "/proc/1/task/1/root/etc/shadow",
+            "/proc/1/map_files/x",
+            "/dev/fd/3",
+            "/dev/fd",
+        ] {
+            let e = p.check_path(via).expect_err(via);
+            assert!(e.contains("/proc/<pid>/root"), "{e}");
+        }
+        for fine in [
+            "/proc/cpuinfo",
+            "/proc/1/status",
+            "/proc/1/fdinfo/3",
+            "/dev/null",
+            "/root/fd",
+        ] {
+            assert!(p.check_path(fine).is_ok(), "{fine}");
+        }
+        assert_eq!(p.denied_paths(), ["/etc/shadow", "/secret"]);
+        // The defaults cover the shadow files' backups too.
+        let d = Policy::new(&PolicyConfig::default()).expect("defaults");
+        for path in [
+            "/etc/shadow-",
+            "/etc/gshadow-",
+            "/etc/shadow",
+            "/etc/gshadow",
+        ] {
+            assert_eq!(
+                d.check_path(path),
+                Err(format!("{path} is under policy.denied_paths entry {path}"))
+            );
+        }
+        assert!(d.check_path("/etc/shadow.d").is_ok());
         let only = Policy::new(&PolicyConfig {
             command_allow: vec!["^ls( |$)".into()],
             ..PolicyConfig::default()

@@ -102,16 +102,34 @@ pub(crate) async fn guest_certificate(
     sb: &SandboxRecord,
     what: &str,
 ) -> String {
-    if sb.state != SandboxState::Running {
+    guest_certificate_for(commands, &[sb], what).await
+}
+
+/// [`guest_certificate`] valid on each running sandbox of `sbs` (the certificate names
+/// every one of them; all are on one host).
+pub(crate) async fn guest_certificate_for(
+    commands: &CommandService,
+    sbs: &[&SandboxRecord],
+    what: &str,
+) -> String {
+    let running: Vec<&SandboxRecord> = sbs
+        .iter()
+        .copied()
+        .filter(|s| s.state == SandboxState::Running)
+        .collect();
+    let Some(sb) = running.first().copied() else {
         return String::new();
-    }
-    let principals = ["root".to_owned()];
+    };
+    let mut ids: Vec<&str> = running.iter().map(|s| s.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let users = ["root".to_owned()];
     let grant = Grant {
         id: what,
-        principals: &principals,
+        users: &users,
         permit_pty: false,
     };
-    match commands.agent_access(sb, what, &grant).await {
+    match commands.agent_access_for(sb, &ids, what, &grant).await {
         Ok(a) => a.certificate,
         Err(e) => {
             tracing::warn!(sandbox = %sb.id, error = %e, "no agent certificate for {what}");

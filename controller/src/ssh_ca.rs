@@ -1,8 +1,15 @@
 //! The SSH user certificate authority. One ed25519 key, kept in a 0600 file (created at
 //! first start); every sandbox's sshd trusts its public key (`TrustedUserCAKeys`, given
-//! at create). It signs short-lived certificates: for a host-agent's exec key
-//! (principal `root`, no extensions: the agent runs commands, it needs no pty) and for
-//! people (`permit-pty` only — no port, agent or X11 forwarding).
+//! at create). It signs short-lived certificates: for a host-agent's exec key (no
+//! extensions: the agent runs commands, it needs no pty) and for people (`permit-pty`
+//! only — no port, agent or X11 forwarding).
+//!
+//! Every certificate is bound to the sandbox it is for: its principals are
+//! [`sandbox_principal`]s (`sbx:<sandbox id>:<user>`), never a bare user name. The golden
+//! image's sshd accepts, for user `u`, only the principal `sbx:<its own id>:u`
+//! (`AuthorizedPrincipalsCommand`, the id from this boot's SMBIOS), so a certificate for
+//! one sandbox is refused by every other sandbox, and one for user `dev` does not log in
+//! as `root`.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -36,7 +43,7 @@ pub enum CaError {
 pub struct CertSpec<'a> {
     /// The subject's OpenSSH public key line.
     pub public_key: &'a str,
-    /// Unix users the certificate may log in as (never empty).
+    /// Principals (never empty): [`sandbox_principal`]s, one per (sandbox, user).
     pub principals: &'a [String],
     pub ttl: Duration,
     pub key_id: &'a str,
@@ -65,6 +72,13 @@ impl std::fmt::Debug for SshCa {
             .field("public_key", &self.public_line)
             .finish_non_exhaustive()
     }
+}
+
+/// The certificate principal that lets `user` into sandbox `sandbox_id`, and only
+/// there: `sbx:<sandbox id>:<user>` (what the golden image's `fluid-ssh-principals`
+/// prints for that user on that sandbox).
+pub fn sandbox_principal(sandbox_id: &str, user: &str) -> String {
+    format!("sbx:{sandbox_id}:{user}")
 }
 
 /// Parses an OpenSSH public key line.

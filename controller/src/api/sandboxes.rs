@@ -191,7 +191,17 @@ pub async fn start_sandbox(
     let id = parse_id(&id)?;
     sandbox_for(&state, &caller, &id, Permission::Control).await?;
     let wait = req.wait_for_ip.unwrap_or(false);
-    Ok(Json(state.sandboxes.start(&id, wait).await?))
+    let started = state.sandboxes.start(&id, wait).await?;
+    // A revocation made while the sandbox was stopped never reached its disk: write
+    // them again once its sshd is up (in the background).
+    if let Err(e) = state
+        .access
+        .reapply_revocations(&id, std::time::Duration::ZERO)
+        .await
+    {
+        tracing::debug!(sandbox = %id, error = %e, "revocations after a start");
+    }
+    Ok(Json(started))
 }
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/stop", tag = "sandboxes",

@@ -25,6 +25,10 @@ use crate::diffs::{DiffSpec, DiskSide};
 use crate::sandboxes::parse_id;
 use crate::snapshots::fork_agent_id;
 
+/// How long a restore waits for the sandbox's revoked keys to be written again (a
+/// disk-only snapshot boots the sandbox: sshd takes ~40 s under TCG).
+const REAPPLY_REVOCATIONS_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DiffListParams {
@@ -103,6 +107,15 @@ pub async fn restore_snapshot(
     let id = parse_id(&id)?;
     let sb = sandbox_for(&state, &caller, &id, Permission::Work).await?;
     let snapshot = state.snapshots.restore(&sb, &name).await?;
+    // The restore reverted the revoked-keys file on the sandbox's disk: write the
+    // store's list again before answering (a booting sandbox: as soon as sshd is up).
+    if let Err(e) = state
+        .access
+        .reapply_revocations(&id, REAPPLY_REVOCATIONS_WAIT)
+        .await
+    {
+        tracing::warn!(sandbox = %id, error = %e, "revocations after a restore");
+    }
     Ok(Json(SnapshotResponse { snapshot }))
 }
 

@@ -132,7 +132,8 @@ async fn a_session_bridges_both_ways_and_is_audited() {
     let size = open.size.expect("size");
     assert_eq!((size.cols, size.rows), (100, 30));
     let cert = Certificate::from_openssh(&open.ssh_certificate).expect("certificate");
-    assert_eq!(cert.valid_principals(), ["root"]);
+    // Bound to the sandbox: no other sandbox's sshd accepts it.
+    assert_eq!(cert.valid_principals(), [format!("sbx:{id}:root")]);
     assert!(
         cert.extensions().contains_key("permit-pty"),
         "a PTY needs permit-pty"
@@ -200,7 +201,10 @@ async fn a_hang_up_ends_the_session_and_the_output_is_capped() {
         let size = open.size.expect("size");
         assert_eq!((size.cols, size.rows), (80, 24), "defaults");
         let cert = Certificate::from_openssh(&open.ssh_certificate).expect("certificate");
-        assert_eq!(cert.valid_principals(), ["root", "dev"]);
+        assert_eq!(
+            cert.valid_principals(),
+            [format!("sbx:{id}:root"), format!("sbx:{id}:dev")]
+        );
         open.session_id.clone()
     };
     let rec = wait_for_status(&app, &session, "completed").await;

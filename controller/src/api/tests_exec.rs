@@ -87,10 +87,11 @@ async fn run_answers_the_record_and_audits_it() {
     assert_eq!(c["agent_id"], "agent-7");
     let env: Value = serde_json::from_str(c["env_json"].as_str().expect("env")).expect("json");
     assert_eq!(env, json!({"API_TOKEN": "***", "HOME": "/root"}));
-    // The agent got a certificate for its key, signed by the CA, principal root.
+    // The agent got a certificate for its key, signed by the CA, for root on this
+    // sandbox only (no bare `root` principal: that would open every sandbox).
     let req = app.agents.execs.lock().expect("lock")[0].clone();
     let cert = Certificate::from_openssh(&req.ssh_certificate).expect("cert");
-    assert_eq!(cert.valid_principals(), ["root".to_owned()]);
+    assert_eq!(cert.valid_principals(), [format!("sbx:{id}:root")]);
     assert!(cert.extensions().is_empty());
     let (_, ca) = app.get("/v1/access/ca-pubkey").await;
     let ca_fp = crate::ssh_ca::parse_public_key(ca["public_key"].as_str().expect("key"))
@@ -118,6 +119,22 @@ async fn run_answers_the_record_and_audits_it() {
     let execs = app.agents.execs.lock().expect("lock").clone();
     assert_eq!(execs.len(), 2);
     assert_eq!(execs[0].ssh_certificate, execs[1].ssh_certificate);
+    // Another sandbox on the same host gets a certificate of its own, naming it.
+    let other = running(&app).await;
+    assert_ne!(other, id);
+    let (s, _) = app
+        .post(
+            &format!("/v1/sandboxes/{other}/run"),
+            json!({"command": "true"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let execs = app.agents.execs.lock().expect("lock").clone();
+    let last = execs.last().expect("exec");
+    assert_eq!(last.sandbox_id, other);
+    assert_ne!(last.ssh_certificate, execs[0].ssh_certificate);
+    let cert = Certificate::from_openssh(&last.ssh_certificate).expect("cert");
+    assert_eq!(cert.valid_principals(), [format!("sbx:{other}:root")]);
 }
 
 #[tokio::test]
@@ -502,7 +519,14 @@ async fn access_certificates_are_issued_listed_and_revoked() {
     assert_eq!(v["ttl_seconds"], 120);
     assert_eq!(v["vm_ip_address"], "192.168.122.10");
     let cert = Certificate::from_openssh(v["certificate"].as_str().expect("cert")).expect("cert");
-    assert_eq!(cert.valid_principals(), ["root".to_owned()]);
+    // For root on this sandbox only.
+    assert_eq!(cert.valid_principals(), [format!("sbx:{id}:root")]);
+    assert!(
+        v["instructions"]
+            .as_str()
+            .expect("text")
+            .contains(&format!("on sandbox {id} only"))
+    );
     let ext: Vec<&String> = cert.extensions().keys().collect();
     assert_eq!(ext, ["permit-pty"]);
     let cert_id = v["certificate_id"].as_str().expect("id").to_owned();

@@ -491,3 +491,78 @@ async fn the_openapi_document_has_the_snapshot_routes() {
         assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
     }
 }
+
+/// A restore reverts the guest's disk, and with it the revoked-keys file: the
+/// controller writes its list again before answering, and after a start (a
+/// revocation made while the sandbox was stopped never reached it).
+#[tokio::test]
+async fn a_restore_and_a_start_write_the_revoked_keys_again() {
+    let app = app().await;
+    let v = app
+        .create(json!({"source_vm_name": "debian-12", "agent_id": "agent-7", "wait_for_ip": true}))
+        .await;
+    let id = v["sandbox"]["id"].as_str().expect("id").to_owned();
+    snap(&app, &id, "clean").await;
+    let execs = |app: &TestApp| app.agents.execs.lock().expect("lock").len();
+    // Nothing revoked: a restore runs nothing in the guest.
+    let before = execs(&app);
+    let (s, _) = app
+        .post_empty(&format!("/v1/sandboxes/{id}/snapshots/clean/restore"))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(execs(&app), before);
+
+    let user_key = crate::fake_agent::test_ca().public_key().to_owned();
+    let (s, v) = app
+        .post(
+            "/v1/access/request",
+            json!({"sandbox_id": id, "user_id": "alice", "public_key": user_key}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let cert_id = v["certificate_id"].as_str().expect("id").to_owned();
+    let (s, v) = app
+        .delete(&format!("/v1/access/certificate/{cert_id}"))
+        .await;
+    assert_eq!(
+        (s, v["revocation_applied"].clone()),
+        (StatusCode::OK, json!(true))
+    );
+    let revoked = |app: &TestApp| {
+        String::from_utf8_lossy(
+            &app.agents
+                .file("/etc/ssh/fluid_revoked_keys")
+                .unwrap_or_default(),
+        )
+        .trim()
+        .to_owned()
+    };
+    assert_eq!(revoked(&app), user_key.trim());
+
+    // The snapshot predates the revocation: restoring it empties the file.
+    app.agents.put_file("/etc/ssh/fluid_revoked_keys", b"");
+    let (s, _) = app
+        .post_empty(&format!("/v1/sandboxes/{id}/snapshots/clean/restore"))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        revoked(&app),
+        user_key.trim(),
+        "written again before the answer"
+    );
+
+    // Stopped, then started: written again in the background.
+    let (s, _) = app.post_empty(&format!("/v1/sandboxes/{id}/stop")).await;
+    assert_eq!(s, StatusCode::OK);
+    app.agents.put_file("/etc/ssh/fluid_revoked_keys", b"");
+    let (s, v) = app.post_empty(&format!("/v1/sandboxes/{id}/start")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while revoked(&app) != user_key.trim() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "revoked keys not written after the start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -1,6 +1,7 @@
 //! A sandbox job's SSH identity: a fresh ed25519 key in the job's private temp dir and
-//! a short-lived user certificate for it (principal `root`, no extensions) from the
-//! controller's SSH user CA, which every sandbox trusts. The certificate is renewed
+//! a short-lived user certificate for it (principal `sbx:<sandbox id>:root`, no
+//! extensions) from the controller's SSH user CA, valid on the job's sandbox only. The
+//! certificate is renewed
 //! while the job runs (ssh reads it at every new connection), so no certificate lives
 //! longer than [`CERT_TTL`] and a long job still connects.
 
@@ -13,7 +14,7 @@ use std::time::Duration;
 use russh::keys::ssh_key::private::{Ed25519Keypair, KeypairData};
 use russh::keys::ssh_key::{LineEnding, PrivateKey};
 
-use crate::ssh_ca::{CertSpec, SshCa};
+use crate::ssh_ca::{CertSpec, SshCa, sandbox_principal};
 
 /// Lifetime of each certificate.
 pub const CERT_TTL: Duration = Duration::from_secs(600);
@@ -27,6 +28,8 @@ pub struct JobKey {
     pub cert_path: PathBuf,
     public: String,
     key_id: String,
+    /// `sbx:<sandbox id>:root`: the certificate opens the job's sandbox only.
+    principals: Vec<String>,
 }
 
 /// Writes `bytes` to `path` (mode `mode`) through a temporary file and a rename.
@@ -55,8 +58,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
 
 impl JobKey {
     /// Creates a key in `dir` (which only the controller can read) and signs its
-    /// first certificate.
-    pub fn create(dir: &Path, ca: &SshCa, job_id: &str) -> anyhow::Result<Self> {
+    /// first certificate, for root on sandbox `sandbox_id` only.
+    pub fn create(dir: &Path, ca: &SshCa, job_id: &str, sandbox_id: &str) -> anyhow::Result<Self> {
         let seed: [u8; 32] = rand::random();
         let key = PrivateKey::new(
             KeypairData::Ed25519(Ed25519Keypair::from_seed(&seed)),
@@ -70,6 +73,7 @@ impl JobKey {
             key_path,
             public: key.public_key().to_openssh()?,
             key_id: format!("job:{job_id}"),
+            principals: vec![sandbox_principal(sandbox_id, "root")],
         };
         this.renew(ca)?;
         Ok(this)
@@ -79,7 +83,7 @@ impl JobKey {
     pub fn renew(&self, ca: &SshCa) -> anyhow::Result<()> {
         let signed = ca.sign(&CertSpec {
             public_key: &self.public,
-            principals: &["root".to_owned()],
+            principals: &self.principals,
             ttl: CERT_TTL,
             key_id: &self.key_id,
             permit_pty: false,
@@ -132,7 +136,7 @@ mod tests {
     fn keys_are_private_and_certificates_short_lived() {
         let dir = tempfile::tempdir().expect("tmp");
         let ca = SshCa::generate().expect("ca");
-        let k = JobKey::create(dir.path(), &ca, "JOB-abc").expect("key");
+        let k = JobKey::create(dir.path(), &ca, "JOB-abc", "SBX-0123abcd").expect("key");
         // The certificate is public (and read by the confined run's user after a
         // renewal); the key is private.
         for (p, want) in [(&k.key_path, 0o600), (&k.cert_path, 0o644)] {
@@ -143,7 +147,10 @@ mod tests {
         let text = std::fs::read_to_string(&k.cert_path).expect("cert");
         let cert = Certificate::from_openssh(text.trim()).expect("cert parses");
         assert_eq!(cert.public_key(), key.public_key().key_data());
-        assert_eq!(cert.valid_principals(), ["root".to_owned()]);
+        assert_eq!(
+            cert.valid_principals(),
+            ["sbx:SBX-0123abcd:root".to_owned()]
+        );
         assert!(cert.extensions().is_empty());
         assert_eq!(cert.key_id(), "job:JOB-abc");
         let ca_fp = crate::ssh_ca::parse_public_key(ca.public_key())

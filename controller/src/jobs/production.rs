@@ -423,8 +423,7 @@ mod tests {
             AnsibleRunner, PlaybookRunner as _, Sandbox, resolve_ansible_playbook,
         };
         let (bin, installed) = resolve_ansible_playbook("ansible-playbook");
-        if !installed {
-            eprintln!("notice: ansible-playbook is not installed; skipping");
+        if !fluid_prereq::available("ansible", installed, "ansible-playbook is not installed") {
             return;
         }
         let dir = tempfile::tempdir().expect("tmp");
@@ -432,6 +431,7 @@ mod tests {
             dir.path(),
             &crate::ssh_ca::SshCa::generate().expect("ca"),
             "JOB-x",
+            "SBX-00000000",
         )
         .expect("key");
         let t = AnsibleTarget {

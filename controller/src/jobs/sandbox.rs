@@ -125,7 +125,7 @@ impl JobService {
             .await
             .map_err(|e| AnsibleError::Internal(format!("opening a loopback listener: {e}")))?;
         let dir = self.work_dir(job)?;
-        let key = JobKey::create(dir.path(), &self.ca, &job.id)
+        let key = JobKey::create(dir.path(), &self.ca, &job.id, &sb.id)
             .map_err(|e| AnsibleError::Internal(format!("the job's SSH key: {e}")))?;
         let _renew = key.keep_fresh(self.ca.clone());
         let host = InventoryHost {

@@ -66,8 +66,9 @@ struct Memory {
     value: u64,
 }
 
-/// SMBIOS type 11 OEM strings: the guest's identity, read at boot by the golden
-/// image's `fluid-identity` unit (`fluid:hostname=…`, one `fluid:ssh_user_ca=…` per key).
+/// SMBIOS type 11 OEM strings: the guest's identity, read at every boot by the golden
+/// image's `fluid-identity` unit (`fluid:hostname=…`, `fluid:sandbox_id=…`, one
+/// `fluid:ssh_user_ca=…` per key).
 #[derive(Debug, Serialize)]
 struct Sysinfo {
     #[serde(rename = "@type")]
@@ -81,9 +82,14 @@ struct OemStrings {
     entry: Vec<String>,
 }
 
-/// The OEM strings that carry a sandbox's identity to its guest.
+/// The OEM strings that carry a sandbox's identity to its guest. The sandbox id is
+/// what its sshd accepts certificates for (principal `sbx:<id>:<user>`); a fork gets
+/// its own, so it never accepts its source's certificates.
 pub fn oem_strings(spec: &DomainSpec) -> Vec<String> {
-    let mut entries = vec![format!("fluid:hostname={}", spec.name)];
+    let mut entries = vec![
+        format!("fluid:hostname={}", spec.name),
+        format!("fluid:sandbox_id={}", spec.id.as_str()),
+    ];
     entries.extend(
         spec.ssh_user_ca_keys
             .iter()
@@ -617,11 +623,32 @@ mod tests {
         assert_eq!(back.sysinfo.kind, "smbios");
         assert_eq!(back.sysinfo.oem.entry, oem_strings(&s));
         assert_eq!(back.sysinfo.oem.entry[0], "fluid:hostname=web-1");
-        assert!(back.sysinfo.oem.entry[2].ends_with("<old&ca>"));
+        // The sandbox id: what the guest's sshd binds certificates to.
+        assert_eq!(back.sysinfo.oem.entry[1], "fluid:sandbox_id=SBX-0123abcd");
+        assert_eq!(
+            back.sysinfo
+                .oem
+                .entry
+                .iter()
+                .filter(|e| e.starts_with("fluid:sandbox_id="))
+                .count(),
+            1
+        );
+        assert!(back.sysinfo.oem.entry[3].ends_with("<old&ca>"));
         assert!(xml.contains("<smbios mode=\"sysinfo\"/>"), "{xml}");
-        // Without CA keys the hostname is still given.
+        // Without CA keys the hostname and id are still given.
         s.ssh_user_ca_keys.clear();
-        assert_eq!(oem_strings(&s), vec!["fluid:hostname=web-1".to_owned()]);
+        assert_eq!(
+            oem_strings(&s),
+            vec![
+                "fluid:hostname=web-1".to_owned(),
+                "fluid:sandbox_id=SBX-0123abcd".to_owned()
+            ]
+        );
+        // Another sandbox (a fork) names its own id, not its source's.
+        s.id = SandboxId::parse("id", "SBX-fork0001").expect("id");
+        assert!(oem_strings(&s).contains(&"fluid:sandbox_id=SBX-fork0001".to_owned()));
+        assert!(!render(&s).expect("xml").contains("SBX-0123abcd<"));
     }
 
     #[test]

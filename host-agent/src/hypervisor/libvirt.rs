@@ -264,6 +264,30 @@ fn state_of(dom: &Domain) -> Result<DomainState> {
     })
 }
 
+/// Sets a guest's clock to now through its guest agent (`virDomainSetTime`), retrying
+/// while the agent reconnects; best-effort (a guest without an agent keeps its clock).
+fn set_guest_clock(d: &Domain) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        let nanos = i32::try_from(now.subsec_nanos()).unwrap_or(0);
+        match d.set_time(secs, nanos, 0) {
+            Ok(()) => return,
+            // The agent set the system clock, then failed to copy it to the RTC
+            // (no hwclock in a minimal guest): the clock is right.
+            Err(e) if e.message().contains("hwclock") => return,
+            Err(e) if std::time::Instant::now() >= deadline => {
+                tracing::warn!(error = %e, "setting the guest's clock after a revert");
+                return;
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(500)),
+        }
+    }
+}
+
 #[async_trait]
 impl Hypervisor for Libvirt {
     async fn define(&self, spec: &DomainSpec) -> Result<()> {
@@ -466,7 +490,14 @@ impl Hypervisor for Libvirt {
         };
         self.with_owned_slow("snapshot_revert", uuid, move |d| {
             let snap = Domain::lookup_snapshot_by_name(d, &name, 0).map_err(map_err)?;
-            snap.revert(flags).map_err(map_err)
+            snap.revert(flags).map_err(map_err)?;
+            // Running after a plain revert: its memory (and clock) came back from the
+            // snapshot, so the guest thinks it is still then. Its sshd would refuse
+            // every certificate signed since ("not yet valid"), the agent's too.
+            if to == RevertTo::AsTaken && state_of(d)? == DomainState::Running {
+                set_guest_clock(d);
+            }
+            Ok(())
         })
         .await
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use fluid_client::types::{CreateSandboxRequest, HostState, RunCommandRequest};
-use fluid_controller::ssh_ca::{CertSpec, SshCa};
+use fluid_controller::ssh_ca::{CertSpec, SshCa, sandbox_principal};
 use fluid_proto::pb;
 use integration_tests::stack::wait_ssh_banner;
 use integration_tests::{AgentOptions, Stack, StoreKind};
@@ -65,7 +65,7 @@ async fn main() -> Result<()> {
     let ca = SshCa::load_or_create(&stack.dir.path().join("controller").join("ssh_user_ca"))?;
     let cert = ca.sign(&CertSpec {
         public_key: &status.ssh_public_key,
-        principals: &["root".to_owned()],
+        principals: &[sandbox_principal(&id, "root")],
         ttl: Duration::from_secs(600),
         key_id: "exec-bench",
         permit_pty: false,
