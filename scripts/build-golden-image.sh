@@ -85,6 +85,12 @@ AllowAgentForwarding no
 X11Forwarding no
 PermitTunnel no
 SSHD
+# Commands run as channels of a few multiplexed SSH connections: allow many sessions
+# per connection (sshd's default is 10; the agent opens another connection when sshd
+# refuses a channel anyway).
+cat >"$root/etc/ssh/sshd_config.d/fluid-exec.conf" <<'SSHD'
+MaxSessions 64
+SSHD
 : >"$root/etc/ssh/fluid_user_ca.pub"
 : >"$root/etc/ssh/fluid_revoked_keys"
 # Fresh identity at first boot: the host-agent passes the sandbox's hostname and the
