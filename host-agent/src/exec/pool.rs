@@ -126,11 +126,23 @@ impl Drop for Slot {
     }
 }
 
-#[derive(Default)]
 struct Entry {
     live: Mutex<Vec<Arc<Conn>>>,
     /// Held only while connecting.
     connecting: tokio::sync::Mutex<()>,
+    /// The most channels seen open on one connection when sshd refused one more (its
+    /// `MaxSessions`, as learned; 0: never refused); new connections start with it.
+    learned_capacity: AtomicUsize,
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Self {
+            live: Mutex::default(),
+            connecting: tokio::sync::Mutex::default(),
+            learned_capacity: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl Entry {
@@ -276,6 +288,10 @@ impl SshPool {
         }
         let started = Instant::now();
         let (conn, learned) = self.connect(id, ip, known, certificate).await?;
+        let learned_capacity = entry.learned_capacity.load(Ordering::SeqCst);
+        if learned_capacity > 0 {
+            conn.capacity.fetch_min(learned_capacity, Ordering::SeqCst);
+        }
         let conn = Arc::new(conn);
         let slot = Slot::take(conn.clone());
         entry.add(conn);
@@ -337,14 +353,16 @@ impl SshPool {
                 }
                 Ok(Err(russh::Error::ChannelOpenFailure(reason))) => {
                     // Not a dead connection: a full one. Everything on it goes on.
-                    let others = slot.conn.confirmed.load(Ordering::SeqCst);
                     let why = refusal(&reason);
-                    if others == 0 {
+                    if slot.conn.open_channels() <= 1 {
                         return Err(ExecError::Refused(format!(
                             "sandbox {id}: {why} (on a connection with no other channel)"
                         )));
                     }
+                    // What sshd holds open there (others may still be confirming).
+                    let others = slot.conn.confirmed.load(Ordering::SeqCst).max(1);
                     slot.conn.capacity.fetch_min(others, Ordering::SeqCst);
+                    entry.learned_capacity.fetch_max(others, Ordering::SeqCst);
                     tracing::info!(
                         id = %id, channels = others, reason = %why,
                         "sshd refused a channel (MaxSessions?); the connection is full, using another"
@@ -512,6 +530,10 @@ pub(crate) fn close_in_background(conn: Arc<Conn>) {
             .await;
     });
 }
+
+#[cfg(test)]
+#[path = "pool_tests.rs"]
+mod refusal_tests;
 
 #[cfg(test)]
 mod tests {

@@ -200,9 +200,10 @@ mod tests {
             tonic::Code::ResourceExhausted
         );
         // Another sandbox has its own slots.
-        e.s.exec_slot(&b).expect("another sandbox");
+        let _other = e.s.exec_slot(&b).expect("another sandbox");
         drop(held);
-        e.s.exec_slot(&a)
-            .expect("a slot again once the others ended");
+        let _again =
+            e.s.exec_slot(&a)
+                .expect("a slot again once the others ended");
     }
 }
