@@ -241,11 +241,12 @@ async fn commands_end_at_their_timeout_and_concurrent_ones_never_fail() -> Resul
     )
     .await?;
 
-    // 3. The guest's sshd allows only 4 sessions per connection from now on.
+    // 3. The guest's sshd allows only 4 sessions per connection from now on (sshd takes
+    //    the first value it reads, and 00- sorts before the image's fluid-exec.conf).
     let c = run(
         &client,
         &id,
-        cmd("printf 'MaxSessions 4\\n' >/etc/ssh/sshd_config.d/zz-test.conf && systemctl reload ssh && sshd -T | grep -i '^maxsessions'"),
+        cmd("printf 'MaxSessions 4\\n' >/etc/ssh/sshd_config.d/00-test.conf && systemctl reload ssh && sshd -T | grep -i '^maxsessions'"),
     )
     .await?;
     ensure!(
