@@ -130,17 +130,29 @@ mod tests {
             default_timeout_secs: 0,
             ..CommandsConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("default_timeout_secs"));
+        assert!(
+            bad.validate()
+                .expect_err("invalid")
+                .contains("default_timeout_secs")
+        );
         let bad = CommandsConfig {
             max_timeout_secs: 10,
             ..CommandsConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("default_timeout_secs"));
+        assert!(
+            bad.validate()
+                .expect_err("invalid")
+                .contains("default_timeout_secs")
+        );
         let bad = CommandsConfig {
             max_concurrent_per_sandbox: 0,
             ..CommandsConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("max_concurrent"));
+        assert!(
+            bad.validate()
+                .expect_err("invalid")
+                .contains("max_concurrent")
+        );
     }
 
     #[test]
@@ -148,7 +160,7 @@ mod tests {
         let r = Arc::new(Running::default());
         let a = r.try_take("SBX-a", 2).expect("1");
         let b = r.try_take("SBX-a", 2).expect("2");
-        assert_eq!(r.try_take("SBX-a", 2).unwrap_err(), 2);
+        assert_eq!(r.try_take("SBX-a", 2).expect_err("full"), 2);
         let other = r.try_take("SBX-b", 2).expect("another sandbox");
         drop(a);
         assert_eq!(r.count("SBX-a"), 1);

@@ -34,8 +34,8 @@ use super::{ExecError, ExecEvent, ExecExit, wrapper};
 pub const QUEUE_DEPTH: usize = 16;
 /// How long after the kill the channel may take to close.
 const AFTER_KILL: Duration = Duration::from_secs(10);
-/// How long the kill itself may take.
-const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the kill itself may take (a reconnect included, after a lost connection).
+const KILL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What to run.
 #[derive(Debug, Clone)]

@@ -108,8 +108,15 @@ async fn concurrent(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_end_at_their_timeout_and_concurrent_ones_never_fail() -> Result<()> {
-    let mut stack =
-        Stack::start_with(StoreKind::Sqlite, vec![AgentOptions::new("a")], CONTROLLER).await?;
+    // A loaded TCG host can take a while to open the extra SSH connections: the agent
+    // call's deadline is not what this test is about.
+    let mut stack = Stack::start_configured(
+        StoreKind::Sqlite,
+        vec![AgentOptions::new("a")],
+        "agent_timeout_secs = 120",
+        CONTROLLER,
+    )
+    .await?;
     stack
         .wait_host("a", HostState::Online, Duration::from_secs(30))
         .await?;
