@@ -99,6 +99,12 @@ case $id in SBX-*[!a-z0-9]* | SBX- | '') exit 0 ;; SBX-*) ;; *) exit 0 ;; esac
 printf 'sbx:%s:%s\n' "$id" "$1"
 PRINC
 chmod 755 "$root/usr/sbin/fluid-ssh-principals"
+# Commands run as channels of a few multiplexed SSH connections: allow many sessions
+# per connection (sshd's default is 10; the agent opens another connection when sshd
+# refuses a channel anyway).
+cat >"$root/etc/ssh/sshd_config.d/fluid-exec.conf" <<'SSHD'
+MaxSessions 64
+SSHD
 : >"$root/etc/ssh/fluid_user_ca.pub"
 : >"$root/etc/ssh/fluid_revoked_keys"
 # Fresh identity at every boot: the host-agent passes the sandbox's hostname, its id and

@@ -73,6 +73,10 @@ pub enum AgentError {
     /// The agent failed, or answered something invalid.
     #[error("agent {host} failed: {message}")]
     Failed { host: String, message: String },
+    /// Too many at once on the agent (RESOURCE_EXHAUSTED: commands in one sandbox,
+    /// tunnels); retry later.
+    #[error("agent {host} busy: {message}")]
+    Busy { host: String, message: String },
 }
 
 impl AgentError {
@@ -85,10 +89,10 @@ impl AgentError {
             }
             Code::DeadlineExceeded => Self::Timeout { host, seconds: 0 },
             Code::NotFound => Self::NotFound { host, message },
-            Code::FailedPrecondition
-            | Code::ResourceExhausted
-            | Code::AlreadyExists
-            | Code::Aborted => Self::Refused { host, message },
+            Code::ResourceExhausted => Self::Busy { host, message },
+            Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => {
+                Self::Refused { host, message }
+            }
             _ => Self::Failed {
                 host,
                 message: format!("{:?}: {message}", s.code()),
@@ -772,6 +776,8 @@ mod tests {
         assert!(matches!(e, AgentError::Refused { .. }));
         let e = AgentError::from_status("h", &tonic::Status::internal("x"));
         assert!(matches!(e, AgentError::Failed { .. }));
+        let e = AgentError::from_status("h", &tonic::Status::resource_exhausted("x"));
+        assert!(matches!(e, AgentError::Busy { .. }));
     }
 
     #[test]

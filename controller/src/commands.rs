@@ -8,20 +8,32 @@
 //! the sandbox's watchers (a bounded broadcast: a slow watcher lags, never grows
 //! memory), and completes the row when the exit arrives — whether or not anyone is
 //! still listening. A stream that breaks without an exit completes the row as `lost`.
+//!
+//! Limits ([`CommandsConfig`], `[commands]`): a command without a timeout gets the
+//! default one; past `max_concurrent_per_sandbox` commands running in one sandbox, one
+//! more is refused with 429 and `Retry-After` before any audit row or agent call (the
+//! agent's own per-sandbox ceiling is a 429 too). A failed command's error (response
+//! and audit row) is the agent's words for the cause.
+
+mod drive;
+mod limits;
+
+use drive::Drive;
+pub(crate) use drive::local_end;
+pub use limits::{CommandsConfig, Running, RunningSlot};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use fluid_client::types::{Command, CommandStarted, RunCommandRequest, SandboxState};
 use fluid_proto::ValidationError;
 use fluid_proto::model::{Exec, SandboxId};
 use fluid_proto::pb;
-use futures::StreamExt as _;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::agents::{AgentConnector, AgentError, AgentTarget, ExecEvent, ExecStream};
+use crate::agents::{AgentConnector, AgentError, AgentTarget};
 use crate::metrics::{ExecOutcome, Metrics};
 use crate::policy::Policy;
 use crate::sandboxes::{ServiceError, new_id};
@@ -233,6 +245,8 @@ pub struct CommandService {
     output_cap: u64,
     pub hubs: Arc<Hubs>,
     metrics: Arc<Metrics>,
+    limits: CommandsConfig,
+    running: Arc<Running>,
 }
 
 impl std::fmt::Debug for CommandService {
@@ -261,7 +275,24 @@ impl CommandService {
             output_cap,
             hubs: Arc::new(Hubs::default()),
             metrics,
+            limits: CommandsConfig::default(),
+            running: Arc::new(Running::default()),
         }
+    }
+
+    /// The same service with `[commands]` limits.
+    pub fn with_limits(mut self, limits: CommandsConfig) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> &CommandsConfig {
+        &self.limits
+    }
+
+    /// Commands of a sandbox running now through this controller.
+    pub fn running(&self, sandbox_id: &str) -> usize {
+        self.running.count(sandbox_id)
     }
 
     pub fn policy(&self) -> &Policy {
@@ -294,6 +325,12 @@ impl CommandService {
             output_cap: self.output_cap,
             audit_stdout: true,
         };
+        if spec.timeout_seconds > self.limits.max_timeout_secs {
+            return Err(ServiceError::Invalid(format!(
+                "timeout_sec: at most {} s (commands.max_timeout_secs)",
+                self.limits.max_timeout_secs
+            )));
+        }
         self.check_spec(&spec)?;
         Ok(spec)
     }
@@ -512,8 +549,20 @@ impl CommandService {
     pub async fn start(
         &self,
         row: &SandboxRecord,
-        spec: ExecSpec,
+        mut spec: ExecSpec,
     ) -> Result<RunHandle, ServiceError> {
+        spec.timeout_seconds = self.limits.timeout_for(spec.timeout_seconds);
+        let slot = self
+            .running
+            .try_take(&row.id, self.limits.max_concurrent_per_sandbox)
+            .map_err(|n| ServiceError::Busy {
+                message: format!(
+                    "sandbox {} already runs {n} commands, the limit \
+                     (commands.max_concurrent_per_sandbox); retry when one has ended",
+                    row.id
+                ),
+                retry_after_secs: self.limits.retry_after_secs,
+            })?;
         let id = new_id("CMD-");
         tracing::Span::current().record("command_id", id.as_str());
         let users = ["root".to_owned()];
@@ -543,8 +592,10 @@ impl CommandService {
         let stream = match result {
             Ok(s) => s,
             Err(e) => {
+                // The agent's ceiling of commands at once: not run, not failed.
+                let busy = matches!(e, AgentError::Busy { .. });
                 let end = CommandEnd {
-                    status: "failed".into(),
+                    status: if busy { "denied" } else { "failed" }.into(),
                     stdout: String::new(),
                     stderr: String::new(),
                     exit_code: None,
@@ -557,14 +608,25 @@ impl CommandService {
                 if let Err(se) = self.store.finish_command(&id, &end).await {
                     tracing::error!(command = %id, error = %se, "recording a failed exec");
                 }
-                self.metrics
-                    .command_finished(spec.kind, ExecOutcome::Failed, None);
+                let outcome = if busy {
+                    ExecOutcome::Denied
+                } else {
+                    ExecOutcome::Failed
+                };
+                self.metrics.command_finished(spec.kind, outcome, None);
+                if busy {
+                    return Err(ServiceError::Busy {
+                        message: e.to_string(),
+                        retry_after_secs: self.limits.retry_after_secs,
+                    });
+                }
                 return Err(e.into());
             }
         };
         let (tx, rx) = mpsc::channel(RUN_BUFFER);
         let (done_tx, done_rx) = oneshot::channel();
         let task = Drive {
+            _slot: slot,
             store: self.store.clone(),
             hubs: self.hubs.clone(),
             cap: usize::try_from(spec.output_cap).unwrap_or(usize::MAX),
@@ -594,162 +656,6 @@ impl CommandService {
         let (rows, total) = self.store.list_commands(id.as_str(), limit, offset).await?;
         Ok((rows.iter().map(CommandRecord::to_api).collect(), total))
     }
-}
-
-/// The task that owns one Exec stream.
-struct Drive {
-    store: Arc<dyn Store>,
-    hubs: Arc<Hubs>,
-    cap: usize,
-    audit_stdout: bool,
-    kind: &'static str,
-    metrics: Arc<Metrics>,
-}
-
-impl Drive {
-    async fn run(
-        self,
-        mut stream: ExecStream,
-        rec: CommandRecord,
-        tx: mpsc::Sender<LiveEvent>,
-        done: oneshot::Sender<Outcome>,
-    ) {
-        let began = Instant::now();
-        let mut tx = Some(tx);
-        let mut out = Capture::new(self.cap);
-        let mut err = Capture::new(self.cap);
-        let end = loop {
-            let ev = match stream.next().await {
-                Some(Ok(ExecEvent::Started { .. })) => LiveEvent::Started(CommandStarted {
-                    command_id: rec.id.clone(),
-                    sandbox_id: rec.sandbox_id.clone(),
-                    command: rec.command.clone(),
-                    started_at: rec.started_at,
-                }),
-                Some(Ok(ExecEvent::Stdout(b))) => {
-                    let kept = out.push(&b);
-                    if kept.is_empty() {
-                        continue;
-                    }
-                    LiveEvent::Output {
-                        command_id: rec.id.clone(),
-                        stderr: false,
-                        data: Arc::from(kept),
-                    }
-                }
-                Some(Ok(ExecEvent::Stderr(b))) => {
-                    let kept = err.push(&b);
-                    if kept.is_empty() {
-                        continue;
-                    }
-                    LiveEvent::Output {
-                        command_id: rec.id.clone(),
-                        stderr: true,
-                        data: Arc::from(kept),
-                    }
-                }
-                Some(Ok(ExecEvent::Exit(x))) => break Ok(x),
-                Some(Err(e)) => break Err(e.to_string()),
-                None => break Err("the agent's stream ended without an exit".to_owned()),
-            };
-            self.emit(&mut tx, &rec.sandbox_id, ev).await;
-        };
-        drop(stream);
-        let mut e = CommandEnd {
-            status: "completed".into(),
-            stdout: if self.audit_stdout {
-                stored_text(&out.buf)
-            } else {
-                String::new()
-            },
-            stderr: stored_text(&err.buf),
-            exit_code: None,
-            timed_out: false,
-            truncated: out.truncated || err.truncated,
-            error: None,
-            ended_at: Utc::now(),
-            duration_ms: Some(u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX)),
-        };
-        match end {
-            Ok(x) => {
-                if x.error.is_some() && x.exit_code < 0 && !x.timed_out {
-                    e.status = "failed".into();
-                }
-                e.exit_code = Some(x.exit_code);
-                e.timed_out = x.timed_out;
-                e.truncated |= x.stdout_truncated || x.stderr_truncated;
-                e.error = x.error;
-                if x.duration_ms > 0 {
-                    e.duration_ms = Some(x.duration_ms);
-                }
-            }
-            Err(why) => {
-                tracing::warn!(command = %rec.id, error = %why, "command lost");
-                e.status = "lost".into();
-                e.error = Some(why);
-            }
-        }
-        let record = match self.store.finish_command(&rec.id, &e).await {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                tracing::warn!(command = %rec.id, "command was no longer running in the store");
-                local_end(rec, e)
-            }
-            Err(se) => {
-                tracing::error!(command = %rec.id, error = %se, "recording a command's end");
-                local_end(rec, e)
-            }
-        };
-        tracing::info!(command = %record.id, status = %record.status, exit_code = ?record.exit_code, "command ended");
-        self.metrics
-            .command_finished(self.kind, outcome(&record), Some(began.elapsed()));
-        let exit = LiveEvent::Exit(Box::new(record.to_api()));
-        self.emit(&mut tx, &record.sandbox_id, exit).await;
-        let _ = done.send(Outcome {
-            record,
-            stdout: out.buf,
-            stderr: err.buf,
-        });
-    }
-
-    async fn emit(
-        &self,
-        tx: &mut Option<mpsc::Sender<LiveEvent>>,
-        sandbox_id: &str,
-        ev: LiveEvent,
-    ) {
-        self.hubs.publish(sandbox_id, &ev);
-        if let Some(t) = tx
-            && t.send(ev).await.is_err()
-        {
-            // The requester left; the command goes on.
-            *tx = None;
-        }
-    }
-}
-
-/// How a finished command's record reads as a metric outcome.
-fn outcome(r: &CommandRecord) -> ExecOutcome {
-    match r.status.as_str() {
-        "completed" if r.timed_out => ExecOutcome::TimedOut,
-        "completed" if r.exit_code == Some(0) => ExecOutcome::Ok,
-        "completed" => ExecOutcome::NonZero,
-        "lost" => ExecOutcome::Lost,
-        _ => ExecOutcome::Failed,
-    }
-}
-
-pub(crate) fn local_end(mut rec: CommandRecord, e: CommandEnd) -> CommandRecord {
-    rec.status = e.status;
-    rec.stdout = e.stdout;
-    rec.stderr = e.stderr;
-    rec.exit_code = e.exit_code;
-    rec.timed_out = e.timed_out;
-    rec.truncated = e.truncated;
-    rec.error = e.error;
-    rec.ended_at = Some(e.ended_at);
-    rec.duration_ms = e.duration_ms;
-    rec
 }
 
 #[cfg(test)]

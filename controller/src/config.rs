@@ -82,6 +82,9 @@ pub struct Config {
     /// `GET /metrics` on the REST listener.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Commands: default and longest timeout, how many at once per sandbox.
+    #[serde(default)]
+    pub commands: crate::commands::CommandsConfig,
 }
 
 /// `[metrics]`.
@@ -364,6 +367,7 @@ impl Default for Config {
             log_format: fluid_telemetry::LogFormat::Text,
             otlp_endpoint: String::new(),
             metrics: MetricsConfig::default(),
+            commands: crate::commands::CommandsConfig::default(),
         }
     }
 }
@@ -404,6 +408,7 @@ const CONFIG_KEYS: &[&str] = &[
     "log_format",
     "otlp_endpoint",
     "metrics",
+    "commands",
 ];
 
 fn is_config_key(env_key: &str) -> bool {
@@ -482,6 +487,7 @@ impl Config {
                 fluid_proto::model::OUTPUT_CAP_MAX_BYTES
             ));
         }
+        self.commands.validate().map_err(ConfigError::Invalid)?;
         crate::policy::Policy::new(&self.policy)
             .map_err(|e| ConfigError::Invalid(format!("policy: {e}")))?;
         let a = &self.approvals;

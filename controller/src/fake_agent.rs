@@ -46,6 +46,8 @@ pub(crate) struct FakeAgents {
     /// Files of the sandboxes' in-memory file system (all sandboxes share it).
     pub files: Mutex<HashMap<String, Vec<u8>>>,
     pub exec_script: Mutex<Option<ExecScript>>,
+    /// Answer Exec with this error (RESOURCE_EXHAUSTED, say) while set.
+    pub exec_error: Mutex<Option<AgentError>>,
     /// The `ssh_user_ca_keys` of the last create.
     pub last_ca_keys: Mutex<Vec<String>>,
     /// Every Attach opening received.
@@ -75,6 +77,7 @@ impl Default for FakeAgents {
             execs: Mutex::default(),
             files: Mutex::default(),
             exec_script: Mutex::default(),
+            exec_error: Mutex::default(),
             last_ca_keys: Mutex::default(),
             attaches: Mutex::default(),
             attach_inputs: Arc::default(),
@@ -289,6 +292,9 @@ pub(crate) fn info(id: &str, name: &str, state: ObservedState) -> SandboxInfo {
 impl AgentConnector for FakeAgents {
     async fn exec(&self, t: &AgentTarget, req: pb::ExecRequest) -> Result<ExecStream, AgentError> {
         self.check_up(t)?;
+        if let Some(e) = self.exec_error.lock().ok().and_then(|e| e.clone()) {
+            return Err(e);
+        }
         if let Ok(mut e) = self.execs.lock() {
             e.push(req.clone());
         }

@@ -145,14 +145,17 @@ pub fn build_state_with(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<AppState> {
     let policy = Arc::new(Policy::new(&config.policy).map_err(|e| anyhow::anyhow!("policy: {e}"))?);
-    let commands = Arc::new(CommandService::new(
-        store.clone(),
-        agents.clone(),
-        ca.clone(),
-        policy,
-        config.output_cap_bytes,
-        metrics.clone(),
-    ));
+    let commands = Arc::new(
+        CommandService::new(
+            store.clone(),
+            agents.clone(),
+            ca.clone(),
+            policy,
+            config.output_cap_bytes,
+            metrics.clone(),
+        )
+        .with_limits(config.commands.clone()),
+    );
     let files = Arc::new(FileService::new(commands.clone()));
     let attach = Arc::new(AttachService::new(
         commands.clone(),

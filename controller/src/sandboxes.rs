@@ -47,6 +47,12 @@ pub enum ServiceError {
     /// A dependency is not ready (503).
     #[error("{0}")]
     Unavailable(String),
+    /// Too many at once (429 with `Retry-After`).
+    #[error("{message}")]
+    Busy {
+        message: String,
+        retry_after_secs: u32,
+    },
     #[error(transparent)]
     Schedule(#[from] ScheduleError),
     #[error(transparent)]

@@ -13,7 +13,10 @@ use fluid_proto::model::{EgressRule, Name};
 use fluid_proto::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
+mod exec;
 mod network;
+pub use exec::ExecConfig;
+use exec::RawExec;
 use network::RawNetworkField;
 
 /// Where the agent looks for its config file unless told otherwise.
@@ -75,6 +78,9 @@ pub struct AgentConfig {
     pub log_format: fluid_telemetry::LogFormat,
     /// `http://host:port` of an OTLP/gRPC trace receiver; `None`: spans not exported.
     pub otlp_endpoint: Option<String>,
+    /// `[exec]`: commands per sandbox at once, channels per SSH connection, the
+    /// longest run time.
+    pub exec: ExecConfig,
 }
 
 /// The default `metrics_listen`.
@@ -208,6 +214,7 @@ struct RawConfig {
     metrics_listen: String,
     log_format: fluid_telemetry::LogFormat,
     otlp_endpoint: String,
+    exec: RawExec,
 }
 
 impl Default for RawConfig {
@@ -227,6 +234,7 @@ impl Default for RawConfig {
             metrics_listen: DEFAULT_METRICS_LISTEN.into(),
             log_format: fluid_telemetry::LogFormat::Text,
             otlp_endpoint: String::new(),
+            exec: RawExec::default(),
         }
     }
 }
@@ -362,6 +370,7 @@ impl RawConfig {
             metrics_listen,
             log_format: self.log_format,
             otlp_endpoint,
+            exec: self.exec.validate()?,
         })
     }
 }

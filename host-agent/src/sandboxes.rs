@@ -103,7 +103,9 @@ pub struct Sandboxes<H> {
     locks: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
     poll: Duration,
     /// SSH connections to the sandboxes, for exec.
-    pub(crate) ssh: SshPool,
+    pub(crate) ssh: Arc<SshPool>,
+    /// Per sandbox: its commands running at once (`exec.max_concurrent_per_sandbox`).
+    pub(crate) exec_slots: Mutex<HashMap<SandboxId, Arc<tokio::sync::Semaphore>>>,
     /// The sandboxes' network rules.
     pub(crate) firewall: Arc<Firewall>,
     /// Diffs and file reads at once (each holds two exported disk images).
@@ -135,7 +137,11 @@ impl<H: Hypervisor> Sandboxes<H> {
         firewall: Arc<Firewall>,
     ) -> Self {
         Self {
-            ssh: SshPool::new(key),
+            ssh: Arc::new(SshPool::new(
+                key,
+                config.exec.channels_per_connection as usize,
+            )),
+            exec_slots: Mutex::new(HashMap::new()),
             firewall,
             hv,
             store,
@@ -581,6 +587,7 @@ impl<H: Hypervisor> Sandboxes<H> {
             .collect();
         let existed = record.is_some() || !domains.is_empty();
         self.ssh.forget(id);
+        self.forget_exec_slots(id);
         for d in &domains {
             remove_domain(self.hv.as_ref(), &d.uuid).await?;
         }

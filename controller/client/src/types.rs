@@ -289,7 +289,9 @@ pub struct RunCommandRequest {
     /// Unix user (default `root`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    /// Seconds before the command's process group is killed (default: no limit).
+    /// Seconds before the command is killed with everything it started (its cgroup
+    /// scope in the guest). Absent or 0: the controller's `[commands]
+    /// default_timeout_secs` (600 by default); at most `max_timeout_secs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_sec: Option<u32>,
     /// Environment; names `[A-Za-z_][A-Za-z0-9_]*`, values passed literally.

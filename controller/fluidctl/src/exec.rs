@@ -38,7 +38,8 @@ pub struct RunArgs {
     /// Environment variable for the command (repeatable).
     #[arg(long, short = 'e', value_name = "NAME=VALUE", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
-    /// Kill the command's process group after this many seconds (exit status 124).
+    /// Kill the command, with everything it started, after this many seconds (exit status
+    /// 124). Default: the controller's `[commands] default_timeout_secs` (600).
     #[arg(long, short = 't', value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..))]
     pub timeout: Option<u32>,
     /// Wait for the command to finish and print its recorded output, instead of streaming.

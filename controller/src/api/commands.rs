@@ -140,6 +140,7 @@ async fn run(
             description = "the finished command; with stream=true, text/event-stream events started, stdout, stderr (OutputChunk) and exit (RunCommandResponse)"),
         (status = 400, body = ErrorBody), (status = 403, description = "refused by policy", body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, description = "the sandbox is not RUNNING", body = ErrorBody),
+        (status = 429, description = "the sandbox already runs its limit of commands at once ([commands] max_concurrent_per_sandbox, or the agent's); not run; retry after Retry-After seconds", body = ErrorBody),
         (status = 502, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn run_command(
     State(state): State<AppState>,
@@ -156,7 +157,7 @@ pub async fn run_command(
     request_body = RunCommandRequest,
     responses((status = 200, body = RunCommandResponse, description = "the same as /run"),
         (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody)))]
+        (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn run_command_alias(
     State(state): State<AppState>,
     caller: Caller,

@@ -11,11 +11,16 @@ use crate::sandboxes::ServiceError;
 use crate::scheduler::ScheduleError;
 use crate::store::StoreError;
 
+/// `Retry-After` of a 429 for an agent's RESOURCE_EXHAUSTED outside commands.
+const RETRY_AFTER_SECS: u32 = 2;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: StatusCode,
     pub error: String,
     pub details: String,
+    /// `Retry-After` (seconds) of a 429.
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -24,7 +29,15 @@ impl ApiError {
             status,
             error: error.into(),
             details: String::new(),
+            retry_after: None,
         }
+    }
+
+    /// 429 with `Retry-After: secs`.
+    pub fn too_many(error: impl Into<String>, secs: u32) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, error);
+        e.retry_after = Some(secs);
+        e
     }
 
     pub fn with_details(mut self, details: impl Into<String>) -> Self {
@@ -48,7 +61,14 @@ impl IntoResponse for ApiError {
             code: self.status.as_u16(),
             details: self.details,
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
+        response
     }
 }
 
@@ -77,6 +97,7 @@ impl From<AgentError> for ApiError {
             AgentError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             AgentError::Refused { .. } => StatusCode::CONFLICT,
             AgentError::NotFound { .. } | AgentError::Failed { .. } => StatusCode::BAD_GATEWAY,
+            AgentError::Busy { .. } => return Self::too_many(e.to_string(), RETRY_AFTER_SECS),
         };
         Self::new(status, e.to_string())
     }
@@ -103,6 +124,10 @@ impl From<ServiceError> for ApiError {
             ServiceError::Forbidden(m) => Self::new(StatusCode::FORBIDDEN, m),
             ServiceError::Unprocessable(m) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, m),
             ServiceError::Unavailable(m) => Self::new(StatusCode::SERVICE_UNAVAILABLE, m),
+            ServiceError::Busy {
+                message,
+                retry_after_secs,
+            } => Self::too_many(message, retry_after_secs),
             ServiceError::Schedule(e) => e.into(),
             ServiceError::Agent(e) => e.into(),
             ServiceError::Store(e) => e.into(),

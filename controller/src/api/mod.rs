@@ -268,6 +268,8 @@ mod tests_diffs;
 #[cfg(test)]
 mod tests_exec;
 #[cfg(test)]
+mod tests_exec_limits;
+#[cfg(test)]
 mod tests_network;
 #[cfg(test)]
 mod tests_observability;

@@ -3,12 +3,14 @@
 //! - [`AgentKey`]: the agent's ed25519 key, made at start and kept in memory only; the
 //!   controller signs short-lived OpenSSH certificates for it (principal `root`), which
 //!   arrive with each Exec and are used when a connection must be (re)made.
-//! - [`pool`]: one multiplexed SSH connection per sandbox, reused by every command;
-//!   host keys are trusted on first use ([`hostkey`]).
+//! - [`pool`]: a few multiplexed SSH connections per sandbox, shared by every command
+//!   (a channel sshd refuses goes to another connection); host keys are trusted on first
+//!   use ([`hostkey`]).
 //! - [`wrapper`]: the shell script that runs one command (literal env, user, workdir,
-//!   own process group with a pid file for the timeout kill).
+//!   its own transient systemd scope — cgroup — and process group, for the timeout kill).
 //! - [`run`]: one command on one channel: stdin, streamed output with per-stream caps,
-//!   timeout, exactly one exit event.
+//!   timeout (the scope is SIGKILLed), exactly one exit event whose error names the
+//!   cause.
 //! - [`shell`]: an interactive shell on a PTY on one channel (Attach): stdin, resizes,
 //!   terminal output, exactly one exit; closing the input hangs up.
 
@@ -86,6 +88,10 @@ pub enum ExecError {
     /// The guest's sshd cannot be reached or the connection failed.
     #[error("{0}")]
     Unreachable(String),
+    /// Too many commands at once (the agent's limit per sandbox, or sshd kept refusing
+    /// channels); retry later.
+    #[error("{0}")]
+    Busy(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -97,6 +103,7 @@ impl From<ExecError> for ServiceError {
             ExecError::AuthRejected(m) | ExecError::Refused(m) => ServiceError::PermissionDenied(m),
             ExecError::HostKeyChanged(m) => ServiceError::FailedPrecondition(m),
             ExecError::Unreachable(m) => ServiceError::Unavailable(m),
+            ExecError::Busy(m) => ServiceError::ResourceExhausted(m),
             ExecError::Internal(m) => ServiceError::Internal(m),
         }
     }

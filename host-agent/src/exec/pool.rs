@@ -1,11 +1,16 @@
-//! One multiplexed SSH connection per sandbox, shared by all its commands (each command
-//! is a channel on it).
+//! A few multiplexed SSH connections per sandbox, shared by all its commands (each
+//! command is a channel on one of them).
 //!
-//! Taking a live connection is a short synchronous map lookup; only (re)connecting
-//! takes the sandbox's async mutex, so one slow connect never blocks another sandbox,
-//! and concurrent commands on one sandbox make one connection. A connection is made
-//! again when it is closed, broken or the sandbox's address changed; stop and destroy
-//! drop it ([`SshPool::forget`]).
+//! [`SshPool::open_channel`] reserves a slot on a live connection with room (a short
+//! synchronous lookup), or makes one more connection (under the sandbox's async
+//! connect mutex, so one slow connect never blocks another sandbox and concurrent
+//! commands share what it makes). A connection holds at most
+//! `exec.channels_per_connection` channels. When sshd refuses a channel open (its
+//! `MaxSessions`), the connection is NOT dead: it is only full. Its capacity is
+//! lowered to what it holds, and the channel goes to another connection; in-flight
+//! commands are never disturbed. Only a connection that is closed or broken (the open
+//! failed otherwise) leaves the pool. Stop and destroy drop them all
+//! ([`SshPool::forget`]).
 //!
 //! Connecting: TCP to `<ip>:22` within the connect timeout, host key checked by
 //! [`TofuHandler`], then user `root` with the agent's key and the request's OpenSSH
@@ -13,11 +18,12 @@
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fluid_proto::model::SandboxId;
-use russh::client::{self, Handle};
+use russh::client::{self, Handle, Msg};
 use russh::keys::{Certificate, PublicKey};
 use tokio::time::Instant;
 
@@ -31,49 +37,174 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connect keeps retrying an unreachable sshd (a guest still booting).
 const SSH_READY_WAIT: Duration = Duration::from_secs(30);
 const SSH_READY_RETRY: Duration = Duration::from_secs(1);
+/// How long sshd may take to answer a channel open.
+const CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Channel opens tried (on other or new connections) before giving up.
+const OPEN_ATTEMPTS: usize = 8;
 
 /// A live connection to one sandbox.
 pub struct Conn {
     pub(crate) handle: Handle<TofuHandler>,
     pub ip: Ipv4Addr,
+    /// Channels held through [`Slot`]s (opening or open).
+    open: AtomicUsize,
+    /// Of those, the ones sshd confirmed: what sshd counts against `MaxSessions`.
+    confirmed: AtomicUsize,
+    /// How many channels the pool puts on it: the configured number, lowered to what
+    /// it held when sshd refused one.
+    capacity: AtomicUsize,
 }
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn").field("ip", &self.ip).finish()
+        f.debug_struct("Conn")
+            .field("ip", &self.ip)
+            .field("open", &self.open.load(Ordering::Relaxed))
+            .field("capacity", &self.capacity.load(Ordering::Relaxed))
+            .finish()
     }
 }
 
 impl Conn {
+    fn new(handle: Handle<TofuHandler>, ip: Ipv4Addr, capacity: usize) -> Self {
+        Self {
+            handle,
+            ip,
+            open: AtomicUsize::new(0),
+            confirmed: AtomicUsize::new(0),
+            capacity: AtomicUsize::new(capacity.max(1)),
+        }
+    }
+
     fn usable_for(&self, ip: Ipv4Addr) -> bool {
         self.ip == ip && !self.handle.is_closed()
     }
-}
 
-#[derive(Default)]
-struct Entry {
-    live: Mutex<Option<Arc<Conn>>>,
-    /// Held only while connecting.
-    connecting: tokio::sync::Mutex<()>,
-}
+    /// Whether the connection is gone (closed, or its session task ended).
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
 
-impl Entry {
-    fn current(&self, ip: Ipv4Addr) -> Option<Arc<Conn>> {
-        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.as_ref().filter(|c| c.usable_for(ip)).cloned()
+    /// Channels held on it now.
+    pub fn open_channels(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 }
 
-/// A connection handed out by [`SshPool::connection`].
+/// One channel's place on a connection; frees it when dropped.
 #[derive(Debug)]
-pub struct Checkout {
+pub struct Slot {
     pub conn: Arc<Conn>,
-    /// True when this call made the connection (false: reused).
+    confirmed: bool,
+}
+
+impl Slot {
+    /// A slot on `conn` whatever its capacity (a dedicated connection).
+    pub fn take(conn: Arc<Conn>) -> Self {
+        conn.open.fetch_add(1, Ordering::SeqCst);
+        Self {
+            conn,
+            confirmed: false,
+        }
+    }
+
+    /// The channel in this slot is open.
+    fn confirm(&mut self) {
+        if !self.confirmed {
+            self.confirmed = true;
+            self.conn.confirmed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.conn.open.fetch_sub(1, Ordering::SeqCst);
+        if self.confirmed {
+            self.conn.confirmed.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+struct Entry {
+    live: Mutex<Vec<Arc<Conn>>>,
+    /// Held only while connecting.
+    connecting: tokio::sync::Mutex<()>,
+    /// The most channels seen open on one connection when sshd refused one more (its
+    /// `MaxSessions`, as learned; 0: never refused); new connections start with it.
+    learned_capacity: AtomicUsize,
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Self {
+            live: Mutex::default(),
+            connecting: tokio::sync::Mutex::default(),
+            learned_capacity: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Entry {
+    /// A slot on a live connection with room (the fullest such one, so channels
+    /// gather on few connections); closed connections leave the list.
+    fn reserve(&self, ip: Ipv4Addr) -> Option<Slot> {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|c| c.usable_for(ip));
+        let conn = live
+            .iter()
+            .filter(|c| c.open.load(Ordering::SeqCst) < c.capacity.load(Ordering::SeqCst))
+            .max_by_key(|c| c.open.load(Ordering::SeqCst))?
+            .clone();
+        Some(Slot::take(conn))
+    }
+
+    fn add(&self, conn: Arc<Conn>) {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(conn);
+    }
+
+    /// Drops `conn` from the list; true when it was there.
+    fn remove(&self, conn: &Arc<Conn>) -> bool {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let before = live.len();
+        live.retain(|c| !Arc::ptr_eq(c, conn));
+        live.len() != before
+    }
+
+    fn connections(&self) -> usize {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// A channel opened by [`SshPool::open_channel`].
+#[derive(Debug)]
+pub struct Opened {
+    pub channel: russh::Channel<Msg>,
+    /// Its place on its connection (hold it as long as the channel).
+    pub slot: Slot,
+    /// True when this call made a connection.
     pub fresh: bool,
     /// The host key learned on first use; the caller remembers it.
     pub learned_host_key: Option<PublicKey>,
     /// Time spent connecting and authenticating (zero when reused).
     pub connect_time: Duration,
+}
+
+/// Why sshd refused a channel, in words.
+pub fn refusal(reason: &russh::ChannelOpenFailure) -> String {
+    let what = match reason {
+        russh::ChannelOpenFailure::AdministrativelyProhibited => {
+            "administratively prohibited".to_owned()
+        }
+        russh::ChannelOpenFailure::ConnectFailed => "connect failed".to_owned(),
+        russh::ChannelOpenFailure::UnknownChannelType => "unknown channel type".to_owned(),
+        russh::ChannelOpenFailure::ResourceShortage => "resource shortage".to_owned(),
+        russh::ChannelOpenFailure::Other { code, reason } => format!("code {code}: {reason}"),
+    };
+    format!("sshd refused the channel: {what}")
 }
 
 /// The per-sandbox connections.
@@ -85,6 +216,8 @@ pub struct SshPool {
     ready_wait: Duration,
     /// The guests' sshd port (22; tests point it at a closed loopback port).
     port: u16,
+    /// Channels per connection before another connection is made.
+    channels_per_connection: usize,
     entries: Mutex<HashMap<SandboxId, Arc<Entry>>>,
 }
 
@@ -97,7 +230,7 @@ impl std::fmt::Debug for SshPool {
 }
 
 impl SshPool {
-    pub fn new(key: AgentKey) -> Self {
+    pub fn new(key: AgentKey, channels_per_connection: usize) -> Self {
         let config = client::Config {
             // Notices a dead guest (no FIN) within about a minute.
             keepalive_interval: Some(Duration::from_secs(15)),
@@ -111,6 +244,7 @@ impl SshPool {
             connect_timeout: CONNECT_TIMEOUT,
             ready_wait: SSH_READY_WAIT,
             port: 22,
+            channels_per_connection: channels_per_connection.max(1),
             entries: Mutex::new(HashMap::new()),
         }
     }
@@ -124,54 +258,145 @@ impl SshPool {
         entries.entry(id.clone()).or_default().clone()
     }
 
-    /// A usable connection to sandbox `id` at `ip`: the live one, or a new one made
-    /// with `certificate` (OpenSSH text). `known_host_key` is the remembered host key
-    /// (`None`: trust on first use).
-    pub async fn connection(
+    /// Connections to sandbox `id` in the pool now.
+    pub fn connections(&self, id: &SandboxId) -> usize {
+        let entry = self
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
+        entry.map_or(0, |e| e.connections())
+    }
+
+    /// A slot on a connection with room, or on a new one made with `certificate`.
+    async fn reserve(
+        &self,
+        id: &SandboxId,
+        entry: &Entry,
+        ip: Ipv4Addr,
+        known: Option<PublicKey>,
+        certificate: &str,
+    ) -> Result<(Slot, Option<(Option<PublicKey>, Duration)>), ExecError> {
+        if let Some(slot) = entry.reserve(ip) {
+            return Ok((slot, None));
+        }
+        let _connecting = entry.connecting.lock().await;
+        // Someone else may have connected while we waited.
+        if let Some(slot) = entry.reserve(ip) {
+            return Ok((slot, None));
+        }
+        let started = Instant::now();
+        let (conn, learned) = self.connect(id, ip, known, certificate).await?;
+        let learned_capacity = entry.learned_capacity.load(Ordering::SeqCst);
+        if learned_capacity > 0 {
+            conn.capacity.fetch_min(learned_capacity, Ordering::SeqCst);
+        }
+        let conn = Arc::new(conn);
+        let slot = Slot::take(conn.clone());
+        entry.add(conn);
+        let connect_time = started.elapsed();
+        tracing::info!(
+            id = %id, %ip, connect_ms = connect_time.as_millis(),
+            connections = entry.connections(), "SSH connection made"
+        );
+        Ok((slot, Some((learned, connect_time))))
+    }
+
+    /// Opens a session channel to sandbox `id` at `ip`, on a pooled connection with
+    /// room or a new one made with `certificate` (OpenSSH text). `known_host_key` is the
+    /// remembered host key (`None`: trust on first use).
+    ///
+    /// A refused open (sshd's `MaxSessions`) marks that connection full and tries
+    /// another; a broken connection leaves the pool (another is made, once, when it
+    /// was a reused one that died unnoticed).
+    pub async fn open_channel(
         &self,
         id: &SandboxId,
         ip: Ipv4Addr,
         known_host_key: Option<PublicKey>,
         certificate: &str,
-    ) -> Result<Checkout, ExecError> {
+    ) -> Result<Opened, ExecError> {
         let entry = self.entry(id);
-        if let Some(conn) = entry.current(ip) {
-            return Ok(Checkout {
-                conn,
-                fresh: false,
-                learned_host_key: None,
-                connect_time: Duration::ZERO,
-            });
+        let mut fresh = false;
+        let mut learned_host_key = None;
+        let mut connect_time = Duration::ZERO;
+        let mut last_refusal = None;
+        let mut broken = 0;
+        for _ in 0..OPEN_ATTEMPTS {
+            let (mut slot, made) = self
+                .reserve(id, &entry, ip, known_host_key.clone(), certificate)
+                .await?;
+            let made_now = made.is_some();
+            if let Some((learned, took)) = made {
+                fresh = true;
+                connect_time += took;
+                if learned.is_some() {
+                    learned_host_key = learned;
+                }
+            }
+            let opened = tokio::time::timeout(
+                CHANNEL_OPEN_TIMEOUT,
+                slot.conn.handle.channel_open_session(),
+            )
+            .await;
+            match opened {
+                Ok(Ok(channel)) => {
+                    slot.confirm();
+                    return Ok(Opened {
+                        channel,
+                        slot,
+                        fresh,
+                        learned_host_key,
+                        connect_time,
+                    });
+                }
+                Ok(Err(russh::Error::ChannelOpenFailure(reason))) => {
+                    // Not a dead connection: a full one. Everything on it goes on.
+                    let why = refusal(&reason);
+                    if slot.conn.open_channels() <= 1 {
+                        return Err(ExecError::Refused(format!(
+                            "sandbox {id}: {why} (on a connection with no other channel)"
+                        )));
+                    }
+                    // What sshd holds open there (others may still be confirming).
+                    let others = slot.conn.confirmed.load(Ordering::SeqCst).max(1);
+                    slot.conn.capacity.fetch_min(others, Ordering::SeqCst);
+                    entry.learned_capacity.fetch_max(others, Ordering::SeqCst);
+                    tracing::info!(
+                        id = %id, channels = others, reason = %why,
+                        "sshd refused a channel (MaxSessions?); the connection is full, using another"
+                    );
+                    last_refusal = Some(why);
+                }
+                Ok(Err(e)) => {
+                    // The connection is broken: it leaves the pool. Channels still on it
+                    // (if any) end on their own; it is closed when it has none.
+                    if entry.remove(&slot.conn) && slot.conn.open_channels() <= 1 {
+                        close_in_background(slot.conn.clone());
+                    }
+                    broken += 1;
+                    if made_now || broken > 1 {
+                        return Err(ExecError::Unreachable(format!(
+                            "sandbox {id}: connection to the guest lost while opening a channel: {e}"
+                        )));
+                    }
+                    tracing::info!(id = %id, "the SSH connection was stale ({e}); reconnecting");
+                }
+                Err(_) => {
+                    entry.remove(&slot.conn);
+                    return Err(ExecError::Unreachable(format!(
+                        "sandbox {id}: sshd did not answer a channel open within {} s",
+                        CHANNEL_OPEN_TIMEOUT.as_secs()
+                    )));
+                }
+            }
         }
-        let _connecting = entry.connecting.lock().await;
-        // Someone else may have connected while we waited.
-        if let Some(conn) = entry.current(ip) {
-            return Ok(Checkout {
-                conn,
-                fresh: false,
-                learned_host_key: None,
-                connect_time: Duration::ZERO,
-            });
-        }
-        let started = Instant::now();
-        let (conn, learned) = self.connect(id, ip, known_host_key, certificate).await?;
-        let conn = Arc::new(conn);
-        let old = entry
-            .live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(conn.clone());
-        if let Some(old) = old {
-            close_in_background(old);
-        }
-        let connect_time = started.elapsed();
-        tracing::info!(id = %id, %ip, connect_ms = connect_time.as_millis(), "SSH connection made");
-        Ok(Checkout {
-            conn,
-            fresh: true,
-            learned_host_key: learned,
-            connect_time,
-        })
+        Err(ExecError::Busy(format!(
+            "sandbox {id}: {} (tried {OPEN_ATTEMPTS} times on {} connections); retry later",
+            last_refusal.unwrap_or_else(|| "no channel could be opened".to_owned()),
+            entry.connections()
+        )))
     }
 
     /// Connects, retrying while the guest's sshd is not reachable yet: a sandbox has
@@ -238,14 +463,14 @@ impl SshPool {
             Ok(Ok(x)) => x,
         };
         if !auth.success() {
-            close_in_background(Arc::new(Conn { handle, ip }));
+            close_in_background(Arc::new(Conn::new(handle, ip, 1)));
             return Err(ExecError::AuthRejected(format!(
                 "sandbox {id}: the guest's sshd refused the certificate for {SSH_USER} \
                  (expired, wrong principal, or a CA the sandbox does not trust)"
             )));
         }
         let learned = if first_use { seen() } else { None };
-        Ok((Conn { handle, ip }, learned))
+        Ok((Conn::new(handle, ip, self.channels_per_connection), learned))
     }
 
     /// Parses the request's certificate and checks it is for the agent's key.
@@ -278,24 +503,7 @@ impl SshPool {
         Ok((Arc::new(conn), learned))
     }
 
-    /// Drops `conn` from the pool if it is still the sandbox's connection (it failed).
-    pub fn discard(&self, id: &SandboxId, conn: &Arc<Conn>) {
-        let entry = self
-            .entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned();
-        let Some(entry) = entry else { return };
-        let mut live = entry.live.lock().unwrap_or_else(|e| e.into_inner());
-        if live.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
-            live.take();
-            drop(live);
-            close_in_background(conn.clone());
-        }
-    }
-
-    /// Closes and forgets the sandbox's connection (stop, destroy).
+    /// Closes and forgets the sandbox's connections (stop, destroy).
     pub fn forget(&self, id: &SandboxId) {
         let entry = self
             .entries
@@ -303,9 +511,9 @@ impl SshPool {
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
         if let Some(entry) = entry {
-            let live = entry.live.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(conn) = live {
-                tracing::debug!(id = %id, "closing the SSH connection");
+            let live = std::mem::take(&mut *entry.live.lock().unwrap_or_else(|e| e.into_inner()));
+            for conn in live {
+                tracing::debug!(id = %id, "closing an SSH connection");
                 close_in_background(conn);
             }
         }
@@ -322,6 +530,10 @@ pub(crate) fn close_in_background(conn: Arc<Conn>) {
             .await;
     });
 }
+
+#[cfg(test)]
+#[path = "pool_tests.rs"]
+mod refusal_tests;
 
 #[cfg(test)]
 mod tests {
@@ -343,7 +555,7 @@ mod tests {
 
     #[tokio::test]
     async fn certificates_must_be_for_the_agents_key() {
-        let pool = SshPool::new(AgentKey::generate("t").expect("key"));
+        let pool = SshPool::new(AgentKey::generate("t").expect("key"), 4);
         let mine = cert_for(pool.key().private().public_key());
         assert!(pool.certificate(&mine).is_ok());
         let other = PrivateKey::from(Ed25519Keypair::from_seed(&[9; 32]));
@@ -360,7 +572,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_guest_is_unavailable_quickly() {
-        let mut pool = SshPool::new(AgentKey::generate("t").expect("key"));
+        let mut pool = SshPool::new(AgentKey::generate("t").expect("key"), 4);
         pool.connect_timeout = Duration::from_millis(300);
         pool.ready_wait = Duration::from_millis(1500);
         // A loopback port nobody listens on (bound, then released).
@@ -372,7 +584,7 @@ mod tests {
         let id = SandboxId::parse("id", "SBX-0123abcd").expect("id");
         let started = Instant::now();
         let e = pool
-            .connection(&id, Ipv4Addr::LOCALHOST, None, &cert)
+            .open_channel(&id, Ipv4Addr::LOCALHOST, None, &cert)
             .await
             .expect_err("unreachable");
         assert!(matches!(e, ExecError::Unreachable(_)), "{e:?}");

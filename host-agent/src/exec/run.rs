@@ -9,25 +9,33 @@
 //! is drained and dropped.
 //!
 //! The timeout runs in its own task, so it fires even while the queue is full: it
-//! kills the command's process group over a second channel ([`wrapper::kill_script`]).
+//! kills the command's scope (its cgroup: everything it started) over another channel
+//! ([`wrapper::kill_script`]), which the pool opens wherever there is room. When the
+//! connection is lost before the command's end, the scope is killed the same way (best
+//! effort), so the command's fate is known. The exit's error names the cause: a
+//! timeout and what was killed, a lost connection, a refusal by sshd.
 
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use fluid_proto::model::SandboxId;
+use russh::keys::PublicKey;
 use russh::{ChannelMsg, Sig};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::pool::Conn;
+use super::pool::{Opened, Slot, SshPool};
+use super::wrapper::Killed;
 use super::{ExecError, ExecEvent, ExecExit, wrapper};
 
 /// Events queued per command before the channel is slowed down.
 pub const QUEUE_DEPTH: usize = 16;
 /// How long after the kill the channel may take to close.
 const AFTER_KILL: Duration = Duration::from_secs(10);
-/// How long the kill itself may take.
-const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the kill itself may take (a reconnect included, after a lost connection).
+const KILL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -135,26 +143,76 @@ impl Sink {
     }
 }
 
-/// Opens a channel on `conn`, starts `cmd`, and returns its event stream.
-pub async fn start(conn: Arc<Conn>, cmd: Command) -> Result<mpsc::Receiver<ExecEvent>, ExecError> {
-    let channel = conn
-        .handle
-        .channel_open_session()
-        .await
-        .map_err(|e| ExecError::Unreachable(format!("opening an SSH channel: {e}")))?;
+/// Opens more channels to a command's sandbox (for its kill).
+#[derive(Clone)]
+pub struct Reopen {
+    pub pool: Arc<SshPool>,
+    pub id: SandboxId,
+    pub ip: Ipv4Addr,
+    pub known: Option<PublicKey>,
+    pub certificate: String,
+}
+
+impl std::fmt::Debug for Reopen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reopen")
+            .field("id", &self.id)
+            .field("ip", &self.ip)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reopen {
+    pub async fn open(&self) -> Result<Opened, ExecError> {
+        self.pool
+            .open_channel(&self.id, self.ip, self.known.clone(), &self.certificate)
+            .await
+    }
+}
+
+/// Starts `cmd` on the `opened` channel and returns its event stream. `hold` (a
+/// concurrency permit, say) is kept until the command's end.
+pub async fn start<G: Send + 'static>(
+    opened: Opened,
+    cmd: Command,
+    reopen: Reopen,
+    hold: G,
+) -> Result<mpsc::Receiver<ExecEvent>, ExecError> {
+    let Opened { channel, slot, .. } = opened;
     channel
         .exec(true, cmd.script.as_bytes())
         .await
-        .map_err(|e| ExecError::Unreachable(format!("starting the command: {e}")))?;
+        .map_err(|e| {
+            ExecError::Unreachable(format!(
+                "sandbox {}: connection to the guest lost while starting the command: {e}",
+                reopen.id
+            ))
+        })?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-    tokio::spawn(drive(conn, channel, cmd, tx));
+    tokio::spawn(async move {
+        drive(slot, channel, cmd, reopen, tx).await;
+        drop(hold);
+    });
     Ok(rx)
 }
 
+/// What a kill did, in words.
+fn killed_words(k: Killed, command_id: &str) -> String {
+    match k {
+        Killed::Scope => format!(
+            "killed its cgroup scope {} with everything it started",
+            wrapper::scope_unit(command_id)
+        ),
+        Killed::Group => "killed its process group (the guest runs no systemd)".to_owned(),
+        Killed::Nothing => "nothing was left to kill".to_owned(),
+    }
+}
+
 async fn drive(
-    conn: Arc<Conn>,
+    slot: Slot,
     channel: russh::Channel<russh::client::Msg>,
     cmd: Command,
+    reopen: Reopen,
     tx: mpsc::Sender<ExecEvent>,
 ) {
     let started = Instant::now();
@@ -176,9 +234,9 @@ async fn drive(
     });
 
     let timed_out = Arc::new(AtomicBool::new(false));
-    let (killed_tx, mut killed_rx) = oneshot::channel::<Option<String>>();
+    let (killed_tx, mut killed_rx) = oneshot::channel::<String>();
     let killer = cmd.timeout.map(|t| {
-        let conn = conn.clone();
+        let reopen = reopen.clone();
         let timed_out = timed_out.clone();
         let command_id = cmd.command_id.clone();
         tokio::spawn(async move {
@@ -187,10 +245,13 @@ async fn drive(
             tracing::info!(
                 command_id,
                 timeout_s = t.as_secs(),
-                "command timed out; killing its process group"
+                "command timed out; killing its scope"
             );
-            let r = kill(&conn, &command_id).await.err();
-            let _ = killed_tx.send(r);
+            let what = match kill(&reopen, &command_id).await {
+                Ok(k) => killed_words(k, &command_id),
+                Err(e) => format!("the kill failed: {e}"),
+            };
+            let _ = killed_tx.send(format!("timed out after {} s; {what}", t.as_secs()));
         })
     });
 
@@ -201,13 +262,14 @@ async fn drive(
     let mut refused = false;
     let mut give_up_at: Option<Instant> = None;
     let mut kill_reported = false;
+    let mut gone = false;
     loop {
         let msg = tokio::select! {
             m = read.wait() => m,
             k = &mut killed_rx, if !kill_reported => {
                 kill_reported = true;
-                if let Ok(Some(e)) = k {
-                    error = Some(format!("the command timed out and could not be killed: {e}"));
+                if let Ok(what) = k {
+                    error = Some(what);
                 }
                 give_up_at = Some(Instant::now() + AFTER_KILL);
                 continue;
@@ -235,22 +297,44 @@ async fn drive(
             Some(ChannelMsg::ExitStatus { exit_status }) => status = Some(exit_status),
             Some(ChannelMsg::ExitSignal { signal_name, .. }) => signal = Some(signal_name),
             Some(ChannelMsg::Failure) => refused = true,
-            Some(ChannelMsg::Close) | None => break,
+            Some(ChannelMsg::Close) => break,
+            None => {
+                // The connection's session ended under the channel.
+                gone = true;
+                break;
+            }
             Some(_) => {}
+        }
+    }
+    writer.abort();
+    let timed_out = timed_out.load(Ordering::SeqCst);
+    if timed_out && !kill_reported {
+        // The channel closed (the kill took effect) before the killer reported.
+        if let Ok(Ok(what)) = tokio::time::timeout(KILL_TIMEOUT, &mut killed_rx).await {
+            error = Some(what);
         }
     }
     if let Some(k) = killer {
         k.abort();
     }
-    writer.abort();
-    let timed_out = timed_out.load(Ordering::SeqCst);
     if error.is_none() && status.is_none() && signal.is_none() && !timed_out {
         error = Some(if refused {
-            "the guest's sshd refused to run the command".to_owned()
+            "sshd refused to run the command (exec request denied)".to_owned()
+        } else if gone || slot.conn.is_closed() {
+            // Its fate would be unknown: kill what may still run, then say so.
+            let after = match kill(&reopen, &cmd.command_id).await {
+                Ok(k) => killed_words(k, &cmd.command_id),
+                Err(e) => format!("it may still be running in the guest (the kill failed: {e})"),
+            };
+            format!(
+                "connection to the guest lost before the command ended (no exit status); {after}"
+            )
         } else {
-            "the command's end is unknown: the SSH channel closed without an exit status (connection lost?)".to_owned()
+            "the SSH channel closed without an exit status (the guest's sshd ended the session)"
+                .to_owned()
         });
     }
+    drop(slot);
     let exit = ExecExit {
         exit_code: exit_code(status, signal.as_ref()),
         timed_out,
@@ -278,28 +362,35 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Kills the command's process group over a new channel and waits for that to end.
-async fn kill(conn: &Conn, command_id: &str) -> Result<(), String> {
+/// Kills the command's scope (and process group) over another channel and waits for
+/// that to end.
+async fn kill(reopen: &Reopen, command_id: &str) -> Result<Killed, String> {
     let attempt = async {
-        let mut ch = conn
-            .handle
-            .channel_open_session()
-            .await
-            .map_err(|e| format!("opening an SSH channel: {e}"))?;
-        ch.exec(true, wrapper::kill_script(command_id).as_bytes())
+        let Opened {
+            mut channel, slot, ..
+        } = reopen.open().await.map_err(|e| e.to_string())?;
+        channel
+            .exec(true, wrapper::kill_script(command_id).as_bytes())
             .await
             .map_err(|e| format!("starting the kill: {e}"))?;
         let mut status = None;
-        while let Some(m) = ch.wait().await {
+        let mut out = Vec::new();
+        while let Some(m) = channel.wait().await {
             match m {
+                ChannelMsg::Data { data } if out.len() < 256 => out.extend_from_slice(&data),
                 ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
                 ChannelMsg::Close => break,
                 _ => {}
             }
         }
-        match status {
-            Some(0) => Ok(()),
-            other => Err(format!("the kill script ended with {other:?}")),
+        drop(slot);
+        let out = String::from_utf8_lossy(&out);
+        match (status, Killed::parse(&out)) {
+            (Some(0), Some(k)) => Ok(k),
+            (other, _) => Err(format!(
+                "the kill script ended with {other:?}, printing {:?}",
+                out.trim()
+            )),
         }
     };
     tokio::time::timeout(KILL_TIMEOUT, attempt)

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::ExecError;
-use super::pool::{Conn, SSH_USER};
+use super::pool::{SSH_USER, Slot};
 use super::run::exit_code;
 use super::wrapper::quote;
 
@@ -83,14 +83,14 @@ pub fn login_command(user: &str) -> Option<String> {
     (user != SSH_USER).then(|| format!("exec runuser -l {}", quote(user)))
 }
 
-/// Opens a shell for `spec` on `conn`. With `dedicated`, the connection belongs to
-/// this session and is disconnected when it ends.
-pub async fn open(conn: Arc<Conn>, spec: &ShellSpec, dedicated: bool) -> Result<Shell, ExecError> {
-    let channel = conn
-        .handle
-        .channel_open_session()
-        .await
-        .map_err(|e| ExecError::Unreachable(format!("opening an SSH channel: {e}")))?;
+/// Opens a shell for `spec` on `channel` (its place on its connection: `slot`). With
+/// `dedicated`, the connection belongs to this session and is disconnected when it ends.
+pub async fn open(
+    slot: Slot,
+    channel: russh::Channel<Msg>,
+    spec: &ShellSpec,
+    dedicated: bool,
+) -> Result<Shell, ExecError> {
     let (mut read, write) = channel.split();
     let mut early = Vec::new();
     let started = async {
@@ -115,7 +115,7 @@ pub async fn open(conn: Arc<Conn>, spec: &ShellSpec, dedicated: bool) -> Result<
     if let Err(e) = started {
         let _ = write.close().await;
         if dedicated {
-            super::pool::close_in_background(conn);
+            super::pool::close_in_background(slot.conn.clone());
         }
         return Err(e);
     }
@@ -131,7 +131,7 @@ pub async fn open(conn: Arc<Conn>, spec: &ShellSpec, dedicated: bool) -> Result<
         "shell started"
     );
     tokio::spawn(pump(Pump {
-        conn,
+        slot,
         dedicated,
         session_id: spec.session_id.clone(),
         read,
@@ -184,7 +184,7 @@ async fn await_reply(
 }
 
 struct Pump {
-    conn: Arc<Conn>,
+    slot: Slot,
     dedicated: bool,
     session_id: String,
     read: ChannelReadHalf,
@@ -215,7 +215,7 @@ async fn write_input(
 
 async fn pump(p: Pump) {
     let Pump {
-        conn,
+        slot,
         dedicated,
         session_id,
         mut read,
@@ -311,7 +311,7 @@ async fn pump(p: Pump) {
         let _ = output.send(ShellOutput::Exit { exit_code, error }).await;
     }
     if dedicated {
-        super::pool::close_in_background(conn);
+        super::pool::close_in_background(slot.conn.clone());
     }
 }
 

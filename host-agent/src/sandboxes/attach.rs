@@ -15,6 +15,7 @@ use super::Sandboxes;
 use super::exec::known_host_key;
 use crate::error::ServiceError;
 use crate::exec::ExecError;
+use crate::exec::pool::Slot;
 use crate::exec::shell::{self, Shell, ShellSpec};
 use crate::hypervisor::Hypervisor;
 
@@ -31,42 +32,32 @@ impl<H: Hypervisor> Sandboxes<H> {
             cols: open.cols,
             rows: open.rows,
         };
-        // A reused connection may have died unnoticed: one retry on a fresh one.
-        for attempt in 0..2 {
-            let checkout = self
-                .ssh
-                .connection(&r.id, ip, known.clone(), &open.ssh_certificate)
-                .await?;
-            if let Some(k) = &checkout.learned_host_key {
-                self.remember_host_key(&r.id, k).await?;
-            }
-            match shell::open(checkout.conn.clone(), &spec, false).await {
-                Ok(s) => {
-                    tracing::info!(
-                        id = %r.id, session_id = open.session_id, user = open.user,
-                        fresh_connection = checkout.fresh,
-                        connect_ms = checkout.connect_time.as_millis(), "session attached"
-                    );
-                    return Ok(s);
-                }
-                Err(ExecError::Refused(m)) if !checkout.fresh => {
-                    tracing::info!(
-                        id = %r.id, session_id = open.session_id,
-                        "the pooled SSH connection may not have a PTY ({m}); connecting with the session's certificate"
-                    );
-                    return self.attach_dedicated(&open, &spec).await;
-                }
-                Err(ExecError::Refused(m)) => return Err(ServiceError::PermissionDenied(m)),
-                Err(e) => {
-                    self.ssh.discard(&r.id, &checkout.conn);
-                    if checkout.fresh || attempt == 1 {
-                        return Err(e.into());
-                    }
-                    tracing::info!(id = %r.id, "the SSH connection was stale ({e}); reconnecting");
-                }
-            }
+        let opened = self
+            .ssh
+            .open_channel(&r.id, ip, known, &open.ssh_certificate)
+            .await?;
+        if let Some(k) = &opened.learned_host_key {
+            self.remember_host_key(&r.id, k).await?;
         }
-        Err(ExecError::Internal("unreachable: attach retry loop ended".into()).into())
+        let (fresh, connect_ms) = (opened.fresh, opened.connect_time.as_millis());
+        match shell::open(opened.slot, opened.channel, &spec, false).await {
+            Ok(s) => {
+                tracing::info!(
+                    id = %r.id, session_id = open.session_id, user = open.user,
+                    fresh_connection = fresh, connect_ms, "session attached"
+                );
+                Ok(s)
+            }
+            Err(ExecError::Refused(m)) if !fresh => {
+                tracing::info!(
+                    id = %r.id, session_id = open.session_id,
+                    "the pooled SSH connection may not have a PTY ({m}); connecting with the session's certificate"
+                );
+                self.attach_dedicated(&open, &spec).await
+            }
+            Err(ExecError::Refused(m)) => Err(ServiceError::PermissionDenied(m)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The session on a connection of its own, made with the `open`'s certificate.
@@ -85,7 +76,22 @@ impl<H: Hypervisor> Sandboxes<H> {
         if let Some(k) = &learned {
             self.remember_host_key(&r.id, k).await?;
         }
-        let s = shell::open(conn, spec, true).await?;
+        let channel = conn
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| match e {
+                russh::Error::ChannelOpenFailure(reason) => ExecError::Refused(format!(
+                    "sandbox {}: {}",
+                    r.id,
+                    crate::exec::pool::refusal(&reason)
+                )),
+                e => ExecError::Unreachable(format!(
+                    "sandbox {}: connection to the guest lost while opening a channel: {e}",
+                    r.id
+                )),
+            })?;
+        let s = shell::open(Slot::take(conn), channel, spec, true).await?;
         tracing::info!(
             id = %r.id, session_id = open.session_id, user = open.user,
             "session attached on a dedicated connection"

@@ -1,24 +1,61 @@
-//! `Sandboxes::exec`: checks the sandbox can run a command, gets its SSH connection
-//! (remembering a first-use host key in the record), and starts the command.
+//! `Sandboxes::exec`: checks the sandbox can run a command and has room for one more
+//! (`exec.max_concurrent_per_sandbox`), opens a channel on one of its SSH connections
+//! (remembering a first-use host key in the record), and starts the command with a
+//! timeout no longer than `exec.max_timeout_secs` (also when the request has none).
 //!
 //! Errors before the command starts are returned as such (NOT_FOUND, FAILED_PRECONDITION,
-//! INVALID_ARGUMENT, PERMISSION_DENIED, UNAVAILABLE); once started, the stream's exit
-//! event carries any error.
+//! INVALID_ARGUMENT, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE); once started,
+//! the stream's exit event carries any error.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fluid_proto::model::{Exec, SandboxId};
 use russh::keys::PublicKey;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::Sandboxes;
 use crate::error::ServiceError;
+use crate::exec::run::Reopen;
 use crate::exec::{ExecError, ExecEvent, run, wrapper};
 use crate::hypervisor::{DomainState, Hypervisor};
 use crate::state::SandboxRecord;
 
+/// The run time a command gets: what it asked for, at most `ceiling` (also when it
+/// asked for none).
+pub fn effective_timeout(asked: Option<u32>, ceiling: u32) -> Duration {
+    Duration::from_secs(u64::from(asked.unwrap_or(ceiling).min(ceiling)))
+}
+
 impl<H: Hypervisor> Sandboxes<H> {
+    /// A slot among the sandbox's concurrent commands, or RESOURCE_EXHAUSTED.
+    pub(crate) fn exec_slot(&self, id: &SandboxId) -> Result<OwnedSemaphorePermit, ServiceError> {
+        let limit = self.config.exec.max_concurrent_per_sandbox;
+        let sem = {
+            let mut slots = self.exec_slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots
+                .entry(id.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(limit as usize)))
+                .clone()
+        };
+        sem.try_acquire_owned().map_err(|_| {
+            ExecError::Busy(format!(
+                "sandbox {id} already runs {limit} commands, this host's limit \
+                 (exec.max_concurrent_per_sandbox); retry when one has ended"
+            ))
+            .into()
+        })
+    }
+
+    /// Forgets a destroyed sandbox's command slots.
+    pub(crate) fn forget_exec_slots(&self, id: &SandboxId) {
+        self.exec_slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
     /// Starts `req` in its sandbox; the receiver yields `Started`, output chunks, then
     /// exactly one `Exit`.
     #[tracing::instrument(name = "sandbox.exec", skip_all, fields(sandbox_id = %req.sandbox_id))]
@@ -26,43 +63,37 @@ impl<H: Hypervisor> Sandboxes<H> {
         let r = self.record(&req.sandbox_id).await?;
         let ip = self.exec_target(&r).await?;
         let known = known_host_key(&r)?;
+        let permit = self.exec_slot(&r.id)?;
+        let timeout = effective_timeout(req.timeout_seconds, self.config.exec.max_timeout_secs);
         let cmd = run::Command {
             command_id: req.command_id.clone(),
             script: wrapper::build(&req),
             stdin: req.stdin,
-            timeout: req
-                .timeout_seconds
-                .map(|s| Duration::from_secs(u64::from(s))),
+            timeout: Some(timeout),
             output_cap_bytes: req.output_cap_bytes,
         };
-        // A reused connection may have died unnoticed: one retry on a fresh one.
-        for attempt in 0..2 {
-            let checkout = self
-                .ssh
-                .connection(&r.id, ip, known.clone(), &req.ssh_certificate)
-                .await?;
-            if let Some(k) = &checkout.learned_host_key {
-                self.remember_host_key(&r.id, k).await?;
-            }
-            match run::start(checkout.conn.clone(), cmd.clone()).await {
-                Ok(rx) => {
-                    tracing::info!(
-                        id = %r.id, command_id = req.command_id, user = req.user,
-                        fresh_connection = checkout.fresh,
-                        connect_ms = checkout.connect_time.as_millis(), "command started"
-                    );
-                    return Ok(rx);
-                }
-                Err(e) => {
-                    self.ssh.discard(&r.id, &checkout.conn);
-                    if checkout.fresh || attempt == 1 {
-                        return Err(e.into());
-                    }
-                    tracing::info!(id = %r.id, "the SSH connection was stale ({e}); reconnecting");
-                }
-            }
+        let reopen = Reopen {
+            pool: self.ssh.clone(),
+            id: r.id.clone(),
+            ip,
+            known: known.clone(),
+            certificate: req.ssh_certificate.clone(),
+        };
+        let opened = self
+            .ssh
+            .open_channel(&r.id, ip, known, &req.ssh_certificate)
+            .await?;
+        if let Some(k) = &opened.learned_host_key {
+            self.remember_host_key(&r.id, k).await?;
         }
-        Err(ExecError::Internal("unreachable: exec retry loop ended".into()).into())
+        let (fresh, connect_ms) = (opened.fresh, opened.connect_time.as_millis());
+        let rx = run::start(opened, cmd, reopen, permit).await?;
+        tracing::info!(
+            id = %r.id, command_id = req.command_id, user = req.user,
+            fresh_connection = fresh, connect_ms, timeout_s = timeout.as_secs(),
+            connections = self.ssh.connections(&r.id), "command started"
+        );
+        Ok(rx)
     }
 
     /// The address of a sandbox that can run commands.
@@ -131,5 +162,48 @@ pub(super) fn known_host_key(r: &SandboxRecord) -> Result<Option<PublicKey>, Ser
             "sandbox {}: the remembered SSH host key is unreadable: {e}",
             r.id
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandboxes::tests::{env, id};
+
+    #[test]
+    fn the_timeout_is_capped_by_the_ceiling_also_when_none_was_asked() {
+        assert_eq!(effective_timeout(None, 600), Duration::from_secs(600));
+        assert_eq!(effective_timeout(Some(3), 600), Duration::from_secs(3));
+        assert_eq!(
+            effective_timeout(Some(86_400), 600),
+            Duration::from_secs(600)
+        );
+    }
+
+    #[tokio::test]
+    async fn past_the_limit_a_sandbox_gets_resource_exhausted_and_slots_come_back() {
+        let e = env().await;
+        let limit = e.s.config.exec.max_concurrent_per_sandbox as usize;
+        let a = id("SBX-0000000a");
+        let b = id("SBX-0000000b");
+        let held: Vec<_> = (0..limit)
+            .map(|_| e.s.exec_slot(&a).expect("a slot"))
+            .collect();
+        let err = e.s.exec_slot(&a).expect_err("one past the limit");
+        assert!(
+            matches!(&err, ServiceError::ResourceExhausted(m)
+                if m.contains("exec.max_concurrent_per_sandbox") && m.contains("SBX-0000000a")),
+            "{err:?}"
+        );
+        assert_eq!(
+            tonic::Status::from(err).code(),
+            tonic::Code::ResourceExhausted
+        );
+        // Another sandbox has its own slots.
+        let _other = e.s.exec_slot(&b).expect("another sandbox");
+        drop(held);
+        let _again =
+            e.s.exec_slot(&a)
+                .expect("a slot again once the others ended");
     }
 }

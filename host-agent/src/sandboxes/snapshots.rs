@@ -505,27 +505,26 @@ impl<H: Hypervisor> Sandboxes<H> {
             timeout: Some(timeout),
             output_cap_bytes: GUEST_OUTPUT_CAP,
         };
+        let reopen = crate::exec::run::Reopen {
+            pool: self.ssh.clone(),
+            id: r.id.clone(),
+            ip,
+            known: known.clone(),
+            certificate: certificate.to_owned(),
+        };
         let attempt = async {
-            for attempt in 0..2 {
-                let checkout = self
-                    .ssh
-                    .connection(&r.id, ip, known.clone(), certificate)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if let Some(k) = &checkout.learned_host_key {
-                    self.remember_host_key_locked(&r.id, k).await;
-                }
-                match run::start(checkout.conn.clone(), cmd.clone()).await {
-                    Ok(rx) => return Ok(collect(rx).await),
-                    Err(e) => {
-                        self.ssh.discard(&r.id, &checkout.conn);
-                        if checkout.fresh || attempt == 1 {
-                            return Err(e.to_string());
-                        }
-                    }
-                }
+            let opened = self
+                .ssh
+                .open_channel(&r.id, ip, known.clone(), certificate)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(k) = &opened.learned_host_key {
+                self.remember_host_key_locked(&r.id, k).await;
             }
-            Err("the SSH connection failed twice".to_owned())
+            let rx = run::start(opened, cmd, reopen, ())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(collect(rx).await)
         };
         // The connect has its own timeouts; this bounds the whole (kill included).
         tokio::time::timeout(timeout + Duration::from_secs(15), attempt)
