@@ -243,6 +243,12 @@ impl Stack {
             free_port()?,
             opts.network
         );
+        // The simulated internet (`internet::Internet`) lives on 10.99.0.0/16, a
+        // private range that DNS answers may not open by default: the tests' agents
+        // permit it explicitly, unless a test says otherwise.
+        if !opts.network.contains("resolved_private_allow") {
+            toml += "resolved_private_allow = [\"10.99.0.0/16\"]\n";
+        }
         let config = self.dir.path().join(format!("agent-{}.toml", opts.name));
         std::fs::write(&config, toml)?;
         let config = config.to_string_lossy().into_owned();
