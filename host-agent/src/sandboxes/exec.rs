@@ -88,7 +88,7 @@ impl<H: Hypervisor> Sandboxes<H> {
                 )));
             }
         }
-        super::dhcp::address_of(&r, &self.leases().await).ok_or_else(|| {
+        super::dhcp::address_of(r, &self.leases().await).ok_or_else(|| {
             ServiceError::FailedPrecondition(format!(
                 "sandbox {} has no IP address yet (no DHCP lease); wait for it first",
                 r.id

@@ -571,6 +571,10 @@ async fn dhcp_attacks(
     println!("DHCP 3. afterwards");
     let after = leases()?;
     println!("  leases: {after:?}");
+    ensure!(
+        after.contains(&(b_mac.to_owned(), b_ip.to_string())),
+        "B lost its lease: {after:?}"
+    );
     let flooded: Vec<_> = after
         .iter()
         .filter(|(m, _)| m.starts_with("02:de:ad"))
