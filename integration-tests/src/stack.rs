@@ -475,6 +475,19 @@ impl Stack {
                 let _ = std::process::Command::new("virsh")
                     .args(["-c", "qemu:///system", "destroy", &d])
                     .output();
+                // Its static DHCP lease (the agent removes it on destroy; a killed
+                // agent does not).
+                if let Some(mac) = xml
+                    .split("<mac address='")
+                    .nth(1)
+                    .and_then(|rest| rest.split('\'').next())
+                {
+                    let _ = std::process::Command::new("virsh")
+                        .args(["-c", "qemu:///system", "net-update", "default", "delete"])
+                        .args(["ip-dhcp-host", &format!("<host mac='{mac}'/>")])
+                        .args(["--live", "--config"])
+                        .output();
+                }
                 // Sandboxes with snapshots cannot be undefined without their metadata.
                 let _ = std::process::Command::new("virsh")
                     .args([

@@ -384,6 +384,16 @@ async fn a_hostile_guest_gets_nothing_from_dns_or_dhcp() -> Result<()> {
     )
     .await?;
     dhcp_attacks(&admin, &a, (&a_mac, a_ip), (&b, &b_mac, b_ip)).await?;
+
+    println!("destroy: the static leases go with the sandboxes");
+    for id in [&a, &b] {
+        admin.destroy_sandbox(id).await?;
+    }
+    let xml = network_xml()?;
+    ensure!(
+        !xml.contains(&a_mac) && !xml.contains(&b_mac),
+        "static leases left after destroy:\n{xml}"
+    );
     println!("done in {} s", started.elapsed().as_secs());
     Ok(())
 }
