@@ -110,6 +110,14 @@ pub struct NetworkConfig {
     /// Destinations every sandbox of this host may reach, e.g. an apt proxy
     /// (`"10.0.0.5/32 tcp/3142"`, `"deb.debian.org tcp/80"`, `"192.168.1.0/24"`).
     pub always_allow: Vec<EgressRule>,
+    /// Private networks (e.g. an internal mirror's) whose addresses a DNS answer may
+    /// nevertheless admit into a sandbox's allow set. Default none: answers only open
+    /// public addresses, never the bridge's subnet, loopback or link-local.
+    pub resolved_private_allow: Vec<ipnet::Ipv4Net>,
+    /// DNS queries one sandbox may have in flight at the proxy. Default 32.
+    pub dns_max_in_flight_per_sandbox: usize,
+    /// TCP connections one sandbox may hold to the DNS proxy. Default 4.
+    pub dns_max_tcp_per_sandbox: usize,
 }
 
 /// Something a sandbox's disk can be cloned from.

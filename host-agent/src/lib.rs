@@ -144,6 +144,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
                 dns_listen,
                 upstream,
                 sink,
+                settings.dns_caps,
                 shutdown.child_token(),
             ))
         }

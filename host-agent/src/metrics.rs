@@ -134,6 +134,7 @@ pub struct AgentMetrics {
     libvirt_errors: Family<LibvirtErrorLabels, Counter>,
     nft_applies: Counter,
     nft_apply_errors: Counter,
+    dns_refused: Counter,
     grpc_requests: Family<GrpcLabels, Counter>,
     scrape_errors: Counter,
 }
@@ -162,6 +163,7 @@ impl AgentMetrics {
             libvirt_errors: Family::default(),
             nft_applies: Counter::default(),
             nft_apply_errors: Counter::default(),
+            dns_refused: Counter::default(),
             grpc_requests: Family::default(),
             scrape_errors: Counter::default(),
         };
@@ -205,6 +207,11 @@ impl AgentMetrics {
             "nft_apply_errors",
             "nftables applies that failed",
             m.nft_apply_errors.clone(),
+        );
+        r.register(
+            "dns_refused",
+            "DNS queries of sandboxes refused by policy (not asked upstream)",
+            m.dns_refused.clone(),
         );
         r.register(
             "grpc_requests",
@@ -252,6 +259,11 @@ impl AgentMetrics {
         if !ok {
             self.nft_apply_errors.inc();
         }
+    }
+
+    /// The DNS proxy refused a query outside a sandbox's policy (nothing went upstream).
+    pub fn dns_refused(&self) {
+        self.dns_refused.inc();
     }
 
     /// Sets the sandboxes-by-state gauge.

@@ -12,7 +12,8 @@
 //! The sandbox's network rules ([`Firewall`]) move with its life: a create puts the
 //! sandbox in the rules (sealed) before its domain exists, an address is admitted only
 //! once its lease is known (and `wait_for_ip` returns it only after that), a stop
-//! withdraws the address, a destroy removes every rule of it.
+//! withdraws the address, a destroy removes every rule of it. The address itself is a
+//! static DHCP lease the agent reserves at create and removes at destroy ([`dhcp`]).
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -230,7 +231,7 @@ impl<H: Hypervisor> Sandboxes<H> {
     }
 
     fn observe(r: SandboxRecord, domain: Option<&DomainState>, leases: &[Lease]) -> SandboxView {
-        let lease_ip = || leases.iter().find(|l| l.mac == r.mac).map(|l| l.ip);
+        let lease_ip = || dhcp::address_of(&r, leases);
         let (state, ip, error) = match (&r.error, domain) {
             (Some(e), _) => (ObservedState::Error, None, Some(e.clone())),
             (None, None) => (
@@ -368,6 +369,8 @@ impl<H: Hypervisor> Sandboxes<H> {
             }
         };
         let started_at = Instant::now();
+        // The address is the agent's: a static DHCP lease, before the domain exists.
+        let static_ip = self.reserve_ip(&mac, &records).await?;
         let overlay_path = match (&fork_source, &req.from_snapshot) {
             (Some(source), Some(from)) => self.fork_overlay(&req, source, from, &image).await?,
             _ => {
@@ -396,6 +399,7 @@ impl<H: Hypervisor> Sandboxes<H> {
             ssh_host_key: None,
             egress: req.egress.clone(),
             known_ip: None,
+            static_ip,
         };
         // The record goes first: after a crash, reconcile finds something to clean.
         if let Err(e) = self.store.put(&record).await {
@@ -445,6 +449,7 @@ impl<H: Hypervisor> Sandboxes<H> {
         if let Err(e) = self.store.remove(&r.id).await {
             tracing::warn!(id = %r.id, "undo create: {e}");
         }
+        self.unreserve_ip(r).await;
         if self.firewall.remove(&r.id)
             && let Err(e) = self.firewall.sync().await
         {
@@ -479,6 +484,7 @@ impl<H: Hypervisor> Sandboxes<H> {
         match self.state_of(r).await? {
             Some(DomainState::Running) => {}
             Some(DomainState::ShutOff | DomainState::Crashed) => {
+                self.ensure_reserved(r).await?;
                 self.hv.start(&r.domain_uuid).await?;
                 self.mark_started(r).await?;
                 tracing::info!(id = %r.id, "sandbox started");
@@ -600,6 +606,7 @@ impl<H: Hypervisor> Sandboxes<H> {
         }
         if let Some(r) = &record {
             self.release_leases(r).await;
+            self.unreserve_ip(r).await;
             self.overlays.remove(&r.overlay_path).await?;
         }
         self.overlays.remove(&self.overlays.path_for(id)).await?;
@@ -648,14 +655,7 @@ impl<H: Hypervisor> Sandboxes<H> {
                     )));
                 }
             }
-            if let Some(ip) = self
-                .hv
-                .leases(r.network.as_str())
-                .await?
-                .iter()
-                .find(|l| l.mac == r.mac)
-                .map(|l| l.ip)
-            {
+            if let Some(ip) = dhcp::lease_of(&r, &self.hv.leases(r.network.as_str()).await?) {
                 // Not before the rules admit it: the caller's first SSH must get through.
                 self.admit_ip(&r.id, ip).await?;
                 tracing::info!(id = %r.id, %ip, waited_ms = started.elapsed().as_millis(), "sandbox has an address");
@@ -725,6 +725,7 @@ pub(crate) async fn remove_domain<H: Hypervisor>(hv: &H, uuid: &str) -> Result<(
 }
 
 mod attach;
+mod dhcp;
 mod egress;
 mod exec;
 mod fork;

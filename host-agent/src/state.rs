@@ -60,6 +60,12 @@ pub struct SandboxRecord {
     /// the agent; cleared when it stops. `None`: only DHCP gets out.
     #[serde(default)]
     pub known_ip: Option<Ipv4Addr>,
+    /// The address the agent reserved for the sandbox: a static DHCP host entry
+    /// (`<host mac=… ip=…/>`) in the libvirt network from create to destroy, so the
+    /// guest's DHCP can get no other address and nobody else can get this one.
+    /// `None`: a sandbox created before static leases (dynamic lease).
+    #[serde(default)]
+    pub static_ip: Option<Ipv4Addr>,
 }
 
 /// The allow-list as stored: plain fields, checked again when read back.
@@ -254,6 +260,7 @@ pub(crate) fn test_record(id: &str, name: &str) -> SandboxRecord {
         ssh_host_key: None,
         egress: EgressPolicy::default(),
         known_ip: None,
+        static_ip: None,
     }
 }
 

@@ -184,13 +184,19 @@ impl Lab {
         self.udp_received(&["10.99.0.1", "5353"], role, &send) == "query"
     }
 
-    /// A DHCP-like broadcast (udp 68 → 255.255.255.255:67) from `role`; true when the
-    /// host got it.
-    fn dhcp_reaches_host(&self, role: &str) -> bool {
-        let send = "python3 -c \"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+    /// A DHCP request (udp 68 → 255.255.255.255:67, a BOOTP message whose `chaddr` is
+    /// `chaddr`) from `role`; true when the host got it.
+    fn dhcp_reaches_host(&self, role: &str, chaddr: &str) -> bool {
+        let send = format!(
+            "python3 -c \"import socket, struct; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
             s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1); s.bind(('0.0.0.0', 68)); \
-            s.sendto(b'dhcp', ('255.255.255.255', 67))\"";
-        self.udp_received(&["67"], role, send) == "dhcp"
+            ch = bytes.fromhex('{}'); \
+            m = struct.pack('!BBBBIHH16s16s64s128s', 1, 1, 6, 0, 7, 0, 0x8000, bytes(16), ch + bytes(10), b'fluid-dhcp-probe', b'') + bytes.fromhex('63825363350101ff'); \
+            s.sendto(m, ('255.255.255.255', 67))\"",
+            chaddr.replace(':', "")
+        );
+        self.udp_received(&["67"], role, &send)
+            .contains("fluid-dhcp-probe")
     }
 
     fn nft(&self, args: &[&str]) -> String {
@@ -236,6 +242,7 @@ fn record(id: &str, mac: &str, allow: &[&str]) -> SandboxRecord {
         egress: EgressPolicy::new(allow.iter().map(|l| parse_rule(l).expect("rule")).collect())
             .expect("policy"),
         known_ip: None,
+        static_ip: None,
     }
 }
 
@@ -309,6 +316,9 @@ async fn rules_seal_sandboxes_in_a_real_kernel() {
         dns_listen: "10.99.0.1:5353".parse().expect("addr"),
         dns_upstream: "10.99.0.1:53".parse().expect("addr"),
         always_allow: Vec::new(),
+        // The lab's "internet" is private (10.98.0.0/16): permitted explicitly.
+        resolved_private_allow: vec!["10.98.0.0/16".parse().expect("net")],
+        dns_caps: Default::default(),
     };
     let nft = NftCommand::with_prefix("ip", ["netns", "exec", &lab.ns("h"), "nft"]);
     let fw = Arc::new(Firewall::new(settings, Arc::new(nft)));
@@ -319,8 +329,18 @@ async fn rules_seal_sandboxes_in_a_real_kernel() {
     println!("sealed, addresses not known yet:");
     check(
         "s1 DHCP broadcast → host udp/67",
-        lab.dhcp_reaches_host("s1"),
+        lab.dhcp_reaches_host("s1", MAC1),
         true,
+    );
+    check(
+        "s1 DHCP broadcast with s2's chaddr → host udp/67",
+        lab.dhcp_reaches_host("s1", MAC2),
+        false,
+    );
+    check(
+        "s1 DHCP broadcast with a random chaddr → host udp/67",
+        lab.dhcp_reaches_host("s1", "02:de:ad:00:00:01"),
+        false,
     );
     check(
         "host → s1 tcp/22 (address not admitted yet)",
@@ -389,8 +409,13 @@ async fn rules_seal_sandboxes_in_a_real_kernel() {
     );
     check(
         "s1 DHCP broadcast → host udp/67 (address known)",
-        lab.dhcp_reaches_host("s1"),
+        lab.dhcp_reaches_host("s1", MAC1),
         true,
+    );
+    check(
+        "s1 DHCP from its own address with s2's chaddr → host udp/67",
+        lab.dhcp_reaches_host("s1", MAC2),
+        false,
     );
     check(
         "s1 → internet tcp/8080 (its CIDR entry)",
@@ -482,6 +507,20 @@ async fn rules_seal_sandboxes_in_a_real_kernel() {
         false,
     );
 
+    // An answer naming the host's subnet or loopback opens nothing.
+    let inward = fw
+        .allow_resolved(
+            IP1,
+            "allowed.test",
+            &[
+                "10.99.0.1".parse().expect("ip"),
+                "127.0.0.1".parse().expect("ip"),
+            ],
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("allow resolved");
+    assert!(!inward, "an answer admitted the host subnet or loopback");
     let added = fw
         .allow_resolved(
             IP1,

@@ -26,6 +26,8 @@ pub struct Internet {
     pub gateway: Ipv4Addr,
     /// `server:53`: the resolver to give the agent as its upstream.
     pub dns: String,
+    /// The DNS server's query log (`--log-queries`), read by [`Internet::dns_queries`].
+    dns_log: std::path::PathBuf,
     host_if: String,
     children: Vec<Child>,
 }
@@ -45,6 +47,17 @@ impl Internet {
     /// Creates the namespace `fluid-inet-<tag>` with the server at 10.99.`n`.2, and
     /// `names` resolving to it.
     pub fn start(tag: &str, n: u8, names: &[&str]) -> Result<Self> {
+        Self::start_mapped(tag, n, names, &[])
+    }
+
+    /// [`Internet::start`], and each of `mapped` (a name and its sub-domains) resolving
+    /// to the address given with it (e.g. a private or loopback address).
+    pub fn start_mapped(
+        tag: &str,
+        n: u8,
+        names: &[&str],
+        mapped: &[(&str, Ipv4Addr)],
+    ) -> Result<Self> {
         let namespace = format!("fluid-inet-{tag}");
         let host_if = format!("fi{tag}");
         let peer_if = format!("fo{tag}");
@@ -55,6 +68,7 @@ impl Internet {
             server,
             gateway,
             dns: format!("{server}:53"),
+            dns_log: std::env::temp_dir().join(format!("fluid-inet-{tag}-dns.log")),
             host_if: host_if.clone(),
             children: Vec::new(),
         };
@@ -116,9 +130,15 @@ impl Internet {
             "--bind-interfaces".into(),
             format!("--listen-address={server}"),
             "--local-ttl=30".into(),
+            "--log-queries".into(),
+            format!("--log-facility={}", net.dns_log.display()),
         ];
+        let _ = std::fs::remove_file(&net.dns_log);
         for name in names {
             dns.push(format!("--address=/{name}/{server}"));
+        }
+        for (name, addr) in mapped {
+            dns.push(format!("--address=/{name}/{addr}"));
         }
         let dns: Vec<&str> = dns.iter().map(String::as_str).collect();
         net.spawn(&dns)?;
@@ -143,6 +163,21 @@ impl Internet {
             &dir,
         ])?;
         self.wait_listening(port)
+    }
+
+    /// The queries the DNS server received so far, as `(type, name)`, e.g.
+    /// `("TXT", "abc.attacker.test")`: what got past a sandbox's DNS proxy.
+    pub fn dns_queries(&self) -> Vec<(String, String)> {
+        let log = std::fs::read_to_string(&self.dns_log).unwrap_or_default();
+        log.lines()
+            .filter_map(|line| {
+                // `… dnsmasq[pid]: query[TXT] abc.attacker.test from 10.99.71.1`
+                let rest = &line[line.find("query[")? + "query[".len()..];
+                let (qtype, rest) = rest.split_once("] ")?;
+                let name = rest.split_whitespace().next()?;
+                Some((qtype.to_owned(), name.to_owned()))
+            })
+            .collect()
     }
 
     fn spawn(&mut self, args: &[&str]) -> Result<()> {
@@ -184,5 +219,6 @@ impl Drop for Internet {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.namespace])
             .status();
+        let _ = std::fs::remove_file(&self.dns_log);
     }
 }

@@ -243,6 +243,12 @@ impl Stack {
             free_port()?,
             opts.network
         );
+        // The simulated internet (`internet::Internet`) lives on 10.99.0.0/16, a
+        // private range that DNS answers may not open by default: the tests' agents
+        // permit it explicitly, unless a test says otherwise.
+        if !opts.network.contains("resolved_private_allow") {
+            toml += "resolved_private_allow = [\"10.99.0.0/16\"]\n";
+        }
         let config = self.dir.path().join(format!("agent-{}.toml", opts.name));
         std::fs::write(&config, toml)?;
         let config = config.to_string_lossy().into_owned();
@@ -469,6 +475,19 @@ impl Stack {
                 let _ = std::process::Command::new("virsh")
                     .args(["-c", "qemu:///system", "destroy", &d])
                     .output();
+                // Its static DHCP lease (the agent removes it on destroy; a killed
+                // agent does not).
+                if let Some(mac) = xml
+                    .split("<mac address='")
+                    .nth(1)
+                    .and_then(|rest| rest.split('\'').next())
+                {
+                    let _ = std::process::Command::new("virsh")
+                        .args(["-c", "qemu:///system", "net-update", "default", "delete"])
+                        .args(["ip-dhcp-host", &format!("<host mac='{mac}'/>")])
+                        .args(["--live", "--config"])
+                        .output();
+                }
                 // Sandboxes with snapshots cannot be undefined without their metadata.
                 let _ = std::process::Command::new("virsh")
                     .args([

@@ -212,11 +212,13 @@ async fn sandboxes_are_sealed_and_egress_opens_only_with_approval() -> Result<()
     ] {
         ensure!(!probe(&admin, &a, what, &target).await?, "{what}");
     }
+    // The DNS proxy answers only names of A's policy: sealed, A resolves nothing
+    // (section 3 shows the name resolving once A's policy names it).
     ensure!(
-        probe(
+        !probe(
             &admin,
             &a,
-            "A resolves allowed.test (DNS works)",
+            "A resolves allowed.test (not in its policy)",
             "resolve allowed.test"
         )
         .await?

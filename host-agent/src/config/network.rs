@@ -67,6 +67,12 @@ pub(super) struct RawNetwork {
     dns_upstream: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     always_allow: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resolved_private_allow: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dns_max_in_flight_per_sandbox: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dns_max_tcp_per_sandbox: Option<usize>,
 }
 
 /// `fluid_` + the host name with anything but ASCII letters and digits as `_`.
@@ -157,7 +163,46 @@ impl RawNetworkField {
                     .map_err(|e| invalid(format!("network.always_allow[{i}]"), e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let resolved_private_allow = raw
+            .resolved_private_allow
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                n.trim()
+                    .parse::<ipnet::Ipv4Net>()
+                    .map(|n| n.trunc())
+                    .map_err(|_| {
+                        invalid(
+                            format!("network.resolved_private_allow[{i}]"),
+                            format!("{n:?} is not an IPv4 network (a.b.c.d/len)"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let cap = |field: &str, v: Option<usize>, default: usize| match v {
+            None => Ok(default),
+            Some(n) if (1..=4096).contains(&n) => Ok(n),
+            Some(n) => Err(invalid(
+                format!("network.{field}"),
+                format!("{n} must be 1-4096"),
+            )),
+        };
+        let defaults = crate::network::dns::SandboxCaps::default();
+        let dns_max_in_flight_per_sandbox = cap(
+            "dns_max_in_flight_per_sandbox",
+            raw.dns_max_in_flight_per_sandbox,
+            defaults.in_flight,
+        )?;
+        let dns_max_tcp_per_sandbox = cap(
+            "dns_max_tcp_per_sandbox",
+            raw.dns_max_tcp_per_sandbox,
+            defaults.tcp_connections,
+        )?;
         Ok(NetworkConfig {
+            resolved_private_allow,
+            dns_max_in_flight_per_sandbox,
+            dns_max_tcp_per_sandbox,
             name,
             enforce: raw.enforce.unwrap_or(true),
             nft_table,

@@ -10,8 +10,8 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    DomainSnapshot, DomainSpec, DomainState, FluidMeta, Hypervisor, HypervisorError, Lease,
-    NetworkInfo, NodeInfo, OwnedDomain, Result, RevertTo, SourceDomain,
+    DhcpHost, DomainSnapshot, DomainSpec, DomainState, FluidMeta, Hypervisor, HypervisorError,
+    Lease, NetworkInfo, NodeInfo, OwnedDomain, Result, RevertTo, SourceDomain,
 };
 
 #[derive(Debug, Clone)]
@@ -37,6 +37,8 @@ pub struct FakeState {
     pub fail_start: bool,
     pub unavailable: bool,
     pub next_ip: u8,
+    /// Static DHCP hosts (the guest's DHCP gets its entry's address).
+    pub dhcp_hosts: Vec<DhcpHost>,
     pub defines: usize,
     /// Snapshot creates fail.
     pub fail_snapshot: bool,
@@ -105,8 +107,19 @@ impl FakeHypervisor {
 
     /// Hands the domain's MAC a fresh lease (as its guest's DHCP would).
     fn give_lease(s: &mut FakeState, uuid: &str) {
-        let ip = Ipv4Addr::new(192, 168, 122, s.next_ip);
-        s.next_ip = s.next_ip.wrapping_add(1);
+        let mac = s
+            .domains
+            .get(uuid)
+            .map(|d| d.mac.clone())
+            .unwrap_or_default();
+        let ip = match s.dhcp_hosts.iter().find(|h| h.mac == mac) {
+            Some(h) => h.ip,
+            None => {
+                let ip = Ipv4Addr::new(192, 168, 122, s.next_ip);
+                s.next_ip = s.next_ip.wrapping_add(1);
+                ip
+            }
+        };
         if let Some(mac) = s.domains.get(uuid).map(|d| d.mac.clone()) {
             s.leases.retain(|l| l.mac != mac);
             s.leases.push(Lease { mac, ip });
@@ -249,7 +262,31 @@ impl Hypervisor for FakeHypervisor {
         Ok(NetworkInfo {
             bridge: "virbr0".into(),
             ipv4: Some(ipnet::Ipv4Net::new(Ipv4Addr::new(192, 168, 122, 1), 24).expect("net")),
+            dhcp_range: Some((
+                Ipv4Addr::new(192, 168, 122, 10),
+                Ipv4Addr::new(192, 168, 122, 254),
+            )),
+            dhcp_hosts: self.lock().dhcp_hosts.clone(),
         })
+    }
+
+    async fn add_dhcp_host(&self, _network: &str, host: &DhcpHost) -> Result<()> {
+        let mut s = self.lock();
+        if s.dhcp_hosts
+            .iter()
+            .any(|h| h.mac == host.mac || h.ip == host.ip)
+        {
+            return Err(HypervisorError::Failed(format!(
+                "there is an existing dhcp host entry that matches {host:?}"
+            )));
+        }
+        s.dhcp_hosts.push(host.clone());
+        Ok(())
+    }
+
+    async fn remove_dhcp_host(&self, _network: &str, host: &DhcpHost) -> Result<()> {
+        self.lock().dhcp_hosts.retain(|h| h != host);
+        Ok(())
     }
 
     async fn node_info(&self) -> Result<NodeInfo> {

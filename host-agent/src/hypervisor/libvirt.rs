@@ -26,8 +26,9 @@ use virt::error::ErrorNumber;
 use super::domain_xml::{self, parse_meta, parse_source_disk};
 use super::leases::{self, DNSMASQ_STATE_DIR};
 use super::{
-    DomainSnapshot, DomainSpec, DomainState, FLUID_XMLNS, FluidMeta, Hypervisor, HypervisorError,
-    Lease, NetworkInfo, NodeInfo, OwnedDomain, Result, RevertTo, SourceDomain, snapshot_xml,
+    DhcpHost, DomainSnapshot, DomainSpec, DomainState, FLUID_XMLNS, FluidMeta, Hypervisor,
+    HypervisorError, Lease, NetworkInfo, NodeInfo, OwnedDomain, Result, RevertTo, SourceDomain,
+    snapshot_xml,
 };
 
 type Job = Box<dyn FnOnce(Result<&Connect>) + Send>;
@@ -172,6 +173,31 @@ impl Libvirt {
         })
         .await
     }
+}
+
+/// `<host mac='…' ip='…'/>` (a MAC and an address: nothing to escape).
+fn dhcp_host_xml(host: &DhcpHost) -> String {
+    format!("<host mac='{}' ip='{}'/>", host.mac, host.ip)
+}
+
+/// `virNetworkUpdate` of the first IPv4 `<dhcp>`: live and persistent when the network
+/// runs, persistent only when it does not (libvirt refuses `LIVE` on an inactive one).
+fn update_dhcp_host(
+    net: &virt::network::Network,
+    command: virt::sys::virNetworkUpdateCommand,
+    xml: &str,
+) -> std::result::Result<(), virt::error::Error> {
+    let mut flags = virt::sys::VIR_NETWORK_UPDATE_AFFECT_CONFIG;
+    if net.is_active().unwrap_or(true) {
+        flags |= virt::sys::VIR_NETWORK_UPDATE_AFFECT_LIVE;
+    }
+    net.update(
+        command,
+        virt::sys::VIR_NETWORK_SECTION_IP_DHCP_HOST,
+        -1,
+        xml,
+        flags,
+    )
 }
 
 fn connection_thread(uri: &str, jobs: mpsc::Receiver<Job>) {
@@ -408,6 +434,34 @@ impl Hypervisor for Libvirt {
             })
             .await?;
         super::network_xml::parse_network(&xml)
+    }
+
+    async fn add_dhcp_host(&self, network: &str, host: &DhcpHost) -> Result<()> {
+        let (network, xml) = (network.to_owned(), dhcp_host_xml(host));
+        self.call("add_dhcp_host", move |c| {
+            let net = c.lookup_network_by_name(&network).map_err(map_err)?;
+            update_dhcp_host(&net, virt::sys::VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, &xml)
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn remove_dhcp_host(&self, network: &str, host: &DhcpHost) -> Result<()> {
+        let (network, xml) = (network.to_owned(), dhcp_host_xml(host));
+        let host = host.clone();
+        self.call("remove_dhcp_host", move |c| {
+            let net = c.lookup_network_by_name(&network).map_err(map_err)?;
+            let xml_now = net.xml_desc(0).map_err(map_err)?;
+            let present = super::network_xml::parse_network(&xml_now)?
+                .dhcp_hosts
+                .contains(&host);
+            if !present {
+                return Ok(());
+            }
+            update_dhcp_host(&net, virt::sys::VIR_NETWORK_UPDATE_COMMAND_DELETE, &xml)
+                .map_err(map_err)
+        })
+        .await
     }
 
     async fn node_info(&self) -> Result<NodeInfo> {

@@ -126,6 +126,19 @@ pub struct NetworkInfo {
     /// The host's IPv4 address on the bridge with the network's prefix (e.g.
     /// 192.168.122.1/24); `None` when the network has no IPv4 address.
     pub ipv4: Option<ipnet::Ipv4Net>,
+    /// The first DHCP range of that address (first, last), if it serves DHCP.
+    pub dhcp_range: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// Its static DHCP hosts (any agent's, or an operator's).
+    pub dhcp_hosts: Vec<DhcpHost>,
+}
+
+/// A static DHCP host entry of a network (`<host mac=… ip=…/>`): dnsmasq gives `ip` to
+/// `mac` only, and never gives `ip` to anyone else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhcpHost {
+    /// Lower case.
+    pub mac: String,
+    pub ip: Ipv4Addr,
 }
 
 /// Host resources.
@@ -195,8 +208,14 @@ pub trait Hypervisor: Send + Sync + 'static {
     async fn leases(&self, network: &str) -> Result<Vec<Lease>>;
     /// Releases a DHCP lease so the address can be handed out again at once.
     async fn release_lease(&self, network: &str, lease: &Lease) -> Result<()>;
-    /// The network's bridge and IPv4 address (for the agent's firewall and DNS proxy).
+    /// The network's bridge and IPv4 address (for the agent's firewall and DNS proxy),
+    /// its DHCP range and static hosts.
     async fn network_info(&self, network: &str) -> Result<NetworkInfo>;
+    /// Adds a static DHCP host entry, live and to the network's persistent config.
+    /// Fails when an entry with that MAC or address exists.
+    async fn add_dhcp_host(&self, network: &str, host: &DhcpHost) -> Result<()>;
+    /// Removes the static DHCP host entry; a missing one is fine.
+    async fn remove_dhcp_host(&self, network: &str, host: &DhcpHost) -> Result<()>;
     async fn node_info(&self) -> Result<NodeInfo>;
     /// A domain used as an image (not necessarily ours; only read).
     async fn source_domain(&self, name: &str) -> Result<SourceDomain>;

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
-use super::{HypervisorError, NetworkInfo};
+use super::{DhcpHost, HypervisorError, NetworkInfo};
 
 #[derive(Debug, Deserialize)]
 struct Network {
@@ -33,6 +33,31 @@ struct Ip {
     netmask: Option<String>,
     #[serde(rename = "@prefix")]
     prefix: Option<u8>,
+    dhcp: Option<Dhcp>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Dhcp {
+    #[serde(default)]
+    range: Vec<Range>,
+    #[serde(default)]
+    host: Vec<Host>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Range {
+    #[serde(rename = "@start")]
+    start: Option<String>,
+    #[serde(rename = "@end")]
+    end: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Host {
+    #[serde(rename = "@mac")]
+    mac: Option<String>,
+    #[serde(rename = "@ip")]
+    ip: Option<String>,
 }
 
 impl Ip {
@@ -65,9 +90,33 @@ pub fn parse_network(xml: &str) -> Result<NetworkInfo, HypervisorError> {
         .and_then(|b| b.name)
         .filter(|b| !b.is_empty())
         .ok_or_else(|| HypervisorError::Failed(format!("network {name} has no bridge")))?;
+    let v4 = net.ip.iter().find(|ip| ip.ipv4().is_some());
+    let dhcp = v4.and_then(|ip| ip.dhcp.as_ref());
+    let dhcp_range = dhcp.and_then(|d| {
+        d.range.iter().find_map(|r| {
+            let start: Ipv4Addr = r.start.as_deref()?.parse().ok()?;
+            let end: Ipv4Addr = r.end.as_deref()?.parse().ok()?;
+            (start <= end).then_some((start, end))
+        })
+    });
+    let dhcp_hosts = dhcp
+        .map(|d| {
+            d.host
+                .iter()
+                .filter_map(|h| {
+                    Some(DhcpHost {
+                        mac: h.mac.as_deref()?.to_ascii_lowercase(),
+                        ip: h.ip.as_deref()?.parse().ok()?,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(NetworkInfo {
         bridge,
-        ipv4: net.ip.iter().find_map(Ip::ipv4),
+        ipv4: v4.and_then(Ip::ipv4),
+        dhcp_range,
+        dhcp_hosts,
     })
 }
 
@@ -93,6 +142,42 @@ mod tests {
         assert_eq!(
             info.ipv4.map(|n| n.to_string()).as_deref(),
             Some("192.168.122.1/24")
+        );
+        assert_eq!(
+            info.dhcp_range,
+            Some((
+                Ipv4Addr::new(192, 168, 122, 2),
+                Ipv4Addr::new(192, 168, 122, 254)
+            ))
+        );
+        assert!(info.dhcp_hosts.is_empty());
+    }
+
+    #[test]
+    fn reads_static_dhcp_hosts() {
+        let xml = r#"<network><name>default</name><bridge name='virbr0'/>
+  <ip address='192.168.122.1' netmask='255.255.255.0'>
+    <dhcp>
+      <range start='192.168.122.2' end='192.168.122.254'/>
+      <host mac='52:54:00:AA:00:01' ip='192.168.122.40'/>
+      <host mac='52:54:00:aa:00:02' name='b' ip='192.168.122.41'/>
+      <host name='no-mac' ip='192.168.122.42'/>
+    </dhcp>
+  </ip>
+</network>"#;
+        let info = parse_network(xml).expect("parse");
+        assert_eq!(
+            info.dhcp_hosts,
+            vec![
+                DhcpHost {
+                    mac: "52:54:00:aa:00:01".into(),
+                    ip: Ipv4Addr::new(192, 168, 122, 40)
+                },
+                DhcpHost {
+                    mac: "52:54:00:aa:00:02".into(),
+                    ip: Ipv4Addr::new(192, 168, 122, 41)
+                },
+            ]
         );
     }
 

@@ -9,11 +9,19 @@
 //! answer to the sandbox: the sandbox's immediate `connect` to the address is then
 //! already allowed.
 //!
+//! Only names the sandbox may reach are asked upstream ([`policy`]): its allow-list's
+//! domains and the host's `always_allow` ones (exact names, as the firewall matches
+//! them), and only A, AAAA and CNAME queries of class IN. A query for any other name or
+//! type, or from a client that is not a sandbox with a known address, is REFUSED by
+//! the proxy without asking anyone: the proxy is no channel out of a sealed sandbox.
+//! Each sandbox has its own caps on queries in flight and TCP connections.
+//!
 //! The answer bytes are passed through untouched (same id, same records, same EDNS), so
-//! the proxy is invisible to the sandbox's resolver library. The proxy only answers by
-//! itself in two cases: REFUSED for opcodes other than QUERY (NOTIFY, UPDATE, ... have
-//! no business leaving a sandbox) and SERVFAIL when the upstream does not answer (so the
-//! client fails fast instead of waiting for its own timeouts). Anything that is not a
+//! the proxy is invisible to the sandbox's resolver library. The proxy answers by
+//! itself with REFUSED (names and types outside the policy; opcodes other than QUERY:
+//! NOTIFY, UPDATE, ... have no business leaving a sandbox) and with SERVFAIL when the
+//! upstream does not answer (so the client fails fast instead of waiting for its own
+//! timeouts). Anything that is not a
 //! well-formed query with exactly one question is dropped without an answer: there is
 //! nothing sensible to answer, and answering garbage would make the proxy a reflector.
 
@@ -30,11 +38,20 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+pub mod policy;
 #[cfg(test)]
 mod tests;
 
+use policy::PerClient;
+pub use policy::SandboxCaps;
+
 /// Receives the addresses a sandbox's name resolved to, before the sandbox sees them.
 pub trait ResolvedSink: Send + Sync + 'static {
+    /// Whether the sandbox at `client` may resolve `name` (lower case, no trailing
+    /// dot): its policy or the host's names it. `false` for an unknown client. Only
+    /// allowed names are asked upstream.
+    fn may_resolve(&self, client: Ipv4Addr, name: &str) -> bool;
+
     /// `client`: the sandbox's IPv4 address (the query's source). `name`: the queried
     /// name (lower case, no trailing dot). `addrs`: every A/AAAA address in the
     /// answer section (following CNAMEs: all address records count for the queried
@@ -56,16 +73,23 @@ pub async fn serve(
     listen: SocketAddr,
     upstream: SocketAddr,
     sink: Arc<dyn ResolvedSink>,
+    caps: SandboxCaps,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    Proxy::bind(listen, upstream, sink, Limits::default())
+    let limits = Limits {
+        client_in_flight: caps.in_flight.max(1),
+        client_tcp: caps.tcp_connections.max(1),
+        ..Limits::default()
+    };
+    Proxy::bind(listen, upstream, sink, limits)
         .await?
         .run(shutdown)
         .await;
     Ok(())
 }
 
-/// The knobs of the proxy. Only tests change them (to keep timeout tests short).
+/// The knobs of the proxy. The per-client caps come from the config; the rest only
+/// tests change (to keep timeout tests short).
 #[derive(Clone, Copy, Debug)]
 struct Limits {
     /// How long one upstream attempt may take (connect + send + answer).
@@ -83,6 +107,10 @@ struct Limits {
     /// How long the sink may take. A stuck sink must not hang DNS: past this the
     /// answer is sent anyway (the firewall then just refuses the connection).
     sink_timeout: Duration,
+    /// UDP queries of one client in flight at once ([`SandboxCaps::in_flight`]).
+    client_in_flight: usize,
+    /// TCP connections of one client ([`SandboxCaps::tcp_connections`]).
+    client_tcp: usize,
 }
 
 impl Default for Limits {
@@ -94,6 +122,8 @@ impl Default for Limits {
             udp_in_flight: 256,
             tcp_connections: 64,
             sink_timeout: Duration::from_secs(5),
+            client_in_flight: SandboxCaps::default().in_flight,
+            client_tcp: SandboxCaps::default().tcp_connections,
         }
     }
 }
@@ -185,6 +215,7 @@ impl Proxy {
 /// Receives datagrams and answers each one in its own task.
 async fn udp_loop(socket: Arc<UdpSocket>, ctx: Arc<Ctx>, shutdown: CancellationToken) {
     let permits = Arc::new(Semaphore::new(ctx.limits.udp_in_flight));
+    let per_client = Arc::new(PerClient::default());
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
         let (len, client) = match socket.recv_from(&mut buf).await {
@@ -197,6 +228,11 @@ async fn udp_loop(socket: Arc<UdpSocket>, ctx: Arc<Ctx>, shutdown: CancellationT
                 continue;
             }
         };
+        let Some(client_permit) = per_client.try_acquire(client.ip(), ctx.limits.client_in_flight)
+        else {
+            tracing::debug!(%client, "DNS client has too many queries in flight; dropping one");
+            continue;
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::debug!(%client, "DNS proxy busy; dropping UDP query");
             continue;
@@ -204,7 +240,7 @@ async fn udp_loop(socket: Arc<UdpSocket>, ctx: Arc<Ctx>, shutdown: CancellationT
         let query = buf.get(..len).unwrap_or_default().to_vec();
         let (socket, ctx, shutdown) = (socket.clone(), ctx.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, client_permit);
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 () = async {
@@ -222,6 +258,7 @@ async fn udp_loop(socket: Arc<UdpSocket>, ctx: Arc<Ctx>, shutdown: CancellationT
 /// Accepts TCP connections, at most [`Limits::tcp_connections`] at once.
 async fn tcp_loop(listener: TcpListener, ctx: Arc<Ctx>, shutdown: CancellationToken) {
     let permits = Arc::new(Semaphore::new(ctx.limits.tcp_connections));
+    let per_client = Arc::new(PerClient::default());
     loop {
         let (stream, client) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -232,13 +269,17 @@ async fn tcp_loop(listener: TcpListener, ctx: Arc<Ctx>, shutdown: CancellationTo
                 continue;
             }
         };
+        let Some(client_permit) = per_client.try_acquire(client.ip(), ctx.limits.client_tcp) else {
+            tracing::debug!(%client, "DNS client has too many TCP connections; closing");
+            continue;
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::debug!(%client, "DNS proxy has too many TCP connections; closing");
             continue;
         };
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, client_permit);
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 () = tcp_connection(stream, client, &ctx) => {}
@@ -442,6 +483,15 @@ async fn handle_query(
     let query = message.queries.first()?;
     let name = sink_name(query);
     let qtype = query.query_type;
+    // The policy, before anything leaves the host.
+    let sandbox = sandbox_ipv4(client);
+    let allowed = policy::allowed_type(qtype, query.query_class)
+        && sandbox.is_some_and(|sandbox| ctx.sink.may_resolve(sandbox, &name));
+    if !allowed {
+        tracing::debug!(%client, name, %qtype, "DNS query outside the sandbox's policy; REFUSED");
+        crate::metrics::metrics().dns_refused();
+        return error_answer(&message, ResponseCode::Refused);
+    }
 
     let answer = match forward(ctx, &message, bytes, transport).await {
         Ok(answer) => answer,

@@ -357,6 +357,9 @@ impl Firewall {
 
     /// Allows `addrs` (what `name` resolved to for the sandbox at `client`) for
     /// `max(ttl, 30 s)`, when that sandbox's allow-list (or the host's) names `name`.
+    /// Only admissible addresses ([`super::admit`]): never the host's subnet,
+    /// loopback, link-local, multicast, nor private ones outside
+    /// `resolved_private_allow`.
     /// True when addresses were added. Only IPv4 addresses are used: sandboxes have no
     /// IPv6 (their tap drops it).
     pub async fn allow_resolved(
@@ -369,13 +372,19 @@ impl Firewall {
         let Some(settings) = &self.settings else {
             return Ok(false);
         };
-        let v4: Vec<Ipv4Addr> = addrs
+        let (v4, refused): (Vec<Ipv4Addr>, Vec<Ipv4Addr>) = addrs
             .iter()
             .filter_map(|a| match a {
                 IpAddr::V4(a) => Some(*a),
                 IpAddr::V6(_) => None,
             })
-            .collect();
+            .partition(|a| {
+                super::admit::admissible(*a, settings.host, &settings.resolved_private_allow)
+            });
+        if !refused.is_empty() {
+            tracing::warn!(%client, name, ?refused,
+                "a DNS answer named private, loopback, link-local or host-subnet addresses; not admitted");
+        }
         if v4.is_empty() {
             return Ok(false);
         }
@@ -419,6 +428,21 @@ impl Firewall {
         Ok(true)
     }
 
+    /// Whether the sandbox at `client` (its admitted address) may resolve `name`: its
+    /// allow-list or the host's `always_allow` names it (exact names, as the sets are
+    /// made). False for an address no sandbox holds, and when not enforcing.
+    pub fn may_resolve(&self, client: Ipv4Addr, name: &str) -> bool {
+        let Some(settings) = &self.settings else {
+            return false;
+        };
+        let name = normalise(name);
+        let st = self.lock();
+        st.members
+            .values()
+            .find(|m| m.ip == Some(client))
+            .is_some_and(|m| ruleset::domains(&settings.always_allow, &m.policy).contains(&name))
+    }
+
     /// The addresses each of a sandbox's domains (its own and the host's) resolved to
     /// and that are still allowed, by domain.
     pub fn resolved(&self, id: &SandboxId) -> Vec<(String, Vec<Ipv4Addr>)> {
@@ -451,6 +475,10 @@ impl Firewall {
 }
 
 impl super::dns::ResolvedSink for Firewall {
+    fn may_resolve(&self, client: Ipv4Addr, name: &str) -> bool {
+        Firewall::may_resolve(self, client, name)
+    }
+
     fn allow_resolved(
         &self,
         client: Ipv4Addr,

@@ -15,11 +15,13 @@
 //! - [`firewall`]: what is in force: the sandboxes' network facts in memory, full
 //!   rebuilds as one atomic batch, incremental adds of resolved addresses, drift checks.
 //! - [`watch`]: the background loops (IP learning from leases, drift check).
-//! - [`dns`]: the DNS proxy.
+//! - [`dns`]: the DNS proxy (answers only names the sandbox may reach).
+//! - [`admit`]: which addresses from a DNS answer may be admitted (public ones).
 //!
 //! Several agents may share one libvirt network: each owns only its tables (named
 //! after its host) and its rules only match its own sandboxes' taps and MACs.
 
+pub mod admit;
 pub mod allow;
 pub mod dns;
 pub mod firewall;
@@ -70,6 +72,10 @@ pub struct NetworkSettings {
     pub dns_upstream: SocketAddr,
     /// Destinations every sandbox may reach.
     pub always_allow: Vec<EgressRule>,
+    /// Private networks DNS answers may open ([`admit`]).
+    pub resolved_private_allow: Vec<Ipv4Net>,
+    /// The DNS proxy's per-sandbox caps.
+    pub dns_caps: dns::SandboxCaps,
 }
 
 impl NetworkSettings {
@@ -93,6 +99,11 @@ impl NetworkSettings {
                 .dns_upstream
                 .unwrap_or_else(|| SocketAddr::from((host.addr(), 53))),
             always_allow: config.always_allow.clone(),
+            resolved_private_allow: config.resolved_private_allow.clone(),
+            dns_caps: dns::SandboxCaps {
+                in_flight: config.dns_max_in_flight_per_sandbox,
+                tcp_connections: config.dns_max_tcp_per_sandbox,
+            },
         })
     }
 
@@ -114,6 +125,8 @@ pub(crate) fn test_settings() -> NetworkSettings {
             allow::parse_rule("10.0.0.5/32 tcp/3142").expect("rule"),
             allow::parse_rule("deb.debian.org tcp/80").expect("rule"),
         ],
+        resolved_private_allow: Vec::new(),
+        dns_caps: dns::SandboxCaps::default(),
     }
 }
 
@@ -144,6 +157,8 @@ mod tests {
         let info = NetworkInfo {
             bridge: "virbr0".into(),
             ipv4: Some("192.168.122.1/24".parse().expect("net")),
+            dhcp_range: None,
+            dhcp_hosts: Vec::new(),
         };
         let s = NetworkSettings::resolve(&config.network, &info).expect("settings");
         assert_eq!(s.table, "fluid_kvm_1");
@@ -153,6 +168,8 @@ mod tests {
         let no_ip = NetworkInfo {
             bridge: "virbr0".into(),
             ipv4: None,
+            dhcp_range: None,
+            dhcp_hosts: Vec::new(),
         };
         assert!(NetworkSettings::resolve(&config.network, &no_ip).is_err());
     }

@@ -17,7 +17,8 @@
 //!     ether type != { ip, arp } drop              no IPv6, no VLANs, nothing else
 //!     arp saddr ether != <its MAC> drop
 //!     arp saddr ip != { 0.0.0.0, <its IP> } drop  (only 0.0.0.0 while the IP is unknown)
-//!     ip protocol udp udp sport 68 udp dport 67 accept    DHCP
+//!     udp sport 68 udp dport 67 @th,288,48 <its MAC> accept   DHCP, its own chaddr only
+//!     udp dport 67 drop                          any other DHCP (another's chaddr)
 //!     ip saddr != <its IP> drop                   (all IPv4 while the IP is unknown)
 //! chain forward { filter hook forward priority 0 }
 //!     iifname @taps drop                          no layer 2 between sandboxes or
@@ -54,7 +55,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use fluid_proto::model::{Destination, EgressPolicy, EgressRule, SandboxId};
 use ipnet::IpNet;
 use nftables::expr::{
-    CT, Elem, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, SetItem,
+    CT, Elem, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadBase, PayloadField,
+    PayloadRaw, Prefix, SetItem,
 };
 use nftables::schema::{
     Chain, Element, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetFlag, SetType,
@@ -149,6 +151,40 @@ fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
             field: Cow::Borrowed(field),
         },
     )))
+}
+
+/// Where BOOTP's `chaddr` starts in the transport header, in bits: the UDP header (8
+/// bytes), then op, htype, hlen, hops (4), xid (4), secs, flags (4), ciaddr, yiaddr,
+/// siaddr, giaddr (16) = 36 bytes.
+pub const CHADDR_BITS: u32 = 36 * 8;
+
+/// `@th,<offset>,<len>`: raw bits of the transport header.
+fn raw_th(offset: u32, len: u32) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadRaw(PayloadRaw {
+        base: PayloadBase::TH,
+        offset,
+        len,
+    })))
+}
+
+/// A MAC as its first four bytes and its last two, big-endian (how nft compares raw
+/// payload bits). `None` if it is not `xx:xx:xx:xx:xx:xx`.
+pub fn mac_words(mac: &str) -> Option<(u32, u32)> {
+    let bytes: Vec<u8> = mac
+        .split(':')
+        .map(|h| {
+            (h.len() == 2)
+                .then(|| u8::from_str_radix(h, 16).ok())
+                .flatten()
+        })
+        .collect::<Option<_>>()?;
+    let [a, b, c, d, e, f] = bytes.as_slice() else {
+        return None;
+    };
+    Some((
+        u32::from_be_bytes([*a, *b, *c, *d]),
+        u32::from(u16::from_be_bytes([*e, *f])),
+    ))
 }
 
 fn meta(key: MetaKey) -> Expression<'static> {
@@ -479,14 +515,32 @@ fn bridge_table(b: &mut Builder, sandboxes: &[SandboxNet]) {
             &chain,
             vec![ne(payload("arp", "saddr ip"), arp_ips), drop_()],
         );
+        // DHCP only for its own MAC: BOOTP's chaddr (28 bytes into BOOTP, after the
+        // 8-byte UDP header: bits 288..336 of the transport header) must be the tap's
+        // MAC. Anything else to the DHCP server port is dropped, whatever its source
+        // address: a guest cannot ask for, renew or release another sandbox's lease,
+        // nor walk the pool with random chaddrs.
+        if let Some((high, low)) = mac_words(&sbx.mac) {
+            b.rule(
+                br,
+                &chain,
+                vec![
+                    eq(payload("ip", "protocol"), s("udp")),
+                    eq(payload("udp", "sport"), num(68)),
+                    eq(payload("udp", "dport"), num(67)),
+                    eq(raw_th(CHADDR_BITS, 32), Expression::Number(high)),
+                    eq(raw_th(CHADDR_BITS + 32, 16), Expression::Number(low)),
+                    accept(),
+                ],
+            );
+        }
         b.rule(
             br,
             &chain,
             vec![
                 eq(payload("ip", "protocol"), s("udp")),
-                eq(payload("udp", "sport"), num(68)),
                 eq(payload("udp", "dport"), num(67)),
-                accept(),
+                drop_(),
             ],
         );
         match sbx.ip {

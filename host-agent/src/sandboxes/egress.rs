@@ -111,8 +111,19 @@ impl<H: Hypervisor> Sandboxes<H> {
         let mut learned = Vec::new();
         if !members.is_empty() {
             let leases = self.hv.leases(self.config.network.name.as_str()).await?;
+            // A sandbox with a reserved address: only a lease with that address counts.
+            let reserved: std::collections::HashMap<SandboxId, Ipv4Addr> = self
+                .store
+                .list()
+                .await?
+                .into_iter()
+                .filter_map(|r| Some((r.id, r.static_ip?)))
+                .collect();
             for (id, mac, ip) in members {
-                let Some(lease) = leases.iter().find(|l| l.mac == mac) else {
+                let Some(lease) = leases
+                    .iter()
+                    .find(|l| l.mac == mac && reserved.get(&id).is_none_or(|r| *r == l.ip))
+                else {
                     continue;
                 };
                 if ip != Some(lease.ip) && self.firewall.set_ip(&id, Some(lease.ip)) {

@@ -119,17 +119,12 @@ impl<H: Hypervisor> Sandboxes<H> {
                 )));
             }
         }
-        self.leases()
-            .await
-            .iter()
-            .find(|l| l.mac == r.mac)
-            .map(|l| l.ip)
-            .ok_or_else(|| {
-                ServiceError::FailedPrecondition(format!(
-                    "sandbox {} has no IP address yet (no DHCP lease); wait for it first",
-                    r.id
-                ))
-            })
+        super::dhcp::address_of(r, &self.leases().await).ok_or_else(|| {
+            ServiceError::FailedPrecondition(format!(
+                "sandbox {} has no IP address yet (no DHCP lease); wait for it first",
+                r.id
+            ))
+        })
     }
 
     /// Saves a host key learned on first use (unless one was saved meanwhile).

@@ -262,12 +262,7 @@ impl<H: Hypervisor> Sandboxes<H> {
             // Booted: the watcher admits the fresh lease.
             return Ok(());
         }
-        let lease = self
-            .leases()
-            .await
-            .into_iter()
-            .find(|l| l.mac == current.mac)
-            .map(|l| l.ip);
+        let lease = super::dhcp::lease_of(&current, &self.leases().await);
         match (lease, meta.and_then(|m| m.ip)) {
             // A stopped sandbox's lease was released: the resumed guest still uses the
             // address it had, so that one is admitted until its lease shows up again.
@@ -385,12 +380,7 @@ impl<H: Hypervisor> Sandboxes<H> {
                 } else {
                     Vec::new()
                 };
-                let ip = self
-                    .leases()
-                    .await
-                    .into_iter()
-                    .find(|l| l.mac == r.mac)
-                    .map(|l| l.ip);
+                let ip = super::dhcp::lease_of(r, &self.leases().await);
                 (sync, services, ip)
             }
             Some(DomainState::Paused) if disk_only => {

@@ -236,3 +236,99 @@ async fn the_dns_sink_reaches_the_firewall() {
     .expect("ok");
     assert!(nft.last_batch().contains("192.0.2.1"));
 }
+
+#[tokio::test]
+async fn only_the_sandboxs_own_and_the_hosts_names_may_be_resolved() {
+    let (fw, _nft) = setup();
+    let a = record(
+        "SBX-aaaaaaaa",
+        "52:54:00:00:00:0a",
+        &["example.org tcp/443"],
+    );
+    let b = record("SBX-bbbbbbbb", "52:54:00:00:00:0b", &["other.org"]);
+    fw.upsert(&a);
+    fw.upsert(&b);
+    fw.set_ip(&a.id, Some(IP));
+    assert!(fw.may_resolve(IP, "example.org"));
+    assert!(fw.may_resolve(IP, "Example.ORG."));
+    assert!(
+        fw.may_resolve(IP, "deb.debian.org"),
+        "the host's always_allow"
+    );
+    assert!(!fw.may_resolve(IP, "other.org"), "b's name, not a's");
+    assert!(!fw.may_resolve(IP, "www.example.org"), "exact names only");
+    assert!(!fw.may_resolve(IP, "x.attacker.test"));
+    // b has no address yet; an unknown client resolves nothing.
+    assert!(!fw.may_resolve(Ipv4Addr::new(192, 168, 122, 99), "other.org"));
+    assert!(!Firewall::disabled().may_resolve(IP, "example.org"));
+}
+
+#[tokio::test]
+async fn answers_never_open_private_loopback_or_host_subnet_addresses() {
+    let (fw, nft) = setup();
+    let r = record("SBX-aaaaaaaa", "52:54:00:00:00:0a", &["example.org"]);
+    fw.upsert(&r);
+    fw.set_ip(&r.id, Some(IP));
+    fw.sync().await.expect("sync");
+    let applied = nft.applied();
+    let ttl = Duration::from_secs(60);
+    for bad in [
+        "127.0.0.1",
+        "192.168.122.1",
+        "192.168.122.11",
+        "10.0.0.5",
+        "169.254.169.254",
+        "100.64.1.1",
+        "224.0.0.1",
+        "255.255.255.255",
+        "0.0.0.0",
+    ] {
+        assert!(
+            !fw.allow_resolved(IP, "example.org", &[addr(bad)], ttl)
+                .await
+                .expect("ok"),
+            "{bad} admitted"
+        );
+    }
+    assert_eq!(nft.applied(), applied, "nothing applied");
+    // A mixed answer: only the public address gets in.
+    assert!(
+        fw.allow_resolved(
+            IP,
+            "example.org",
+            &[addr("127.0.0.1"), addr("192.0.2.1")],
+            ttl
+        )
+        .await
+        .expect("ok")
+    );
+    let batch = nft.last_batch();
+    assert!(
+        batch.contains("192.0.2.1") && !batch.contains("127.0.0.1"),
+        "{batch}"
+    );
+
+    // A private network the operator permits is admitted; the host subnet never.
+    let nft = Arc::new(FakeNft::default());
+    let settings = NetworkSettings {
+        resolved_private_allow: vec![
+            "10.99.0.0/16".parse().expect("net"),
+            "192.168.0.0/16".parse().expect("net"),
+        ],
+        ..test_settings()
+    };
+    let fw = Firewall::new(settings, nft.clone());
+    fw.upsert(&r);
+    fw.set_ip(&r.id, Some(IP));
+    fw.sync().await.expect("sync");
+    assert!(
+        fw.allow_resolved(IP, "example.org", &[addr("10.99.71.2")], ttl)
+            .await
+            .expect("ok")
+    );
+    assert!(
+        !fw.allow_resolved(IP, "example.org", &[addr("192.168.122.1")], ttl)
+            .await
+            .expect("ok")
+    );
+}

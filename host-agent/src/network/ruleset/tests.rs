@@ -215,3 +215,53 @@ fn listings_are_counted() {
     );
     assert_eq!(counts_of_listing(&serde_json::json!({})), Counts::default());
 }
+
+#[test]
+fn macs_become_the_two_words_nft_compares() {
+    assert_eq!(mac_words("52:54:00:aa:bb:cc"), Some((0x5254_00aa, 0xbbcc)));
+    assert_eq!(mac_words("52:54:00:AA:BB:01"), Some((0x5254_00aa, 0xbb01)));
+    for bad in [
+        "",
+        "52:54:00:aa:bb",
+        "52:54:00:aa:bb:cc:dd",
+        "52:54:00:aa:bb:zz",
+        "525400aabbcc",
+        "5:54:00:aa:bb:cc",
+    ] {
+        assert_eq!(mac_words(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn dhcp_passes_only_with_the_taps_own_chaddr() {
+    let batch = build(
+        &no_host_allow(),
+        &[sealed("SBX-0123abcd", "52:54:00:12:34:56")],
+    );
+    let text = lines(&batch.nftables);
+    let chain: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(r#""chain":"tap_0123abcd""#) && l.contains(r#""rule""#))
+        .collect();
+    let dhcp = chain
+        .iter()
+        .position(|l| l.contains(r#""base":"th","offset":288,"len":32"#))
+        .expect("a chaddr rule");
+    let rule = chain[dhcp];
+    assert!(
+        rule.contains(&format!(r#""right":{}"#, 0x5254_0012_u32)),
+        "{rule}"
+    );
+    assert!(
+        rule.contains(r#""base":"th","offset":320,"len":16"#),
+        "{rule}"
+    );
+    assert!(rule.contains(&format!(r#""right":{}"#, 0x3456)), "{rule}");
+    assert!(rule.contains(r#""accept":null"#), "{rule}");
+    // Right after it: every other DHCP request is dropped.
+    let next = chain[dhcp + 1];
+    assert!(
+        next.contains(r#""dport""#) && next.contains("67") && next.contains(r#""drop":null"#),
+        "{next}"
+    );
+}

@@ -32,8 +32,9 @@ async fn a_sandbox_is_in_the_rules_from_create_to_destroy() {
         batch.contains("203.0.113.0"),
         "policy from the create: {batch}"
     );
+    let reserved = v.record.static_ip.expect("a reserved address").to_string();
     assert!(
-        !batch.contains("192.168.122.10"),
+        !batch.contains(&format!("\"{reserved}\"")),
         "no address before the lease is known"
     );
     assert_eq!(v.record.egress.allow.len(), 1);
@@ -205,5 +206,69 @@ async fn addresses_are_learned_from_leases_and_restored_at_start() {
     assert!(
         batch.contains(&ip.to_string()) && batch.contains("fxaaaaaaaa"),
         "{batch}"
+    );
+}
+
+#[tokio::test]
+async fn each_sandbox_gets_a_static_lease_from_create_to_destroy() {
+    use crate::hypervisor::{DhcpHost, Hypervisor};
+    let e = env().await;
+    let a =
+        e.s.create(req("SBX-aaaaaaaa21", "a", true))
+            .await
+            .expect("create a");
+    let b =
+        e.s.create(req("SBX-bbbbbbbb21", "b", true))
+            .await
+            .expect("create b");
+    let (ip_a, ip_b) = (
+        a.record.static_ip.expect("a reserved"),
+        b.record.static_ip.expect("b reserved"),
+    );
+    assert_ne!(ip_a, ip_b);
+    assert_eq!(
+        e.hv.lock().dhcp_hosts,
+        vec![
+            DhcpHost {
+                mac: a.record.mac.clone(),
+                ip: ip_a
+            },
+            DhcpHost {
+                mac: b.record.mac.clone(),
+                ip: ip_b
+            },
+        ]
+    );
+    // Persisted in redb.
+    let stored =
+        e.s.store
+            .get(&id("SBX-aaaaaaaa21"))
+            .await
+            .expect("get")
+            .expect("record");
+    assert_eq!(stored.static_ip, Some(ip_a));
+    // The guest's DHCP gets the reserved address, and wait_for_ip returns it.
+    assert_eq!(
+        e.s.wait_for_ip(wait("SBX-aaaaaaaa21")).await.expect("ip"),
+        ip_a
+    );
+    // A lease with another address for a's MAC (not what dnsmasq gives it) is ignored.
+    {
+        let mut st = e.hv.lock();
+        st.leases.retain(|l| l.mac != b.record.mac);
+        st.leases.push(crate::hypervisor::Lease {
+            mac: b.record.mac.clone(),
+            ip: ip_a,
+        });
+    }
+    assert!(e.s.wait_for_ip(wait("SBX-bbbbbbbb21")).await.is_err());
+    // An address in use is never picked again; destroy gives it back.
+    e.s.destroy(&id("SBX-aaaaaaaa21")).await.expect("destroy");
+    assert_eq!(
+        e.hv.network_info("default").await.expect("info").dhcp_hosts,
+        vec![DhcpHost {
+            mac: b.record.mac.clone(),
+            ip: ip_b
+        }]
     );
 }

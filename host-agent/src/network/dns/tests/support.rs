@@ -31,6 +31,8 @@ pub(super) struct RecordingSink {
     pub(super) delay: Duration,
     /// Set once a call has completed (to check the answer waits for the sink).
     pub(super) done: AtomicBool,
+    /// The names `may_resolve` allows (any client); `None`: every name.
+    pub(super) allowed: Option<Vec<String>>,
 }
 
 impl RecordingSink {
@@ -40,6 +42,12 @@ impl RecordingSink {
 }
 
 impl ResolvedSink for RecordingSink {
+    fn may_resolve(&self, _client: Ipv4Addr, name: &str) -> bool {
+        self.allowed
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == name))
+    }
+
     fn allow_resolved(
         &self,
         client: Ipv4Addr,
