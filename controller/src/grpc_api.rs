@@ -142,7 +142,16 @@ impl Sandboxes for PublicApi {
         let caller = caller_of(&self.state, &request).await?;
         let r = request.into_inner();
         let id = parse_id(&r.sandbox_id).map_err(service_status)?;
-        sandbox_for(&self.state, &caller, &r.sandbox_id, Permission::Work).await?;
+        if let Err(status) =
+            sandbox_for(&self.state, &caller, &r.sandbox_id, Permission::Work).await
+        {
+            if status.code() == tonic::Code::PermissionDenied {
+                // Like REST's 403: a refusal is audited, or the call fails (UNAVAILABLE).
+                let outcome = format!("refused: {}", status.message());
+                audit_call(&self.state, &caller, "Exec", Some(id.as_str()), &outcome).await?;
+            }
+            return Err(status);
+        }
         let commands = &self.state.commands;
         let rest = RunCommandRequest {
             command: r.command,
@@ -158,7 +167,11 @@ impl Sandboxes for PublicApi {
             commands.check_spec(&spec).map_err(service_status)?;
         }
         let handle = commands.run(&id, spec).await.map_err(service_status)?;
-        audit_call(&self.state, &caller, "Exec", Some(id.as_str()), "started").await;
+        if let Err(e) = audit_call(&self.state, &caller, "Exec", Some(id.as_str()), "started").await
+        {
+            // The command runs (its own row is the authoritative record).
+            tracing::error!(error = %e.message(), "appending a gRPC audit event");
+        }
         // Dropping this stream (the client went away) only stops feeding it.
         let events = futures::stream::unfold(handle.into_events(), |mut rx| async move {
             rx.recv().await.map(|ev| (Ok(command_event(ev)), rx))
@@ -200,14 +213,15 @@ fn approval_summary(a: &ApprovalRecord) -> api::ApprovalSummary {
     }
 }
 
-/// Records a mutating gRPC call in the audit trail, like the REST middleware does.
+/// Records a mutating gRPC call in the audit trail, like the REST middleware does. A
+/// failed write is UNAVAILABLE: a refusal is answered only once it is recorded.
 async fn audit_call(
     state: &AppState,
     caller: &Caller,
     method: &str,
     target: Option<&str>,
     outcome: &str,
-) {
+) -> Result<(), Status> {
     let mut e = NewAuditEvent::system("api", format!("gRPC {method}"), outcome)
         .details(serde_json::json!({"token_id": caller.token_id}))
         .by(&caller.name, caller.role.as_str());
@@ -218,9 +232,13 @@ async fn audit_call(
             e.target(t)
         };
     }
-    if let Err(err) = state.store.append_audit(&e).await {
-        tracing::error!(error = %err, "appending a gRPC audit event");
-    }
+    state.store.append_audit(&e).await.map_err(|err| {
+        tracing::error!(error = %err, outcome, "appending a gRPC audit event");
+        Status::unavailable(format!(
+            "audit trail unavailable: the call could not be recorded ({err})"
+        ))
+    })?;
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -274,7 +292,7 @@ impl Approvals for PublicApi {
             Err(e) => format!("refused: {e}"),
         };
         if crate::approvals::check_id(&r.approval_id).is_ok() {
-            audit_call(
+            let audited = audit_call(
                 &self.state,
                 &caller,
                 "Decide",
@@ -282,6 +300,11 @@ impl Approvals for PublicApi {
                 &outcome,
             )
             .await;
+            // A refusal is answered only once recorded; a decision that was taken stays
+            // taken (the approval row and its own event are the record).
+            if result.is_err() {
+                audited?;
+            }
         }
         Ok(Response::new(approval_summary(
             &result.map_err(service_status)?,
@@ -289,18 +312,27 @@ impl Approvals for PublicApi {
     }
 }
 
-/// Serves the gRPC API on `listener` until `shutdown` fires (then drains).
+/// Serves the gRPC API on `listener` (over TLS when `tls` is given) until `shutdown`
+/// fires (then drains).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: CancellationToken,
-) -> Result<(), tonic::transport::Error> {
+) -> anyhow::Result<()> {
     let api = PublicApi::new(state);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| anyhow::anyhow!("gRPC TLS configuration: {e}"))?;
+    }
+    builder
         .add_service(SandboxesServer::new(api.clone()))
         .add_service(ApprovalsServer::new(api))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled_owned())
-        .await
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]
