@@ -249,10 +249,4 @@ async fn a_failing_store_still_answers_the_counters() {
     assert_eq!(s, StatusCode::OK, "{text}");
     let m = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert!(m.sum("fluid_metrics_scrape_errors_total", &[]) >= 1.0);
-    let (s, _, _) = get_metrics(&app, Some(&app.admin_token)).await;
-    assert_eq!(
-        s,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "a token cannot be checked"
-    );
 }
