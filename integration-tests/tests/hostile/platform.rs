@@ -16,7 +16,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use fluid_client::{AuditQuery, Client};
+use fluid_client::Client;
+use fluid_client::client::AuditQuery;
 use integration_tests::api::Api;
 use integration_tests::env::TestEnv;
 use integration_tests::pki::Pki;
@@ -90,7 +91,8 @@ async fn wait_exit(svc: &mut Service, within: Duration) -> Result<String> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(svc.log_tail(20))
+    // All of it: under RUST_BACKTRACE the error is followed by a long backtrace.
+    Ok(svc.log_tail(10_000))
 }
 
 #[tokio::test]
