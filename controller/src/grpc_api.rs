@@ -12,9 +12,11 @@
 //! tokens and permissions as REST (401 → UNAUTHENTICATED, 403 → PERMISSION_DENIED),
 //! and mutating calls are audited.
 //!
-//! Transport: plain HTTP/2 without TLS (h2c), like the REST API. Bind both to a trusted
-//! address (the defaults are on 127.0.0.1) or put a TLS-terminating proxy in front:
-//! bearer tokens must not cross an untrusted network in clear text.
+//! Transport: TLS (rustls, the `[api_tls]` certificate shared with REST) when
+//! configured, else plain HTTP/2 (h2c). Without `[api_tls]` the configuration refuses a
+//! non-loopback `grpc_listen` unless `allow_insecure_listen = true`: bearer tokens must
+//! not cross an untrusted network in clear text. A refusal (PERMISSION_DENIED) is
+//! audited, or the call fails with UNAVAILABLE.
 
 use axum::http::StatusCode;
 use fluid_client::governance::ApprovalStatus;
