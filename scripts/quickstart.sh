@@ -37,7 +37,13 @@ ns=$FLUID_NETNS
 fluid_veth_up "$ns" 10.231.0.1 "$agent_ip"
 
 say "fleet PKI in $etc/pki"
-mkdir -p "$etc" "$logs" /var/lib/fluid /var/lib/fluid-agent
+mkdir -p "$etc" "$logs" /var/lib/fluid-agent
+# The controller's state (SQLite with token hashes and the audit trail, the SSH user CA)
+# and the PKI are root's alone; the controller itself also creates its data_dir 0700 and
+# fluid.db 0600, and `pki init` its directory 0700 with keys 0600.
+install -d -m 0700 /var/lib/fluid
+chmod 0700 /var/lib/fluid
+chmod 0750 "$logs"
 chmod 755 /var/lib/fluid-agent
 if [[ ! -f $etc/pki/ca.key ]]; then
   "$bin/fluid-controller" pki init --dir "$etc/pki"
@@ -46,7 +52,7 @@ if [[ ! -f $etc/pki/agent-local.pem ]]; then
   "$bin/fluid-controller" pki agent --dir "$etc/pki" --name local --san "$agent_ip" --san localhost --san 127.0.0.1
 fi
 
-cat >"$etc/agent.toml" <<TOML
+(umask 077; cat >"$etc/agent.toml") <<TOML
 # Written by scripts/quickstart.sh
 host_name = "local"
 listen = "$agent_ip:7443"
@@ -62,7 +68,7 @@ key = "$etc/pki/agent-local.key"
 $(sed -n '/^\[\[images\]\]/,$p' "$image/image.toml")
 TOML
 
-cat >"$etc/controller.toml" <<TOML
+(umask 077; cat >"$etc/controller.toml") <<TOML
 # Written by scripts/quickstart.sh
 listen = "${api#http://}"
 data_dir = "/var/lib/fluid"
@@ -88,7 +94,10 @@ restart() { # name, then the command
 }
 
 say "starting fluid-agent (in $ns) and fluid-controller"
+# Not under a restrictive umask: qemu (libvirt-qemu) must read the agent's overlays.
 restart agent ip netns exec "$ns" "$bin/fluid-agent" --config "$etc/agent.toml"
+# umask 077: whatever the controller writes without an explicit mode stays root's.
+umask 077
 restart controller "$bin/fluid-controller" serve --config "$etc/controller.toml"
 
 # Every API call needs a token; the admin token lives in $etc/admin.token (0600). A

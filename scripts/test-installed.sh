@@ -47,5 +47,6 @@ id=$(fctl --json sandbox list | python3 -c 'import json,sys; print(json.load(sys
 for _ in $(seq 60); do fctl run "$id" -- 'echo hello from $(hostname), $(uname -r)' && break; sleep 2; done
 echo "created and ran in $(( $(date +%s) - t0 )) s"
 ip netns exec $ns curl -s 127.0.0.1:9564/metrics | grep -E '^fluid_agent_operations_total' | head -5
-ip netns exec $ns curl -s 127.0.0.1:18080/metrics | grep -E '^fluid_sandbox_create_duration_seconds_count|^fluid_execs_total' | head -5
+# The controller's /metrics needs a token ([metrics] public = false by default).
+ip netns exec $ns curl -s -H "Authorization: Bearer $token" 127.0.0.1:18080/metrics | grep -E '^fluid_sandbox_create_duration_seconds_count|^fluid_execs_total' | head -5
 fctl sandbox destroy "$id"

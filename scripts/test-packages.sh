@@ -253,19 +253,22 @@ apt_fix() {
   in_root apt-get install -f -y -q --no-install-recommends >"$log" 2>&1 || { tail -20 "$log"; return 1; }
   echo "$(grep -c '^Setting up ' "$log") packages set up (no recommends)"
 }
-user_ok() {
+user_ok() { # user home
   local e uid home shell
-  e=$(in_root getent passwd fluid) || { echo 'no user fluid'; return 1; }
+  e=$(in_root getent passwd "$1") || { echo "no user $1"; return 1; }
   echo "$e"
   IFS=: read -r _ _ uid _ _ home shell <<<"$e"
-  [[ $uid -lt 1000 && $home == /var/lib/fluid && $shell == /usr/sbin/nologin ]]
+  [[ $uid -lt 1000 && $home == "$2" && $shell == /usr/sbin/nologin ]]
 }
-groups_ok() {
-  local g
-  in_root getent group fluid >/dev/null || { echo 'no group fluid'; return 1; }
-  g=$(in_root id -nG fluid)
-  echo "$g"
-  [[ " $g " == *" libvirt "* && " $g " == *" kvm "* ]]
+groups_ok() { # user, then the supplementary groups it must have (and no others)
+  local user=$1 g want
+  shift
+  in_root getent group "$user" >/dev/null || { echo "no group $user"; return 1; }
+  g=$(in_root id -nG "$user")
+  echo "$user: $g"
+  want=$(printf '%s\n' "$user" "$@" | sort | tr '\n' ' ')
+  # shellcheck disable=SC2086 # split the group list on purpose
+  [[ $(printf '%s\n' $g | sort | tr '\n' ' ') == "$want" ]]
 }
 unit_enabled() { # unit: its wants symlink exists and resolves to the packaged unit
   local link
@@ -300,8 +303,11 @@ purged() {
   [[ -z $s || $s == unun || $s == pnpn ]]
 }
 user_gone() {
-  if in_root getent passwd fluid || in_root getent group fluid; then return 1; fi
-  echo "no user, no group"
+  local u
+  for u in fluid-agent fluid-controller fluid; do
+    if in_root getent passwd "$u" || in_root getent group "$u"; then return 1; fi
+  done
+  echo "no users, no groups"
 }
 statoverride_gone() {
   if in_root dpkg-statoverride --list /etc/fluid/controller.toml; then return 1; fi
@@ -326,13 +332,17 @@ check "both installed" expect "$(status_of fluid-agent), $(status_of fluid-contr
 # checks_installed LABEL: the state every installed version must have.
 checks_installed() {
   local label=$1 unit
-  check "$label: user fluid (system, nologin)" user_ok
-  check "$label: group fluid; in libvirt, kvm" groups_ok
-  check "$label: /var/lib/fluid" expect "$(owner_mode /var/lib/fluid)" "fluid:fluid 750"
-  check "$label: /var/lib/fluid-agent" expect "$(owner_mode /var/lib/fluid-agent)" "fluid:fluid 755"
-  check "$label: /var/log/fluid" expect "$(owner_mode /var/log/fluid)" "fluid:fluid 750"
-  check "$label: /etc/fluid/pki" expect "$(owner_mode /etc/fluid/pki)" "root:fluid 750"
-  check "$label: controller.toml (statoverride)" expect "$(owner_mode /etc/fluid/controller.toml)" "root:fluid 640"
+  check "$label: user fluid-controller (system, nologin)" user_ok fluid-controller /var/lib/fluid
+  check "$label: user fluid-agent (system, nologin)" user_ok fluid-agent /var/lib/fluid-agent
+  check "$label: fluid-controller in no other group" groups_ok fluid-controller
+  check "$label: fluid-agent in libvirt, kvm" groups_ok fluid-agent kvm libvirt
+  check "$label: no shared user fluid" expect "$(in_root getent passwd fluid || echo none)" "none"
+  check "$label: /var/lib/fluid" expect "$(owner_mode /var/lib/fluid)" "fluid-controller:fluid-controller 700"
+  check "$label: /var/lib/fluid-agent" expect "$(owner_mode /var/lib/fluid-agent)" "fluid-agent:fluid-agent 755"
+  check "$label: /var/log/fluid-controller" expect "$(owner_mode /var/log/fluid-controller)" "fluid-controller:fluid-controller 750"
+  check "$label: /var/log/fluid-agent" expect "$(owner_mode /var/log/fluid-agent)" "fluid-agent:fluid-agent 750"
+  check "$label: /etc/fluid/pki" expect "$(owner_mode /etc/fluid/pki)" "root:root 711"
+  check "$label: controller.toml (statoverride)" expect "$(owner_mode /etc/fluid/controller.toml)" "root:fluid-controller 640"
   check "$label: agent.toml" expect "$(owner_mode /etc/fluid/agent.toml)" "root:root 644"
   for unit in fluid-agent fluid-controller; do
     check "$label: $unit.service enabled" unit_enabled "$unit"
@@ -352,9 +362,9 @@ check "nothing was started (policy-rc.d)" nothing_started
 say "upgrade to $v2 with edited configs and existing state"
 printf '\n# edited by test-packages.sh\n' >>"$root/etc/fluid/agent.toml"
 printf '\n# edited by test-packages.sh\n' >>"$root/etc/fluid/controller.toml"
-in_root install -o fluid -g fluid -m 0640 /dev/null /var/lib/fluid/fluid.db ||
+in_root install -o fluid-controller -g fluid-controller -m 0600 /dev/null /var/lib/fluid/fluid.db ||
   record FAIL "upgrade: make a state file" "cannot create /var/lib/fluid/fluid.db"
-in_root install -o fluid -g fluid -m 0644 /dev/null /var/lib/fluid-agent/agent.redb ||
+in_root install -o fluid-agent -g fluid-agent -m 0644 /dev/null /var/lib/fluid-agent/agent.redb ||
   record FAIL "upgrade: make a state file" "cannot create /var/lib/fluid-agent/agent.redb"
 check "dpkg -i $v2 (no conffile prompt)" dpkg_i_v2
 check "upgraded to $v2" expect "$(status_of fluid-agent), $(status_of fluid-controller)" "ii $v2, ii $v2"
@@ -368,24 +378,29 @@ say "remove (not purge): nothing of the operator's may go"
 check "dpkg -r both" in_root dpkg -r fluid-agent fluid-controller
 check "removed, config kept" expect "$(status_of fluid-agent), $(status_of fluid-controller)" "rc $v2, rc $v2"
 check "remove: binaries gone" none_exist /usr/bin/fluid-agent /usr/bin/fluid-controller /usr/bin/fluidctl
-check "remove: user kept" user_ok
+check "remove: user fluid-controller kept" user_ok fluid-controller /var/lib/fluid
+check "remove: user fluid-agent kept" user_ok fluid-agent /var/lib/fluid-agent
 check "remove: state, logs, configs kept" all_exist /var/lib/fluid/fluid.db \
-  /var/lib/fluid-agent/agent.redb /var/log/fluid /etc/fluid/agent.toml /etc/fluid/controller.toml
+  /var/lib/fluid-agent/agent.redb /var/log/fluid-controller /var/log/fluid-agent \
+  /etc/fluid/agent.toml /etc/fluid/controller.toml
 
 say "purge: user, state, logs and conffiles go"
-fluid_uid=$(in_root getent passwd fluid | cut -d: -f3 || true)
+ctl_uid=$(in_root getent passwd fluid-controller | cut -d: -f3 || true)
+agent_uid=$(in_root getent passwd fluid-agent | cut -d: -f3 || true)
 check "dpkg --purge both" in_root dpkg --purge fluid-agent fluid-controller
 check "purged" purged
-check "purge: user and group gone" user_gone
+check "purge: users and groups gone" user_gone
 check "purge: directories and conffiles gone" none_exist /var/lib/fluid /var/lib/fluid-agent \
-  /var/log/fluid /etc/fluid/agent.toml /etc/fluid/controller.toml /etc/fluid
+  /var/log/fluid-controller /var/log/fluid-agent /etc/fluid/agent.toml /etc/fluid/controller.toml /etc/fluid
 check "purge: statoverride gone" statoverride_gone
 check "purge: units, wants links, masks gone" none_exist '/usr/lib/systemd/system/fluid-*' \
   '/etc/systemd/system/*/fluid-*' '/etc/systemd/system/fluid-*'
-if [[ -n $fluid_uid ]]; then
-  check "purge: no file owned by old uid $fluid_uid" uid_orphans "$fluid_uid"
-else
-  record FAIL "purge: no file owned by the old uid" "the user did not exist before the purge"
-fi
+for u in "controller:$ctl_uid" "agent:$agent_uid"; do
+  if [[ -n ${u#*:} ]]; then
+    check "purge: no file owned by the old fluid-${u%%:*} uid ${u#*:}" uid_orphans "${u#*:}"
+  else
+    record FAIL "purge: no file owned by the old fluid-${u%%:*} uid" "the user did not exist before the purge"
+  fi
+done
 
 print_table

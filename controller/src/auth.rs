@@ -11,7 +11,7 @@
 //! | permission | admin | operator | agent | readonly |
 //! |---|---|---|---|---|
 //! | `Read` (sandboxes, commands, files, hosts, images, own approvals) | ✓ | ✓ | own | ✓ (own if scoped) |
-//! | `ReadFleet` (audit trail, SSH certificates) | ✓ | ✓ | — | unscoped only |
+//! | `ReadFleet` (audit trail, SSH certificates, `/metrics`) | ✓ | ✓ | — | unscoped only |
 //! | `CreateSandbox` | ✓ | — | own agent_id | — |
 //! | `Control` (start, stop, destroy) | ✓ | ✓ | own | — |
 //! | `Work` (run, files write/edit, ssh keys, attach, SSH access) | ✓ | — | own | — |

@@ -29,7 +29,7 @@ pub struct HostEntry {
 pub struct Config {
     /// Address the REST API listens on.
     pub listen: SocketAddr,
-    /// Address the public gRPC API (`fluid.v1`, plain h2c for now) listens on; absent
+    /// Address the public gRPC API (`fluid.v1`; TLS with `[api_tls]`, else h2c) listens on; absent
     /// or empty (`""`): no gRPC API.
     #[serde(
         default = "default_grpc_listen",
@@ -43,6 +43,16 @@ pub struct Config {
     pub database_url: Option<String>,
     /// The controller's identity in the fleet (CA, client cert, key).
     pub tls: Option<TlsFiles>,
+    /// TLS for the REST and public gRPC listeners (the API's server certificate and
+    /// key, PEM). Absent: both listen on plain HTTP, which only a loopback address or
+    /// `allow_insecure_listen = true` permits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_tls: Option<ApiTlsConfig>,
+    /// Lets `listen` / `grpc_listen` be a non-loopback address without `[api_tls]`
+    /// (TLS terminated by a proxy in front). Default false: such a configuration is
+    /// refused at start.
+    #[serde(default)]
+    pub allow_insecure_listen: bool,
     pub hosts: Vec<HostEntry>,
     pub heartbeat_interval_secs: u64,
     pub offline_after_missed_beats: u32,
@@ -87,21 +97,25 @@ pub struct Config {
     pub commands: crate::commands::CommandsConfig,
 }
 
-/// `[metrics]`.
+/// `[api_tls]`: the REST and public gRPC listeners' server identity (PEM files).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MetricsConfig {
-    /// Serve `/metrics` without a token (default true: the REST listener is bound to
-    /// loopback unless configured otherwise, and a Prometheus scraper rarely holds a
-    /// bearer token). False: it needs a token with the `ReadFleet` permission (admin,
-    /// operator, readonly) — set that when `listen` is reachable from other machines.
-    pub public: bool,
+#[serde(deny_unknown_fields)]
+pub struct ApiTlsConfig {
+    /// The server certificate (chain), PEM; it must name the host clients dial.
+    pub cert: PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        Self { public: true }
-    }
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` without a token. Default false: a token with the `ReadFleet`
+    /// permission (admin, operator, readonly) is needed, because the metrics name
+    /// hosts and counts what every tenant does. True only when nothing but a trusted
+    /// scraper can reach `listen`.
+    pub public: bool,
 }
 
 /// `[ansible]`.
@@ -347,6 +361,8 @@ impl Default for Config {
             data_dir: PathBuf::from("/var/lib/fluid"),
             database_url: None,
             tls: None,
+            api_tls: None,
+            allow_insecure_listen: false,
             hosts: Vec::new(),
             heartbeat_interval_secs: 5,
             offline_after_missed_beats: 3,
@@ -388,6 +404,8 @@ const CONFIG_KEYS: &[&str] = &[
     "data_dir",
     "database_url",
     "tls",
+    "api_tls",
+    "allow_insecure_listen",
     "hosts",
     "heartbeat_interval_secs",
     "offline_after_missed_beats",
@@ -440,6 +458,7 @@ impl Config {
         if self.tls.is_none() {
             return bad("tls: ca_cert, cert and key are required".into());
         }
+        self.validate_listen()?;
         if self.heartbeat_interval_secs == 0
             || self.reconcile_interval_secs == 0
             || self.janitor_interval_secs == 0
@@ -521,6 +540,31 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(format!("hosts.{}: {e}", h.name)))?;
             if !seen.insert(h.name.as_str()) {
                 return bad(format!("hosts: {:?} is listed twice", h.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// A listener on a non-loopback address needs `[api_tls]`, or
+    /// `allow_insecure_listen = true` (bearer tokens would cross the network in clear).
+    fn validate_listen(&self) -> Result<(), ConfigError> {
+        if self.api_tls.is_some() || self.allow_insecure_listen {
+            return Ok(());
+        }
+        let listeners = [
+            ("listen", Some(self.listen)),
+            ("grpc_listen", self.grpc_listen),
+        ];
+        for (key, addr) in listeners {
+            if let Some(a) = addr
+                && !a.ip().is_loopback()
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} = \"{a}\" is not a loopback address and [api_tls] is not configured: \
+                     bearer tokens would cross the network in clear text. Configure [api_tls] \
+                     cert and key, or set allow_insecure_listen = true if TLS is terminated in \
+                     front of the controller"
+                )));
             }
         }
         Ok(())
@@ -623,25 +667,52 @@ mod tests {
         let c = parse(&with_tls("")).expect("valid");
         assert_eq!(c.log_format, fluid_telemetry::LogFormat::Text);
         assert!(c.otlp_endpoint.is_empty());
-        assert!(c.metrics.public);
+        assert!(!c.metrics.public, "metrics need a token by default");
         let c = parse(&with_tls(
-            "log_format = \"json\"\notlp_endpoint = \"http://127.0.0.1:4317\"\n[metrics]\npublic = false",
+            "log_format = \"json\"\notlp_endpoint = \"http://127.0.0.1:4317\"\n[metrics]\npublic = true",
         ))
         .expect("valid");
         assert_eq!(c.log_format, fluid_telemetry::LogFormat::Json);
         assert_eq!(c.otlp_endpoint, "http://127.0.0.1:4317");
-        assert!(!c.metrics.public);
+        assert!(c.metrics.public);
         assert!(is_config_key("OTLP_ENDPOINT"));
         assert!(is_config_key("METRICS__PUBLIC"));
     }
 
     #[test]
     fn grpc_listen_can_be_moved_or_disabled() {
-        let c = parse(&with_tls("grpc_listen = \"0.0.0.0:9090\"")).expect("valid");
-        assert_eq!(c.grpc_listen, "0.0.0.0:9090".parse().ok());
+        let c = parse(&with_tls("grpc_listen = \"127.0.0.2:9090\"")).expect("valid");
+        assert_eq!(c.grpc_listen, "127.0.0.2:9090".parse().ok());
         let c = parse(&with_tls("grpc_listen = \"\"")).expect("valid");
         assert_eq!(c.grpc_listen, None);
         assert!(parse(&with_tls("grpc_listen = \"nowhere\"")).is_err());
+    }
+
+    #[test]
+    fn a_network_listener_needs_api_tls_or_an_explicit_opt_out() {
+        for top in [
+            "listen = \"0.0.0.0:8080\"",
+            "listen = \"10.0.0.5:8080\"",
+            "listen = \"[::]:8080\"",
+            "grpc_listen = \"0.0.0.0:8081\"",
+        ] {
+            let e = parse(&with_tls(top)).expect_err(top).to_string();
+            assert!(e.contains("[api_tls]"), "{e}");
+            assert!(e.contains("allow_insecure_listen"), "{e}");
+        }
+        let c = parse(&with_tls(
+            "listen = \"0.0.0.0:8080\"\nallow_insecure_listen = true",
+        ))
+        .expect("explicitly allowed");
+        assert!(c.allow_insecure_listen && c.api_tls.is_none());
+        let c = parse(&with_tls(
+            "listen = \"0.0.0.0:8080\"\ngrpc_listen = \"0.0.0.0:8081\"\n[api_tls]\ncert = \"/a.pem\"\nkey = \"/a.key\"",
+        ))
+        .expect("TLS configured");
+        assert_eq!(c.api_tls.map(|t| t.cert), Some(PathBuf::from("/a.pem")));
+        assert!(parse(&with_tls("listen = \"[::1]:8080\"")).is_ok());
+        assert!(is_config_key("API_TLS__CERT"));
+        assert!(is_config_key("ALLOW_INSECURE_LISTEN"));
     }
 
     #[test]

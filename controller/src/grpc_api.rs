@@ -12,9 +12,11 @@
 //! tokens and permissions as REST (401 → UNAUTHENTICATED, 403 → PERMISSION_DENIED),
 //! and mutating calls are audited.
 //!
-//! Transport: plain HTTP/2 without TLS (h2c), like the REST API. Bind both to a trusted
-//! address (the defaults are on 127.0.0.1) or put a TLS-terminating proxy in front:
-//! bearer tokens must not cross an untrusted network in clear text.
+//! Transport: TLS (rustls, the `[api_tls]` certificate shared with REST) when
+//! configured, else plain HTTP/2 (h2c). Without `[api_tls]` the configuration refuses a
+//! non-loopback `grpc_listen` unless `allow_insecure_listen = true`: bearer tokens must
+//! not cross an untrusted network in clear text. A refusal (PERMISSION_DENIED) is
+//! audited, or the call fails with UNAVAILABLE.
 
 use axum::http::StatusCode;
 use fluid_client::governance::ApprovalStatus;
@@ -143,7 +145,16 @@ impl Sandboxes for PublicApi {
         let caller = caller_of(&self.state, &request).await?;
         let r = request.into_inner();
         let id = parse_id(&r.sandbox_id).map_err(service_status)?;
-        sandbox_for(&self.state, &caller, &r.sandbox_id, Permission::Work).await?;
+        if let Err(status) =
+            sandbox_for(&self.state, &caller, &r.sandbox_id, Permission::Work).await
+        {
+            if status.code() == tonic::Code::PermissionDenied {
+                // Like REST's 403: a refusal is audited, or the call fails (UNAVAILABLE).
+                let outcome = format!("refused: {}", status.message());
+                audit_call(&self.state, &caller, "Exec", Some(id.as_str()), &outcome).await?;
+            }
+            return Err(status);
+        }
         let commands = &self.state.commands;
         let rest = RunCommandRequest {
             command: r.command,
@@ -159,7 +170,11 @@ impl Sandboxes for PublicApi {
             commands.check_spec(&spec).map_err(service_status)?;
         }
         let handle = commands.run(&id, spec).await.map_err(service_status)?;
-        audit_call(&self.state, &caller, "Exec", Some(id.as_str()), "started").await;
+        if let Err(e) = audit_call(&self.state, &caller, "Exec", Some(id.as_str()), "started").await
+        {
+            // The command runs (its own row is the authoritative record).
+            tracing::error!(error = %e.message(), "appending a gRPC audit event");
+        }
         // Dropping this stream (the client went away) only stops feeding it.
         let events = futures::stream::unfold(handle.into_events(), |mut rx| async move {
             rx.recv().await.map(|ev| (Ok(command_event(ev)), rx))
@@ -201,14 +216,15 @@ fn approval_summary(a: &ApprovalRecord) -> api::ApprovalSummary {
     }
 }
 
-/// Records a mutating gRPC call in the audit trail, like the REST middleware does.
+/// Records a mutating gRPC call in the audit trail, like the REST middleware does. A
+/// failed write is UNAVAILABLE: a refusal is answered only once it is recorded.
 async fn audit_call(
     state: &AppState,
     caller: &Caller,
     method: &str,
     target: Option<&str>,
     outcome: &str,
-) {
+) -> Result<(), Status> {
     let mut e = NewAuditEvent::system("api", format!("gRPC {method}"), outcome)
         .details(serde_json::json!({"token_id": caller.token_id}))
         .by(&caller.name, caller.role.as_str());
@@ -219,9 +235,13 @@ async fn audit_call(
             e.target(t)
         };
     }
-    if let Err(err) = state.store.append_audit(&e).await {
-        tracing::error!(error = %err, "appending a gRPC audit event");
-    }
+    state.store.append_audit(&e).await.map_err(|err| {
+        tracing::error!(error = %err, outcome, "appending a gRPC audit event");
+        Status::unavailable(format!(
+            "audit trail unavailable: the call could not be recorded ({err})"
+        ))
+    })?;
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -275,7 +295,7 @@ impl Approvals for PublicApi {
             Err(e) => format!("refused: {e}"),
         };
         if crate::approvals::check_id(&r.approval_id).is_ok() {
-            audit_call(
+            let audited = audit_call(
                 &self.state,
                 &caller,
                 "Decide",
@@ -283,6 +303,11 @@ impl Approvals for PublicApi {
                 &outcome,
             )
             .await;
+            // A refusal is answered only once recorded; a decision that was taken stays
+            // taken (the approval row and its own event are the record).
+            if result.is_err() {
+                audited?;
+            }
         }
         Ok(Response::new(approval_summary(
             &result.map_err(service_status)?,
@@ -290,18 +315,27 @@ impl Approvals for PublicApi {
     }
 }
 
-/// Serves the gRPC API on `listener` until `shutdown` fires (then drains).
+/// Serves the gRPC API on `listener` (over TLS when `tls` is given) until `shutdown`
+/// fires (then drains).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: CancellationToken,
-) -> Result<(), tonic::transport::Error> {
+) -> anyhow::Result<()> {
     let api = PublicApi::new(state);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| anyhow::anyhow!("gRPC TLS configuration: {e}"))?;
+    }
+    builder
         .add_service(SandboxesServer::new(api.clone()))
         .add_service(ApprovalsServer::new(api))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled_owned())
-        .await
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

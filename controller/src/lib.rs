@@ -27,6 +27,7 @@
 pub mod access;
 pub mod agents;
 pub mod api;
+pub mod api_tls;
 pub mod approvals;
 pub mod attach;
 pub mod auth;
@@ -48,6 +49,7 @@ pub mod overcommit;
 pub mod pki;
 pub mod playbooks;
 pub mod policy;
+pub mod private_fs;
 pub mod reconciler;
 pub mod sandboxes;
 pub mod scheduler;
@@ -362,6 +364,10 @@ pub async fn serve_on(
         .tls()?
         .load()
         .context("loading the controller's TLS files")?;
+    let api_tls = match &config.api_tls {
+        Some(c) => Some(api_tls::ApiTls::load(c).context("loading [api_tls]")?),
+        None => None,
+    };
     let grpc_listener = match config.grpc_listen {
         Some(a) => Some(
             TcpListener::bind(a)
@@ -370,6 +376,8 @@ pub async fn serve_on(
         ),
         None => None,
     };
+    // The SSH user CA, playbooks and artefacts live here, whatever the database.
+    private_fs::private_dir(&config.data_dir).context("data_dir")?;
     let store = store::open(config.database_url.as_deref(), &config.data_dir)
         .await
         .context("opening the store")?;
@@ -424,26 +432,42 @@ pub async fn serve_on(
     let mut loops = spawn_background(&state, agents, &config, &loops_cancel);
 
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "fluid-controller listening");
+    let scheme = if api_tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, version = env!("CARGO_PKG_VERSION"), "fluid-controller listening");
     // A child token: a server that stops on its own stops the other one too.
     let drain = shutdown.child_token();
     let mut servers: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     let app = api::router(state.clone());
     let http_drain = drain.clone();
-    servers.spawn(async move {
-        let r = axum::serve(listener, app)
-            .with_graceful_shutdown(http_drain.cancelled_owned())
-            .await;
-        ("HTTP", r.map_err(anyhow::Error::from))
-    });
+    match &api_tls {
+        Some(t) => {
+            let listener = t.listener(listener).context("REST TLS listener")?;
+            servers.spawn(async move {
+                let r = axum::serve(listener, app)
+                    .with_graceful_shutdown(http_drain.cancelled_owned())
+                    .await;
+                ("HTTP", r.map_err(anyhow::Error::from))
+            });
+        }
+        None => {
+            servers.spawn(async move {
+                let r = axum::serve(listener, app)
+                    .with_graceful_shutdown(http_drain.cancelled_owned())
+                    .await;
+                ("HTTP", r.map_err(anyhow::Error::from))
+            });
+        }
+    }
     if let Some(grpc) = grpc_listener {
         let grpc_addr = grpc.local_addr()?;
-        tracing::info!(addr = %grpc_addr, "public gRPC API listening (h2c)");
+        let grpc_tls = api_tls.as_ref().map(api_tls::ApiTls::grpc);
+        let what = if grpc_tls.is_some() { "TLS" } else { "h2c" };
+        tracing::info!(addr = %grpc_addr, transport = what, "public gRPC API listening");
         let grpc_state = state.clone();
         let grpc_drain = drain.clone();
         servers.spawn(async move {
-            let r = grpc_api::serve(grpc, grpc_state, grpc_drain).await;
-            ("gRPC", r.map_err(anyhow::Error::from))
+            let r = grpc_api::serve(grpc, grpc_state, grpc_tls, grpc_drain).await;
+            ("gRPC", r)
         });
     }
 

@@ -88,6 +88,15 @@ enum PkiCommand {
         #[arg(long = "san", required = true, num_args = 1..)]
         sans: Vec<String>,
     },
+    /// Issue the API listeners' server certificate (api.pem, api.key) for `[api_tls]`;
+    /// clients trust it with ca.pem (`fluidctl --ca-cert`, FLUID_CA_CERT).
+    Api {
+        #[arg(long)]
+        dir: PathBuf,
+        /// DNS names or IP addresses clients dial (repeatable).
+        #[arg(long = "san", required = true, num_args = 1..)]
+        sans: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -118,6 +127,14 @@ fn main() -> anyhow::Result<()> {
             command: PkiCommand::Agent { dir, name, sans },
         } => {
             let out = pki::issue_agent(&dir, &name, &sans)?;
+            println!("wrote {}", out.cert.display());
+            println!("wrote {}", out.key.display());
+            Ok(())
+        }
+        Command::Pki {
+            command: PkiCommand::Api { dir, sans },
+        } => {
+            let out = pki::issue_api(&dir, &sans)?;
             println!("wrote {}", out.cert.display());
             println!("wrote {}", out.key.display());
             Ok(())

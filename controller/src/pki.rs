@@ -1,11 +1,17 @@
 //! The fleet's PKI, for `fluid-controller pki …`: one CA; a client certificate for the
 //! controller (DNS SAN `fluid-controller`, EKU clientAuth); a server certificate per
-//! agent naming the DNS names / IP addresses the controller dials (EKU serverAuth).
-//! Private keys are written mode 0600.
+//! agent naming the DNS names / IP addresses the controller dials (EKU serverAuth);
+//! a server certificate for the API listeners (`[api_tls]`, EKU serverAuth).
+//! Private keys are written mode 0600, certificates 0644. A directory these commands
+//! create is 0700; an existing one keeps its owner and group (a package may have made
+//! it `root:<service group>`) but loses every permission for others and write
+//! permission for its group.
 
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+
+use crate::private_fs::private_dir;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
@@ -55,7 +61,17 @@ fn validity(params: &mut CertificateParams, years: i32) {
 }
 
 fn write_public(path: &Path, contents: &str) -> anyhow::Result<()> {
-    fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
+    if path.exists() {
+        fs::remove_file(path).with_context(|| format!("replacing {}", path.display()))?;
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(contents.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
@@ -69,13 +85,16 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
     f.write_all(contents.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    // Whatever the umask: exactly 0600.
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 600 {}", path.display()))
 }
 
 /// Creates the fleet CA and the controller's client certificate in `dir`. Refuses to
 /// overwrite an existing CA key (that would orphan every issued certificate).
 pub fn init(dir: &Path) -> anyhow::Result<(Written, Written)> {
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    private_dir(dir)?;
     let ca_key_path = dir.join(CA_KEY);
     if ca_key_path.exists() {
         bail!(
@@ -128,9 +147,35 @@ pub fn issue_agent(dir: &Path, name: &str, sans: &[String]) -> anyhow::Result<Wr
     if sans.is_empty() {
         bail!("at least one SAN (the DNS name or IP address the controller dials) is required");
     }
+    let (cert_name, key_name) = agent_file_names(name.as_str());
+    issue_server(dir, name.as_str(), sans, &cert_name, &key_name)
+}
+
+/// `pki api` output names.
+pub const API_CERT: &str = "api.pem";
+pub const API_KEY: &str = "api.key";
+
+/// Issues the API listeners' server certificate (`[api_tls]`) naming `sans` (the DNS
+/// names / IP addresses clients dial), signed by the CA in `dir`; writes `api.pem` /
+/// `api.key`. Clients trust it with the fleet's `ca.pem` (`fluidctl --ca-cert`).
+pub fn issue_api(dir: &Path, sans: &[String]) -> anyhow::Result<Written> {
+    issue_server(dir, "fluid-api", sans, API_CERT, API_KEY)
+}
+
+fn issue_server(
+    dir: &Path,
+    common_name: &str,
+    sans: &[String],
+    cert_name: &str,
+    key_name: &str,
+) -> anyhow::Result<Written> {
+    if sans.is_empty() {
+        bail!("at least one SAN (the DNS name or IP address clients dial) is required");
+    }
     if let Some(bad) = sans.iter().find(|s| !crate::agents::is_host_name(s)) {
         bail!("SAN {bad:?} is neither a DNS name nor an IP address");
     }
+    private_dir(dir)?;
     let ca_pem = fs::read_to_string(dir.join(CA_CERT))
         .with_context(|| format!("reading {}", dir.join(CA_CERT).display()))?;
     let ca_key_pem = fs::read_to_string(dir.join(CA_KEY))
@@ -142,13 +187,12 @@ pub fn issue_agent(dir: &Path, name: &str, sans: &[String]) -> anyhow::Result<Wr
     let mut leaf = CertificateParams::new(sans.to_vec())
         .with_context(|| format!("SANs {sans:?}: each must be a DNS name or an IP address"))?;
     leaf.distinguished_name
-        .push(DnType::CommonName, name.as_str());
+        .push(DnType::CommonName, common_name);
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     validity(&mut leaf, LEAF_YEARS);
     let cert = leaf.signed_by(&key, &issuer)?;
 
-    let (cert_name, key_name) = agent_file_names(name.as_str());
     let out = Written {
         cert: dir.join(cert_name),
         key: dir.join(key_name),
@@ -160,8 +204,6 @@ pub fn issue_agent(dir: &Path, name: &str, sans: &[String]) -> anyhow::Result<Wr
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt as _;
-
     use fluid_proto::tls::cert_names;
     use rustls_pki_types::pem::PemObject as _;
     use rustls_pki_types::{CertificateDer, UnixTime};
@@ -229,10 +271,51 @@ mod tests {
         assert!(cert_names(&agent_der, "10.0.0.5"));
         assert!(!cert_names(&agent_der, "kvm-2.lab"));
 
-        for key in [&ca.key, &ctl.key, &agent.key] {
+        let api = issue_api(
+            dir.path(),
+            &["api.example".to_owned(), "127.0.0.1".to_owned()],
+        )
+        .expect("api");
+        let api_der = der(&api.cert);
+        assert!(verifies(&ca_der, &api_der, webpki::KeyUsage::server_auth()));
+        assert!(cert_names(&api_der, "api.example"));
+        assert!(cert_names(&api_der, "127.0.0.1"));
+
+        for key in [&ca.key, &ctl.key, &agent.key, &api.key] {
             let mode = fs::metadata(key).expect("key").permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", key.display());
         }
+        for cert in [&ca.cert, &ctl.cert, &agent.cert, &api.cert] {
+            let mode = fs::metadata(cert).expect("cert").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o644, "{}", cert.display());
+        }
+    }
+
+    #[test]
+    fn the_directory_is_private() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let fresh = tmp.path().join("a/pki");
+        init(&fresh).expect("init");
+        let mode = |p: &Path| fs::metadata(p).expect("dir").permissions().mode() & 0o7777;
+        assert_eq!(mode(&fresh), 0o700);
+        // An existing directory (a package's root:<group> 0750, or a careless 0777)
+        // keeps its group's read access, loses the rest.
+        for (before, after) in [
+            (0o750, 0o750),
+            (0o777, 0o750),
+            (0o755, 0o750),
+            (0o700, 0o700),
+        ] {
+            let d = tmp.path().join(format!("d{before:o}"));
+            fs::create_dir(&d).expect("mkdir");
+            fs::set_permissions(&d, fs::Permissions::from_mode(before)).expect("chmod");
+            init(&d).expect("init");
+            assert_eq!(mode(&d), after, "{before:o}");
+        }
+        // `pki agent` tightens it too.
+        fs::set_permissions(&fresh, fs::Permissions::from_mode(0o755)).expect("chmod");
+        issue_agent(&fresh, "kvm-1", &["10.0.0.5".to_owned()]).expect("agent");
+        assert_eq!(mode(&fresh), 0o750);
     }
 
     #[test]

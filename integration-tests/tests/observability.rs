@@ -107,10 +107,14 @@ impl Receiver {
     }
 }
 
-async fn scrape(url: &str) -> Result<Exposition> {
-    let resp = reqwest::get(url)
-        .await
-        .with_context(|| format!("GET {url}"))?;
+/// Scrapes `url`, with `token` when given (the controller's `/metrics` needs one with
+/// `ReadFleet` by default; the agent's, on loopback, none).
+async fn scrape(url: &str, token: Option<&str>) -> Result<Exposition> {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.with_context(|| format!("GET {url}"))?;
     ensure!(resp.status().is_success(), "GET {url}: {}", resp.status());
     let text = resp.text().await?;
     parse(&text).map_err(|e| anyhow::anyhow!("{url}: {e}"))
@@ -179,8 +183,8 @@ async fn metrics_move_and_one_trace_follows_a_create() -> Result<()> {
         .await?;
     let ctl_metrics = format!("{}/metrics", stack.api_url);
     let agent_metrics = stack.agent("a")?.metrics_url.clone();
-    let ctl_before = scrape(&ctl_metrics).await?;
-    let agent_before = scrape(&agent_metrics).await?;
+    let ctl_before = scrape(&ctl_metrics, Some(&stack.admin_token)).await?;
+    let agent_before = scrape(&agent_metrics, None).await?;
 
     // One create (waiting for the IP) and one command.
     let t0 = Instant::now();
@@ -214,8 +218,8 @@ async fn metrics_move_and_one_trace_follows_a_create() -> Result<()> {
     ensure!(cmd.exit_code == 0, "command: {cmd:?}");
 
     // Metrics: both parse, and their counters moved.
-    let ctl = scrape(&ctl_metrics).await?;
-    let agent = scrape(&agent_metrics).await?;
+    let ctl = scrape(&ctl_metrics, Some(&stack.admin_token)).await?;
+    let agent = scrape(&agent_metrics, None).await?;
     let figures = [
         (
             "controller fluid_sandbox_create_duration_seconds_count{outcome=ok}",

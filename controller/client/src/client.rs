@@ -60,13 +60,31 @@ pub struct Client {
 
 impl Client {
     pub fn new(base_url: &str) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|source| ClientError::Transport {
-                url: base_url.to_owned(),
-                source,
-            })?;
+        Self::with_ca(base_url, None)
+    }
+
+    /// A client that also trusts the CA certificate(s) in `ca_pem` (PEM) for an
+    /// `https://` base URL: the fleet's `ca.pem` when the controller's `[api_tls]`
+    /// certificate comes from `fluid-controller pki api`. The public roots stay trusted.
+    pub fn with_ca(base_url: &str, ca_pem: Option<&[u8]>) -> Result<Self, ClientError> {
+        let transport = |source| ClientError::Transport {
+            url: base_url.to_owned(),
+            source,
+        };
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(transport)?;
+            if certs.is_empty() {
+                return Err(ClientError::Decode {
+                    url: base_url.to_owned(),
+                    reason: "the CA file holds no PEM certificate".into(),
+                });
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder.build().map_err(transport)?;
         Ok(Self {
             base: base_url.trim_end_matches('/').to_owned(),
             http,

@@ -55,6 +55,18 @@ pub struct Cli {
     )]
     pub token: Option<String>,
 
+    /// A CA certificate (PEM) to trust for an https:// URL, besides the public roots:
+    /// the fleet's ca.pem when the controller's [api_tls] certificate comes from
+    /// `fluid-controller pki api`.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "FLUID_CA_CERT",
+        value_name = "PEM_FILE"
+    )]
+    pub ca_cert: Option<std::path::PathBuf>,
+
     /// Print the API's JSON answers (pretty) instead of tables.
     #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
@@ -193,7 +205,13 @@ pub fn emit_json<T: serde::Serialize + ?Sized>(value: &T) -> anyhow::Result<()> 
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&cli.url)?.with_token(cli.token.clone());
+    let ca = match &cli.ca_cert {
+        Some(p) => {
+            Some(std::fs::read(p).map_err(|e| anyhow::anyhow!("--ca-cert {}: {e}", p.display()))?)
+        }
+        None => None,
+    };
+    let client = Client::with_ca(&cli.url, ca.as_deref())?.with_token(cli.token.clone());
     let ctx = Ctx {
         client,
         url: cli.url,

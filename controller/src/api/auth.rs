@@ -1,8 +1,14 @@
 //! Authentication at the edge: a middleware on every route but `/v1/health` (and
-//! `/metrics` while `[metrics] public = true`) that turns
+//! `/metrics` when `[metrics] public = true`; not the default) that turns
 //! the bearer token into a [`Caller`] (401 without a valid one), and records every
 //! mutating call in the audit trail with its outcome once the handler has answered.
 //! Handlers take the [`Caller`] as an extractor and check their [`Permission`].
+//!
+//! The record of a refusal fails closed: a refused call (4xx) whose audit event cannot
+//! be written answers 503 instead, so no refusal is ever answered without its event.
+//! A call that succeeded keeps its answer (its effect happened, and its state change
+//! carries its own event written in the same transaction); the missing `api` event is
+//! logged as an error.
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
@@ -18,7 +24,7 @@ use crate::store::{NewAuditEvent, SandboxRecord};
 
 /// Routes that answer without a token.
 pub const OPEN_PATHS: [&str; 1] = ["/v1/health"];
-/// Open too while `[metrics] public = true` (the default).
+/// Open too when `[metrics] public = true` (default false: `ReadFleet` needed).
 pub const METRICS_PATH: &str = "/metrics";
 
 impl From<AuthError> for ApiError {
@@ -112,10 +118,28 @@ pub async fn require_token(
             details: serde_json::json!({"token_id": caller.token_id, "path": path}),
         };
         if let Err(e) = state.store.append_audit(&event).await {
-            tracing::error!(error = %e, action = %event.action, "appending an API audit event");
+            tracing::error!(error = %e, action = %event.action, outcome = %event.outcome,
+                "appending an API audit event");
+            if is_refusal(resp.status()) {
+                return audit_unavailable(&e.to_string()).into_response();
+            }
         }
     }
     resp
+}
+
+/// A refusal: the caller asked, and was told no (or that the request was wrong).
+fn is_refusal(status: StatusCode) -> bool {
+    status.is_client_error()
+}
+
+/// What a refusal becomes when its audit event cannot be written.
+pub fn audit_unavailable(details: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "audit trail unavailable: the request was refused, but the refusal could not be recorded",
+    )
+    .with_details(details.to_owned())
 }
 
 /// Checks a permission that is not about one sandbox.

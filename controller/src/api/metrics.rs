@@ -1,9 +1,9 @@
 //! `GET /metrics` (OpenMetrics text for Prometheus), the middleware that counts REST
 //! requests, and the span every request runs in.
 //!
-//! `/metrics` is open when `[metrics] public = true` (the default: the REST listener
-//! is loopback-only by default and scrapers rarely carry bearer tokens); otherwise it
-//! needs the `ReadFleet` permission. A store that fails while the fleet gauges are read
+//! `/metrics` needs the `ReadFleet` permission (admin, operator, readonly; an agent
+//! token gets 403) unless `[metrics] public = true` (not the default: the metrics name
+//! hosts and count what every tenant does). A store that fails while the fleet gauges are read
 //! does not fail the scrape: the counters still answer (that is when they matter), the
 //! gauges keep their last values and `fluid_metrics_scrape_errors_total` goes up.
 

@@ -158,10 +158,10 @@ fn calls() -> Vec<Call> {
     let post = Method::POST;
     vec![
         call(Open, get.clone(), "/v1/health", None),
-        // Open by default (`[metrics] public`); its body is not JSON.
+        // Needs ReadFleet unless `[metrics] public = true`; its body is not JSON.
         Call {
             streaming: true,
-            ..call(Open, get.clone(), "/metrics", None)
+            ..call(ReadFleet, get.clone(), "/metrics", None)
         },
         call(Read, get.clone(), "/v1/sandboxes", None),
         call(Read, get.clone(), "/v1/hosts", None),

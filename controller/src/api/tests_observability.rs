@@ -46,7 +46,7 @@ async fn get_metrics(app: &TestApp, token: Option<&str>) -> (StatusCode, String,
 }
 
 async fn scrape(app: &TestApp) -> Exposition {
-    let (s, ctype, text) = get_metrics(app, None).await;
+    let (s, ctype, text) = get_metrics(app, Some(&app.admin_token)).await;
     assert_eq!(s, StatusCode::OK, "{text}");
     assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
     parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
@@ -188,12 +188,8 @@ async fn refused_commands_and_pending_approvals_are_counted() {
 }
 
 #[tokio::test]
-async fn metrics_need_a_fleet_reader_when_not_public() {
-    let app = app_with(Config {
-        metrics: MetricsConfig { public: false },
-        ..Config::default()
-    })
-    .await;
+async fn metrics_need_a_fleet_reader_by_default() {
+    let app = app().await;
     let (s, _, _) = get_metrics(&app, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     let agent = app.token("bot", Role::Agent, Some("agent-7")).await;
@@ -202,6 +198,18 @@ async fn metrics_need_a_fleet_reader_when_not_public() {
     let reader = app.token("grafana", Role::Readonly, None).await;
     let (s, _, body) = get_metrics(&app, Some(&reader)).await;
     assert_eq!(s, StatusCode::OK);
+    parse(&body).expect("valid exposition");
+}
+
+#[tokio::test]
+async fn public_metrics_need_no_token_when_configured() {
+    let app = app_with(Config {
+        metrics: MetricsConfig { public: true },
+        ..Config::default()
+    })
+    .await;
+    let (s, _, body) = get_metrics(&app, None).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
     parse(&body).expect("valid exposition");
 }
 
@@ -225,11 +233,20 @@ async fn health_reports_offline_agents_without_failing() {
     assert_eq!(m.sum("fluid_hosts", &[("state", "OFFLINE")]), 1.0);
 }
 
+// With public metrics (a token-gated scrape needs the store to check its token: a down
+// store answers 503 there, like every authenticated call).
 #[tokio::test]
 async fn a_failing_store_still_answers_the_counters() {
-    let app = app().await;
-    scrape(&app).await;
+    let app = app_with(Config {
+        metrics: MetricsConfig { public: true },
+        ..Config::default()
+    })
+    .await;
+    let (s, _, _) = get_metrics(&app, None).await;
+    assert_eq!(s, StatusCode::OK);
     app.store.close().await;
-    let m = scrape(&app).await;
+    let (s, _, text) = get_metrics(&app, None).await;
+    assert_eq!(s, StatusCode::OK, "{text}");
+    let m = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert!(m.sum("fluid_metrics_scrape_errors_total", &[]) >= 1.0);
 }

@@ -57,7 +57,12 @@ pub(crate) async fn serve_api(app: &TestApp) -> (Channel, CancellationToken) {
         .expect("bind");
     let addr: SocketAddr = listener.local_addr().expect("addr");
     let stop = CancellationToken::new();
-    tokio::spawn(super::serve(listener, app.state.clone(), stop.clone()));
+    tokio::spawn(super::serve(
+        listener,
+        app.state.clone(),
+        None,
+        stop.clone(),
+    ));
     let channel = Channel::from_shared(format!("http://{addr}"))
         .expect("uri")
         .connect()

@@ -489,17 +489,25 @@ pub async fn open(
     database_url: Option<&str>,
     data_dir: &std::path::Path,
 ) -> anyhow::Result<std::sync::Arc<dyn Store>> {
-    use anyhow::Context as _;
     match database_url {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             Ok(std::sync::Arc::new(PgStore::connect(url).await?))
         }
         Some(url) => Ok(std::sync::Arc::new(SqliteStore::connect_url(url).await?)),
         None => {
-            std::fs::create_dir_all(data_dir)
-                .with_context(|| format!("creating {}", data_dir.display()))?;
+            // The database holds token hashes, commands' output and the audit trail:
+            // the directory 0700 (or its packaged group's 0750), the files 0600.
+            crate::private_fs::private_dir(data_dir)?;
             let path = data_dir.join("fluid.db");
-            Ok(std::sync::Arc::new(SqliteStore::open_file(&path).await?))
+            crate::private_fs::private_file(&path)?;
+            let store = SqliteStore::open_file(&path).await?;
+            for side in ["fluid.db-wal", "fluid.db-shm"] {
+                let p = data_dir.join(side);
+                if p.exists() {
+                    crate::private_fs::private_file(&p)?;
+                }
+            }
+            Ok(std::sync::Arc::new(store))
         }
     }
 }
