@@ -104,6 +104,10 @@ pub struct NetworkConfig {
     /// Destinations every sandbox of this host may reach, e.g. an apt proxy
     /// (`"10.0.0.5/32 tcp/3142"`, `"deb.debian.org tcp/80"`, `"192.168.1.0/24"`).
     pub always_allow: Vec<EgressRule>,
+    /// The least time an address a sandbox's DNS answer allowed stays allowed, whatever
+    /// the answer's TTL (`resolved_min_secs`, default 30, at most a day). Connections
+    /// to it are cut when it expires (unless the sandbox resolved the name again).
+    pub resolved_min: std::time::Duration,
 }
 
 /// Something a sandbox's disk can be cloned from.

@@ -28,6 +28,7 @@ pub mod ruleset;
 pub mod watch;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
 
 use fluid_proto::model::{EgressRule, SandboxId};
 use ipnet::Ipv4Net;
@@ -70,6 +71,9 @@ pub struct NetworkSettings {
     pub dns_upstream: SocketAddr,
     /// Destinations every sandbox may reach.
     pub always_allow: Vec<EgressRule>,
+    /// How long an address a DNS answer allowed stays allowed at least, whatever the
+    /// answer's TTL (`[network] resolved_min_secs`).
+    pub resolved_min: Duration,
 }
 
 impl NetworkSettings {
@@ -93,6 +97,7 @@ impl NetworkSettings {
                 .dns_upstream
                 .unwrap_or_else(|| SocketAddr::from((host.addr(), 53))),
             always_allow: config.always_allow.clone(),
+            resolved_min: config.resolved_min,
         })
     }
 
@@ -114,6 +119,7 @@ pub(crate) fn test_settings() -> NetworkSettings {
             allow::parse_rule("10.0.0.5/32 tcp/3142").expect("rule"),
             allow::parse_rule("deb.debian.org tcp/80").expect("rule"),
         ],
+        resolved_min: firewall::RESOLVED_MIN,
     }
 }
 
