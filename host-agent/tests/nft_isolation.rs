@@ -300,6 +300,7 @@ async fn rules_seal_sandboxes_in_a_real_kernel() {
         dns_listen: "10.99.0.1:5353".parse().expect("addr"),
         dns_upstream: "10.99.0.1:53".parse().expect("addr"),
         always_allow: Vec::new(),
+        resolved_min: fluid_agent::network::firewall::RESOLVED_MIN,
     };
     let nft = NftCommand::with_prefix("ip", ["netns", "exec", &lab.ns("h"), "nft"]);
     let fw = Arc::new(Firewall::new(settings, Arc::new(nft)));

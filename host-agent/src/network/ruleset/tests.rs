@@ -228,8 +228,7 @@ fn chain_rules(batch: &Nftables<'_>, family: &str, chain: &str) -> Vec<serde_jso
 }
 
 fn has(rule: &serde_json::Value, needle: serde_json::Value) -> bool {
-    rule.as_array()
-        .is_some_and(|stmts| stmts.iter().any(|s| *s == needle))
+    rule.as_array().is_some_and(|stmts| stmts.contains(&needle))
 }
 
 fn ct_original(key: &str) -> serde_json::Value {
