@@ -139,7 +139,8 @@ has_files() { # deb, then paths that must be in it
 check "fluid-agent: files" has_files "$agent1" usr/bin/fluid-agent etc/fluid/agent.toml \
   usr/lib/systemd/system/fluid-agent.service usr/share/doc/fluid-agent/copyright \
   usr/share/doc/fluid-agent/changelog.Debian.gz usr/share/doc/fluid-agent/README.md \
-  usr/share/lintian/overrides/fluid-agent
+  usr/share/lintian/overrides/fluid-agent usr/lib/systemd/system/fluid-agent-boot-deny.service \
+  usr/share/fluid-agent/boot-deny.nft
 check "fluid-controller: files" has_files "$ctl1" usr/bin/fluid-controller usr/bin/fluidctl \
   etc/fluid/controller.toml usr/lib/systemd/system/fluid-controller.service \
   usr/share/doc/fluid-controller/copyright usr/share/doc/fluid-controller/changelog.Debian.gz \
@@ -270,10 +271,10 @@ groups_ok() { # user, then the supplementary groups it must have (and no others)
   # shellcheck disable=SC2086 # split the group list on purpose
   [[ $(printf '%s\n' $g | sort | tr '\n' ' ') == "$want" ]]
 }
-unit_enabled() { # unit: its wants symlink exists and resolves to the packaged unit
-  local link
-  link=$(readlink "$root/etc/systemd/system/multi-user.target.wants/$1.service") || { echo 'no wants symlink'; return 1; }
-  echo "multi-user.target.wants/$1.service -> $link"
+unit_enabled() { # unit [target]: its wants symlink exists and resolves to the packaged unit
+  local link target=${2:-multi-user.target}
+  link=$(readlink "$root/etc/systemd/system/$target.wants/$1.service") || { echo 'no wants symlink'; return 1; }
+  echo "$target.wants/$1.service -> $link"
   [[ $link == /* && -f $root$link && $(in_root readlink -f "$link") == /usr/lib/systemd/system/$1.service ]]
 }
 binaries_run() {
@@ -282,7 +283,8 @@ binaries_run() {
 }
 units_verify() { # it exits 0 on directives it ignores, so any output is a failure
   local output rc=0
-  output=$(in_root systemd-analyze verify fluid-agent.service fluid-controller.service 2>&1) || rc=$?
+  output=$(in_root systemd-analyze verify fluid-agent.service fluid-agent-boot-deny.service \
+    fluid-controller.service 2>&1) || rc=$?
   echo "${output:-no complaints}"
   [[ $rc == 0 && -z $output ]]
 }
@@ -347,6 +349,8 @@ checks_installed() {
   for unit in fluid-agent fluid-controller; do
     check "$label: $unit.service enabled" unit_enabled "$unit"
   done
+  check "$label: fluid-agent-boot-deny.service enabled (sysinit)" \
+    unit_enabled fluid-agent-boot-deny sysinit.target
   check "$label: binaries run (--version)" binaries_run
 }
 

@@ -118,6 +118,10 @@ pub struct NetworkConfig {
     pub dns_max_in_flight_per_sandbox: usize,
     /// TCP connections one sandbox may hold to the DNS proxy. Default 4.
     pub dns_max_tcp_per_sandbox: usize,
+    /// The least time an address a sandbox's DNS answer allowed stays allowed, whatever
+    /// the answer's TTL (`resolved_min_secs`, default 30, at most a day). Connections
+    /// to it are cut when it expires (unless the sandbox resolved the name again).
+    pub resolved_min: std::time::Duration,
 }
 
 /// Something a sandbox's disk can be cloned from.

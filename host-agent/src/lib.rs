@@ -61,6 +61,19 @@ async fn firewall(config: &AgentConfig, hv: &Libvirt) -> anyhow::Result<Firewall
              they reach whatever the libvirt network {} reaches)",
             net.name
         );
+        // The package's boot-time deny would otherwise keep every sandbox offline.
+        let mut batch = nftables::schema::Nftables {
+            objects: std::borrow::Cow::Owned(Vec::new()),
+        };
+        network::ruleset::remove_boot_table(&mut batch);
+        if let Err(e) = network::nft::NftBackend::apply(&NftCommand::default(), &batch).await {
+            tracing::error!(
+                table = network::ruleset::BOOT_TABLE,
+                "removing the boot-time deny failed ({e}); sandboxes stay offline until it is \
+                 deleted (`nft delete table bridge {}`)",
+                network::ruleset::BOOT_TABLE
+            );
+        }
         return Ok(Firewall::disabled());
     }
     let info = hv
@@ -79,6 +92,13 @@ async fn firewall(config: &AgentConfig, hv: &Libvirt) -> anyhow::Result<Firewall
 
 /// Opens the state, connects to libvirt, reconciles and applies the sandboxes'
 /// network rules (and starts keeping them current); the service is ready to serve.
+///
+/// The order is the isolation's: nothing is served (no gRPC, no DNS proxy) and no
+/// domain is started before the rules are in force. Reconciliation only defines,
+/// undefines and destroys domains; meanwhile the sandboxes that run are held either by
+/// the rules a previous agent left, or after a reboot by the package's boot-time deny
+/// (`table bridge fluid-boot`), which the first apply deletes in its own transaction.
+/// An apply that fails fails the start.
 pub async fn open(config: AgentConfig) -> anyhow::Result<Arc<Sandboxes<Libvirt>>> {
     overlay::ensure_dir(&config.state_dir).await?;
     overlay::ensure_dir(&config.overlay_dir()).await?;

@@ -319,6 +319,7 @@ async fn rules_seal_sandboxes_in_a_real_kernel() {
         // The lab's "internet" is private (10.98.0.0/16): permitted explicitly.
         resolved_private_allow: vec!["10.98.0.0/16".parse().expect("net")],
         dns_caps: Default::default(),
+        resolved_min: fluid_agent::network::firewall::RESOLVED_MIN,
     };
     let nft = NftCommand::with_prefix("ip", ["netns", "exec", &lab.ns("h"), "nft"]);
     let fw = Arc::new(Firewall::new(settings, Arc::new(nft)));

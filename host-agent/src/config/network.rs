@@ -4,6 +4,7 @@
 //! still parses. The table form names it `name` and adds the isolation settings.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use fluid_proto::model::Name;
 use serde::de::{self, MapAccess, Visitor};
@@ -11,6 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{ConfigError, NetworkConfig, invalid};
 use crate::network::allow::parse_rule;
+use crate::network::firewall::{RESOLVED_MAX, RESOLVED_MIN};
 
 /// `network = "<libvirt network>"` or a `[network]` table.
 #[derive(Debug, Serialize)]
@@ -73,6 +75,8 @@ pub(super) struct RawNetwork {
     dns_max_in_flight_per_sandbox: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     dns_max_tcp_per_sandbox: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resolved_min_secs: Option<u64>,
 }
 
 /// `fluid_` + the host name with anything but ASCII letters and digits as `_`.
@@ -199,6 +203,16 @@ impl RawNetworkField {
             raw.dns_max_tcp_per_sandbox,
             defaults.tcp_connections,
         )?;
+        let resolved_min = match raw.resolved_min_secs {
+            None => RESOLVED_MIN,
+            Some(s) if (1..=RESOLVED_MAX.as_secs()).contains(&s) => Duration::from_secs(s),
+            Some(s) => {
+                return Err(invalid(
+                    "network.resolved_min_secs",
+                    format!("{s} must be 1-{} (seconds)", RESOLVED_MAX.as_secs()),
+                ));
+            }
+        };
         Ok(NetworkConfig {
             resolved_private_allow,
             dns_max_in_flight_per_sandbox,
@@ -210,6 +224,7 @@ impl RawNetworkField {
             dns_listen,
             dns_upstream: raw.dns_upstream,
             always_allow,
+            resolved_min,
         })
     }
 }
@@ -231,6 +246,10 @@ mod tests {
         assert_eq!(c.network.name.as_str(), "sandboxes");
         assert!(c.network.enforce);
         assert_eq!(c.network.nft_table, "fluid_kvm_1_example");
+        assert_eq!(
+            c.network.resolved_min,
+            crate::network::firewall::RESOLVED_MIN
+        );
     }
 
     #[test]
@@ -244,6 +263,7 @@ bridge = "virbr7"
 dns_listen = "192.168.7.1:5300"
 dns_upstream = "192.168.7.1:53"
 always_allow = ["10.0.0.5/32 tcp/3142", "Deb.Debian.org. tcp/80", "192.168.1.0/24"]
+resolved_min_secs = 5
 "#;
         let c = AgentConfig::from_toml(&format!("host_name = 'h'\n{TLS}{toml}")).expect("valid");
         let n = &c.network;
@@ -259,6 +279,7 @@ always_allow = ["10.0.0.5/32 tcp/3142", "Deb.Debian.org. tcp/80", "192.168.1.0/2
             n.dns_upstream.map(|a| a.to_string()).as_deref(),
             Some("192.168.7.1:53")
         );
+        assert_eq!(n.resolved_min.as_secs(), 5);
         let rules: Vec<String> = n.always_allow.iter().map(|r| r.to_string()).collect();
         assert_eq!(
             rules,
@@ -286,6 +307,14 @@ always_allow = ["10.0.0.5/32 tcp/3142", "Deb.Debian.org. tcp/80", "192.168.1.0/2
             (
                 "[network]\nalways_allow = ['ok.example', 'nope nope']",
                 "network.always_allow[1]",
+            ),
+            (
+                "[network]\nresolved_min_secs = 0",
+                "network.resolved_min_secs",
+            ),
+            (
+                "[network]\nresolved_min_secs = 86401",
+                "network.resolved_min_secs",
             ),
             ("[network]\nbogus = 1", "bogus"),
             ("[network]\nenforce = 'yes'", "enforce"),

@@ -26,6 +26,9 @@ use crate::state::SandboxRecord;
 
 /// A resolved address stays allowed at least this long, whatever its TTL: a client
 /// may connect a little after its answer, and TTLs of 0-5 s are common with CDNs.
+/// The default of `[network] resolved_min_secs`. When it runs out (and the sandbox has
+/// not resolved the name again), connections to the address are cut: the rules match
+/// every packet of a connection against the set, not only its first.
 pub const RESOLVED_MIN: Duration = Duration::from_secs(30);
 /// ... and at most this long (a one-week TTL must not pin an address for a week).
 pub const RESOLVED_MAX: Duration = Duration::from_secs(24 * 3600);
@@ -67,6 +70,9 @@ struct State {
     applied: u64,
     /// What the tables look like after that apply.
     shape: Option<Shape>,
+    /// The boot-time deny table (`table bridge fluid-boot`) has been removed, in the
+    /// batch of the first successful full apply.
+    boot_table_removed: bool,
 }
 
 /// This agent's sandbox firewall. Without settings (`[network] enforce = false`) it
@@ -286,7 +292,11 @@ impl Firewall {
                     }
                 })
                 .collect();
-            (st.generation, ruleset::build(settings, &sandboxes))
+            let mut batch = ruleset::build(settings, &sandboxes);
+            if !st.boot_table_removed {
+                ruleset::remove_boot_table(&mut batch.nftables);
+            }
+            (st.generation, batch)
         };
         let started = Instant::now();
         let applied = self.nft.apply(&batch.nftables).await;
@@ -295,6 +305,13 @@ impl Firewall {
         let mut st = self.lock();
         st.applied = st.applied.max(generation);
         st.shape = Some(batch.shape);
+        if !st.boot_table_removed {
+            st.boot_table_removed = true;
+            tracing::info!(
+                table = ruleset::BOOT_TABLE,
+                "the agent's rules are in force; the boot-time deny is removed"
+            );
+        }
         tracing::debug!(
             sandboxes = st.members.len(),
             generation,
@@ -356,9 +373,9 @@ impl Firewall {
     }
 
     /// Allows `addrs` (what `name` resolved to for the sandbox at `client`) for
-    /// `max(ttl, 30 s)`, when that sandbox's allow-list (or the host's) names `name`.
-    /// Only admissible addresses ([`super::admit`]): never the host's subnet,
-    /// loopback, link-local, multicast, nor private ones outside
+    /// `max(ttl, resolved_min)` (at most a day), when that sandbox's allow-list (or the
+    /// host's) names `name`. Only admissible addresses ([`super::admit`]): never the
+    /// host's subnet, loopback, link-local, multicast, nor private ones outside
     /// `resolved_private_allow`.
     /// True when addresses were added. Only IPv4 addresses are used: sandboxes have no
     /// IPv6 (their tap drops it).
@@ -389,7 +406,7 @@ impl Firewall {
             return Ok(false);
         }
         let name = normalise(name);
-        let keep = ttl.clamp(RESOLVED_MIN, RESOLVED_MAX);
+        let keep = ttl.clamp(settings.resolved_min.min(RESOLVED_MAX), RESOLVED_MAX);
         let guard = self.apply.lock().await;
         let (set, elems) = {
             let mut st = self.lock();

@@ -30,6 +30,7 @@ pub mod ruleset;
 pub mod watch;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
 
 use fluid_proto::model::{EgressRule, SandboxId};
 use ipnet::Ipv4Net;
@@ -76,6 +77,9 @@ pub struct NetworkSettings {
     pub resolved_private_allow: Vec<Ipv4Net>,
     /// The DNS proxy's per-sandbox caps.
     pub dns_caps: dns::SandboxCaps,
+    /// How long an address a DNS answer allowed stays allowed at least, whatever the
+    /// answer's TTL (`[network] resolved_min_secs`).
+    pub resolved_min: Duration,
 }
 
 impl NetworkSettings {
@@ -104,6 +108,7 @@ impl NetworkSettings {
                 in_flight: config.dns_max_in_flight_per_sandbox,
                 tcp_connections: config.dns_max_tcp_per_sandbox,
             },
+            resolved_min: config.resolved_min,
         })
     }
 
@@ -127,6 +132,7 @@ pub(crate) fn test_settings() -> NetworkSettings {
         ],
         resolved_private_allow: Vec::new(),
         dns_caps: dns::SandboxCaps::default(),
+        resolved_min: firewall::RESOLVED_MIN,
     }
 }
 

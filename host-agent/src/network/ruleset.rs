@@ -36,17 +36,39 @@
 //!         → dnat to the agent's DNS proxy
 //! chain input { filter hook input priority -1 }
 //!     ether saddr @macs jump sandbox_to_host
-//! chain sandbox_to_host       established/related, DHCP, the DNS proxy; else drop
+//! chain sandbox_to_host       replies to the host's own connections (the agent's SSH),
+//!                             DHCP, the DNS proxy; else drop
 //! chain forward { filter hook forward priority -1 }
-//!     ct state established,related accept
-//!     ip daddr @ips ct state new drop             nobody opens a connection to a sandbox
-//!     ether saddr @macs jump egress
+//!     ct direction reply ip daddr @ips jump replies   what comes back to a sandbox
+//!     ip daddr @ips drop                          nobody opens (or keeps) a connection to a sandbox
+//!     ether saddr @macs jump egress               what a sandbox sends, new or established
+//! chain replies
+//!     ip daddr <its IP> jump sbx_<id>             one per sandbox with a known IP
+//!     drop
 //! chain egress
 //!     ip daddr 169.254.169.254 drop               cloud metadata, never
 //!     ether saddr <MAC> jump sbx_<id>             one per sandbox
 //!     drop
-//! chain sbx_<id>              always_allow + the sandbox's policy, each `… accept`
+//! chain sbx_<id>              always_allow + the sandbox's policy, each `… accept`,
+//!                             matched on the connection's original tuple
+//!                             (`ct original ip daddr`, `ct original proto-dst`)
 //! ```
+//!
+//! Revocation: there is no blanket `ct state established accept`. Every packet of a
+//! sandbox's connection, in both directions and in every state, passes its allow-list
+//! again, matched on the conntrack entry's *original* tuple (where the sandbox
+//! connected to), which is the same for the request and its replies. So removing an
+//! entry, or the expiry of a domain set's element (an address a DNS answer allowed),
+//! cuts established connections at their next packet, in the kernel, with no
+//! conntrack surgery and nothing the agent has to be running for. The conntrack entry
+//! of a cut flow lingers until its own timeout, matching nothing. ICMP errors related
+//! to an allowed connection (PMTU discovery) pass with it: each entry with a protocol
+//! has a second rule for `meta l4proto icmp` + `ct original protocol`.
+//!
+//! At boot, before the agent runs, the package's `fluid-agent-boot-deny.service` loads
+//! `table bridge fluid-boot` (see `deploy/nftables/boot-deny.nft`), which drops every
+//! frame to or from an `fx*` tap; the agent's first full apply deletes it in the same
+//! batch ([`remove_boot_table`]).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -55,8 +77,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use fluid_proto::model::{Destination, EgressPolicy, EgressRule, SandboxId};
 use ipnet::IpNet;
 use nftables::expr::{
-    CT, Elem, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadBase, PayloadField,
-    PayloadRaw, Prefix, SetItem,
+    CT, CTDir, Elem, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadBase,
+    PayloadField, PayloadRaw, Prefix, SetItem,
 };
 use nftables::schema::{
     Chain, Element, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetFlag, SetType,
@@ -69,6 +91,15 @@ use super::{NetworkSettings, id_suffix, tap_name};
 
 /// The link-local address clouds serve instance metadata (and credentials) on.
 pub const METADATA_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+/// The `bridge` table the package's boot-time unit loads (`deploy/nftables/
+/// boot-deny.nft`): every frame to or from an `fx*` tap is dropped until the agent has
+/// applied its own tables. A `-` in the name: no agent's table (`[network] nft_table`
+/// allows only letters, digits and `_`) can have it.
+pub const BOOT_TABLE: &str = "fluid-boot";
+
+/// The inet chain that sends what comes back to a sandbox to its allow-list.
+pub const REPLIES_CHAIN: &str = "replies";
 
 /// What the rules need to know about one sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,14 +222,6 @@ fn meta(key: MetaKey) -> Expression<'static> {
     Expression::Named(NamedExpression::Meta(Meta { key }))
 }
 
-fn ct_state() -> Expression<'static> {
-    Expression::Named(NamedExpression::CT(CT {
-        key: Cow::Borrowed("state"),
-        family: None,
-        dir: None,
-    }))
-}
-
 fn anon_set(items: impl IntoIterator<Item = Expression<'static>>) -> Expression<'static> {
     Expression::Named(NamedExpression::Set(
         items.into_iter().map(SetItem::Element).collect(),
@@ -247,11 +270,27 @@ fn jump(target: &str) -> Statement<'static> {
     })
 }
 
-fn established() -> Statement<'static> {
-    cmp(
-        ct_state(),
-        Operator::IN,
-        Expression::List(vec![s("established"), s("related")]),
+/// `ct original <key>`: the connection's original direction (where the sandbox
+/// connected to). Addresses are keyed `ip daddr` / `ip6 daddr`, as `nft -j` lists them
+/// (with a `family` instead, nft refuses a set lookup: "specify either ip or ip6").
+fn ct_original(key: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::CT(CT {
+        key: Cow::Borrowed(key),
+        family: None,
+        dir: Some(CTDir::Original),
+    }))
+}
+
+/// `ct direction reply`: a packet travelling against its connection's first packet
+/// (a reply, or an ICMP error about the connection).
+fn ct_reply() -> Statement<'static> {
+    eq(
+        Expression::Named(NamedExpression::CT(CT {
+            key: Cow::Borrowed("direction"),
+            family: None,
+            dir: None,
+        })),
+        s("reply"),
     )
 }
 
@@ -418,20 +457,61 @@ fn timed(addr: Ipv4Addr, seconds: u32) -> Expression<'static> {
     }))
 }
 
-/// The statements that allow one entry (`None`: a domain without a set).
-fn allow_rule(rule: &EgressRule, domain_set: Option<&str>) -> Option<Vec<Statement<'static>>> {
-    let mut expr = vec![match &rule.destination {
-        Destination::Cidr(n @ IpNet::V4(_)) => eq(payload("ip", "daddr"), net(*n)),
-        Destination::Cidr(n @ IpNet::V6(_)) => eq(payload("ip6", "daddr"), net(*n)),
-        Destination::Domain(_) => eq(payload("ip", "daddr"), set_ref(domain_set?)),
-    }];
-    match (rule.protocol, rule.port) {
-        (Some(p), Some(port)) => expr.push(eq(payload(p.as_str(), "dport"), num(port))),
-        (Some(p), None) => expr.push(eq(meta(MetaKey::L4proto), s(p.as_str()))),
-        (None, _) => {}
-    }
-    expr.push(accept());
-    Some(expr)
+/// The rules that allow one entry (empty: a domain without a set), matched on the
+/// connection's original tuple so that they hold for both directions and every state.
+///
+/// An entry with a protocol gets two rules: the connection's own packets (`meta l4proto
+/// <p>`), and ICMP errors about it (`meta l4proto icmp`, `ct original protocol <p>`).
+/// `ct original proto-dst` is typed by the `meta l4proto` before it (nft refuses it
+/// otherwise); the port is compared as the same two bytes either way.
+fn allow_rules(rule: &EgressRule, domain_set: Option<&str>) -> Vec<Vec<Statement<'static>>> {
+    let (nfproto, icmp, dest) = match &rule.destination {
+        Destination::Cidr(n @ IpNet::V4(_)) => {
+            ("ipv4", "icmp", eq(ct_original("ip daddr"), net(*n)))
+        }
+        Destination::Cidr(n @ IpNet::V6(_)) => {
+            ("ipv6", "ipv6-icmp", eq(ct_original("ip6 daddr"), net(*n)))
+        }
+        Destination::Domain(_) => match domain_set {
+            Some(set) => ("ipv4", "icmp", eq(ct_original("ip daddr"), set_ref(set))),
+            None => return Vec::new(),
+        },
+    };
+    let head = || vec![eq(meta(MetaKey::Nfproto), s(nfproto)), dest.clone()];
+    let Some(p) = rule.protocol else {
+        let mut only = head();
+        only.push(accept());
+        return vec![only];
+    };
+    let port = rule
+        .port
+        .map(|port| eq(ct_original("proto-dst"), num(port)));
+    let mut own = head();
+    own.push(eq(meta(MetaKey::L4proto), s(p.as_str())));
+    own.extend(port.clone());
+    own.push(accept());
+    let mut errors = head();
+    errors.push(eq(meta(MetaKey::L4proto), s(icmp)));
+    errors.push(eq(ct_original("protocol"), s(p.as_str())));
+    errors.extend(port);
+    errors.push(accept());
+    vec![own, errors]
+}
+
+/// Appends `add table bridge fluid-boot; delete table bridge fluid-boot` to a full
+/// batch: the boot-time deny goes in the same transaction that puts the agent's rules
+/// in force (whether it was loaded or not: the `add` makes the `delete` safe).
+pub fn remove_boot_table(batch: &mut Nftables<'static>) {
+    let table = || {
+        NfListObject::Table(Table {
+            family: NfFamily::Bridge,
+            name: Cow::Borrowed(BOOT_TABLE),
+            handle: None,
+        })
+    };
+    let objects = batch.objects.to_mut();
+    objects.push(NfObject::CmdObject(NfCmd::Add(table())));
+    objects.push(NfObject::CmdObject(NfCmd::Delete(table())));
 }
 
 /// The whole desired state of both tables, as one batch.
@@ -598,6 +678,7 @@ fn inet_table(b: &mut Builder, settings: &NetworkSettings, sandboxes: &[SandboxN
         "forward",
         Some((NfChainType::Filter, NfHook::Forward, -1)),
     );
+    b.chain(inet, REPLIES_CHAIN, None);
     b.chain(inet, "egress", None);
     for sbx in sandboxes {
         b.chain(inet, &egress_chain(&sbx.id), None);
@@ -658,7 +739,9 @@ fn inet_table(b: &mut Builder, settings: &NetworkSettings, sandboxes: &[SandboxN
             jump("sandbox_to_host"),
         ],
     );
-    b.rule(inet, "sandbox_to_host", vec![established(), accept()]);
+    // Replies to the host's own connections (the agent's SSH, its tunnels). What the
+    // sandbox itself opens towards the host passes only below, in every state.
+    b.rule(inet, "sandbox_to_host", vec![ct_reply(), accept()]);
     b.rule(
         inet,
         "sandbox_to_host",
@@ -681,15 +764,21 @@ fn inet_table(b: &mut Builder, settings: &NetworkSettings, sandboxes: &[SandboxN
     }
     b.rule(inet, "sandbox_to_host", vec![drop_()]);
 
-    b.rule(inet, "forward", vec![established(), accept()]);
+    // No blanket `ct state established accept`: replies go through the allow-list of
+    // the sandbox they return to, what a sandbox sends through its own, in every state.
     b.rule(
         inet,
         "forward",
         vec![
+            ct_reply(),
             eq(payload("ip", "daddr"), set_ref("ips")),
-            cmp(ct_state(), Operator::IN, s("new")),
-            drop_(),
+            jump(REPLIES_CHAIN),
         ],
+    );
+    b.rule(
+        inet,
+        "forward",
+        vec![eq(payload("ip", "daddr"), set_ref("ips")), drop_()],
     );
     b.rule(
         inet,
@@ -719,6 +808,20 @@ fn inet_table(b: &mut Builder, settings: &NetworkSettings, sandboxes: &[SandboxN
         );
     }
     b.rule(inet, "egress", vec![drop_()]);
+    for sbx in sandboxes {
+        if let Some(ip) = sbx.ip {
+            b.rule_with(
+                inet,
+                REPLIES_CHAIN,
+                vec![
+                    eq(payload("ip", "daddr"), s(ip.to_string())),
+                    jump(&egress_chain(&sbx.id)),
+                ],
+                Some(sbx.id.as_str()),
+            );
+        }
+    }
+    b.rule(inet, REPLIES_CHAIN, vec![drop_()]);
     for (sbx, sets) in sandboxes.iter().zip(&domain_sets) {
         let chain = egress_chain(&sbx.id);
         for rule in settings.always_allow.iter().chain(&sbx.policy.allow) {
@@ -728,7 +831,7 @@ fn inet_table(b: &mut Builder, settings: &NetworkSettings, sandboxes: &[SandboxN
                 }
                 Destination::Cidr(_) => None,
             };
-            if let Some(expr) = allow_rule(rule, set) {
+            for expr in allow_rules(rule, set) {
                 b.rule(inet, &chain, expr);
             }
         }

@@ -332,3 +332,66 @@ async fn answers_never_open_private_loopback_or_host_subnet_addresses() {
             .expect("ok")
     );
 }
+
+#[tokio::test]
+async fn the_first_apply_removes_the_boot_deny_and_only_the_first() {
+    let (fw, nft) = setup();
+    let boot = ("bridge".to_owned(), ruleset::BOOT_TABLE.to_owned());
+    // After a reboot the package's unit has loaded its table before the agent starts.
+    let boot_deny = || vec![serde_json::json!({"chain": {"name": "prerouting"}})];
+    nft.lock().tables.insert(boot.clone(), boot_deny());
+    fw.upsert(&record("SBX-aaaaaaaa", "52:54:00:00:00:0a", &[]));
+    // An apply that fails leaves it: the sandboxes stay cut off, not unfiltered.
+    nft.lock().fail = true;
+    fw.apply().await.expect_err("refused");
+    assert!(nft.lock().tables.contains_key(&boot));
+    nft.lock().fail = false;
+    fw.apply().await.expect("apply");
+    assert!(
+        !nft.lock().tables.contains_key(&boot),
+        "the boot table is gone"
+    );
+    let batch = nft.last_batch();
+    // Gone in the batch that applied the agent's tables, after them.
+    let agent_tables = batch.find(r#""name":"fluid_kvm_1""#).expect("own tables");
+    let boot_delete = batch
+        .find(r#"{"delete":{"table":{"family":"bridge","name":"fluid-boot"}}}"#)
+        .expect("boot table deleted");
+    assert!(agent_tables < boot_delete);
+    // Later applies leave the table alone (someone who loads it again means it).
+    nft.lock().tables.insert(boot.clone(), boot_deny());
+    fw.apply().await.expect("apply");
+    assert!(!nft.last_batch().contains("fluid-boot"));
+    assert!(nft.lock().tables.contains_key(&boot));
+}
+
+#[tokio::test]
+async fn resolved_addresses_stay_at_least_resolved_min() {
+    let nft = Arc::new(FakeNft::default());
+    let settings = NetworkSettings {
+        resolved_min: Duration::from_secs(3),
+        ..test_settings()
+    };
+    let fw = Firewall::new(settings, nft.clone());
+    let r = record("SBX-aaaaaaaa", "52:54:00:00:00:0a", &["example.org tcp/80"]);
+    fw.upsert(&r);
+    fw.set_ip(&r.id, Some(IP));
+    fw.sync().await.expect("sync");
+    for (ttl, timeout) in [(1, 3), (7, 7)] {
+        assert!(
+            fw.allow_resolved(
+                IP,
+                "example.org",
+                &[addr("192.0.2.1")],
+                Duration::from_secs(ttl)
+            )
+            .await
+            .expect("ok")
+        );
+        let batch = nft.last_batch();
+        assert!(
+            batch.contains(&format!(r#""timeout":{timeout}"#)),
+            "{batch}"
+        );
+    }
+}

@@ -71,9 +71,9 @@ fn no_sandboxes() {
                 rules: 2
             },
             inet: Counts {
-                chains: 5,
+                chains: 6,
                 sets: 2,
-                rules: 15
+                rules: 16
             },
         }
     );
@@ -232,6 +232,51 @@ fn macs_become_the_two_words_nft_compares() {
     }
 }
 
+/// The `expr` of every rule of `chain` in the `family` table, in order.
+fn chain_rules(batch: &Nftables<'_>, family: &str, chain: &str) -> Vec<serde_json::Value> {
+    batch
+        .objects
+        .iter()
+        .map(|o| serde_json::to_value(o).expect("json"))
+        .filter(|v| v["add"]["rule"]["family"] == family && v["add"]["rule"]["chain"] == chain)
+        .map(|v| v["add"]["rule"]["expr"].clone())
+        .collect()
+}
+
+fn has(rule: &serde_json::Value, needle: serde_json::Value) -> bool {
+    rule.as_array().is_some_and(|stmts| stmts.contains(&needle))
+}
+
+fn ct_original(key: &str) -> serde_json::Value {
+    serde_json::json!({"ct": {"key": key, "dir": "original"}})
+}
+
+fn reply() -> serde_json::Value {
+    serde_json::json!({"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "reply"}})
+}
+
+/// Hole 5 of issue 12: an established connection must not outlive its allow-list
+/// entry. Nothing accepts a packet for being part of a known connection alone.
+#[test]
+fn no_packet_passes_for_being_established() {
+    let batch = build(
+        &test_settings(),
+        &[with_policy(), sealed("SBX-zzzzzzzz99", "52:54:00:aa:bb:02")],
+    );
+    let text = lines(&batch.nftables);
+    assert!(!text.contains("established"), "{text}");
+    assert!(!text.contains("related"), "{text}");
+    // Every `accept` of the forward path is a sandbox's allow-list entry.
+    for chain in ["forward", "egress", REPLIES_CHAIN] {
+        for rule in chain_rules(&batch.nftables, "inet", chain) {
+            assert!(
+                !has(&rule, serde_json::json!({"accept": null})),
+                "{chain}: {rule}"
+            );
+        }
+    }
+}
+
 #[test]
 fn dhcp_passes_only_with_the_taps_own_chaddr() {
     let batch = build(
@@ -264,4 +309,195 @@ fn dhcp_passes_only_with_the_taps_own_chaddr() {
         next.contains(r#""dport""#) && next.contains("67") && next.contains(r#""drop":null"#),
         "{next}"
     );
+}
+
+#[test]
+fn forward_sends_both_directions_through_the_allow_list() {
+    let batch = build(&no_host_allow(), &[with_policy()]);
+    let forward = chain_rules(&batch.nftables, "inet", "forward");
+    assert_eq!(forward.len(), 3, "{forward:?}");
+    // 1. What comes back to a sandbox goes to `replies` first.
+    assert!(has(&forward[0], reply()), "{}", forward[0]);
+    assert!(
+        has(
+            &forward[0],
+            serde_json::json!({"jump": {"target": "replies"}})
+        ),
+        "{}",
+        forward[0]
+    );
+    // 2. Anything else addressed to a sandbox is dropped, whatever its state.
+    assert_eq!(
+        forward[1],
+        serde_json::json!([
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "@ips"}},
+            {"drop": null}
+        ])
+    );
+    // 3. What a sandbox sends, new or not, goes through `egress`.
+    assert!(has(
+        &forward[2],
+        serde_json::json!({"jump": {"target": "egress"}})
+    ));
+    // `replies` picks the sandbox by the address it was leased, and ends in a drop.
+    let replies = chain_rules(&batch.nftables, "inet", REPLIES_CHAIN);
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert!(has(
+        &replies[0],
+        serde_json::json!({"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "192.168.122.10"}})
+    ));
+    assert!(has(
+        &replies[0],
+        serde_json::json!({"jump": {"target": "sbx_abcdefgh12"}})
+    ));
+    assert_eq!(replies[1], serde_json::json!([{"drop": null}]));
+    // A sandbox without an address has no replies to receive.
+    let sealed_only = build(
+        &no_host_allow(),
+        &[sealed("SBX-0123abcd", "52:54:00:12:34:56")],
+    );
+    assert_eq!(
+        chain_rules(&sealed_only.nftables, "inet", REPLIES_CHAIN),
+        [serde_json::json!([{"drop": null}])]
+    );
+}
+
+#[test]
+fn allow_rules_match_the_connection_not_the_packet() {
+    let batch = build(&no_host_allow(), &[with_policy()]);
+    let rules = chain_rules(&batch.nftables, "inet", "sbx_abcdefgh12");
+    // Two entries with a protocol: each its own packets and ICMP errors about them.
+    assert_eq!(rules.len(), 4, "{rules:?}");
+    for rule in &rules {
+        let text = rule.to_string();
+        assert!(!text.contains("\"payload\""), "packet fields: {text}");
+        assert!(
+            has(
+                rule,
+                serde_json::json!({"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4"}})
+            ),
+            "{text}"
+        );
+        assert!(
+            has(
+                rule,
+                serde_json::json!({"match": {"op": "==", "left": ct_original("proto-dst"), "right": 443}})
+            ),
+            "{text}"
+        );
+        assert!(has(rule, serde_json::json!({"accept": null})), "{text}");
+    }
+    let cidr = serde_json::json!({"match": {"op": "==", "left": ct_original("ip daddr"),
+        "right": {"prefix": {"addr": "203.0.113.0", "len": 24}}}});
+    let domain = serde_json::json!({"match": {"op": "==", "left": ct_original("ip daddr"),
+        "right": "@d_abcdefgh12_0"}});
+    let l4 = |p: &str| serde_json::json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": p}});
+    let ct_tcp =
+        serde_json::json!({"match": {"op": "==", "left": ct_original("protocol"), "right": "tcp"}});
+    assert!(has(&rules[0], cidr.clone()) && has(&rules[0], l4("tcp")));
+    assert!(has(&rules[1], cidr) && has(&rules[1], l4("icmp")) && has(&rules[1], ct_tcp.clone()));
+    // A domain's rule looks its set up: an expired element cuts the connection too.
+    assert!(has(&rules[2], domain.clone()) && has(&rules[2], l4("tcp")));
+    assert!(has(&rules[3], domain) && has(&rules[3], l4("icmp")) && has(&rules[3], ct_tcp));
+    // The ICMP-error rule needs its `meta l4proto` before `ct original proto-dst`: nft
+    // types the port by it (and refuses the rule without).
+    let pos = |rule: &serde_json::Value, needle: &str| {
+        rule.as_array()
+            .and_then(|a| a.iter().position(|s| s.to_string().contains(needle)))
+            .expect(needle)
+    };
+    for rule in &rules {
+        assert!(pos(rule, "l4proto") < pos(rule, "proto-dst"), "{rule}");
+    }
+}
+
+#[test]
+fn entries_without_protocol_or_port_are_one_rule() {
+    let sbx = SandboxNet {
+        policy: policy(&["10.1.0.0/16", "2001:db8::/32 udp", "example.org tcp"]),
+        ..with_policy()
+    };
+    let batch = build(&no_host_allow(), &[sbx]);
+    let rules = chain_rules(&batch.nftables, "inet", "sbx_abcdefgh12");
+    let texts: Vec<String> = rules.iter().map(ToString::to_string).collect();
+    assert_eq!(rules.len(), 5, "{texts:#?}");
+    assert!(!texts.iter().any(|t| t.contains("proto-dst")), "{texts:#?}");
+    assert!(texts[0].contains("10.1.0.0") && !texts[0].contains("l4proto"));
+    assert!(texts[1].contains("ipv6") && texts[1].contains("\"udp\""));
+    assert!(texts[2].contains("ipv6-icmp") && texts[2].contains("\"udp\""));
+    assert!(texts[3].contains("@d_abcdefgh12_0") && texts[3].contains("\"tcp\""));
+    assert!(texts[4].contains("\"icmp\"") && texts[4].contains("@d_abcdefgh12_0"));
+}
+
+#[test]
+fn the_sandbox_reaches_the_host_only_with_replies_dhcp_and_dns() {
+    let batch = build(&no_host_allow(), &[with_policy()]);
+    let rules = chain_rules(&batch.nftables, "inet", "sandbox_to_host");
+    assert_eq!(rules.len(), 5, "{rules:?}");
+    // Replies to the host's own connections (the agent's SSH) first; a connection the
+    // sandbox opened to the host passes only the DHCP and DNS rules, in every state.
+    assert_eq!(rules[0], serde_json::json!([reply(), {"accept": null}]));
+    assert_eq!(rules[4], serde_json::json!([{"drop": null}]));
+    assert!(!lines(&batch.nftables).contains("established"));
+}
+
+#[test]
+fn the_boot_table_goes_in_the_same_batch() {
+    let mut batch = build(&no_host_allow(), &[with_policy()]).nftables;
+    let before = batch.objects.len();
+    remove_boot_table(&mut batch);
+    let tail: Vec<String> = batch.objects[before..]
+        .iter()
+        .map(|o| serde_json::to_string(o).expect("json"))
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            r#"{"add":{"table":{"family":"bridge","name":"fluid-boot"}}}"#,
+            r#"{"delete":{"table":{"family":"bridge","name":"fluid-boot"}}}"#,
+        ]
+    );
+}
+
+/// The file the package loads at boot, its unit and the agent agree on the table, the
+/// tap prefix and the path.
+#[test]
+fn the_shipped_boot_deny_matches_the_agent() {
+    let nft = include_str!("../../../../deploy/nftables/boot-deny.nft");
+    let unit = include_str!("../../../../deploy/systemd/fluid-agent-boot-deny.service");
+    let cargo = include_str!("../../../Cargo.toml");
+    assert!(
+        nft.contains(&format!("table bridge {BOOT_TABLE} {{")),
+        "{nft}"
+    );
+    assert!(
+        nft.contains(&format!("delete table bridge {BOOT_TABLE}\n")),
+        "{nft}"
+    );
+    let prefix = tap_name(&id("SBX-0123abcd"));
+    assert!(prefix.starts_with("fx"));
+    for hook in [
+        "iifname \"fx*\" counter drop",
+        "oifname \"fx*\" counter drop",
+    ] {
+        assert!(nft.contains(hook), "{hook}");
+    }
+    assert!(unit.contains("ExecStart=/usr/sbin/nft -f /usr/share/fluid-agent/boot-deny.nft"));
+    for before in [
+        "libvirtd.service",
+        "libvirt-guests.service",
+        "virtqemud.service",
+    ] {
+        assert!(
+            unit.lines()
+                .any(|l| l.starts_with("Before=") && l.contains(before)),
+            "{before}"
+        );
+    }
+    assert!(cargo.contains(
+        r#"["../deploy/nftables/boot-deny.nft", "usr/share/fluid-agent/boot-deny.nft", "644"]"#
+    ));
+    assert!(cargo.contains(
+        r#"["../deploy/systemd/fluid-agent-boot-deny.service", "usr/lib/systemd/system/", "644"]"#
+    ));
 }
