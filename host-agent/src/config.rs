@@ -13,7 +13,10 @@ use fluid_proto::model::{EgressRule, Name};
 use fluid_proto::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
+mod disk;
 mod network;
+pub use disk::DiskConfig;
+use disk::RawDisk;
 use network::RawNetworkField;
 
 /// Where the agent looks for its config file unless told otherwise.
@@ -75,6 +78,8 @@ pub struct AgentConfig {
     pub log_format: fluid_telemetry::LogFormat,
     /// `http://host:port` of an OTLP/gRPC trace receiver; `None`: spans not exported.
     pub otlp_endpoint: Option<String>,
+    /// `[disk]`: free space kept, caps on snapshots and disk inspections.
+    pub disk: DiskConfig,
 }
 
 /// The default `metrics_listen`.
@@ -208,6 +213,7 @@ struct RawConfig {
     metrics_listen: String,
     log_format: fluid_telemetry::LogFormat,
     otlp_endpoint: String,
+    disk: RawDisk,
 }
 
 impl Default for RawConfig {
@@ -227,6 +233,7 @@ impl Default for RawConfig {
             metrics_listen: DEFAULT_METRICS_LISTEN.into(),
             log_format: fluid_telemetry::LogFormat::Text,
             otlp_endpoint: String::new(),
+            disk: RawDisk::default(),
         }
     }
 }
@@ -312,6 +319,7 @@ impl RawConfig {
             )
         })?;
         let network = self.network.validate(&host_name)?;
+        let disk = self.disk.validate()?;
         if self.libvirt_uri.trim().is_empty() {
             return Err(invalid("libvirt_uri", "must not be empty"));
         }
@@ -362,6 +370,7 @@ impl RawConfig {
             metrics_listen,
             log_format: self.log_format,
             otlp_endpoint,
+            disk,
         })
     }
 }

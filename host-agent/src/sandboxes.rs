@@ -106,8 +106,10 @@ pub struct Sandboxes<H> {
     pub(crate) ssh: SshPool,
     /// The sandboxes' network rules.
     pub(crate) firewall: Arc<Firewall>,
-    /// Diffs and file reads at once (each holds two exported disk images).
+    /// Diffs and file reads at once on this host (each holds two exported disk images).
     pub(crate) inspect_slots: Arc<tokio::sync::Semaphore>,
+    /// Free space promised to exports and snapshots, per-sandbox caps.
+    pub(crate) room: room::Room,
     /// Open tunnels.
     pub(crate) tunnels: Arc<tokio::sync::Semaphore>,
 }
@@ -134,6 +136,7 @@ impl<H: Hypervisor> Sandboxes<H> {
         key: AgentKey,
         firewall: Arc<Firewall>,
     ) -> Self {
+        let disk = config.disk;
         Self {
             ssh: SshPool::new(key),
             firewall,
@@ -143,7 +146,8 @@ impl<H: Hypervisor> Sandboxes<H> {
             config,
             locks: Mutex::new(HashMap::new()),
             poll: POLL,
-            inspect_slots: Arc::new(tokio::sync::Semaphore::new(inspect::MAX_CONCURRENT)),
+            inspect_slots: Arc::new(tokio::sync::Semaphore::new(disk.max_inspections as usize)),
+            room: room::Room::new(disk),
             tunnels: Arc::new(tokio::sync::Semaphore::new(tunnel::MAX_TUNNELS)),
         }
     }
@@ -722,6 +726,9 @@ mod egress;
 mod exec;
 mod fork;
 pub mod inspect;
+mod room;
+#[cfg(test)]
+mod room_tests;
 pub mod snapshots;
 #[cfg(test)]
 pub(crate) mod tests;

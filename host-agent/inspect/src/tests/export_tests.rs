@@ -76,11 +76,18 @@ async fn exports_snapshots_and_the_current_state_of_an_overlay() {
     assert_eq!(meta.len(), 16 << 20);
     assert!(std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < meta.len());
     // What measure promises bounds what each export wrote (the free-space check).
-    for (snap, raw) in [(None, "now.raw"), (Some("before, with a comma"), "snap.raw")] {
+    for (snap, raw) in [
+        (None, "now.raw"),
+        (Some("before, with a comma"), "snap.raw"),
+    ] {
         let bound = export_size(&p("overlay.qcow2"), snap).await.unwrap();
-        let written = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(p(raw)).unwrap()) * 512;
+        let written =
+            std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(p(raw)).unwrap()) * 512;
         eprintln!("{raw}: {written} bytes written, measured bound {bound}");
-        assert!(written <= bound && bound < 16 << 20, "{raw}: {written} > {bound}");
+        assert!(
+            written <= bound && bound < 16 << 20,
+            "{raw}: {written} > {bound}"
+        );
     }
     assert!(matches!(
         export_size(&p("overlay.qcow2"), Some("nope")).await,
