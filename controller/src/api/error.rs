@@ -77,6 +77,8 @@ impl From<AgentError> for ApiError {
             AgentError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             AgentError::Refused { .. } => StatusCode::CONFLICT,
             AgentError::NotFound { .. } | AgentError::Failed { .. } => StatusCode::BAD_GATEWAY,
+            AgentError::InsufficientStorage { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            AgentError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
         };
         Self::new(status, e.to_string())
     }
