@@ -73,11 +73,19 @@ pub enum AgentError {
     /// The agent failed, or answered something invalid.
     #[error("agent {host} failed: {message}")]
     Failed { host: String, message: String },
+    /// The host's disk cannot take what the operation would write (the agent checked
+    /// before writing anything): HTTP 507.
+    #[error("agent {host}: {message}")]
+    InsufficientStorage { host: String, message: String },
     /// Too many at once on the agent (RESOURCE_EXHAUSTED: commands in one sandbox,
-    /// tunnels); retry later.
+    /// tunnels, disk-heavy operations); retry later: HTTP 429.
     #[error("agent {host} busy: {message}")]
     Busy { host: String, message: String },
 }
+
+/// The gRPC metadata key by which an agent's RESOURCE_EXHAUSTED says what ran out
+/// (`storage`: the disk; `busy`: a concurrency cap).
+pub const EXHAUSTED_KEY: &str = "fluid-exhausted";
 
 impl AgentError {
     fn from_status(host: &str, s: &tonic::Status) -> Self {
@@ -88,8 +96,17 @@ impl AgentError {
                 Self::Unavailable { host, message }
             }
             Code::DeadlineExceeded => Self::Timeout { host, seconds: 0 },
+            Code::ResourceExhausted => {
+                match s
+                    .metadata()
+                    .get(EXHAUSTED_KEY)
+                    .and_then(|v| v.to_str().ok())
+                {
+                    Some("storage") => Self::InsufficientStorage { host, message },
+                    _ => Self::Busy { host, message },
+                }
+            }
             Code::NotFound => Self::NotFound { host, message },
-            Code::ResourceExhausted => Self::Busy { host, message },
             Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => {
                 Self::Refused { host, message }
             }
@@ -778,6 +795,35 @@ mod tests {
         assert!(matches!(e, AgentError::Failed { .. }));
         let e = AgentError::from_status("h", &tonic::Status::resource_exhausted("x"));
         assert!(matches!(e, AgentError::Busy { .. }));
+    }
+
+    #[test]
+    fn exhausted_resources_map_to_507_and_429() {
+        use axum::http::StatusCode;
+        let exhausted = |what: Option<&'static str>| {
+            let mut md = tonic::metadata::MetadataMap::new();
+            if let Some(w) = what {
+                md.insert(
+                    EXHAUSTED_KEY,
+                    tonic::metadata::MetadataValue::from_static(w),
+                );
+            }
+            let s = tonic::Status::with_metadata(Code::ResourceExhausted, "no room", md);
+            AgentError::from_status("h", &s)
+        };
+        let e = exhausted(Some("storage"));
+        assert!(matches!(e, AgentError::InsufficientStorage { .. }), "{e:?}");
+        let api = crate::api::error::ApiError::from(e);
+        assert_eq!(api.status, StatusCode::INSUFFICIENT_STORAGE);
+        assert!(api.error.contains("no room"), "{}", api.error);
+        let e = exhausted(Some("busy"));
+        assert!(matches!(e, AgentError::Busy { .. }), "{e:?}");
+        assert_eq!(
+            crate::api::error::ApiError::from(e).status,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        // Unmarked (tunnels at their cap): a refusal as before.
+        assert!(matches!(exhausted(None), AgentError::Refused { .. }));
     }
 
     #[test]

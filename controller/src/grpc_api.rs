@@ -48,7 +48,7 @@ pub fn status_of(e: ApiError) -> Status {
         StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY => Code::FailedPrecondition,
         StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
         StatusCode::GATEWAY_TIMEOUT => Code::DeadlineExceeded,
-        StatusCode::TOO_MANY_REQUESTS => Code::ResourceExhausted,
+        StatusCode::INSUFFICIENT_STORAGE | StatusCode::TOO_MANY_REQUESTS => Code::ResourceExhausted,
         _ => Code::Internal,
     };
     let message = if e.details.is_empty() {

@@ -13,9 +13,12 @@ use fluid_proto::model::{EgressRule, Name};
 use fluid_proto::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
+mod disk;
 mod exec;
 mod network;
+pub use disk::DiskConfig;
 pub use exec::ExecConfig;
+use disk::RawDisk;
 use exec::RawExec;
 use network::RawNetworkField;
 
@@ -81,6 +84,8 @@ pub struct AgentConfig {
     /// `[exec]`: commands per sandbox at once, channels per SSH connection, the
     /// longest run time.
     pub exec: ExecConfig,
+    /// `[disk]`: free space kept, caps on snapshots and disk inspections.
+    pub disk: DiskConfig,
 }
 
 /// The default `metrics_listen`.
@@ -227,6 +232,7 @@ struct RawConfig {
     log_format: fluid_telemetry::LogFormat,
     otlp_endpoint: String,
     exec: RawExec,
+    disk: RawDisk,
 }
 
 impl Default for RawConfig {
@@ -247,6 +253,7 @@ impl Default for RawConfig {
             log_format: fluid_telemetry::LogFormat::Text,
             otlp_endpoint: String::new(),
             exec: RawExec::default(),
+            disk: RawDisk::default(),
         }
     }
 }
@@ -332,6 +339,7 @@ impl RawConfig {
             )
         })?;
         let network = self.network.validate(&host_name)?;
+        let disk = self.disk.validate()?;
         if self.libvirt_uri.trim().is_empty() {
             return Err(invalid("libvirt_uri", "must not be empty"));
         }
@@ -383,6 +391,7 @@ impl RawConfig {
             log_format: self.log_format,
             otlp_endpoint,
             exec: self.exec.validate()?,
+            disk,
         })
     }
 }

@@ -25,6 +25,14 @@ pub enum ServiceError {
     /// Too many of something at once (tunnels); retry later.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The host's disk cannot take what the operation would write (a free-space check
+    /// before an export or a snapshot): RESOURCE_EXHAUSTED marked `storage`.
+    #[error("{0}")]
+    InsufficientStorage(String),
+    /// A per-sandbox or per-host cap on disk-heavy operations is reached; retry later:
+    /// RESOURCE_EXHAUSTED marked `busy`.
+    #[error("{0}")]
+    Busy(String),
     /// libvirt (or another backend) cannot be reached; retry later.
     #[error("{0}")]
     Unavailable(String),
@@ -74,8 +82,25 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::PermissionDenied(m) => tonic::Status::permission_denied(m),
             ServiceError::OutOfRange(m) => tonic::Status::out_of_range(m),
             ServiceError::ResourceExhausted(m) => tonic::Status::resource_exhausted(m),
+            ServiceError::InsufficientStorage(m) => exhausted(m, EXHAUSTED_STORAGE),
+            ServiceError::Busy(m) => exhausted(m, EXHAUSTED_BUSY),
             ServiceError::Unavailable(m) => tonic::Status::unavailable(m),
             ServiceError::Internal(m) => tonic::Status::internal(m),
         }
     }
+}
+
+/// gRPC metadata key saying which resource a RESOURCE_EXHAUSTED is about (the
+/// controller answers 507 for `storage`, 429 for `busy`).
+pub const EXHAUSTED_KEY: &str = "fluid-exhausted";
+pub const EXHAUSTED_STORAGE: &str = "storage";
+pub const EXHAUSTED_BUSY: &str = "busy";
+
+fn exhausted(message: String, what: &'static str) -> tonic::Status {
+    let mut md = tonic::metadata::MetadataMap::new();
+    md.insert(
+        EXHAUSTED_KEY,
+        tonic::metadata::MetadataValue::from_static(what),
+    );
+    tonic::Status::with_metadata(tonic::Code::ResourceExhausted, message, md)
 }

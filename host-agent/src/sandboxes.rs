@@ -109,8 +109,10 @@ pub struct Sandboxes<H> {
     pub(crate) exec_slots: Mutex<HashMap<SandboxId, Arc<tokio::sync::Semaphore>>>,
     /// The sandboxes' network rules.
     pub(crate) firewall: Arc<Firewall>,
-    /// Diffs and file reads at once (each holds two exported disk images).
+    /// Diffs and file reads at once on this host (each holds two exported disk images).
     pub(crate) inspect_slots: Arc<tokio::sync::Semaphore>,
+    /// Free space promised to exports and snapshots, per-sandbox caps.
+    pub(crate) room: room::Room,
     /// Open tunnels.
     pub(crate) tunnels: Arc<tokio::sync::Semaphore>,
 }
@@ -137,6 +139,7 @@ impl<H: Hypervisor> Sandboxes<H> {
         key: AgentKey,
         firewall: Arc<Firewall>,
     ) -> Self {
+        let disk = config.disk;
         Self {
             ssh: Arc::new(SshPool::new(
                 key,
@@ -150,7 +153,8 @@ impl<H: Hypervisor> Sandboxes<H> {
             config,
             locks: Mutex::new(HashMap::new()),
             poll: POLL,
-            inspect_slots: Arc::new(tokio::sync::Semaphore::new(inspect::MAX_CONCURRENT)),
+            inspect_slots: Arc::new(tokio::sync::Semaphore::new(disk.max_inspections as usize)),
+            room: room::Room::new(disk),
             tunnels: Arc::new(tokio::sync::Semaphore::new(tunnel::MAX_TUNNELS)),
         }
     }
@@ -730,6 +734,9 @@ mod egress;
 mod exec;
 mod fork;
 pub mod inspect;
+mod room;
+#[cfg(test)]
+mod room_tests;
 pub mod snapshots;
 #[cfg(test)]
 pub(crate) mod tests;

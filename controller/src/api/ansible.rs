@@ -194,7 +194,9 @@ pub async fn reorder_tasks(
     responses((status = 201, body = GenerateAnsibleResponse),
         (status = 400, description = "no snapshot to start from, an unknown snapshot, a bad name", body = ErrorBody),
         (status = 404, body = ErrorBody),
-        (status = 409, description = "a playbook of that name exists", body = ErrorBody)))]
+        (status = 409, description = "a playbook of that name exists", body = ErrorBody),
+        (status = 429, description = "the diff it needs could not start: a cap on disk inspections ([disk] max_inspections_per_sandbox, max_inspections); retry later", body = ErrorBody),
+        (status = 507, description = "the host's disk cannot take the diff's exports and keep its reserve free; nothing was written", body = ErrorBody)))]
 pub async fn generate_ansible(
     State(state): State<AppState>,
     caller: Caller,

@@ -97,6 +97,7 @@ impl From<AgentError> for ApiError {
             AgentError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             AgentError::Refused { .. } => StatusCode::CONFLICT,
             AgentError::NotFound { .. } | AgentError::Failed { .. } => StatusCode::BAD_GATEWAY,
+            AgentError::InsufficientStorage { .. } => StatusCode::INSUFFICIENT_STORAGE,
             AgentError::Busy { .. } => return Self::too_many(e.to_string(), RETRY_AFTER_SECS),
         };
         Self::new(status, e.to_string())

@@ -54,8 +54,10 @@ async fn create(
     responses((status = 201, body = SnapshotResponse),
         (status = 400, description = "a bad or reserved name, external: true, unknown fields", body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, description = "the name exists, the sandbox is neither RUNNING nor STOPPED, or memory does not fit its state", body = ErrorBody),
-        (status = 502, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 409, description = "the name exists, the sandbox is neither RUNNING nor STOPPED, memory does not fit its state, or the sandbox has the most snapshots its host allows ([disk] max_snapshots_per_sandbox)", body = ErrorBody),
+        (status = 429, description = "another snapshot of this sandbox is being taken ([disk] max_snapshot_jobs_per_sandbox); retry later", body = ErrorBody),
+        (status = 502, body = ErrorBody), (status = 503, body = ErrorBody),
+        (status = 507, description = "the host's disk cannot take the snapshot (its memory) and keep its reserve free; nothing was written", body = ErrorBody)))]
 pub async fn create_snapshot(
     State(state): State<AppState>,
     caller: Caller,
@@ -68,7 +70,8 @@ pub async fn create_snapshot(
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/snapshot", tag = "snapshots",
     params(("id" = String, Path, description = "SBX-…")), request_body = CreateSnapshotRequest,
     responses((status = 201, description = "the same as POST /v1/sandboxes/{id}/snapshots", body = SnapshotResponse),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 507, body = ErrorBody)))]
 pub async fn create_snapshot_alias(
     State(state): State<AppState>,
     caller: Caller,
@@ -165,7 +168,9 @@ pub async fn fork_sandbox(
         (status = 400, description = "a bad name, or a snapshot compared with itself", body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, description = "no such sandbox or snapshot", body = ErrorBody),
         (status = 409, description = "the sandbox is destroyed (for `now`)", body = ErrorBody),
-        (status = 502, body = ErrorBody), (status = 503, body = ErrorBody), (status = 504, body = ErrorBody)))]
+        (status = 429, description = "a diff of this sandbox is already running ([disk] max_inspections_per_sandbox), or the host's inspection slots stayed busy ([disk] max_inspections, inspection_queue_seconds); retry later", body = ErrorBody),
+        (status = 502, body = ErrorBody), (status = 503, body = ErrorBody), (status = 504, body = ErrorBody),
+        (status = 507, description = "the host's disk cannot take the export of a disk state (or the temporary snapshot of `now`) and keep its reserve free; nothing was written", body = ErrorBody)))]
 pub async fn diff_sandbox(
     State(state): State<AppState>,
     caller: Caller,

@@ -1,5 +1,6 @@
 //! Exporting one disk state (a qcow2 overlay, optionally at an internal snapshot) to a
-//! sparse raw file with `qemu-img convert`.
+//! sparse raw file with `qemu-img convert`, and how much that writes at most
+//! (`qemu-img measure`).
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -27,6 +28,62 @@ fn path_arg(p: &Path) -> OsString {
     } else {
         p.as_os_str().to_owned()
     }
+}
+
+/// At most how many bytes [`export_raw`] writes for this disk state: the data the
+/// qcow2 chain (overlay and backing files) has allocated at that state, as
+/// `qemu-img measure -O qcow2` reports it (`required`: allocated clusters plus a little
+/// metadata). `qemu-img convert` writes a sparse raw file and skips unallocated and
+/// zero areas, so this bounds what it writes; an internal snapshot never changes, so
+/// the figure cannot grow between this call and the copy. Read without taking qemu's
+/// image lock (`file.locking=off`): the image may be open by a running qemu.
+pub async fn export_size(overlay: &Path, snapshot: Option<&str>) -> Result<u64> {
+    let path = overlay
+        .to_str()
+        .ok_or_else(|| InspectError::QemuImg(format!("{}: not UTF-8", overlay.display())))?;
+    let mut cmd = tokio::process::Command::new("qemu-img");
+    cmd.args(["measure", "--output=json", "-O", "qcow2"]);
+    if let Some(snap) = snapshot {
+        validate_snapshot(snap)?;
+        cmd.arg("-l")
+            .arg(format!("snapshot.name={}", snap.replace(',', ",,")));
+    }
+    cmd.arg("--image-opts").arg(format!(
+        "driver=qcow2,file.driver=file,file.locking=off,file.filename={}",
+        path.replace(',', ",,")
+    ));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let out = cmd.output().await?;
+    if !out.status.success() {
+        return Err(InspectError::QemuImg(stderr_text(&out)));
+    }
+    #[derive(serde::Deserialize)]
+    struct Measure {
+        required: u64,
+    }
+    let m: Measure = serde_json::from_slice(&out.stdout).map_err(|e| {
+        InspectError::QemuImg(format!("qemu-img measure printed something else: {e}"))
+    })?;
+    Ok(m.required)
+}
+
+/// qemu-img's stderr, trimmed and capped, or its exit status.
+fn stderr_text(out: &std::process::Output) -> String {
+    let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    if stderr.len() > MAX_STDERR {
+        let mut cut = MAX_STDERR;
+        while !stderr.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        stderr.truncate(cut);
+    }
+    if stderr.is_empty() {
+        stderr = format!("exited with {}", out.status);
+    }
+    stderr
 }
 
 /// Exports one disk state to a sparse raw file:
@@ -66,16 +123,5 @@ pub async fn export_raw(overlay: &Path, snapshot: Option<&str>, dest: &Path) -> 
     {
         tracing::warn!(dest = %dest.display(), error = %e, "could not remove a failed export");
     }
-    let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-    if stderr.len() > MAX_STDERR {
-        let mut cut = MAX_STDERR;
-        while !stderr.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        stderr.truncate(cut);
-    }
-    if stderr.is_empty() {
-        stderr = format!("exited with {}", out.status);
-    }
-    Err(InspectError::QemuImg(stderr))
+    Err(InspectError::QemuImg(stderr_text(&out)))
 }

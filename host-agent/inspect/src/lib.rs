@@ -33,7 +33,7 @@ pub use accounts::Accounts;
 pub use diff::diff;
 pub use dpkg::{Conffile, Dpkg, Package};
 pub use error::{InspectError, Result};
-pub use export::export_raw;
+pub use export::{export_raw, export_size};
 pub use files::validate_path;
 pub use image::DiskImage;
 pub use manifest::{Entry, Kind, Manifest, manifest, manifest_with_limits};

@@ -3,7 +3,7 @@
 //! (accounts, dpkg, systemd). Content is always hashed in full: a hostile guest can
 //! forge timestamps, sizes and inode fields, so nothing is skipped on metadata.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
 use ext4_view::{Ext4, FileType, Metadata};
@@ -171,11 +171,25 @@ impl Walk<'_> {
                 .fs
                 .read_dir(dir.as_slice())
                 .map_err(|e| InspectError::from_ext4(&display_path(&dir), e))?;
+            // A directory's names (16 bytes of their SHA-256 each), to refuse duplicates
+            // in linear time and memory: a crafted directory may hold one name many
+            // times, and the kernel would only ever open the first, so a manifest listing
+            // either would mislead.
+            let mut seen: HashSet<[u8; 16]> = HashSet::new();
+            let mut duplicates = Duplicates::default();
             for de in rd {
                 let de = de.map_err(|e| InspectError::from_ext4(&display_path(&dir), e))?;
                 let name = de.file_name();
                 let name: &[u8] = name.as_ref();
                 if name == b"." || name == b".." {
+                    continue;
+                }
+                if !seen.insert(name_digest(name)) {
+                    duplicates.add(name);
+                    continue;
+                }
+                if duplicates.count > 0 {
+                    // Only counted from here on: the directory is refused once read.
                     continue;
                 }
                 let child = join(&dir, name);
@@ -196,6 +210,9 @@ impl Walk<'_> {
                     stack.push((child.clone(), depth + 1));
                 }
                 self.add(child, &meta)?;
+            }
+            if duplicates.count > 0 {
+                return Err(duplicates.error(&dir));
             }
         }
         Ok(())
@@ -240,9 +257,16 @@ impl Walk<'_> {
             }
             _ => {}
         }
-        // Only names that are not UTF-8 (or duplicated by a crafted directory) collide.
-        while self.entries.contains_key(&key) {
+        // Only distinct raw paths whose escaped forms are equal collide (`\xff` as a
+        // byte and as four characters): the raw bytes in hex make the key unique, since
+        // raw paths are (duplicate names are refused). A real name equal to that key is
+        // still possible, each such one costs the guest an entry: bounded, linear.
+        if self.entries.contains_key(&key) {
             key.push('\u{FFFD}');
+            key.push_str(&hex::encode(&raw));
+            while self.entries.contains_key(&key) {
+                key.push('\u{FFFD}');
+            }
         }
         if key.as_bytes() != raw.as_slice() {
             entry.raw_path = Some(raw);
@@ -255,5 +279,41 @@ impl Walk<'_> {
         }
         self.entries.insert(key, entry);
         Ok(())
+    }
+}
+
+/// What a directory's name is remembered by while the directory is read.
+fn name_digest(name: &[u8]) -> [u8; 16] {
+    use sha2::Digest as _;
+    let full = sha2::Sha256::digest(name);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
+}
+
+/// Names met more than once in one directory.
+#[derive(Debug, Default)]
+struct Duplicates {
+    count: u64,
+    first: Option<Vec<u8>>,
+}
+
+impl Duplicates {
+    fn add(&mut self, name: &[u8]) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some(name.to_vec());
+        }
+    }
+
+    fn error(&self, dir: &[u8]) -> InspectError {
+        let first = self.first.as_deref().unwrap_or_default();
+        let shown: String = display_path(first).chars().take(64).collect();
+        InspectError::Corrupt(format!(
+            "{}: {} duplicate directory entries (first: {shown:?}); a directory holds \
+             each name once",
+            display_path(dir),
+            self.count
+        ))
     }
 }

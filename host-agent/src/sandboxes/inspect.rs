@@ -11,24 +11,34 @@
 //! snapshots at start, in case it died in between.
 //!
 //! Each operation runs in its own task, so a caller that goes away does not leave a
-//! temporary snapshot or raw file behind, and at most [`MAX_CONCURRENT`] run at once
-//! (each holds up to two disk-sized files).
+//! temporary snapshot or raw file behind. At most `[disk] max_inspections_per_sandbox`
+//! run at once per sandbox (past it: `Busy`, 429) and `[disk] max_inspections` on the
+//! host (waited for up to `inspection_queue_seconds`, then `Busy`).
+//!
+//! Before anything is written, the room for it is promised ([`super::room`]): an
+//! export needs what `qemu-img measure` reports the disk state has allocated (the raw
+//! file is sparse: unallocated and zero areas are not written), a temporary snapshot
+//! of a running sandbox about its memory. Short of space, the operation is refused
+//! (`InsufficientStorage`, 507) with nothing written. A "now" side is measured before
+//! its temporary snapshot is taken (a copy that cannot fit costs no snapshot), then
+//! again exactly once it exists.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use fluid_inspect::{DiffOptions, DiskImage, InspectError};
-use fluid_proto::model::DiskState;
+use fluid_proto::model::{DiskState, SandboxId};
 use fluid_proto::pb;
 use rand::Rng as _;
 
 use super::Sandboxes;
+use super::room::{Op, Reservation, Slot};
 use crate::error::ServiceError;
 use crate::hypervisor::Hypervisor;
+use crate::state::SandboxRecord;
 
-/// Diffs and file reads at once per agent.
-pub const MAX_CONCURRENT: usize = 2;
 /// The largest text limit a diff may ask for.
 pub const TEXT_LIMIT_MAX: u64 = 1024 * 1024;
 /// The largest file a read may ask for, and the default.
@@ -99,6 +109,8 @@ struct Exported {
     file: ScratchFile,
     /// The services the guest reported active, when this side has memory state.
     live_services: Option<Vec<String>>,
+    /// The scratch space promised to the file (given back after it is removed).
+    _room: Reservation,
 }
 
 fn temp_snapshot_name() -> String {
@@ -190,11 +202,8 @@ impl<H: Hypervisor> Sandboxes<H> {
         // Both sandboxes must be here before anything is exported.
         self.record(&req.from.sandbox_id).await?;
         self.record(&req.to.sandbox_id).await?;
-        let _slot = self
-            .inspect_slots
-            .acquire()
-            .await
-            .map_err(|e| ServiceError::Internal(format!("inspection slots: {e}")))?;
+        let _slots = self.inspection_slots(&[&req.from.sandbox_id, &req.to.sandbox_id])?;
+        let _slot = self.host_inspection_slot().await?;
         let from = self.export_side(&req.from, &req.ssh_certificate).await?;
         let to = self.export_side(&req.to, &req.ssh_certificate).await?;
         let opts = DiffOptions {
@@ -257,11 +266,8 @@ impl<H: Hypervisor> Sandboxes<H> {
         // A bad path is refused before anything is exported.
         fluid_inspect::validate_path(&req.path)?;
         self.record(&req.state.sandbox_id).await?;
-        let _slot = self
-            .inspect_slots
-            .acquire()
-            .await
-            .map_err(|e| ServiceError::Internal(format!("inspection slots: {e}")))?;
+        let _slots = self.inspection_slots(&[&req.state.sandbox_id])?;
+        let _slot = self.host_inspection_slot().await?;
         let side = self.export_side(&req.state, &req.ssh_certificate).await?;
         let path = side.file.0.clone();
         let max = if req.max_bytes == 0 {
@@ -280,6 +286,52 @@ impl<H: Hypervisor> Sandboxes<H> {
         Ok((meta, data))
     }
 
+    /// One inspection counted against each sandbox's cap (`Busy` past it).
+    fn inspection_slots(&self, ids: &[&SandboxId]) -> Result<Vec<Slot>, ServiceError> {
+        let mut slots = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            if ids[..i].contains(id) {
+                continue;
+            }
+            slots.push(self.room.begin(id, Op::Inspection)?);
+        }
+        Ok(slots)
+    }
+
+    /// One of the host's inspection slots, waited for a bounded time (`Busy` after).
+    async fn host_inspection_slot(
+        &self,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ServiceError> {
+        let wait = Duration::from_secs(u64::from(self.room.config().inspection_queue_seconds));
+        match tokio::time::timeout(wait, self.inspect_slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(e)) => Err(ServiceError::Internal(format!("inspection slots: {e}"))),
+            Err(_) => Err(ServiceError::Busy(format!(
+                "this host already runs {} disk inspections (diffs, file reads) and none \
+                 ended within {} s ([disk] max_inspections, inspection_queue_seconds); \
+                 retry later",
+                self.room.config().max_inspections,
+                wait.as_secs()
+            ))),
+        }
+    }
+
+    /// Promises the scratch space for exporting `snapshot` (None: the current state,
+    /// an estimate) of `r`.
+    async fn export_room(
+        &self,
+        r: &SandboxRecord,
+        snapshot: Option<&str>,
+        what: &str,
+    ) -> Result<Reservation, ServiceError> {
+        let need = fluid_inspect::export_size(&r.overlay_path, snapshot).await?;
+        self.room.reserve(
+            &self.scratch_dir(),
+            need,
+            &format!("exporting {what} of sandbox {} (a diff or file read)", r.id),
+        )
+    }
+
     /// Exports one disk state to a scratch file, under the sandbox's lock.
     async fn export_side(
         &self,
@@ -293,21 +345,41 @@ impl<H: Hypervisor> Sandboxes<H> {
         let _guard = self.lock(&side.sandbox_id).await;
         let r = self.record(&side.sandbox_id).await?;
         let t = tokio::time::Instant::now();
-        let live_services = match &side.snapshot {
+        let (live_services, room) = match &side.snapshot {
             Some(name) => {
                 let snap = self.find_snapshot(&r, name.as_str()).await?;
+                let room = self
+                    .export_room(&r, Some(name.as_str()), &format!("snapshot {name}"))
+                    .await?;
                 export(&r.overlay_path, name.as_str(), &file.0).await?;
-                super::snapshots::SnapshotMeta::of(&snap)
+                let live = super::snapshots::SnapshotMeta::of(&snap)
                     .filter(|_| snap.memory)
-                    .map(|m| m.active_services)
+                    .map(|m| m.active_services);
+                (live, room)
             }
             None => {
+                // Refused before a temporary snapshot is taken when even the current
+                // state's copy cannot fit.
+                let estimate = self.export_room(&r, None, "the current disk state").await?;
                 let temp = temp_snapshot_name();
                 let taken = self
                     .take_snapshot_locked(&r, &temp, false, certificate)
                     .await;
+                let mut room = None;
                 let exported = match &taken {
-                    Ok(_) => export(&r.overlay_path, &temp, &file.0).await,
+                    Ok(_) => {
+                        drop(estimate);
+                        match self
+                            .export_room(&r, Some(&temp), "the current disk state")
+                            .await
+                        {
+                            Ok(exact) => {
+                                room = Some(exact);
+                                export(&r.overlay_path, &temp, &file.0).await
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
                     Err(_) => Ok(()),
                 };
                 // Always, whatever failed (a create may fail after the snapshot exists).
@@ -316,7 +388,10 @@ impl<H: Hypervisor> Sandboxes<H> {
                 }
                 let taken = taken?;
                 exported?;
-                taken.memory.then_some(taken.active_services)
+                let room = room.ok_or_else(|| {
+                    ServiceError::Internal("the export's space was not promised".to_owned())
+                })?;
+                (taken.memory.then_some(taken.active_services), room)
             }
         };
         tracing::info!(
@@ -327,6 +402,7 @@ impl<H: Hypervisor> Sandboxes<H> {
             file,
             // An empty list means the guest did not say, not that nothing ran.
             live_services: live_services.filter(|l| !l.is_empty()),
+            _room: room,
         })
     }
 }

@@ -22,6 +22,7 @@ use fluid_proto::model::{Exec, SandboxId, SnapshotName, SnapshotRef};
 use serde::{Deserialize, Serialize};
 
 use super::exec::known_host_key;
+use super::room::Op;
 use super::{SandboxView, Sandboxes};
 use crate::error::ServiceError;
 use crate::exec::{ExecEvent, run, wrapper};
@@ -37,6 +38,9 @@ pub const SERVICES_COMMAND: &str =
     "systemctl list-units --type=service --state=active --no-legend --plain";
 /// Output kept from one of those commands.
 const GUEST_OUTPUT_CAP: u64 = 1024 * 1024;
+const MIB: u64 = 1024 * 1024;
+/// Room counted for a snapshot besides the guest's memory (qcow2 tables it copies).
+const SNAPSHOT_METADATA_BYTES: u64 = 64 * MIB;
 
 /// A snapshot request from a caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,8 +159,21 @@ impl<H: Hypervisor> Sandboxes<H> {
     #[tracing::instrument(name = "sandbox.snapshot", skip_all, fields(sandbox_id = %req.sandbox_id))]
     pub async fn create_snapshot(&self, req: CreateSnapshot) -> Result<SnapshotView, ServiceError> {
         refuse_reserved(&req.name)?;
+        // Counted before the lock: requests queued behind a slow snapshot count too.
+        let _slot = self.room.begin(&req.sandbox_id, Op::Snapshot)?;
         let _guard = self.lock(&req.sandbox_id).await;
         let r = self.record(&req.sandbox_id).await?;
+        let existing = self.domain_snapshots(&r).await?;
+        let max = self.room.config().max_snapshots_per_sandbox;
+        let count = existing.iter().filter(|s| !is_reserved(&s.name)).count();
+        let repeat = existing.iter().any(|s| s.name == req.name.as_str());
+        if !repeat && count >= max as usize {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "sandbox {} has {count} snapshots, the most allowed ([disk] \
+                 max_snapshots_per_sandbox = {max}); delete one first",
+                r.id
+            )));
+        }
         self.take_snapshot_locked(&r, req.name.as_str(), req.disk_only, &req.ssh_certificate)
             .await
     }
@@ -363,7 +380,9 @@ impl<H: Hypervisor> Sandboxes<H> {
                 r.id
             )));
         }
-        let (guest_sync, active_services, ip) = match self.state_of(r).await? {
+        let state = self.state_of(r).await?;
+        let live = matches!(state, Some(DomainState::Running | DomainState::Paused));
+        let (guest_sync, active_services, ip) = match state {
             Some(DomainState::Running) if disk_only => {
                 return Err(ServiceError::FailedPrecondition(format!(
                     "sandbox {} is running: a disk-only snapshot needs it stopped (an \
@@ -418,6 +437,23 @@ impl<H: Hypervisor> Sandboxes<H> {
         };
         let description = serde_json::to_string(&meta)
             .map_err(|e| ServiceError::Internal(format!("encoding snapshot metadata: {e}")))?;
+        // A live snapshot writes the guest's memory into the overlay; a disk-only one
+        // copies some qcow2 tables.
+        let memory = if live {
+            r.memory_mb.saturating_mul(MIB)
+        } else {
+            0
+        };
+        let need = memory.saturating_add(SNAPSHOT_METADATA_BYTES);
+        let overlays = r.overlay_path.parent().unwrap_or(&r.overlay_path);
+        let _room = self.room.reserve(
+            overlays,
+            need,
+            &format!(
+                "snapshot {name} of sandbox {} (its memory and tables)",
+                r.id
+            ),
+        )?;
         let t = tokio::time::Instant::now();
         self.hv
             .snapshot_create(&r.domain_uuid, name, &description)

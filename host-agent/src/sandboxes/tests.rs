@@ -20,6 +20,11 @@ pub(crate) struct Env {
 }
 
 pub(crate) async fn env() -> Env {
+    env_with("").await
+}
+
+/// [`env`] with `extra` appended to the agent's configuration (e.g. a `[disk]` table).
+pub(crate) async fn env_with(extra: &str) -> Env {
     let tmp = tempfile::tempdir().expect("tmp");
     let image = tmp.path().join("disk.qcow2");
     let st = std::process::Command::new("qemu-img")
@@ -46,6 +51,7 @@ kernel = "/k"
 [[images]]
 name = "from-vm"
 source_domain = "golden"
+{extra}
 "#,
         dir = tmp.path().display(),
         image = image.display()

@@ -2,7 +2,7 @@
 
 use super::fixture::run;
 use super::scenario::build;
-use crate::{DiffOptions, DiskImage, InspectError, export_raw, manifest};
+use crate::{DiffOptions, DiskImage, InspectError, export_raw, export_size, manifest};
 
 #[tokio::test]
 async fn exports_snapshots_and_the_current_state_of_an_overlay() {
@@ -75,6 +75,24 @@ async fn exports_snapshots_and_the_current_state_of_an_overlay() {
     let meta = std::fs::metadata(p("now.raw")).unwrap();
     assert_eq!(meta.len(), 16 << 20);
     assert!(std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < meta.len());
+    // What measure promises bounds what each export wrote (the free-space check).
+    for (snap, raw) in [
+        (None, "now.raw"),
+        (Some("before, with a comma"), "snap.raw"),
+    ] {
+        let bound = export_size(&p("overlay.qcow2"), snap).await.unwrap();
+        let written =
+            std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(p(raw)).unwrap()) * 512;
+        eprintln!("{raw}: {written} bytes written, measured bound {bound}");
+        assert!(
+            written <= bound && bound < 16 << 20,
+            "{raw}: {written} > {bound}"
+        );
+    }
+    assert!(matches!(
+        export_size(&p("overlay.qcow2"), Some("nope")).await,
+        Err(InspectError::QemuImg(_))
+    ));
 
     let err = export_raw(&p("overlay.qcow2"), Some("nope"), &p("x.raw"))
         .await

@@ -2,6 +2,7 @@
 //! ownership is kept), qcow2 files made with qemu-img, and partition tables by parted.
 
 mod diff_tests;
+mod duplicate_tests;
 mod export_tests;
 mod fixture;
 mod golden;
