@@ -2,7 +2,7 @@
 # Builds a small local Debian package repository (a "flat" repo: *.deb + Packages.gz)
 # holding the given packages and everything they depend on, for tests whose sandboxes
 # install packages: the sandboxes cannot reach a real mirror, so the test serves this
-# directory from its simulated internet (HOST-ENV.md's network rule) and allows it
+# directory from its simulated internet (docs/BUILD-HOSTS.md's network rule) and allows it
 # through an approved egress rule. A sandbox uses it with
 #   deb [trusted=yes] http://<server>:<port>/ ./
 #

@@ -14,7 +14,7 @@ for p in "${packages[@]}"; do
   [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")
 done
 # Debian's qemu-system-x86 7.2 needs bookworm's qemu-utils; a backported 10.x
-# qemu-utils blocks the install (HOST-ENV.md), so bookworm's is named explicitly.
+# qemu-utils blocks the install (docs/BUILD-HOSTS.md), so bookworm's is named explicitly.
 qemu_utils_ok=false
 if [[ $(qemu-img --version 2>/dev/null) == *"version 7."* ]]; then qemu_utils_ok=true; fi
 

@@ -6,7 +6,7 @@
 # Both services keep running afterwards; the API URL is printed at the end.
 #
 # libvirtd, its bridge and the VMs run inside the network namespace $FLUID_NETNS
-# (default "fluid"; HOST-ENV.md). The agent runs there too and the controller reaches it
+# (default "fluid"; docs/BUILD-HOSTS.md). The agent runs there too and the controller reaches it
 # over a veth pair (10.231.0.1 ↔ 10.231.0.2). The controller listens on 127.0.0.1:8080.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -56,7 +56,7 @@ fi
 # Written by scripts/quickstart.sh
 host_name = "local"
 listen = "$agent_ip:7443"
-virt_type = "qemu"   # TCG: nested KVM on build machines hangs guest kernels (HOST-ENV.md)
+virt_type = "qemu"   # TCG: nested KVM on build machines hangs guest kernels (docs/BUILD-HOSTS.md)
 network = "default"
 state_dir = "/var/lib/fluid-agent"
 

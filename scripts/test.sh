@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a Debian 12 machine, as root:
 #   1. installs the packages, builds (or reuses) the golden image,
-#   2. starts PostgreSQL and libvirtd (inside a network namespace, HOST-ENV.md),
+#   2. starts PostgreSQL and libvirtd (inside a network namespace, docs/BUILD-HOSTS.md),
 #   3. fmt + clippy, unit tests (SQLite and PostgreSQL stores),
 #   4. integration tests with real VMs under TCG, run inside that namespace.
 # Environment: FLUID_NETNS (default fluid-test), CARGO_TARGET_DIR (cargo's default).

@@ -26,7 +26,7 @@ use network::RawNetworkField;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/fluid/agent.toml";
 
 /// How libvirt runs guests: hardware virtualisation or QEMU's TCG emulator (for hosts
-/// where nested KVM does not work; see HOST-ENV.md).
+/// where nested KVM does not work; see docs/BUILD-HOSTS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum VirtType {

@@ -68,7 +68,7 @@ pub struct Capacity {
 
 /// How a new sandbox reaches its first running state.
 ///
-/// Only [`Provision::ColdBoot`] exists today. The fast path from DESIGN.md
+/// Only [`Provision::ColdBoot`] exists today. The fast path from docs/DESIGN.md
 /// ("Performance direction") slots in here as `RestoreSnapshot { state_file }`: per
 /// host, each golden image is booted once and its memory saved; a create then makes the
 /// overlay on the snapshot's disk, defines the domain with the fresh identity (name,

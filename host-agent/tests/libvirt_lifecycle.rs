@@ -10,7 +10,7 @@
 //! ip netns exec fluid-dev cargo test -p fluid-agent --test libvirt_lifecycle -- --nocapture
 //! ```
 //!
-//! Guests run under TCG (`virt_type = "qemu"`), see HOST-ENV.md.
+//! Guests run under TCG (`virt_type = "qemu"`), see docs/BUILD-HOSTS.md.
 
 use std::path::PathBuf;
 use std::process::Command;

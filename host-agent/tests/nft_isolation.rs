@@ -1,5 +1,5 @@
 //! The sandbox firewall against a real kernel, inside network namespaces this test
-//! creates (nothing leaves them, HOST-ENV.md):
+//! creates (nothing leaves them, docs/BUILD-HOSTS.md):
 //!
 //! ```text
 //!   ns -s1 (sandbox 1)  ns -s2 (sandbox 2)  ns -s3 (not ours)

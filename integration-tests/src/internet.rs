@@ -1,4 +1,4 @@
-//! A simulated "internet" for egress tests (HOST-ENV.md): a network namespace of the
+//! A simulated "internet" for egress tests (docs/BUILD-HOSTS.md): a network namespace of the
 //! test's own, joined to the namespace the test runs in (where libvirtd and the
 //! sandboxes' bridge are) by a veth pair, with an HTTP server on two ports and a DNS
 //! server that maps test names to it. libvirt's NAT carries sandbox traffic out of

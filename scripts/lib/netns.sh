@@ -1,5 +1,5 @@
 # Sourced by the scripts: runs libvirtd (and so the VM bridge, dnsmasq and the VMs'
-# traffic) inside a network namespace, as HOST-ENV.md requires on the build machines.
+# traffic) inside a network namespace, as docs/BUILD-HOSTS.md requires on the build machines.
 #
 # fluid_libvirt_up NS: make sure libvirtd runs inside namespace NS (created if needed)
 # with the `default` network active; sets FLUID_NETNS to the namespace libvirtd is in.

@@ -1,7 +1,7 @@
 //! Typed client for the fluid controller's REST API.
 //!
 //! [`types`] holds the JSON shapes of the API (a superset of fluid-remote v1; see
-//! `shared/API.md`); [`governance`] those of tokens, approvals, modes and the audit
+//! `docs/API.md`); [`governance`] those of tokens, approvals, modes and the audit
 //! trail, whose hash chain [`audit_chain`] computes and verifies; [`network`] those of
 //! a sandbox's egress allow-list and the requests for more. The controller serialises
 //! exactly these types, so client and server cannot drift apart. [`Client`] is a thin async wrapper over them.

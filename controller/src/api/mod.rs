@@ -1,4 +1,4 @@
-//! Where a REST request enters. The router maps the paths of `shared/API.md` to thin
+//! Where a REST request enters. The router maps the paths of `docs/API.md` to thin
 //! handlers; every error leaves through [`error::ApiError`].
 
 pub mod access;

@@ -1,4 +1,4 @@
-//! Ansible playbooks over REST: CRUD in the shapes of API.md, tasks, reorder, export,
+//! Ansible playbooks over REST: CRUD in the shapes of docs/API.md, tasks, reorder, export,
 //! the YAML file, generation from a diff and verification (SQLite, fake agents, and a
 //! recording ansible-playbook).
 
