@@ -41,6 +41,10 @@ const SSH_READY_RETRY: Duration = Duration::from_secs(1);
 const CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Channel opens tried (on other or new connections) before giving up.
 const OPEN_ATTEMPTS: usize = 8;
+/// How long a command waits for room on a sandbox's live connections when a new one
+/// cannot be made, and how often it looks.
+const ROOM_WAIT: Duration = Duration::from_secs(60);
+const ROOM_POLL: Duration = Duration::from_millis(50);
 
 /// A live connection to one sandbox.
 pub struct Conn {
@@ -287,7 +291,24 @@ impl SshPool {
             return Ok((slot, None));
         }
         let started = Instant::now();
-        let (conn, learned) = self.connect(id, ip, known, certificate).await?;
+        // With live connections sshd is up: one try, then wait for room on them.
+        let made = if entry.connections() > 0 {
+            self.connect_once(id, ip, known, certificate).await
+        } else {
+            self.connect(id, ip, known, certificate).await
+        };
+        let (conn, learned) = match made {
+            Ok(made) => made,
+            // The guest would not take one more connection in time (a loaded host),
+            // but it has live ones: a command waits for room on them instead of
+            // failing because others are running.
+            Err(ExecError::Unreachable(why)) if entry.connections() > 0 => {
+                drop(_connecting);
+                tracing::info!(id = %id, reason = %why, "no new SSH connection; waiting for room on the live ones");
+                return Ok((Self::wait_for_room(id, entry, ip, &why).await?, None));
+            }
+            Err(e) => return Err(e),
+        };
         let learned_capacity = entry.learned_capacity.load(Ordering::SeqCst);
         if learned_capacity > 0 {
             conn.capacity.fetch_min(learned_capacity, Ordering::SeqCst);
@@ -301,6 +322,31 @@ impl SshPool {
             connections = entry.connections(), "SSH connection made"
         );
         Ok((slot, Some((learned, connect_time))))
+    }
+
+    /// A slot on one of the sandbox's live connections once one has room (at most
+    /// [`ROOM_WAIT`]); Busy past that, Unreachable when no connection is left.
+    async fn wait_for_room(
+        id: &SandboxId,
+        entry: &Entry,
+        ip: Ipv4Addr,
+        why: &str,
+    ) -> Result<Slot, ExecError> {
+        let deadline = tokio::time::Instant::now() + ROOM_WAIT;
+        loop {
+            if let Some(slot) = entry.reserve(ip) {
+                return Ok(slot);
+            }
+            if entry.connections() == 0 {
+                return Err(ExecError::Unreachable(why.to_owned()));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ExecError::Busy(format!(
+                    "sandbox {id}: every SSH connection is full and a new one failed ({why}); retry later"
+                )));
+            }
+            tokio::time::sleep(ROOM_POLL).await;
+        }
     }
 
     /// Opens a session channel to sandbox `id` at `ip`, on a pooled connection with
