@@ -192,8 +192,8 @@ impl Room {
         let n = l.running.entry((id.clone(), op)).or_insert(0);
         if *n >= cap {
             return Err(ServiceError::Busy(format!(
-                "sandbox {id} already has {n} {} in progress, the most allowed ([disk] \
-                 max_{}_per_sandbox); retry when it is done",
+                "sandbox {id} is at its cap of {n} {} in progress ([disk] \
+                 max_{}_per_sandbox); retry when one is done",
                 op.describe(),
                 match op {
                     Op::Inspection => "inspections",
@@ -229,7 +229,9 @@ mod tests {
         // Half of what is free, twice: the second does not fit on top of the first.
         let half = space.available / 2 + MIB;
         let first = r.reserve(dir.path(), half, "a test").expect("fits");
-        let err = r.reserve(dir.path(), half, "a second test").unwrap_err();
+        let err = r
+            .reserve(dir.path(), half, "a second test")
+            .expect_err("over");
         assert!(
             matches!(err, ServiceError::InsufficientStorage(_)),
             "{err:?}"
@@ -237,7 +239,7 @@ mod tests {
         let m = err.to_string();
         assert!(m.contains("a second test") && m.contains("promised"), "{m}");
         drop(first);
-        assert!(r.ledger.lock().unwrap().promised.get(&dev).is_none());
+        assert!(!r.ledger.lock().expect("lock").promised.contains_key(&dev));
         let again = r.reserve(dir.path(), half, "a test").expect("fits again");
         drop(again);
     }
@@ -269,7 +271,7 @@ mod tests {
         let b = SandboxId::parse("id", "SBX-bbbbbbbb").expect("id");
         let i1 = r.begin(&a, Op::Inspection).expect("1");
         let _i2 = r.begin(&a, Op::Inspection).expect("2");
-        let err = r.begin(&a, Op::Inspection).unwrap_err();
+        let err = r.begin(&a, Op::Inspection).expect_err("at the cap");
         assert!(matches!(err, ServiceError::Busy(_)), "{err:?}");
         assert!(
             err.to_string().contains("max_inspections_per_sandbox"),
