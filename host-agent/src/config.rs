@@ -17,8 +17,8 @@ mod disk;
 mod exec;
 mod network;
 pub use disk::DiskConfig;
-pub use exec::ExecConfig;
 use disk::RawDisk;
+pub use exec::ExecConfig;
 use exec::RawExec;
 use network::RawNetworkField;
 

@@ -18,7 +18,6 @@
 //! ip netns exec fluid-test env PATH=$PATH cargo test -p fluid-agent --test libvirt_snapshots -- --nocapture
 //! ```
 
-#[allow(dead_code)]
 mod common;
 
 use std::path::{Path, PathBuf};

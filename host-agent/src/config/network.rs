@@ -19,12 +19,12 @@ use crate::network::firewall::{RESOLVED_MAX, RESOLVED_MIN};
 #[serde(untagged)]
 pub(super) enum RawNetworkField {
     Name(String),
-    Table(RawNetwork),
+    Table(Box<RawNetwork>),
 }
 
 impl Default for RawNetworkField {
     fn default() -> Self {
-        Self::Table(RawNetwork::default())
+        Self::Table(Box::default())
     }
 }
 
@@ -43,7 +43,7 @@ impl<'de> Deserialize<'de> for RawNetworkField {
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
                 RawNetwork::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(RawNetworkField::Table)
+                    .map(|t| RawNetworkField::Table(Box::new(t)))
             }
         }
         d.deserialize_any(V)
@@ -115,7 +115,7 @@ impl RawNetworkField {
                 },
                 "network",
             ),
-            RawNetworkField::Table(t) => (t, "network.name"),
+            RawNetworkField::Table(t) => (*t, "network.name"),
         };
         let name = raw.name.as_deref().unwrap_or("default");
         let name = Name::parse("network", name).map_err(|e| invalid(name_field, e.reason))?;
