@@ -72,22 +72,22 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 
 use fluid_proto::model::{Destination, EgressPolicy, EgressRule, SandboxId};
 use ipnet::IpNet;
-use nftables::expr::{
-    CT, CTDir, Elem, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadBase,
-    PayloadField, PayloadRaw, Prefix, SetItem,
-};
+use nftables::expr::{Elem, Expression, MetaKey, NamedExpression};
 use nftables::schema::{
     Chain, Element, NfCmd, NfListObject, NfObject, Nftables, Rule, Set, SetFlag, SetType,
     SetTypeValue, Table,
 };
-use nftables::stmt::{JumpTarget, Match, NAT, NATFamily, Operator, Statement};
+use nftables::stmt::Statement;
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use super::{NetworkSettings, id_suffix, tap_name};
+use expr::*;
+
+mod expr;
 
 /// The link-local address clouds serve instance metadata (and credentials) on.
 pub const METADATA_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
@@ -167,37 +167,6 @@ pub fn egress_chain(id: &SandboxId) -> String {
     format!("sbx_{}", id_suffix(id))
 }
 
-fn s(v: impl Into<String>) -> Expression<'static> {
-    Expression::String(Cow::Owned(v.into()))
-}
-
-fn num(v: u16) -> Expression<'static> {
-    Expression::Number(u32::from(v))
-}
-
-fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-        PayloadField {
-            protocol: Cow::Borrowed(protocol),
-            field: Cow::Borrowed(field),
-        },
-    )))
-}
-
-/// Where BOOTP's `chaddr` starts in the transport header, in bits: the UDP header (8
-/// bytes), then op, htype, hlen, hops (4), xid (4), secs, flags (4), ciaddr, yiaddr,
-/// siaddr, giaddr (16) = 36 bytes.
-pub const CHADDR_BITS: u32 = 36 * 8;
-
-/// `@th,<offset>,<len>`: raw bits of the transport header.
-fn raw_th(offset: u32, len: u32) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadRaw(PayloadRaw {
-        base: PayloadBase::TH,
-        offset,
-        len,
-    })))
-}
-
 /// A MAC as its first four bytes and its last two, big-endian (how nft compares raw
 /// payload bits). `None` if it is not `xx:xx:xx:xx:xx:xx`.
 pub fn mac_words(mac: &str) -> Option<(u32, u32)> {
@@ -216,91 +185,6 @@ pub fn mac_words(mac: &str) -> Option<(u32, u32)> {
         u32::from_be_bytes([*a, *b, *c, *d]),
         u32::from(u16::from_be_bytes([*e, *f])),
     ))
-}
-
-fn meta(key: MetaKey) -> Expression<'static> {
-    Expression::Named(NamedExpression::Meta(Meta { key }))
-}
-
-fn anon_set(items: impl IntoIterator<Item = Expression<'static>>) -> Expression<'static> {
-    Expression::Named(NamedExpression::Set(
-        items.into_iter().map(SetItem::Element).collect(),
-    ))
-}
-
-fn set_ref(name: &str) -> Expression<'static> {
-    s(format!("@{name}"))
-}
-
-/// A network as nft wants it: a plain address for a host route, else a prefix.
-fn net(n: IpNet) -> Expression<'static> {
-    if n.prefix_len() == n.max_prefix_len() {
-        s(n.addr().to_string())
-    } else {
-        Expression::Named(NamedExpression::Prefix(Prefix {
-            addr: Box::new(s(n.network().to_string())),
-            len: u32::from(n.prefix_len()),
-        }))
-    }
-}
-
-fn cmp(left: Expression<'static>, op: Operator, right: Expression<'static>) -> Statement<'static> {
-    Statement::Match(Match { left, right, op })
-}
-
-fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
-    cmp(left, Operator::EQ, right)
-}
-
-fn ne(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
-    cmp(left, Operator::NEQ, right)
-}
-
-fn accept() -> Statement<'static> {
-    Statement::Accept(None)
-}
-
-fn drop_() -> Statement<'static> {
-    Statement::Drop(None)
-}
-
-fn jump(target: &str) -> Statement<'static> {
-    Statement::Jump(JumpTarget {
-        target: Cow::Owned(target.to_owned()),
-    })
-}
-
-/// `ct original <key>`: the connection's original direction (where the sandbox
-/// connected to). Addresses are keyed `ip daddr` / `ip6 daddr`, as `nft -j` lists them
-/// (with a `family` instead, nft refuses a set lookup: "specify either ip or ip6").
-fn ct_original(key: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::CT(CT {
-        key: Cow::Borrowed(key),
-        family: None,
-        dir: Some(CTDir::Original),
-    }))
-}
-
-/// `ct direction reply`: a packet travelling against its connection's first packet
-/// (a reply, or an ICMP error about the connection).
-fn ct_reply() -> Statement<'static> {
-    eq(
-        Expression::Named(NamedExpression::CT(CT {
-            key: Cow::Borrowed("direction"),
-            family: None,
-            dir: None,
-        })),
-        s("reply"),
-    )
-}
-
-fn dnat_to(to: SocketAddrV4) -> Statement<'static> {
-    Statement::DNAT(Some(NAT {
-        addr: Some(s(to.ip().to_string())),
-        family: Some(NATFamily::IP),
-        port: Some(num(to.port())),
-        flags: None,
-    }))
 }
 
 /// Collects the commands of one batch and counts what each table will hold.
