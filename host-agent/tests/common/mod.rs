@@ -176,10 +176,16 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// A 5-minute user certificate for `subject` (OpenSSH line), principal root, signed by
-/// `ca`; with `permit_pty` it may have a terminal (people's), else no extensions (the
-/// agent's exec certificates).
-pub fn certificate(ca: &PrivateKey, subject: &str, permit_pty: bool) -> String {
+/// A 5-minute user certificate for `subject` (OpenSSH line) that opens `sandbox` as
+/// root (principal `sbx:<id>:root`, the only one its sshd accepts), signed by `ca`;
+/// with `permit_pty` it may have a terminal (people's), else no extensions (the agent's
+/// exec certificates).
+pub fn certificate(
+    ca: &PrivateKey,
+    subject: &str,
+    sandbox: &SandboxId,
+    permit_pty: bool,
+) -> String {
     let subject = PublicKey::from_openssh(subject).expect("agent key");
     let now = unix_now();
     let mut b = Builder::new(
@@ -190,7 +196,8 @@ pub fn certificate(ca: &PrivateKey, subject: &str, permit_pty: bool) -> String {
     )
     .expect("builder");
     b.cert_type(CertType::User).expect("type");
-    b.valid_principal("root").expect("principal");
+    b.valid_principal(format!("sbx:{sandbox}:root"))
+        .expect("principal");
     b.key_id("fluid-agent test").expect("key id");
     if permit_pty {
         b.extension("permit-pty", "").expect("extension");
