@@ -182,3 +182,25 @@ fn playbooks_name_the_task() {
     let e = check_untrusted_playbook(&p, ART).expect_err("refused");
     assert_eq!(e.field, "tasks[1].options.delegate_to");
 }
+
+/// The generator's check-mode guard is the one template an agent's (generated)
+/// playbook may carry; any other `ignore_errors` expression is refused.
+#[test]
+fn only_the_generators_check_mode_guard_passes() {
+    let guard = shell("id").with_option(
+        "ignore_errors",
+        json!(crate::generate::IGNORE_IN_CHECK_MODE),
+    );
+    assert!(check_untrusted_task(&guard, ART).is_ok());
+    for other in [
+        "{{ lookup('pipe','id') }}",
+        "{{ ansible_check_mode or lookup('pipe','id') }}",
+        "{{ ansible_check_mode }} ",
+    ] {
+        assert_eq!(
+            refused(&shell("id").with_option("ignore_errors", json!(other))),
+            "options.ignore_errors",
+            "{other}"
+        );
+    }
+}
