@@ -672,9 +672,12 @@ async fn diff_restore_fork_generate_verify_and_apply_with_approval() -> Result<(
         }
     };
 
+    // An operator deploys to production: the check runs at once, the real run waits
+    // for a human (an agent's production job waits for an approval even before its
+    // check run: hostile::ansible).
     // Rejected: production untouched.
     let t = Instant::now();
-    let id = job(api.clone(), agent_token.clone()).await?;
+    let id = job(api.clone(), operator_token.clone()).await?;
     let j = awaiting(api.clone(), admin_token.clone(), id.clone()).await?;
     let approval_id = j["approval_id"].as_str().context("approval")?.to_owned();
     let (_, approval) = api
@@ -721,7 +724,7 @@ async fn diff_restore_fork_generate_verify_and_apply_with_approval() -> Result<(
 
     // Approved: production has the change.
     let t = Instant::now();
-    let id = job(api.clone(), agent_token.clone()).await?;
+    let id = job(api.clone(), operator_token.clone()).await?;
     let j = awaiting(api.clone(), admin_token.clone(), id.clone()).await?;
     let approval_id = j["approval_id"].as_str().context("approval")?.to_owned();
     let (status, body) = api
