@@ -24,43 +24,20 @@
 //! hash-chained audit trail in the [`store`]. [`metrics`] counts what happens for
 //! Prometheus (`GET /metrics`).
 
-pub mod access;
 pub mod agents;
-pub mod api;
-pub mod api_tls;
-pub mod approvals;
-pub mod attach;
-pub mod auth;
-pub mod background;
-pub mod commands;
+pub mod ansible;
+pub mod cli;
 pub mod config;
-pub mod diff_convert;
-pub mod diffs;
-pub mod egress;
-pub mod egress_requests;
-pub mod files;
-pub mod generate;
-pub mod grpc_api;
-pub mod hosts;
-pub mod janitor;
-pub mod jobs;
+pub mod fleet;
+pub mod governance;
+pub mod grpc;
+pub mod http;
 pub mod metrics;
-pub mod overcommit;
-pub mod pki;
-pub mod playbooks;
-pub mod policy;
-pub mod private_fs;
-pub mod reconciler;
+pub mod network;
 pub mod sandboxes;
-pub mod scheduler;
-pub mod snapshots;
-pub mod ssh_ca;
 pub mod store;
-pub mod verify;
-pub mod webhook;
-
-#[cfg(test)]
-pub(crate) mod fake_agent;
+pub mod support;
+pub mod work;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,34 +47,34 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::access::AccessService;
 use crate::agents::{AgentConnector, AgentTimeouts, GrpcAgents};
-use crate::api::AppState;
-use crate::approvals::ApprovalService;
-use crate::attach::AttachService;
-use crate::auth::Authenticator;
-use crate::commands::CommandService;
+use crate::ansible::generate::Generator;
+use crate::ansible::jobs::runner::{AnsibleRunner, PlaybookRunner};
+use crate::ansible::jobs::{JobDeps, JobService, JobSettings};
+use crate::ansible::playbooks::PlaybookService;
+use crate::ansible::verify::{Verifier, VerifyDeps};
 use crate::config::Config;
-use crate::diffs::DiffService;
-use crate::egress::EgressService;
-use crate::egress_requests::EgressGate;
-use crate::files::FileService;
-use crate::generate::Generator;
-use crate::hosts::HostService;
-use crate::janitor::Janitor;
-use crate::jobs::runner::{AnsibleRunner, PlaybookRunner};
-use crate::jobs::{JobDeps, JobService, JobSettings};
+use crate::fleet::hosts::HostService;
+use crate::fleet::reconciler::{LOST_GRACE, Reconciler};
+use crate::governance::approvals::ApprovalService;
+use crate::governance::auth::Authenticator;
+use crate::governance::webhook::Webhook;
+use crate::http::AppState;
 use crate::metrics::Metrics;
-use crate::overcommit::CreateGate;
-use crate::playbooks::PlaybookService;
-use crate::policy::Policy;
-use crate::reconciler::{LOST_GRACE, Reconciler};
+use crate::network::egress::EgressService;
+use crate::network::requests::EgressGate;
+use crate::sandboxes::diffs::DiffService;
+use crate::sandboxes::janitor::Janitor;
+use crate::sandboxes::overcommit::CreateGate;
+use crate::sandboxes::snapshots::SnapshotService;
 use crate::sandboxes::{SandboxService, SandboxSettings};
-use crate::snapshots::SnapshotService;
-use crate::ssh_ca::SshCa;
 use crate::store::{LoopKey, Store};
-use crate::verify::{Verifier, VerifyDeps};
-use crate::webhook::Webhook;
+use crate::work::access::AccessService;
+use crate::work::attach::AttachService;
+use crate::work::commands::CommandService;
+use crate::work::files::FileService;
+use crate::work::policy::Policy;
+use crate::work::ssh_ca::SshCa;
 
 pub use crate::config::Config as ControllerConfig;
 
@@ -290,7 +267,7 @@ pub fn spawn_background(
     let store = state.store.clone();
 
     let hosts = state.hosts.clone();
-    set.spawn(background::run_periodic(
+    set.spawn(fleet::background::run_periodic(
         "heartbeat",
         Duration::from_secs(config.heartbeat_interval_secs),
         LoopKey::Heartbeat,
@@ -310,7 +287,7 @@ pub fn spawn_background(
         LOST_GRACE,
         in_flight,
     ));
-    set.spawn(background::run_periodic(
+    set.spawn(fleet::background::run_periodic(
         "reconciler",
         Duration::from_secs(config.reconcile_interval_secs),
         LoopKey::Reconciler,
@@ -324,7 +301,7 @@ pub fn spawn_background(
 
     let janitor = Arc::new(Janitor::new(store.clone(), state.sandboxes.clone()));
     let approvals = state.approvals.clone();
-    set.spawn(background::run_periodic(
+    set.spawn(fleet::background::run_periodic(
         "janitor",
         Duration::from_secs(config.janitor_interval_secs),
         LoopKey::Janitor,
@@ -365,7 +342,7 @@ pub async fn serve_on(
         .load()
         .context("loading the controller's TLS files")?;
     let api_tls = match &config.api_tls {
-        Some(c) => Some(api_tls::ApiTls::load(c).context("loading [api_tls]")?),
+        Some(c) => Some(http::tls::ApiTls::load(c).context("loading [api_tls]")?),
         None => None,
     };
     let grpc_listener = match config.grpc_listen {
@@ -377,7 +354,7 @@ pub async fn serve_on(
         None => None,
     };
     // The SSH user CA, playbooks and artefacts live here, whatever the database.
-    private_fs::private_dir(&config.data_dir).context("data_dir")?;
+    support::private_fs::private_dir(&config.data_dir).context("data_dir")?;
     let store = store::open(config.database_url.as_deref(), &config.data_dir)
         .await
         .context("opening the store")?;
@@ -437,7 +414,7 @@ pub async fn serve_on(
     // A child token: a server that stops on its own stops the other one too.
     let drain = shutdown.child_token();
     let mut servers: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
-    let app = api::router(state.clone());
+    let app = http::router(state.clone());
     let http_drain = drain.clone();
     match &api_tls {
         Some(t) => {
@@ -460,13 +437,13 @@ pub async fn serve_on(
     }
     if let Some(grpc) = grpc_listener {
         let grpc_addr = grpc.local_addr()?;
-        let grpc_tls = api_tls.as_ref().map(api_tls::ApiTls::grpc);
+        let grpc_tls = api_tls.as_ref().map(http::tls::ApiTls::grpc);
         let what = if grpc_tls.is_some() { "TLS" } else { "h2c" };
         tracing::info!(addr = %grpc_addr, transport = what, "public gRPC API listening");
         let grpc_state = state.clone();
         let grpc_drain = drain.clone();
         servers.spawn(async move {
-            let r = grpc_api::serve(grpc, grpc_state, grpc_tls, grpc_drain).await;
+            let r = grpc::serve(grpc, grpc_state, grpc_tls, grpc_drain).await;
             ("gRPC", r)
         });
     }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use fluid_client::governance::Role;
+use fluid_controller::cli::pki;
 use fluid_controller::config::{Config, DEFAULT_CONFIG_PATH};
-use fluid_controller::pki;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -158,13 +158,14 @@ fn token(config_path: Option<PathBuf>, command: TokenCommand) -> anyhow::Result<
         let store = fluid_controller::store::open(config.database_url.as_deref(), &config.data_dir)
             .await
             .context("opening the store")?;
-        let r = fluid_controller::auth::token_command(store.clone(), command.into()).await;
+        let r =
+            fluid_controller::governance::auth::token_command(store.clone(), command.into()).await;
         store.close().await;
         r
     })
 }
 
-impl From<TokenCommand> for fluid_controller::auth::TokenAction {
+impl From<TokenCommand> for fluid_controller::governance::auth::TokenAction {
     fn from(c: TokenCommand) -> Self {
         match c {
             TokenCommand::Create {

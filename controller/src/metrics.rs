@@ -2,7 +2,7 @@
 //! (`api/metrics.rs`).
 //!
 //! Events are counted where they happen: sandbox creates ([`crate::sandboxes`]),
-//! finished commands ([`crate::commands`]), REST requests (a middleware that labels
+//! finished commands ([`crate::work::commands`]), REST requests (a middleware that labels
 //! them with the matched route template, never the raw path, so ids do not explode the
 //! label set) and agent calls (the gRPC layer on every agent channel, by RPC name and
 //! code). The fleet gauges — sandboxes by state, hosts by state, each host's capacity,
@@ -22,7 +22,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use crate::hosts::HostService;
+use crate::fleet::hosts::HostService;
 use crate::sandboxes::ServiceError;
 use crate::store::{ApprovalFilter, SandboxFilter, Store};
 
@@ -114,7 +114,7 @@ impl ExecOutcome {
     }
 }
 
-/// The registry and every metric in it. One per [`crate::api::AppState`].
+/// The registry and every metric in it. One per [`crate::http::AppState`].
 pub struct Metrics {
     registry: Registry,
     sandboxes: Family<StateLabels, Gauge>,

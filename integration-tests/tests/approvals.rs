@@ -217,13 +217,13 @@ async fn humans_decide_and_the_record_cannot_be_rewritten() -> Result<()> {
             .get("x-fluid-signature")
             .and_then(|v| v.to_str().ok())
             .context("signature")?;
-        ensure!(fluid_controller::webhook::verify(
+        ensure!(fluid_controller::governance::webhook::verify(
             SECRET.as_bytes(),
             ts,
             &d.body,
             sig
         ));
-        ensure!(!fluid_controller::webhook::verify(
+        ensure!(!fluid_controller::governance::webhook::verify(
             b"forged", ts, &d.body, sig
         ));
     }

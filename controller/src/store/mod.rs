@@ -497,14 +497,14 @@ pub async fn open(
         None => {
             // The database holds token hashes, commands' output and the audit trail:
             // the directory 0700 (or its packaged group's 0750), the files 0600.
-            crate::private_fs::private_dir(data_dir)?;
+            crate::support::private_fs::private_dir(data_dir)?;
             let path = data_dir.join("fluid.db");
-            crate::private_fs::private_file(&path)?;
+            crate::support::private_fs::private_file(&path)?;
             let store = SqliteStore::open_file(&path).await?;
             for side in ["fluid.db-wal", "fluid.db-shm"] {
                 let p = data_dir.join(side);
                 if p.exists() {
-                    crate::private_fs::private_file(&p)?;
+                    crate::support::private_fs::private_file(&p)?;
                 }
             }
             Ok(std::sync::Arc::new(store))

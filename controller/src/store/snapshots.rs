@@ -55,7 +55,7 @@ pub struct DiffRecord {
     pub diff_json: String,
     /// `[TextDiff]`.
     pub text_diffs_json: String,
-    /// [`crate::diffs::DiffDetail`]: both sides' text of changed text files.
+    /// [`crate::sandboxes::diffs::DiffDetail`]: both sides' text of changed text files.
     pub detail_json: String,
     pub created_at: DateTime<Utc>,
 }

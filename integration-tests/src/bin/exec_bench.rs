@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use fluid_client::types::{CreateSandboxRequest, HostState, RunCommandRequest};
-use fluid_controller::ssh_ca::{CertSpec, SshCa, sandbox_principal};
+use fluid_controller::work::ssh_ca::{CertSpec, SshCa, sandbox_principal};
 use fluid_proto::pb;
 use integration_tests::stack::wait_ssh_banner;
 use integration_tests::{AgentOptions, Stack, StoreKind};

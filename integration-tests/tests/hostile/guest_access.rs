@@ -25,7 +25,7 @@ use anyhow::{Context, Result, bail, ensure};
 use fluid_client::Client;
 use fluid_client::snapshots::{CreateSnapshotRequest, ForkRequest};
 use fluid_client::types::{AccessRequest, HostState};
-use fluid_controller::ssh_ca::{CertSpec, SshCa, sandbox_principal};
+use fluid_controller::work::ssh_ca::{CertSpec, SshCa, sandbox_principal};
 use integration_tests::api::Api;
 use integration_tests::{AgentOptions, Stack, StoreKind, guest};
 use serde_json::json;

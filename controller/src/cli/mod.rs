@@ -1,0 +1,3 @@
+//! The controller's command-line tasks beside `serve`.
+
+pub mod pki;

@@ -1,0 +1,343 @@
+//! The public gRPC API for clients (`fluid.v1.Sandboxes`), beside REST.
+//!
+//! It is a second door into the same services: `Exec` goes through exactly what
+//! `POST /v1/sandboxes/{id}/run` does (validation, policy, audit row, output cap, the
+//! command runs to its end even when the client goes away) and streams the same live
+//! events. REST errors map to gRPC codes: 400 → INVALID_ARGUMENT, 403 →
+//! PERMISSION_DENIED, 404 → NOT_FOUND, 409 and 422 → FAILED_PRECONDITION, 503 →
+//! UNAVAILABLE, 504 → DEADLINE_EXCEEDED, others → INTERNAL.
+//!
+//! `GetSandbox` and the `Approvals` service (list, decide) follow their REST routes.
+//! Every call is authenticated from its `authorization: Bearer` metadata with the same
+//! tokens and permissions as REST (401 → UNAUTHENTICATED, 403 → PERMISSION_DENIED),
+//! and mutating calls are audited.
+//!
+//! Transport: TLS (rustls, the `[api_tls]` certificate shared with REST) when
+//! configured, else plain HTTP/2 (h2c). Without `[api_tls]` the configuration refuses a
+//! non-loopback `grpc_listen` unless `allow_insecure_listen = true`: bearer tokens must
+//! not cross an untrusted network in clear text. A refusal (PERMISSION_DENIED) is
+//! audited, or the call fails with UNAVAILABLE.
+
+use axum::http::StatusCode;
+use fluid_client::governance::ApprovalStatus;
+use fluid_client::types::RunCommandRequest;
+use fluid_proto::api;
+use fluid_proto::api::approvals_server::{Approvals, ApprovalsServer};
+use fluid_proto::api::sandboxes_server::{Sandboxes, SandboxesServer};
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Code, Request, Response, Status};
+
+use crate::governance::auth::{self, Caller, Permission};
+use crate::http::AppState;
+use crate::http::error::ApiError;
+use crate::sandboxes::{ServiceError, parse_id};
+use crate::store::{ApprovalFilter, ApprovalRecord, NewAuditEvent, SandboxRecord};
+use crate::work::commands::LiveEvent;
+
+/// The gRPC status of a REST error.
+pub fn status_of(e: ApiError) -> Status {
+    let code = match e.status {
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => Code::InvalidArgument,
+        StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+        StatusCode::FORBIDDEN => Code::PermissionDenied,
+        StatusCode::NOT_FOUND => Code::NotFound,
+        StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY => Code::FailedPrecondition,
+        StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
+        StatusCode::GATEWAY_TIMEOUT => Code::DeadlineExceeded,
+        StatusCode::INSUFFICIENT_STORAGE | StatusCode::TOO_MANY_REQUESTS => Code::ResourceExhausted,
+        _ => Code::Internal,
+    };
+    let message = if e.details.is_empty() {
+        e.error
+    } else {
+        format!("{}: {}", e.error, e.details)
+    };
+    Status::new(code, message)
+}
+
+fn service_status(e: ServiceError) -> Status {
+    status_of(ApiError::from(e))
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// One live event of a command as a gRPC event.
+pub fn command_event(ev: LiveEvent) -> api::CommandEvent {
+    use api::command_event::Event;
+    let event = match ev {
+        LiveEvent::Started(s) => Event::Started(api::CommandStarted {
+            command_id: s.command_id,
+            started_at_unix_ms: s.started_at.timestamp_millis(),
+        }),
+        LiveEvent::Output {
+            stderr: false,
+            data,
+            ..
+        } => Event::Stdout(data.to_vec()),
+        LiveEvent::Output {
+            stderr: true, data, ..
+        } => Event::Stderr(data.to_vec()),
+        LiveEvent::Exit(c) => Event::Exit(api::CommandResult {
+            command_id: c.id,
+            exit_code: c.exit_code,
+            timed_out: c.timed_out,
+            truncated: c.truncated,
+            duration_ms: c.duration_ms.unwrap_or(0),
+            status: c.status,
+            error: c.error.unwrap_or_default(),
+        }),
+    };
+    api::CommandEvent { event: Some(event) }
+}
+
+/// The caller behind a gRPC request's `authorization` metadata.
+async fn caller_of<T>(state: &AppState, request: &Request<T>) -> Result<Caller, Status> {
+    let token = request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(auth::bearer);
+    state
+        .auth
+        .authenticate(token)
+        .await
+        .map_err(|e| status_of(ApiError::from(e)))
+}
+
+async fn sandbox_for(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    p: Permission,
+) -> Result<SandboxRecord, Status> {
+    let id = parse_id(id).map_err(service_status)?;
+    crate::http::auth::sandbox_for(state, caller, &id, p)
+        .await
+        .map_err(status_of)
+}
+
+/// `fluid.v1.Sandboxes` and `fluid.v1.Approvals` over the controller's services.
+#[derive(Debug, Clone)]
+pub struct PublicApi {
+    state: AppState,
+}
+
+impl PublicApi {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+#[tonic::async_trait]
+impl Sandboxes for PublicApi {
+    type ExecStream = BoxStream<'static, Result<api::CommandEvent, Status>>;
+
+    async fn exec(
+        &self,
+        request: Request<api::ExecCommandRequest>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let caller = caller_of(&self.state, &request).await?;
+        let r = request.into_inner();
+        let id = parse_id(&r.sandbox_id).map_err(service_status)?;
+        if let Err(status) =
+            sandbox_for(&self.state, &caller, &r.sandbox_id, Permission::Work).await
+        {
+            if status.code() == tonic::Code::PermissionDenied {
+                // Like REST's 403: a refusal is audited, or the call fails (UNAVAILABLE).
+                let outcome = format!("refused: {}", status.message());
+                audit_call(&self.state, &caller, "Exec", Some(id.as_str()), &outcome).await?;
+            }
+            return Err(status);
+        }
+        let commands = &self.state.commands;
+        let rest = RunCommandRequest {
+            command: r.command,
+            user: non_empty(r.user),
+            timeout_sec: (r.timeout_sec > 0).then_some(r.timeout_sec),
+            env: (!r.env.is_empty()).then(|| r.env.into_iter().collect()),
+            workdir: non_empty(r.workdir),
+            stdin: None,
+        };
+        let mut spec = commands.spec_from_request(rest).map_err(service_status)?;
+        if !r.stdin.is_empty() {
+            spec.stdin = r.stdin;
+            commands.check_spec(&spec).map_err(service_status)?;
+        }
+        let handle = commands.run(&id, spec).await.map_err(service_status)?;
+        if let Err(e) = audit_call(&self.state, &caller, "Exec", Some(id.as_str()), "started").await
+        {
+            // The command runs (its own row is the authoritative record).
+            tracing::error!(error = %e.message(), "appending a gRPC audit event");
+        }
+        // Dropping this stream (the client went away) only stops feeding it.
+        let events = futures::stream::unfold(handle.into_events(), |mut rx| async move {
+            rx.recv().await.map(|ev| (Ok(command_event(ev)), rx))
+        });
+        Ok(Response::new(events.boxed()))
+    }
+
+    async fn get_sandbox(
+        &self,
+        request: Request<api::GetSandboxRequest>,
+    ) -> Result<Response<api::SandboxSummary>, Status> {
+        let caller = caller_of(&self.state, &request).await?;
+        let r = request.into_inner();
+        let sb = sandbox_for(&self.state, &caller, &r.sandbox_id, Permission::Read).await?;
+        Ok(Response::new(api::SandboxSummary {
+            id: sb.id,
+            agent_id: sb.agent_id,
+            sandbox_name: sb.sandbox_name,
+            state: sb.state.as_str().to_owned(),
+            ip_address: sb.ip_address.unwrap_or_default(),
+            host_name: sb.host_name.unwrap_or_default(),
+            read_only: sb.read_only,
+        }))
+    }
+}
+
+fn approval_summary(a: &ApprovalRecord) -> api::ApprovalSummary {
+    api::ApprovalSummary {
+        id: a.id.clone(),
+        kind: a.kind.as_str().to_owned(),
+        status: a.status.as_str().to_owned(),
+        requested_by: a.requested_by.clone(),
+        agent_id: a.agent_id.clone().unwrap_or_default(),
+        sandbox_id: a.sandbox_id.clone().unwrap_or_default(),
+        summary: a.summary.clone(),
+        details_json: a.details.to_string(),
+        decided_by: a.decided_by.clone().unwrap_or_default(),
+        comment: a.comment.clone().unwrap_or_default(),
+    }
+}
+
+/// Records a mutating gRPC call in the audit trail, like the REST middleware does. A
+/// failed write is UNAVAILABLE: a refusal is answered only once it is recorded.
+async fn audit_call(
+    state: &AppState,
+    caller: &Caller,
+    method: &str,
+    target: Option<&str>,
+    outcome: &str,
+) -> Result<(), Status> {
+    let mut e = NewAuditEvent::system("api", format!("gRPC {method}"), outcome)
+        .details(serde_json::json!({"token_id": caller.token_id}))
+        .by(&caller.name, caller.role.as_str());
+    if let Some(t) = target {
+        e = if t.starts_with(fluid_proto::model::SandboxId::PREFIX) {
+            e.sandbox(t)
+        } else {
+            e.target(t)
+        };
+    }
+    state.store.append_audit(&e).await.map_err(|err| {
+        tracing::error!(error = %err, outcome, "appending a gRPC audit event");
+        Status::unavailable(format!(
+            "audit trail unavailable: the call could not be recorded ({err})"
+        ))
+    })?;
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Approvals for PublicApi {
+    async fn list_approvals(
+        &self,
+        request: Request<api::ListApprovalsRequest>,
+    ) -> Result<Response<api::ListApprovalsResponse>, Status> {
+        let caller = caller_of(&self.state, &request).await?;
+        crate::governance::auth::check(&caller, Permission::Read)
+            .map_err(|e| status_of(ApiError::from(e)))?;
+        let r = request.into_inner();
+        let status = match r.status.as_str() {
+            "" => Some(ApprovalStatus::Pending),
+            "all" => None,
+            s => Some(ApprovalStatus::parse(s).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "status: {s:?} is not one of pending approved rejected expired all"
+                ))
+            })?),
+        };
+        let filter = ApprovalFilter {
+            status,
+            limit: 1000,
+            ..Default::default()
+        };
+        let (rows, total) = self
+            .state
+            .approvals
+            .list(&caller, filter)
+            .await
+            .map_err(service_status)?;
+        Ok(Response::new(api::ListApprovalsResponse {
+            approvals: rows.iter().map(approval_summary).collect(),
+            total,
+        }))
+    }
+
+    async fn decide(
+        &self,
+        request: Request<api::DecideRequest>,
+    ) -> Result<Response<api::ApprovalSummary>, Status> {
+        let caller = caller_of(&self.state, &request).await?;
+        let r = request.into_inner();
+        let result = self
+            .state
+            .approvals
+            .decide(&caller, &r.approval_id, r.approve, non_empty(r.comment))
+            .await;
+        let outcome = match &result {
+            Ok(a) => a.status.as_str().to_owned(),
+            Err(e) => format!("refused: {e}"),
+        };
+        if crate::governance::approvals::check_id(&r.approval_id).is_ok() {
+            let audited = audit_call(
+                &self.state,
+                &caller,
+                "Decide",
+                Some(&r.approval_id),
+                &outcome,
+            )
+            .await;
+            // A refusal is answered only once recorded; a decision that was taken stays
+            // taken (the approval row and its own event are the record).
+            if result.is_err() {
+                audited?;
+            }
+        }
+        Ok(Response::new(approval_summary(
+            &result.map_err(service_status)?,
+        )))
+    }
+}
+
+/// Serves the gRPC API on `listener` (over TLS when `tls` is given) until `shutdown`
+/// fires (then drains).
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let api = PublicApi::new(state);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| anyhow::anyhow!("gRPC TLS configuration: {e}"))?;
+    }
+    builder
+        .add_service(SandboxesServer::new(api.clone()))
+        .add_service(ApprovalsServer::new(api))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

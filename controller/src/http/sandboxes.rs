@@ -1,0 +1,233 @@
+//! The sandbox routes: thin handlers that parse, then call the sandbox service.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use fluid_client::governance::{ApprovalStatus, PendingCreateResponse};
+use fluid_client::types::{
+    CreateSandboxRequest, CreateSandboxResponse, DestroySandboxResponse, ErrorBody,
+    GetSandboxResponse, ListSandboxesResponse, SandboxIpResponse, SandboxState,
+    StartSandboxRequest, StartSandboxResponse, StopSandboxResponse,
+};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::AppState;
+use super::auth::{require, sandbox_for};
+use super::error::ApiError;
+use super::json::{ApiJson, OptionalJson};
+use super::params::{ApiPath, ApiQuery};
+use crate::governance::auth::{self, Caller, Permission};
+use crate::sandboxes::overcommit::CreateOutcome;
+use crate::sandboxes::parse_id;
+use crate::store::SandboxFilter;
+
+/// Page size when `limit` is not given.
+pub const DEFAULT_LIMIT: u32 = 100;
+/// Largest page.
+pub const MAX_LIMIT: u32 = 1000;
+
+/// A page size from a `limit` parameter: the default, at most [`MAX_LIMIT`], never 0.
+pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(0) => Err(ApiError::bad_request("limit: must be positive")),
+        Some(n) => Ok(n.min(MAX_LIMIT)),
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    pub agent_id: Option<String>,
+    pub job_id: Option<String>,
+    pub base_image: Option<String>,
+    /// One of CREATED STARTING RUNNING STOPPED DESTROYED ERROR.
+    pub state: Option<String>,
+    pub vm_name: Option<String>,
+    /// Page size (default 100, at most 1000).
+    pub limit: Option<u32>,
+    pub offset: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CreateParams {
+    /// When the create waits for an over-commit approval: block until it is decided
+    /// (true, the default), or answer 202 with the request at once (false).
+    pub wait: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct GetParams {
+    pub include_commands: Option<bool>,
+}
+
+impl ListParams {
+    fn into_filter(self) -> Result<SandboxFilter, ApiError> {
+        let state = match self.state.as_deref() {
+            None | Some("") => None,
+            Some(s) => Some(SandboxState::parse(s).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "state: {s:?} is not one of CREATED STARTING RUNNING STOPPED DESTROYED ERROR"
+                ))
+            })?),
+        };
+        let limit = page_limit(self.limit)?;
+        let nonempty = |o: Option<String>| o.filter(|s| !s.is_empty());
+        Ok(SandboxFilter {
+            agent_id: nonempty(self.agent_id),
+            job_id: nonempty(self.job_id),
+            base_image: nonempty(self.base_image),
+            state,
+            sandbox_name: nonempty(self.vm_name),
+            limit,
+            offset: self.offset.unwrap_or(0),
+        })
+    }
+}
+
+#[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes", request_body = CreateSandboxRequest,
+    params(CreateParams),
+    responses((status = 201, body = CreateSandboxResponse),
+        (status = 202, description = "waiting for an over-commit approval (wait=false)", body = PendingCreateResponse),
+        (status = 403, description = "the token may not create, or not for this agent_id", body = ErrorBody),
+        (status = 400, description = "invalid request or unknown image", body = ErrorBody),
+        (status = 409, description = "duplicate vm_name or no host has room", body = ErrorBody),
+        (status = 502, description = "the agent failed", body = ErrorBody),
+        (status = 503, description = "the agent is unreachable", body = ErrorBody)))]
+pub async fn create_sandbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<CreateParams>,
+    ApiJson(req): ApiJson<CreateSandboxRequest>,
+) -> Result<Response, ApiError> {
+    require(&caller, Permission::CreateSandbox)?;
+    auth::check_owner(
+        &caller,
+        &req.agent_id,
+        &format!("agent_id {:?}", req.agent_id),
+    )?;
+    let wait = params.wait.unwrap_or(true);
+    Ok(match state.gate.create(&caller, req, wait).await? {
+        CreateOutcome::Created(r) => (StatusCode::CREATED, Json(r)).into_response(),
+        CreateOutcome::Pending {
+            approval,
+            sandbox_id,
+        } => (
+            StatusCode::ACCEPTED,
+            Json(PendingCreateResponse {
+                request_id: approval.id.clone(),
+                sandbox_id,
+                status: ApprovalStatus::Pending,
+                approval: approval.to_api(),
+            }),
+        )
+            .into_response(),
+    })
+}
+
+#[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes", params(ListParams),
+    responses((status = 200, body = ListSandboxesResponse), (status = 400, body = ErrorBody)))]
+pub async fn list_sandboxes(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<ListSandboxesResponse>, ApiError> {
+    require(&caller, Permission::Read)?;
+    let mut filter = params.into_filter()?;
+    if let Some(own) = caller.scope() {
+        if let Some(asked) = &filter.agent_id {
+            auth::check_owner(&caller, asked, &format!("agent_id {asked:?}"))?;
+        }
+        filter.agent_id = Some(own.to_owned());
+    }
+    Ok(Json(state.sandboxes.list(&filter).await?))
+}
+
+#[utoipa::path(get, path = "/v1/sandboxes/{id}", tag = "sandboxes",
+    params(("id" = String, Path, description = "SBX-…"), GetParams),
+    responses((status = 200, body = GetSandboxResponse), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn get_sandbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<GetParams>,
+) -> Result<Json<GetSandboxResponse>, ApiError> {
+    let id = parse_id(&id)?;
+    sandbox_for(&state, &caller, &id, Permission::Read).await?;
+    let include = params.include_commands.unwrap_or(false);
+    Ok(Json(state.sandboxes.get(&id, include).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}", tag = "sandboxes",
+    params(("id" = String, Path, description = "SBX-…")),
+    responses((status = 200, body = DestroySandboxResponse), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 502, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn destroy_sandbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<DestroySandboxResponse>, ApiError> {
+    let id = parse_id(&id)?;
+    sandbox_for(&state, &caller, &id, Permission::Control).await?;
+    Ok(Json(state.sandboxes.destroy(&id).await?))
+}
+
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/start", tag = "sandboxes",
+    params(("id" = String, Path, description = "SBX-…")),
+    request_body(content = StartSandboxRequest, description = "optional"),
+    responses((status = 200, body = StartSandboxResponse), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn start_sandbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    OptionalJson(req): OptionalJson<StartSandboxRequest>,
+) -> Result<Json<StartSandboxResponse>, ApiError> {
+    let id = parse_id(&id)?;
+    sandbox_for(&state, &caller, &id, Permission::Control).await?;
+    let wait = req.wait_for_ip.unwrap_or(false);
+    let started = state.sandboxes.start(&id, wait).await?;
+    // A revocation made while the sandbox was stopped never reached its disk: write
+    // them again once its sshd is up (in the background).
+    if let Err(e) = state
+        .access
+        .reapply_revocations(&id, std::time::Duration::ZERO)
+        .await
+    {
+        tracing::debug!(sandbox = %id, error = %e, "revocations after a start");
+    }
+    Ok(Json(started))
+}
+
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/stop", tag = "sandboxes",
+    params(("id" = String, Path, description = "SBX-…")),
+    responses((status = 200, body = StopSandboxResponse), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn stop_sandbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<StopSandboxResponse>, ApiError> {
+    let id = parse_id(&id)?;
+    sandbox_for(&state, &caller, &id, Permission::Control).await?;
+    Ok(Json(state.sandboxes.stop(&id).await?))
+}
+
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/ip", tag = "sandboxes",
+    params(("id" = String, Path, description = "SBX-…")),
+    responses((status = 200, body = SandboxIpResponse), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn sandbox_ip(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<SandboxIpResponse>, ApiError> {
+    let id = parse_id(&id)?;
+    sandbox_for(&state, &caller, &id, Permission::Read).await?;
+    Ok(Json(state.sandboxes.ip(&id).await?))
+}

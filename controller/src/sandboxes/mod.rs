@@ -1,0 +1,614 @@
+//! The sandbox service: what the REST handlers call. Validates requests, asks the
+//! scheduler for a reservation, drives the agent, and records each transition in the
+//! store. The state machine's refusals are explicit (`start` of a destroyed sandbox is a
+//! conflict, not a silent no-op).
+
+pub mod diffs;
+pub mod janitor;
+pub mod overcommit;
+pub mod snapshots;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use fluid_client::types::{
+    CreateSandboxRequest, CreateSandboxResponse, DestroySandboxResponse, GetSandboxResponse,
+    HostState, ListSandboxesResponse, SandboxIpResponse, SandboxState, StartSandboxResponse,
+    StopSandboxResponse,
+};
+use fluid_proto::ValidationError;
+use fluid_proto::model::{
+    CreateSandbox, EgressPolicy, Name, ObservedState, SandboxId, SandboxInfo, check_cpus,
+    check_memory_mb,
+};
+use rand::Rng as _;
+
+use crate::agents::{AgentConnector, AgentError, AgentTarget};
+use crate::fleet::scheduler::{self, Placement, ScheduleError};
+use crate::metrics::Metrics;
+use crate::store::{SandboxFilter, SandboxRecord, SandboxUpdate, Store, StoreError};
+
+/// Longest TTL a sandbox may ask for (30 days).
+pub const TTL_MAX_SECONDS: i64 = 30 * 24 * 3600;
+/// Commands `GET /v1/sandboxes/{id}?include_commands=true` returns (the newest).
+pub const INCLUDED_COMMANDS: u32 = 100;
+/// Longest `agent_id`.
+pub const AGENT_ID_MAX: usize = 128;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// Refused by policy (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The operation ran but could not do what was asked (422).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// A dependency is not ready (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Too many at once (429 with `Retry-After`).
+    #[error("{message}")]
+    Busy {
+        message: String,
+        retry_after_secs: u32,
+    },
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ValidationError> for ServiceError {
+    fn from(e: ValidationError) -> Self {
+        Self::Invalid(e.to_string())
+    }
+}
+
+/// A validated create request with its ids fixed, not yet placed.
+///
+/// [`SandboxService::prepare`] leaves `pin_host` empty and `create.from_snapshot`
+/// unset; a caller sets them before [`SandboxService::place`]:
+/// - `pin_host`: place the sandbox on this host only (a fork: the snapshot it starts
+///   from lives there; a verify sandbox beside the one it is compared with). The host
+///   must still pass every check (online, image, room) and capacity is still reserved;
+///   when it does not fit the create is a 409 naming why, never another host.
+/// - `create.from_snapshot`: the agent starts the new sandbox's disk from that snapshot
+///   (of a sandbox on the same host, so set `pin_host` to the snapshot's host).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedCreate {
+    pub placement: Placement,
+    pub create: CreateSandbox,
+    pub wait_for_ip: bool,
+    /// Place on this host only (see above).
+    pub pin_host: Option<String>,
+}
+
+/// What the service needs from the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxSettings {
+    pub default_cpu: u32,
+    pub default_memory_mb: u64,
+    pub cpu_overcommit_ratio: f64,
+    pub wait_for_ip_timeout_secs: u32,
+    /// OpenSSH public keys of the user CAs every new sandbox trusts.
+    pub ssh_user_ca_keys: Vec<String>,
+}
+
+pub struct SandboxService {
+    store: Arc<dyn Store>,
+    agents: Arc<dyn AgentConnector>,
+    settings: SandboxSettings,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for SandboxService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxService")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `PREFIX` followed by 10 random lowercase letters and digits.
+pub fn new_id(prefix: &str) -> String {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let mut s = String::with_capacity(prefix.len() + 10);
+    s.push_str(prefix);
+    for _ in 0..10 {
+        s.push(char::from(CHARS[rng.random_range(0..CHARS.len())]));
+    }
+    s
+}
+
+/// The store state an agent's observation corresponds to.
+pub fn observed_state(s: ObservedState) -> SandboxState {
+    match s {
+        ObservedState::Created => SandboxState::Created,
+        ObservedState::Running | ObservedState::Paused => SandboxState::Running,
+        ObservedState::Stopped => SandboxState::Stopped,
+        ObservedState::Error => SandboxState::Error,
+    }
+}
+
+/// Parses a sandbox id from a path; a malformed one is a 400.
+pub fn parse_id(id: &str) -> Result<SandboxId, ServiceError> {
+    Ok(SandboxId::parse("id", id)?)
+}
+
+pub fn check_agent_id(s: &str) -> Result<(), ServiceError> {
+    if s.trim().is_empty() {
+        return Err(ServiceError::Invalid("agent_id: must not be empty".into()));
+    }
+    if s.len() > AGENT_ID_MAX || s.chars().any(char::is_control) {
+        return Err(ServiceError::Invalid(format!(
+            "agent_id: at most {AGENT_ID_MAX} printable characters"
+        )));
+    }
+    Ok(())
+}
+
+impl SandboxService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        agents: Arc<dyn AgentConnector>,
+        settings: SandboxSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store,
+            agents,
+            settings,
+            metrics,
+        }
+    }
+
+    async fn row(&self, id: &SandboxId) -> Result<SandboxRecord, ServiceError> {
+        self.store
+            .get_sandbox(id.as_str())
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("sandbox {id} not found")))
+    }
+
+    /// The agent that runs `row`, with whether its host is currently online.
+    async fn target(&self, row: &SandboxRecord) -> Result<(AgentTarget, bool), ServiceError> {
+        let name = row.host_name.as_deref().ok_or_else(|| {
+            ServiceError::Conflict(format!("sandbox {} was never placed on a host", row.id))
+        })?;
+        let host = self
+            .store
+            .list_hosts()
+            .await?
+            .into_iter()
+            .find(|h| h.name == name)
+            .ok_or_else(|| {
+                ServiceError::Conflict(format!("host {name} of sandbox {} is gone", row.id))
+            })?;
+        Ok((
+            AgentTarget {
+                name: host.name,
+                address: host.address,
+            },
+            host.state == HostState::Online,
+        ))
+    }
+
+    async fn update(
+        &self,
+        id: &str,
+        u: SandboxUpdate,
+    ) -> Result<Option<SandboxRecord>, ServiceError> {
+        Ok(self.store.update_sandbox(id, &u, Utc::now()).await?)
+    }
+
+    async fn update_existing(
+        &self,
+        id: &str,
+        u: SandboxUpdate,
+    ) -> Result<SandboxRecord, ServiceError> {
+        self.update(id, u)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("sandbox {id} not found")))
+    }
+
+    pub async fn create(
+        &self,
+        req: CreateSandboxRequest,
+    ) -> Result<CreateSandboxResponse, ServiceError> {
+        let prepared = self.prepare(&req, None)?;
+        let row = self.place(&prepared).await?;
+        self.launch(prepared, row).await
+    }
+
+    /// Validates a create request and fixes its ids (`id`, or a new one) without
+    /// reserving anything.
+    pub fn prepare(
+        &self,
+        req: &CreateSandboxRequest,
+        id: Option<SandboxId>,
+    ) -> Result<PreparedCreate, ServiceError> {
+        let image = Name::parse("source_vm_name", &req.source_vm_name)?;
+        check_agent_id(&req.agent_id)?;
+        let cpus = check_cpus("cpu", req.cpu.unwrap_or(self.settings.default_cpu))?;
+        let memory_mb = check_memory_mb(
+            "memory_mb",
+            req.memory_mb.unwrap_or(self.settings.default_memory_mb),
+        )?;
+        if let Some(ttl) = req.ttl_seconds
+            && !(1..=TTL_MAX_SECONDS).contains(&ttl)
+        {
+            return Err(ServiceError::Invalid(format!(
+                "ttl_seconds: {ttl} is out of range (1-{TTL_MAX_SECONDS})"
+            )));
+        }
+        let auto_start = req.auto_start.unwrap_or(true);
+        let wait_for_ip = req.wait_for_ip.unwrap_or(false);
+        if wait_for_ip && !auto_start {
+            return Err(ServiceError::Invalid(
+                "wait_for_ip: needs auto_start (a stopped VM gets no address)".into(),
+            ));
+        }
+        let id = match id {
+            Some(id) => id,
+            None => SandboxId::parse("id", &new_id(SandboxId::PREFIX))?,
+        };
+        let name = match &req.vm_name {
+            Some(n) => Name::parse("vm_name", n)?,
+            None => Name::parse("vm_name", &format!("sbx-{}", &id.as_str()[4..]))?,
+        };
+        let placement = Placement {
+            id: id.to_string(),
+            job_id: new_id("JOB-"),
+            agent_id: req.agent_id.clone(),
+            sandbox_name: name.to_string(),
+            image: image.to_string(),
+            cpus,
+            memory_mb,
+            ttl_seconds: req.ttl_seconds,
+        };
+        Ok(PreparedCreate {
+            placement,
+            create: CreateSandbox {
+                id,
+                name,
+                image,
+                cpus,
+                memory_mb,
+                start: auto_start,
+                ssh_user_ca_keys: self.settings.ssh_user_ca_keys.clone(),
+                egress: EgressPolicy::default(),
+                from_snapshot: None,
+            },
+            wait_for_ip,
+            pin_host: None,
+        })
+    }
+
+    /// Reserves room for a prepared create on the best host that has it (on its
+    /// `pin_host` only, when set).
+    pub async fn place(&self, p: &PreparedCreate) -> Result<SandboxRecord, ServiceError> {
+        let ratio = self.settings.cpu_overcommit_ratio;
+        Ok(match &p.pin_host {
+            Some(host) => {
+                scheduler::place_on(&*self.store, &p.placement, host, ratio, Utc::now()).await?
+            }
+            None => scheduler::place(&*self.store, &p.placement, ratio, Utc::now()).await?,
+        })
+    }
+
+    /// The vCPU over-commit ratio the scheduler applies.
+    pub fn cpu_overcommit_ratio(&self) -> f64 {
+        self.settings.cpu_overcommit_ratio
+    }
+
+    /// Asks the agent to create (and start) a reserved sandbox, recording each step;
+    /// its duration goes into `fluid_sandbox_create_duration_seconds`.
+    #[tracing::instrument(name = "sandbox.create", skip_all, fields(sandbox_id = %row.id))]
+    pub async fn launch(
+        &self,
+        p: PreparedCreate,
+        row: SandboxRecord,
+    ) -> Result<CreateSandboxResponse, ServiceError> {
+        let started = std::time::Instant::now();
+        let r = self.launch_timed(p, row).await;
+        self.metrics.sandbox_created(r.is_ok(), started.elapsed());
+        r
+    }
+
+    async fn launch_timed(
+        &self,
+        p: PreparedCreate,
+        row: SandboxRecord,
+    ) -> Result<CreateSandboxResponse, ServiceError> {
+        let PreparedCreate {
+            mut create,
+            wait_for_ip,
+            ..
+        } = p;
+        let id = create.id.clone();
+        // The allow-list in force from the first packet: what is stored by now.
+        if let Some(text) = self.store.get_egress(id.as_str()).await? {
+            match crate::network::egress::policy_from_json(&text) {
+                Ok(egress) => create.egress = egress,
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, error = %e, "stored allow-list unreadable; creating sealed")
+                }
+            }
+        }
+        let (target, _) = self.target(&row).await?;
+        tracing::info!(sandbox = %id, host = %target.name, image = %create.image, "sandbox placed");
+        if create.start {
+            self.update(
+                id.as_str(),
+                SandboxUpdate {
+                    state: Some(SandboxState::Starting),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        }
+        let info = match self.agents.create_sandbox(&target, &create).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::warn!(sandbox = %id, host = %target.name, error = %e, "create failed");
+                if let Err(d) = self.agents.destroy_sandbox(&target, &id).await {
+                    tracing::warn!(sandbox = %id, error = %d, "cleanup after failed create");
+                }
+                self.update(
+                    id.as_str(),
+                    SandboxUpdate {
+                        state: Some(SandboxState::Error),
+                        error: Some(Some(e.to_string())),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                return Err(e.into());
+            }
+        };
+        let mut row = self.record_observation(id.as_str(), &info).await?;
+        let mut ip_address = row.ip_address.clone();
+        if wait_for_ip && row.state == SandboxState::Running && ip_address.is_none() {
+            match self.wait_ip(&target, &id).await {
+                Ok(Some(r)) => {
+                    ip_address = r.ip_address.clone();
+                    row = r;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, error = %e, "no IP address after create");
+                }
+            }
+        }
+        Ok(CreateSandboxResponse {
+            sandbox: row.to_api(),
+            ip_address,
+        })
+    }
+
+    /// Writes what the agent reported about a sandbox it just acted on.
+    async fn record_observation(
+        &self,
+        id: &str,
+        info: &SandboxInfo,
+    ) -> Result<SandboxRecord, ServiceError> {
+        let state = observed_state(info.state);
+        self.update_existing(
+            id,
+            SandboxUpdate {
+                state: Some(state),
+                ip_address: Some(info.ip_address.map(|ip| ip.to_string())),
+                network: (!info.network.is_empty()).then(|| info.network.clone()),
+                error: Some(if state == SandboxState::Error {
+                    Some(
+                        info.error
+                            .clone()
+                            .unwrap_or_else(|| "agent reports an error".into()),
+                    )
+                } else {
+                    None
+                }),
+                expect_state: None,
+            },
+        )
+        .await
+    }
+
+    /// Waits for the agent to report a lease, then stores it.
+    async fn wait_ip(
+        &self,
+        target: &AgentTarget,
+        id: &SandboxId,
+    ) -> Result<Option<SandboxRecord>, ServiceError> {
+        let ip = self
+            .agents
+            .wait_for_ip(target, id, self.settings.wait_for_ip_timeout_secs)
+            .await?;
+        let Some(ip) = ip else {
+            return Ok(None);
+        };
+        Ok(Some(
+            self.update_existing(
+                id.as_str(),
+                SandboxUpdate {
+                    ip_address: Some(Some(ip.to_string())),
+                    ..Default::default()
+                },
+            )
+            .await?,
+        ))
+    }
+
+    pub async fn list(&self, f: &SandboxFilter) -> Result<ListSandboxesResponse, ServiceError> {
+        let (rows, total) = self.store.list_sandboxes(f).await?;
+        Ok(ListSandboxesResponse {
+            sandboxes: rows.iter().map(SandboxRecord::to_api).collect(),
+            total,
+        })
+    }
+
+    pub async fn get(
+        &self,
+        id: &SandboxId,
+        include_commands: bool,
+    ) -> Result<GetSandboxResponse, ServiceError> {
+        let row = self.row(id).await?;
+        let commands = if include_commands {
+            let (rows, _) = self
+                .store
+                .list_commands(id.as_str(), INCLUDED_COMMANDS, 0)
+                .await?;
+            Some(
+                rows.iter()
+                    .map(crate::store::CommandRecord::to_api)
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        Ok(GetSandboxResponse {
+            sandbox: row.to_api(),
+            commands,
+        })
+    }
+
+    #[tracing::instrument(name = "sandbox.start", skip_all, fields(sandbox_id = %id))]
+    pub async fn start(
+        &self,
+        id: &SandboxId,
+        wait_for_ip: bool,
+    ) -> Result<StartSandboxResponse, ServiceError> {
+        let row = self.row(id).await?;
+        if row.state == SandboxState::Destroyed {
+            return Err(ServiceError::Conflict(format!(
+                "sandbox {id} is destroyed and cannot be started"
+            )));
+        }
+        let (target, _) = self.target(&row).await?;
+        let info = self.agents.start_sandbox(&target, id).await?;
+        let mut row = self.record_observation(id.as_str(), &info).await?;
+        if wait_for_ip
+            && row.ip_address.is_none()
+            && row.state == SandboxState::Running
+            && let Some(r) = self.wait_ip(&target, id).await?
+        {
+            row = r;
+        }
+        Ok(StartSandboxResponse {
+            ip_address: row.ip_address,
+        })
+    }
+
+    #[tracing::instrument(name = "sandbox.stop", skip_all, fields(sandbox_id = %id))]
+    pub async fn stop(&self, id: &SandboxId) -> Result<StopSandboxResponse, ServiceError> {
+        let row = self.row(id).await?;
+        match row.state {
+            SandboxState::Destroyed => {
+                return Err(ServiceError::Conflict(format!(
+                    "sandbox {id} is destroyed and cannot be stopped"
+                )));
+            }
+            SandboxState::Stopped => {
+                return Ok(StopSandboxResponse {
+                    sandbox: row.to_api(),
+                });
+            }
+            _ => {}
+        }
+        let (target, _) = self.target(&row).await?;
+        let info = self.agents.stop_sandbox(&target, id, false).await?;
+        let mut row = self.record_observation(id.as_str(), &info).await?;
+        if row.state == SandboxState::Stopped && row.ip_address.is_some() {
+            row = self
+                .update_existing(
+                    id.as_str(),
+                    SandboxUpdate {
+                        ip_address: Some(None),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+        }
+        Ok(StopSandboxResponse {
+            sandbox: row.to_api(),
+        })
+    }
+
+    /// Destroys the sandbox on its host and marks it DESTROYED (the row stays). When its
+    /// host is offline or gone, the row is marked at once and the reconciler removes the
+    /// orphan when the host comes back.
+    #[tracing::instrument(name = "sandbox.destroy", skip_all, fields(sandbox_id = %id))]
+    pub async fn destroy(&self, id: &SandboxId) -> Result<DestroySandboxResponse, ServiceError> {
+        let row = self.row(id).await?;
+        let body = |r: &SandboxRecord| DestroySandboxResponse {
+            state: SandboxState::Destroyed,
+            base_image: r.base_image.clone(),
+            sandbox_name: r.sandbox_name.clone(),
+            ttl_seconds: r.ttl_seconds,
+        };
+        if row.state == SandboxState::Destroyed {
+            return Ok(body(&row));
+        }
+        match self.target(&row).await {
+            Ok((target, true)) => match self.agents.destroy_sandbox(&target, id).await {
+                Ok(_) | Err(AgentError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            },
+            Ok((target, false)) => {
+                tracing::warn!(sandbox = %id, host = %target.name, "host not online; the reconciler will remove the domain");
+            }
+            Err(ServiceError::Conflict(why)) => {
+                tracing::warn!(sandbox = %id, %why, "destroying a sandbox without a host");
+            }
+            Err(e) => return Err(e),
+        }
+        let row = self
+            .update_existing(
+                id.as_str(),
+                SandboxUpdate {
+                    state: Some(SandboxState::Destroyed),
+                    ip_address: Some(None),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        // Its snapshots went with its domain and overlay (the reconciler removes an
+        // orphan's when the host was offline).
+        match self.store.delete_sandbox_snapshots(id.as_str()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sandbox = %id, snapshots = n, "snapshot records removed"),
+            Err(e) => tracing::warn!(sandbox = %id, error = %e, "removing snapshot records"),
+        }
+        tracing::info!(sandbox = %id, "sandbox destroyed");
+        Ok(body(&row))
+    }
+
+    pub async fn ip(&self, id: &SandboxId) -> Result<SandboxIpResponse, ServiceError> {
+        let row = self.row(id).await?;
+        if row.state == SandboxState::Destroyed {
+            return Err(ServiceError::Conflict(format!("sandbox {id} is destroyed")));
+        }
+        let (target, _) = self.target(&row).await?;
+        let info = self.agents.get_sandbox(&target, id).await?;
+        let ip = info.ip_address.map(|ip| ip.to_string());
+        if ip != row.ip_address {
+            self.update(
+                id.as_str(),
+                SandboxUpdate {
+                    ip_address: Some(ip.clone()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        }
+        Ok(SandboxIpResponse { ip_address: ip })
+    }
+}

@@ -1,0 +1,3 @@
+//! Small shared helpers with one home each.
+
+pub mod private_fs;
