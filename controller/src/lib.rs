@@ -28,6 +28,7 @@ pub mod agents;
 pub mod ansible;
 pub mod cli;
 pub mod config;
+pub mod error;
 pub mod fleet;
 pub mod governance;
 pub mod grpc;
@@ -35,8 +36,11 @@ pub mod http;
 pub mod metrics;
 pub mod network;
 pub mod sandboxes;
+pub mod scheduler;
 pub mod store;
 pub mod support;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod work;
 
 use std::sync::Arc;

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use fluid_client::governance::{ApprovalKind, ApprovalStatus};
-use fluid_client::types::{HostState, SandboxState};
+use fluid_client::types::{Host, HostState, SandboxState};
 use fluid_telemetry::grpc::CallObserver;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -22,9 +22,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use crate::fleet::hosts::HostService;
-use crate::sandboxes::ServiceError;
-use crate::store::{ApprovalFilter, SandboxFilter, Store};
+use crate::store::{ApprovalFilter, SandboxFilter, Store, StoreError};
 
 /// The media type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -278,24 +276,22 @@ impl Metrics {
             .inc();
     }
 
-    /// Reads the fleet gauges from the store.
-    pub async fn refresh(
-        &self,
-        store: &dyn Store,
-        hosts: &HostService,
-    ) -> Result<(), ServiceError> {
+    /// Sets the fleet gauges: sandboxes and pending approvals from the store, hosts
+    /// from `hosts` (as the API lists them, online check included).
+    pub async fn refresh(&self, store: &dyn Store, hosts: &[Host]) -> Result<(), StoreError> {
         let r = self.refresh_inner(store, hosts).await;
         if r.is_err() {
-            self.scrape_errors.inc();
+            self.scrape_failed();
         }
         r
     }
 
-    async fn refresh_inner(
-        &self,
-        store: &dyn Store,
-        hosts: &HostService,
-    ) -> Result<(), ServiceError> {
+    /// Counts a scrape whose fleet gauges could not be read.
+    pub fn scrape_failed(&self) {
+        self.scrape_errors.inc();
+    }
+
+    async fn refresh_inner(&self, store: &dyn Store, list: &[Host]) -> Result<(), StoreError> {
         for state in SandboxState::ALL {
             let (_, n) = store
                 .list_sandboxes(&SandboxFilter {
@@ -310,7 +306,6 @@ impl Metrics {
                 })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
-        let list = hosts.list().await?.hosts;
         // Hosts removed since the last scrape must not linger.
         for f in [
             &self.host_cpus,
@@ -329,7 +324,7 @@ impl Metrics {
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
         const MIB: i64 = 1 << 20;
-        for h in &list {
+        for h in list {
             let l = HostLabels {
                 host: h.name.clone(),
             };

@@ -26,13 +26,13 @@ use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 use tower::Layer as _;
 
+use fluid_client::types::SandboxState;
+
 use crate::metrics::Metrics;
+use crate::support::addr::check_address;
 
 // Snapshots, out-of-band disk reads and the SSH tunnel: a supertrait, in its own file.
 mod snapshots;
-
-#[cfg(test)]
-pub(crate) mod fake;
 pub use snapshots::{
     AgentSnapshot, DIFF_TIMEOUT, READ_FILE_MAX, SnapshotAgent, TunnelInputStream, TunnelStream,
     read_cap,
@@ -303,43 +303,6 @@ pub trait AgentConnector: SnapshotAgent + Send + Sync + 'static {
         t: &AgentTarget,
         id: &SandboxId,
     ) -> Result<EgressState, AgentError>;
-}
-
-/// Checks an agent address: `host:port` (IPv6 in brackets). Returns the host part.
-pub fn check_address(address: &str) -> Result<&str, String> {
-    let (host, port) = address
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{address:?} is not host:port"))?;
-    if host.is_empty() {
-        return Err(format!("{address:?} has no host"));
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => {}
-        _ => return Err(format!("{address:?} has no valid port")),
-    }
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let ok = if host.starts_with('[') {
-        host.ends_with(']') && bare.parse::<std::net::Ipv6Addr>().is_ok()
-    } else {
-        !host.contains(':') && is_host_name(host)
-    };
-    if !ok {
-        return Err(format!("{host:?} is not a DNS name or IP address"));
-    }
-    Ok(host)
-}
-
-/// True for an IP address or a DNS name (labels of letters, digits and '-').
-pub fn is_host_name(s: &str) -> bool {
-    s.parse::<std::net::IpAddr>().is_ok()
-        || (s.len() <= 253
-            && s.split('.').all(|l| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && !l.starts_with('-')
-                    && !l.ends_with('-')
-                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            }))
 }
 
 /// Deadlines of agent calls.
@@ -756,6 +719,17 @@ impl AgentConnector for GrpcAgents {
             })
             .await?;
         EgressState::from_reply(&t.name, s)
+    }
+}
+
+/// The store state an agent's observation corresponds to.
+pub fn observed_state(s: fluid_proto::model::ObservedState) -> SandboxState {
+    use fluid_proto::model::ObservedState;
+    match s {
+        ObservedState::Created => SandboxState::Created,
+        ObservedState::Running | ObservedState::Paused => SandboxState::Running,
+        ObservedState::Stopped => SandboxState::Stopped,
+        ObservedState::Error => SandboxState::Error,
     }
 }
 

@@ -21,11 +21,11 @@ use fluid_proto::model::SandboxId;
 use sha2::{Digest as _, Sha256};
 
 use crate::ansible::jobs::JobService;
-use crate::ansible::jobs::access::write_atomic;
 use crate::ansible::jobs::runner::resolve_ansible_playbook;
 use crate::ansible::playbooks::{AnsibleError, DEFAULT_HOSTS, PlaybookService};
 use crate::sandboxes::diffs::{DiffService, DiffSpec, DiskSide};
 use crate::store::{SandboxRecord, Store};
+use crate::support::atomic::write_atomic;
 
 /// Largest file a generated playbook copies from an artefact.
 pub const ARTEFACT_MAX: u64 = 64 * 1024 * 1024;

@@ -37,14 +37,16 @@ use fluid_client::types::SandboxState;
 use fluid_proto::model::SandboxId;
 
 use crate::agents::AgentConnector;
-use crate::ansible::playbooks::{AnsibleError, PlaybookService, sha256_hex};
+use crate::ansible::playbooks::{AnsibleError, PlaybookService};
 use crate::config::{AnsibleTarget, Config};
 use crate::governance::approvals::ApprovalService;
 use crate::governance::auth::{self, Caller, Permission};
-use crate::sandboxes::{SandboxService, new_id};
+use crate::sandboxes::SandboxService;
 use crate::store::{
     JobFilter, JobRecord, JobUpdate, NewAuditEvent, SandboxFilter, SandboxRecord, Store,
 };
+use crate::support::hash::sha256_hex;
+use crate::support::ids::new_id;
 use crate::work::ssh_ca::SshCa;
 use live::{JobEvent, JobHubs};
 use runner::PlaybookRunner;
@@ -143,45 +145,6 @@ impl JobEnd {
             Err(e) => Self::failed(e.to_string()),
         }
     }
-}
-
-/// Parses a production target's `address[:port]` (port 22 when absent; IPv6 in
-/// brackets): the address and the port.
-pub fn parse_target_host(s: &str) -> Result<(String, u16), String> {
-    let s = s.trim();
-    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (addr, after) = rest
-            .split_once(']')
-            .ok_or_else(|| format!("{s:?}: an IPv6 address in brackets needs its ]"))?;
-        addr.parse::<std::net::Ipv6Addr>()
-            .map_err(|_| format!("{s:?}: {addr:?} is not an IPv6 address"))?;
-        let port = match after {
-            "" => None,
-            p => Some(
-                p.strip_prefix(':')
-                    .ok_or_else(|| format!("{s:?}: expected :port after ]"))?,
-            ),
-        };
-        (addr.to_owned(), port)
-    } else {
-        match s.rsplit_once(':') {
-            Some((h, p)) => (h.to_owned(), Some(p)),
-            None => (s.to_owned(), None),
-        }
-    };
-    if host.is_empty() || !(host.contains(':') || crate::agents::is_host_name(&host)) {
-        return Err(format!(
-            "{s:?} is not an address or DNS name, with an optional :port"
-        ));
-    }
-    let port = match port {
-        None => 22,
-        Some(p) => match p.parse::<u16>() {
-            Ok(p) if p > 0 => p,
-            _ => return Err(format!("{s:?}: {p:?} is not a port")),
-        },
-    };
-    Ok((host, port))
 }
 
 /// A job puts its target's hosts in the inventory's `all` group only: a play for any

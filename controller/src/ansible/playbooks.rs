@@ -25,13 +25,13 @@ use fluid_ansible::{PlaybookDoc, TaskSpec};
 use fluid_client::ansible::{
     CreatePlaybookRequest, CreateTaskRequest, Playbook, PlaybookWithTasks, Task, UpdateTaskRequest,
 };
-use sha2::{Digest as _, Sha256};
 
-use crate::ansible::jobs::access::write_atomic;
+use crate::error::ServiceError;
+use crate::governance::auth::trusted;
 use crate::governance::auth::{self, Caller};
-use crate::sandboxes::{ServiceError, new_id};
 use crate::store::{PlaybookRecord, Store, StoreError, TaskRecord, TaskWrite};
-use fluid_client::governance::Role;
+use crate::support::atomic::write_atomic;
+use crate::support::ids::new_id;
 
 /// Default `hosts` of a playbook.
 pub const DEFAULT_HOSTS: &str = "all";
@@ -79,11 +79,6 @@ impl From<auth::AuthError> for AnsibleError {
     }
 }
 
-/// SHA-256 of a text, hex.
-pub fn sha256_hex(text: &str) -> String {
-    hex::encode(Sha256::digest(text.as_bytes()))
-}
-
 /// A playbook and its tasks, as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stored {
@@ -117,12 +112,6 @@ pub fn render(doc: &PlaybookDoc) -> Result<String, AnsibleError> {
             AnsibleError::Internal(other.to_string())
         }
     })
-}
-
-/// Whether `caller` is trusted with the whole of Ansible (templates, delegation,
-/// controller-side modules): operators and admins. Agent and readonly tokens are not.
-pub fn trusted(caller: &Caller) -> bool {
-    matches!(caller.role, Role::Admin | Role::Operator)
 }
 
 /// Params as stored: absent or null is `{}`.

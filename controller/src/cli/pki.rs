@@ -172,7 +172,7 @@ fn issue_server(
     if sans.is_empty() {
         bail!("at least one SAN (the DNS name or IP address clients dial) is required");
     }
-    if let Some(bad) = sans.iter().find(|s| !crate::agents::is_host_name(s)) {
+    if let Some(bad) = sans.iter().find(|s| !crate::support::addr::is_host_name(s)) {
         bail!("SAN {bad:?} is neither a DNS name nor an IP address");
     }
     private_dir(dir)?;

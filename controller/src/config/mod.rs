@@ -12,6 +12,8 @@ use fluid_proto::model::{Name, check_cpus, check_memory_mb};
 use fluid_proto::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
+use crate::work::policy::PolicyConfig;
+
 /// Default path of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/fluid/controller.toml";
 
@@ -293,24 +295,6 @@ impl ApprovalsConfig {
     }
 }
 
-/// `[policy]`: enforced by the controller before any agent is called; a refusal is a
-/// 403 and still leaves an audit row (status `denied`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PolicyConfig {
-    /// Regexes; when not empty, a command must match one of them.
-    pub command_allow: Vec<String>,
-    /// Regexes; a command matching any of them is refused (checked after the allow list).
-    pub command_deny: Vec<String>,
-    /// Absolute path prefixes the files API refuses (a prefix covers itself and
-    /// everything under it, component-wise: `/etc/shadow` does not cover
-    /// `/etc/shadow-`). Checked on the path as given and, inside the guest, on the path
-    /// it resolves to and on the file opened (symlinks, `/proc/<pid>/root`, hard links).
-    /// Defaults: the password hashes and their `-` backups, and the files through which
-    /// fluid controls the sandbox's sshd (its trusted user CA, revoked keys, config).
-    pub denied_paths: Vec<String>,
-}
-
 fn default_grpc_listen() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 8081)))
 }
@@ -326,30 +310,6 @@ where
         Some(a) => a.parse().map(Some).map_err(|e| {
             serde::de::Error::custom(format!("{a:?} is not an address (host:port): {e}"))
         }),
-    }
-}
-
-/// Paths the files API refuses unless the configuration says otherwise.
-pub const DEFAULT_DENIED_PATHS: [&str; 7] = [
-    "/etc/shadow",
-    "/etc/shadow-",
-    "/etc/gshadow",
-    "/etc/gshadow-",
-    "/etc/ssh/fluid_user_ca.pub",
-    "/etc/ssh/fluid_revoked_keys",
-    "/etc/ssh/sshd_config.d",
-];
-
-impl Default for PolicyConfig {
-    fn default() -> Self {
-        Self {
-            command_allow: Vec::new(),
-            command_deny: Vec::new(),
-            denied_paths: DEFAULT_DENIED_PATHS
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect(),
-        }
     }
 }
 
@@ -536,7 +496,7 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for h in &self.hosts {
             Name::parse("hosts.name", &h.name).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-            crate::agents::check_address(&h.address)
+            crate::support::addr::check_address(&h.address)
                 .map_err(|e| ConfigError::Invalid(format!("hosts.{}: {e}", h.name)))?;
             if !seen.insert(h.name.as_str()) {
                 return bad(format!("hosts: {:?} is listed twice", h.name));
@@ -618,7 +578,7 @@ impl Config {
                 return bad(format!("{what}: hosts must name at least one host"));
             }
             for h in &t.hosts {
-                crate::ansible::jobs::parse_target_host(h)
+                crate::support::addr::parse_target_host(h)
                     .map_err(|e| ConfigError::Invalid(format!("{what}.hosts: {e}")))?;
             }
             fluid_proto::model::check_user("user", &t.user)

@@ -143,11 +143,11 @@ fn ansible_targets_parse_with_defaults() {
     assert_eq!(c.ansible.ansible_playbook, "ansible-playbook");
     assert!(c.verify.ignore_paths.iter().any(|p| p == "/etc/machine-id"));
     assert_eq!(
-        crate::ansible::jobs::parse_target_host("[2001:db8::1]:2222"),
+        crate::support::addr::parse_target_host("[2001:db8::1]:2222"),
         Ok(("2001:db8::1".into(), 2222))
     );
     assert_eq!(
-        crate::ansible::jobs::parse_target_host("web.example"),
+        crate::support::addr::parse_target_host("web.example"),
         Ok(("web.example".into(), 22))
     );
 }

@@ -12,9 +12,10 @@ use fluid_client::types::{
 use fluid_proto::model::Name;
 use futures::future::join_all;
 
-use crate::agents::{AgentConnector, AgentTarget, check_address};
-use crate::sandboxes::ServiceError;
+use crate::agents::{AgentConnector, AgentTarget};
+use crate::error::ServiceError;
 use crate::store::{Beat, HostRecord, HostUsage, Store, StoreError, free_cpus, free_memory};
+use crate::support::addr::check_address;
 
 pub struct HostService {
     store: Arc<dyn Store>,

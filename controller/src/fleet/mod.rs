@@ -4,4 +4,3 @@
 pub mod background;
 pub mod hosts;
 pub mod reconciler;
-pub mod scheduler;

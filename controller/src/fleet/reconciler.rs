@@ -23,8 +23,8 @@ use fluid_proto::model::{SandboxId, SandboxInfo};
 use futures::StreamExt as _;
 use futures::future::join_all;
 
+use crate::agents::observed_state;
 use crate::agents::{AgentConnector, AgentTarget};
-use crate::sandboxes::observed_state;
 use crate::store::{HostRecord, SandboxRecord, SandboxUpdate, Store, StoreError};
 
 pub struct Reconciler {
@@ -238,9 +238,9 @@ mod tests {
     use fluid_proto::model::ObservedState;
 
     use super::*;
-    use crate::agents::fake::{FakeAgents, info, test_ca};
     use crate::config::Config;
     use crate::store::Reservation;
+    use crate::testing::fake_agents::{FakeAgents, info, test_ca};
 
     #[tokio::test]
     async fn orphans_lost_sandboxes_and_observed_changes() {

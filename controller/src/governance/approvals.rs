@@ -16,10 +16,11 @@ use chrono::{DateTime, Utc};
 use fluid_client::governance::{ApprovalKind, ApprovalStatus};
 use tokio::sync::broadcast;
 
+use crate::error::ServiceError;
 use crate::governance::auth::{self, Caller, Permission};
 use crate::governance::webhook::Webhook;
-use crate::sandboxes::{ServiceError, new_id};
 use crate::store::{ApprovalFilter, ApprovalRecord, Decided, NewAuditEvent, Store, StoreError};
+use crate::support::ids::new_id;
 
 /// How often a waiter re-reads its request (decisions made on another replica).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);

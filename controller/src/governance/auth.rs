@@ -24,7 +24,7 @@
 //!
 //! Ansible limits (each role's `limits` in [`role_table`], served by `GET /v1/roles`):
 //! an agent token owns the playbooks it creates and sees only those; what it writes
-//! is untrusted ([`crate::ansible::playbooks::trusted`]): no templates or lookups, no
+//! is untrusted ([`crate::governance::auth::trusted`]): no templates or lookups, no
 //! delegation, `connection`, `check_mode`, `ansible_*` variables or controller-side
 //! modules (a 400 naming the field); and each of its production jobs, check runs
 //! included, waits for a human's `production_apply` approval. Operators and admins
@@ -47,8 +47,8 @@ use fluid_client::governance::{Role, TokenInfo, WhoAmI};
 use rand::RngCore as _;
 use sha2::{Digest, Sha256};
 
-use crate::sandboxes::new_id;
 use crate::store::{SandboxRecord, Store, StoreError, TokenRecord};
+use crate::support::ids::new_id;
 
 /// The prefix of every token's secret (so scanners can find leaked ones).
 pub const TOKEN_PREFIX: &str = "fluid_";
@@ -387,7 +387,7 @@ pub fn check_new_token(name: &str, role: Role, agent_id: Option<&str>) -> Result
         ));
     }
     if let Some(a) = agent_id {
-        crate::sandboxes::check_agent_id(a).map_err(|e| e.to_string())?;
+        crate::support::ids::check_agent_id(a).map_err(|e| e.to_string())?;
     }
     match (role, agent_id) {
         (Role::Agent, None) => Err("agent_id: an agent token needs --agent-id".into()),
@@ -570,6 +570,12 @@ pub enum TokenError {
     NotFound(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Whether `caller` is trusted with the whole of Ansible (templates, delegation,
+/// controller-side modules): operators and admins. Agent and readonly tokens are not.
+pub fn trusted(caller: &Caller) -> bool {
+    matches!(caller.role, Role::Admin | Role::Operator)
 }
 
 #[cfg(test)]

@@ -31,10 +31,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
 
+use crate::error::{ServiceError, parse_id};
 use crate::governance::auth::{self, Caller, Permission};
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::sandboxes::{ServiceError, parse_id};
 use crate::store::{ApprovalFilter, ApprovalRecord, NewAuditEvent, SandboxRecord};
 use crate::work::commands::LiveEvent;
 

@@ -16,10 +16,10 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::agents::ExecEvent;
-use crate::agents::fake::exit;
 use crate::config::Config;
 use crate::http::error::ApiError;
 use crate::http::tests::{TestApp, app, app_with};
+use crate::testing::fake_agents::exit;
 
 /// Sends `authorization: Bearer …` with every call (none: no header).
 #[derive(Debug, Clone)]

@@ -14,8 +14,8 @@ use super::commands::PageParams;
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::params::{ApiPath, ApiQuery};
+use crate::error::parse_id;
 use crate::governance::auth::{Caller, Permission};
-use crate::sandboxes::parse_id;
 
 #[utoipa::path(post, path = "/v1/access/request", tag = "access", request_body = AccessRequest,
     responses((status = 200, body = AccessResponse), (status = 400, body = ErrorBody),

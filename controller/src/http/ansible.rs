@@ -23,8 +23,8 @@ use super::json::{ApiJson, OptionalJson};
 use super::params::{ApiPath, ApiQuery};
 use super::sandboxes::page_limit;
 use crate::ansible::playbooks::AnsibleError;
+use crate::error::parse_id;
 use crate::governance::auth::{Caller, Permission};
-use crate::sandboxes::parse_id;
 
 impl From<AnsibleError> for ApiError {
     fn from(e: AnsibleError) -> Self {

@@ -19,9 +19,9 @@ use super::error::ApiError;
 use super::json::{ApiJson, OptionalJson};
 use super::params::{ApiPath, ApiQuery};
 use super::sandboxes::page_limit;
+use crate::error::parse_id;
 use crate::governance::approvals::{NewRequest, Requester, refusal_reason};
 use crate::governance::auth::{Caller, Permission};
-use crate::sandboxes::parse_id;
 use crate::store::ApprovalFilter;
 
 /// `timeout_secs` when the ask gives none.

@@ -24,8 +24,8 @@ use super::auth::sandbox_for;
 use super::error::ApiError;
 use super::params::{ApiPath, ApiQuery};
 use crate::agents::AttachInput;
+use crate::error::parse_id;
 use crate::governance::auth::{Caller, Permission};
-use crate::sandboxes::parse_id;
 use crate::work::attach::{
     AttachRequest, AttachService, PreparedSession, SESSION_BUFFER, SessionOutput,
 };

@@ -24,8 +24,8 @@ use super::error::ApiError;
 use super::json::ApiJson;
 use super::params::{ApiPath, ApiQuery};
 use super::sandboxes::page_limit;
+use crate::error::parse_id;
 use crate::governance::auth::{Caller, Permission};
-use crate::sandboxes::parse_id;
 use crate::work::commands::LiveEvent;
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]

@@ -7,8 +7,8 @@ use axum::response::{IntoResponse, Response};
 use fluid_client::types::ErrorBody;
 
 use crate::agents::AgentError;
-use crate::fleet::scheduler::ScheduleError;
-use crate::sandboxes::ServiceError;
+use crate::error::ServiceError;
+use crate::scheduler::ScheduleError;
 use crate::store::StoreError;
 
 /// `Retry-After` of a 429 for an agent's RESOURCE_EXHAUSTED outside commands.

@@ -12,8 +12,8 @@ use super::auth::sandbox_for;
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::params::ApiPath;
+use crate::error::parse_id;
 use crate::governance::auth::{Caller, Permission};
-use crate::sandboxes::parse_id;
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/files/read", tag = "files",
     params(("id" = String, Path, description = "SBX-…")), request_body = ReadFileRequest,

@@ -19,8 +19,8 @@ use super::error::ApiError;
 use super::json::ApiJson;
 use super::params::{ApiPath, ApiQuery};
 use super::sandboxes::page_limit;
+use crate::error::parse_id;
 use crate::governance::auth::{Caller, Permission, TokenError};
-use crate::sandboxes::parse_id;
 use crate::store::{AuditFilter, NewAuditEvent};
 
 impl From<TokenError> for ApiError {

@@ -29,8 +29,16 @@ pub async fn metrics(State(state): State<AppState>, req: Request) -> Response {
             return e.into_response();
         }
     }
-    if let Err(e) = state.metrics.refresh(&*state.store, &state.hosts).await {
-        tracing::warn!(error = %e, "metrics: the fleet gauges could not be read");
+    match state.hosts.list().await {
+        Ok(list) => {
+            if let Err(e) = state.metrics.refresh(&*state.store, &list.hosts).await {
+                tracing::warn!(error = %e, "metrics: the fleet gauges could not be read");
+            }
+        }
+        Err(e) => {
+            state.metrics.scrape_failed();
+            tracing::warn!(error = %e, "metrics: the hosts could not be listed");
+        }
     }
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],

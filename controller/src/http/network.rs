@@ -18,9 +18,9 @@ use super::auth::{require, sandbox_for};
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::params::{ApiPath, ApiQuery};
+use crate::error::parse_id;
 use crate::governance::auth::{Caller, Permission};
 use crate::network::requests::RequestOutcome;
-use crate::sandboxes::parse_id;
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -18,9 +18,9 @@ use super::auth::{require, sandbox_for};
 use super::error::ApiError;
 use super::json::{ApiJson, OptionalJson};
 use super::params::{ApiPath, ApiQuery};
+use crate::error::parse_id;
 use crate::governance::auth::{self, Caller, Permission};
 use crate::sandboxes::overcommit::CreateOutcome;
-use crate::sandboxes::parse_id;
 use crate::store::SandboxFilter;
 
 /// Page size when `limit` is not given.

@@ -20,9 +20,9 @@ use super::error::ApiError;
 use super::json::ApiJson;
 use super::params::{ApiPath, ApiQuery};
 use super::sandboxes::page_limit;
+use crate::error::parse_id;
 use crate::governance::auth::{self, Caller, Permission};
 use crate::sandboxes::diffs::{DiffSpec, DiskSide};
-use crate::sandboxes::parse_id;
 use crate::sandboxes::snapshots::fork_agent_id;
 
 /// How long a restore waits for the sandbox's revoked keys to be written again (a

@@ -9,9 +9,9 @@ use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-use crate::agents::fake::FakeAgents;
 use crate::config::Config;
 use crate::store::Store;
+use crate::testing::fake_agents::FakeAgents;
 
 pub(crate) struct TestApp {
     pub router: Router,
@@ -40,7 +40,7 @@ pub(crate) async fn app_with(config: Config) -> TestApp {
         store.clone(),
         agents.clone(),
         &config,
-        crate::agents::fake::test_ca(),
+        crate::testing::fake_agents::test_ca(),
     )
     .expect("state");
     state.hosts.beat_all().await.expect("first heartbeat");
@@ -769,7 +769,7 @@ async fn a_host_goes_offline_after_missed_beats_and_is_not_scheduled() {
         app.store.clone(),
         app.agents.clone(),
         &Config::default(),
-        crate::agents::fake::test_ca(),
+        crate::testing::fake_agents::test_ca(),
     )
     .expect("state");
     app.agents.down.lock().expect("lock").insert("kvm-1".into());

@@ -46,7 +46,7 @@ pub(crate) async fn ansible_app(mut config: Config) -> AnsibleApp {
         app.store.clone(),
         app.agents.clone(),
         &config,
-        crate::agents::fake::test_ca(),
+        crate::testing::fake_agents::test_ca(),
         runner.clone(),
     )
     .expect("state");

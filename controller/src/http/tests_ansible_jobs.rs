@@ -234,7 +234,7 @@ async fn an_approved_production_apply_runs_after_its_check() {
     );
     assert_eq!(
         fin.details["output_sha256"],
-        json!(crate::ansible::playbooks::sha256_hex(out)),
+        json!(crate::support::hash::sha256_hex(out)),
         "the audit pins the output"
     );
     assert_eq!(events[0].actor, "test-admin");
@@ -602,7 +602,7 @@ async fn a_restarted_controller_resumes_waiting_jobs_and_fails_interrupted_ones(
         status: fluid_client::ansible::JobStatus::Running,
         phase: "awaiting_approval".into(),
         approval_id: Some(approval.id.clone()),
-        playbook_sha256: crate::ansible::playbooks::sha256_hex(&yaml),
+        playbook_sha256: crate::support::hash::sha256_hex(&yaml),
         playbook_yaml: yaml,
         check_output: Some("PLAY [check]\n".into()),
         output: "PLAY [check]\n".into(),
@@ -634,7 +634,7 @@ async fn a_restarted_controller_resumes_waiting_jobs_and_fails_interrupted_ones(
         app.store.clone(),
         app.agents.clone(),
         &c,
-        crate::agents::fake::test_ca(),
+        crate::testing::fake_agents::test_ca(),
         runner.clone(),
     )
     .expect("state");

@@ -238,7 +238,7 @@ async fn files_of_disk_states_are_read_whole_within_a_cap() {
         .lock()
         .expect("lock")
         .insert("/usr/local/bin/tool".into(), (meta, b"\x7fELF".to_vec()));
-    let sid = crate::sandboxes::parse_id(&id).expect("id");
+    let sid = crate::error::parse_id(&id).expect("id");
     let side = DiskSide::parse(&sid, "snapshot", "a").expect("side");
     let (m, data) = app
         .state
@@ -265,7 +265,7 @@ async fn files_of_disk_states_are_read_whole_within_a_cap() {
         .await
         .expect_err("too large");
     assert!(
-        matches!(e, crate::sandboxes::ServiceError::Unprocessable(_)),
+        matches!(e, crate::error::ServiceError::Unprocessable(_)),
         "{e}"
     );
     let e = app
@@ -274,20 +274,14 @@ async fn files_of_disk_states_are_read_whole_within_a_cap() {
         .read_file(&side, "/nope", 0)
         .await
         .expect_err("missing");
-    assert!(
-        matches!(e, crate::sandboxes::ServiceError::NotFound(_)),
-        "{e}"
-    );
+    assert!(matches!(e, crate::error::ServiceError::NotFound(_)), "{e}");
     let e = app
         .state
         .diffs
         .read_file(&side, "etc/x", 0)
         .await
         .expect_err("relative");
-    assert!(
-        matches!(e, crate::sandboxes::ServiceError::Invalid(_)),
-        "{e}"
-    );
+    assert!(matches!(e, crate::error::ServiceError::Invalid(_)), "{e}");
     let gone = DiskSide::parse(&sid, "snapshot", "gone").expect("side");
     let e = app
         .state

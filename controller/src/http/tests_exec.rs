@@ -12,8 +12,8 @@ use tower::ServiceExt as _;
 
 use super::tests::{TestApp, app, app_with, assert_error};
 use crate::agents::ExecEvent;
-use crate::agents::fake::{events, exit};
 use crate::config::Config;
+use crate::testing::fake_agents::{events, exit};
 
 async fn running(app: &TestApp) -> String {
     let v = app
@@ -492,7 +492,9 @@ async fn edits_need_exactly_one_match() {
 async fn access_certificates_are_issued_listed_and_revoked() {
     let app = app().await;
     let id = running(&app).await;
-    let user_key = crate::agents::fake::test_ca().public_key().to_owned();
+    let user_key = crate::testing::fake_agents::test_ca()
+        .public_key()
+        .to_owned();
     // No IP yet.
     assert_error(
         app.post(
@@ -578,7 +580,9 @@ async fn access_certificates_are_issued_listed_and_revoked() {
 async fn ssh_keys_are_added_and_checked() {
     let app = app().await;
     let id = running(&app).await;
-    let key = crate::agents::fake::test_ca().public_key().to_owned();
+    let key = crate::testing::fake_agents::test_ca()
+        .public_key()
+        .to_owned();
     let uri = format!("/v1/sandboxes/{id}/sshkey");
     let (s, _) = app
         .post(&uri, json!({"public_key": key, "username": "dev"}))

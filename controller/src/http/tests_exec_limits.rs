@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
 use super::tests::{TestApp, app_with};
-use crate::agents::fake::exit;
 use crate::agents::{AgentError, ExecEvent};
 use crate::config::Config;
+use crate::testing::fake_agents::exit;
 use crate::work::commands::CommandsConfig;
 
 fn config(limits: CommandsConfig) -> Config {

@@ -512,7 +512,9 @@ async fn a_restore_and_a_start_write_the_revoked_keys_again() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(execs(&app), before);
 
-    let user_key = crate::agents::fake::test_ca().public_key().to_owned();
+    let user_key = crate::testing::fake_agents::test_ca()
+        .public_key()
+        .to_owned();
     let (s, v) = app
         .post(
             "/v1/access/request",

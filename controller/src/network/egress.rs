@@ -26,8 +26,8 @@ use fluid_proto::model::{
 };
 
 use crate::agents::{AgentConnector, AgentError, AgentTarget, EgressState};
+use crate::error::ServiceError;
 use crate::governance::auth::Caller;
-use crate::sandboxes::ServiceError;
 use crate::store::{EgressWrite, NewAuditEvent, SandboxRecord, Store, StoreError};
 
 /// How long `GET …/network` waits for the agent's view before answering without it.

@@ -26,10 +26,10 @@ use fluid_proto::model::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::error::ServiceError;
 use crate::governance::approvals::{ApprovalService, NewRequest, Requester, refusal_reason};
 use crate::governance::auth::Caller;
 use crate::network::egress::{Change, EgressService, bodies_of, body_of, rule_from_body, view};
-use crate::sandboxes::ServiceError;
 use crate::store::{ApprovalFilter, ApprovalRecord, AuditFilter, SandboxRecord, Store};
 
 /// Longest reason.

@@ -20,11 +20,12 @@ use fluid_proto::pb;
 use serde::{Deserialize, Serialize};
 
 use crate::agents::{AgentConnector, AgentError};
+use crate::error::ServiceError;
 pub use crate::sandboxes::diffs::convert::{DiffDetail, TextPair};
 use crate::sandboxes::diffs::convert::{convert, file_meta};
 use crate::sandboxes::snapshots::{guest_certificate_for, online_target, snapshot_row};
-use crate::sandboxes::{ServiceError, new_id};
 use crate::store::{DiffRecord, SandboxRecord, SnapshotRecord, Store, StoreError};
+use crate::support::ids::new_id;
 use crate::work::commands::CommandService;
 
 /// Path prefixes a diff leaves out unless configured otherwise: what always churns.

@@ -55,9 +55,9 @@ mod tests {
     use fluid_client::types::SandboxState;
 
     use super::*;
-    use crate::agents::fake::{FakeAgents, test_ca};
     use crate::config::Config;
     use crate::store::Reservation;
+    use crate::testing::fake_agents::{FakeAgents, test_ca};
 
     #[tokio::test]
     async fn expired_sandboxes_are_destroyed() {

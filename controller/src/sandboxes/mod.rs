@@ -16,61 +16,22 @@ use fluid_client::types::{
     HostState, ListSandboxesResponse, SandboxIpResponse, SandboxState, StartSandboxResponse,
     StopSandboxResponse,
 };
-use fluid_proto::ValidationError;
 use fluid_proto::model::{
-    CreateSandbox, EgressPolicy, Name, ObservedState, SandboxId, SandboxInfo, check_cpus,
-    check_memory_mb,
+    CreateSandbox, EgressPolicy, Name, SandboxId, SandboxInfo, check_cpus, check_memory_mb,
 };
-use rand::Rng as _;
 
+use crate::agents::observed_state;
 use crate::agents::{AgentConnector, AgentError, AgentTarget};
-use crate::fleet::scheduler::{self, Placement, ScheduleError};
+use crate::error::ServiceError;
 use crate::metrics::Metrics;
-use crate::store::{SandboxFilter, SandboxRecord, SandboxUpdate, Store, StoreError};
+use crate::scheduler::{self, Placement};
+use crate::store::{SandboxFilter, SandboxRecord, SandboxUpdate, Store};
+use crate::support::ids::{check_agent_id, new_id};
 
 /// Longest TTL a sandbox may ask for (30 days).
 pub const TTL_MAX_SECONDS: i64 = 30 * 24 * 3600;
 /// Commands `GET /v1/sandboxes/{id}?include_commands=true` returns (the newest).
 pub const INCLUDED_COMMANDS: u32 = 100;
-/// Longest `agent_id`.
-pub const AGENT_ID_MAX: usize = 128;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    /// Refused by policy (403).
-    #[error("{0}")]
-    Forbidden(String),
-    /// The operation ran but could not do what was asked (422).
-    #[error("{0}")]
-    Unprocessable(String),
-    /// A dependency is not ready (503).
-    #[error("{0}")]
-    Unavailable(String),
-    /// Too many at once (429 with `Retry-After`).
-    #[error("{message}")]
-    Busy {
-        message: String,
-        retry_after_secs: u32,
-    },
-    #[error(transparent)]
-    Schedule(#[from] ScheduleError),
-    #[error(transparent)]
-    Agent(#[from] AgentError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl From<ValidationError> for ServiceError {
-    fn from(e: ValidationError) -> Self {
-        Self::Invalid(e.to_string())
-    }
-}
 
 /// A validated create request with its ids fixed, not yet placed.
 ///
@@ -115,45 +76,6 @@ impl std::fmt::Debug for SandboxService {
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
-}
-
-/// `PREFIX` followed by 10 random lowercase letters and digits.
-pub fn new_id(prefix: &str) -> String {
-    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::rng();
-    let mut s = String::with_capacity(prefix.len() + 10);
-    s.push_str(prefix);
-    for _ in 0..10 {
-        s.push(char::from(CHARS[rng.random_range(0..CHARS.len())]));
-    }
-    s
-}
-
-/// The store state an agent's observation corresponds to.
-pub fn observed_state(s: ObservedState) -> SandboxState {
-    match s {
-        ObservedState::Created => SandboxState::Created,
-        ObservedState::Running | ObservedState::Paused => SandboxState::Running,
-        ObservedState::Stopped => SandboxState::Stopped,
-        ObservedState::Error => SandboxState::Error,
-    }
-}
-
-/// Parses a sandbox id from a path; a malformed one is a 400.
-pub fn parse_id(id: &str) -> Result<SandboxId, ServiceError> {
-    Ok(SandboxId::parse("id", id)?)
-}
-
-pub fn check_agent_id(s: &str) -> Result<(), ServiceError> {
-    if s.trim().is_empty() {
-        return Err(ServiceError::Invalid("agent_id: must not be empty".into()));
-    }
-    if s.len() > AGENT_ID_MAX || s.chars().any(char::is_control) {
-        return Err(ServiceError::Invalid(format!(
-            "agent_id: at most {AGENT_ID_MAX} printable characters"
-        )));
-    }
-    Ok(())
 }
 
 impl SandboxService {

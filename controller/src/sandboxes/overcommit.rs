@@ -23,10 +23,11 @@ use fluid_client::types::{CreateSandboxRequest, CreateSandboxResponse, HostState
 use fluid_proto::model::SandboxId;
 use serde::{Deserialize, Serialize};
 
-use crate::fleet::scheduler::{Placement, ScheduleError};
+use crate::error::ServiceError;
 use crate::governance::approvals::{ApprovalService, NewRequest, Requester, refusal_reason};
 use crate::governance::auth::Caller;
-use crate::sandboxes::{PreparedCreate, SandboxService, ServiceError};
+use crate::sandboxes::{PreparedCreate, SandboxService};
+use crate::scheduler::{Placement, ScheduleError};
 use crate::store::{
     ApprovalFilter, ApprovalRecord, HostRecord, HostUsage, ReserveError, SandboxRecord, Store,
     free_cpus, free_memory,
@@ -85,7 +86,7 @@ pub fn plan(
             cpus_total: h.cpus_total,
             cpus_free: free_cpus(h, u, ratio),
             has_image,
-            reason: crate::fleet::scheduler::reject_reason(h, u, p, ratio),
+            reason: crate::scheduler::reject_reason(h, u, p, ratio),
         });
         if h.state == HostState::Online && has_image && best.is_none_or(|(_, m)| mem > m) {
             best = Some((h, mem));

@@ -21,12 +21,15 @@ use fluid_client::snapshots::{CreateSnapshotRequest, ForkRequest, NOW, Snapshot,
 use fluid_client::types::{CreateSandboxRequest, CreateSandboxResponse, HostState, SandboxState};
 use fluid_proto::model::{SandboxId, SnapshotName, SnapshotRef};
 
+use crate::agents::observed_state;
 use crate::agents::{AgentConnector, AgentError, AgentTarget};
-use crate::sandboxes::{SandboxService, ServiceError, new_id, observed_state};
+use crate::error::ServiceError;
+use crate::sandboxes::SandboxService;
 use crate::store::{
     EMPTY_EGRESS_JSON, EgressWrite, NewAuditEvent, SandboxRecord, SandboxUpdate, SnapshotRecord,
     Store, StoreError,
 };
+use crate::support::ids::new_id;
 use crate::work::commands::{CommandService, Grant};
 
 /// The only kind fluid takes.

@@ -56,7 +56,7 @@ pub(crate) async fn pg() -> Option<TestPg> {
         .await
         .expect("connect to FLUID_TEST_DATABASE_URL");
     // new_id yields lowercase letters and digits only: safe as an identifier.
-    let schema = crate::sandboxes::new_id("fluid_test_");
+    let schema = crate::support::ids::new_id("fluid_test_");
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
         .execute(&admin)
         .await

@@ -37,7 +37,7 @@ both!(
 fn playbook(name: &str) -> PlaybookRecord {
     let now = Utc::now();
     PlaybookRecord {
-        id: crate::sandboxes::new_id("PBK-"),
+        id: crate::support::ids::new_id("PBK-"),
         name: name.into(),
         hosts: "all".into(),
         r#become: true,
@@ -52,7 +52,7 @@ fn playbook(name: &str) -> PlaybookRecord {
 
 fn task(playbook_id: &str, name: &str, position: i64) -> TaskRecord {
     TaskRecord {
-        id: crate::sandboxes::new_id("TSK-"),
+        id: crate::support::ids::new_id("TSK-"),
         playbook_id: playbook_id.into(),
         position,
         name: name.into(),

@@ -34,7 +34,7 @@ both!(
 
 fn snapshot(sandbox: &str, name: &str, at: chrono::DateTime<Utc>) -> SnapshotRecord {
     SnapshotRecord {
-        id: crate::sandboxes::new_id("SNP-"),
+        id: crate::support::ids::new_id("SNP-"),
         sandbox_id: sandbox.into(),
         name: name.into(),
         kind: "INTERNAL".into(),

@@ -20,8 +20,9 @@ use fluid_client::types::{
 };
 use fluid_proto::model::{SandboxId, check_ssh_public_key, check_user};
 
-use crate::sandboxes::{ServiceError, new_id};
+use crate::error::ServiceError;
 use crate::store::{CertRecord, Store};
+use crate::support::ids::new_id;
 use crate::work::commands::{CommandService, ExecSpec};
 use crate::work::files::check_outcome;
 use crate::work::ssh_ca::{CertSpec, SshCa, TTL_MAX, parse_public_key, sandbox_principal};

@@ -25,8 +25,9 @@ use futures::StreamExt as _;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::agents::{AgentConnector, AgentTarget, AttachInput, AttachOutput};
-use crate::sandboxes::{ServiceError, new_id};
+use crate::error::ServiceError;
 use crate::store::{CommandEnd, CommandRecord, Store};
+use crate::support::ids::new_id;
 use crate::work::commands::{Capture, CommandService, Grant, LiveEvent, stored_text};
 
 /// Frames buffered each way between a person and the agent.

@@ -34,9 +34,10 @@ use fluid_proto::pb;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::agents::{AgentConnector, AgentError, AgentTarget};
+use crate::error::ServiceError;
 use crate::metrics::{ExecOutcome, Metrics};
-use crate::sandboxes::{ServiceError, new_id};
 use crate::store::{CommandEnd, CommandRecord, SandboxRecord, Store};
+use crate::support::ids::new_id;
 use crate::work::policy::Policy;
 use crate::work::ssh_ca::{CertSpec, SignedCert, SshCa, sandbox_principal};
 

@@ -15,7 +15,7 @@ use fluid_client::types::{
 };
 use fluid_proto::model::{SandboxId, check_abs_path};
 
-use crate::sandboxes::ServiceError;
+use crate::error::ServiceError;
 use crate::store::SandboxRecord;
 use crate::work::commands::{CommandService, ExecSpec, Outcome};
 

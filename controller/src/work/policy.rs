@@ -8,7 +8,49 @@
 use fluid_proto::model::check_abs_path;
 use regex::Regex;
 
-use crate::config::PolicyConfig;
+use serde::{Deserialize, Serialize};
+
+/// `[policy]`: enforced by the controller before any agent is called; a refusal is a
+/// 403 and still leaves an audit row (status `denied`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Regexes; when not empty, a command must match one of them.
+    pub command_allow: Vec<String>,
+    /// Regexes; a command matching any of them is refused (checked after the allow list).
+    pub command_deny: Vec<String>,
+    /// Absolute path prefixes the files API refuses (a prefix covers itself and
+    /// everything under it, component-wise: `/etc/shadow` does not cover
+    /// `/etc/shadow-`). Checked on the path as given and, inside the guest, on the path
+    /// it resolves to and on the file opened (symlinks, `/proc/<pid>/root`, hard links).
+    /// Defaults: the password hashes and their `-` backups, and the files through which
+    /// fluid controls the sandbox's sshd (its trusted user CA, revoked keys, config).
+    pub denied_paths: Vec<String>,
+}
+
+/// Paths the files API refuses unless the configuration says otherwise.
+pub const DEFAULT_DENIED_PATHS: [&str; 7] = [
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/ssh/fluid_user_ca.pub",
+    "/etc/ssh/fluid_revoked_keys",
+    "/etc/ssh/sshd_config.d",
+];
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            command_allow: Vec::new(),
+            command_deny: Vec::new(),
+            denied_paths: DEFAULT_DENIED_PATHS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        }
+    }
+}
 
 /// A compiled [`PolicyConfig`].
 #[derive(Debug, Clone)]

@@ -5,8 +5,6 @@
 //! while the job runs (ssh reads it at every new connection), so no certificate lives
 //! longer than [`CERT_TTL`] and a long job still connects.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +12,7 @@ use std::time::Duration;
 use russh::keys::ssh_key::private::{Ed25519Keypair, KeypairData};
 use russh::keys::ssh_key::{LineEnding, PrivateKey};
 
+use crate::support::atomic::write_atomic;
 use crate::work::ssh_ca::{CertSpec, SshCa, sandbox_principal};
 
 /// Lifetime of each certificate.
@@ -30,30 +29,6 @@ pub struct JobKey {
     key_id: String,
     /// `sbx:<sandbox id>:root`: the certificate opens the job's sandbox only.
     principals: Vec<String>,
-}
-
-/// Writes `bytes` to `path` (mode `mode`) through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", crate::sandboxes::new_id("")));
-    let res = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
 }
 
 impl JobKey {

@@ -13,12 +13,12 @@ use fluid_client::governance::{ApprovalKind, ApprovalStatus};
 
 use super::{
     JobEnd, JobService, PHASE_APPLY, PHASE_AWAITING_APPROVAL, PHASE_CHECK, PHASE_DONE, audit,
-    parse_target_host,
 };
 use crate::ansible::playbooks::AnsibleError;
 use crate::config::AnsibleTarget;
 use crate::governance::approvals::{INTERNAL_DETAILS_MAX, NewRequest, Requester, refusal_reason};
 use crate::store::{JobRecord, JobUpdate};
+use crate::support::addr::parse_target_host;
 
 /// Most of the check run's output an approval shows.
 pub const APPROVAL_CHECK_OUTPUT_MAX: usize = 48 * 1024;

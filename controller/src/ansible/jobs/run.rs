@@ -8,10 +8,11 @@ use fluid_ansible::{InventoryHost, RunError, RunOutcome, RunSpec};
 use tokio::sync::mpsc;
 
 use super::JobService;
-use super::access::write_atomic;
 use super::runner::resolve_ansible_playbook;
-use crate::ansible::playbooks::{AnsibleError, sha256_hex};
+use crate::ansible::playbooks::AnsibleError;
 use crate::store::JobRecord;
+use crate::support::atomic::write_atomic;
+use crate::support::hash::sha256_hex;
 
 /// Lines buffered between ansible-playbook and the job's output.
 const LINE_BUFFER: usize = 256;

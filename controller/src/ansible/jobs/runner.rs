@@ -150,7 +150,7 @@ fn stage_keys(dir: &Path, hosts: Vec<InventoryHost>) -> Result<Vec<InventoryHost
                                 key.display()
                             ))
                         })?;
-                        super::access::write_atomic(&to, &bytes, 0o600).map_err(|e| {
+                        crate::support::atomic::write_atomic(&to, &bytes, 0o600).map_err(|e| {
                             RunError::Io {
                                 what: format!("writing {}", to.display()),
                                 source: e,

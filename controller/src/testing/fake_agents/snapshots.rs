@@ -23,7 +23,7 @@ use crate::agents::{
 
 /// What the fake keeps for [`SnapshotAgent`].
 #[derive(Debug, Default)]
-pub(crate) struct SnapshotFake {
+pub struct SnapshotFake {
     /// Snapshots per sandbox id, oldest first.
     pub snapshots: Mutex<HashMap<String, Vec<AgentSnapshot>>>,
     /// What DiffSnapshots answers.

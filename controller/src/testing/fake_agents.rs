@@ -27,13 +27,13 @@ use crate::agents::{
 };
 
 /// A scripted Exec: gets the request, answers the event stream.
-pub(crate) type ExecScript = Arc<dyn Fn(pb::ExecRequest) -> ExecStream + Send + Sync>;
+pub type ExecScript = Arc<dyn Fn(pb::ExecRequest) -> ExecStream + Send + Sync>;
 
 /// The agent's exec key in tests.
-pub(crate) const AGENT_SSH_KEY: &str =
+pub const AGENT_SSH_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl agent";
 
-pub(crate) struct FakeAgents {
+pub struct FakeAgents {
     pub images: Vec<String>,
     /// Sandboxes per host name.
     pub sandboxes: Mutex<HashMap<String, HashMap<String, SandboxInfo>>>,
@@ -96,11 +96,11 @@ impl std::fmt::Debug for FakeAgents {
 const IP: Ipv4Addr = Ipv4Addr::new(192, 168, 122, 10);
 
 /// A stream of the given events.
-pub(crate) fn events(evs: Vec<ExecEvent>) -> ExecStream {
+pub fn events(evs: Vec<ExecEvent>) -> ExecStream {
     futures::stream::iter(evs.into_iter().map(Ok)).boxed()
 }
 
-pub(crate) fn exit(code: i32) -> ExecEvent {
+pub fn exit(code: i32) -> ExecEvent {
     ExecEvent::Exit(ExecExit {
         exit_code: code,
         duration_ms: 5,
@@ -271,7 +271,7 @@ fn fail(t: &AgentTarget, m: &str) -> AgentError {
     }
 }
 
-pub(crate) fn info(id: &str, name: &str, state: ObservedState) -> SandboxInfo {
+pub fn info(id: &str, name: &str, state: ObservedState) -> SandboxInfo {
     SandboxInfo {
         id: SandboxId::parse("id", id).expect("test id"),
         name: fluid_proto::model::Name::parse("name", name).expect("test name"),
@@ -523,6 +523,6 @@ async fn toy_shell(
 }
 
 /// A fresh in-memory SSH user CA.
-pub(crate) fn test_ca() -> Arc<crate::work::ssh_ca::SshCa> {
+pub fn test_ca() -> Arc<crate::work::ssh_ca::SshCa> {
     Arc::new(crate::work::ssh_ca::SshCa::generate().expect("CA key"))
 }
