@@ -69,7 +69,7 @@ use crate::network::egress::EgressService;
 use crate::network::requests::EgressGate;
 use crate::sandboxes::diffs::DiffService;
 use crate::sandboxes::janitor::Janitor;
-use crate::sandboxes::overcommit::CreateGate;
+use crate::sandboxes::overcommit::OvercommitGate;
 use crate::sandboxes::snapshots::SnapshotService;
 use crate::sandboxes::{SandboxService, SandboxSettings};
 use crate::store::{LoopKey, Store};
@@ -150,18 +150,6 @@ pub fn build_state_with(
         commands.clone(),
         ca.clone(),
     ));
-    let sandboxes = Arc::new(SandboxService::new(
-        store.clone(),
-        agents.clone(),
-        SandboxSettings {
-            default_cpu: config.default_cpu,
-            default_memory_mb: config.default_memory_mb,
-            cpu_overcommit_ratio: config.cpu_overcommit_ratio,
-            wait_for_ip_timeout_secs: config.wait_for_ip_timeout_secs,
-            ssh_user_ca_keys: vec![ca.public_key().to_owned()],
-        },
-        metrics.clone(),
-    ));
     let hosts = Arc::new(HostService::new(
         store.clone(),
         agents.clone(),
@@ -176,15 +164,26 @@ pub fn build_state_with(
         _ => None,
     };
     let approvals = Arc::new(ApprovalService::new(store.clone(), webhook));
-    let gate = Arc::new(CreateGate::new(
+    let mut sandboxes = SandboxService::new(
         store.clone(),
-        sandboxes.clone(),
-        approvals.clone(),
-        config
-            .approvals
-            .overcommit_approval
-            .then(|| Duration::from_secs(config.approvals.overcommit_timeout_secs)),
-    ));
+        agents.clone(),
+        SandboxSettings {
+            default_cpu: config.default_cpu,
+            default_memory_mb: config.default_memory_mb,
+            cpu_overcommit_ratio: config.cpu_overcommit_ratio,
+            wait_for_ip_timeout_secs: config.wait_for_ip_timeout_secs,
+            ssh_user_ca_keys: vec![ca.public_key().to_owned()],
+        },
+        metrics.clone(),
+    );
+    if config.approvals.overcommit_approval {
+        sandboxes = sandboxes.with_overcommit(Arc::new(OvercommitGate::new(
+            store.clone(),
+            approvals.clone(),
+            Duration::from_secs(config.approvals.overcommit_timeout_secs),
+        )));
+    }
+    let sandboxes = Arc::new(sandboxes);
     let egress = Arc::new(EgressService::new(store.clone(), agents.clone()));
     let egress_gate = Arc::new(EgressGate::new(
         store.clone(),
@@ -254,7 +253,6 @@ pub fn build_state_with(
         access,
         attach,
         approvals,
-        gate,
         egress,
         egress_gate,
     })
@@ -394,7 +392,7 @@ pub async fn serve_on(
         Arc::new(AnsibleRunner::from_config(&config.ansible)),
         metrics,
     )?;
-    match state.gate.resume().await {
+    match state.sandboxes.resume_overcommits().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(n, "resumed over-commit creates waiting for approval"),
         Err(e) => tracing::warn!(error = %e, "resuming over-commit creates"),

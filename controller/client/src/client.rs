@@ -12,7 +12,7 @@ use crate::types::*;
 #[path = "client_governance.rs"]
 mod client_governance;
 pub use client_governance::{
-    ASK_GRACE, ApprovalQuery, AuditQuery, CreateOutcome, DEFAULT_ASK_TIMEOUT_SECS, encode_component,
+    ASK_GRACE, ApprovalQuery, AuditQuery, CreateOutcome, DEFAULT_ASK_TIMEOUT_SECS,
 };
 
 // A sandbox's egress allow-list and the requests for more.

@@ -5,9 +5,9 @@
 
 use reqwest::{Method, StatusCode};
 
-use super::client_governance::encode_component;
 use super::{Client, ClientError};
 use crate::ansible::*;
+use crate::percent::encode_component;
 
 fn playbook_path(name: &str) -> String {
     format!("/v1/ansible/playbooks/{}", encode_component(name))

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 
-use super::client_governance::{ASK_GRACE, encode_component};
+use super::client_governance::ASK_GRACE;
 use super::{Client, ClientError};
 use crate::network::*;
+use crate::percent::encode_component;
 
 /// How long the controller waits for a decision on an egress request by default
 /// (`[approvals] egress_timeout_secs`); a blocking request waits this plus

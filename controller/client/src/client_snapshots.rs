@@ -4,8 +4,8 @@
 
 use reqwest::Method;
 
-use super::client_governance::encode_component;
 use super::{Client, ClientError};
+use crate::percent::encode_component;
 use crate::snapshots::*;
 use crate::types::CreateSandboxResponse;
 

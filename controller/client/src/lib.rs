@@ -11,7 +11,9 @@ pub mod audit_chain;
 pub mod client;
 pub mod governance;
 pub mod network;
+pub mod percent;
 pub mod snapshots;
 pub mod types;
 
 pub use client::{Client, ClientError, attach_url};
+pub use percent::encode_component;

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use fluid_client::ClientError;
 use fluid_client::types::{AttachControl, AttachEvent, AttachExit, ErrorBody, TerminalSize};
+use fluid_client::{ClientError, encode_component};
 use futures::{Sink, SinkExt as _, Stream, StreamExt as _};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -60,20 +60,6 @@ pub struct AttachArgs {
     pub user: Option<String>,
 }
 
-/// Percent-encodes a query value: everything but RFC 3986's unreserved characters.
-pub fn encode_query_value(s: &str) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
-
 /// The attach URL: the client's (`ws://…/attach?cols=&rows=`) plus `user` and `term`
 /// when given (the controller defaults to root and xterm-256color).
 pub fn attach_url(
@@ -86,11 +72,11 @@ pub fn attach_url(
     let mut url = fluid_client::attach_url(base, sandbox_id, size.cols, size.rows);
     if let Some(u) = user {
         url.push_str("&user=");
-        url.push_str(&encode_query_value(u));
+        url.push_str(&encode_component(u));
     }
     if let Some(t) = term.map(str::trim).filter(|t| !t.is_empty()) {
         url.push_str("&term=");
-        url.push_str(&encode_query_value(t));
+        url.push_str(&encode_component(t));
     }
     url
 }

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use fluid_client::ClientError;
 use fluid_client::ansible::{CreateJobRequest, JobStatus};
 use fluid_client::types::ErrorBody;
+use fluid_client::{ClientError, encode_component};
 use futures::StreamExt as _;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, header};
@@ -58,10 +58,6 @@ pub enum JobCmd {
     },
 }
 
-fn encode(s: &str) -> String {
-    fluid_client::client::encode_component(s)
-}
-
 pub async fn run(ctx: &Ctx, cmd: JobCmd) -> anyhow::Result<ExitCode> {
     let c = &ctx.client;
     match cmd {
@@ -108,10 +104,10 @@ pub async fn run(ctx: &Ctx, cmd: JobCmd) -> anyhow::Result<ExitCode> {
         JobCmd::List { playbook, status } => {
             let mut q = vec!["limit=100".to_owned()];
             if let Some(p) = playbook {
-                q.push(format!("playbook={}", encode(&p)));
+                q.push(format!("playbook={}", encode_component(&p)));
             }
             if let Some(s) = status {
-                q.push(format!("status={}", encode(&s)));
+                q.push(format!("status={}", encode_component(&s)));
             }
             let r = c.list_jobs(&q.join("&")).await?;
             if ctx.json {

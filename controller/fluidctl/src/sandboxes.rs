@@ -3,6 +3,7 @@
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use fluid_client::client::CreateOutcome;
+use fluid_client::encode_component;
 use fluid_client::governance::PendingCreateResponse;
 use fluid_client::types::{CreateSandboxRequest, SandboxState};
 
@@ -156,10 +157,10 @@ impl ListArgs {
     pub fn query(&self) -> String {
         let mut parts = Vec::new();
         if let Some(a) = &self.agent_id {
-            parts.push(format!("agent_id={}", encode(a)));
+            parts.push(format!("agent_id={}", encode_component(a)));
         }
         if let Some(i) = &self.image {
-            parts.push(format!("base_image={}", encode(i)));
+            parts.push(format!("base_image={}", encode_component(i)));
         }
         if let Some(s) = self.state {
             parts.push(format!("state={}", s.as_str()));
@@ -179,19 +180,6 @@ fn parse_state(s: &str) -> Result<SandboxState, String> {
         let all: Vec<&str> = SandboxState::ALL.iter().map(|s| s.as_str()).collect();
         format!("unknown state `{s}` (one of {})", all.join(", "))
     })
-}
-
-/// Percent-encodes a query value (everything but RFC 3986 unreserved characters).
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Sandbox ids go into URL paths; refuse anything that would change the path.
@@ -582,7 +570,7 @@ mod tests {
 
     #[test]
     fn percent_encoding() {
-        assert_eq!(encode("a-b_c.d~e"), "a-b_c.d~e");
-        assert_eq!(encode("ü/?"), "%C3%BC%2F%3F");
+        assert_eq!(fluid_client::encode_component("a-b_c.d~e"), "a-b_c.d~e");
+        assert_eq!(fluid_client::encode_component("ü/?"), "%C3%BC%2F%3F");
     }
 }

@@ -239,8 +239,19 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
+    use crate::governance::auth::Caller;
+    use crate::sandboxes::overcommit::CreateOutcome;
     use crate::store::Reservation;
     use crate::testing::fake_agents::{FakeAgents, info, test_ca};
+
+    fn operator() -> Caller {
+        Caller {
+            token_id: "TOK-test".into(),
+            name: "test-operator".into(),
+            role: fluid_client::governance::Role::Operator,
+            agent_id: None,
+        }
+    }
 
     #[tokio::test]
     async fn orphans_lost_sandboxes_and_observed_changes() {
@@ -264,13 +275,20 @@ mod tests {
         // A sandbox the agent runs and the store knows.
         let live = state
             .sandboxes
-            .create(CreateSandboxRequest {
-                source_vm_name: "debian-12".into(),
-                agent_id: "a".into(),
-                ..Default::default()
-            })
+            .create(
+                &operator(),
+                CreateSandboxRequest {
+                    source_vm_name: "debian-12".into(),
+                    agent_id: "a".into(),
+                    ..Default::default()
+                },
+                true,
+            )
             .await
             .expect("create");
+        let CreateOutcome::Created(live) = live else {
+            panic!("the create waits for an approval")
+        };
         let live_id = live.sandbox.id.clone();
         // A row the host no longer has, last touched long ago.
         let past = Utc::now() - chrono::Duration::minutes(5);
@@ -360,14 +378,21 @@ mod tests {
         state.hosts.beat_all().await.expect("beat");
         let sb = state
             .sandboxes
-            .create(CreateSandboxRequest {
-                source_vm_name: "debian-12".into(),
-                agent_id: "a".into(),
-                ..Default::default()
-            })
+            .create(
+                &operator(),
+                CreateSandboxRequest {
+                    source_vm_name: "debian-12".into(),
+                    agent_id: "a".into(),
+                    ..Default::default()
+                },
+                true,
+            )
             .await
-            .expect("create")
-            .sandbox;
+            .expect("create");
+        let CreateOutcome::Created(sb) = sb else {
+            panic!("the create waits for an approval")
+        };
+        let sb = sb.sandbox;
         // The intent changes while the agent is down: stored, not pushed.
         agents.down.lock().expect("lock").insert("kvm-1".into());
         let caller = crate::governance::auth::Caller {

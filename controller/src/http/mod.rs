@@ -42,7 +42,6 @@ use crate::network::egress::EgressService;
 use crate::network::requests::EgressGate;
 use crate::sandboxes::SandboxService;
 use crate::sandboxes::diffs::DiffService;
-use crate::sandboxes::overcommit::CreateGate;
 use crate::sandboxes::snapshots::SnapshotService;
 use crate::store::Store;
 use crate::work::access::AccessService;
@@ -63,7 +62,6 @@ pub struct AppState {
     pub attach: Arc<AttachService>,
     pub auth: Arc<Authenticator>,
     pub approvals: Arc<ApprovalService>,
-    pub gate: Arc<CreateGate>,
     pub egress: Arc<EgressService>,
     pub egress_gate: Arc<EgressGate>,
     pub snapshots: Arc<SnapshotService>,

@@ -111,7 +111,7 @@ pub async fn create_sandbox(
         &format!("agent_id {:?}", req.agent_id),
     )?;
     let wait = params.wait.unwrap_or(true);
-    Ok(match state.gate.create(&caller, req, wait).await? {
+    Ok(match state.sandboxes.create(&caller, req, wait).await? {
         CreateOutcome::Created(r) => (StatusCode::CREATED, Json(r)).into_response(),
         CreateOutcome::Pending {
             approval,

@@ -23,8 +23,10 @@ use fluid_proto::model::{
 use crate::agents::observed_state;
 use crate::agents::{AgentConnector, AgentError, AgentTarget};
 use crate::error::ServiceError;
+use crate::governance::auth::Caller;
 use crate::metrics::Metrics;
-use crate::scheduler::{self, Placement};
+use crate::sandboxes::overcommit::{CreateOutcome, OvercommitGate};
+use crate::scheduler::{self, Placement, ScheduleError};
 use crate::store::{SandboxFilter, SandboxRecord, SandboxUpdate, Store};
 use crate::support::ids::{check_agent_id, new_id};
 
@@ -68,6 +70,8 @@ pub struct SandboxService {
     agents: Arc<dyn AgentConnector>,
     settings: SandboxSettings,
     metrics: Arc<Metrics>,
+    /// The over-commit step of a create that finds no room (`None`: a 409).
+    overcommit: Option<Arc<OvercommitGate>>,
 }
 
 impl std::fmt::Debug for SandboxService {
@@ -90,7 +94,14 @@ impl SandboxService {
             agents,
             settings,
             metrics,
+            overcommit: None,
         }
+    }
+
+    /// Creates that find no room ask a human through `gate` instead of failing.
+    pub fn with_overcommit(mut self, gate: Arc<OvercommitGate>) -> Self {
+        self.overcommit = Some(gate);
+        self
     }
 
     async fn row(&self, id: &SandboxId) -> Result<SandboxRecord, ServiceError> {
@@ -141,13 +152,34 @@ impl SandboxService {
             .ok_or_else(|| ServiceError::NotFound(format!("sandbox {id} not found")))
     }
 
+    /// Creates a sandbox: prepare (validate, fix ids) → place (reserve a host) →
+    /// launch (the agent defines and boots it). When placement finds no room and the
+    /// over-commit step is on, a human decides instead of a 409 (with `wait`, this
+    /// blocks until they do).
     pub async fn create(
-        &self,
+        self: &Arc<Self>,
+        caller: &Caller,
         req: CreateSandboxRequest,
-    ) -> Result<CreateSandboxResponse, ServiceError> {
+        wait: bool,
+    ) -> Result<CreateOutcome, ServiceError> {
         let prepared = self.prepare(&req, None)?;
-        let row = self.place(&prepared).await?;
-        self.launch(prepared, row).await
+        match self.place(&prepared).await {
+            Ok(row) => Ok(CreateOutcome::Created(self.launch(prepared, row).await?)),
+            Err(ServiceError::Schedule(ScheduleError::NoCapacity(why))) => match &self.overcommit {
+                Some(gate) => gate.ask(self, caller, req, prepared, why, wait).await,
+                None => Err(ScheduleError::NoCapacity(why).into()),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// At start: resumes over-commit creates still waiting for a human, and performs
+    /// approved ones whose sandbox was never created.
+    pub async fn resume_overcommits(self: &Arc<Self>) -> Result<usize, ServiceError> {
+        match &self.overcommit {
+            Some(gate) => gate.resume(self).await,
+            None => Ok(0),
+        }
     }
 
     /// Validates a create request and fixes its ids (`id`, or a new one) without

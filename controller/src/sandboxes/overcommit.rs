@@ -1,5 +1,6 @@
-//! The over-commit gate: with `overcommit_approval = true`, a create that finds no host
-//! with room becomes an `overcommit` approval instead of a 409.
+//! The over-commit step of a create: with `overcommit_approval = true`, a create that
+//! finds no host with room becomes an `overcommit` approval instead of a 409.
+//! [`SandboxService::create`] takes this step only when placement found no room.
 //!
 //! The approval's details say what was asked against what each host has, and which
 //! host it would go to (the online host with the image and the most free memory).
@@ -11,7 +12,7 @@
 //! The continuation runs in its own task, so it completes whether or not the client
 //! that asked is still connected (`?wait=false` answers 202 at once); a controller that
 //! restarts resumes pending gated creates, and performs approved ones whose sandbox
-//! was never created ([`CreateGate::resume`]).
+//! was never created ([`OvercommitGate::resume`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -95,7 +96,7 @@ pub fn plan(
     (rooms, best.map(|(h, _)| h.name.clone()))
 }
 
-/// The result of a gated create.
+/// The result of a create.
 #[derive(Debug)]
 pub enum CreateOutcome {
     Created(CreateSandboxResponse),
@@ -106,61 +107,45 @@ pub enum CreateOutcome {
     },
 }
 
-pub struct CreateGate {
+/// The over-commit step: opens the approval, waits for it, then creates past capacity.
+pub struct OvercommitGate {
     store: Arc<dyn Store>,
-    sandboxes: Arc<SandboxService>,
     approvals: Arc<ApprovalService>,
-    /// `None`: the gate is off, a create that does not fit is a 409.
-    timeout: Option<Duration>,
+    timeout: Duration,
 }
 
-impl std::fmt::Debug for CreateGate {
+impl std::fmt::Debug for OvercommitGate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CreateGate")
+        f.debug_struct("OvercommitGate")
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
 
-impl CreateGate {
-    pub fn new(
-        store: Arc<dyn Store>,
-        sandboxes: Arc<SandboxService>,
-        approvals: Arc<ApprovalService>,
-        timeout: Option<Duration>,
-    ) -> Self {
+impl OvercommitGate {
+    /// A gate whose approvals expire after `timeout`.
+    pub fn new(store: Arc<dyn Store>, approvals: Arc<ApprovalService>, timeout: Duration) -> Self {
         Self {
             store,
-            sandboxes,
             approvals,
             timeout,
         }
     }
 
-    /// Creates a sandbox; when nothing fits and the gate is on, opens an over-commit
-    /// approval and (with `wait`) blocks until it is decided.
-    pub async fn create(
+    /// `prepared` found no room (`why`): opens an over-commit approval and (with `wait`)
+    /// blocks until it is decided and the create performed or refused.
+    pub async fn ask(
         self: &Arc<Self>,
+        sandboxes: &Arc<SandboxService>,
         caller: &Caller,
         req: CreateSandboxRequest,
+        prepared: PreparedCreate,
+        why: String,
         wait: bool,
     ) -> Result<CreateOutcome, ServiceError> {
-        let prepared = self.sandboxes.prepare(&req, None)?;
-        let why = match self.sandboxes.place(&prepared).await {
-            Ok(row) => {
-                return Ok(CreateOutcome::Created(
-                    self.sandboxes.launch(prepared, row).await?,
-                ));
-            }
-            Err(ServiceError::Schedule(ScheduleError::NoCapacity(why))) => why,
-            Err(e) => return Err(e),
-        };
-        let Some(timeout) = self.timeout else {
-            return Err(ScheduleError::NoCapacity(why).into());
-        };
         let hosts = self.store.list_hosts().await?;
         let usage = self.store.host_usage().await?;
-        let ratio = self.sandboxes.cpu_overcommit_ratio();
+        let ratio = sandboxes.cpu_overcommit_ratio();
         let (rooms, target) = plan(&hosts, &usage, &prepared.placement, ratio);
         let Some(target_host) = target else {
             // No online host has the image: no human can make it fit.
@@ -192,15 +177,17 @@ impl CreateGate {
                     ),
                     details: serde_json::to_value(&details)
                         .map_err(|e| ServiceError::Invalid(e.to_string()))?,
-                    timeout,
+                    timeout: self.timeout,
                 },
                 caller.role.as_str(),
             )
             .await?;
         let sandbox_id = p.id.clone();
         let this = self.clone();
+        let sandboxes = sandboxes.clone();
         let id = approval.id.clone();
-        let task = tokio::spawn(async move { this.finish(&id, prepared, &target_host).await });
+        let task =
+            tokio::spawn(async move { this.finish(&sandboxes, &id, prepared, &target_host).await });
         if !wait {
             return Ok(CreateOutcome::Pending {
                 approval,
@@ -215,6 +202,7 @@ impl CreateGate {
     /// Waits for the decision on `approval_id`, then performs (or refuses) the create.
     async fn finish(
         &self,
+        sandboxes: &SandboxService,
         approval_id: &str,
         prepared: PreparedCreate,
         target_host: &str,
@@ -227,29 +215,25 @@ impl CreateGate {
                 "over-commit {approval_id} {why}; the sandbox was not created"
             )));
         }
-        let row = match self.sandboxes.place(&prepared).await {
+        let row = match sandboxes.place(&prepared).await {
             Ok(row) => row,
             Err(ServiceError::Schedule(ScheduleError::NoCapacity(_))) => {
-                self.reserve_past_capacity(&prepared.placement, target_host)
+                self.reserve_past_capacity(sandboxes, &prepared.placement, target_host)
                     .await?
             }
             Err(e) => return Err(e),
         };
         tracing::info!(approval = %approval_id, sandbox = %row.id, host = ?row.host_name, "approved over-commit: creating");
-        self.sandboxes.launch(prepared, row).await
+        sandboxes.launch(prepared, row).await
     }
 
     async fn reserve_past_capacity(
         &self,
+        sandboxes: &SandboxService,
         p: &Placement,
         host: &str,
     ) -> Result<SandboxRecord, ServiceError> {
-        let r = p.reservation(
-            host,
-            self.sandboxes.cpu_overcommit_ratio(),
-            Utc::now(),
-            true,
-        );
+        let r = p.reservation(host, sandboxes.cpu_overcommit_ratio(), Utc::now(), true);
         self.store.reserve(&r).await.map_err(|e| match e {
             ReserveError::NoRoom(m) => {
                 ServiceError::Conflict(format!("approved over-commit on {host}: {m}"))
@@ -261,7 +245,10 @@ impl CreateGate {
 
     /// At start: resumes the waits of pending over-commit requests, and performs
     /// approved ones whose sandbox does not exist (the controller stopped in between).
-    pub async fn resume(self: &Arc<Self>) -> Result<usize, ServiceError> {
+    pub async fn resume(
+        self: &Arc<Self>,
+        sandboxes: &Arc<SandboxService>,
+    ) -> Result<usize, ServiceError> {
         let mut resumed = 0;
         for status in [ApprovalStatus::Pending, ApprovalStatus::Approved] {
             let (rows, _) = self
@@ -283,10 +270,14 @@ impl CreateGate {
                     continue;
                 }
                 let id = SandboxId::parse("sandbox_id", &d.sandbox_id)?;
-                let prepared = self.sandboxes.prepare(&d.request, Some(id))?;
+                let prepared = sandboxes.prepare(&d.request, Some(id))?;
                 let this = self.clone();
+                let sandboxes = sandboxes.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = this.finish(&a.id, prepared, &d.target_host).await {
+                    if let Err(e) = this
+                        .finish(&sandboxes, &a.id, prepared, &d.target_host)
+                        .await
+                    {
                         tracing::warn!(approval = %a.id, error = %e, "resumed over-commit create");
                     }
                 });

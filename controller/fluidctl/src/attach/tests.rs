@@ -58,8 +58,8 @@ fn urls_carry_user_and_term_encoded() {
         attach_url("https://f.example", "SBX-1", size, None, Some("  ")),
         "wss://f.example/v1/sandboxes/SBX-1/attach?cols=132&rows=43"
     );
-    assert_eq!(encode_query_value("a.b_c~d-9"), "a.b_c~d-9");
-    assert_eq!(encode_query_value("é/+"), "%C3%A9%2F%2B");
+    assert_eq!(encode_component("a.b_c~d-9"), "a.b_c~d-9");
+    assert_eq!(encode_component("é/+"), "%C3%A9%2F%2B");
 }
 
 #[test]
