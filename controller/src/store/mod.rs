@@ -19,6 +19,7 @@
 //! (production). Migrations live per dialect in `controller/migrations/`.
 
 mod audit_rows;
+mod dialect;
 pub mod egress;
 mod playbook_rows;
 pub mod playbooks;

@@ -16,6 +16,7 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Postgres};
 
 use super::audit_rows::{self, CertRow, CommandRow, bind_cert, bind_command, bind_end};
+use super::dialect::{Dialect, Tx};
 use super::rows::{self, HostRow, OneUsageRow, SandboxRow, UsageRow};
 use super::trust::{
     ApprovalFilter, ApprovalRecord, AuditFilter, Decided, NewAuditEvent, TokenRecord, TrustStore,
@@ -61,12 +62,15 @@ impl PgStore {
     }
 }
 
-impl PgStore {
+#[async_trait]
+impl Dialect for PgStore {
+    type Db = Postgres;
+
     /// The host row stays locked until the reservation commits: concurrent creates on
     /// any replica serialise per host.
     const HOST_FOR_RESERVATION: &'static str = rows::HOST_BY_NAME_FOR_UPDATE;
 
-    async fn begin_reservation(&self) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+    async fn begin_reservation(&self) -> Result<Tx<Self>, sqlx::Error> {
         self.pool.begin().await
     }
 
@@ -76,14 +80,14 @@ impl PgStore {
 
     /// A write that appends to the audit chain; the chain's lock is taken as late as
     /// possible, by `append_in_tx` (`lock_chain`).
-    async fn begin_chain(&self) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+    async fn begin_chain(&self) -> Result<Tx<Self>, sqlx::Error> {
         self.pool.begin().await
     }
 
     /// Waits for the chain's advisory lock, held until `tx` ends: appends serialise
     /// across replicas, each reading the head the previous one committed. It is the last
     /// lock any transaction takes, so it cannot deadlock with row locks.
-    async fn lock_chain(tx: &mut sqlx::Transaction<'static, Postgres>) -> Result<(), sqlx::Error> {
+    async fn lock_chain(tx: &mut Tx<Self>) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(CHAIN_LOCK)
             .execute(&mut **tx)

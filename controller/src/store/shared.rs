@@ -1,11 +1,11 @@
 //! The `Store` implementation both dialects share. The SQL is common (`rows.rs`,
 //! `audit_rows.rs`); only the pool type differs, and sqlx's types are per database, so
 //! the methods are written once here and instantiated for each dialect by a macro.
-//! What differs stays in the dialect's file as inherent items the shared code calls:
-//! `begin_reservation` and `HOST_FOR_RESERVATION` (how a reservation locks its host),
-//! `begin_chain` and `SANDBOX_STATE_FOR_UPDATE` (a write that appends to the audit
-//! chain in its own transaction; see [`super::trust_shared`]) and `lock_loop` (the
-//! replica lock of a background loop).
+//! What differs is the dialect's [`Dialect`](super::dialect::Dialect) impl, which the
+//! shared code calls: `begin_reservation` and `HOST_FOR_RESERVATION` (how a reservation
+//! locks its host), `begin_chain` and `SANDBOX_STATE_FOR_UPDATE` (a write that appends
+//! to the audit chain in its own transaction; see [`super::trust_shared`]) and
+//! `lock_loop` (the replica lock of a background loop).
 
 /// Implements [`Store`](super::Store) for `$store` (a struct with a `pool` field) over
 /// database `$db` with argument buffer `$args`.

@@ -21,6 +21,7 @@ use sqlx::types::Json;
 use sqlx::{Sqlite, SqlitePool};
 
 use super::audit_rows::{self, CertRow, CommandRow, bind_cert, bind_command, bind_end};
+use super::dialect::{Dialect, Tx};
 use super::rows::{self, HostRow, OneUsageRow, SandboxRow, UsageRow};
 use super::trust::{
     ApprovalFilter, ApprovalRecord, AuditFilter, Decided, NewAuditEvent, TokenRecord, TrustStore,
@@ -72,11 +73,14 @@ impl SqliteStore {
     }
 }
 
-impl SqliteStore {
+#[async_trait]
+impl Dialect for SqliteStore {
+    type Db = Sqlite;
+
     /// `BEGIN IMMEDIATE` takes the write lock up front: reservations cannot interleave.
     const HOST_FOR_RESERVATION: &'static str = rows::HOST_BY_NAME;
 
-    async fn begin_reservation(&self) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
+    async fn begin_reservation(&self) -> Result<Tx<Self>, sqlx::Error> {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
@@ -85,13 +89,13 @@ impl SqliteStore {
 
     /// A write that appends to the audit chain: `BEGIN IMMEDIATE` takes the write lock
     /// up front, which is the chain's lock too.
-    async fn begin_chain(&self) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
+    async fn begin_chain(&self) -> Result<Tx<Self>, sqlx::Error> {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
     /// Every transaction that appends was begun `IMMEDIATE` (`begin_chain`,
     /// `begin_reservation`): it holds the lock already.
-    async fn lock_chain(_tx: &mut sqlx::Transaction<'static, Sqlite>) -> Result<(), sqlx::Error> {
+    async fn lock_chain(_tx: &mut Tx<Self>) -> Result<(), sqlx::Error> {
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! The [`TrustStore`](super::TrustStore) implementation both dialects share, written
-//! once like [`super::shared`]. What differs stays in the dialect's file as inherent
-//! items: `begin_chain` (a transaction that may append to the audit chain) and
-//! `lock_chain` (the chain's lock inside it).
+//! once like [`super::shared`]. What differs is in the dialect's
+//! [`Dialect`](super::dialect::Dialect) impl: `begin_chain` (a transaction that may
+//! append to the audit chain) and `lock_chain` (the chain's lock inside it).
 
 /// Implements [`TrustStore`](super::TrustStore) for `$store` (a struct with a `pool`
 /// field) over database `$db`, and the inherent `append_in_tx` the other store
