@@ -23,14 +23,15 @@ mod dialect;
 pub mod egress;
 mod playbook_rows;
 pub mod playbooks;
+mod playbooks_impl;
 mod postgres;
 mod rows;
-mod shared;
 pub mod snapshots;
 mod sqlite;
+mod store_impl;
 pub mod trust;
+mod trust_impl;
 mod trust_rows;
-mod trust_shared;
 
 use std::collections::HashMap;
 

@@ -3,30 +3,15 @@
 //! creates on any replica serialise per host; background loops take a transaction-level
 //! advisory lock per tick so only one replica runs each.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use fluid_client::audit_chain::GENESIS;
-use fluid_client::governance::{ApprovalStatus, AuditEvent};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::types::Json;
 use sqlx::{PgPool, Postgres};
 
-use super::audit_rows::{self, CertRow, CommandRow, bind_cert, bind_command, bind_end};
-use super::dialect::{Dialect, Tx};
-use super::rows::{self, HostRow, OneUsageRow, SandboxRow, UsageRow};
-use super::trust::{
-    ApprovalFilter, ApprovalRecord, AuditFilter, Decided, NewAuditEvent, TokenRecord, TrustStore,
-};
-use super::trust_rows::{self, ApprovalRow, AuditRow, TokenRow};
-use super::{
-    Beat, CertRecord, CommandEnd, CommandRecord, HostRecord, HostUsage, LoopKey, LoopLock,
-    Reservation, ReserveError, SandboxFilter, SandboxRecord, SandboxUpdate, Store, StoreError,
-    check_room,
-};
+use super::dialect::{Dialect, RowsAffected, Tx};
+use super::{LoopKey, LoopLock, StoreError, rows, trust_rows};
 
 /// The advisory lock (transaction-scoped) under which events are appended to the audit
 /// chain, on every replica. Beside the loops' keys ([`LoopKey`]).
@@ -65,6 +50,10 @@ impl PgStore {
 #[async_trait]
 impl Dialect for PgStore {
     type Db = Postgres;
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
 
     /// The host row stays locked until the reservation commits: concurrent creates on
     /// any replica serialise per host.
@@ -106,8 +95,8 @@ impl Dialect for PgStore {
     }
 }
 
-super::shared::sql_store!(PgStore, Postgres, sqlx::postgres::PgArguments);
-super::trust_shared::trust_store!(PgStore, Postgres);
-super::egress::egress_store!(PgStore);
-super::snapshots::snapshot_store!(PgStore);
-super::playbook_rows::playbook_store!(PgStore);
+impl RowsAffected for sqlx::postgres::PgQueryResult {
+    fn rows_affected(&self) -> u64 {
+        Self::rows_affected(self)
+    }
+}
