@@ -95,6 +95,7 @@ impl Dialect for PgStore {
     }
 }
 
+/// sqlx's own `rows_affected`, an inherent method of the result type.
 impl RowsAffected for sqlx::postgres::PgQueryResult {
     fn rows_affected(&self) -> u64 {
         Self::rows_affected(self)

@@ -94,6 +94,7 @@ impl Dialect for SqliteStore {
     }
 }
 
+/// sqlx's own `rows_affected`, an inherent method of the result type.
 impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
     fn rows_affected(&self) -> u64 {
         Self::rows_affected(self)
