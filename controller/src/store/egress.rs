@@ -1,13 +1,17 @@
 //! A sandbox's egress allow-list: intent, stored in its row (`egress_json`, the JSON
 //! text of `{"allow": [...]}` in the REST API's entry shape). Written once for both
-//! dialects like [`super::trust_shared`]; every change appends its `network` audit event
+//! dialects like [`super::trust_impl`]; every change appends its `network` audit event
 //! in the same transaction, and is a compare-and-set on the text it replaces, so two
 //! concurrent changes (an operator's PUT, an approved request) cannot lose each other.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{ColumnIndex, Executor};
 
 use super::StoreError;
+use super::dialect::{Conn, Dialect, Field, Param, Row};
 use super::trust::NewAuditEvent;
+use super::trust_impl::append_in_tx;
 
 /// The allow-list of a sandbox nobody has set one for.
 pub const EMPTY_EGRESS_JSON: &str = r#"{"allow":[]}"#;
@@ -47,62 +51,61 @@ pub trait EgressStore: Send + Sync + 'static {
     async fn egress_on_host(&self, host: &str) -> Result<Vec<(String, String)>, StoreError>;
 }
 
-/// Implements [`EgressStore`] for `$store` (a struct with a `pool` field and the
-/// `begin_chain` / `append_in_tx` items of [`super::trust_shared`]).
-macro_rules! egress_store {
-    ($store:ty) => {
-        #[async_trait::async_trait]
-        impl $crate::store::egress::EgressStore for $store {
-            async fn get_egress(&self, id: &str) -> Result<Option<String>, StoreError> {
-                let row: Option<(String,)> = sqlx::query_as($crate::store::egress::GET_EGRESS)
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                Ok(row.map(|(j,)| j))
-            }
+#[async_trait]
+impl<D> EgressStore for D
+where
+    D: Dialect,
+    for<'c> &'c mut Conn<D>: Executor<'c, Database = D::Db>,
+    usize: ColumnIndex<Row<D>>,
+    for<'q> &'q str: Param<'q, D::Db>,
+    String: Field<D::Db>,
+    // For the audit event (`append_in_tx`).
+    Option<String>: Field<D::Db>,
+    i64: Field<D::Db>,
+    DateTime<Utc>: Field<D::Db>,
+{
+    async fn get_egress(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> = sqlx::query_as(GET_EGRESS)
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.map(|(j,)| j))
+    }
 
-            async fn set_egress(
-                &self,
-                id: &str,
-                egress_json: &str,
-                expect: &str,
-                audit: &NewAuditEvent,
-            ) -> Result<$crate::store::egress::EgressWrite, StoreError> {
-                use $crate::store::egress::{EgressWrite, GET_EGRESS, SET_EGRESS};
-                let mut tx = self.begin_chain().await?;
-                let done: Option<(String,)> = sqlx::query_as(SET_EGRESS)
-                    .bind(id)
-                    .bind(egress_json)
-                    .bind(expect)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if done.is_none() {
-                    let now: Option<(String,)> = sqlx::query_as(GET_EGRESS)
-                        .bind(id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    tx.rollback().await?;
-                    return Ok(match now {
-                        Some((j,)) => EgressWrite::Changed(j),
-                        None => EgressWrite::NotFound,
-                    });
-                }
-                Self::append_in_tx(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(EgressWrite::Written)
-            }
-
-            async fn egress_on_host(
-                &self,
-                host: &str,
-            ) -> Result<Vec<(String, String)>, StoreError> {
-                Ok(sqlx::query_as($crate::store::egress::EGRESS_ON_HOST)
-                    .bind(host)
-                    .fetch_all(&self.pool)
-                    .await?)
-            }
+    async fn set_egress(
+        &self,
+        id: &str,
+        egress_json: &str,
+        expect: &str,
+        audit: &NewAuditEvent,
+    ) -> Result<EgressWrite, StoreError> {
+        let mut tx = self.begin_chain().await?;
+        let done: Option<(String,)> = sqlx::query_as(SET_EGRESS)
+            .bind(id)
+            .bind(egress_json)
+            .bind(expect)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if done.is_none() {
+            let now: Option<(String,)> = sqlx::query_as(GET_EGRESS)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            tx.rollback().await?;
+            return Ok(match now {
+                Some((j,)) => EgressWrite::Changed(j),
+                None => EgressWrite::NotFound,
+            });
         }
-    };
-}
+        append_in_tx::<D>(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(EgressWrite::Written)
+    }
 
-pub(crate) use egress_store;
+    async fn egress_on_host(&self, host: &str) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(sqlx::query_as(EGRESS_ON_HOST)
+            .bind(host)
+            .fetch_all(self.pool())
+            .await?)
+    }
+}

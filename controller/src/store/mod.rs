@@ -15,21 +15,38 @@
 //! sandbox state change, allow-list change and finished or refused command, in the
 //! transaction that makes it.
 //!
-//! Two dialects implement [`Store`]: SQLite (embedded default) and PostgreSQL
-//! (production). Migrations live per dialect in `controller/migrations/`.
+//! Two dialects implement [`Store`]: SQLite (embedded default, [`SqliteStore`]) and
+//! PostgreSQL (production, [`PgStore`]). Each store method is written once, as ordinary
+//! generic code over the small `Dialect` trait (`dialect.rs`), which holds all that
+//! differs: the sqlx database, how a reservation locks its host, how a sandbox update
+//! reads the state it changes, how a write takes the audit chain's lock, and the loops'
+//! replica lock. All other SQL is the same text for both. Where things are:
+//!
+//! | what | trait and records | SQL and row shapes | implementation |
+//! | --- | --- | --- | --- |
+//! | hosts, sandboxes | here | `rows.rs` | `store_impl.rs` |
+//! | commands, certificates | here | `audit_rows.rs` | `store_impl.rs` |
+//! | tokens, approvals, audit chain | [`trust`] | `trust_rows.rs` | `trust_impl.rs` |
+//! | allow-lists | [`egress`] | [`egress`] | [`egress`] |
+//! | snapshots, diffs | [`snapshots`] | [`snapshots`] | [`snapshots`] |
+//! | playbooks, tasks, jobs | [`playbooks`] | `playbook_rows.rs` | `playbooks_impl.rs` |
+//!
+//! Migrations live per dialect in `controller/migrations/`.
 
 mod audit_rows;
+mod dialect;
 pub mod egress;
 mod playbook_rows;
 pub mod playbooks;
+mod playbooks_impl;
 mod postgres;
 mod rows;
-mod shared;
 pub mod snapshots;
 mod sqlite;
+mod store_impl;
 pub mod trust;
+mod trust_impl;
 mod trust_rows;
-mod trust_shared;
 
 use std::collections::HashMap;
 

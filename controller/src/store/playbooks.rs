@@ -6,7 +6,7 @@
 //! was created, with its SHA-256), against what, the approval it waited for, and its
 //! capped output. Job transitions are compare-and-set on the status and may append an
 //! audit event in the same transaction, like commands. Written once for both dialects
-//! ([`super::playbook_rows`]).
+//! ([`super::playbooks_impl`], with the SQL in [`super::playbook_rows`]).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -3,29 +3,15 @@
 //! creates on any replica serialise per host; background loops take a transaction-level
 //! advisory lock per tick so only one replica runs each.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use fluid_client::audit_chain::GENESIS;
-use fluid_client::governance::{ApprovalStatus, AuditEvent};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::types::Json;
 use sqlx::{PgPool, Postgres};
 
-use super::audit_rows::{self, CertRow, CommandRow, bind_cert, bind_command, bind_end};
-use super::rows::{self, HostRow, OneUsageRow, SandboxRow, UsageRow};
-use super::trust::{
-    ApprovalFilter, ApprovalRecord, AuditFilter, Decided, NewAuditEvent, TokenRecord, TrustStore,
-};
-use super::trust_rows::{self, ApprovalRow, AuditRow, TokenRow};
-use super::{
-    Beat, CertRecord, CommandEnd, CommandRecord, HostRecord, HostUsage, LoopKey, LoopLock,
-    Reservation, ReserveError, SandboxFilter, SandboxRecord, SandboxUpdate, Store, StoreError,
-    check_room,
-};
+use super::dialect::{Dialect, RowsAffected, Tx};
+use super::{LoopKey, LoopLock, StoreError, rows, trust_rows};
 
 /// The advisory lock (transaction-scoped) under which events are appended to the audit
 /// chain, on every replica. Beside the loops' keys ([`LoopKey`]).
@@ -61,12 +47,19 @@ impl PgStore {
     }
 }
 
-impl PgStore {
+#[async_trait]
+impl Dialect for PgStore {
+    type Db = Postgres;
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// The host row stays locked until the reservation commits: concurrent creates on
     /// any replica serialise per host.
     const HOST_FOR_RESERVATION: &'static str = rows::HOST_BY_NAME_FOR_UPDATE;
 
-    async fn begin_reservation(&self) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+    async fn begin_reservation(&self) -> Result<Tx<Self>, sqlx::Error> {
         self.pool.begin().await
     }
 
@@ -76,14 +69,14 @@ impl PgStore {
 
     /// A write that appends to the audit chain; the chain's lock is taken as late as
     /// possible, by `append_in_tx` (`lock_chain`).
-    async fn begin_chain(&self) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+    async fn begin_chain(&self) -> Result<Tx<Self>, sqlx::Error> {
         self.pool.begin().await
     }
 
     /// Waits for the chain's advisory lock, held until `tx` ends: appends serialise
     /// across replicas, each reading the head the previous one committed. It is the last
     /// lock any transaction takes, so it cannot deadlock with row locks.
-    async fn lock_chain(tx: &mut sqlx::Transaction<'static, Postgres>) -> Result<(), sqlx::Error> {
+    async fn lock_chain(tx: &mut Tx<Self>) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(CHAIN_LOCK)
             .execute(&mut **tx)
@@ -102,8 +95,9 @@ impl PgStore {
     }
 }
 
-super::shared::sql_store!(PgStore, Postgres, sqlx::postgres::PgArguments);
-super::trust_shared::trust_store!(PgStore, Postgres);
-super::egress::egress_store!(PgStore);
-super::snapshots::snapshot_store!(PgStore);
-super::playbook_rows::playbook_store!(PgStore);
+/// sqlx's own `rows_affected`, an inherent method of the result type.
+impl RowsAffected for sqlx::postgres::PgQueryResult {
+    fn rows_affected(&self) -> u64 {
+        Self::rows_affected(self)
+    }
+}

@@ -6,8 +6,11 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::{ColumnIndex, Executor};
 
-use super::{CommandRecord, StoreError};
+use super::audit_rows::CommandRow;
+use super::dialect::{Conn, Dialect, Field, Param, Row, RowsAffected as _};
+use super::{CommandRecord, StoreError, rows};
 
 /// One snapshot row (`SNP-…`); `(sandbox_id, name)` is unique.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,151 +201,134 @@ pub trait SnapshotStore: Send + Sync + 'static {
     ) -> Result<Vec<CommandRecord>, StoreError>;
 }
 
-/// Implements [`SnapshotStore`] for `$store` (a struct with a `pool` field).
-macro_rules! snapshot_store {
-    ($store:ty) => {
-        #[async_trait::async_trait]
-        impl $crate::store::snapshots::SnapshotStore for $store {
-            async fn insert_snapshot(
-                &self,
-                s: &$crate::store::snapshots::SnapshotRecord,
-            ) -> Result<(), StoreError> {
-                sqlx::query($crate::store::snapshots::INSERT_SNAPSHOT)
-                    .bind(&s.id)
-                    .bind(&s.sandbox_id)
-                    .bind(&s.name)
-                    .bind(&s.kind)
-                    .bind(&s.r#ref)
-                    .bind(&s.host_name)
-                    .bind(s.memory)
-                    .bind(&s.meta_json)
-                    .bind(s.created_at)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| rows::unique_or(e, || format!("snapshot {}", s.name)))?;
-                Ok(())
-            }
+#[async_trait]
+impl<D> SnapshotStore for D
+where
+    D: Dialect,
+    for<'c> &'c mut Conn<D>: Executor<'c, Database = D::Db>,
+    usize: ColumnIndex<Row<D>>,
+    for<'r> &'r str: ColumnIndex<Row<D>>,
+    for<'q> &'q str: Param<'q, D::Db>,
+    String: Field<D::Db>,
+    i64: Field<D::Db>,
+    bool: Field<D::Db>,
+    DateTime<Utc>: Field<D::Db>,
+{
+    async fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<(), StoreError> {
+        sqlx::query(INSERT_SNAPSHOT)
+            .bind(&s.id)
+            .bind(&s.sandbox_id)
+            .bind(&s.name)
+            .bind(&s.kind)
+            .bind(&s.r#ref)
+            .bind(&s.host_name)
+            .bind(s.memory)
+            .bind(&s.meta_json)
+            .bind(s.created_at)
+            .execute(self.pool())
+            .await
+            .map_err(|e| rows::unique_or(e, || format!("snapshot {}", s.name)))?;
+        Ok(())
+    }
 
-            async fn get_snapshot(
-                &self,
-                sandbox_id: &str,
-                name: &str,
-            ) -> Result<Option<$crate::store::snapshots::SnapshotRecord>, StoreError> {
-                let row: Option<$crate::store::snapshots::SnapshotRow> =
-                    sqlx::query_as($crate::store::snapshots::GET_SNAPSHOT)
-                        .bind(sandbox_id)
-                        .bind(name)
-                        .fetch_optional(&self.pool)
-                        .await?;
-                Ok(row.map(Into::into))
-            }
+    async fn get_snapshot(
+        &self,
+        sandbox_id: &str,
+        name: &str,
+    ) -> Result<Option<SnapshotRecord>, StoreError> {
+        let row: Option<SnapshotRow> = sqlx::query_as(GET_SNAPSHOT)
+            .bind(sandbox_id)
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.map(Into::into))
+    }
 
-            async fn list_snapshots(
-                &self,
-                sandbox_id: &str,
-            ) -> Result<Vec<$crate::store::snapshots::SnapshotRecord>, StoreError> {
-                let rs: Vec<$crate::store::snapshots::SnapshotRow> =
-                    sqlx::query_as($crate::store::snapshots::LIST_SNAPSHOTS)
-                        .bind(sandbox_id)
-                        .fetch_all(&self.pool)
-                        .await?;
-                Ok(rs.into_iter().map(Into::into).collect())
-            }
+    async fn list_snapshots(&self, sandbox_id: &str) -> Result<Vec<SnapshotRecord>, StoreError> {
+        let rs: Vec<SnapshotRow> = sqlx::query_as(LIST_SNAPSHOTS)
+            .bind(sandbox_id)
+            .fetch_all(self.pool())
+            .await?;
+        Ok(rs.into_iter().map(Into::into).collect())
+    }
 
-            async fn delete_snapshot(
-                &self,
-                sandbox_id: &str,
-                name: &str,
-            ) -> Result<bool, StoreError> {
-                let r = sqlx::query($crate::store::snapshots::DELETE_SNAPSHOT)
-                    .bind(sandbox_id)
-                    .bind(name)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(r.rows_affected() > 0)
-            }
+    async fn delete_snapshot(&self, sandbox_id: &str, name: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query(DELETE_SNAPSHOT)
+            .bind(sandbox_id)
+            .bind(name)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
 
-            async fn delete_sandbox_snapshots(&self, sandbox_id: &str) -> Result<u64, StoreError> {
-                let r = sqlx::query($crate::store::snapshots::DELETE_SANDBOX_SNAPSHOTS)
-                    .bind(sandbox_id)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(r.rows_affected())
-            }
+    async fn delete_sandbox_snapshots(&self, sandbox_id: &str) -> Result<u64, StoreError> {
+        let r = sqlx::query(DELETE_SANDBOX_SNAPSHOTS)
+            .bind(sandbox_id)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected())
+    }
 
-            async fn insert_diff(
-                &self,
-                d: &$crate::store::snapshots::DiffRecord,
-            ) -> Result<(), StoreError> {
-                sqlx::query($crate::store::snapshots::INSERT_DIFF)
-                    .bind(&d.id)
-                    .bind(&d.sandbox_id)
-                    .bind(&d.from_snapshot)
-                    .bind(&d.to_snapshot)
-                    .bind(&d.diff_json)
-                    .bind(&d.text_diffs_json)
-                    .bind(&d.detail_json)
-                    .bind(d.created_at)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| rows::unique_or(e, || format!("diff {}", d.id)))?;
-                Ok(())
-            }
+    async fn insert_diff(&self, d: &DiffRecord) -> Result<(), StoreError> {
+        sqlx::query(INSERT_DIFF)
+            .bind(&d.id)
+            .bind(&d.sandbox_id)
+            .bind(&d.from_snapshot)
+            .bind(&d.to_snapshot)
+            .bind(&d.diff_json)
+            .bind(&d.text_diffs_json)
+            .bind(&d.detail_json)
+            .bind(d.created_at)
+            .execute(self.pool())
+            .await
+            .map_err(|e| rows::unique_or(e, || format!("diff {}", d.id)))?;
+        Ok(())
+    }
 
-            async fn get_diff(
-                &self,
-                id: &str,
-            ) -> Result<Option<$crate::store::snapshots::DiffRecord>, StoreError> {
-                let row: Option<$crate::store::snapshots::DiffRow> =
-                    sqlx::query_as($crate::store::snapshots::GET_DIFF)
-                        .bind(id)
-                        .fetch_optional(&self.pool)
-                        .await?;
-                Ok(row.map(Into::into))
-            }
+    async fn get_diff(&self, id: &str) -> Result<Option<DiffRecord>, StoreError> {
+        let row: Option<DiffRow> = sqlx::query_as(GET_DIFF)
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.map(Into::into))
+    }
 
-            async fn list_diffs(
-                &self,
-                sandbox_id: &str,
-                limit: u32,
-                offset: u64,
-            ) -> Result<(Vec<$crate::store::snapshots::DiffRecord>, u64), StoreError> {
-                let rs: Vec<$crate::store::snapshots::DiffRow> =
-                    sqlx::query_as($crate::store::snapshots::LIST_DIFFS)
-                        .bind(sandbox_id)
-                        .bind(i64::from(limit))
-                        .bind(i64::try_from(offset).unwrap_or(i64::MAX))
-                        .fetch_all(&self.pool)
-                        .await?;
-                let (total,): (i64,) = sqlx::query_as($crate::store::snapshots::COUNT_DIFFS)
-                    .bind(sandbox_id)
-                    .fetch_one(&self.pool)
-                    .await?;
-                Ok((
-                    rs.into_iter().map(Into::into).collect(),
-                    total.max(0) as u64,
-                ))
-            }
+    async fn list_diffs(
+        &self,
+        sandbox_id: &str,
+        limit: u32,
+        offset: u64,
+    ) -> Result<(Vec<DiffRecord>, u64), StoreError> {
+        let rs: Vec<DiffRow> = sqlx::query_as(LIST_DIFFS)
+            .bind(sandbox_id)
+            .bind(i64::from(limit))
+            .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+            .fetch_all(self.pool())
+            .await?;
+        let (total,): (i64,) = sqlx::query_as(COUNT_DIFFS)
+            .bind(sandbox_id)
+            .fetch_one(self.pool())
+            .await?;
+        Ok((
+            rs.into_iter().map(Into::into).collect(),
+            total.max(0) as u64,
+        ))
+    }
 
-            async fn commands_between(
-                &self,
-                sandbox_id: &str,
-                from: DateTime<Utc>,
-                to: DateTime<Utc>,
-            ) -> Result<Vec<CommandRecord>, StoreError> {
-                let rs: Vec<CommandRow> =
-                    sqlx::query_as($crate::store::snapshots::COMMANDS_BETWEEN)
-                        .bind(sandbox_id)
-                        .bind(from)
-                        .bind(to)
-                        .fetch_all(&self.pool)
-                        .await?;
-                // SQLite compares the RFC 3339 text sqlx writes; its order is the
-                // instants' order (tested on both dialects).
-                Ok(rs.into_iter().map(CommandRecord::from).collect())
-            }
-        }
-    };
+    async fn commands_between(
+        &self,
+        sandbox_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<CommandRecord>, StoreError> {
+        let rs: Vec<CommandRow> = sqlx::query_as(COMMANDS_BETWEEN)
+            .bind(sandbox_id)
+            .bind(from)
+            .bind(to)
+            .fetch_all(self.pool())
+            .await?;
+        // SQLite compares the RFC 3339 text sqlx writes; its order is the
+        // instants' order (tested on both dialects).
+        Ok(rs.into_iter().map(CommandRecord::from).collect())
+    }
 }
-
-pub(crate) use snapshot_store;

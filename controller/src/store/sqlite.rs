@@ -7,30 +7,16 @@
 //! starts); only an OS crash or power loss may roll back the last commits. Measured on
 //! the exec path with `exec-bench` (see ARCHITECTURE.md): FULL cost an fsync per commit.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use fluid_client::audit_chain::GENESIS;
-use fluid_client::governance::{ApprovalStatus, AuditEvent};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::types::Json;
 use sqlx::{Sqlite, SqlitePool};
 
-use super::audit_rows::{self, CertRow, CommandRow, bind_cert, bind_command, bind_end};
-use super::rows::{self, HostRow, OneUsageRow, SandboxRow, UsageRow};
-use super::trust::{
-    ApprovalFilter, ApprovalRecord, AuditFilter, Decided, NewAuditEvent, TokenRecord, TrustStore,
-};
-use super::trust_rows::{self, ApprovalRow, AuditRow, TokenRow};
-use super::{
-    Beat, CertRecord, CommandEnd, CommandRecord, HostRecord, HostUsage, LoopKey, LoopLock,
-    Reservation, ReserveError, SandboxFilter, SandboxRecord, SandboxUpdate, Store, StoreError,
-    check_room,
-};
+use super::dialect::{Dialect, RowsAffected, Tx};
+use super::{LoopKey, LoopLock, StoreError, rows, trust_rows};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -72,11 +58,18 @@ impl SqliteStore {
     }
 }
 
-impl SqliteStore {
+#[async_trait]
+impl Dialect for SqliteStore {
+    type Db = Sqlite;
+
+    fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// `BEGIN IMMEDIATE` takes the write lock up front: reservations cannot interleave.
     const HOST_FOR_RESERVATION: &'static str = rows::HOST_BY_NAME;
 
-    async fn begin_reservation(&self) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
+    async fn begin_reservation(&self) -> Result<Tx<Self>, sqlx::Error> {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
@@ -85,13 +78,13 @@ impl SqliteStore {
 
     /// A write that appends to the audit chain: `BEGIN IMMEDIATE` takes the write lock
     /// up front, which is the chain's lock too.
-    async fn begin_chain(&self) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
+    async fn begin_chain(&self) -> Result<Tx<Self>, sqlx::Error> {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
     /// Every transaction that appends was begun `IMMEDIATE` (`begin_chain`,
     /// `begin_reservation`): it holds the lock already.
-    async fn lock_chain(_tx: &mut sqlx::Transaction<'static, Sqlite>) -> Result<(), sqlx::Error> {
+    async fn lock_chain(_tx: &mut Tx<Self>) -> Result<(), sqlx::Error> {
         Ok(())
     }
 
@@ -101,8 +94,9 @@ impl SqliteStore {
     }
 }
 
-super::shared::sql_store!(SqliteStore, Sqlite, sqlx::sqlite::SqliteArguments);
-super::trust_shared::trust_store!(SqliteStore, Sqlite);
-super::egress::egress_store!(SqliteStore);
-super::snapshots::snapshot_store!(SqliteStore);
-super::playbook_rows::playbook_store!(SqliteStore);
+/// sqlx's own `rows_affected`, an inherent method of the result type.
+impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
+    fn rows_affected(&self) -> u64 {
+        Self::rows_affected(self)
+    }
+}
