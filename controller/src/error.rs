@@ -4,6 +4,7 @@ use fluid_proto::ValidationError;
 use fluid_proto::model::SandboxId;
 
 use crate::agents::AgentError;
+use crate::agents::locate::Unreachable;
 use crate::scheduler::ScheduleError;
 use crate::store::StoreError;
 use crate::support::ids::InvalidAgentId;
@@ -37,6 +38,16 @@ pub enum ServiceError {
     Agent(#[from] AgentError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<Unreachable> for ServiceError {
+    fn from(e: Unreachable) -> Self {
+        match e {
+            Unreachable::NotPlaced(_) | Unreachable::HostGone(_) => Self::Conflict(e.to_string()),
+            Unreachable::Offline(_) => Self::Unavailable(e.to_string()),
+            Unreachable::Store(e) => Self::Store(e),
+        }
+    }
 }
 
 impl From<InvalidAgentId> for ServiceError {

@@ -185,14 +185,13 @@ pub async fn place_on(
     let pinned = |why: String| {
         ScheduleError::NoCapacity(format!("{host}: {why} (the sandbox must run on {host})"))
     };
-    let hosts = store.list_hosts().await?;
-    let h = hosts
-        .iter()
-        .find(|h| h.name == host)
+    let h = store
+        .get_host(host)
+        .await?
         .ok_or_else(|| pinned("not registered".into()))?;
     let usage = store.host_usage().await?;
     let u = usage.get(host).copied().unwrap_or_default();
-    if let Some(why) = reject_reason(h, u, p, ratio) {
+    if let Some(why) = reject_reason(&h, u, p, ratio) {
         return Err(pinned(why));
     }
     match store.reserve(&p.reservation(host, ratio, now, false)).await {

@@ -32,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::support::addr::check_address;
 
 // Snapshots, out-of-band disk reads and the SSH tunnel: a supertrait, in its own file.
+pub mod locate;
 mod snapshots;
 pub use snapshots::{
     AgentSnapshot, DIFF_TIMEOUT, READ_FILE_MAX, SnapshotAgent, TunnelInputStream, TunnelStream,

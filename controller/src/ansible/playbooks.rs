@@ -26,6 +26,7 @@ use fluid_client::ansible::{
     CreatePlaybookRequest, CreateTaskRequest, Playbook, PlaybookWithTasks, Task, UpdateTaskRequest,
 };
 
+use crate::agents::locate::Unreachable;
 use crate::error::ServiceError;
 use crate::governance::auth::trusted;
 use crate::governance::auth::{self, Caller};
@@ -66,6 +67,12 @@ pub enum AnsibleError {
 impl From<fluid_ansible::ValidationError> for AnsibleError {
     fn from(e: fluid_ansible::ValidationError) -> Self {
         Self::Invalid(e.to_string())
+    }
+}
+
+impl From<Unreachable> for AnsibleError {
+    fn from(e: Unreachable) -> Self {
+        Self::Service(e.into())
     }
 }
 

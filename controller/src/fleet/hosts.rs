@@ -30,13 +30,6 @@ impl std::fmt::Debug for HostService {
     }
 }
 
-fn target(h: &HostRecord) -> AgentTarget {
-    AgentTarget {
-        name: h.name.clone(),
-        address: h.address.clone(),
-    }
-}
-
 impl HostService {
     pub fn new(
         store: Arc<dyn Store>,
@@ -108,7 +101,7 @@ impl HostService {
         let answers = join_all(
             hosts
                 .iter()
-                .map(|h| async move { (h, self.agents.list_images(&target(h)).await) }),
+                .map(|h| async move { (h, self.agents.list_images(&AgentTarget::from(h)).await) }),
         )
         .await;
         let mut vms = Vec::new();
@@ -146,7 +139,7 @@ impl HostService {
     }
 
     async fn beat(&self, h: &HostRecord) -> Result<(), StoreError> {
-        let t = target(h);
+        let t = AgentTarget::from(h);
         let answer = async {
             let status = self.agents.status(&t).await?;
             let images = self.agents.list_images(&t).await?;

@@ -73,10 +73,7 @@ impl Reconciler {
     }
 
     async fn reconcile_host(&self, h: &HostRecord) -> Result<(), StoreError> {
-        let target = AgentTarget {
-            name: h.name.clone(),
-            address: h.address.clone(),
-        };
+        let target = AgentTarget::from(h);
         let inventory = match self.agents.list_sandboxes(&target).await {
             Ok(v) => v,
             Err(e) => {

@@ -19,12 +19,13 @@ use fluid_client::network::{
     EGRESS_RULES_MAX, EgressProtocol, EgressRuleBody, NETWORK_BASELINE, NetworkPolicy,
     PutNetworkRequest, ResolvedDomain,
 };
-use fluid_client::types::{HostState, SandboxState};
+use fluid_client::types::SandboxState;
 use fluid_proto::ValidationError;
 use fluid_proto::model::{
     Destination, EgressPolicy, EgressRule, Protocol, SandboxId, check_domain, parse_cidr,
 };
 
+use crate::agents::locate::{self, Unreachable};
 use crate::agents::{AgentConnector, AgentError, AgentTarget, EgressState};
 use crate::error::ServiceError;
 use crate::governance::auth::Caller;
@@ -189,19 +190,11 @@ impl EgressService {
 
     /// The sandbox's agent, when its host is registered and online.
     async fn online_target(&self, sb: &SandboxRecord) -> Result<Option<AgentTarget>, StoreError> {
-        let Some(name) = sb.host_name.as_deref() else {
-            return Ok(None);
-        };
-        Ok(self
-            .store
-            .list_hosts()
-            .await?
-            .into_iter()
-            .find(|h| h.name == name && h.state == HostState::Online)
-            .map(|h| AgentTarget {
-                name: h.name,
-                address: h.address,
-            }))
+        match locate::agent_of(&*self.store, sb).await {
+            Ok(t) => Ok(Some(t)),
+            Err(Unreachable::Store(e)) => Err(e),
+            Err(_) => Ok(None),
+        }
     }
 
     /// The stored allow-list, with the agent's view when it answers within

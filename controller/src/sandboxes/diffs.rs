@@ -19,11 +19,12 @@ use fluid_proto::model::{DiskState, SandboxId, SnapshotName};
 use fluid_proto::pb;
 use serde::{Deserialize, Serialize};
 
+use crate::agents::locate;
 use crate::agents::{AgentConnector, AgentError};
 use crate::error::ServiceError;
 pub use crate::sandboxes::diffs::convert::{DiffDetail, TextPair};
 use crate::sandboxes::diffs::convert::{convert, file_meta};
-use crate::sandboxes::snapshots::{guest_certificate_for, online_target, snapshot_row};
+use crate::sandboxes::snapshots::{guest_certificate_for, snapshot_row};
 use crate::store::{DiffRecord, SandboxRecord, SnapshotRecord, Store, StoreError};
 use crate::support::ids::new_id;
 use crate::work::commands::CommandService;
@@ -310,7 +311,7 @@ impl DiffService {
                 from.state.sandbox_id, from.host, to.state.sandbox_id, to.host
             )));
         }
-        let target = online_target(&*self.store, &from.host).await?;
+        let target = locate::online_agent(&*self.store, &from.host).await?;
         let req = pb::DiffSnapshotsRequest {
             from: Some(pb::DiskState::from(&from.state)),
             to: Some(pb::DiskState::from(&to.state)),
@@ -401,7 +402,7 @@ impl DiffService {
     ) -> Result<(FileMeta, Vec<u8>), ServiceError> {
         check_path(path).map_err(|e| ServiceError::Invalid(format!("path: {e}")))?;
         let s = self.resolve(side).await?;
-        let target = online_target(&*self.store, &s.host).await?;
+        let target = locate::online_agent(&*self.store, &s.host).await?;
         let cert = self.certificate(&[&s]).await;
         match self
             .agents

@@ -20,6 +20,7 @@ use fluid_proto::model::{
     CreateSandbox, EgressPolicy, Name, SandboxId, SandboxInfo, check_cpus, check_memory_mb,
 };
 
+use crate::agents::locate;
 use crate::agents::observed_state;
 use crate::agents::{AgentConnector, AgentError, AgentTarget};
 use crate::error::ServiceError;
@@ -113,25 +114,8 @@ impl SandboxService {
 
     /// The agent that runs `row`, with whether its host is currently online.
     async fn target(&self, row: &SandboxRecord) -> Result<(AgentTarget, bool), ServiceError> {
-        let name = row.host_name.as_deref().ok_or_else(|| {
-            ServiceError::Conflict(format!("sandbox {} was never placed on a host", row.id))
-        })?;
-        let host = self
-            .store
-            .list_hosts()
-            .await?
-            .into_iter()
-            .find(|h| h.name == name)
-            .ok_or_else(|| {
-                ServiceError::Conflict(format!("host {name} of sandbox {} is gone", row.id))
-            })?;
-        Ok((
-            AgentTarget {
-                name: host.name,
-                address: host.address,
-            },
-            host.state == HostState::Online,
-        ))
+        let host = locate::host_of(&*self.store, row).await?;
+        Ok((AgentTarget::from(&host), host.state == HostState::Online))
     }
 
     async fn update(

@@ -18,9 +18,10 @@ use std::sync::Arc;
 use chrono::Utc;
 use fluid_client::audit_chain::truncate_to_micros;
 use fluid_client::snapshots::{CreateSnapshotRequest, ForkRequest, NOW, Snapshot, SnapshotList};
-use fluid_client::types::{CreateSandboxRequest, CreateSandboxResponse, HostState, SandboxState};
+use fluid_client::types::{CreateSandboxRequest, CreateSandboxResponse, SandboxState};
 use fluid_proto::model::{SandboxId, SnapshotName, SnapshotRef};
 
+use crate::agents::locate;
 use crate::agents::observed_state;
 use crate::agents::{AgentConnector, AgentError, AgentTarget};
 use crate::error::ServiceError;
@@ -73,28 +74,6 @@ pub(crate) async fn snapshot_row(
         .ok_or_else(|| {
             ServiceError::NotFound(format!("snapshot {name} of sandbox {sandbox_id} not found"))
         })
-}
-
-/// The agent of `host`, when it is registered (409) and online (503).
-pub(crate) async fn online_target(
-    store: &dyn Store,
-    host: &str,
-) -> Result<AgentTarget, ServiceError> {
-    let h = store
-        .list_hosts()
-        .await?
-        .into_iter()
-        .find(|h| h.name == host)
-        .ok_or_else(|| ServiceError::Conflict(format!("host {host} is gone")))?;
-    if h.state != HostState::Online {
-        return Err(ServiceError::Unavailable(format!(
-            "host {host} is not online"
-        )));
-    }
-    Ok(AgentTarget {
-        name: h.name,
-        address: h.address,
-    })
 }
 
 /// A certificate for the agent's exec key when `sb` runs, so the agent can reach the
@@ -189,10 +168,7 @@ impl SnapshotService {
     }
 
     async fn target(&self, sb: &SandboxRecord) -> Result<AgentTarget, ServiceError> {
-        let host = sb.host_name.as_deref().ok_or_else(|| {
-            ServiceError::Conflict(format!("sandbox {} was never placed on a host", sb.id))
-        })?;
-        online_target(&*self.store, host).await
+        Ok(locate::agent_of(&*self.store, sb).await?)
     }
 
     /// Takes a snapshot: with memory when the sandbox runs (`memory: false` then is a

@@ -425,6 +425,8 @@ pub trait Store:
         now: DateTime<Utc>,
     ) -> Result<HostRecord, StoreError>;
     async fn list_hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
+    /// The host named `name`, if it is registered.
+    async fn get_host(&self, name: &str) -> Result<Option<HostRecord>, StoreError>;
     async fn record_beat(&self, name: &str, beat: &Beat) -> Result<(), StoreError>;
     /// Counts a missed beat; the host goes OFFLINE after `offline_after` of them.
     async fn record_missed_beat(

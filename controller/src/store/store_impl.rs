@@ -80,6 +80,14 @@ where
         rows::hosts(rs)
     }
 
+    async fn get_host(&self, name: &str) -> Result<Option<HostRecord>, StoreError> {
+        let row: Option<HostRow> = sqlx::query_as(rows::HOST_BY_NAME)
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await?;
+        row.map(HostRecord::try_from).transpose()
+    }
+
     async fn record_beat(&self, name: &str, beat: &Beat) -> Result<(), StoreError> {
         sqlx::query(rows::RECORD_BEAT)
             .bind(name)

@@ -138,11 +138,9 @@ pub(crate) fn reservation(i: usize, host: &str, cpu: u32, mem: u64) -> Reservati
 
 async fn host(store: &dyn Store, name: &str) -> HostRecord {
     store
-        .list_hosts()
+        .get_host(name)
         .await
-        .expect("hosts")
-        .into_iter()
-        .find(|h| h.name == name)
+        .expect("get host")
         .expect("host exists")
 }
 
@@ -173,6 +171,9 @@ async fn hosts_lifecycle(store: Arc<dyn Store>) {
         .map(|h| h.name)
         .collect();
     assert_eq!(names, ["h0", "h1"]);
+    let h1 = s.get_host("h1").await.expect("get").expect("h1 exists");
+    assert_eq!(h1.address, "h1.lab:7443");
+    assert!(s.get_host("h9").await.expect("get").is_none());
     let h1 = host(s, "h1").await;
     assert_eq!(
         (h1.address.as_str(), h1.state),

@@ -33,6 +33,7 @@ use fluid_proto::model::{Exec, SandboxId};
 use fluid_proto::pb;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::agents::locate;
 use crate::agents::{AgentConnector, AgentError, AgentTarget};
 use crate::error::ServiceError;
 use crate::metrics::{ExecOutcome, Metrics};
@@ -440,16 +441,8 @@ impl CommandService {
                 row.id, row.state
             )));
         }
-        let host_name = row.host_name.as_deref().ok_or_else(|| {
-            ServiceError::Conflict(format!("sandbox {} was never placed on a host", row.id))
-        })?;
-        let host = self
-            .store
-            .list_hosts()
-            .await?
-            .into_iter()
-            .find(|h| h.name == host_name)
-            .ok_or_else(|| ServiceError::Conflict(format!("host {host_name} is gone")))?;
+        let host = locate::host_of(&*self.store, row).await?;
+        let host_name = host.name.as_str();
         let agent_key = host.ssh_public_key.as_deref().ok_or_else(|| {
             ServiceError::Unavailable(format!(
                 "host {host_name} has not reported an SSH key for exec yet"
@@ -461,10 +454,7 @@ impl CommandService {
             .collect();
         let certificate = self.agent_certificate(host_name, agent_key, &principals, grant)?;
         Ok(AgentAccess {
-            target: AgentTarget {
-                name: host.name,
-                address: host.address,
-            },
+            target: AgentTarget::from(&host),
             certificate,
         })
     }
@@ -479,10 +469,7 @@ impl CommandService {
                 return;
             }
         };
-        let Ok(hosts) = self.store.list_hosts().await else {
-            return;
-        };
-        let Some(host) = hosts.into_iter().find(|h| h.name == target.name) else {
+        let Ok(Some(host)) = self.store.get_host(&target.name).await else {
             return;
         };
         let beat = crate::store::Beat {

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fluid_ansible::{InventoryHost, RunOutcome};
-use fluid_client::types::HostState;
 use fluid_proto::pb;
 
 use super::access::JobKey;
 use super::tunnel::{TunnelListener, TunnelOpener, ssh_answers};
 use super::{JobEnd, JobService, PHASE_APPLY, PHASE_CHECK};
 use crate::agents::AgentTarget;
+use crate::agents::locate;
 use crate::ansible::playbooks::AnsibleError;
 use crate::store::{JobRecord, SandboxRecord};
 
@@ -52,28 +52,7 @@ impl JobService {
         &self,
         sb: &SandboxRecord,
     ) -> Result<AgentTarget, AnsibleError> {
-        let name = sb.host_name.as_deref().ok_or_else(|| {
-            AnsibleError::Conflict(format!("sandbox {} was never placed on a host", sb.id))
-        })?;
-        let host = self
-            .store
-            .list_hosts()
-            .await?
-            .into_iter()
-            .find(|h| h.name == name)
-            .ok_or_else(|| {
-                AnsibleError::Conflict(format!("host {name} of sandbox {} is gone", sb.id))
-            })?;
-        if host.state != HostState::Online {
-            return Err(AnsibleError::Unavailable(format!(
-                "host {name} of sandbox {} is not online",
-                sb.id
-            )));
-        }
-        Ok(AgentTarget {
-            name: host.name,
-            address: host.address,
-        })
+        Ok(locate::agent_of(&*self.store, sb).await?)
     }
 
     /// Opens tunnels to `sb`'s port 22 through its agent.
