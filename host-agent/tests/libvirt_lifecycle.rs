@@ -163,7 +163,7 @@ async fn lifecycle(
 
     let wait = WaitForIp {
         id: id.clone(),
-        timeout_seconds: 180,
+        timeout_seconds: 240,
     };
     let ip = sandboxes.wait_for_ip(wait.clone()).await.expect("ip");
     println!(

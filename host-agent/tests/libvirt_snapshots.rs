@@ -34,7 +34,7 @@ use fluid_agent::{AgentConfig, sandboxes::SandboxView};
 use fluid_proto::model::{CreateSandbox, DiskState, Name, SandboxId, SnapshotName, SnapshotRef};
 
 /// This run's hex: ids and names are unique, so runs on the same libvirtd do not collide
-/// (the hex first in an id: taps are named after its first characters).
+/// (the hex and the letter first in an id: taps are named after its first ten).
 fn run_hex() -> &'static str {
     static HEX: OnceLock<String> = OnceLock::new();
     HEX.get_or_init(|| format!("{:08x}", rand::random::<u32>()))
@@ -42,7 +42,7 @@ fn run_hex() -> &'static str {
 
 /// Sandbox `which` of this run (`a`…`d`).
 fn sbx(which: char) -> String {
-    format!("SBX-{}snap{which}", run_hex())
+    format!("SBX-{}{which}snap", run_hex())
 }
 
 /// The domain name of sandbox `which`.
