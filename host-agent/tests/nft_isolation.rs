@@ -176,14 +176,21 @@ impl Lab {
         cmd.status().expect("nc").success()
     }
 
-    /// Starts a UDP listener in the host namespace (`nc -u -l <listen…>`, the port
-    /// last), waits until it is bound, runs the shell command `send` in namespace
-    /// `role`, and answers whether the listener got `expect`: as soon as it shows, or
-    /// `false` when it has not 1 s after `send` ended (time for a datagram that was let
-    /// through to arrive: nothing else says that one was dropped).
-    fn udp_received(&self, listen: &[&str], role: &str, send: &str, expect: &str) -> bool {
+    /// Starts a UDP listener in namespace `at` (`nc -u -l <listen…>`, the port last),
+    /// waits until it is bound, runs the shell command `send` in namespace `role`, and
+    /// answers whether the listener got `expect`: as soon as it shows, or `false` when
+    /// it has not 1 s after `send` ended (time for a datagram that was let through to
+    /// arrive: nothing else says that one was dropped).
+    fn udp_received(
+        &self,
+        at: &str,
+        listen: &[&str],
+        role: &str,
+        send: &str,
+        expect: &str,
+    ) -> bool {
         let mut listener = Command::new("ip")
-            .args(["netns", "exec", &self.ns("h"), "nc", "-u", "-l"])
+            .args(["netns", "exec", &self.ns(at), "nc", "-u", "-l"])
             .args(listen)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -193,7 +200,7 @@ impl Lab {
             .last()
             .and_then(|p| p.parse().ok())
             .expect("the port last");
-        self.wait_bound("h", "-u", port);
+        self.wait_bound(at, "-u", port);
         let mut stdout = listener.stdout.take().expect("piped");
         let (tx, rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
@@ -228,7 +235,7 @@ impl Lab {
     /// DNS proxy listens (10.99.0.1:5353).
     fn dns_reaches_proxy(&self, role: &str, to: &str, port: u16) -> bool {
         let send = format!("printf query | nc -u -w 1 {to} {port}");
-        self.udp_received(&["10.99.0.1", "5353"], role, &send, "query")
+        self.udp_received("h", &["10.99.0.1", "5353"], role, &send, "query")
     }
 
     /// A DHCP request (udp 68 → 255.255.255.255:67, a BOOTP message whose `chaddr` is
@@ -242,7 +249,16 @@ impl Lab {
             s.sendto(m, ('255.255.255.255', 67))\"",
             chaddr.replace(':', "")
         );
-        self.udp_received(&["67"], role, &send, "fluid-dhcp-probe")
+        self.udp_received("h", &["67"], role, &send, "fluid-dhcp-probe")
+    }
+
+    /// One UDP datagram from `role` to the internet (10.98.0.2:`port`); true when it
+    /// arrived. One way on purpose: rules that let a sandbox's packets out but drop the
+    /// answers still leak what it sends, and a TCP connect would not show it.
+    fn udp_reaches_internet(&self, role: &str, port: u16) -> bool {
+        let mark = format!("one-way-from-{role}");
+        let send = format!("printf {mark} | nc -u -w 1 10.98.0.2 {port}");
+        self.udp_received("i", &["10.98.0.2", &port.to_string()], role, &send, &mark)
     }
 
     fn nft(&self, args: &[&str]) -> String {
@@ -479,6 +495,16 @@ async fn rules_seal_sandboxes_in_a_real_kernel() {
         false,
     );
     check(
+        "s2 → internet udp/9000, one way (sealed)",
+        lab.udp_reaches_internet("s2", 9000),
+        false,
+    );
+    check(
+        "s1 → internet udp/9000, one way (not in its list)",
+        lab.udp_reaches_internet("s1", 9000),
+        false,
+    );
+    check(
         "s1 → host tcp/2222 (inet input keyed on ether saddr)",
         lab.connects("s1", "10.99.0.1", 2222, None),
         false,
@@ -487,6 +513,11 @@ async fn rules_seal_sandboxes_in_a_real_kernel() {
         "s1 → s2 tcp/22 (bridge forward)",
         lab.connects("s1", &IP2.to_string(), 22, None),
         false,
+    );
+    check(
+        "s3 (not ours) → internet udp/9000, one way (control)",
+        lab.udp_reaches_internet("s3", 9000),
+        true,
     );
     check(
         "s3 (not ours) → internet tcp/8080",
