@@ -144,8 +144,14 @@ impl Teardown for Vm {
 static VM: Shared<Vm> = Shared::new();
 
 async fn setup() -> Result<Vm> {
-    let mut stack =
-        Stack::start_with(StoreKind::Sqlite, vec![AgentOptions::new("a")], POLICY).await?;
+    // The create waits for the lease: 300 s, not the default 180, on a loaded host.
+    let mut stack = Stack::start_configured(
+        StoreKind::Sqlite,
+        vec![AgentOptions::new("a")],
+        "wait_for_ip_timeout_secs = 300\n",
+        POLICY,
+    )
+    .await?;
     stack
         .wait_host("a", HostState::Online, Duration::from_secs(30))
         .await?;
@@ -162,7 +168,7 @@ async fn setup() -> Result<Vm> {
         .await?;
     let id = created.sandbox.id.clone();
     let ip = created.ip_address.context("no ip")?;
-    wait_ssh_banner(&format!("{ip}:22"), Duration::from_secs(90)).await?;
+    wait_ssh_banner(&format!("{ip}:22"), Duration::from_secs(180)).await?;
     println!(
         "setup: sandbox {id} at {ip}, sshd up {:.1} s after the create",
         t.elapsed().as_secs_f64()

@@ -197,10 +197,11 @@ async fn setup() -> Result<Observed> {
     let receiver = Receiver::default();
     let endpoint = receiver.start().await?;
     let otlp = format!("otlp_endpoint = \"{endpoint}\"\nlog_format = \"json\"\n");
+    // The create waits for the lease: 300 s, not the default 180, on a loaded host.
     let mut stack = Stack::start_configured(
         StoreKind::Sqlite,
         vec![AgentOptions::new("a").config(&otlp)],
-        &otlp,
+        &format!("{otlp}wait_for_ip_timeout_secs = 300\n"),
         "",
     )
     .await?;
@@ -229,7 +230,7 @@ async fn setup() -> Result<Observed> {
     let id = created.sandbox.id.clone();
     let ip = created.ip_address.context("create answered no IP")?;
     println!("create → IP {ip} in {:.1}s", t0.elapsed().as_secs_f64());
-    wait_ssh_banner(&format!("{ip}:22"), Duration::from_secs(90)).await?;
+    wait_ssh_banner(&format!("{ip}:22"), Duration::from_secs(180)).await?;
     let cmd = stack
         .client
         .run_command(
