@@ -157,3 +157,71 @@ extern "C" fn run_at_exit() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    struct Counter(usize);
+
+    impl Teardown for Counter {
+        async fn teardown(self) {}
+    }
+
+    #[test]
+    fn a_fixture_is_made_once_and_keeps_what_tests_did_to_it() {
+        static MADE: AtomicUsize = AtomicUsize::new(0);
+        static FIXTURE: Shared<Counter> = Shared::new();
+        let setup = || async {
+            MADE.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, String>(Counter(0))
+        };
+        for want in 1..=3 {
+            let seen = FIXTURE.run(setup, async |c| {
+                c.0 += 1;
+                c.0
+            });
+            assert_eq!(seen, want);
+        }
+        assert_eq!(MADE.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_fixture_that_cannot_be_made_fails_every_test_that_needs_it() {
+        static MADE: AtomicUsize = AtomicUsize::new(0);
+        static FIXTURE: Shared<Counter> = Shared::new();
+        for _ in 0..2 {
+            let outcome = std::panic::catch_unwind(|| {
+                FIXTURE.run(
+                    || async {
+                        MADE.fetch_add(1, Ordering::SeqCst);
+                        Err::<Counter, _>("no VM today")
+                    },
+                    async |_| (),
+                )
+            });
+            let message = outcome
+                .expect_err("the test must fail")
+                .downcast::<String>()
+                .expect("a message");
+            assert!(message.contains("no VM today"), "{message}");
+        }
+        assert_eq!(MADE.load(Ordering::SeqCst), 1, "made once, not retried");
+    }
+
+    #[test]
+    fn a_panic_while_making_it_is_reported() {
+        static FIXTURE: Shared<Counter> = Shared::new();
+        async fn boot() -> Result<Counter, String> {
+            panic!("libvirtd is gone")
+        }
+        let outcome = std::panic::catch_unwind(|| FIXTURE.run(boot, async |_| ()));
+        let message = outcome
+            .expect_err("the test must fail")
+            .downcast::<String>()
+            .expect("a message");
+        assert!(message.contains("libvirtd is gone"), "{message}");
+    }
+}
