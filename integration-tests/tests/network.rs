@@ -74,7 +74,7 @@ async fn create(c: &Client, name: &str) -> Result<(String, Ipv4Addr)> {
 }
 
 async fn ready(c: &Client, id: &str) -> Result<()> {
-    guest::ready(c, id, Duration::from_secs(90)).await
+    guest::ready(c, id, Duration::from_secs(180)).await
 }
 
 fn nft(args: &[&str]) -> Result<String> {
@@ -98,9 +98,13 @@ async fn sandboxes_are_sealed_and_egress_opens_only_with_approval() -> Result<()
         "internet: {} in namespace {} (dns {})",
         server, inet.namespace, inet.dns
     );
-    let mut stack = Stack::start(
+    // Two sandboxes boot at once: 300 s for their leases, not the default 180, on a
+    // loaded host.
+    let mut stack = Stack::start_configured(
         StoreKind::Sqlite,
         vec![AgentOptions::new("a").network(&format!("dns_upstream = {:?}", inet.dns))],
+        "wait_for_ip_timeout_secs = 300\n",
+        "",
     )
     .await?;
     stack
