@@ -353,8 +353,11 @@ mod tests {
         m.op(Op::Exec, false, Duration::from_millis(300));
         m.libvirt_call("define", None);
         m.libvirt_call("start", Some(&HypervisorError::Failed("x".into())));
+        // Two applies that worked and one that failed: errors counted on the wrong
+        // outcome would read 2, not 1.
         m.nft_apply(true);
         m.nft_apply(false);
+        m.nft_apply(true);
         m.set_states([ObservedState::Running, ObservedState::Running]);
         let text = m.encode();
         let e = fluid_telemetry::exposition::parse(&text).expect(&text);
@@ -383,7 +386,7 @@ mod tests {
             1.0,
         );
         exactly("fluid_agent_libvirt_errors_total", &[("op", "define")], 0.0);
-        exactly("fluid_agent_nft_applies_total", &[], 2.0);
+        exactly("fluid_agent_nft_applies_total", &[], 3.0);
         exactly("fluid_agent_nft_apply_errors_total", &[], 1.0);
         exactly("fluid_agent_sandboxes", &[("state", "RUNNING")], 2.0);
         exactly("fluid_agent_sandboxes", &[("state", "ERROR")], 0.0);

@@ -4,10 +4,14 @@
 //! Checks output, the terminal (`tty`, TERM), the exit status, resizes, another user
 //! (`runuser -l`), a certificate without `permit-pty`, and the hang-up.
 //!
-//! Needs what `libvirt_exec` needs:
+//! One sandbox is booted (~35 s under TCG) and shared by every test of this file
+//! (`fluid_prereq::shared`); each test is one scenario, and they take turns on it.
+//!
+//! Needs what `libvirt_exec` needs; `scripts/test.sh` runs it; by hand:
 //!
 //! ```text
-//! ip netns exec fluid-dev cargo test -p fluid-agent --test libvirt_attach -- --nocapture
+//! ip netns exec fluid-test env PATH=$PATH FLUID_TEST_IMAGE_DIR=… \
+//!   cargo test -p fluid-agent --test libvirt_attach -- --nocapture
 //! ```
 
 mod common;
@@ -24,6 +28,7 @@ use fluid_proto::pb;
 use tokio::sync::mpsc;
 
 use common::{RealSandbox, certificate};
+use fluid_prereq::shared::{Shared, Teardown};
 
 struct Ctx {
     s: Arc<Sandboxes<Libvirt>>,
@@ -163,32 +168,42 @@ fn stdin(s: &str) -> ShellInput {
     ShellInput::Stdin(s.as_bytes().to_vec())
 }
 
-#[tokio::test]
-#[ignore = "not yet run in CI: being brought up to date with per-sandbox SSH principals and the exec scope; integration-tests (exec, lifecycle, review_loop, hostile) cover these paths meanwhile"]
-async fn attach_to_a_real_sandbox() {
-    if !common::real_host() {
-        return;
-    }
-    let sb = RealSandbox::start("attach", "SBX-agentattach0001").await;
-    let s = sb.s.clone();
-    let ctx = Arc::new(Ctx {
-        s: s.clone(),
-        id: sb.id.clone(),
-        exec_cert: certificate(&sb.ca, s.ssh_public_key(), &sb.id, false),
-        pty_cert: certificate(&sb.ca, s.ssh_public_key(), &sb.id, true),
-    });
-    let body = tokio::spawn({
-        let ctx = ctx.clone();
-        let created = sb.created;
-        async move { checks(&ctx, created).await }
-    });
-    let result = body.await;
-    drop(ctx);
-    drop(s);
-    sb.finish(result).await;
+/// The shared sandbox.
+struct AttachVm {
+    sb: RealSandbox,
+    ctx: Ctx,
+    /// Set by the first test: whether the sandbox came up (or why not).
+    ready: Option<Result<(), String>>,
 }
 
-async fn checks(ctx: &Ctx, created: Instant) {
+impl Teardown for AttachVm {
+    async fn teardown(self) {
+        drop(self.ctx);
+        self.sb.teardown().await;
+    }
+}
+
+static VM: Shared<AttachVm> = Shared::new();
+
+async fn boot() -> Result<AttachVm, std::convert::Infallible> {
+    let sb = RealSandbox::start("attach").await;
+    let ctx = Ctx {
+        s: sb.s.clone(),
+        id: sb.id.clone(),
+        exec_cert: certificate(&sb.ca, sb.s.ssh_public_key(), &sb.id, false),
+        pty_cert: certificate(&sb.ca, sb.s.ssh_public_key(), &sb.id, true),
+    };
+    Ok(AttachVm {
+        sb,
+        ctx,
+        ready: None,
+    })
+}
+
+/// Waits (at most 300 s from create) for the lease, then for sshd with Execs: the
+/// pooled connection then has an exec certificate (no `permit-pty`), so every session
+/// below needs its own connection.
+async fn wait_ready(ctx: &Ctx, created: Instant) -> Result<(), String> {
     let s = &ctx.s;
     let ip = s
         .wait_for_ip(WaitForIp {
@@ -196,12 +211,12 @@ async fn checks(ctx: &Ctx, created: Instant) {
             timeout_seconds: 240,
         })
         .await
-        .expect("ip");
+        .map_err(|e| format!("no IP: {e}"))?;
     println!(
         "create to DHCP lease: {:.1} s ({ip})",
         created.elapsed().as_secs_f64()
     );
-    // Wait for sshd with Execs: the pooled connection then has an exec certificate.
+    let deadline = created + Duration::from_secs(300);
     loop {
         let exec = Exec::try_from(pb::ExecRequest {
             sandbox_id: ctx.id.to_string(),
@@ -214,109 +229,153 @@ async fn checks(ctx: &Ctx, created: Instant) {
         .expect("valid exec");
         match s.exec(exec).await {
             Ok(_) => break,
-            Err(e) if created.elapsed() < Duration::from_secs(300) => {
+            Err(e) if Instant::now() < deadline => {
                 println!("  not yet: {e}");
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
-            Err(e) => panic!("exec never worked: {e}"),
+            Err(e) => return Err(format!("exec never worked within 300 s of create: {e}")),
         }
     }
     println!(
         "sshd ready {:.1} s after create",
         created.elapsed().as_secs_f64()
     );
+    Ok(())
+}
 
-    // A certificate without permit-pty gets no terminal, on the pooled connection or
-    // a dedicated one.
-    match s.attach(ctx.open("root", &ctx.exec_cert)).await {
-        Err(fluid_agent::error::ServiceError::PermissionDenied(m)) => {
-            println!("no permit-pty: {m}");
-        }
-        other => panic!("expected PERMISSION_DENIED, got {other:?}"),
+/// Runs one scenario on the shared sandbox, once it runs commands.
+fn scenario(test: impl AsyncFnOnce(&Ctx)) {
+    if !common::real_host() {
+        return;
     }
+    VM.run(boot, async |vm| {
+        if vm.ready.is_none() {
+            vm.ready = Some(wait_ready(&vm.ctx, vm.sb.created).await);
+        }
+        match &vm.ready {
+            Some(Ok(())) => test(&vm.ctx).await,
+            Some(Err(why)) => panic!("the shared sandbox never ran commands: {why}"),
+            None => unreachable!("set above"),
+        }
+    });
+}
 
-    // The session: output, the terminal, TERM, the exit status.
-    let t = Instant::now();
-    let o = ctx
-        .session(
-            ctx.open("root", &ctx.pty_cert),
-            vec![stdin("echo $((6*7)); tty; echo T=$TERM; exit 5\n")],
-        )
-        .await;
-    println!(
-        "session ({} ms): exit {} {:?}\n{}",
-        t.elapsed().as_millis(),
-        o.exit_code,
-        o.error,
-        o.output
+#[test]
+fn a_certificate_without_permit_pty_gets_no_terminal() {
+    // Neither on the pooled connection nor on a dedicated one.
+    scenario(
+        async |ctx| match ctx.s.attach(ctx.open("root", &ctx.exec_cert)).await {
+            Err(fluid_agent::error::ServiceError::PermissionDenied(m)) => {
+                println!("no permit-pty: {m}");
+            }
+            other => panic!("expected PERMISSION_DENIED, got {other:?}"),
+        },
     );
-    assert!(has_line(&o.output, "42"), "{:?}", o.output);
-    assert!(o.output.contains("/dev/pts/"), "{:?}", o.output);
-    assert!(o.output.contains("T=xterm-256color"), "{:?}", o.output);
-    assert_eq!((o.exit_code, o.error), (5, None));
+}
 
-    // A resize reaches the terminal (sent once the first size was printed, or the
-    // typed-ahead line could run after it).
-    let mut shell = s
-        .attach(ctx.open("root", &ctx.pty_cert))
-        .await
-        .expect("attach");
-    shell.input.send(stdin("stty size\n")).await.expect("input");
-    let before = read_until(&mut shell, |o| has_line(o, "24 80")).await;
-    shell
-        .input
-        .send(ShellInput::Resize {
-            cols: 132,
-            rows: 43,
-        })
-        .await
-        .expect("resize");
-    shell
-        .input
-        .send(stdin("stty size; exit 0\n"))
-        .await
-        .expect("input");
-    let after = read_until(&mut shell, |o| has_line(o, "43 132")).await;
-    println!("resize: {before:?} then {after:?}");
-    assert_eq!(exit_of(&mut shell.output).await, (0, None));
+#[test]
+fn a_session_has_a_terminal_and_ends_with_the_shells_exit_status() {
+    scenario(async |ctx| {
+        let t = Instant::now();
+        let o = ctx
+            .session(
+                ctx.open("root", &ctx.pty_cert),
+                vec![stdin("echo $((6*7)); tty; echo T=$TERM; exit 5\n")],
+            )
+            .await;
+        println!(
+            "session ({} ms): exit {} {:?}\n{}",
+            t.elapsed().as_millis(),
+            o.exit_code,
+            o.error,
+            o.output
+        );
+        assert!(has_line(&o.output, "42"), "{:?}", o.output);
+        assert!(o.output.contains("/dev/pts/"), "{:?}", o.output);
+        assert!(o.output.contains("T=xterm-256color"), "{:?}", o.output);
+        assert_eq!((o.exit_code, o.error), (5, None));
+    });
+}
 
-    // Another user: a login shell through runuser -l.
-    let (out, code) = ctx.exec("useradd -m -s /bin/bash app && echo made").await;
-    assert_eq!((out.as_str(), code), ("made\n", 0));
-    let o = ctx
-        .session(
-            ctx.open("app", &ctx.pty_cert),
-            vec![stdin("echo U=$(id -un) H=$PWD; tty; exit 3\n")],
-        )
-        .await;
-    println!("as app: {:?}", o.output);
-    assert!(o.output.contains("U=app H=/home/app"), "{:?}", o.output);
-    assert!(o.output.contains("/dev/pts/"), "{:?}", o.output);
-    assert_eq!(o.exit_code, 3);
+#[test]
+fn a_resize_reaches_the_terminal() {
+    scenario(async |ctx| {
+        // Sent once the first size was printed, or the typed-ahead line could run
+        // after it.
+        let mut shell = ctx
+            .s
+            .attach(ctx.open("root", &ctx.pty_cert))
+            .await
+            .expect("attach");
+        shell.input.send(stdin("stty size\n")).await.expect("input");
+        let before = read_until(&mut shell, |o| has_line(o, "24 80")).await;
+        shell
+            .input
+            .send(ShellInput::Resize {
+                cols: 132,
+                rows: 43,
+            })
+            .await
+            .expect("resize");
+        shell
+            .input
+            .send(stdin("stty size; exit 0\n"))
+            .await
+            .expect("input");
+        let after = read_until(&mut shell, |o| has_line(o, "43 132")).await;
+        println!("resize: {before:?} then {after:?}");
+        assert_eq!(exit_of(&mut shell.output).await, (0, None));
+    });
+}
 
-    // Hanging up: the shell and what runs in it get SIGHUP.
-    let mut shell = s
-        .attach(ctx.open("root", &ctx.pty_cert))
-        .await
-        .expect("attach");
-    shell
-        .input
-        .send(stdin("echo st''arted; sleep 4242\n"))
-        .await
-        .expect("input");
-    read_until(&mut shell, |o| o.contains("started\r\n")).await;
-    drop(shell.input);
-    let exit = exit_of(&mut shell.output).await;
-    println!("hang-up: {exit:?}");
-    assert_eq!(exit.0, -1);
-    assert!(exit.1.is_some_and(|e| e.contains("hung up")));
-    let mut left = String::new();
-    for _ in 0..10 {
-        left = ctx.exec("pgrep -fx 'sleep 4242' || true").await.0;
-        if left.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert_eq!(left, "", "the hung-up shell's child is gone");
+#[test]
+fn another_user_gets_a_login_shell() {
+    scenario(async |ctx| {
+        let (out, code) = ctx
+            .exec("id app >/dev/null 2>&1 || useradd -m -s /bin/bash app; id -un app")
+            .await;
+        assert_eq!((out.as_str(), code), ("app\n", 0));
+        let o = ctx
+            .session(
+                ctx.open("app", &ctx.pty_cert),
+                vec![stdin("echo U=$(id -un) H=$PWD; tty; exit 3\n")],
+            )
+            .await;
+        println!("as app: {:?}", o.output);
+        assert!(o.output.contains("U=app H=/home/app"), "{:?}", o.output);
+        assert!(o.output.contains("/dev/pts/"), "{:?}", o.output);
+        assert_eq!(o.exit_code, 3);
+    });
+}
+
+#[test]
+fn hanging_up_ends_the_shell_and_what_runs_in_it() {
+    scenario(async |ctx| {
+        let mut shell = ctx
+            .s
+            .attach(ctx.open("root", &ctx.pty_cert))
+            .await
+            .expect("attach");
+        shell
+            .input
+            .send(stdin("echo st''arted; sleep 4242\n"))
+            .await
+            .expect("input");
+        read_until(&mut shell, |o| o.contains("started\r\n")).await;
+        drop(shell.input);
+        let exit = exit_of(&mut shell.output).await;
+        println!("hang-up: {exit:?}");
+        assert_eq!(exit.0, -1);
+        assert!(exit.1.is_some_and(|e| e.contains("hung up")));
+        // SIGHUP reaches the child a moment after the session ends: poll (10 s at most).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let left = loop {
+            let left = ctx.exec("pgrep -fx 'sleep 4242' || true").await.0;
+            if left.is_empty() || Instant::now() > deadline {
+                break left;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        assert_eq!(left, "", "the hung-up shell's child is gone");
+    });
 }

@@ -2,14 +2,19 @@
 //! strings), the agent's key gets a 5-minute certificate from it, and commands run over
 //! the agent's SSH connection: output and exit codes, timeout kill of the whole
 //! process group, output caps, streaming, literal env, users, stdin, concurrency, and
-//! a client that goes away.
+//! a client that goes away. (A stopped sandbox's refusal is `libvirt_lifecycle`'s.)
+//!
+//! One sandbox is booted (~35 s under TCG) and shared by every test of this file
+//! (`fluid_prereq::shared`); each test is one scenario, and they take turns on it.
 //!
 //! Needs what `libvirt_lifecycle` needs, and a golden image with the `fluid-identity`
 //! unit (the newest `/var/cache/fluid/images{-dev,}/debian-12-*/`, or
-//! `FLUID_TEST_IMAGE_DIR`):
+//! `FLUID_TEST_IMAGE_DIR`). `scripts/test.sh` runs it; by hand:
 //!
 //! ```text
-//! ip netns exec fluid-dev cargo test -p fluid-agent --test libvirt_exec -- --nocapture
+//! source scripts/lib/netns.sh; fluid_libvirt_up fluid-test
+//! ip netns exec fluid-test env PATH=$PATH FLUID_TEST_IMAGE_DIR=… \
+//!   cargo test -p fluid-agent --test libvirt_exec -- --nocapture
 //! ```
 
 mod common;
@@ -24,6 +29,7 @@ use fluid_proto::model::{Exec, SandboxId, WaitForIp};
 use fluid_proto::pb;
 
 use common::RealSandbox;
+use fluid_prereq::shared::{Shared, Teardown};
 use russh::keys::PrivateKey;
 use russh::keys::ssh_key::private::Ed25519Keypair;
 
@@ -112,33 +118,55 @@ impl Ctx {
     async fn sh(&self, command: &str) -> Outcome {
         self.run(self.req(command)).await.expect("exec")
     }
-}
 
-#[tokio::test]
-#[ignore = "not yet run in CI: being brought up to date with per-sandbox SSH principals and the exec scope; integration-tests (exec, lifecycle, review_loop, hostile) cover these paths meanwhile"]
-async fn exec_in_a_real_sandbox() {
-    if !common::real_host() {
-        return;
+    async fn sh_owned(&self, command: String) -> Outcome {
+        self.sh(&command).await
     }
-    let sb = RealSandbox::start("exec", "SBX-agentexec0001").await;
-    let s = sb.s.clone();
-    let ctx = Arc::new(Ctx {
-        s: s.clone(),
-        id: sb.id.clone(),
-        cert: certificate(&sb.ca, s.ssh_public_key(), &sb.id),
-    });
-    let body = tokio::spawn({
-        let ctx = ctx.clone();
-        let created = sb.created;
-        async move { checks(&ctx, created).await }
-    });
-    let result = body.await;
-    drop(ctx);
-    drop(s);
-    sb.finish(result).await;
 }
 
-async fn checks(ctx: &Ctx, created: Instant) {
+/// The shared sandbox, and what happened while it came up.
+struct ExecVm {
+    sb: RealSandbox,
+    ctx: Ctx,
+    /// Set by the first test: the boot's outcome (or why it failed).
+    ready: Option<Result<Boot, String>>,
+}
+
+/// What the wait for the sandbox saw.
+struct Boot {
+    /// The refusal of a certificate from a CA the guest does not trust, on a new
+    /// connection (before any exec succeeded, so nothing was pooled yet).
+    untrusted: String,
+    /// The first exec that worked (`hostname`).
+    first: Outcome,
+}
+
+impl Teardown for ExecVm {
+    async fn teardown(self) {
+        drop(self.ctx);
+        self.sb.teardown().await;
+    }
+}
+
+static VM: Shared<ExecVm> = Shared::new();
+
+async fn boot() -> Result<ExecVm, std::convert::Infallible> {
+    let sb = RealSandbox::start("exec").await;
+    let ctx = Ctx {
+        s: sb.s.clone(),
+        id: sb.id.clone(),
+        cert: certificate(&sb.ca, sb.s.ssh_public_key(), &sb.id),
+    };
+    Ok(ExecVm {
+        sb,
+        ctx,
+        ready: None,
+    })
+}
+
+/// Waits (at most 300 s from create) for the lease, then for sshd: first a certificate
+/// from a stranger's CA until it is refused, then the real one until `hostname` runs.
+async fn wait_ready(ctx: &Ctx, created: Instant) -> Result<Boot, String> {
     let s = &ctx.s;
     let ip = s
         .wait_for_ip(WaitForIp {
@@ -146,43 +174,40 @@ async fn checks(ctx: &Ctx, created: Instant) {
             timeout_seconds: 240,
         })
         .await
-        .expect("ip");
+        .map_err(|e| format!("no IP: {e}"))?;
     println!(
         "create to DHCP lease: {:.1} s ({ip})",
         created.elapsed().as_secs_f64()
     );
-
-    // sshd comes up a little after the lease. A certificate from a CA the guest does
-    // not trust is refused (PERMISSION_DENIED) before any stream starts.
+    let deadline = created + Duration::from_secs(300);
     let stranger = PrivateKey::from(Ed25519Keypair::from_seed(&rand::random()));
     let bad = Ctx {
         s: s.clone(),
         id: ctx.id.clone(),
         cert: certificate(&stranger, s.ssh_public_key(), &ctx.id),
     };
-    loop {
+    let untrusted = loop {
         match bad.run(bad.req("true")).await {
-            Err(fluid_agent::error::ServiceError::PermissionDenied(m)) => {
-                println!("untrusted CA: {m}");
-                break;
-            }
-            Err(fluid_agent::error::ServiceError::Unavailable(e))
-                if created.elapsed() < Duration::from_secs(300) =>
-            {
+            Err(fluid_agent::error::ServiceError::PermissionDenied(m)) => break m,
+            Err(fluid_agent::error::ServiceError::Unavailable(e)) if Instant::now() < deadline => {
                 println!("  not yet: {e}");
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
-            other => panic!("expected PERMISSION_DENIED, got {other:?}"),
+            other => {
+                return Err(format!(
+                    "untrusted CA: expected PERMISSION_DENIED, got {other:?}"
+                ));
+            }
         }
-    }
+    };
     let first = loop {
         match ctx.run(ctx.req("hostname")).await {
             Ok(o) => break o,
-            Err(e) if created.elapsed() < Duration::from_secs(300) => {
+            Err(e) if Instant::now() < deadline => {
                 println!("  not yet: {e}");
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
-            Err(e) => panic!("exec never worked: {e}"),
+            Err(e) => return Err(format!("exec never worked within 300 s of create: {e}")),
         }
     };
     println!(
@@ -190,170 +215,236 @@ async fn checks(ctx: &Ctx, created: Instant) {
         first.total.as_millis(),
         created.elapsed().as_secs_f64()
     );
-    assert_eq!(
-        first.out(),
-        "agentdev-exec\n",
-        "hostname from the OEM strings"
-    );
-    let record = s.get(&ctx.id).await.expect("get").record;
-    assert!(
-        record
-            .ssh_host_key
-            .as_deref()
-            .is_some_and(|k| k.starts_with("ssh-")),
-        "host key remembered: {:?}",
-        record.ssh_host_key
-    );
-
-    // Warm round trips.
-    let mut rtts = Vec::new();
-    for _ in 0..5 {
-        let o = ctx.sh("true").await;
-        assert_eq!(o.exit.exit_code, 0);
-        rtts.push(o.total.as_millis());
-    }
-    println!("`true` on the warm connection: {rtts:?} ms");
-
-    let o = ctx.sh("echo hi; echo err >&2; exit 3").await;
-    assert_eq!(
-        (o.out().as_str(), o.stderr.as_slice()),
-        ("hi\n", &b"err\n"[..])
-    );
-    assert_eq!(o.exit.exit_code, 3);
-    assert_eq!(o.exit.error, None);
-    assert!(!o.exit.timed_out && !o.exit.stdout_truncated && !o.exit.stderr_truncated);
-
-    // Timeout kills the whole process group.
-    let req = pb::ExecRequest {
-        timeout_seconds: 2,
-        ..ctx.req("sleep 100 & sleep 100; echo never")
-    };
-    let killed_id = req.command_id.clone();
-    let o = ctx.run(req).await.expect("exec");
-    println!(
-        "timeout 2 s: ended after {} ms, exit {:?}",
-        o.total.as_millis(),
-        o.exit
-    );
-    assert!(o.exit.timed_out);
-    assert_eq!(o.out(), "");
-    assert!(o.total >= Duration::from_secs(2) && o.total < Duration::from_secs(6));
-    let o = ctx
-        .sh(&format!(
-            "pgrep -x sleep; test ! -e /run/fluid/cmd/{killed_id}.pid"
-        ))
-        .await;
-    assert_eq!(o.out(), "", "no sleep left");
-    assert_eq!(o.exit.exit_code, 0, "no pid file left");
-
-    // Output cap.
-    let o = ctx
-        .run(pb::ExecRequest {
-            output_cap_bytes: 1024 * 1024,
-            ..ctx.req("head -c 50000000 /dev/zero | tr '\\0' a; echo done >&2")
-        })
-        .await
-        .expect("exec");
-    println!(
-        "50 MB of output, cap 1 MiB: {} ms, {} events",
-        o.total.as_millis(),
-        o.events
-    );
-    assert_eq!(o.stdout.len(), 1024 * 1024);
-    assert!(o.stdout.iter().all(|&b| b == b'a'));
-    assert!(o.exit.stdout_truncated && !o.exit.stderr_truncated);
-    assert_eq!(o.stderr, b"done\n");
-    assert_eq!(o.exit.exit_code, 0);
-
-    // Streaming: the first line arrives long before the end.
-    let o = ctx.sh("for i in 1 2 3; do echo $i; sleep 1; done").await;
-    let first = o.first_chunk.expect("output");
-    println!(
-        "streamed: first chunk after {} ms, exit after {} ms",
-        first.as_millis(),
-        o.total.as_millis()
-    );
-    assert_eq!(o.out(), "1\n2\n3\n");
-    assert!(o.total >= first + Duration::from_millis(1500));
-
-    // Literal env, workdir, stdin, another user.
-    let nasty = "a'b\"c $(id) `id` $HOME \\ ;|& \n next '' *";
-    let o = ctx
-        .run(pb::ExecRequest {
-            env: [("X".into(), nasty.into()), ("Y_2".into(), "".into())].into(),
-            workdir: "/tmp".into(),
-            stdin: b"line one\nline two\n".to_vec(),
-            ..ctx.req("printf '%s|%s|' \"$X\" \"${Y_2-unset}\"; pwd; cat; id -un")
-        })
-        .await
-        .expect("exec");
-    assert_eq!(
-        o.out(),
-        format!("{nasty}||/tmp\nline one\nline two\nroot\n")
-    );
-    let o = ctx
-        .run(pb::ExecRequest {
-            user: "nobody".into(),
-            ..ctx.req("id -un; pwd")
-        })
-        .await
-        .expect("exec");
-    assert_eq!(o.out(), "nobody\n/\n", "{:?}", o);
-
-    // Several commands at once on the one connection.
-    let t = Instant::now();
-    let commands: Vec<String> = (0..4).map(|i| format!("sleep 3; echo {i}")).collect();
-    let runs: Vec<_> = commands.iter().map(|c| ctx.sh(c)).collect();
-    let outs = futures_join_all(runs).await;
-    for (i, o) in outs.iter().enumerate() {
-        assert_eq!(o.out(), format!("{i}\n"));
-    }
-    println!("4 concurrent `sleep 3`: {} ms", t.elapsed().as_millis());
-    // One after the other would take over 12 s.
-    assert!(t.elapsed() < Duration::from_secs(8));
-
-    // A client that goes away does not stop the command.
-    let exec = Exec::try_from(ctx.req("rm -f /tmp/m; sleep 2; echo done >/tmp/m")).expect("req");
-    drop(s.exec(exec).await.expect("exec"));
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(ctx.sh("cat /tmp/m").await.out(), "done\n");
-
-    // A stopped sandbox refuses before any stream starts.
-    s.stop(fluid_proto::model::StopSandbox {
-        id: ctx.id.clone(),
-        force: true,
-        timeout_seconds: None,
-    })
-    .await
-    .expect("stop");
-    let e = ctx.run(ctx.req("true")).await.expect_err("stopped");
-    println!("exec on a stopped sandbox: {e}");
-    assert!(matches!(
-        e,
-        fluid_agent::error::ServiceError::FailedPrecondition(_)
-    ));
+    Ok(Boot { untrusted, first })
 }
 
-/// Awaits futures concurrently (no `futures` dependency).
-async fn futures_join_all<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
-    let mut fs: Vec<_> = fs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = fs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, o) in fs.iter_mut().zip(out.iter_mut()) {
-            if o.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *o = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
+/// Runs one scenario on the shared sandbox, once it runs commands.
+fn scenario(test: impl AsyncFnOnce(&Ctx, &Boot, &str)) {
+    if !common::real_host() {
+        return;
+    }
+    VM.run(boot, async |vm| {
+        if vm.ready.is_none() {
+            vm.ready = Some(wait_ready(&vm.ctx, vm.sb.created).await);
+        }
+        match &vm.ready {
+            Some(Ok(booted)) => test(&vm.ctx, booted, &vm.sb.name).await,
+            Some(Err(why)) => panic!("the shared sandbox never ran commands: {why}"),
+            None => unreachable!("set above"),
+        }
+    });
+}
+
+#[test]
+fn a_certificate_from_an_untrusted_ca_is_refused_before_any_stream() {
+    scenario(async |_, booted, _| {
+        println!("untrusted CA: {}", booted.untrusted);
+        assert!(
+            booted.untrusted.contains("refused the certificate"),
+            "{}",
+            booted.untrusted
+        );
+    });
+}
+
+#[test]
+fn the_guest_takes_its_hostname_from_the_oem_strings_and_its_host_key_is_kept() {
+    scenario(async |ctx, booted, name| {
+        assert_eq!(booted.first.out(), format!("{name}\n"), "hostname");
+        assert_eq!(booted.first.exit.exit_code, 0);
+        let record = ctx.s.get(&ctx.id).await.expect("get").record;
+        assert!(
+            record
+                .ssh_host_key
+                .as_deref()
+                .is_some_and(|k| k.starts_with("ssh-")),
+            "host key remembered: {:?}",
+            record.ssh_host_key
+        );
+    });
+}
+
+#[test]
+fn stdout_stderr_and_the_exit_code_come_back_apart() {
+    scenario(async |ctx, _, _| {
+        let o = ctx.sh("echo hi; echo err >&2; exit 3").await;
+        println!(
+            "`echo hi; echo err >&2; exit 3`: {} ms",
+            o.total.as_millis()
+        );
+        assert_eq!(
+            (o.out().as_str(), o.stderr.as_slice()),
+            ("hi\n", &b"err\n"[..])
+        );
+        assert_eq!(o.exit.exit_code, 3);
+        assert_eq!(o.exit.error, None);
+        assert!(!o.exit.timed_out && !o.exit.stdout_truncated && !o.exit.stderr_truncated);
+    });
+}
+
+#[test]
+fn a_timeout_kills_the_whole_process_group() {
+    scenario(async |ctx, _, _| {
+        let req = pb::ExecRequest {
+            timeout_seconds: 2,
+            ..ctx.req("sleep 100 & sleep 100; echo never")
+        };
+        let killed_id = req.command_id.clone();
+        let o = ctx.run(req).await.expect("exec");
+        println!(
+            "timeout 2 s: ended after {} ms, exit {:?}",
+            o.total.as_millis(),
+            o.exit
+        );
+        assert!(o.exit.timed_out, "{:?}", o.exit);
+        assert_eq!(o.out(), "");
+        // Not before its timeout, and not by running to its end (100 s).
+        assert!(o.total >= Duration::from_secs(2), "{:?}", o.total);
+        assert!(o.total < Duration::from_secs(100), "{:?}", o.total);
+        let o = ctx
+            .sh(&format!(
+                "pgrep -x sleep; test ! -e /run/fluid/cmd/{killed_id}.pid"
+            ))
+            .await;
+        assert_eq!(o.out(), "", "no sleep left");
+        assert_eq!(o.exit.exit_code, 0, "no pid file left");
+    });
+}
+
+#[test]
+fn output_past_the_cap_is_cut_and_the_other_stream_still_arrives() {
+    scenario(async |ctx, _, _| {
+        let o = ctx
+            .run(pb::ExecRequest {
+                output_cap_bytes: 1024 * 1024,
+                ..ctx.req("head -c 50000000 /dev/zero | tr '\\0' a; echo done >&2")
+            })
+            .await
+            .expect("exec");
+        println!(
+            "50 MB of output, cap 1 MiB: {} ms, {} events",
+            o.total.as_millis(),
+            o.events
+        );
+        assert_eq!(o.stdout.len(), 1024 * 1024);
+        assert!(o.stdout.iter().all(|&b| b == b'a'));
+        assert!(o.exit.stdout_truncated && !o.exit.stderr_truncated);
+        assert_eq!(o.stderr, b"done\n");
+        assert_eq!(o.exit.exit_code, 0);
+    });
+}
+
+#[test]
+fn output_streams_while_the_command_runs() {
+    scenario(async |ctx, _, _| {
+        // The guest sleeps 2 s between the first line and the last: the first chunk
+        // must have been delivered before the command ended.
+        let o = ctx.sh("for i in 1 2 3; do echo $i; sleep 1; done").await;
+        let first = o.first_chunk.expect("output");
+        println!(
+            "streamed: first chunk after {} ms, exit after {} ms",
+            first.as_millis(),
+            o.total.as_millis()
+        );
+        assert_eq!(o.out(), "1\n2\n3\n");
+        assert!(o.total >= first + Duration::from_millis(1500));
+    });
+}
+
+#[test]
+fn env_values_workdir_and_stdin_arrive_literally() {
+    scenario(async |ctx, _, _| {
+        let nasty = "a'b\"c $(id) `id` $HOME \\ ;|& \n next '' *";
+        let o = ctx
+            .run(pb::ExecRequest {
+                env: [("X".into(), nasty.into()), ("Y_2".into(), "".into())].into(),
+                workdir: "/tmp".into(),
+                stdin: b"line one\nline two\n".to_vec(),
+                ..ctx.req("printf '%s|%s|' \"$X\" \"${Y_2-unset}\"; pwd; cat; id -un")
+            })
+            .await
+            .expect("exec");
+        assert_eq!(
+            o.out(),
+            format!("{nasty}||/tmp\nline one\nline two\nroot\n")
+        );
+    });
+}
+
+#[test]
+fn a_command_runs_as_the_user_asked_for() {
+    scenario(async |ctx, _, _| {
+        let o = ctx
+            .run(pb::ExecRequest {
+                user: "nobody".into(),
+                ..ctx.req("id -un; pwd")
+            })
+            .await
+            .expect("exec");
+        assert_eq!(o.out(), "nobody\n/\n", "{o:?}");
+    });
+}
+
+#[test]
+fn several_commands_run_at_once_on_one_sandbox() {
+    scenario(async |ctx, _, _| {
+        // Each notes, inside the guest, when it started and ended: they overlapped if
+        // every one started before any ended (a fact, not a latency bound).
+        let t = Instant::now();
+        let runs = (0..4)
+            .map(|i| ctx.sh_owned(format!("date +%s.%N; sleep 3; echo run-{i}; date +%s.%N")));
+        let outs = futures::future::join_all(runs).await;
+        let mut spans = Vec::new();
+        for (i, o) in outs.iter().enumerate() {
+            let lines: Vec<&str> = std::str::from_utf8(&o.stdout)
+                .expect("utf-8")
+                .lines()
+                .collect();
+            assert_eq!(lines.len(), 3, "{:?}", o.out());
+            assert_eq!(lines[1], format!("run-{i}"));
+            let time = |l: &str| l.parse::<f64>().expect("a date +%s.%N line");
+            spans.push((time(lines[0]), time(lines[2])));
+        }
+        let last_start = spans.iter().map(|s| s.0).fold(f64::MIN, f64::max);
+        let first_end = spans.iter().map(|s| s.1).fold(f64::MAX, f64::min);
+        println!(
+            "4 concurrent `sleep 3`: {} ms in all; all four running at once: {}",
+            t.elapsed().as_millis(),
+            last_start < first_end
+        );
+        assert!(last_start < first_end, "one after another: {spans:?}");
+    });
+}
+
+#[test]
+fn a_command_goes_on_when_its_client_goes_away() {
+    scenario(async |ctx, _, _| {
+        let req = ctx.req("");
+        let mark = format!("/tmp/{}", req.command_id);
+        let exec = Exec::try_from(pb::ExecRequest {
+            command: format!("sleep 2; echo done >{mark}"),
+            ..req
+        })
+        .expect("req");
+        let t = Instant::now();
+        drop(ctx.s.exec(exec).await.expect("exec"));
+        // The file appears only if the command outlived its client (deadline 60 s).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let o = ctx.sh(&format!("cat {mark} 2>/dev/null")).await;
+            if o.out() == "done\n" {
+                break;
             }
+            assert!(
+                Instant::now() < deadline,
+                "the abandoned command never finished: {:?}",
+                o.out()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
+        println!(
+            "abandoned command finished {} ms after its client left",
+            t.elapsed().as_millis()
+        );
+    });
 }

@@ -1,26 +1,39 @@
 //! A sandbox's whole life against real libvirt: create+start → IP → stop → start →
-//! IP → destroy, then checks that no domain, overlay, lease or record is left.
+//! IP → destroy, then checks that no domain, overlay, lease or record is left. A
+//! stopped sandbox refuses Exec before any stream starts.
 //!
 //! Needs root, a running libvirtd with the `default` network active, `qemu-img`,
 //! `dhcp_release`, and a golden image (`/var/cache/fluid/images/debian-12-*/`, or
 //! `FLUID_TEST_IMAGE_DIR`). It must run in the network namespace libvirtd runs in (for
-//! `dhcp_release`), e.g.:
+//! `dhcp_release`); `scripts/test.sh` runs it; by hand:
 //!
 //! ```text
-//! ip netns exec fluid-dev cargo test -p fluid-agent --test libvirt_lifecycle -- --nocapture
+//! source scripts/lib/netns.sh; fluid_libvirt_up fluid-test
+//! ip netns exec fluid-test env PATH=$PATH FLUID_TEST_IMAGE_DIR=… \
+//!   cargo test -p fluid-agent --test libvirt_lifecycle -- --nocapture
 //! ```
 //!
 //! Guests run under TCG (`virt_type = "qemu"`), see docs/BUILD-HOSTS.md.
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fluid_agent::AgentConfig;
+use fluid_agent::Sandboxes;
+use fluid_agent::error::ServiceError;
+use fluid_agent::exec::ExecEvent;
+use fluid_agent::hypervisor::libvirt::Libvirt;
+use fluid_proto::model::{
+    CreateSandbox, Exec, Name, ObservedState, SandboxId, StopSandbox, WaitForIp,
+};
+use fluid_proto::pb;
+use russh::keys::PrivateKey;
+use russh::keys::ssh_key::private::Ed25519Keypair;
 
 mod common;
 use common::image_dir;
-use fluid_proto::model::{CreateSandbox, Name, SandboxId, StopSandbox, WaitForIp};
 
 fn virsh(args: &[&str]) -> (bool, String) {
     let out = Command::new("virsh")
@@ -33,47 +46,110 @@ fn virsh(args: &[&str]) -> (bool, String) {
     )
 }
 
+/// Runs `command` in the sandbox; its stdout and exit code.
+async fn exec(
+    s: &Sandboxes<Libvirt>,
+    id: &SandboxId,
+    cert: &str,
+    command: &str,
+) -> Result<(String, i32), ServiceError> {
+    let exec = Exec::try_from(pb::ExecRequest {
+        sandbox_id: id.to_string(),
+        command_id: format!("CMD-{:016x}", rand::random::<u64>()),
+        command: command.into(),
+        output_cap_bytes: 64 * 1024,
+        ssh_certificate: cert.into(),
+        timeout_seconds: 300,
+        ..Default::default()
+    })
+    .expect("valid exec");
+    let mut rx = s.exec(exec).await?;
+    let (mut out, mut code) = (Vec::new(), -2);
+    while let Some(e) = rx.recv().await {
+        match e {
+            ExecEvent::Stdout(b) => out.extend_from_slice(&b),
+            ExecEvent::Exit(x) => code = x.exit_code,
+            ExecEvent::Stderr(_) | ExecEvent::Started { .. } => {}
+        }
+    }
+    Ok((String::from_utf8_lossy(&out).into_owned(), code))
+}
+
+/// Waits until the guest has finished booting (`systemctl is-system-running --wait`),
+/// so that it honours the ACPI power button; retries while sshd is not up yet (300 s
+/// from `since` at most).
+async fn wait_booted(s: &Sandboxes<Libvirt>, id: &SandboxId, cert: &str, since: Instant) {
+    let deadline = since + Duration::from_secs(300);
+    loop {
+        match exec(s, id, cert, "systemctl is-system-running --wait").await {
+            Ok((state, _)) => {
+                println!(
+                    "guest booted ({}) {:.1} s after create",
+                    state.trim(),
+                    since.elapsed().as_secs_f64()
+                );
+                assert!(
+                    matches!(state.trim(), "running" | "degraded"),
+                    "the guest's boot ended as {state:?}"
+                );
+                return;
+            }
+            Err(e) if Instant::now() < deadline => {
+                println!("  not yet: {e}");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => panic!("the guest never ran a command: {e}"),
+        }
+    }
+}
+
 #[tokio::test]
-#[ignore = "not yet run in CI: being brought up to date with per-sandbox SSH principals and the exec scope; integration-tests (exec, lifecycle, review_loop, hostile) cover these paths meanwhile"]
 async fn sandbox_lifecycle_against_libvirt() {
     if !common::real_host() {
         return;
     }
     let dir = image_dir().expect("a golden image (set FLUID_TEST_IMAGE_DIR)");
-    let state_dir = PathBuf::from(format!("/var/tmp/agentdev-test-{}", std::process::id()));
+    let (id, name) = common::unique("life");
+    let state_dir = PathBuf::from(format!("/var/tmp/{name}"));
     let toml = format!(
-        r#"
-host_name = "agentdev-host"
-virt_type = "qemu"
-state_dir = "{state}"
-stop_timeout_seconds = 20
-[tls]
-ca_cert = "/unused"
-cert = "/unused"
-key = "/unused"
-[[images]]
-name = "debian-12"
-path = "{d}/disk.qcow2"
-kernel = "{d}/vmlinuz"
-initrd = "{d}/initrd.img"
-cmdline = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
-"#,
-        state = state_dir.display(),
-        d = dir.display()
+        "stop_timeout_seconds = 20\n{}",
+        common::agent_toml(&format!("{name}-host"), &state_dir, &dir)
     );
     let config = AgentConfig::from_toml(&toml).expect("config");
+    let table = config.network.nft_table.clone();
     let sandboxes = fluid_agent::open(config).await.expect("open the agent");
 
-    let id = SandboxId::parse("id", "SBX-agentdev0001").expect("id");
-    let name = Name::parse("name", "agentdev-lifecycle").expect("name");
+    let checks = tokio::spawn({
+        let (s, id, name, state_dir) = (sandboxes.clone(), id.clone(), name, state_dir.clone());
+        async move { lifecycle(&s, &id, &name, &state_dir).await }
+    })
+    .await;
+
+    // Whatever happened: nothing of this test is left.
+    let _ = sandboxes.destroy(&id).await;
+    drop(sandboxes);
+    common::remove_agent_leftovers(&table, &state_dir);
+    if let Err(e) = checks {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn lifecycle(
+    sandboxes: &Arc<Sandboxes<Libvirt>>,
+    id: &SandboxId,
+    name: &str,
+    state_dir: &std::path::Path,
+) {
+    let ca = PrivateKey::from(Ed25519Keypair::from_seed(&rand::random()));
+    let cert = common::certificate(&ca, sandboxes.ssh_public_key(), id, false);
     let create = CreateSandbox {
         id: id.clone(),
-        name: name.clone(),
+        name: Name::parse("name", name).expect("name"),
         image: Name::parse("image", "debian-12").expect("image"),
         cpus: 1,
         memory_mb: 512,
         start: true,
-        ssh_user_ca_keys: Vec::new(),
+        ssh_user_ca_keys: vec![ca.public_key().to_openssh().expect("CA line")],
         egress: Default::default(),
         from_snapshot: None,
     };
@@ -87,7 +163,7 @@ cmdline = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
 
     let wait = WaitForIp {
         id: id.clone(),
-        timeout_seconds: 180,
+        timeout_seconds: 240,
     };
     let ip = sandboxes.wait_for_ip(wait.clone()).await.expect("ip");
     println!(
@@ -95,10 +171,15 @@ cmdline = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
         t.elapsed().as_secs_f64()
     );
     let listed = sandboxes.list().await.expect("list");
-    assert!(listed.iter().any(|s| s.record.id == id && s.ip == Some(ip)));
+    assert!(
+        listed
+            .iter()
+            .any(|s| s.record.id == *id && s.ip == Some(ip))
+    );
 
-    // Give systemd time to get to where it honours an ACPI power button.
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    // A graceful stop needs a guest that honours the power button: wait for its boot
+    // to finish (an event in the guest), not for a fixed time.
+    wait_booted(sandboxes, id, &cert, t).await;
     let t = Instant::now();
     let v = sandboxes
         .stop(StopSandbox {
@@ -113,10 +194,17 @@ cmdline = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
         t.elapsed().as_secs_f64(),
         v.state
     );
-    assert_eq!(v.state, fluid_proto::model::ObservedState::Stopped);
+    assert_eq!(v.state, ObservedState::Stopped);
+
+    // A stopped sandbox refuses Exec before any stream starts.
+    let e = exec(sandboxes, id, &cert, "true")
+        .await
+        .expect_err("exec on a stopped sandbox");
+    println!("exec on a stopped sandbox: {e}");
+    assert!(matches!(e, ServiceError::FailedPrecondition(_)), "{e:?}");
 
     let t = Instant::now();
-    sandboxes.start(&id).await.expect("start");
+    sandboxes.start(id).await.expect("start");
     let ip2 = sandboxes.wait_for_ip(wait).await.expect("ip after restart");
     println!(
         "restart to DHCP lease: {:.1} s ({ip2})",
@@ -124,29 +212,29 @@ cmdline = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
     );
 
     let t = Instant::now();
-    assert!(sandboxes.destroy(&id).await.expect("destroy"));
+    assert!(sandboxes.destroy(id).await.expect("destroy"));
     println!("destroy: {:.2} s", t.elapsed().as_secs_f64());
-    assert!(!sandboxes.destroy(&id).await.expect("destroy again"));
+    assert!(!sandboxes.destroy(id).await.expect("destroy again"));
 
     // Nothing is left.
-    let (exists, _) = virsh(&["dominfo", name.as_str()]);
+    let (exists, _) = virsh(&["dominfo", name]);
     assert!(!exists, "the domain is gone");
-    assert!(sandboxes.get(&id).await.is_err(), "the record is gone");
+    assert!(sandboxes.get(id).await.is_err(), "the record is gone");
     let overlay = state_dir.join(format!("overlays/{id}.qcow2"));
     assert!(!overlay.exists(), "the overlay is gone");
     assert!(!state_dir.join(format!("console/{id}.log")).exists());
-    // dnsmasq's helper updates the status file asynchronously.
-    let mut lease_left = true;
-    for _ in 0..20 {
+    // dnsmasq's helper updates the status file asynchronously: poll (5 s at most).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
         let (_, leases) = virsh(&["net-dhcp-leases", "default"]);
-        lease_left = leases.contains(&v.record.mac);
-        if !lease_left {
+        if !leases.contains(&v.record.mac) {
             break;
         }
+        assert!(
+            Instant::now() < deadline,
+            "the DHCP lease of {} is not released: {leases}",
+            v.record.mac
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(!lease_left, "the DHCP lease is released");
-
-    drop(sandboxes);
-    let _ = std::fs::remove_dir_all(&state_dir);
 }

@@ -22,7 +22,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use fluid_agent::Sandboxes;
@@ -32,6 +32,23 @@ use fluid_agent::sandboxes::inspect::{DiffRequest, ReadFileRequest};
 use fluid_agent::sandboxes::snapshots::CreateSnapshot;
 use fluid_agent::{AgentConfig, sandboxes::SandboxView};
 use fluid_proto::model::{CreateSandbox, DiskState, Name, SandboxId, SnapshotName, SnapshotRef};
+
+/// This run's hex: ids and names are unique, so runs on the same libvirtd do not collide
+/// (the hex and the letter first in an id: taps are named after its first ten).
+fn run_hex() -> &'static str {
+    static HEX: OnceLock<String> = OnceLock::new();
+    HEX.get_or_init(|| format!("{:08x}", rand::random::<u32>()))
+}
+
+/// Sandbox `which` of this run (`a`…`d`).
+fn sbx(which: char) -> String {
+    format!("SBX-{}{which}snap", run_hex())
+}
+
+/// The domain name of sandbox `which`.
+fn dom(which: char) -> String {
+    format!("agentdev-snap-{}-{which}", run_hex())
+}
 
 fn sid(s: &str) -> SandboxId {
     SandboxId::parse("id", s).expect("id")
@@ -120,21 +137,23 @@ fn overlay(v: &SandboxView) -> PathBuf {
 }
 
 #[tokio::test]
-#[ignore = "not yet run in CI: being brought up to date with per-sandbox SSH principals and the exec scope; integration-tests (exec, lifecycle, review_loop, hostile) cover these paths meanwhile"]
 async fn snapshots_revert_fork_and_inspect_against_libvirt() {
     if !common::real_host() {
         return;
     }
     let dir = common::image_dir().expect("a golden image (set FLUID_TEST_IMAGE_DIR)");
-    let state_dir = PathBuf::from(format!("/var/tmp/agentdev-snap-{}", std::process::id()));
+    let state_dir = PathBuf::from(format!("/var/tmp/agentdev-snap-{}", run_hex()));
     let _ = tracing_subscriber::fmt()
         .with_env_filter("fluid_agent=info")
         .try_init();
-    let toml = common::agent_toml("agentdev-snap-host", &state_dir, &dir);
-    let s: Arc<Sandboxes<Libvirt>> =
-        fluid_agent::open(AgentConfig::from_toml(&toml).expect("config"))
-            .await
-            .expect("open the agent");
+    let toml = common::agent_toml(
+        &format!("agentdev-snap-{}-host", run_hex()),
+        &state_dir,
+        &dir,
+    );
+    let config = AgentConfig::from_toml(&toml).expect("config");
+    let table = config.network.nft_table.clone();
+    let s: Arc<Sandboxes<Libvirt>> = fluid_agent::open(config).await.expect("open the agent");
 
     let checks = {
         let s = s.clone();
@@ -142,48 +161,50 @@ async fn snapshots_revert_fork_and_inspect_against_libvirt() {
     }
     .await;
 
-    for id in ["SBX-agsnap000a", "SBX-agsnap000b", "SBX-agsnap000c"] {
-        s.destroy(&sid(id)).await.expect("destroy");
+    // Destroying sandboxes with snapshots leaves nothing; checked after every run, and
+    // whatever happens the agent's state and tables go.
+    let mut left = Vec::new();
+    for w in ['a', 'b', 'c'] {
+        if let Err(e) = s.destroy(&sid(&sbx(w))).await {
+            left.push(format!("destroy {}: {e}", sbx(w)));
+        }
+        if run("virsh", &["dominfo", &dom(w)]).0 {
+            left.push(format!("domain {} is still defined", dom(w)));
+        }
     }
-    for name in ["agentdev-snap-a", "agentdev-snap-b", "agentdev-snap-c"] {
-        let (exists, _) = run("virsh", &["dominfo", name]);
-        assert!(!exists, "{name} is gone");
+    match std::fs::read_dir(state_dir.join("overlays")) {
+        Ok(d) => left.extend(d.map(|e| format!("overlay left: {e:?}"))),
+        Err(e) => left.push(format!("overlays: {e}")),
     }
-    let left: Vec<_> = std::fs::read_dir(state_dir.join("overlays"))
-        .expect("overlays")
-        .collect();
-    assert!(left.is_empty(), "no overlay left: {left:?}");
     drop(s);
-    let _ = std::fs::remove_dir_all(&state_dir);
+    common::remove_agent_leftovers(&table, &state_dir);
     if let Err(e) = checks {
         std::panic::resume_unwind(e.into_panic());
     }
+    assert!(left.is_empty(), "{left:#?}");
 }
 
 async fn checks(s: &Arc<Sandboxes<Libvirt>>) {
     let a = s
-        .create(create("SBX-agsnap000a", "agentdev-snap-a", None))
+        .create(create(&sbx('a'), &dom('a'), None))
         .await
         .expect("create a");
     let offset = virtual_size(&overlay(&a)) - 1024 * 1024;
 
     // s1: a disk-only snapshot of the shut-off sandbox, idempotent.
     let t = Instant::now();
-    let s1 = s
-        .create_snapshot(take("SBX-agsnap000a", "s1"))
-        .await
-        .expect("s1");
+    let s1 = s.create_snapshot(take(&sbx('a'), "s1")).await.expect("s1");
     println!("disk-only snapshot: {:.2} s", t.elapsed().as_secs_f64());
     assert!(!s1.memory);
     assert_eq!(s1.vm_state, "shutoff");
     assert_eq!(s1.guest_sync, "skipped: not running");
     assert_eq!(
-        s.create_snapshot(take("SBX-agsnap000a", "s1"))
+        s.create_snapshot(take(&sbx('a'), "s1"))
             .await
             .expect("again"),
         s1
     );
-    let (ok, xml) = run("virsh", &["snapshot-dumpxml", "agentdev-snap-a", "s1"]);
+    let (ok, xml) = run("virsh", &["snapshot-dumpxml", &dom('a'), "s1"]);
     assert!(ok, "{xml}");
     assert!(xml.contains("fluid_snapshot"), "metadata in libvirt: {xml}");
 
@@ -200,11 +221,9 @@ async fn checks(s: &Arc<Sandboxes<Libvirt>>) {
     );
     assert!(ok, "{out}");
     assert!(has_pattern(&overlay(&a), offset));
-    s.create_snapshot(take("SBX-agsnap000a", "s2"))
-        .await
-        .expect("s2");
+    s.create_snapshot(take(&sbx('a'), "s2")).await.expect("s2");
     let names: Vec<String> = s
-        .list_snapshots(&sid("SBX-agsnap000a"))
+        .list_snapshots(&sid(&sbx('a')))
         .await
         .expect("list")
         .into_iter()
@@ -215,11 +234,7 @@ async fn checks(s: &Arc<Sandboxes<Libvirt>>) {
     // Forks: b from s2 has the change, c from s1 does not.
     let t = Instant::now();
     let b = s
-        .create(create(
-            "SBX-agsnap000b",
-            "agentdev-snap-b",
-            Some(sref("SBX-agsnap000a", "s2")),
-        ))
+        .create(create(&sbx('b'), &dom('b'), Some(sref(&sbx('a'), "s2"))))
         .await
         .expect("fork b");
     println!(
@@ -227,34 +242,26 @@ async fn checks(s: &Arc<Sandboxes<Libvirt>>) {
         t.elapsed().as_secs_f64()
     );
     let c = s
-        .create(create(
-            "SBX-agsnap000c",
-            "agentdev-snap-c",
-            Some(sref("SBX-agsnap000a", "s1")),
-        ))
+        .create(create(&sbx('c'), &dom('c'), Some(sref(&sbx('a'), "s1"))))
         .await
         .expect("fork c");
     assert!(has_pattern(&overlay(&b), offset), "b is s2's disk");
     assert!(!has_pattern(&overlay(&c), offset), "c is s1's disk");
     assert_ne!(b.record.mac, a.record.mac);
     let e = s
-        .create(create(
-            "SBX-agsnap000d",
-            "agentdev-snap-d",
-            Some(sref("SBX-agsnap000a", "nope")),
-        ))
+        .create(create(&sbx('d'), &dom('d'), Some(sref(&sbx('a'), "nope"))))
         .await
         .expect_err("unknown snapshot");
     assert!(matches!(e, ServiceError::NotFound(_)), "{e:?}");
 
     // Revert puts the disk back, both ways.
     let v = s
-        .revert_snapshot(&sref("SBX-agsnap000a", "s1"), false)
+        .revert_snapshot(&sref(&sbx('a'), "s1"), false)
         .await
         .expect("revert s1");
     assert_eq!(v.state, fluid_proto::model::ObservedState::Created);
     assert!(!has_pattern(&overlay(&a), offset), "reverted to s1");
-    s.revert_snapshot(&sref("SBX-agsnap000a", "s2"), false)
+    s.revert_snapshot(&sref(&sbx('a'), "s2"), false)
         .await
         .expect("revert s2");
     assert!(has_pattern(&overlay(&a), offset), "reverted to s2");
@@ -264,7 +271,7 @@ async fn checks(s: &Arc<Sandboxes<Libvirt>>) {
     let (meta, data) = s
         .read_snapshot_file(ReadFileRequest {
             state: DiskState {
-                sandbox_id: sid("SBX-agsnap000a"),
+                sandbox_id: sid(&sbx('a')),
                 snapshot: Some(snap("s1")),
             },
             path: "/etc/os-release".into(),
@@ -287,11 +294,11 @@ async fn checks(s: &Arc<Sandboxes<Libvirt>>) {
     let d = s
         .diff(DiffRequest {
             from: DiskState {
-                sandbox_id: sid("SBX-agsnap000a"),
+                sandbox_id: sid(&sbx('a')),
                 snapshot: Some(snap("s1")),
             },
             to: DiskState {
-                sandbox_id: sid("SBX-agsnap000c"),
+                sandbox_id: sid(&sbx('c')),
                 snapshot: None,
             },
             volatile_paths: Vec::new(),
@@ -312,25 +319,25 @@ async fn checks(s: &Arc<Sandboxes<Libvirt>>) {
     assert!(d.files.is_empty(), "{:?}", d.files);
     assert!(d.packages.is_empty() && d.services.is_empty());
     assert!(
-        s.list_snapshots(&sid("SBX-agsnap000c"))
+        s.list_snapshots(&sid(&sbx('c')))
             .await
             .expect("list")
             .is_empty(),
         "the temporary snapshot is gone"
     );
-    let (_, listed) = run("virsh", &["snapshot-list", "--name", "agentdev-snap-c"]);
+    let (_, listed) = run("virsh", &["snapshot-list", "--name", &dom('c')]);
     assert!(listed.trim().is_empty(), "not even in libvirt: {listed}");
     let scratch = s.config().state_dir.join("scratch");
     assert_eq!(std::fs::read_dir(&scratch).expect("scratch").count(), 0);
 
     // Delete: idempotent.
     assert!(
-        s.delete_snapshot(&sref("SBX-agsnap000a", "s1"))
+        s.delete_snapshot(&sref(&sbx('a'), "s1"))
             .await
             .expect("delete")
     );
     assert!(
-        !s.delete_snapshot(&sref("SBX-agsnap000a", "s1"))
+        !s.delete_snapshot(&sref(&sbx('a'), "s1"))
             .await
             .expect("again")
     );

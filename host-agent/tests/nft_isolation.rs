@@ -20,11 +20,12 @@
 //! cargo test -p fluid-agent --test nft_isolation -- --nocapture
 //! ```
 
+use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fluid_agent::hypervisor::Boot;
 use fluid_agent::network::allow::parse_rule;
@@ -126,7 +127,7 @@ impl Lab {
         );
     }
 
-    /// A TCP listener (`nc -lk`) in `role`.
+    /// A TCP listener (`nc -lk`) in `role`, listening when this returns.
     fn listen(&mut self, role: &str, addr: &str, port: u16) {
         let child = Command::new("ip")
             .args([
@@ -143,6 +144,24 @@ impl Lab {
             .spawn()
             .expect("nc");
         self.children.push(child);
+        self.wait_bound(role, "-t", port);
+    }
+
+    /// Waits until a socket of `proto` (`-t`, `-u`) is bound to `port` in `role` (an
+    /// event `ss` shows), 10 s at most.
+    fn wait_bound(&self, role: &str, proto: &str, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let filter = format!("sport = :{port}");
+        while ns_run(&self.ns(role), &["ss", "-Hln", proto, &filter])
+            .trim()
+            .is_empty()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "nothing bound to {proto} port {port} in {role} within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// True when a TCP connection from `role` to `addr:port` (optionally from `src`)
@@ -157,31 +176,66 @@ impl Lab {
         cmd.status().expect("nc").success()
     }
 
-    /// Starts a UDP listener in the host namespace (`nc -u -l <listen…>`), runs the
-    /// shell command `send` in namespace `role`, and returns what the listener got.
-    fn udp_received(&self, listen: &[&str], role: &str, send: &str) -> String {
+    /// Starts a UDP listener in namespace `at` (`nc -u -l <listen…>`, the port last),
+    /// waits until it is bound, runs the shell command `send` in namespace `role`, and
+    /// answers whether the listener got `expect`: as soon as it shows, or `false` when
+    /// it has not 1 s after `send` ended (time for a datagram that was let through to
+    /// arrive: nothing else says that one was dropped).
+    fn udp_received(
+        &self,
+        at: &str,
+        listen: &[&str],
+        role: &str,
+        send: &str,
+        expect: &str,
+    ) -> bool {
         let mut listener = Command::new("ip")
-            .args(["netns", "exec", &self.ns("h"), "nc", "-u", "-l"])
+            .args(["netns", "exec", &self.ns(at), "nc", "-u", "-l"])
             .args(listen)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("nc");
-        std::thread::sleep(Duration::from_millis(300));
+        let port = listen
+            .last()
+            .and_then(|p| p.parse().ok())
+            .expect("the port last");
+        self.wait_bound(at, "-u", port);
+        let mut stdout = listener.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
         let _ = Command::new("ip")
             .args(["netns", "exec", &self.ns(role), "sh", "-c", send])
             .status();
-        std::thread::sleep(Duration::from_millis(300));
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut got = Vec::new();
+        let seen = loop {
+            if String::from_utf8_lossy(&got).contains(expect) {
+                break true;
+            }
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(chunk) => got.extend(chunk),
+                Err(_) => break false,
+            }
+        };
         let _ = listener.kill();
-        let out = listener.wait_with_output().expect("output");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let _ = listener.wait();
+        let _ = reader.join();
+        seen
     }
 
     /// Sends `query` over UDP from `role` to `to:port`; true when it arrived where the
     /// DNS proxy listens (10.99.0.1:5353).
     fn dns_reaches_proxy(&self, role: &str, to: &str, port: u16) -> bool {
         let send = format!("printf query | nc -u -w 1 {to} {port}");
-        self.udp_received(&["10.99.0.1", "5353"], role, &send) == "query"
+        self.udp_received("h", &["10.99.0.1", "5353"], role, &send, "query")
     }
 
     /// A DHCP request (udp 68 → 255.255.255.255:67, a BOOTP message whose `chaddr` is
@@ -195,8 +249,16 @@ impl Lab {
             s.sendto(m, ('255.255.255.255', 67))\"",
             chaddr.replace(':', "")
         );
-        self.udp_received(&["67"], role, &send)
-            .contains("fluid-dhcp-probe")
+        self.udp_received("h", &["67"], role, &send, "fluid-dhcp-probe")
+    }
+
+    /// One UDP datagram from `role` to the internet (10.98.0.2:`port`); true when it
+    /// arrived. One way on purpose: rules that let a sandbox's packets out but drop the
+    /// answers still leak what it sends, and a TCP connect would not show it.
+    fn udp_reaches_internet(&self, role: &str, port: u16) -> bool {
+        let mark = format!("one-way-from-{role}");
+        let send = format!("printf {mark} | nc -u -w 1 10.98.0.2 {port}");
+        self.udp_received("i", &["10.98.0.2", &port.to_string()], role, &send, &mark)
     }
 
     fn nft(&self, args: &[&str]) -> String {
@@ -288,7 +350,6 @@ async fn rules_seal_sandboxes_in_a_real_kernel() {
     lab.listen("h", "10.99.0.1", 2222);
     lab.listen("s1", &IP1.to_string(), 22);
     lab.listen("s2", &IP2.to_string(), 22);
-    std::thread::sleep(Duration::from_millis(300));
     let version = lab.nft(&["--version"]);
     println!("{} in {}", version.trim(), lab.ns("h"));
 
@@ -434,6 +495,16 @@ async fn rules_seal_sandboxes_in_a_real_kernel() {
         false,
     );
     check(
+        "s2 → internet udp/9000, one way (sealed)",
+        lab.udp_reaches_internet("s2", 9000),
+        false,
+    );
+    check(
+        "s1 → internet udp/9000, one way (not in its list)",
+        lab.udp_reaches_internet("s1", 9000),
+        false,
+    );
+    check(
         "s1 → host tcp/2222 (inet input keyed on ether saddr)",
         lab.connects("s1", "10.99.0.1", 2222, None),
         false,
@@ -442,6 +513,11 @@ async fn rules_seal_sandboxes_in_a_real_kernel() {
         "s1 → s2 tcp/22 (bridge forward)",
         lab.connects("s1", &IP2.to_string(), 22, None),
         false,
+    );
+    check(
+        "s3 (not ours) → internet udp/9000, one way (control)",
+        lab.udp_reaches_internet("s3", 9000),
+        true,
     );
     check(
         "s3 (not ours) → internet tcp/8080",

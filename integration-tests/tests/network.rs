@@ -74,7 +74,7 @@ async fn create(c: &Client, name: &str) -> Result<(String, Ipv4Addr)> {
 }
 
 async fn ready(c: &Client, id: &str) -> Result<()> {
-    guest::ready(c, id, Duration::from_secs(90)).await
+    guest::ready(c, id, Duration::from_secs(180)).await
 }
 
 fn nft(args: &[&str]) -> Result<String> {
@@ -98,9 +98,13 @@ async fn sandboxes_are_sealed_and_egress_opens_only_with_approval() -> Result<()
         "internet: {} in namespace {} (dns {})",
         server, inet.namespace, inet.dns
     );
-    let mut stack = Stack::start(
+    // Two sandboxes boot at once: 300 s for their leases, not the default 180, on a
+    // loaded host.
+    let mut stack = Stack::start_configured(
         StoreKind::Sqlite,
         vec![AgentOptions::new("a").network(&format!("dns_upstream = {:?}", inet.dns))],
+        "wait_for_ip_timeout_secs = 300\n",
+        "",
     )
     .await?;
     stack
@@ -140,16 +144,21 @@ async fn sandboxes_are_sealed_and_egress_opens_only_with_approval() -> Result<()
         "setsid nohup /usr/local/bin/probe udp-echo 5000 >/dev/null 2>&1 < /dev/null &",
     )
     .await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    ensure!(
-        probe(
-            &admin,
-            &b,
-            "B → itself udp/5000 (control)",
-            "udp 127.0.0.1 5000"
-        )
-        .await?
-    );
+    // The echo server answers once it is up: probe until it does (30 s at most).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !probe(
+        &admin,
+        &b,
+        "B → itself udp/5000 (control)",
+        "udp 127.0.0.1 5000",
+    )
+    .await?
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "B's UDP echo server never answered"
+        );
+    }
     ensure!(
         probe(
             &admin,
@@ -240,6 +249,7 @@ async fn sandboxes_are_sealed_and_egress_opens_only_with_approval() -> Result<()
         })
     };
     let operator = stack.client_with(&operator_token)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
     let pending = loop {
         let page = operator
             .list_approvals(&fluid_client::client::ApprovalQuery {
@@ -250,6 +260,11 @@ async fn sandboxes_are_sealed_and_egress_opens_only_with_approval() -> Result<()
         if let Some(p) = page.approvals.into_iter().next() {
             break p;
         }
+        ensure!(
+            Instant::now() < deadline && !asker.is_finished(),
+            "no pending approval within 60 s (the request answered early: {})",
+            asker.is_finished()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     println!(
@@ -370,9 +385,10 @@ async fn sandboxes_are_sealed_and_egress_opens_only_with_approval() -> Result<()
          setsid nohup sh /root/spoof.sh > /root/spoof.out 2>&1 < /dev/null &"
     );
     run(&admin, &a, &spoof).await?;
+    // Poll for the script's last line (180 s at most). While it runs A has another
+    // address, so most polls fail until it is restored.
     let deadline = Instant::now() + Duration::from_secs(180);
     let out = loop {
-        tokio::time::sleep(Duration::from_secs(5)).await;
         if let Ok((0, out)) = run(&admin, &a, "cat /root/spoof.out").await
             && out.contains("done")
         {
@@ -380,8 +396,9 @@ async fn sandboxes_are_sealed_and_egress_opens_only_with_approval() -> Result<()
         }
         ensure!(
             Instant::now() < deadline,
-            "the spoofing script did not finish"
+            "the spoofing script did not finish within 180 s"
         );
+        tokio::time::sleep(Duration::from_secs(2)).await;
     };
     println!("{out}");
     let sections: Vec<&str> = out.split("own-mac-new-ip").collect();

@@ -6,6 +6,9 @@
 //!   controller's agent call, the agent's server span and its libvirt calls;
 //! - with `log_format = "json"`, both write JSON log lines, and those logged inside a
 //!   sandbox operation carry its `sandbox_id`.
+//!
+//! One stack, its one create and one command are shared by the tests of this file
+//! (`fluid_prereq::shared`, torn down at exit); each test checks one of the three.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use fluid_client::types::{CreateSandboxRequest, HostState, RunCommandRequest};
+use fluid_prereq::shared::{Shared, Teardown};
 use fluid_telemetry::exposition::{Exposition, parse};
 use integration_tests::stack::wait_ssh_banner;
 use integration_tests::{AgentOptions, Stack, StoreKind};
@@ -166,15 +170,38 @@ fn ancestry(trace: &[Got], span: &Got) -> Vec<String> {
     out
 }
 
-#[tokio::test]
-async fn metrics_move_and_one_trace_follows_a_create() -> Result<()> {
+/// The shared stack, with what was scraped before its one create and one command.
+struct Observed {
+    stack: Stack,
+    receiver: Receiver,
+    id: String,
+    ctl_metrics: String,
+    agent_metrics: String,
+    ctl_before: Exposition,
+    agent_before: Exposition,
+}
+
+impl Teardown for Observed {
+    async fn teardown(self) {
+        if let Err(e) = self.stack.client.destroy_sandbox(&self.id).await {
+            eprintln!("teardown: destroying {}: {e}", self.id);
+        }
+        drop(self.stack);
+        println!("teardown: the shared stack is gone");
+    }
+}
+
+static STACK: Shared<Observed> = Shared::new();
+
+async fn setup() -> Result<Observed> {
     let receiver = Receiver::default();
     let endpoint = receiver.start().await?;
     let otlp = format!("otlp_endpoint = \"{endpoint}\"\nlog_format = \"json\"\n");
+    // The create waits for the lease: 300 s, not the default 180, on a loaded host.
     let mut stack = Stack::start_configured(
         StoreKind::Sqlite,
         vec![AgentOptions::new("a").config(&otlp)],
-        &otlp,
+        &format!("{otlp}wait_for_ip_timeout_secs = 300\n"),
         "",
     )
     .await?;
@@ -203,7 +230,7 @@ async fn metrics_move_and_one_trace_follows_a_create() -> Result<()> {
     let id = created.sandbox.id.clone();
     let ip = created.ip_address.context("create answered no IP")?;
     println!("create → IP {ip} in {:.1}s", t0.elapsed().as_secs_f64());
-    wait_ssh_banner(&format!("{ip}:22"), Duration::from_secs(90)).await?;
+    wait_ssh_banner(&format!("{ip}:22"), Duration::from_secs(180)).await?;
     let cmd = stack
         .client
         .run_command(
@@ -216,184 +243,218 @@ async fn metrics_move_and_one_trace_follows_a_create() -> Result<()> {
         .await?
         .command;
     ensure!(cmd.exit_code == 0, "command: {cmd:?}");
+    Ok(Observed {
+        stack,
+        receiver,
+        id,
+        ctl_metrics,
+        agent_metrics,
+        ctl_before,
+        agent_before,
+    })
+}
 
-    // Metrics: both parse, and their counters moved.
-    let ctl = scrape(&ctl_metrics, Some(&stack.admin_token)).await?;
-    let agent = scrape(&agent_metrics, None).await?;
-    let figures = [
-        (
-            "controller fluid_sandbox_create_duration_seconds_count{outcome=ok}",
-            moved(
-                &ctl_before,
-                &ctl,
-                "fluid_sandbox_create_duration_seconds_count",
-                &[("outcome", "ok")],
+#[test]
+fn metrics_of_both_services_parse_and_count_the_create_and_the_command_once() -> Result<()> {
+    STACK.run(setup, async |o| {
+        let ctl = scrape(&o.ctl_metrics, Some(&o.stack.admin_token)).await?;
+        let agent = scrape(&o.agent_metrics, None).await?;
+        let (cb, ab) = (&o.ctl_before, &o.agent_before);
+        // One create and one command happened since the first scrape: each counter
+        // moved by exactly one (a double count fails as surely as a missing one).
+        let figures = [
+            (
+                "controller fluid_sandbox_create_duration_seconds_count{outcome=ok}",
+                moved(
+                    cb,
+                    &ctl,
+                    "fluid_sandbox_create_duration_seconds_count",
+                    &[("outcome", "ok")],
+                ),
             ),
-        ),
-        (
-            "controller fluid_execs_total{kind=command,outcome=ok}",
-            moved(
-                &ctl_before,
-                &ctl,
-                "fluid_execs_total",
-                &[("kind", "command"), ("outcome", "ok")],
+            (
+                "controller fluid_execs_total{kind=command,outcome=ok}",
+                moved(
+                    cb,
+                    &ctl,
+                    "fluid_execs_total",
+                    &[("kind", "command"), ("outcome", "ok")],
+                ),
             ),
-        ),
-        (
-            "controller fluid_http_requests_total{POST /v1/sandboxes 201}",
-            moved(
-                &ctl_before,
-                &ctl,
-                "fluid_http_requests_total",
-                &[
-                    ("method", "POST"),
-                    ("route", "/v1/sandboxes"),
-                    ("status", "201"),
-                ],
+            (
+                "controller fluid_http_requests_total{POST /v1/sandboxes 201}",
+                moved(
+                    cb,
+                    &ctl,
+                    "fluid_http_requests_total",
+                    &[
+                        ("method", "POST"),
+                        ("route", "/v1/sandboxes"),
+                        ("status", "201"),
+                    ],
+                ),
             ),
-        ),
-        (
-            "controller fluid_agent_calls_total{CreateSandbox Ok}",
-            moved(
-                &ctl_before,
-                &ctl,
-                "fluid_agent_calls_total",
-                &[("method", "CreateSandbox"), ("code", "Ok")],
+            (
+                "controller fluid_agent_calls_total{CreateSandbox Ok}",
+                moved(
+                    cb,
+                    &ctl,
+                    "fluid_agent_calls_total",
+                    &[("method", "CreateSandbox"), ("code", "Ok")],
+                ),
             ),
-        ),
-        (
-            "agent fluid_agent_operations_total{create ok}",
-            moved(
-                &agent_before,
-                &agent,
-                "fluid_agent_operations_total",
-                &[("op", "create"), ("outcome", "ok")],
+            (
+                "agent fluid_agent_operations_total{create ok}",
+                moved(
+                    ab,
+                    &agent,
+                    "fluid_agent_operations_total",
+                    &[("op", "create"), ("outcome", "ok")],
+                ),
             ),
-        ),
-        (
-            "agent fluid_agent_operations_total{exec ok}",
-            moved(
-                &agent_before,
-                &agent,
-                "fluid_agent_operations_total",
-                &[("op", "exec"), ("outcome", "ok")],
+            (
+                "agent fluid_agent_operations_total{exec ok}",
+                moved(
+                    ab,
+                    &agent,
+                    "fluid_agent_operations_total",
+                    &[("op", "exec"), ("outcome", "ok")],
+                ),
             ),
-        ),
-        (
-            "agent fluid_agent_grpc_requests_total{CreateSandbox Ok}",
-            moved(
-                &agent_before,
-                &agent,
-                "fluid_agent_grpc_requests_total",
-                &[("method", "CreateSandbox"), ("code", "Ok")],
+            (
+                "agent fluid_agent_grpc_requests_total{CreateSandbox Ok}",
+                moved(
+                    ab,
+                    &agent,
+                    "fluid_agent_grpc_requests_total",
+                    &[("method", "CreateSandbox"), ("code", "Ok")],
+                ),
             ),
-        ),
-        (
-            "agent fluid_agent_libvirt_calls_total{define}",
-            moved(
-                &agent_before,
-                &agent,
-                "fluid_agent_libvirt_calls_total",
-                &[("op", "define")],
+            (
+                "agent fluid_agent_libvirt_calls_total{define}",
+                moved(
+                    ab,
+                    &agent,
+                    "fluid_agent_libvirt_calls_total",
+                    &[("op", "define")],
+                ),
             ),
-        ),
-    ];
-    for (what, delta) in &figures {
-        println!("moved by {delta}: {what}");
-        ensure!(*delta >= 1.0, "{what} did not move");
-    }
-    let running = ctl.sum("fluid_sandboxes", &[("state", "RUNNING")]);
-    let agent_running = agent.sum("fluid_agent_sandboxes", &[("state", "RUNNING")]);
-    let exec_p = ctl.sum("fluid_exec_duration_seconds_sum", &[("kind", "command")]);
-    println!(
-        "fluid_sandboxes{{RUNNING}} = {running}, fluid_agent_sandboxes{{RUNNING}} = {agent_running}, \
-         exec seconds (sum) = {exec_p:.3}, controller families {}, agent families {}",
-        ctl.families.len(),
-        agent.families.len()
-    );
-    ensure!(running == 1.0 && agent_running == 1.0);
-
-    // Traces: one trace from the REST handler to the agent's libvirt calls.
-    let deadline = Instant::now() + Duration::from_secs(45);
-    let trace = loop {
-        if let Some(t) = create_trace(&receiver.spans()) {
-            break t;
+        ];
+        let mut wrong = Vec::new();
+        for (what, delta) in &figures {
+            println!("moved by {delta}: {what}");
+            if *delta != 1.0 {
+                wrong.push(format!("{what} moved by {delta}"));
+            }
         }
-        if Instant::now() > deadline {
-            let names: Vec<String> = receiver
-                .spans()
-                .iter()
-                .map(|s| format!("{} {} {}", s.service, s.trace, s.name))
-                .collect();
-            bail!(
-                "no complete create trace within 45 s; received:\n{}",
-                names.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let services: BTreeMap<&str, usize> = trace.iter().fold(BTreeMap::new(), |mut m, s| {
-        *m.entry(s.service.as_str()).or_default() += 1;
-        m
-    });
-    let mut names: Vec<String> = trace
-        .iter()
-        .map(|s| format!("{}: {}", s.service, s.name))
-        .collect();
-    names.sort();
-    println!(
-        "create trace {}: {} spans {services:?}\n  {}",
-        trace[0].trace,
-        trace.len(),
-        names.join("\n  ")
-    );
-    let define = trace
-        .iter()
-        .find(|s| s.name == "libvirt define")
-        .context("libvirt define")?;
-    let chain = ancestry(&trace, define);
-    println!("  {}", chain.join("\n  ← "));
-    // Parent links are whole: libvirt → agent operation → agent server span →
-    // controller's agent call → … → the REST span.
-    ensure!(
-        chain.last().map(String::as_str) == Some("fluid-controller: POST /v1/sandboxes"),
-        "the libvirt span does not descend from the REST span: {chain:?}"
-    );
-    for want in [
-        "fluid-agent: sandbox.create",
-        "fluid-agent: fluid.agent.v1.HostAgent/CreateSandbox",
-        "fluid-controller: fluid.agent.v1.HostAgent/CreateSandbox",
-        "fluid-controller: sandbox.create",
-    ] {
-        ensure!(chain.iter().any(|c| c == want), "{want} missing: {chain:?}");
-    }
-
-    // Logs: JSON lines; those inside the sandbox's operations name it.
-    for (who, log) in [
-        ("controller", stack.controller.log_tail(2000)),
-        ("agent", stack.agent("a")?.service.log_tail(2000)),
-    ] {
-        let lines: Vec<serde_json::Value> = log
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        ensure!(
-            lines.len() * 10 >= log.lines().count() * 9,
-            "{who}: not JSON lines:\n{log}"
-        );
-        let tagged = lines.iter().filter(|l| carries(l, &id)).count();
-        let example = lines
-            .iter()
-            .find(|l| carries(l, &id))
-            .map(|l| l.to_string())
-            .unwrap_or_default();
+        ensure!(wrong.is_empty(), "not counted once: {wrong:?}");
+        let running = ctl.sum("fluid_sandboxes", &[("state", "RUNNING")]);
+        let agent_running = agent.sum("fluid_agent_sandboxes", &[("state", "RUNNING")]);
+        let exec_p = ctl.sum("fluid_exec_duration_seconds_sum", &[("kind", "command")]);
         println!(
-            "{who}: {} JSON lines, {tagged} carry sandbox_id {id}; e.g. {example}",
-            lines.len()
+            "fluid_sandboxes{{RUNNING}} = {running}, fluid_agent_sandboxes{{RUNNING}} = {agent_running}, \
+             exec seconds (sum) = {exec_p:.3}, controller families {}, agent families {}",
+            ctl.families.len(),
+            agent.families.len()
         );
-        ensure!(tagged > 0, "{who}: no log line carries the sandbox id");
-    }
+        ensure!(
+            running == 1.0 && agent_running == 1.0,
+            "RUNNING: controller {running}, agent {agent_running}"
+        );
+        Ok(())
+    })
+}
 
-    stack.client.destroy_sandbox(&id).await?;
-    Ok(())
+#[test]
+fn one_trace_follows_the_create_from_the_rest_call_to_libvirt() -> Result<()> {
+    STACK.run(setup, async |o| {
+        // Spans are exported in batches: poll for the whole trace (45 s at most).
+        let deadline = Instant::now() + Duration::from_secs(45);
+        let trace = loop {
+            if let Some(t) = create_trace(&o.receiver.spans()) {
+                break t;
+            }
+            if Instant::now() > deadline {
+                let names: Vec<String> = o
+                    .receiver
+                    .spans()
+                    .iter()
+                    .map(|s| format!("{} {} {}", s.service, s.trace, s.name))
+                    .collect();
+                bail!(
+                    "no complete create trace within 45 s; received:\n{}",
+                    names.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let services: BTreeMap<&str, usize> = trace.iter().fold(BTreeMap::new(), |mut m, s| {
+            *m.entry(s.service.as_str()).or_default() += 1;
+            m
+        });
+        let mut names: Vec<String> = trace
+            .iter()
+            .map(|s| format!("{}: {}", s.service, s.name))
+            .collect();
+        names.sort();
+        println!(
+            "create trace {}: {} spans {services:?}\n  {}",
+            trace[0].trace,
+            trace.len(),
+            names.join("\n  ")
+        );
+        let define = trace
+            .iter()
+            .find(|s| s.name == "libvirt define")
+            .context("libvirt define")?;
+        let chain = ancestry(&trace, define);
+        println!("  {}", chain.join("\n  ← "));
+        // Parent links are whole: libvirt → agent operation → agent server span →
+        // controller's agent call → … → the REST span.
+        ensure!(
+            chain.last().map(String::as_str) == Some("fluid-controller: POST /v1/sandboxes"),
+            "the libvirt span does not descend from the REST span: {chain:?}"
+        );
+        for want in [
+            "fluid-agent: sandbox.create",
+            "fluid-agent: fluid.agent.v1.HostAgent/CreateSandbox",
+            "fluid-controller: fluid.agent.v1.HostAgent/CreateSandbox",
+            "fluid-controller: sandbox.create",
+        ] {
+            ensure!(chain.iter().any(|c| c == want), "{want} missing: {chain:?}");
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn json_log_lines_of_a_sandbox_operation_carry_its_id() -> Result<()> {
+    STACK.run(setup, async |o| {
+        for (who, log) in [
+            ("controller", o.stack.controller.log_tail(2000)),
+            ("agent", o.stack.agent("a")?.service.log_tail(2000)),
+        ] {
+            let lines: Vec<serde_json::Value> = log
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            ensure!(
+                lines.len() * 10 >= log.lines().count() * 9,
+                "{who}: not JSON lines:\n{log}"
+            );
+            let tagged = lines.iter().filter(|l| carries(l, &o.id)).count();
+            let example = lines
+                .iter()
+                .find(|l| carries(l, &o.id))
+                .map(|l| l.to_string())
+                .unwrap_or_default();
+            println!(
+                "{who}: {} JSON lines, {tagged} carry sandbox_id {}; e.g. {example}",
+                lines.len(),
+                o.id
+            );
+            ensure!(tagged > 0, "{who}: no log line carries the sandbox id");
+        }
+        Ok(())
+    })
 }

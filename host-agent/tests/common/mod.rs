@@ -8,47 +8,64 @@
 #![allow(dead_code)] // each test binary uses its own part of this module
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fluid_agent::hypervisor::libvirt::Libvirt;
 use fluid_agent::{AgentConfig, Sandboxes};
+use fluid_prereq::shared::Teardown;
 use fluid_proto::model::{CreateSandbox, Name, SandboxId};
 use russh::keys::ssh_key::certificate::{Builder, CertType};
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{PrivateKey, PublicKey};
 
-/// A real agent (libvirt, its own state dir) with one booting sandbox that trusts a
-/// fresh test CA.
+/// A real agent (libvirt, its own state dir and nftables tables) with one booting
+/// sandbox that trusts a fresh test CA. Names are unique per run (`agentdev-<tag>-<hex>`),
+/// so runs of other engineers on the same libvirtd do not collide.
 pub struct RealSandbox {
     pub s: Arc<Sandboxes<Libvirt>>,
     pub id: SandboxId,
+    /// The domain's name, which the guest also takes as its hostname.
+    pub name: String,
     pub ca: PrivateKey,
     pub created: Instant,
     state_dir: PathBuf,
+    /// The agent's nftables tables (`bridge` and `inet`).
+    table: String,
+}
+
+/// A fresh `(sandbox id, name stem)` for `tag` (lowercase letters): `SBX-<hex><tag>` and
+/// `agentdev-<tag>-<hex>`. The hex comes first in the id: the tap is named after its
+/// first characters.
+pub fn unique(tag: &str) -> (SandboxId, String) {
+    let hex = format!("{:08x}", rand::random::<u32>());
+    let id = SandboxId::parse("id", &format!("SBX-{hex}{tag}")).expect("id");
+    (id, format!("agentdev-{tag}-{hex}"))
 }
 
 impl RealSandbox {
-    /// Opens an agent `agentdev-<tag>-host` and creates sandbox `id` named
-    /// `agentdev-<tag>` (started).
-    pub async fn start(tag: &str, id: &str) -> Self {
+    /// Opens an agent `<name>-host` (state in `/var/tmp/<name>`) and creates and starts
+    /// a sandbox named `agentdev-<tag>-<hex>`.
+    pub async fn start(tag: &str) -> Self {
         let dir = image_dir().expect("a golden image (set FLUID_TEST_IMAGE_DIR)");
         println!("image: {}", dir.display());
-        let state_dir = PathBuf::from(format!("/var/tmp/agentdev-{tag}-{}", std::process::id()));
-        let toml = agent_toml(&format!("agentdev-{tag}-host"), &state_dir, &dir);
+        let (id, name) = unique(tag);
+        let state_dir = PathBuf::from(format!("/var/tmp/{name}"));
+        let toml = agent_toml(&format!("{name}-host"), &state_dir, &dir);
         let _ = tracing_subscriber::fmt()
             .with_env_filter("fluid_agent=info")
             .try_init();
         let config = AgentConfig::from_toml(&toml).expect("config");
+        let table = config.network.nft_table.clone();
         let s = fluid_agent::open(config).await.expect("open the agent");
         println!("agent key: {}", s.ssh_public_key());
         let ca = PrivateKey::from(Ed25519Keypair::from_seed(&rand::random()));
         let ca_line = ca.public_key().to_openssh().expect("CA line");
-        let id = SandboxId::parse("id", id).expect("id");
         let created = Instant::now();
         s.create(CreateSandbox {
             id: id.clone(),
-            name: Name::parse("name", &format!("agentdev-{tag}")).expect("name"),
+            name: Name::parse("name", &name).expect("name"),
             image: Name::parse("image", "debian-12").expect("image"),
             cpus: 1,
             memory_mb: 512,
@@ -59,26 +76,45 @@ impl RealSandbox {
         })
         .await
         .expect("create");
+        println!("created {id} ({name})");
         Self {
             s,
             id,
+            name,
             ca,
             created,
             state_dir,
+            table,
         }
     }
+}
 
-    /// Destroys the sandbox and the agent's state, then re-raises a failed check.
-    pub async fn finish(self, checks: Result<(), tokio::task::JoinError>) {
+impl Teardown for RealSandbox {
+    /// Destroys the sandbox (the agent releases its lease and rules), then removes the
+    /// agent's state and its nftables tables, which outlive an agent by design.
+    async fn teardown(self) {
         let t = Instant::now();
-        assert!(self.s.destroy(&self.id).await.expect("destroy"));
-        println!("destroy: {:.2} s", t.elapsed().as_secs_f64());
-        drop(self.s);
-        let _ = std::fs::remove_dir_all(&self.state_dir);
-        if let Err(e) = checks {
-            std::panic::resume_unwind(e.into_panic());
+        match tokio::time::timeout(Duration::from_secs(120), self.s.destroy(&self.id)).await {
+            Ok(Ok(true)) => println!(
+                "teardown: destroyed {} in {:.2} s",
+                self.id,
+                t.elapsed().as_secs_f64()
+            ),
+            other => eprintln!("teardown: destroying {}: {other:?}", self.id),
         }
+        drop(self.s);
+        remove_agent_leftovers(&self.table, &self.state_dir);
     }
+}
+
+/// Deletes an agent's nftables tables and its state directory.
+pub fn remove_agent_leftovers(table: &str, state_dir: &Path) {
+    for family in ["bridge", "inet"] {
+        let _ = Command::new("nft")
+            .args(["delete", "table", family, table])
+            .output();
+    }
+    let _ = std::fs::remove_dir_all(state_dir);
 }
 
 /// Whether the real-VM tests can run here: root, inside the network namespace that
@@ -114,11 +150,20 @@ fn missing_for_real_vms() -> Option<String> {
                 .into(),
         );
     }
-    if image_dir().is_none() {
-        return Some(
-            "no golden image (set FLUID_TEST_IMAGE_DIR, or run scripts/build-golden-image.sh)"
-                .into(),
-        );
+    match image_dir() {
+        None => {
+            return Some(
+                "no golden image (set FLUID_TEST_IMAGE_DIR, or run scripts/build-golden-image.sh)"
+                    .into(),
+            );
+        }
+        Some(d) if !d.join("disk.qcow2").exists() => {
+            return Some(format!(
+                "no golden image in {} (no disk.qcow2)",
+                d.display()
+            ));
+        }
+        Some(_) => {}
     }
     None
 }

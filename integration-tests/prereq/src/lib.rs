@@ -9,6 +9,10 @@
 //! - without it under CI (`CI` set to anything but `false`/`0`) or with
 //!   `FLUID_REQUIRE_ALL=1`, the test **fails**, naming what was missing, so a green CI
 //!   run never hides a test that did not run.
+//!
+//! [`shared`] lends one expensive fixture (a booted VM) to the tests of a binary.
+
+pub mod shared;
 
 /// Whether a missing prerequisite must fail the test instead of skipping it.
 pub fn required() -> bool {

@@ -7,6 +7,9 @@ use super::*;
 use crate::network::allow::parse_rule;
 use crate::network::test_settings;
 
+mod isolation;
+use isolation::assert_isolating;
+
 fn id(s: &str) -> SandboxId {
     SandboxId::parse("id", s).expect("id")
 }
@@ -62,6 +65,7 @@ fn no_host_allow() -> NetworkSettings {
 fn no_sandboxes() {
     let batch = build(&no_host_allow(), &[]);
     insta::assert_snapshot!(lines(&batch.nftables));
+    assert_isolating(&batch.nftables, &no_host_allow(), &[]);
     assert_eq!(
         batch.shape,
         Shape {
@@ -81,26 +85,29 @@ fn no_sandboxes() {
 
 #[test]
 fn one_sealed_sandbox_before_its_ip_is_known() {
-    let batch = build(
-        &no_host_allow(),
-        &[sealed("SBX-0123abcd", "52:54:00:12:34:56")],
-    );
+    let sandboxes = [sealed("SBX-0123abcd", "52:54:00:12:34:56")];
+    let batch = build(&no_host_allow(), &sandboxes);
     insta::assert_snapshot!(lines(&batch.nftables));
+    // Before its lease: only DHCP with its own chaddr, no IPv4, nothing to reply to.
+    assert_isolating(&batch.nftables, &no_host_allow(), &sandboxes);
 }
 
 #[test]
 fn one_sandbox_with_ip_policy_and_a_resolved_domain() {
-    let batch = build(&no_host_allow(), &[with_policy()]);
+    let sandboxes = [with_policy()];
+    let batch = build(&no_host_allow(), &sandboxes);
     insta::assert_snapshot!(lines(&batch.nftables));
+    assert_isolating(&batch.nftables, &no_host_allow(), &sandboxes);
 }
 
 #[test]
 fn two_sandboxes_and_host_wide_entries() {
-    let batch = build(
-        &test_settings(),
-        &[with_policy(), sealed("SBX-zzzzzzzz99", "52:54:00:aa:bb:02")],
-    );
+    let sandboxes = [with_policy(), sealed("SBX-zzzzzzzz99", "52:54:00:aa:bb:02")];
+    let batch = build(&test_settings(), &sandboxes);
     insta::assert_snapshot!(lines(&batch.nftables));
+    // Neither reaches the other: no bridging between taps, nothing to a sandbox's
+    // address but replies; each only through its own allow-list.
+    assert_isolating(&batch.nftables, &test_settings(), &sandboxes);
     // Both get the host's entries; the domain sets are per sandbox.
     let text = lines(&batch.nftables);
     assert!(text.contains("\"d_abcdefgh12_0\""), "deb.debian.org");
@@ -193,6 +200,37 @@ fn resolved_addresses_are_added_with_a_fresh_timeout() {
         &[(Ipv4Addr::new(192, 0, 2, 1), 300)],
     );
     insta::assert_snapshot!(lines(&batch));
+    // An incremental batch touches that one set's elements and nothing else (no rule,
+    // chain or table: it cannot open anything but the address), and ends with the
+    // address in the set with its fresh timeout.
+    let objects: Vec<serde_json::Value> = batch
+        .objects
+        .iter()
+        .map(|o| serde_json::to_value(o).expect("json"))
+        .collect();
+    for o in &objects {
+        let (verb, body) = o
+            .as_object()
+            .and_then(|m| m.iter().next())
+            .expect("one command");
+        assert!(verb == "add" || verb == "delete", "{o}");
+        let element = &body["element"];
+        assert!(element.is_object(), "not an element: {o}");
+        assert_eq!(
+            (&element["family"], &element["table"], &element["name"]),
+            (
+                &serde_json::json!("inet"),
+                &serde_json::json!("fluid_kvm_1"),
+                &serde_json::json!("d_abcdefgh12_0")
+            ),
+            "{o}"
+        );
+    }
+    let last = objects.last().expect("commands");
+    assert_eq!(
+        last["add"]["element"]["elem"][0]["elem"],
+        serde_json::json!({"val": "192.0.2.1", "timeout": 300, "expires": null, "comment": null, "counter": null})
+    );
 }
 
 #[test]
