@@ -385,7 +385,7 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
         let d = timed(Op::Diff, self.sandboxes.diff(diff))
             .await
             .map_err(|e| fail("diff_snapshots", e))?;
-        Ok(Response::new(d))
+        Ok(Response::new(snapshots::diff_pb(d)))
     }
 
     async fn read_snapshot_file(
@@ -398,7 +398,10 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
             .read_snapshot_file(read)
             .await
             .map_err(|e| fail("read_snapshot_file", e))?;
-        Ok(Response::new(snapshots::chunks(meta, data)))
+        Ok(Response::new(snapshots::chunks(
+            snapshots::file_meta_pb(meta),
+            data,
+        )))
     }
 
     async fn tunnel(
