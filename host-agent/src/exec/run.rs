@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use fluid_proto::model::SandboxId;
+use fluid_proto::model::{ExecEvent, ExecExit, SandboxId};
 use russh::keys::PublicKey;
 use russh::{ChannelMsg, Sig};
 use tokio::sync::{mpsc, oneshot};
@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use super::pool::{Opened, Slot, SshPool};
 use super::wrapper::Killed;
-use super::{ExecError, ExecEvent, ExecExit, wrapper};
+use super::{ExecError, wrapper};
 
 /// Events queued per command before the channel is slowed down.
 pub const QUEUE_DEPTH: usize = 16;

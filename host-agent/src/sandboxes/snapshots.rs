@@ -18,14 +18,14 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use fluid_proto::model::{Exec, SandboxId, SnapshotName, SnapshotRef};
+use fluid_proto::model::{Exec, ExecEvent, SandboxId, SnapshotName, SnapshotRef};
 use serde::{Deserialize, Serialize};
 
 use super::exec::known_host_key;
 use super::room::Op;
 use super::{SandboxView, Sandboxes};
 use crate::error::ServiceError;
-use crate::exec::{ExecEvent, run, wrapper};
+use crate::exec::{run, wrapper};
 use crate::hypervisor::{DomainSnapshot, DomainState, Hypervisor, HypervisorError, RevertTo};
 use crate::state::SandboxRecord;
 
