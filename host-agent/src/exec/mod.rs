@@ -6,8 +6,9 @@
 //! - [`pool`]: a few multiplexed SSH connections per sandbox, shared by every command
 //!   (a channel sshd refuses goes to another connection); host keys are trusted on first
 //!   use ([`hostkey`]).
-//! - [`wrapper`]: the shell script that runs one command (literal env, user, workdir,
-//!   its own transient systemd scope — cgroup — and process group, for the timeout kill).
+//! - the wrapper each command runs in, a guest script (`fluid_proto::guest::wrapper`:
+//!   literal env, user, workdir, its own transient systemd scope — cgroup — and process
+//!   group, for the timeout kill).
 //! - [`run`]: one command on one channel: stdin, streamed output with per-stream caps,
 //!   timeout (the scope is SIGKILLed), exactly one exit event
 //!   (`fluid_proto::model::ExecEvent`) whose error names the cause.
@@ -18,7 +19,6 @@ pub mod hostkey;
 pub mod pool;
 pub mod run;
 pub mod shell;
-pub mod wrapper;
 
 use std::sync::Arc;
 
