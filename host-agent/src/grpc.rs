@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::pin::Pin;
 
 use fluid_proto::model::{
-    CreateSandbox, Exec, SandboxId, SetEgressPolicy, SnapshotRef, StopSandbox, WaitForIp,
+    CreateSandbox, Exec, ExecEvent, SandboxId, SetEgressPolicy, SnapshotRef, StopSandbox, WaitForIp,
 };
 use fluid_proto::pb;
 use fluid_proto::pb::host_agent_server::HostAgent;
@@ -17,7 +17,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
-use crate::exec::{ExecEvent, ExecExit};
 use crate::metrics::{Op, metrics};
 
 pub mod attach;
@@ -25,8 +24,7 @@ pub mod snapshots;
 pub mod tunnel;
 
 use crate::hypervisor::Hypervisor;
-use crate::images::{ImageInfo, ImageKind};
-use crate::sandboxes::{EgressState, SandboxView, Sandboxes};
+use crate::sandboxes::{SandboxView, Sandboxes};
 
 /// The gRPC face of [`Sandboxes`].
 pub struct AgentService<H> {
@@ -62,64 +60,6 @@ fn sandbox_pb(v: SandboxView) -> pb::Sandbox {
         created_at_unix: r.created_at_unix,
         error: v.error.unwrap_or_default(),
     }
-}
-
-fn egress_pb(e: EgressState) -> pb::EgressPolicyState {
-    pb::EgressPolicyState {
-        sandbox_id: e.id.to_string(),
-        policy: Some(pb::EgressPolicy::from(&e.policy)),
-        resolved: e
-            .resolved
-            .into_iter()
-            .map(|(domain, addrs)| pb::ResolvedDomain {
-                domain,
-                addresses: addrs.iter().map(ToString::to_string).collect(),
-            })
-            .collect(),
-    }
-}
-
-fn image_pb(i: ImageInfo) -> pb::Image {
-    pb::Image {
-        name: i.name,
-        kind: match i.kind {
-            ImageKind::Qcow2 => pb::ImageKind::Qcow2,
-            ImageKind::SourceVm => pb::ImageKind::SourceVm,
-        } as i32,
-        disk_path: i.disk_path,
-        uuid: i.uuid,
-        state: i.state,
-        persistent: i.persistent,
-        available: i.available,
-        error: i.error.unwrap_or_default(),
-    }
-}
-
-fn exec_event_pb(e: ExecEvent) -> pb::ExecEvent {
-    use pb::exec_event::Event;
-    let event = match e {
-        ExecEvent::Started { at_unix_ms } => Event::Started(pb::ExecStarted {
-            started_at_unix_ms: at_unix_ms,
-        }),
-        ExecEvent::Stdout(b) => Event::Stdout(b),
-        ExecEvent::Stderr(b) => Event::Stderr(b),
-        ExecEvent::Exit(ExecExit {
-            exit_code,
-            timed_out,
-            stdout_truncated,
-            stderr_truncated,
-            duration_ms,
-            error,
-        }) => Event::Exit(pb::ExecExit {
-            exit_code,
-            timed_out,
-            stdout_truncated,
-            stderr_truncated,
-            duration_ms,
-            error: error.unwrap_or_default(),
-        }),
-    };
-    pb::ExecEvent { event: Some(event) }
 }
 
 /// The stream an Exec returns.
@@ -186,7 +126,7 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
             if let ExecEvent::Exit(x) = &e {
                 metrics().op(Op::Exec, x.error.is_none(), started.elapsed());
             }
-            Ok(exec_event_pb(e))
+            Ok(pb::ExecEvent::from(e))
         });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -226,7 +166,7 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
             .await
             .map_err(|e| fail("list_images", e))?;
         Ok(Response::new(pb::ListImagesResponse {
-            images: images.into_iter().map(image_pb).collect(),
+            images: images.into_iter().map(pb::Image::from).collect(),
         }))
     }
 
@@ -306,12 +246,13 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
         req: Request<pb::SetEgressPolicyRequest>,
     ) -> Result<Response<pb::EgressPolicyState>, Status> {
         let set = SetEgressPolicy::try_from(req.into_inner())?;
+        let id = set.sandbox_id.clone();
         let state = self
             .sandboxes
             .set_egress_policy(set)
             .await
             .map_err(|e| fail("set_egress_policy", e))?;
-        Ok(Response::new(egress_pb(state)))
+        Ok(Response::new(state.into_pb(&id)))
     }
 
     async fn get_egress_policy(
@@ -324,7 +265,7 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
             .egress_policy(&id)
             .await
             .map_err(|e| fail("get_egress_policy", e))?;
-        Ok(Response::new(egress_pb(state)))
+        Ok(Response::new(state.into_pb(&id)))
     }
 
     async fn create_snapshot(
@@ -385,7 +326,7 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
         let d = timed(Op::Diff, self.sandboxes.diff(diff))
             .await
             .map_err(|e| fail("diff_snapshots", e))?;
-        Ok(Response::new(d))
+        Ok(Response::new(snapshots::diff_pb(d)))
     }
 
     async fn read_snapshot_file(
@@ -398,7 +339,10 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
             .read_snapshot_file(read)
             .await
             .map_err(|e| fail("read_snapshot_file", e))?;
-        Ok(Response::new(snapshots::chunks(meta, data)))
+        Ok(Response::new(snapshots::chunks(
+            snapshots::file_meta_pb(meta),
+            data,
+        )))
     }
 
     async fn tunnel(
@@ -434,49 +378,5 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
         Ok(Response::new(pb::SandboxIp {
             ip_address: ip.to_string(),
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exec_events_map_to_the_wire() {
-        use pb::exec_event::Event;
-        let ev = |e| exec_event_pb(e).event.expect("event");
-        assert_eq!(
-            ev(ExecEvent::Started { at_unix_ms: 5 }),
-            Event::Started(pb::ExecStarted {
-                started_at_unix_ms: 5
-            })
-        );
-        assert_eq!(
-            ev(ExecEvent::Stdout(b"o".to_vec())),
-            Event::Stdout(b"o".to_vec())
-        );
-        assert_eq!(
-            ev(ExecEvent::Stderr(b"e".to_vec())),
-            Event::Stderr(b"e".to_vec())
-        );
-        let exit = ExecExit {
-            exit_code: -1,
-            timed_out: true,
-            stdout_truncated: true,
-            stderr_truncated: false,
-            duration_ms: 7,
-            error: Some("lost".into()),
-        };
-        assert_eq!(
-            ev(ExecEvent::Exit(exit)),
-            Event::Exit(pb::ExecExit {
-                exit_code: -1,
-                timed_out: true,
-                stdout_truncated: true,
-                stderr_truncated: false,
-                duration_ms: 7,
-                error: "lost".into(),
-            })
-        );
     }
 }

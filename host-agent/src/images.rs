@@ -1,8 +1,10 @@
 //! Images a sandbox's disk is cloned from: what each configured image resolves to
 //! (backing file, its format, how the guest boots), and the inventory the controller
-//! sees in `ListImages`.
+//! sees in `ListImages` (`fluid_proto::model::ImageInfo`).
 
 use std::path::PathBuf;
+
+use fluid_proto::model::{ImageInfo, ImageKind};
 
 use crate::config::ImageConfig;
 use crate::error::ServiceError;
@@ -71,25 +73,6 @@ pub async fn resolve<H: Hypervisor>(
             })
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImageKind {
-    Qcow2,
-    SourceVm,
-}
-
-/// One image as `ListImages` reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageInfo {
-    pub name: String,
-    pub kind: ImageKind,
-    pub disk_path: String,
-    pub uuid: String,
-    pub state: String,
-    pub persistent: bool,
-    pub available: bool,
-    pub error: Option<String>,
 }
 
 fn state_name(s: &DomainState) -> String {

@@ -20,7 +20,9 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fluid_proto::model::{CreateSandbox, ObservedState, SandboxId, StopSandbox, WaitForIp};
+use fluid_proto::model::{
+    CreateSandbox, ImageInfo, ObservedState, SandboxId, StopSandbox, WaitForIp,
+};
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
@@ -31,12 +33,10 @@ use crate::exec::pool::SshPool;
 use crate::hypervisor::{
     DomainSpec, DomainState, Hypervisor, HypervisorError, Lease, OwnedDomain, random_mac,
 };
-use crate::images::{self, ImageInfo, ResolvedImage};
+use crate::images::{self, ResolvedImage};
 use crate::network::{Firewall, tap_name};
 use crate::overlay::{self, Overlays};
 use crate::state::{SandboxRecord, StateStore};
-
-pub use egress::EgressState;
 
 /// How often leases and domain states are polled while waiting.
 const POLL: Duration = Duration::from_millis(500);

@@ -20,10 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fluid_agent::Sandboxes;
-use fluid_agent::exec::ExecEvent;
 use fluid_agent::exec::shell::{Shell, ShellInput, ShellOutput};
 use fluid_agent::hypervisor::libvirt::Libvirt;
-use fluid_proto::model::{AttachOpen, Exec, SandboxId, WaitForIp};
+use fluid_proto::model::{AttachOpen, Exec, ExecEvent, SandboxId, WaitForIp};
 use fluid_proto::pb;
 use tokio::sync::mpsc;
 

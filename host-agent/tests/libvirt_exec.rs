@@ -23,9 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fluid_agent::Sandboxes;
-use fluid_agent::exec::{ExecEvent, ExecExit};
 use fluid_agent::hypervisor::libvirt::Libvirt;
-use fluid_proto::model::{Exec, SandboxId, WaitForIp};
+use fluid_proto::model::{Exec, ExecEvent, ExecExit, SandboxId, WaitForIp};
 use fluid_proto::pb;
 
 use common::RealSandbox;

@@ -2,10 +2,15 @@
 //!
 //! - [`pb`]: the generated protobuf / gRPC types (`fluid.agent.v1`).
 //! - [`model`]: validated domain types. Everything that arrives from the wire goes
-//!   through a `TryFrom` here before any other code sees it ("expect junk from senders").
+//!   through a `TryFrom` here before any other code sees it ("expect junk from senders"),
+//!   and everything sent is built from them with a `From`: both sides' services speak
+//!   these types, `pb` stays at the gRPC edges.
+//! - [`guest`]: what runs inside a guest, whichever side composes it: the exec wrapper,
+//!   the files and access scripts, the interactive login and snapshot commands.
 //! - [`api`]: the controller's public gRPC API (`fluid.v1`).
 //! - [`tls`]: mTLS configuration shared by both ends (fleet CA, peer identity checks).
 
+pub mod guest;
 pub mod model;
 pub mod tls;
 

@@ -1,5 +1,10 @@
 //! Validated domain types for what crosses the controller ↔ agent wire (and the REST
 //! edge, which reuses the same checks). A value of one of these types is known good.
+//!
+//! Each type has the one set of conversions to and from its wire message: `TryFrom` the
+//! message where it is received, `From` it where it is sent. Both sides' services speak
+//! these types; `pb` appears only at the edges (the controller's gRPC client, the
+//! agent's gRPC handlers).
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -419,15 +424,6 @@ impl TryFrom<pb::HostStatus> for HostStatus {
     }
 }
 
-/// Longest command line accepted.
-pub const COMMAND_MAX_BYTES: usize = 64 * 1024;
-/// Largest standard input an Exec may carry.
-pub const STDIN_MAX_BYTES: usize = 16 * 1024 * 1024;
-/// Largest per-stream output cap.
-pub const OUTPUT_CAP_MAX_BYTES: u64 = 64 * 1024 * 1024;
-/// Longest command timeout (one day).
-pub const EXEC_TIMEOUT_MAX_SECONDS: u32 = 24 * 3600;
-
 /// An id made of `prefix` and 8-32 lowercase letters or digits (`CMD-…`, `SES-…`).
 pub fn check_prefixed_id(
     field: &'static str,
@@ -510,173 +506,19 @@ pub fn check_abs_path(field: &'static str, s: &str) -> Result<String, Validation
     Ok(s.to_owned())
 }
 
-/// One command to run in a sandbox (validated `ExecRequest`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Exec {
-    pub sandbox_id: SandboxId,
-    pub command_id: String,
-    pub command: String,
-    pub user: String,
-    pub workdir: Option<String>,
-    /// Sorted by name.
-    pub env: Vec<(String, String)>,
-    /// `None`: no limit.
-    pub timeout_seconds: Option<u32>,
-    pub output_cap_bytes: u64,
-    pub stdin: Vec<u8>,
-    pub ssh_certificate: String,
-}
-
-impl TryFrom<pb::ExecRequest> for Exec {
-    type Error = ValidationError;
-    fn try_from(r: pb::ExecRequest) -> Result<Self, Self::Error> {
-        let command_id = r.command_id;
-        check_prefixed_id("command_id", &command_id, "CMD-", "command")?;
-        if r.command.trim().is_empty() {
-            return Err(ValidationError::new("command", "must not be empty"));
-        }
-        if r.command.len() > COMMAND_MAX_BYTES {
-            return Err(ValidationError::new(
-                "command",
-                format!("longer than {COMMAND_MAX_BYTES} bytes"),
-            ));
-        }
-        if r.command.contains('\0') {
-            return Err(ValidationError::new("command", "contains NUL"));
-        }
-        let user = if r.user.is_empty() {
-            "root".to_owned()
-        } else {
-            check_user("user", &r.user)?
-        };
-        let workdir = if r.workdir.is_empty() {
-            None
-        } else {
-            Some(check_abs_path("workdir", &r.workdir)?)
-        };
-        let mut env = Vec::with_capacity(r.env.len());
-        for (k, v) in r.env {
-            check_env_name("env", &k)?;
-            if v.contains('\0') {
-                return Err(ValidationError::new(
-                    "env",
-                    format!("value of {k} contains NUL"),
-                ));
-            }
-            env.push((k, v));
-        }
-        env.sort();
-        if r.timeout_seconds > EXEC_TIMEOUT_MAX_SECONDS {
-            return Err(ValidationError::new(
-                "timeout_seconds",
-                format!("at most {EXEC_TIMEOUT_MAX_SECONDS}"),
-            ));
-        }
-        if r.output_cap_bytes == 0 || r.output_cap_bytes > OUTPUT_CAP_MAX_BYTES {
-            return Err(ValidationError::new(
-                "output_cap_bytes",
-                format!("must be 1-{OUTPUT_CAP_MAX_BYTES}"),
-            ));
-        }
-        if r.stdin.len() > STDIN_MAX_BYTES {
-            return Err(ValidationError::new(
-                "stdin",
-                format!("larger than {STDIN_MAX_BYTES} bytes"),
-            ));
-        }
-        if r.ssh_certificate.trim().is_empty() {
-            return Err(ValidationError::new("ssh_certificate", "must not be empty"));
-        }
-        Ok(Self {
-            sandbox_id: SandboxId::parse("sandbox_id", &r.sandbox_id)?,
-            command_id,
-            command: r.command,
-            user,
-            workdir,
-            env,
-            timeout_seconds: (r.timeout_seconds > 0).then_some(r.timeout_seconds),
-            output_cap_bytes: r.output_cap_bytes,
-            stdin: r.stdin,
-            ssh_certificate: r.ssh_certificate,
-        })
-    }
-}
-
-/// A terminal size: 1-1000 columns and rows.
-pub fn check_terminal_size(
-    field: &'static str,
-    size: Option<&pb::TerminalSize>,
-) -> Result<(u32, u32), ValidationError> {
-    let Some(size) = size else {
-        return Ok((80, 24));
-    };
-    if !(1..=1000).contains(&size.cols) || !(1..=1000).contains(&size.rows) {
-        return Err(ValidationError::new(
-            field,
-            format!("{}x{} is out of range (1-1000 each)", size.cols, size.rows),
-        ));
-    }
-    Ok((size.cols, size.rows))
-}
-
-/// The opening of an interactive session (validated `AttachOpen`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttachOpen {
-    pub sandbox_id: SandboxId,
-    pub session_id: String,
-    pub user: String,
-    pub cols: u32,
-    pub rows: u32,
-    pub term: String,
-    pub ssh_certificate: String,
-}
-
-impl TryFrom<pb::AttachOpen> for AttachOpen {
-    type Error = ValidationError;
-    fn try_from(r: pb::AttachOpen) -> Result<Self, Self::Error> {
-        check_prefixed_id("session_id", &r.session_id, "SES-", "session")?;
-        let user = if r.user.is_empty() {
-            "root".to_owned()
-        } else {
-            check_user("user", &r.user)?
-        };
-        let term = if r.term.is_empty() {
-            "xterm-256color".to_owned()
-        } else {
-            r.term
-        };
-        if term.len() > 64
-            || !term
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        {
-            return Err(ValidationError::new(
-                "term",
-                format!("{term:?} is not a terminal type"),
-            ));
-        }
-        let (cols, rows) = check_terminal_size("size", r.size.as_ref())?;
-        if r.ssh_certificate.trim().is_empty() {
-            return Err(ValidationError::new("ssh_certificate", "must not be empty"));
-        }
-        Ok(Self {
-            sandbox_id: SandboxId::parse("sandbox_id", &r.sandbox_id)?,
-            session_id: r.session_id,
-            user,
-            cols,
-            rows,
-            term,
-            ssh_certificate: r.ssh_certificate,
-        })
-    }
-}
-
 pub mod egress;
+pub mod exec;
+pub mod image;
 pub mod snapshot;
 pub use egress::{
-    Destination, EgressPolicy, EgressRule, Protocol, SetEgressPolicy, check_domain, parse_cidr,
-    parse_protocol,
+    Destination, EgressPolicy, EgressRule, EgressState, Protocol, SetEgressPolicy, check_domain,
+    parse_cidr, parse_protocol,
 };
+pub use exec::{
+    AttachOpen, COMMAND_MAX_BYTES, EXEC_TIMEOUT_MAX_SECONDS, Exec, ExecEvent, ExecExit,
+    OUTPUT_CAP_MAX_BYTES, STDIN_MAX_BYTES, check_terminal_size,
+};
+pub use image::{ImageInfo, ImageKind};
 pub use snapshot::{DiskState, SnapshotName, SnapshotRef};
 
 #[cfg(test)]

@@ -1,11 +1,15 @@
 //! Where a request crosses to a host: the controller's side of the host-agent gRPC API.
 //!
 //! [`AgentConnector`] is "talk to the agent at host H"; the service logic only sees this
-//! trait (tests put a fake behind it). [`GrpcAgents`] implements it over mTLS with one
-//! lazily connected tonic channel per agent address (tonic reconnects by itself), a
-//! connect timeout and a deadline per call. Every reply is validated on receipt with the
-//! `fluid_proto::model` types. Every call goes through the `fluid_telemetry` gRPC layer:
-//! a span whose W3C `traceparent` travels in the metadata, the RPC and code in [`Metrics`].
+//! trait (tests put a fake behind it). It speaks the `fluid_proto::model` types both
+//! ways (requests such as [`Exec`] and [`AttachOpen`]; answers such as [`ExecEvent`],
+//! [`ImageInfo`] and [`EgressState`], re-exported here for its callers); wire messages
+//! (`pb`) stay inside [`GrpcAgents`], which implements it over mTLS with one lazily
+//! connected tonic channel per agent address (tonic reconnects by itself), a connect
+//! timeout and a deadline per call: it converts each request with the model's `From`
+//! and validates every reply on receipt with its `TryFrom`. Every call goes through the
+//! `fluid_telemetry` gRPC layer: a span whose W3C `traceparent` travels in the metadata,
+//! the RPC and code in [`Metrics`].
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -14,8 +18,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fluid_proto::model::{
-    CreateSandbox, EgressPolicy, HostStatus, SandboxId, SandboxInfo, check_ssh_public_key,
+    AttachOpen, CreateSandbox, EgressPolicy, Exec, HostStatus, SandboxId, SandboxInfo,
+    check_ssh_public_key,
 };
+// The trait's answers, for its callers.
+pub use fluid_proto::model::{EgressState, ExecEvent, ExecExit, ImageInfo};
 use fluid_proto::pb;
 use fluid_proto::pb::host_agent_client::HostAgentClient;
 use fluid_proto::tls::TlsMaterial;
@@ -45,19 +52,6 @@ pub struct AgentTarget {
     pub name: String,
     /// `host:port`.
     pub address: String,
-}
-
-/// An image or source VM an agent can clone from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageInfo {
-    pub name: String,
-    pub source_vm: bool,
-    pub disk_path: String,
-    pub uuid: String,
-    pub state: String,
-    pub persistent: bool,
-    pub available: bool,
-    pub error: Option<String>,
 }
 
 /// How a call to an agent failed, in the few kinds callers branch on.
@@ -128,86 +122,12 @@ impl AgentError {
     }
 }
 
-/// A sandbox's egress policy as its agent enforces it (`EgressPolicyState`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EgressState {
-    pub policy: EgressPolicy,
-    /// What each domain entry resolves to now, by domain.
-    pub resolved: Vec<(String, Vec<std::net::IpAddr>)>,
-}
-
-impl EgressState {
-    fn from_reply(host: &str, s: pb::EgressPolicyState) -> Result<Self, AgentError> {
-        let policy = EgressPolicy::try_from(s.policy.unwrap_or_default())
-            .map_err(|e| AgentError::bad_reply(host, e))?;
-        let resolved = s
-            .resolved
-            .into_iter()
-            .map(|r| {
-                let addresses = r
-                    .addresses
-                    .iter()
-                    .map(|a| {
-                        a.parse().map_err(|_| {
-                            AgentError::bad_reply(host, format!("{a:?} is not an IP address"))
-                        })
-                    })
-                    .collect::<Result<_, _>>()?;
-                Ok((r.domain, addresses))
-            })
-            .collect::<Result<_, AgentError>>()?;
-        Ok(Self { policy, resolved })
-    }
-}
-
 /// What `GetStatus` says, with the agent's exec key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentStatus {
     pub status: HostStatus,
     /// The agent's SSH public key for exec (OpenSSH line), when it reported a valid one.
     pub ssh_public_key: Option<String>,
-}
-
-/// How one command ended (`ExecExit`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExecExit {
-    /// -1 when the command had no exit status.
-    pub exit_code: i32,
-    pub timed_out: bool,
-    pub stdout_truncated: bool,
-    pub stderr_truncated: bool,
-    pub duration_ms: u64,
-    pub error: Option<String>,
-}
-
-/// One event of an Exec stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExecEvent {
-    Started { at_unix_ms: i64 },
-    Stdout(Vec<u8>),
-    Stderr(Vec<u8>),
-    Exit(ExecExit),
-}
-
-impl From<pb::exec_event::Event> for ExecEvent {
-    fn from(e: pb::exec_event::Event) -> Self {
-        use pb::exec_event::Event;
-        match e {
-            Event::Started(s) => Self::Started {
-                at_unix_ms: s.started_at_unix_ms,
-            },
-            Event::Stdout(b) => Self::Stdout(b),
-            Event::Stderr(b) => Self::Stderr(b),
-            Event::Exit(x) => Self::Exit(ExecExit {
-                exit_code: x.exit_code,
-                timed_out: x.timed_out,
-                stdout_truncated: x.stdout_truncated,
-                stderr_truncated: x.stderr_truncated,
-                duration_ms: x.duration_ms,
-                error: (!x.error.is_empty()).then_some(x.error),
-            }),
-        }
-    }
 }
 
 /// The events of one Exec, as they come; ends after `Exit` (or an error).
@@ -253,13 +173,13 @@ pub type AttachStream = BoxStream<'static, Result<AttachOutput, AgentError>>;
 pub trait AgentConnector: SnapshotAgent + Send + Sync + 'static {
     async fn status(&self, t: &AgentTarget) -> Result<AgentStatus, AgentError>;
     /// Starts a command; the stream carries its output and exit.
-    async fn exec(&self, t: &AgentTarget, req: pb::ExecRequest) -> Result<ExecStream, AgentError>;
+    async fn exec(&self, t: &AgentTarget, req: Exec) -> Result<ExecStream, AgentError>;
     /// Opens an interactive shell: `open` first, then `input` (stdin, resizes) as it
     /// comes; the stream carries the terminal's output and the exit.
     async fn attach(
         &self,
         t: &AgentTarget,
-        open: pb::AttachOpen,
+        open: AttachOpen,
         input: AttachInputStream,
     ) -> Result<AttachStream, AgentError>;
     async fn list_images(&self, t: &AgentTarget) -> Result<Vec<ImageInfo>, AgentError>;
@@ -451,6 +371,10 @@ fn sandbox_reply(host: &str, s: pb::Sandbox) -> Result<SandboxInfo, AgentError> 
     SandboxInfo::try_from(s).map_err(|e| AgentError::bad_reply(host, e))
 }
 
+fn egress_reply(host: &str, s: pb::EgressPolicyState) -> Result<EgressState, AgentError> {
+    EgressState::try_from(s).map_err(|e| AgentError::bad_reply(host, e))
+}
+
 #[async_trait]
 impl AgentConnector for GrpcAgents {
     async fn status(&self, t: &AgentTarget) -> Result<AgentStatus, AgentError> {
@@ -477,12 +401,13 @@ impl AgentConnector for GrpcAgents {
         })
     }
 
-    async fn exec(&self, t: &AgentTarget, req: pb::ExecRequest) -> Result<ExecStream, AgentError> {
+    async fn exec(&self, t: &AgentTarget, req: Exec) -> Result<ExecStream, AgentError> {
+        let msg = pb::ExecRequest::from(req);
         let stream = self
             .call(
                 t,
                 self.timeouts.call,
-                |mut c| async move { c.exec(req).await },
+                |mut c| async move { c.exec(msg).await },
             )
             .await?;
         let host = t.name.clone();
@@ -503,11 +428,11 @@ impl AgentConnector for GrpcAgents {
     async fn attach(
         &self,
         t: &AgentTarget,
-        open: pb::AttachOpen,
+        open: AttachOpen,
         input: AttachInputStream,
     ) -> Result<AttachStream, AgentError> {
         let first = pb::AttachInput {
-            input: Some(pb::attach_input::Input::Open(open)),
+            input: Some(pb::attach_input::Input::Open(pb::AttachOpen::from(open))),
         };
         // A concrete stream type for tonic (a boxed one trips the compiler's Send
         // proof); a task pumps the person's input into it.
@@ -567,19 +492,7 @@ impl AgentConnector for GrpcAgents {
                 c.list_images(pb::ListImagesRequest {}).await
             })
             .await?;
-        Ok(r.images
-            .into_iter()
-            .map(|i| ImageInfo {
-                source_vm: i.kind() == pb::ImageKind::SourceVm,
-                name: i.name,
-                disk_path: i.disk_path,
-                uuid: i.uuid,
-                state: i.state,
-                persistent: i.persistent,
-                available: i.available,
-                error: (!i.error.is_empty()).then_some(i.error),
-            })
-            .collect())
+        Ok(r.images.into_iter().map(ImageInfo::from).collect())
     }
 
     async fn list_sandboxes(&self, t: &AgentTarget) -> Result<Vec<SandboxInfo>, AgentError> {
@@ -705,7 +618,7 @@ impl AgentConnector for GrpcAgents {
                 c.set_egress_policy(msg).await
             })
             .await?;
-        EgressState::from_reply(&t.name, s)
+        egress_reply(&t.name, s)
     }
 
     async fn get_egress_policy(
@@ -719,7 +632,7 @@ impl AgentConnector for GrpcAgents {
                 c.get_egress_policy(msg).await
             })
             .await?;
-        EgressState::from_reply(&t.name, s)
+        egress_reply(&t.name, s)
     }
 }
 

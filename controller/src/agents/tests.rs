@@ -83,13 +83,13 @@ fn egress_replies_are_validated() {
             addresses: vec!["192.0.2.1".into(), "2001:db8::1".into()],
         }],
     };
-    let s = EgressState::from_reply("h", ok.clone()).expect("valid");
+    let s = egress_reply("h", ok.clone()).expect("valid");
     assert_eq!(s.policy.allow.len(), 1);
     assert_eq!(s.resolved[0].1.len(), 2);
     let mut bad = ok;
     bad.resolved[0].addresses.push("nope".into());
     assert!(matches!(
-        EgressState::from_reply("h", bad),
+        egress_reply("h", bad),
         Err(AgentError::Failed { .. })
     ));
 }

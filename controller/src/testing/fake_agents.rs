@@ -2,7 +2,9 @@
 //!
 //! Exec: by default a command prints `ran: <command>` and exits 0; the files and access
 //! operations (recognised by their `FLUID_OP` variable) act on an in-memory file map.
-//! Tests replace the behaviour with [`FakeAgents::script_exec`].
+//! Tests replace the behaviour with [`FakeAgents::script_exec`]. Each Exec and Attach
+//! opening is also recorded as the wire message the gRPC connector would send for it
+//! (the model's `From`), so tests read what an agent receives.
 //!
 //! Attach: a toy shell that greets, echoes stdin, reports resizes as text, exits 0 on
 //! a line containing `exit` and -1 ("hung up") when its input ends.
@@ -16,7 +18,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use fluid_proto::model::{
-    CreateSandbox, EgressPolicy, HostStatus, ObservedState, SandboxId, SandboxInfo,
+    AttachOpen, CreateSandbox, EgressPolicy, Exec, HostStatus, ImageKind, ObservedState, SandboxId,
+    SandboxInfo,
 };
 use fluid_proto::pb;
 use futures::StreamExt as _;
@@ -27,7 +30,7 @@ use crate::agents::{
 };
 
 /// A scripted Exec: gets the request, answers the event stream.
-pub type ExecScript = Arc<dyn Fn(pb::ExecRequest) -> ExecStream + Send + Sync>;
+pub type ExecScript = Arc<dyn Fn(Exec) -> ExecStream + Send + Sync>;
 
 /// The agent's exec key in tests.
 pub const AGENT_SSH_KEY: &str =
@@ -41,7 +44,7 @@ pub struct FakeAgents {
     pub down: Mutex<HashSet<String>>,
     pub fail_create: AtomicBool,
     pub destroys: AtomicUsize,
-    /// Every Exec request received.
+    /// Every Exec received, as its wire request.
     pub execs: Mutex<Vec<pb::ExecRequest>>,
     /// Files of the sandboxes' in-memory file system (all sandboxes share it).
     pub files: Mutex<HashMap<String, Vec<u8>>>,
@@ -50,7 +53,7 @@ pub struct FakeAgents {
     pub exec_error: Mutex<Option<AgentError>>,
     /// The `ssh_user_ca_keys` of the last create.
     pub last_ca_keys: Mutex<Vec<String>>,
-    /// Every Attach opening received.
+    /// Every Attach opening received, as its wire message.
     pub attaches: Mutex<Vec<pb::AttachOpen>>,
     /// Every Attach input received (all sessions).
     pub attach_inputs: Arc<Mutex<Vec<AttachInput>>>,
@@ -116,7 +119,7 @@ fn started() -> ExecEvent {
 
 impl FakeAgents {
     /// Replaces the Exec behaviour.
-    pub fn script_exec(&self, f: impl Fn(pb::ExecRequest) -> ExecStream + Send + Sync + 'static) {
+    pub fn script_exec(&self, f: impl Fn(Exec) -> ExecStream + Send + Sync + 'static) {
         if let Ok(mut s) = self.exec_script.lock() {
             *s = Some(Arc::new(f));
         }
@@ -148,8 +151,14 @@ impl FakeAgents {
     }
 
     /// The default Exec: file operations on the in-memory map, anything else echoes.
-    fn default_exec(&self, req: &pb::ExecRequest) -> ExecStream {
-        let env = |k: &str| req.env.get(k).cloned().unwrap_or_default();
+    fn default_exec(&self, req: &Exec) -> ExecStream {
+        let env = |k: &str| {
+            req.env
+                .iter()
+                .find(|(name, _)| name == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
         let path = env("FLUID_PATH");
         let fail = |code: i32, msg: &str| {
             events(vec![
@@ -289,13 +298,13 @@ pub fn info(id: &str, name: &str, state: ObservedState) -> SandboxInfo {
 
 #[async_trait]
 impl AgentConnector for FakeAgents {
-    async fn exec(&self, t: &AgentTarget, req: pb::ExecRequest) -> Result<ExecStream, AgentError> {
+    async fn exec(&self, t: &AgentTarget, req: Exec) -> Result<ExecStream, AgentError> {
         self.check_up(t)?;
         if let Some(e) = self.exec_error.lock().ok().and_then(|e| e.clone()) {
             return Err(e);
         }
         if let Ok(mut e) = self.execs.lock() {
-            e.push(req.clone());
+            e.push(pb::ExecRequest::from(req.clone()));
         }
         let script = self.exec_script.lock().ok().and_then(|s| s.clone());
         Ok(match script {
@@ -307,12 +316,12 @@ impl AgentConnector for FakeAgents {
     async fn attach(
         &self,
         t: &AgentTarget,
-        open: pb::AttachOpen,
+        open: AttachOpen,
         input: AttachInputStream,
     ) -> Result<AttachStream, AgentError> {
         self.check_up(t)?;
         if let Ok(mut a) = self.attaches.lock() {
-            a.push(open.clone());
+            a.push(pb::AttachOpen::from(open.clone()));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(toy_shell(open, input, tx, self.attach_inputs.clone()));
@@ -350,7 +359,7 @@ impl AgentConnector for FakeAgents {
             .iter()
             .map(|i| ImageInfo {
                 name: i.clone(),
-                source_vm: false,
+                kind: ImageKind::Qcow2,
                 disk_path: format!("/var/lib/fluid/images/{i}.qcow2"),
                 uuid: String::new(),
                 state: String::new(),
@@ -482,7 +491,7 @@ impl AgentConnector for FakeAgents {
 
 /// The fake's interactive shell (see the module docs).
 async fn toy_shell(
-    open: pb::AttachOpen,
+    open: AttachOpen,
     mut input: AttachInputStream,
     tx: tokio::sync::mpsc::Sender<AttachOutput>,
     seen: Arc<Mutex<Vec<AttachInput>>>,

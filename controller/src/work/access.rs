@@ -18,6 +18,7 @@ use fluid_client::types::{
     AccessRequest, AccessResponse, AddSshKeyRequest, CaPublicKeyResponse, CertificateResponse,
     ListCertificatesResponse, SandboxState,
 };
+use fluid_proto::guest::access::{REVOKE_SH, SSHKEY_SH};
 use fluid_proto::model::{SandboxId, check_ssh_public_key, check_user};
 
 use crate::error::ServiceError;
@@ -37,25 +38,6 @@ const REAPPLY_RETRY: Duration = Duration::from_secs(2);
 const REAPPLY_RETRY_MAX: Duration = Duration::from_secs(30);
 /// ... for as long as a certificate could live, plus this.
 const REAPPLY_SLACK: Duration = Duration::from_secs(60);
-
-const REVOKE_SH: &str = r#"set -e
-t=$(mktemp /etc/ssh/.fluid_revoked_keys.XXXXXX)
-trap 'rm -f "$t"' EXIT
-cat >"$t"
-chmod 0644 "$t"
-mv -f -- "$t" /etc/ssh/fluid_revoked_keys
-trap - EXIT"#;
-
-const SSHKEY_SH: &str = r#"set -e
-home=$(getent passwd "$FLUID_USER" | cut -d: -f6)
-[ -n "$home" ] || { echo "$FLUID_USER: no such user" >&2; exit 3; }
-group=$(id -g "$FLUID_USER")
-mkdir -p "$home/.ssh"
-touch "$home/.ssh/authorized_keys"
-grep -qxF -- "$FLUID_KEY" "$home/.ssh/authorized_keys" || printf '%s\n' "$FLUID_KEY" >>"$home/.ssh/authorized_keys"
-chmod 700 "$home/.ssh"
-chmod 600 "$home/.ssh/authorized_keys"
-chown "$FLUID_USER:$group" "$home/.ssh" "$home/.ssh/authorized_keys""#;
 
 pub struct AccessService {
     store: Arc<dyn Store>,

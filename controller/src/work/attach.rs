@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use fluid_client::types::CommandStarted;
 use fluid_proto::model::{AttachOpen, SandboxId};
-use fluid_proto::pb;
 use futures::StreamExt as _;
 use tokio::sync::{mpsc, oneshot};
 
@@ -52,7 +51,7 @@ pub struct AttachRequest {
 pub struct PreparedSession {
     pub session_id: String,
     target: AgentTarget,
-    open: pb::AttachOpen,
+    open: AttachOpen,
     record: CommandRecord,
 }
 
@@ -110,20 +109,18 @@ impl AttachService {
         id: &SandboxId,
         req: AttachRequest,
     ) -> Result<PreparedSession, ServiceError> {
-        let size = (req.cols.is_some() || req.rows.is_some()).then(|| pb::TerminalSize {
-            cols: req.cols.unwrap_or(80),
-            rows: req.rows.unwrap_or(24),
-        });
-        let mut open = pb::AttachOpen {
-            sandbox_id: id.to_string(),
+        let mut open = AttachOpen {
+            sandbox_id: id.clone(),
             session_id: new_id("SES-"),
             user: req.user.unwrap_or_default(),
-            size,
+            cols: req.cols.unwrap_or(80),
+            rows: req.rows.unwrap_or(24),
             term: req.term.unwrap_or_default(),
             ssh_certificate: "x".into(),
-        };
+        }
         // The agent's own validation, at the edge; it also fills the defaults.
-        let valid = AttachOpen::try_from(open.clone()).map_err(|e| {
+        .checked()
+        .map_err(|e| {
             let field = match e.field {
                 "size" => "cols/rows",
                 f => f,
@@ -132,8 +129,8 @@ impl AttachService {
         })?;
         let row = self.commands.sandbox(id).await?;
         let mut users = vec!["root".to_owned()];
-        if valid.user != "root" {
-            users.push(valid.user.clone());
+        if open.user != "root" {
+            users.push(open.user.clone());
         }
         let grant = Grant {
             id: &open.session_id,
@@ -153,21 +150,15 @@ impl AttachService {
             .agent_access(&row, "interactive sessions", &grant)
             .await?;
         open.ssh_certificate = access.certificate;
-        open.user.clone_from(&valid.user);
-        open.term.clone_from(&valid.term);
-        open.size = Some(pb::TerminalSize {
-            cols: valid.cols,
-            rows: valid.rows,
-        });
         let record = CommandRecord {
             id: open.session_id.clone(),
             sandbox_id: row.id.clone(),
             agent_id: row.agent_id.clone(),
             kind: "attach".into(),
-            command: audit_command(&valid.user),
-            user: valid.user.clone(),
+            command: audit_command(&open.user),
+            user: open.user.clone(),
             workdir: None,
-            env_json: serde_json::json!({ "TERM": valid.term }).to_string(),
+            env_json: serde_json::json!({ "TERM": open.term }).to_string(),
             status: "running".into(),
             stdout: String::new(),
             stderr: String::new(),

@@ -30,7 +30,6 @@ use chrono::Utc;
 use fluid_client::types::{Command, CommandStarted, RunCommandRequest, SandboxState};
 use fluid_proto::ValidationError;
 use fluid_proto::model::{Exec, SandboxId};
-use fluid_proto::pb;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::agents::locate;
@@ -339,30 +338,32 @@ impl CommandService {
 
     /// The agent's own validation of a spec, at the edge (400 naming the field).
     pub fn check_spec(&self, spec: &ExecSpec) -> Result<(), ServiceError> {
-        Exec::try_from(self.request_for("SBX-00000000", "CMD-0000000000", spec, "x".into()))
-            .map_err(rest_field)?;
+        self.exec_for("SBX-00000000", "CMD-0000000000", spec, "x".into())?;
         Ok(())
     }
 
-    fn request_for(
+    /// The Exec of `spec`, checked by the agent's own validation (400 naming the field).
+    fn exec_for(
         &self,
         sandbox_id: &str,
         command_id: &str,
         spec: &ExecSpec,
         ssh_certificate: String,
-    ) -> pb::ExecRequest {
-        pb::ExecRequest {
-            sandbox_id: sandbox_id.to_owned(),
+    ) -> Result<Exec, ServiceError> {
+        Exec {
+            sandbox_id: SandboxId::parse("sandbox_id", sandbox_id).map_err(rest_field)?,
             command_id: command_id.to_owned(),
             command: spec.command.clone(),
             user: spec.user.clone(),
-            workdir: spec.workdir.clone().unwrap_or_default(),
+            workdir: spec.workdir.clone(),
             env: spec.env.clone().into_iter().collect(),
-            timeout_seconds: spec.timeout_seconds,
+            timeout_seconds: (spec.timeout_seconds > 0).then_some(spec.timeout_seconds),
             output_cap_bytes: spec.output_cap,
             stdin: spec.stdin.clone(),
             ssh_certificate,
         }
+        .checked()
+        .map_err(rest_field)
     }
 
     fn record(&self, row: &SandboxRecord, id: &str, spec: &ExecSpec) -> CommandRecord {
@@ -560,11 +561,10 @@ impl CommandService {
             permit_pty: false,
         };
         let access = self.agent_access(row, "commands", &grant).await?;
-        let mut req = self.request_for(&row.id, &id, &spec, access.certificate);
-        Exec::try_from(req.clone()).map_err(rest_field)?;
+        let mut exec = self.exec_for(&row.id, &id, &spec, access.certificate)?;
         let rec = self.record(row, &id, &spec);
         self.store.insert_command(&rec).await?;
-        let mut result = self.agents.exec(&access.target, req.clone()).await;
+        let mut result = self.agents.exec(&access.target, exec.clone()).await;
         if let Err(e) = &result
             && is_stale_agent_key(e)
         {
@@ -573,8 +573,8 @@ impl CommandService {
             tracing::info!(host = %access.target.name, "agent key changed; refreshing it");
             self.refresh_agent_key(&access.target).await;
             if let Ok(fresh) = self.agent_access(row, "commands", &grant).await {
-                req.ssh_certificate = fresh.certificate;
-                result = self.agents.exec(&fresh.target, req).await;
+                exec.ssh_certificate = fresh.certificate;
+                result = self.agents.exec(&fresh.target, exec).await;
             }
         }
         let stream = match result {

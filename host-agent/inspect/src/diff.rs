@@ -1,12 +1,11 @@
-//! Comparing two manifests into the agent's wire answer (`SnapshotDiff`).
+//! Comparing two manifests into a [`SnapshotDiff`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use fluid_proto::pb::{
-    ChangeKind, FileChange, FileKind, FileMeta, PackageChange, ServiceChange, SnapshotDiff,
+use crate::changes::{
+    ChangeKind, FileChange, FileMeta, PackageChange, ServiceChange, SnapshotDiff,
 };
-
 use crate::dpkg::Package;
 use crate::error::{InspectError, Result};
 use crate::files::{md5_file, read_capped};
@@ -52,19 +51,10 @@ pub(crate) fn differs(before: &Entry, after: &Entry, metadata_only: bool) -> boo
         && (before.sha256 != after.sha256 || before.link_target != after.link_target))
 }
 
-fn wire_kind(kind: Kind) -> FileKind {
-    match kind {
-        Kind::Regular => FileKind::Regular,
-        Kind::Directory => FileKind::Directory,
-        Kind::Symlink => FileKind::Symlink,
-        Kind::Other => FileKind::Other,
-    }
-}
-
-/// The wire metadata of an entry, with names from that side's accounts.
+/// The metadata of an entry, with names from that side's accounts.
 pub(crate) fn file_meta(entry: &Entry, m: &Manifest) -> FileMeta {
     FileMeta {
-        kind: wire_kind(entry.kind) as i32,
+        kind: entry.kind,
         mode: entry.mode,
         uid: entry.uid,
         gid: entry.gid,
@@ -154,7 +144,7 @@ fn file_change(
     }
     Ok(FileChange {
         path: path.to_owned(),
-        change: change as i32,
+        change,
         before: before.map(|(_, m, e)| file_meta(e, m)),
         after: after.map(|(_, m, e)| file_meta(e, m)),
         text,

@@ -4,7 +4,8 @@
 //! them): it exports a disk state with `qemu-img` ([`export_raw`]), opens the raw file's
 //! ext4 file system in-process ([`DiskImage`]), builds a [`Manifest`] (every path with
 //! metadata and full-content SHA-256, plus accounts, dpkg and systemd facts) and compares
-//! two of them ([`diff`]) into the agent's wire answer.
+//! two of them ([`diff`]) into a [`SnapshotDiff`], this crate's own type (the agent
+//! converts it to its wire answer).
 //!
 //! Everything but [`export_raw`] is blocking and works on `!Send` values: run it inside
 //! one `tokio::task::spawn_blocking` closure. The file system's bytes are the guest's:
@@ -12,6 +13,7 @@
 //! reader becomes [`InspectError::Corrupt`].
 
 mod accounts;
+mod changes;
 mod diff;
 mod dpkg;
 mod error;
@@ -30,6 +32,7 @@ mod systemd;
 mod tests;
 
 pub use accounts::Accounts;
+pub use changes::{ChangeKind, FileChange, FileMeta, PackageChange, ServiceChange, SnapshotDiff};
 pub use diff::diff;
 pub use dpkg::{Conffile, Dpkg, Package};
 pub use error::{InspectError, Result};

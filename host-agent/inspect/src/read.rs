@@ -1,11 +1,12 @@
 //! Reading one file of a disk state for a caller.
 
-use fluid_proto::pb::{FileKind, FileMeta};
 use sha2::{Digest, Sha256};
 
+use crate::changes::FileMeta;
 use crate::error::{InspectError, Result};
 use crate::files::{display_path, read_capped, resolve, validate_path};
 use crate::image::{DiskImage, guarded};
+use crate::manifest::Kind;
 
 /// The cap when the caller gives 0.
 pub const DEFAULT_READ_LIMIT: u64 = 64 * 1024 * 1024;
@@ -41,7 +42,7 @@ pub fn read_file(img: &DiskImage, path: &str, max_bytes: u64) -> Result<(FileMet
         let bytes = read_capped(fs, &real, max)?;
         let accounts = img.accounts()?;
         let file_meta = FileMeta {
-            kind: FileKind::Regular as i32,
+            kind: Kind::Regular,
             mode: u32::from(meta.mode()),
             uid: meta.uid(),
             gid: meta.gid(),

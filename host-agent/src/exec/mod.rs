@@ -6,11 +6,12 @@
 //! - [`pool`]: a few multiplexed SSH connections per sandbox, shared by every command
 //!   (a channel sshd refuses goes to another connection); host keys are trusted on first
 //!   use ([`hostkey`]).
-//! - [`wrapper`]: the shell script that runs one command (literal env, user, workdir,
-//!   its own transient systemd scope — cgroup — and process group, for the timeout kill).
+//! - the wrapper each command runs in, a guest script (`fluid_proto::guest::wrapper`:
+//!   literal env, user, workdir, its own transient systemd scope — cgroup — and process
+//!   group, for the timeout kill).
 //! - [`run`]: one command on one channel: stdin, streamed output with per-stream caps,
-//!   timeout (the scope is SIGKILLed), exactly one exit event whose error names the
-//!   cause.
+//!   timeout (the scope is SIGKILLed), exactly one exit event
+//!   (`fluid_proto::model::ExecEvent`) whose error names the cause.
 //! - [`shell`]: an interactive shell on a PTY on one channel (Attach): stdin, resizes,
 //!   terminal output, exactly one exit; closing the input hangs up.
 
@@ -18,7 +19,6 @@ pub mod hostkey;
 pub mod pool;
 pub mod run;
 pub mod shell;
-pub mod wrapper;
 
 use std::sync::Arc;
 
@@ -107,28 +107,6 @@ impl From<ExecError> for ServiceError {
             ExecError::Internal(m) => ServiceError::Internal(m),
         }
     }
-}
-
-/// One event of an Exec stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExecEvent {
-    Started { at_unix_ms: i64 },
-    Stdout(Vec<u8>),
-    Stderr(Vec<u8>),
-    Exit(ExecExit),
-}
-
-/// The last event of an Exec stream.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExecExit {
-    /// -1 when the command had no exit status (killed, connection lost).
-    pub exit_code: i32,
-    pub timed_out: bool,
-    pub stdout_truncated: bool,
-    pub stderr_truncated: bool,
-    pub duration_ms: u64,
-    /// Set when the command could not be run or its end is unknown.
-    pub error: Option<String>,
 }
 
 #[cfg(test)]

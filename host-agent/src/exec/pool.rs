@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fluid_proto::guest::LOGIN_USER;
 use fluid_proto::model::SandboxId;
 use russh::client::{self, Handle, Msg};
 use russh::keys::{Certificate, PublicKey};
@@ -30,8 +31,6 @@ use tokio::time::Instant;
 use super::hostkey::{TofuHandler, Verdict, verdict};
 use super::{AgentKey, ExecError};
 
-/// The user the agent logs in as (commands for other users go through `runuser`).
-pub const SSH_USER: &str = "root";
 /// Default time allowed for TCP connect, key exchange and authentication.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connect keeps retrying an unreachable sshd (a guest still booting).
@@ -480,7 +479,7 @@ impl SshPool {
         let attempt = async {
             let mut handle = client::connect(self.config.clone(), (ip, self.port), handler).await?;
             let auth = handle
-                .authenticate_openssh_cert(SSH_USER, self.key.private(), cert)
+                .authenticate_openssh_cert(LOGIN_USER, self.key.private(), cert)
                 .await?;
             Ok::<_, russh::Error>((handle, auth))
         };
@@ -511,7 +510,7 @@ impl SshPool {
         if !auth.success() {
             close_in_background(Arc::new(Conn::new(handle, ip, 1)));
             return Err(ExecError::AuthRejected(format!(
-                "sandbox {id}: the guest's sshd refused the certificate for {SSH_USER} \
+                "sandbox {id}: the guest's sshd refused the certificate for {LOGIN_USER} \
                  (expired, wrong principal, or a CA the sandbox does not trust)"
             )));
         }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use fluid_proto::model::{ExecEvent, ExecExit};
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{Certificate, PrivateKey};
 use russh::server::{self, Auth, Msg, Session};
@@ -13,7 +14,6 @@ use russh::{Channel, ChannelId, ChannelOpenFailure};
 
 use super::*;
 use crate::exec::run::{self, Reopen};
-use crate::exec::{ExecEvent, ExecExit};
 
 /// Counts shared by every connection of the server.
 #[derive(Clone, Default)]

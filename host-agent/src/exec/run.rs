@@ -20,15 +20,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use fluid_proto::model::SandboxId;
+use fluid_proto::guest::wrapper::{self, Killed};
+use fluid_proto::model::{ExecEvent, ExecExit, SandboxId};
 use russh::keys::PublicKey;
 use russh::{ChannelMsg, Sig};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::ExecError;
 use super::pool::{Opened, Slot, SshPool};
-use super::wrapper::Killed;
-use super::{ExecError, ExecEvent, ExecExit, wrapper};
 
 /// Events queued per command before the channel is slowed down.
 pub const QUEUE_DEPTH: usize = 16;

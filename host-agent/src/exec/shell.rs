@@ -2,9 +2,9 @@
 //!
 //! [`open`] opens a channel, asks for a pseudo-terminal (`pty-req` with the client's
 //! TERM and size) and then for root a login shell (`shell`), for another user
-//! `exec runuser -l USER` ([`login_command`]). Both requests wait for the guest's
-//! answer, so a refusal (a certificate without `permit-pty`, say) is an error before
-//! any output. Then a task pumps the session:
+//! `exec runuser -l USER` (`fluid_proto::guest::login_command`). Both requests wait
+//! for the guest's answer, so a refusal (a certificate without `permit-pty`, say) is an
+//! error before any output. Then a task pumps the session:
 //!
 //! - input ([`ShellInput`]): stdin bytes become channel data, resizes `window-change`
 //!   requests. A separate writer task does this, so a shell that does not read its
@@ -21,15 +21,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fluid_proto::guest::login_command;
 use russh::client::Msg;
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::ExecError;
-use super::pool::{SSH_USER, Slot};
+use super::pool::Slot;
 use super::run::exit_code;
-use super::wrapper::quote;
 
 /// Messages queued each way before the other side is slowed down.
 pub const QUEUE_DEPTH: usize = 16;
@@ -73,14 +73,6 @@ pub enum ShellOutput {
 pub struct Shell {
     pub input: mpsc::Sender<ShellInput>,
     pub output: mpsc::Receiver<ShellOutput>,
-}
-
-/// The command that starts the session for `user`: `None` for the login user (root:
-/// the `shell` request starts root's login shell), else `runuser -l USER` (a login
-/// shell of that user, with its environment and home), exec'd so the PTY's session
-/// leader is `runuser` itself and the hang-up reaches the user's shell.
-pub fn login_command(user: &str) -> Option<String> {
-    (user != SSH_USER).then(|| format!("exec runuser -l {}", quote(user)))
 }
 
 /// Opens a shell for `spec` on `channel` (its place on its connection: `slot`). With
@@ -319,49 +311,5 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::process::Command;
-
-    use super::*;
-
-    #[test]
-    fn root_gets_the_shell_request_others_runuser_login() {
-        assert_eq!(login_command("root"), None);
-        assert_eq!(
-            login_command("app").as_deref(),
-            Some("exec runuser -l 'app'")
-        );
-    }
-
-    /// The command as sshd runs it (`sh -c`), with a fake `runuser` that prints its
-    /// argv: exactly `-l USER`, nothing else.
-    #[test]
-    fn the_runuser_argv_is_login_and_the_user() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let tmp = tempfile::tempdir().expect("tmp");
-        let fake = tmp.path().join("runuser");
-        std::fs::write(&fake, "#!/bin/sh\nprintf '<%s>' \"$0\" \"$@\"\n").expect("write");
-        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let path = format!(
-            "{}:{}",
-            tmp.path().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let cmd = login_command("app_user-1").expect("a command");
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(&cmd)
-            .env("PATH", path)
-            .output()
-            .expect("sh");
-        assert!(out.status.success(), "{out:?}");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            format!("<{}><-l><app_user-1>", fake.display())
-        );
     }
 }

@@ -1,9 +1,11 @@
 //! The snapshot RPCs' wire side: requests checked into the service's types
 //! (`fluid_proto::model` for ids, names and disk states; sizes and paths are checked by
-//! the service), answers built, and a file cut into [`CHUNK`]-byte messages.
+//! the service), answers built (a diff and a file's metadata from `fluid_inspect`'s
+//! types), and a file cut into [`CHUNK`]-byte messages.
 
 use std::pin::Pin;
 
+use fluid_inspect::{ChangeKind, Kind};
 use fluid_proto::model::{DiskState, SandboxId, SnapshotName, SnapshotRef, ValidationError};
 use fluid_proto::pb;
 use tokio_stream::Stream;
@@ -72,6 +74,77 @@ pub fn snapshot_pb(v: SnapshotView) -> pb::SnapshotInfo {
     }
 }
 
+/// The diff as the wire answer.
+pub fn diff_pb(d: fluid_inspect::SnapshotDiff) -> pb::SnapshotDiff {
+    pb::SnapshotDiff {
+        files: d.files.into_iter().map(file_change_pb).collect(),
+        packages: d
+            .packages
+            .into_iter()
+            .map(|p| pb::PackageChange {
+                name: p.name,
+                before_version: p.before_version,
+                after_version: p.after_version,
+                architecture: p.architecture,
+                auto_installed: p.auto_installed,
+            })
+            .collect(),
+        services: d
+            .services
+            .into_iter()
+            .map(|s| pb::ServiceChange {
+                name: s.name,
+                before_enablement: s.before_enablement,
+                after_enablement: s.after_enablement,
+                before_active: s.before_active,
+                after_active: s.after_active,
+                unit_path: s.unit_path,
+            })
+            .collect(),
+        from_entries: d.from_entries,
+        to_entries: d.to_entries,
+        elapsed_ms: d.elapsed_ms,
+    }
+}
+
+fn file_change_pb(c: fluid_inspect::FileChange) -> pb::FileChange {
+    pb::FileChange {
+        path: c.path,
+        change: match c.change {
+            ChangeKind::Added => pb::ChangeKind::Added,
+            ChangeKind::Removed => pb::ChangeKind::Removed,
+            ChangeKind::Modified => pb::ChangeKind::Modified,
+        } as i32,
+        before: c.before.map(file_meta_pb),
+        after: c.after.map(file_meta_pb),
+        text: c.text,
+        before_text: c.before_text,
+        after_text: c.after_text,
+        package: c.package,
+        conffile_modified: c.conffile_modified,
+    }
+}
+
+/// A file's metadata as the wire carries it.
+pub fn file_meta_pb(m: fluid_inspect::FileMeta) -> pb::FileMeta {
+    pb::FileMeta {
+        kind: match m.kind {
+            Kind::Regular => pb::FileKind::Regular,
+            Kind::Directory => pb::FileKind::Directory,
+            Kind::Symlink => pb::FileKind::Symlink,
+            Kind::Other => pb::FileKind::Other,
+        } as i32,
+        mode: m.mode,
+        uid: m.uid,
+        gid: m.gid,
+        owner: m.owner,
+        group: m.group,
+        size: m.size,
+        sha256: m.sha256,
+        link_target: m.link_target,
+    }
+}
+
 /// The file as messages: the first carries `meta` (and is sent for an empty file too).
 pub fn chunks(meta: pb::FileMeta, data: Vec<u8>) -> FileStream {
     let mut out = Vec::with_capacity(data.len() / CHUNK + 1);
@@ -121,6 +194,98 @@ mod tests {
             .await;
         assert_eq!(empty.len(), 1);
         assert_eq!(empty[0].meta, Some(meta));
+    }
+
+    #[test]
+    fn diffs_map_to_the_wire() {
+        let meta = |kind| fluid_inspect::FileMeta {
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            owner: "root".into(),
+            group: "root".into(),
+            size: 2,
+            sha256: "ab".into(),
+            link_target: String::new(),
+        };
+        let change = |path: &str, change, before, after| fluid_inspect::FileChange {
+            path: path.into(),
+            change,
+            before,
+            after,
+            text: false,
+            before_text: String::new(),
+            after_text: String::new(),
+            package: "base-files".into(),
+            conffile_modified: true,
+        };
+        let d = diff_pb(fluid_inspect::SnapshotDiff {
+            files: vec![
+                change("/a", ChangeKind::Added, None, Some(meta(Kind::Regular))),
+                change("/d", ChangeKind::Removed, Some(meta(Kind::Directory)), None),
+                change(
+                    "/l",
+                    ChangeKind::Modified,
+                    Some(meta(Kind::Symlink)),
+                    Some(meta(Kind::Other)),
+                ),
+            ],
+            packages: vec![fluid_inspect::PackageChange {
+                name: "nginx".into(),
+                before_version: String::new(),
+                after_version: "1.22".into(),
+                architecture: "amd64".into(),
+                auto_installed: false,
+            }],
+            services: vec![fluid_inspect::ServiceChange {
+                name: "nginx.service".into(),
+                before_enablement: "absent".into(),
+                after_enablement: "enabled".into(),
+                before_active: String::new(),
+                after_active: "active".into(),
+                unit_path: "/usr/lib/systemd/system/nginx.service".into(),
+            }],
+            from_entries: 10,
+            to_entries: 11,
+            elapsed_ms: 5,
+        });
+        let kinds: Vec<_> = d.files.iter().map(|f| f.change()).collect();
+        assert_eq!(
+            kinds,
+            [
+                pb::ChangeKind::Added,
+                pb::ChangeKind::Removed,
+                pb::ChangeKind::Modified
+            ]
+        );
+        let file_kinds: Vec<_> = d
+            .files
+            .iter()
+            .flat_map(|f| [&f.before, &f.after])
+            .flatten()
+            .map(|m| m.kind())
+            .collect();
+        assert_eq!(
+            file_kinds,
+            [
+                pb::FileKind::Regular,
+                pb::FileKind::Directory,
+                pb::FileKind::Symlink,
+                pb::FileKind::Other
+            ]
+        );
+        assert_eq!(
+            d.files[0]
+                .after
+                .as_ref()
+                .map(|m| (m.mode, m.owner.as_str(), m.sha256.as_str())),
+            Some((0o644, "root", "ab"))
+        );
+        assert!(d.files[0].conffile_modified && d.files[0].package == "base-files");
+        assert_eq!(d.packages[0].after_version, "1.22");
+        assert_eq!(d.services[0].after_active, "active");
+        assert_eq!((d.from_entries, d.to_entries, d.elapsed_ms), (10, 11, 5));
     }
 
     #[test]

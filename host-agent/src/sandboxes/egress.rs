@@ -2,26 +2,16 @@
 //! GetEgressPolicy), the addresses the firewall admits (learned from DHCP leases), and
 //! restoring the rules at start-up.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use fluid_proto::model::{EgressPolicy, SandboxId, SetEgressPolicy};
+use fluid_proto::model::{EgressState, SandboxId, SetEgressPolicy};
 
 use super::Sandboxes;
 use crate::error::ServiceError;
 use crate::hypervisor::Hypervisor;
 use crate::network::Firewall;
 use crate::state::SandboxRecord;
-
-/// A sandbox's allow-list in force and what its domain entries resolve to now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EgressState {
-    pub id: SandboxId,
-    pub policy: EgressPolicy,
-    /// Each domain of the sandbox's (and the host's) entries with its current
-    /// addresses.
-    pub resolved: Vec<(String, Vec<Ipv4Addr>)>,
-}
 
 impl<H: Hypervisor> Sandboxes<H> {
     pub fn firewall(&self) -> &Arc<Firewall> {
@@ -40,11 +30,17 @@ impl<H: Hypervisor> Sandboxes<H> {
         Ok(())
     }
 
+    /// The sandbox's allow-list in force and what each domain of its (and the host's)
+    /// entries resolves to now.
     fn egress_state(&self, r: &SandboxRecord) -> EgressState {
         EgressState {
-            id: r.id.clone(),
             policy: r.egress.clone(),
-            resolved: self.firewall.resolved(&r.id),
+            resolved: self
+                .firewall
+                .resolved(&r.id)
+                .into_iter()
+                .map(|(domain, ips)| (domain, ips.into_iter().map(IpAddr::V4).collect()))
+                .collect(),
         }
     }
 

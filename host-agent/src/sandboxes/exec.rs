@@ -11,14 +11,15 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fluid_proto::model::{Exec, SandboxId};
+use fluid_proto::guest::wrapper;
+use fluid_proto::model::{Exec, ExecEvent, SandboxId};
 use russh::keys::PublicKey;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::Sandboxes;
 use crate::error::ServiceError;
 use crate::exec::run::Reopen;
-use crate::exec::{ExecError, ExecEvent, run, wrapper};
+use crate::exec::{ExecError, run};
 use crate::hypervisor::{DomainState, Hypervisor};
 use crate::state::SandboxRecord;
 

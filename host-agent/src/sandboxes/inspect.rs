@@ -28,9 +28,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fluid_inspect::{DiffOptions, DiskImage, InspectError};
+use fluid_inspect::{DiffOptions, DiskImage, FileMeta, InspectError, SnapshotDiff};
 use fluid_proto::model::{DiskState, SandboxId};
-use fluid_proto::pb;
 use rand::Rng as _;
 
 use super::Sandboxes;
@@ -174,10 +173,7 @@ impl<H: Hypervisor> Sandboxes<H> {
     }
 
     /// Compares two disk states (see the module docs).
-    pub async fn diff(
-        self: &Arc<Self>,
-        req: DiffRequest,
-    ) -> Result<pb::SnapshotDiff, ServiceError> {
+    pub async fn diff(self: &Arc<Self>, req: DiffRequest) -> Result<SnapshotDiff, ServiceError> {
         let this = self.clone();
         // In the caller's span: the export and comparison stay in its trace.
         tokio::spawn(tracing::Instrument::in_current_span(async move {
@@ -187,7 +183,7 @@ impl<H: Hypervisor> Sandboxes<H> {
         .map_err(join_error)?
     }
 
-    async fn diff_owned(&self, req: DiffRequest) -> Result<pb::SnapshotDiff, ServiceError> {
+    async fn diff_owned(&self, req: DiffRequest) -> Result<SnapshotDiff, ServiceError> {
         if req.from == req.to {
             return Err(ServiceError::InvalidArgument(
                 "from and to are the same disk state".to_owned(),
@@ -247,7 +243,7 @@ impl<H: Hypervisor> Sandboxes<H> {
     pub async fn read_snapshot_file(
         self: &Arc<Self>,
         req: ReadFileRequest,
-    ) -> Result<(pb::FileMeta, Vec<u8>), ServiceError> {
+    ) -> Result<(FileMeta, Vec<u8>), ServiceError> {
         let this = self.clone();
         tokio::spawn(async move { this.read_file_owned(req).await })
             .await
@@ -257,7 +253,7 @@ impl<H: Hypervisor> Sandboxes<H> {
     async fn read_file_owned(
         &self,
         req: ReadFileRequest,
-    ) -> Result<(pb::FileMeta, Vec<u8>), ServiceError> {
+    ) -> Result<(FileMeta, Vec<u8>), ServiceError> {
         if req.max_bytes > READ_MAX {
             return Err(ServiceError::InvalidArgument(format!(
                 "max_bytes: at most {READ_MAX}"

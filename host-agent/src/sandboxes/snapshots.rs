@@ -18,14 +18,15 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use fluid_proto::model::{Exec, SandboxId, SnapshotName, SnapshotRef};
+use fluid_proto::guest::{SERVICES_COMMAND, SYNC_COMMAND, wrapper};
+use fluid_proto::model::{Exec, ExecEvent, SandboxId, SnapshotName, SnapshotRef};
 use serde::{Deserialize, Serialize};
 
 use super::exec::known_host_key;
 use super::room::Op;
 use super::{SandboxView, Sandboxes};
 use crate::error::ServiceError;
-use crate::exec::{ExecEvent, run, wrapper};
+use crate::exec::run;
 use crate::hypervisor::{DomainSnapshot, DomainState, Hypervisor, HypervisorError, RevertTo};
 use crate::state::SandboxRecord;
 
@@ -33,9 +34,6 @@ use crate::state::SandboxRecord;
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time allowed for listing the guest's active services.
 pub const SERVICES_TIMEOUT: Duration = Duration::from_secs(15);
-/// What the guest is asked for its active services (first column: unit names).
-pub const SERVICES_COMMAND: &str =
-    "systemctl list-units --type=service --state=active --no-legend --plain";
 /// Output kept from one of those commands.
 const GUEST_OUTPUT_CAP: u64 = 1024 * 1024;
 const MIB: u64 = 1024 * 1024;
@@ -470,7 +468,7 @@ impl<H: Hypervisor> Sandboxes<H> {
     /// Runs `sync` in the guest: `ok` or `failed: <why>`. Also says whether the guest was reached at all.
     async fn guest_sync(&self, r: &SandboxRecord, certificate: &str) -> (String, bool) {
         match self
-            .guest_command(r, "sync", SYNC_TIMEOUT, certificate)
+            .guest_command(r, SYNC_COMMAND, SYNC_TIMEOUT, certificate)
             .await
         {
             Ok(o) if o.exit_code == 0 => ("ok".to_owned(), true),

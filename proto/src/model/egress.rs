@@ -1,6 +1,7 @@
 //! Egress allow-lists, validated: what a sandbox may reach beyond the baseline.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use ipnet::IpNet;
@@ -256,6 +257,58 @@ impl TryFrom<pb::SetEgressPolicyRequest> for SetEgressPolicy {
     }
 }
 
+/// A sandbox's allow-list as its agent enforces it, and what each domain entry (the
+/// sandbox's and the host's `always_allow`) resolves to now (`EgressPolicyState`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EgressState {
+    pub policy: EgressPolicy,
+    /// Each domain with its current addresses, by domain.
+    pub resolved: Vec<(String, Vec<IpAddr>)>,
+}
+
+impl TryFrom<pb::EgressPolicyState> for EgressState {
+    type Error = ValidationError;
+    /// The answer's `sandbox_id` echoes the request's and is not kept.
+    fn try_from(s: pb::EgressPolicyState) -> Result<Self, Self::Error> {
+        let policy = EgressPolicy::try_from(s.policy.unwrap_or_default())?;
+        let resolved = s
+            .resolved
+            .into_iter()
+            .map(|r| {
+                let addresses = r
+                    .addresses
+                    .iter()
+                    .map(|a| {
+                        a.parse().map_err(|_| {
+                            ValidationError::new("resolved", format!("{a:?} is not an IP address"))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok((r.domain, addresses))
+            })
+            .collect::<Result<_, ValidationError>>()?;
+        Ok(Self { policy, resolved })
+    }
+}
+
+impl EgressState {
+    /// The wire answer about `sandbox_id`'s allow-list.
+    pub fn into_pb(self, sandbox_id: &SandboxId) -> pb::EgressPolicyState {
+        pb::EgressPolicyState {
+            sandbox_id: sandbox_id.to_string(),
+            policy: Some(pb::EgressPolicy::from(&self.policy)),
+            resolved: self
+                .resolved
+                .into_iter()
+                .map(|(domain, addrs)| pb::ResolvedDomain {
+                    domain,
+                    addresses: addrs.iter().map(ToString::to_string).collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,5 +395,31 @@ mod tests {
         assert!(EgressPolicy::try_from(many).is_err());
         let back = EgressPolicy::try_from(pb::EgressPolicy::from(&p)).expect("roundtrip");
         assert_eq!(back, p);
+    }
+
+    #[test]
+    fn egress_states_cross_the_wire_and_back() {
+        use pb::egress_rule::Destination as D;
+        let id = SandboxId::parse("id", "SBX-0123abcd").expect("id");
+        let state = EgressState {
+            policy: EgressPolicy::try_from(pb::EgressPolicy {
+                allow: vec![rule(D::Domain("a.example".into()), "tcp", 443)],
+            })
+            .expect("policy"),
+            resolved: vec![(
+                "a.example".into(),
+                vec![[192, 0, 2, 1].into(), "2001:db8::1".parse().expect("v6")],
+            )],
+        };
+        let wire = state.clone().into_pb(&id);
+        assert_eq!(wire.sandbox_id, "SBX-0123abcd");
+        assert_eq!(wire.resolved[0].addresses, ["192.0.2.1", "2001:db8::1"]);
+        assert_eq!(EgressState::try_from(wire.clone()), Ok(state));
+        let mut bad = wire;
+        bad.resolved[0].addresses.push("nope".into());
+        assert_eq!(
+            EgressState::try_from(bad).expect_err("bad address").field,
+            "resolved"
+        );
     }
 }

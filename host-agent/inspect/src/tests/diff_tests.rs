@@ -1,9 +1,10 @@
 //! The whole comparison on two real ext4 images.
 
-use fluid_proto::pb::{ChangeKind, FileChange, FileKind, PackageChange, ServiceChange};
-
 use super::scenario::build;
-use crate::{DiffOptions, DiskImage, Enablement, Kind, diff, manifest};
+use crate::{
+    ChangeKind, DiffOptions, DiskImage, Enablement, FileChange, Kind, PackageChange, ServiceChange,
+    diff, manifest,
+};
 
 struct Pair {
     _dir: tempfile::TempDir,
@@ -24,7 +25,7 @@ fn pair() -> Pair {
 }
 
 fn change(f: &FileChange) -> ChangeKind {
-    ChangeKind::try_from(f.change).unwrap()
+    f.change
 }
 
 fn find<'a>(files: &'a [FileChange], path: &str) -> &'a FileChange {
@@ -176,7 +177,7 @@ fn diff_reports_exactly_the_changes() {
     );
     assert_eq!(
         (b.kind, b.mode, b.owner.as_str(), b.group.as_str(), b.size),
-        (FileKind::Regular as i32, 0o644, "root", "root", 2)
+        (Kind::Regular, 0o644, "root", "root", 2)
     );
     assert_ne!(b.sha256, a.sha256);
 
@@ -208,7 +209,7 @@ fn diff_reports_exactly_the_changes() {
     assert!(!alt.text);
     assert_eq!(alt.before.as_ref().unwrap().link_target, "/usr/bin/tool");
     assert_eq!(alt.after.as_ref().unwrap().link_target, "/usr/bin/other");
-    assert_eq!(alt.after.as_ref().unwrap().kind, FileKind::Symlink as i32);
+    assert_eq!(alt.after.as_ref().unwrap().kind, Kind::Symlink);
 
     let notes = find(&d.files, "/home/alice/notes");
     assert_eq!(notes.before.as_ref().unwrap().owner, "alice");
@@ -216,10 +217,7 @@ fn diff_reports_exactly_the_changes() {
     assert_eq!(notes.after.as_ref().unwrap().group, "alice");
 
     let data = find(&d.files, "/srv/data");
-    assert_eq!(
-        data.after.as_ref().unwrap().kind,
-        FileKind::Directory as i32
-    );
+    assert_eq!(data.after.as_ref().unwrap().kind, Kind::Directory);
     assert_eq!(
         (
             data.before.as_ref().unwrap().mode,
@@ -328,11 +326,7 @@ fn options_change_what_is_compared() {
             .max()
     };
     assert!(d.files.iter().all(|f| {
-        f.text
-            == (sizes(f) <= Some(1)
-                && f.after
-                    .as_ref()
-                    .is_none_or(|m| m.kind == FileKind::Regular as i32))
+        f.text == (sizes(f) <= Some(1) && f.after.as_ref().is_none_or(|m| m.kind == Kind::Regular))
     }));
     assert!(find(&d.files, "/var/cache2/keep").text);
     assert!(!find(&d.files, "/etc/hostname").text);

@@ -1,10 +1,9 @@
 //! `read_file`: symlinks resolved inside the image only, caps, and refusals.
 
-use fluid_proto::pb::FileKind;
 use sha2::{Digest, Sha256};
 
 use super::fixture::{Tree, run};
-use crate::{DiskImage, InspectError, read_file};
+use crate::{DiskImage, InspectError, Kind, read_file};
 
 fn image() -> (tempfile::TempDir, DiskImage) {
     let dir = tempfile::tempdir().unwrap();
@@ -38,7 +37,7 @@ fn reads_files_with_metadata() {
     let (_d, img) = image();
     let (meta, bytes) = read_file(&img, "/etc/hostname", 0).unwrap();
     assert_eq!(bytes, b"host\n");
-    assert_eq!(meta.kind, FileKind::Regular as i32);
+    assert_eq!(meta.kind, Kind::Regular);
     assert_eq!(
         (meta.mode, meta.uid, meta.gid, meta.size),
         (0o640, 1001, 50, 5)

@@ -1,9 +1,10 @@
-//! The shell script the agent runs over SSH for one command (pure functions).
+//! The shell script the agent runs over SSH for one command (pure functions): every
+//! Exec's command, the controller's guest scripts included, runs inside it.
 //!
 //! The guest's sshd runs it with root's login shell (`sh -c`/`bash -c`), so it is plain
 //! POSIX sh. Every value that comes from a request is single-quoted ([`quote`]); names
-//! (user, environment variables, command id) were validated by `fluid_proto::model`
-//! and are quoted anyway. The script:
+//! (user, environment variables, command id) were validated by [`crate::model`] and
+//! are quoted anyway. The script:
 //!
 //! 1. makes the pid directory (`/run/fluid/cmd`) and changes to the working directory
 //!    (the user's home by default);
@@ -22,7 +23,7 @@
 //! handle on a guest without systemd). A command that ends normally keeps what it left
 //! running in the background (a server it started, say).
 
-use fluid_proto::model::Exec;
+use crate::model::Exec;
 
 /// Where the pid files of running commands live in the guest.
 pub const RUN_DIR: &str = "/run/fluid/cmd";
@@ -151,7 +152,7 @@ pub fn kill_script_in(command_id: &str, run_dir: &str, systemd_dir: &str) -> Str
 mod tests {
     use std::process::{Command, Stdio};
 
-    use fluid_proto::model::SandboxId;
+    use crate::model::SandboxId;
 
     use super::*;
 
