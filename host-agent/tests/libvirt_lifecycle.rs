@@ -23,10 +23,9 @@ use std::time::{Duration, Instant};
 use fluid_agent::AgentConfig;
 use fluid_agent::Sandboxes;
 use fluid_agent::error::ServiceError;
-use fluid_agent::exec::ExecEvent;
 use fluid_agent::hypervisor::libvirt::Libvirt;
 use fluid_proto::model::{
-    CreateSandbox, Exec, Name, ObservedState, SandboxId, StopSandbox, WaitForIp,
+    CreateSandbox, Exec, ExecEvent, Name, ObservedState, SandboxId, StopSandbox, WaitForIp,
 };
 use fluid_proto::pb;
 use russh::keys::PrivateKey;
