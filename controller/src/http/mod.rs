@@ -1,5 +1,8 @@
 //! Where a REST request enters. The router maps the paths of `docs/API.md` to thin
-//! handlers; every error leaves through [`error::ApiError`].
+//! handlers; every error leaves through [`error::ApiError`]. Routes are declared once,
+//! by each handler's `#[utoipa::path]` ([`documented`]); the OpenAPI document is what
+//! that router collects, so a route cannot be served undocumented (but for the few
+//! named in [`UNDOCUMENTED`]).
 
 pub mod access;
 pub mod ansible;
@@ -27,9 +30,12 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::routing::{get, post};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt as _};
+use utoipa_axum::routes;
 
 use crate::ansible::generate::Generator;
 use crate::ansible::jobs::JobService;
@@ -92,146 +98,99 @@ async fn wrong_method() -> ApiError {
     )
 }
 
+/// The fluid-remote v1 path of `POST /v1/human/ask` (same handler; not in the
+/// OpenAPI document, which names each operation once).
+pub const HUMAN_ASK_V1_ALIAS: &str = "/api/v1/human/ask";
+
+/// Every route that is served but not in the OpenAPI document: the document itself,
+/// the Prometheus scrape (OpenMetrics text, see [`metrics`]) and the fluid-remote v1
+/// alias of `POST /v1/human/ask`. [`router`] adds exactly these besides
+/// [`documented`]; nothing else can be routed without its `#[utoipa::path]`.
+pub const UNDOCUMENTED: [(Method, &str); 3] = [
+    (Method::GET, openapi::PATH),
+    (Method::GET, auth::METRICS_PATH),
+    (Method::POST, HUMAN_ASK_V1_ALIAS),
+];
+
+/// The documented routes: each handler's `#[utoipa::path]` is both its route (method
+/// and path) and its entry in the OpenAPI document, so neither exists without the
+/// other. One `routes!` per path: the macro registers every handler it is given on
+/// every path among them.
+pub fn documented() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::health))
+        .routes(routes!(hosts::list_hosts, hosts::add_host))
+        .routes(routes!(vms::list_vms))
+        .routes(routes!(
+            sandboxes::list_sandboxes,
+            sandboxes::create_sandbox
+        ))
+        .routes(routes!(sandboxes::get_sandbox, sandboxes::destroy_sandbox))
+        .routes(routes!(sandboxes::start_sandbox))
+        .routes(routes!(sandboxes::stop_sandbox))
+        .routes(routes!(sandboxes::sandbox_ip))
+        .routes(routes!(commands::run_command))
+        .routes(routes!(commands::run_command_alias))
+        .routes(routes!(commands::list_commands))
+        .routes(routes!(commands::stream_activity))
+        .routes(routes!(attach::attach))
+        .routes(routes!(files::read_file))
+        .routes(
+            routes!(files::write_file).map(|write| {
+                write.layer(DefaultBodyLimit::max(crate::work::files::WRITE_BODY_LIMIT))
+            }),
+        )
+        .routes(routes!(files::edit_file))
+        .routes(routes!(access::add_ssh_key))
+        .routes(routes!(network::get_network, network::put_network))
+        .routes(routes!(network::request_egress))
+        .routes(routes!(snapshots::create_snapshot_alias))
+        .routes(routes!(
+            snapshots::list_snapshots,
+            snapshots::create_snapshot
+        ))
+        .routes(routes!(snapshots::delete_snapshot))
+        .routes(routes!(snapshots::restore_snapshot))
+        .routes(routes!(snapshots::fork_sandbox))
+        .routes(routes!(snapshots::diff_sandbox))
+        .routes(routes!(snapshots::list_diffs))
+        .routes(routes!(snapshots::get_diff))
+        .routes(routes!(ansible::generate_ansible))
+        .routes(routes!(ansible::list_playbooks, ansible::create_playbook))
+        .routes(routes!(ansible::get_playbook, ansible::delete_playbook))
+        .routes(routes!(ansible::export_playbook))
+        .routes(routes!(ansible::verify_playbook))
+        .routes(routes!(ansible::add_task))
+        .routes(routes!(ansible::reorder_tasks))
+        .routes(routes!(ansible::update_task, ansible::delete_task))
+        .routes(routes!(ansible_jobs::list_jobs, ansible_jobs::create_job))
+        .routes(routes!(ansible_jobs::get_job))
+        .routes(routes!(ansible_jobs::stream_job))
+        .routes(routes!(access::request_access))
+        .routes(routes!(access::ca_pubkey))
+        .routes(routes!(access::list_certificates))
+        .routes(routes!(access::get_certificate, access::revoke_certificate))
+        .routes(routes!(governance::get_mode, governance::set_mode))
+        .routes(routes!(governance::whoami))
+        .routes(routes!(governance::roles))
+        .routes(routes!(governance::list_tokens, governance::create_token))
+        .routes(routes!(governance::revoke_token))
+        .routes(routes!(governance::list_audit))
+        .routes(routes!(approvals::ask))
+        .routes(routes!(approvals::list_approvals))
+        .routes(routes!(approvals::get_approval))
+        .routes(routes!(approvals::approve))
+        .routes(routes!(approvals::reject))
+}
+
+/// The REST API: the [`documented`] routes and the [`UNDOCUMENTED`] ones, behind
+/// authentication, request counting and tracing.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/health", get(health::health))
-        .route("/v1/hosts", get(hosts::list_hosts).post(hosts::add_host))
-        .route("/v1/vms", get(vms::list_vms))
-        .route(
-            "/v1/sandboxes",
-            get(sandboxes::list_sandboxes).post(sandboxes::create_sandbox),
-        )
-        .route(
-            "/v1/sandboxes/{id}",
-            get(sandboxes::get_sandbox).delete(sandboxes::destroy_sandbox),
-        )
-        .route(
-            "/v1/sandboxes/{id}/start",
-            axum::routing::post(sandboxes::start_sandbox),
-        )
-        .route(
-            "/v1/sandboxes/{id}/stop",
-            axum::routing::post(sandboxes::stop_sandbox),
-        )
-        .route("/v1/sandboxes/{id}/ip", get(sandboxes::sandbox_ip))
-        .route("/v1/sandboxes/{id}/run", post(commands::run_command))
-        .route(
-            "/v1/sandboxes/{id}/command",
-            post(commands::run_command_alias),
-        )
-        .route("/v1/sandboxes/{id}/commands", get(commands::list_commands))
-        .route("/v1/sandboxes/{id}/stream", get(commands::stream_activity))
-        .route("/v1/sandboxes/{id}/attach", get(attach::attach))
-        .route("/v1/sandboxes/{id}/files/read", post(files::read_file))
-        .route(
-            "/v1/sandboxes/{id}/files/write",
-            post(files::write_file)
-                .layer(DefaultBodyLimit::max(crate::work::files::WRITE_BODY_LIMIT)),
-        )
-        .route("/v1/sandboxes/{id}/files/edit", post(files::edit_file))
-        .route("/v1/sandboxes/{id}/sshkey", post(access::add_ssh_key))
-        .route(
-            "/v1/sandboxes/{id}/network",
-            get(network::get_network).put(network::put_network),
-        )
-        .route(
-            "/v1/sandboxes/{id}/network/requests",
-            post(network::request_egress),
-        )
-        .route(
-            "/v1/sandboxes/{id}/snapshot",
-            post(snapshots::create_snapshot_alias),
-        )
-        .route(
-            "/v1/sandboxes/{id}/snapshots",
-            get(snapshots::list_snapshots).post(snapshots::create_snapshot),
-        )
-        .route(
-            "/v1/sandboxes/{id}/snapshots/{name}",
-            axum::routing::delete(snapshots::delete_snapshot),
-        )
-        .route(
-            "/v1/sandboxes/{id}/snapshots/{name}/restore",
-            post(snapshots::restore_snapshot),
-        )
-        .route("/v1/sandboxes/{id}/fork", post(snapshots::fork_sandbox))
-        .route("/v1/sandboxes/{id}/diff", post(snapshots::diff_sandbox))
-        .route("/v1/sandboxes/{id}/diffs", get(snapshots::list_diffs))
-        .route(
-            "/v1/sandboxes/{id}/diffs/{diff_id}",
-            get(snapshots::get_diff),
-        )
-        .route(
-            "/v1/sandboxes/{id}/generate/ansible",
-            post(ansible::generate_ansible),
-        )
-        .route(
-            "/v1/ansible/playbooks",
-            get(ansible::list_playbooks).post(ansible::create_playbook),
-        )
-        .route(
-            "/v1/ansible/playbooks/{name}",
-            get(ansible::get_playbook).delete(ansible::delete_playbook),
-        )
-        .route(
-            "/v1/ansible/playbooks/{name}/export",
-            get(ansible::export_playbook),
-        )
-        .route(
-            "/v1/ansible/playbooks/{name}/verify",
-            post(ansible::verify_playbook),
-        )
-        .route(
-            "/v1/ansible/playbooks/{name}/tasks",
-            post(ansible::add_task),
-        )
-        .route(
-            "/v1/ansible/playbooks/{name}/tasks/reorder",
-            axum::routing::patch(ansible::reorder_tasks),
-        )
-        .route(
-            "/v1/ansible/playbooks/{name}/tasks/{task_id}",
-            axum::routing::put(ansible::update_task).delete(ansible::delete_task),
-        )
-        .route(
-            "/v1/ansible/jobs",
-            get(ansible_jobs::list_jobs).post(ansible_jobs::create_job),
-        )
-        .route("/v1/ansible/jobs/{job_id}", get(ansible_jobs::get_job))
-        .route(
-            "/v1/ansible/jobs/{job_id}/stream",
-            get(ansible_jobs::stream_job),
-        )
-        .route("/v1/access/request", post(access::request_access))
-        .route("/v1/access/ca-pubkey", get(access::ca_pubkey))
-        .route("/v1/access/certificates", get(access::list_certificates))
-        .route(
-            "/v1/access/certificate/{id}",
-            get(access::get_certificate).delete(access::revoke_certificate),
-        )
-        .route(
-            "/v1/sandboxes/{id}/mode",
-            get(governance::get_mode).put(governance::set_mode),
-        )
-        .route("/v1/whoami", get(governance::whoami))
-        .route("/v1/roles", get(governance::roles))
-        .route(
-            "/v1/tokens",
-            get(governance::list_tokens).post(governance::create_token),
-        )
-        .route(
-            "/v1/tokens/{id}",
-            axum::routing::delete(governance::revoke_token),
-        )
-        .route("/v1/audit", get(governance::list_audit))
-        .route("/v1/human/ask", post(approvals::ask))
-        .route("/api/v1/human/ask", post(approvals::ask))
-        .route("/v1/approvals", get(approvals::list_approvals))
-        .route("/v1/approvals/{id}", get(approvals::get_approval))
-        .route("/v1/approvals/{id}/approve", post(approvals::approve))
-        .route("/v1/approvals/{id}/reject", post(approvals::reject))
-        .route("/openapi.json", get(openapi::openapi_json))
-        .route("/metrics", get(metrics::metrics))
+    let (routes, doc) = documented().split_for_parts();
+    routes
+        .route(HUMAN_ASK_V1_ALIAS, post(approvals::ask))
+        .route(openapi::PATH, openapi::serve(doc))
+        .route(auth::METRICS_PATH, get(metrics::metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
