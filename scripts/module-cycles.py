@@ -5,7 +5,7 @@ Usage: scripts/module-cycles.py [SRC_DIR]   (default: controller/src)
 
 Every `crate::<module>` path outside comments and test code is an edge from the
 module whose file holds it to <module>. Test code is left out: files named
-`tests*.rs` / `*_tests.rs`, and everything from a `#[cfg(test)]` line to the end
+`tests*.rs` / `*_tests.rs` or under a `tests*` folder, and everything from a `#[cfg(test)]` line to the end
 of the file (tests sit at the end, by convention here). Prints the edges, then
 every strongly connected component of more than one module; exits 1 if any.
 """
@@ -57,7 +57,10 @@ for dirpath, _, files in os.walk(src):
         if not name.endswith(".rs"):
             continue
         rel = os.path.relpath(os.path.join(dirpath, name), src)
-        if rel in ROOT_FILES or name.startswith("tests") or name.endswith("_tests.rs"):
+        parts = rel.split(os.sep)
+        if rel in ROOT_FILES or name.endswith("_tests.rs") or any(
+            part.startswith("tests") for part in parts
+        ):
             continue
         me = top_module(rel)
         for other in crate_refs(code_of(os.path.join(dirpath, name))):
