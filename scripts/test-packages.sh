@@ -10,7 +10,11 @@
 #      policy-rc.d that forbids starting anything: dpkg -i both, apt-get install -f, then
 #      the user, groups, directories, conffiles, units and their enablement; edit both
 #      configs, install the -2 packages, check the edits and state survived; remove (state
-#      must stay), purge (user, state, logs, conffiles, statoverride, units must go).
+#      must stay), purge (user, state, logs, conffiles, statoverride, units must go);
+#   4. between upgrade and remove, the same root booted with its own systemd
+#      (systemd-nspawn, private network): the boot-time deny before libvirt, the agent's
+#      unit running nft, the controller's unit running a confined Ansible job (bwrap),
+#      and dpkg's systemctl calls under a running systemd.
 # Prints a PASS/FAIL table and exits 1 if anything failed.
 #
 # Environment:
@@ -63,6 +67,7 @@ command -v dpkg-shlibdeps >/dev/null || need_apt+=(dpkg-dev)   # cargo-deb's $au
 command -v lintian >/dev/null || need_apt+=(lintian)
 command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 command -v jq >/dev/null || need_apt+=(jq)
+command -v systemd-nspawn >/dev/null || need_apt+=(systemd-container)
 if [[ ${#need_apt[@]} -gt 0 ]]; then
   echo "installing ${need_apt[*]}"
   apt-get update -q >/dev/null
@@ -188,8 +193,19 @@ mkdir -p "$cache/apt-archives/partial"
 work=$(mktemp -d /var/tmp/fluid-deb-test.XXXXXX)
 root=$work/root
 mounts=()
+ct_pid='' nspawn_pid=''
+# ct_stop: powers the booted root off (part 4), if it runs.
+ct_stop() {
+  [[ -n $nspawn_pid ]] || return 0
+  kill -TERM "$nspawn_pid" 2>/dev/null || true # nspawn powers the container off
+  for _ in $(seq 60); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.5; done
+  kill -KILL "$nspawn_pid" 2>/dev/null || true
+  wait "$nspawn_pid" 2>/dev/null || true
+  nspawn_pid='' ct_pid=''
+}
 cleanup() {
   local m ok=true
+  ct_stop
   for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do
     m=${mounts[i]}
     if mountpoint -q "$m"; then umount "$m" 2>/dev/null || umount -l "$m" || ok=false; fi
@@ -306,7 +322,7 @@ purged() {
 }
 user_gone() {
   local u
-  for u in fluid-agent fluid-controller fluid; do
+  for u in fluid-agent fluid-controller fluid-ansible fluid; do
     if in_root getent passwd "$u" || in_root getent group "$u"; then return 1; fi
   done
   echo "no users, no groups"
@@ -336,7 +352,9 @@ checks_installed() {
   local label=$1 unit
   check "$label: user fluid-controller (system, nologin)" user_ok fluid-controller /var/lib/fluid
   check "$label: user fluid-agent (system, nologin)" user_ok fluid-agent /var/lib/fluid-agent
+  check "$label: user fluid-ansible (system, nologin)" user_ok fluid-ansible /nonexistent
   check "$label: fluid-controller in no other group" groups_ok fluid-controller
+  check "$label: fluid-ansible in no other group" groups_ok fluid-ansible
   check "$label: fluid-agent in libvirt, kvm" groups_ok fluid-agent kvm libvirt
   check "$label: no shared user fluid" expect "$(in_root getent passwd fluid || echo none)" "none"
   check "$label: /var/lib/fluid" expect "$(owner_mode /var/lib/fluid)" "fluid-controller:fluid-controller 700"
@@ -378,12 +396,225 @@ check "upgrade: no .dpkg-new/-dist/-old left" none_exist '/etc/fluid/*.dpkg-*'
 check "upgrade: state files kept" all_exist /var/lib/fluid/fluid.db /var/lib/fluid-agent/agent.redb
 checks_installed "upgrade"
 
+# --- 4. the units under systemd ----------------------------------------------------------
+# The same root, booted with its own systemd (systemd-nspawn, private network: nft and
+# every listener stay inside it). The boot-time deny must load before libvirt with no
+# ordering cycle (a stand-in firewalld.service is enabled: default dependencies, before
+# network-pre.target, like the real one); the agent's unit must let nft remove that table
+# (what the agent does at start); the controller's unit must run a confined Ansible job
+# (bubblewrap under its hardening); dpkg's systemctl calls must pass under systemd.
+#
+# bwrap mounts a procfs of its own, which the kernel allows in bwrap's user namespace
+# only if a procfs in the mount namespace is fully visible (no locked mount over a file
+# or a non-empty directory of it). systemd >= 253 (bookworm-backports, trixie) keeps
+# nothing but the service's own /proc in a service's mount namespace, so only the unit
+# may decide; this root's systemd 252 also keeps an unreachable copy of the whole tree,
+# whose /proc lets bwrap through whatever the unit says. Such leftovers are made unfit:
+# the procfs mounts that systemd-nspawn leaves (unreachable or covered) in the
+# container's namespace (this machine's /proc, the root's /proc of the chroot steps)
+# get a bind over their sys/, and the container's /proc keeps nspawn's masks.
+# So the job passes only if the unit gives its service a fresh procfs (systemd 252 does
+# for ProtectControlGroups=) and masks nothing in it: as on systemd >= 253 with a host's
+# /proc (checked by hand with bookworm-backports' 254 for the fix of this unit).
+# in_ct COMMAND...: a command inside the booted root, with a clean environment.
+in_ct() {
+  nsenter -t "$ct_pid" -a env -i PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+    LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"
+}
+booted() {
+  local state
+  [[ -n $ct_pid ]] || { echo "systemd did not start"; tail -5 "$work/nspawn.log"; return 1; }
+  state=$(timeout 120 nsenter -t "$ct_pid" -a systemctl is-system-running --wait 2>&1)
+  echo "$state"
+  if [[ $state != running ]]; then in_ct systemctl --failed --no-legend --plain | head -5; return 1; fi
+}
+no_ordering_cycle() {
+  local log cycles
+  log=$(in_ct journalctl -b --no-pager -o cat) || return 1
+  cycles=$(grep -iE 'ordering cycle|job .* deleted to break' <<<"$log" || true)
+  [[ -z $cycles ]] && echo "none in the $(wc -l <<<"$log") lines of the boot's journal" ||
+    { echo "$cycles"; return 1; }
+}
+boot_deny_ran() {
+  local state result drops
+  state=$(in_ct systemctl show -p ActiveState --value fluid-agent-boot-deny.service)
+  result=$(in_ct systemctl show -p Result --value fluid-agent-boot-deny.service)
+  drops=$(in_ct nft list table bridge fluid-boot 2>&1 | grep -c ' drop ') || true
+  echo "fluid-agent-boot-deny.service $state ($result); table bridge fluid-boot: $drops drop rules"
+  [[ $state == active && $result == success && $drops == 3 ]]
+}
+# ordered_after_deny UNIT...: systemd orders each UNIT after the boot-time deny.
+ordered_after_deny() {
+  local u missing=()
+  for u in "$@"; do
+    in_ct systemctl show -p After --value "$u" | tr ' ' '\n' | grep -qx fluid-agent-boot-deny.service ||
+      missing+=("$u")
+  done
+  [[ ${#missing[@]} == 0 ]] && echo "$* start after it" ||
+    { echo "not ordered after it: ${missing[*]}"; return 1; }
+}
+refuses_manual_start() {
+  local out
+  if out=$(in_ct systemctl start fluid-agent-boot-deny.service 2>&1); then
+    echo "systemctl start was allowed"
+    return 1
+  fi
+  echo "$out"
+  grep -q 'refused' <<<"$out"
+}
+# agent_unit_nft: the agent's unit (its user, capabilities and hardening) with nft as its
+# command, as the agent runs it at start: removing the boot-time table. Drop-ins and
+# files under /run or /tmp go through /proc/PID/root: those are the container's tmpfs.
+agent_unit_nft() {
+  local d=/proc/$ct_pid/root/run/systemd/system/fluid-agent.service.d rc=0 type
+  mkdir -p "$d"
+  printf '[Service]\nType=oneshot\nRestart=no\nExecStart=\nExecStart=/usr/sbin/nft delete table bridge fluid-boot\n' \
+    >"$d/zz-test-packages.conf"
+  in_ct systemctl daemon-reload
+  type=$(in_ct systemctl show -p Type -p User --value fluid-agent.service | tr '\n' ' ')
+  in_ct systemctl restart fluid-agent.service || rc=$?
+  echo "Type, User: $type; exit $rc"
+  in_ct journalctl -u fluid-agent.service -n 2 --no-pager -o cat
+  rm -rf "$d"
+  in_ct systemctl daemon-reload
+  in_ct systemctl stop fluid-agent.service
+  [[ $rc == 0 && $type == "oneshot fluid-agent " ]] && ! in_ct nft list table bridge fluid-boot >/dev/null 2>&1
+}
+# The controller as the package runs it, set up as deploy/README.md says (PKI, the key's
+# group, the directory's traversal), with a production target (so that a --check job runs
+# at once) and a stand-in for ansible-playbook that reports where it runs and fails if the
+# controller's files are in its reach.
+controller_setup() {
+  local token
+  in_ct fluid-controller pki init --dir /etc/fluid/pki >/dev/null || return 1
+  in_ct chgrp fluid-controller /etc/fluid/pki/controller.key
+  in_ct chmod 0640 /etc/fluid/pki/controller.key
+  in_ct chmod 0711 /etc/fluid/pki
+  cat >"$root/usr/local/bin/fluid-test-ansible-playbook" <<'EOF'
+#!/bin/sh
+# test-packages.sh: stands in for ansible-playbook inside the Ansible sandbox.
+echo "probe: user $(id -un), pid 1 $(cat /proc/1/comm), args $*"
+for p in /etc/fluid /var/lib/fluid/fluid.db /var/lib/fluid/ssh_user_ca; do
+  if [ -e "$p" ]; then echo "probe: $p is in reach"; exit 3; fi
+done
+echo "probe: confined"
+EOF
+  chmod 0755 "$root/usr/local/bin/fluid-test-ansible-playbook"
+  printf 'FLUID_ANSIBLE__ANSIBLE_PLAYBOOK=/usr/local/bin/fluid-test-ansible-playbook\n' \
+    >"$root/etc/default/fluid-controller"
+  in_ct install -o root -g fluid-controller -m 0640 /dev/null /etc/fluid/pkg-target.key
+  cp -p "$root/etc/fluid/controller.toml" "$work/controller.toml.before"
+  printf '\n[[ansible.targets]]\nname = "pkg-target"\nhosts = ["192.0.2.1"]\nprivate_key = "/etc/fluid/pkg-target.key"\n' \
+    >>"$root/etc/fluid/controller.toml"
+  # As deploy/README.md says: run as fluid-controller, so that SQLite's files stay its own.
+  token=$(in_ct runuser -u fluid-controller -- fluid-controller token create \
+    --config /etc/fluid/controller.toml --role admin --name test-packages) || return 1
+  printf '%s' "$token" >"$work/token" # for the checks below (each runs in a subshell)
+  in_ct systemctl restart fluid-controller.service || return 1
+  for _ in $(seq 60); do in_ct env FLUID_TOKEN="$token" fluidctl status >/dev/null 2>&1 && break; sleep 0.5; done
+  echo "fluid-controller.service $(in_ct systemctl show -p ActiveState --value fluid-controller.service)"
+  in_ct env FLUID_TOKEN="$token" fluidctl status | head -n 3
+}
+plain_journal() { # no terminal colour codes in the service's log lines
+  local log
+  log=$(in_ct journalctl -u fluid-controller.service -b --no-pager -o cat) || return 1
+  if grep -q $'\e\\[' <<<"$log"; then
+    echo "ANSI escapes: $(grep -c $'\e\\[' <<<"$log") lines"
+    return 1
+  fi
+  echo "$(wc -l <<<"$log") lines, none with escape codes"
+  grep -q 'INFO fluid_controller: fluid-controller listening' <<<"$log"
+}
+ansible_confined() {
+  local out rc=0 token
+  token=$(cat "$work/token") || return 1
+  in_ct env FLUID_TOKEN="$token" fluidctl playbook create pkg-probe --no-become >/dev/null || return 1
+  in_ct env FLUID_TOKEN="$token" fluidctl playbook task add pkg-probe --name ping \
+    --module ansible.builtin.ping >/dev/null || return 1
+  out=$(in_ct env FLUID_TOKEN="$token" fluidctl job run pkg-probe pkg-target --check -w 2>&1) || rc=$?
+  grep -E '^probe:|bwrap|error|fail' <<<"$out" | cut -c1-80 | head -n 4
+  [[ $rc == 0 ]] && grep -qx 'probe: user fluid-ansible, pid 1 bwrap, args .*' <<<"$out" &&
+    grep -qx 'probe: confined' <<<"$out"
+}
+# dpkg -i of the installed version again (an upgrade to itself: try-restart, enable) with
+# systemd running and policy-rc.d out of the way: no systemctl call may fail.
+dpkg_under_systemd() {
+  local out rc=0
+  cp "$agent2" "$ctl2" "/proc/$ct_pid/root/tmp/"
+  mv "$root/usr/sbin/policy-rc.d" "$work/policy-rc.d"
+  out=$(in_ct dpkg -i "/tmp/$(basename "$agent2")" "/tmp/$(basename "$ctl2")" </dev/null 2>&1) || rc=$?
+  mv "$work/policy-rc.d" "$root/usr/sbin/policy-rc.d"
+  grep -iE 'refused|fail|error|warning' <<<"$out" || echo "dpkg exit $rc, no complaints"
+  [[ $rc == 0 ]] && ! grep -qiE 'refused|fail|error|warning' <<<"$out" &&
+    [[ $(in_ct systemctl show -p ActiveState --value fluid-controller.service) == active ]]
+}
+# What the test added goes again, so that remove and purge see only what the packages
+# and the services made.
+controller_teardown() {
+  in_ct systemctl stop fluid-controller.service || true
+  rm -f "$root/usr/local/bin/fluid-test-ansible-playbook" "$root/etc/default/fluid-controller" \
+    "$root/etc/fluid/pkg-target.key" "$work/token" "$root"/etc/fluid/pki/*
+  if [[ -f $work/controller.toml.before ]]; then cp -p "$work/controller.toml.before" "$root/etc/fluid/controller.toml"; fi
+}
+
+say "the units under systemd (systemd-nspawn)"
+if [[ ! -x $root/lib/systemd/systemd ]]; then
+  in_root apt-get install -y -q --no-install-recommends systemd >"$work/apt-systemd.log" 2>&1 ||
+    record FAIL "systemd in the root" "$(tail -3 "$work/apt-systemd.log")"
+  record INFO "systemd in the root" "installed for this part (the packages did not pull it in)"
+fi
+# A stand-in for firewalld.service: default dependencies, ordered before network-pre.target.
+cat >"$root/etc/systemd/system/firewalld.service" <<'EOF'
+[Unit]
+Description=test-packages.sh: stands in for firewalld (its ordering only)
+Before=network-pre.target
+Wants=network-pre.target
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/true
+[Install]
+WantedBy=multi-user.target
+EOF
+ln -sf /etc/systemd/system/firewalld.service "$root/etc/systemd/system/multi-user.target.wants/firewalld.service"
+# In a mount namespace of its own: every procfs mounted here (this machine's /proc, the
+# root's /proc of the chroot steps) gets a bind over its sys/ first (see above).
+unshare -m --propagation private sh -c '
+  for m in $(sed -n "s/^[^ ]* [^ ]* [^ ]* [^ ]* \([^ ]*\) .* - proc .*/\1/p" /proc/self/mountinfo); do
+    mount --bind "$m/sys" "$m/sys" || exit 1
+  done
+  exec systemd-nspawn -q -D "$0" -b -M "$1" --private-network --register=no --keep-unit --console=passive' \
+  "$root" "fluid-pkg-$$" >"$work/nspawn.log" 2>&1 &
+nspawn_pid=$!
+for _ in $(seq 60); do
+  ct_pid=$(pgrep -P "$nspawn_pid" -x systemd | head -n1 || true)
+  [[ -n $ct_pid ]] && break
+  sleep 0.5
+done
+check "boot: systemd is running" booted
+if [[ ${results[-1]%%$'\t'*} == PASS ]]; then
+  check "boot: no ordering cycle (firewalld enabled)" no_ordering_cycle
+  check "boot: fluid-agent-boot-deny ran, table loaded" boot_deny_ran
+  check "boot: libvirt ordered after the boot-time deny" ordered_after_deny libvirtd.service \
+    libvirt-guests.service virtqemud.service fluid-agent.service
+  check "boot-deny refuses systemctl start" refuses_manual_start
+  check "agent unit: nft removes the boot-time table" agent_unit_nft
+  check "controller unit: starts (PKI per deploy/README)" controller_setup
+  check "controller unit: plain log lines in the journal" plain_journal
+  check "controller unit: Ansible job confined (bwrap)" ansible_confined
+  check "dpkg -i $v2 under systemd (systemctl calls)" dpkg_under_systemd
+  controller_teardown
+fi
+ct_stop
+rm -f "$root/etc/systemd/system/firewalld.service" "$root/etc/systemd/system/multi-user.target.wants/firewalld.service"
+
 say "remove (not purge): nothing of the operator's may go"
 check "dpkg -r both" in_root dpkg -r fluid-agent fluid-controller
 check "removed, config kept" expect "$(status_of fluid-agent), $(status_of fluid-controller)" "rc $v2, rc $v2"
 check "remove: binaries gone" none_exist /usr/bin/fluid-agent /usr/bin/fluid-controller /usr/bin/fluidctl
 check "remove: user fluid-controller kept" user_ok fluid-controller /var/lib/fluid
 check "remove: user fluid-agent kept" user_ok fluid-agent /var/lib/fluid-agent
+check "remove: user fluid-ansible kept" user_ok fluid-ansible /nonexistent
 check "remove: state, logs, configs kept" all_exist /var/lib/fluid/fluid.db \
   /var/lib/fluid-agent/agent.redb /var/log/fluid-controller /var/log/fluid-agent \
   /etc/fluid/agent.toml /etc/fluid/controller.toml
@@ -391,6 +622,7 @@ check "remove: state, logs, configs kept" all_exist /var/lib/fluid/fluid.db \
 say "purge: user, state, logs and conffiles go"
 ctl_uid=$(in_root getent passwd fluid-controller | cut -d: -f3 || true)
 agent_uid=$(in_root getent passwd fluid-agent | cut -d: -f3 || true)
+ansible_uid=$(in_root getent passwd fluid-ansible | cut -d: -f3 || true)
 check "dpkg --purge both" in_root dpkg --purge fluid-agent fluid-controller
 check "purged" purged
 check "purge: users and groups gone" user_gone
@@ -399,7 +631,7 @@ check "purge: directories and conffiles gone" none_exist /var/lib/fluid /var/lib
 check "purge: statoverride gone" statoverride_gone
 check "purge: units, wants links, masks gone" none_exist '/usr/lib/systemd/system/fluid-*' \
   '/etc/systemd/system/*/fluid-*' '/etc/systemd/system/fluid-*'
-for u in "controller:$ctl_uid" "agent:$agent_uid"; do
+for u in "controller:$ctl_uid" "agent:$agent_uid" "ansible:$ansible_uid"; do
   if [[ -n ${u#*:} ]]; then
     check "purge: no file owned by the old fluid-${u%%:*} uid ${u#*:}" uid_orphans "${u#*:}"
   else
