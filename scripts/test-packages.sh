@@ -409,9 +409,10 @@ checks_installed "upgrade"
 # or a non-empty directory of it). systemd >= 253 (bookworm-backports, trixie) keeps
 # nothing but the service's own /proc in a service's mount namespace, so only the unit
 # may decide; this root's systemd 252 also keeps an unreachable copy of the whole tree,
-# whose /proc lets bwrap through whatever the unit says. Both leftovers are made unfit:
-# this machine's /proc, which systemd-nspawn leaves (unreachable) in the container's
-# namespace, gets a bind over /proc/sys, and the container's /proc keeps nspawn's masks.
+# whose /proc lets bwrap through whatever the unit says. Such leftovers are made unfit:
+# the procfs mounts that systemd-nspawn leaves (unreachable or covered) in the
+# container's namespace (this machine's /proc, the root's /proc of the chroot steps)
+# get a bind over their sys/, and the container's /proc keeps nspawn's masks.
 # So the job passes only if the unit gives its service a fresh procfs (systemd 252 does
 # for ProtectControlGroups=) and masks nothing in it: as on systemd >= 253 with a host's
 # /proc (checked by hand with bookworm-backports' 254 for the fix of this unit).
@@ -576,7 +577,12 @@ ExecStart=/bin/true
 WantedBy=multi-user.target
 EOF
 ln -sf /etc/systemd/system/firewalld.service "$root/etc/systemd/system/multi-user.target.wants/firewalld.service"
-unshare -m --propagation private sh -c 'mount --bind /proc/sys /proc/sys &&
+# In a mount namespace of its own: every procfs mounted here (this machine's /proc, the
+# root's /proc of the chroot steps) gets a bind over its sys/ first (see above).
+unshare -m --propagation private sh -c '
+  for m in $(sed -n "s/^[^ ]* [^ ]* [^ ]* [^ ]* \([^ ]*\) .* - proc .*/\1/p" /proc/self/mountinfo); do
+    mount --bind "$m/sys" "$m/sys" || exit 1
+  done
   exec systemd-nspawn -q -D "$0" -b -M "$1" --private-network --register=no --keep-unit --console=passive' \
   "$root" "fluid-pkg-$$" >"$work/nspawn.log" 2>&1 &
 nspawn_pid=$!
