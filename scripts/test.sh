@@ -53,16 +53,24 @@ step "unit tests, and the agent's tests against real libvirt and nftables (insid
 # Inside libvirtd's namespace: the agent's real-VM tests (host-agent/tests) release
 # DHCP leases on its bridge. Everything else there uses loopback and PostgreSQL's
 # unix socket, which work from any namespace.
+# --no-fail-fast, and the integration step runs even when this one failed: one run
+# names every failing test; the script's status is decided at the end.
+failed=()
 ip netns exec "$FLUID_NETNS" env PATH="$PATH" FLUID_TEST_IMAGE_DIR="$FLUID_GOLDEN_IMAGE_DIR" \
-  cargo test --locked --workspace --exclude integration-tests 2>&1 | tee "$logs/unit.log"
+  cargo test --locked --no-fail-fast --workspace --exclude integration-tests 2>&1 | tee "$logs/unit.log" ||
+  failed+=(unit)
 
 step "integration tests (real libvirt, TCG, inside $FLUID_NETNS)"
 # The test binaries start fluid-controller and fluid-agent from the same target dir.
 FLUID_BIN_DIR=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/debug
 export FLUID_BIN_DIR
-ip netns exec "$FLUID_NETNS" env PATH="$PATH" cargo test --locked -p integration-tests -- --test-threads=1 \
-  2>&1 | tee "$logs/integration.log"
+ip netns exec "$FLUID_NETNS" env PATH="$PATH" cargo test --locked --no-fail-fast -p integration-tests -- --test-threads=1 \
+  2>&1 | tee "$logs/integration.log" || failed+=(integration)
 cd "$root"
 
 step "summary"
-./scripts/lib/test-summary.sh "$logs/unit.log" "$logs/integration.log"
+./scripts/lib/test-summary.sh "$logs/unit.log" "$logs/integration.log" || failed+=(summary)
+if ((${#failed[@]})); then
+  echo "FAILED steps: ${failed[*]}" >&2
+  exit 1
+fi

@@ -536,6 +536,6 @@ fn the_shipped_boot_deny_matches_the_agent() {
         r#"["../deploy/nftables/boot-deny.nft", "usr/share/fluid-agent/boot-deny.nft", "644"]"#
     ));
     assert!(cargo.contains(
-        r#"["../deploy/systemd/fluid-agent-boot-deny.service", "usr/lib/systemd/system/", "644"]"#
+        r#"{ unit-name = "fluid-agent-boot-deny", unit-scripts = "../deploy/systemd/", enable = true, start = false, restart-after-upgrade = false }"#
     ));
 }
