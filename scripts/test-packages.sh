@@ -481,7 +481,7 @@ agent_unit_nft() {
   [[ $rc == 0 && $type == "oneshot fluid-agent " ]] && ! in_ct nft list table bridge fluid-boot >/dev/null 2>&1
 }
 # The controller as the package runs it, set up as deploy/README.md says (PKI, the key's
-# group, the directory's traversal), with a production target (so that a --check job runs
+# group), with a production target (so that a --check job runs
 # at once) and a stand-in for ansible-playbook that reports where it runs and fails if the
 # controller's files are in its reach.
 controller_setup() {
@@ -489,7 +489,8 @@ controller_setup() {
   in_ct fluid-controller pki init --dir /etc/fluid/pki >/dev/null || return 1
   in_ct chgrp fluid-controller /etc/fluid/pki/controller.key
   in_ct chmod 0640 /etc/fluid/pki/controller.key
-  in_ct chmod 0711 /etc/fluid/pki
+  # The package made /etc/fluid/pki 0711; `pki init` keeps the traversal the services need.
+  [[ $(in_ct stat -c %a /etc/fluid/pki) == 711 ]] || { echo "pki init changed the mode of /etc/fluid/pki"; return 1; }
   cat >"$root/usr/local/bin/fluid-test-ansible-playbook" <<'EOF'
 #!/bin/sh
 # test-packages.sh: stands in for ansible-playbook inside the Ansible sandbox.

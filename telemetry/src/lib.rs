@@ -177,6 +177,13 @@ fn provider(s: &Settings, endpoint: &str) -> Result<SdkTracerProvider, Telemetry
         .build())
 }
 
+/// Whether text logs carry ANSI colours: only on a terminal, and never when `NO_COLOR`
+/// is set to anything but the empty string (no-color.org). A journal or a log file gets
+/// plain text.
+fn colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Installs the global tracing subscriber. With an OTLP endpoint it must be called
 /// inside a tokio runtime (the exporter's gRPC channel runs on it); spans are batched
 /// and sent from the SDK's own thread.
@@ -193,6 +200,10 @@ pub fn init(s: &Settings) -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = match s.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(colour(
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                std::env::var_os("NO_COLOR"),
+            ))
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -226,6 +237,18 @@ pub fn init(s: &Settings) -> Result<Telemetry, TelemetryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(true, Some("1".into())));
+        assert!(
+            !colour(false, None),
+            "a pipe or the journal gets plain text"
+        );
+        assert!(!colour(false, Some("1".into())));
+    }
 
     #[test]
     fn log_formats_parse() {

@@ -21,6 +21,6 @@ pub use generate::{ArtefactNeed, GenerateOptions, Generated, generate};
 pub use model::{PlaybookDoc, TaskSpec};
 pub use runner::{
     Confinement, InventoryHost, RunOutcome, RunSpec, find_ansible_playbook, run, syntax_check,
-    version,
+    syntax_check_text, version,
 };
 pub use yaml::to_yaml;

@@ -420,17 +420,40 @@ async fn forward(
     }
 }
 
-/// Output of a short run (`--syntax-check`, `--version`), stdout then stderr.
+/// Output of a short run (`--syntax-check`, `--version`), stdout then stderr. Confined,
+/// the run sees its temporary directory (with `in_dir`, its files written there first:
+/// name and content) and nothing of the controller's.
 async fn run_short(
     binary: &Path,
     args: &[&std::ffi::OsStr],
+    confine: Option<&Confinement>,
+    in_dir: &[(&str, &[u8])],
 ) -> Result<(bool, String, String), RunError> {
     let dir = tempfile::tempdir().map_err(|e| RunError::io("creating a temporary directory", e))?;
     let cfg = dir.path().join("ansible.cfg");
     write_file(&cfg, config::ANSIBLE_CFG).await?;
-    let mut cmd = base_command(binary, &cfg, dir.path());
+    let mut files = vec![cfg.clone()];
+    for (name, content) in in_dir {
+        let p = dir.path().join(name);
+        tokio::fs::write(&p, content)
+            .await
+            .map_err(|e| RunError::io(format!("writing {}", p.display()), e))?;
+        files.push(p);
+    }
+    let mut cmd = match confine {
+        Some(c) => {
+            let as_root = confine::is_root();
+            let prefix = confine::bwrap_args(c, binary, dir.path(), &files, &[], as_root)?;
+            if let (Some((uid, gid)), true) = (c.user, as_root) {
+                confine::hand_over(dir.path(), uid, gid)?;
+            }
+            confined_command(c, prefix, binary, &cfg, &dir.path().join("tmp"))
+        }
+        None => base_command(binary, &cfg, dir.path()),
+    };
     cmd.current_dir(dir.path()).args(args);
-    let child = spawn(cmd, binary)?;
+    let launcher = confine.map_or(binary, |c| c.bwrap.as_path());
+    let child = spawn(cmd, launcher)?;
     let group = child
         .id()
         .and_then(|id| i32::try_from(id).ok())
@@ -472,8 +495,9 @@ fn cap_text(s: &str, max: usize) -> String {
     format!("{}\n… [cut]", &s[..end])
 }
 
-/// `ansible-playbook --syntax-check` of `playbook_path`; on failure the error holds
-/// what ansible said.
+/// `ansible-playbook --syntax-check` of `playbook_path`, unconfined; on failure the
+/// error holds what ansible said. The controller checks what it generated with
+/// [`syntax_check_text`], confined.
 pub async fn syntax_check(ansible_playbook: &Path, playbook_path: &Path) -> Result<(), RunError> {
     let (ok, stdout, stderr) = run_short(
         ansible_playbook,
@@ -483,8 +507,37 @@ pub async fn syntax_check(ansible_playbook: &Path, playbook_path: &Path) -> Resu
             "localhost,".as_ref(),
             playbook_path.as_os_str(),
         ],
+        None,
+        &[],
     )
     .await?;
+    syntax_outcome(ok, &stdout, &stderr)
+}
+
+/// `ansible-playbook --syntax-check` of `playbook` (its YAML text), written into the
+/// run's own directory first. With `confine`, inside bubblewrap: nothing of the
+/// controller's files is in reach (a generated playbook's content comes from a guest).
+pub async fn syntax_check_text(
+    ansible_playbook: &Path,
+    playbook: &str,
+    confine: Option<&Confinement>,
+) -> Result<(), RunError> {
+    let (ok, stdout, stderr) = run_short(
+        ansible_playbook,
+        &[
+            "--syntax-check".as_ref(),
+            "-i".as_ref(),
+            "localhost,".as_ref(),
+            "playbook.yml".as_ref(),
+        ],
+        confine,
+        &[("playbook.yml", playbook.as_bytes())],
+    )
+    .await?;
+    syntax_outcome(ok, &stdout, &stderr)
+}
+
+fn syntax_outcome(ok: bool, stdout: &str, stderr: &str) -> Result<(), RunError> {
     if ok {
         Ok(())
     } else {
@@ -496,7 +549,8 @@ pub async fn syntax_check(ansible_playbook: &Path, playbook_path: &Path) -> Resu
 
 /// The ansible-core version (`2.19.4`), from `ansible-playbook --version`.
 pub async fn version(ansible_playbook: &Path) -> Result<String, RunError> {
-    let (ok, stdout, stderr) = run_short(ansible_playbook, &["--version".as_ref()]).await?;
+    let (ok, stdout, stderr) =
+        run_short(ansible_playbook, &["--version".as_ref()], None, &[]).await?;
     let first = stdout.lines().next().unwrap_or_default().trim().to_owned();
     if !ok || first.is_empty() {
         return Err(RunError::Command {

@@ -258,15 +258,7 @@ impl Generator {
             tracing::debug!(playbook = %name, "ansible-playbook is not installed: no syntax check");
             return None;
         }
-        let dir = match tempfile::Builder::new().prefix("fluid-syntax-").tempdir() {
-            Ok(d) => d,
-            Err(e) => return Some(format!("syntax check not run: {e}")),
-        };
-        let path = dir.path().join(format!("{name}.yml"));
-        if let Err(e) = write_atomic(&path, yaml.as_bytes(), 0o600) {
-            return Some(format!("syntax check not run: {e}"));
-        }
-        match self.jobs.runner().syntax_check(&bin, &path).await {
+        match self.jobs.runner().syntax_check(&bin, yaml).await {
             Ok(()) => None,
             Err(e) => {
                 tracing::error!(playbook = %name, error = %e, "a generated playbook fails the syntax check");

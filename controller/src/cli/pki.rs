@@ -298,12 +298,14 @@ mod tests {
         init(&fresh).expect("init");
         let mode = |p: &Path| fs::metadata(p).expect("dir").permissions().mode() & 0o7777;
         assert_eq!(mode(&fresh), 0o700);
-        // An existing directory (a package's root:<group> 0750, or a careless 0777)
-        // keeps its group's read access, loses the rest.
+        // An existing directory (a package's root:root 0711 or root:<group> 0750, or a
+        // careless 0777) keeps its group's read access and others' traversal; nobody
+        // else lists or writes it.
         for (before, after) in [
+            (0o711, 0o711),
             (0o750, 0o750),
-            (0o777, 0o750),
-            (0o755, 0o750),
+            (0o777, 0o751),
+            (0o755, 0o751),
             (0o700, 0o700),
         ] {
             let d = tmp.path().join(format!("d{before:o}"));
@@ -312,10 +314,13 @@ mod tests {
             init(&d).expect("init");
             assert_eq!(mode(&d), after, "{before:o}");
         }
-        // `pki agent` tightens it too.
+        // `pki agent` tightens it too, and keeps the packages' 0711.
         fs::set_permissions(&fresh, fs::Permissions::from_mode(0o755)).expect("chmod");
         issue_agent(&fresh, "kvm-1", &["10.0.0.5".to_owned()]).expect("agent");
-        assert_eq!(mode(&fresh), 0o750);
+        assert_eq!(mode(&fresh), 0o751);
+        fs::set_permissions(&fresh, fs::Permissions::from_mode(0o711)).expect("chmod");
+        issue_agent(&fresh, "kvm-2", &["10.0.0.6".to_owned()]).expect("agent");
+        assert_eq!(mode(&fresh), 0o711);
     }
 
     #[test]

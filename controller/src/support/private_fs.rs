@@ -9,9 +9,11 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 
 /// Makes `dir` private: created 0700 (parents too) when missing; an existing one keeps
-/// its owner, group and the group's read access (a package may have made it
-/// `root:<service group>` 0750) but loses every permission for others and write
-/// permission for its group.
+/// its owner, group, the group's read access (a package may have made it
+/// `root:<service group>` 0750) and the traversal bit of others (the packages make
+/// `/etc/fluid/pki` 0711 so that each service opens the files its config names), but
+/// loses write permission for its group and read and write permission for others:
+/// nobody else lists or changes it.
 pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
     if !dir.exists() {
         fs::DirBuilder::new()
@@ -29,7 +31,7 @@ pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
     let wanted = if mode & 0o077 == 0 {
         0o700
     } else {
-        mode & 0o750
+        mode & 0o751
     };
     if mode != wanted {
         fs::set_permissions(dir, fs::Permissions::from_mode(wanted))
@@ -78,7 +80,10 @@ mod tests {
         assert_eq!(mode(&d), 0o700);
         fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).expect("chmod");
         private_dir(&d).expect("tighten");
-        assert_eq!(mode(&d), 0o750);
+        assert_eq!(mode(&d), 0o751);
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o711)).expect("chmod");
+        private_dir(&d).expect("keep");
+        assert_eq!(mode(&d), 0o711, "others keep traversal, nothing more");
 
         let f = d.join("fluid.db");
         private_file(&f).expect("create");

@@ -648,6 +648,89 @@ async fn confinement_holds_without_validation() -> Result<()> {
     Ok(())
 }
 
+/// A generated playbook holds text from a guest's disk: its `--syntax-check` runs in
+/// the same confinement as a job. A stand-in for ansible-playbook reports who runs it
+/// and whether a world-readable secret outside the run's directory is in reach;
+/// unconfined it is (so the test can fail), confined it is not. Then the real
+/// ansible-playbook, confined, still tells a good playbook from a broken one.
+#[tokio::test]
+async fn the_syntax_check_of_a_generated_playbook_is_confined() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    ensure_sandbox_user()?;
+    let secret_dir = tempfile::Builder::new()
+        .prefix("fluid-secret-")
+        .tempdir_in("/var/tmp")?;
+    let secret = secret_dir.path().join("ca.key");
+    std::fs::write(&secret, "not for playbooks\n")?;
+    for p in [secret_dir.path(), secret.as_path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))?;
+    }
+    // A Python installation of its own (bound read-only into the sandbox), whose
+    // ansible-playbook is the probe.
+    let venv = tempfile::Builder::new()
+        .prefix("fluid-probe-")
+        .tempdir_in("/var/tmp")?;
+    let bin = venv.path().join("bin");
+    std::fs::create_dir(&bin)?;
+    let probe = bin.join("ansible-playbook");
+    std::fs::write(
+        &probe,
+        format!(
+            "#!/bin/sh\necho \"probe: user $(id -un) args $*\"\n\
+             if [ -r {s} ]; then echo 'probe: secret in reach'; else echo 'probe: secret out of reach'; fi\n\
+             exit 1\n",
+            s = secret.display()
+        ),
+    )?;
+    for (p, m) in [
+        (venv.path(), 0o755),
+        (bin.as_path(), 0o755),
+        (probe.as_path(), 0o755),
+    ] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m))?;
+    }
+    let (uid, gid) = fluid_ansible::runner::confine::lookup_user("fluid-ansible")?
+        .context("the fluid-ansible user")?;
+    let confine = fluid_ansible::Confinement {
+        bwrap: PathBuf::from("/usr/bin/bwrap"),
+        user: Some((uid, gid)),
+    };
+    let playbook = "- hosts: all\n  tasks:\n    - ansible.builtin.ping: {}\n";
+    let said = |r: Result<(), fluid_ansible::RunError>| match r {
+        Err(fluid_ansible::RunError::SyntaxCheck { output }) => Ok(output),
+        other => Err(anyhow::anyhow!("the probe did not run: {other:?}")),
+    };
+
+    let unconfined = said(fluid_ansible::syntax_check_text(&probe, playbook, None).await)?;
+    println!("unconfined: {unconfined}");
+    ensure!(
+        unconfined.contains("probe: secret in reach") && unconfined.contains("--syntax-check"),
+        "unconfined, the probe should reach the secret (else this test proves nothing): {unconfined}"
+    );
+    let confined = said(fluid_ansible::syntax_check_text(&probe, playbook, Some(&confine)).await)?;
+    println!("confined: {confined}");
+    ensure!(
+        confined.contains("probe: user fluid-ansible")
+            && confined.contains("probe: secret out of reach"),
+        "the confined syntax check ran as someone else or reached the secret: {confined}"
+    );
+
+    ensure!(
+        Path::new(VENV_PLAYBOOK).exists(),
+        "{VENV_PLAYBOOK} is missing: scripts/install-deps.sh installs ansible-core"
+    );
+    fluid_ansible::syntax_check_text(Path::new(VENV_PLAYBOOK), playbook, Some(&confine))
+        .await
+        .context("a good playbook, confined")?;
+    let broken =
+        "- hosts: all\n  tasks:\n    - ansible.builtin.ping: {}\n      no_such_keyword: 1\n";
+    let e = said(
+        fluid_ansible::syntax_check_text(Path::new(VENV_PLAYBOOK), broken, Some(&confine)).await,
+    )?;
+    ensure!(e.contains("no_such_keyword"), "ansible's words: {e}");
+    Ok(())
+}
+
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")

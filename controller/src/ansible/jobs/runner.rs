@@ -22,8 +22,8 @@ pub trait PlaybookRunner: Send + Sync + 'static {
         lines: mpsc::Sender<String>,
     ) -> Result<RunOutcome, RunError>;
 
-    /// `ansible-playbook --syntax-check` of the playbook at `path`.
-    async fn syntax_check(&self, ansible_playbook: &Path, path: &Path) -> Result<(), RunError>;
+    /// `ansible-playbook --syntax-check` of `playbook` (its YAML text).
+    async fn syntax_check(&self, ansible_playbook: &Path, playbook: &str) -> Result<(), RunError>;
 }
 
 /// How the product runner confines ansible-playbook.
@@ -125,8 +125,10 @@ impl PlaybookRunner for AnsibleRunner {
         fluid_ansible::run(&spec, lines).await
     }
 
-    async fn syntax_check(&self, ansible_playbook: &Path, path: &Path) -> Result<(), RunError> {
-        fluid_ansible::syntax_check(ansible_playbook, path).await
+    /// Confined like a run: the playbook was generated from a guest's files.
+    async fn syntax_check(&self, ansible_playbook: &Path, playbook: &str) -> Result<(), RunError> {
+        let confine = self.sandbox.resolve()?;
+        fluid_ansible::syntax_check_text(ansible_playbook, playbook, confine.as_ref()).await
     }
 }
 
@@ -273,7 +275,7 @@ pub(crate) mod fake {
             })
         }
 
-        async fn syntax_check(&self, _: &Path, _: &Path) -> Result<(), RunError> {
+        async fn syntax_check(&self, _: &Path, _: &str) -> Result<(), RunError> {
             match self.syntax_error.lock().ok().and_then(|e| e.clone()) {
                 Some(output) => Err(RunError::SyntaxCheck { output }),
                 None => Ok(()),
