@@ -22,7 +22,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::ansible::jobs::JobService;
 use crate::ansible::jobs::runner::resolve_ansible_playbook;
-use crate::ansible::playbooks::{AnsibleError, DEFAULT_HOSTS, PlaybookService};
+use crate::ansible::playbooks::{DEFAULT_HOSTS, PlaybookService};
+use crate::error::ServiceError;
 use crate::sandboxes::diffs::{DiffService, DiffSpec, DiskSide};
 use crate::store::{SandboxRecord, Store};
 use crate::support::atomic::write_atomic;
@@ -76,7 +77,7 @@ impl Generator {
     }
 
     /// The sandbox's oldest snapshot: the default start of its changes.
-    async fn oldest_snapshot(&self, sb: &SandboxRecord) -> Result<String, AnsibleError> {
+    async fn oldest_snapshot(&self, sb: &SandboxRecord) -> Result<String, ServiceError> {
         self.store
             .list_snapshots(&sb.id)
             .await?
@@ -84,7 +85,7 @@ impl Generator {
             .min_by_key(|s| s.created_at)
             .map(|s| s.name)
             .ok_or_else(|| {
-                AnsibleError::Invalid(format!(
+                ServiceError::Invalid(format!(
                     "sandbox {} has no snapshot to compare with: take one before the changes \
                      (POST /v1/sandboxes/{}/snapshots) or give from_snapshot",
                     sb.id, sb.id
@@ -97,7 +98,7 @@ impl Generator {
         &self,
         sb: &SandboxRecord,
         req: &GenerateAnsibleRequest,
-    ) -> Result<GenerateAnsibleResponse, AnsibleError> {
+    ) -> Result<GenerateAnsibleResponse, ServiceError> {
         let from = match req.from_snapshot.as_deref().map(str::trim) {
             Some(f) if !f.is_empty() => f.to_owned(),
             _ => self.oldest_snapshot(sb).await?,
@@ -122,12 +123,12 @@ impl Generator {
             .to_owned();
         fluid_ansible::validate::validate_hosts(&hosts)?;
         if self.store.get_playbook(&name).await?.is_some() {
-            return Err(AnsibleError::Conflict(format!(
+            return Err(ServiceError::Conflict(format!(
                 "playbook {name:?} already exists: give another name"
             )));
         }
         let id =
-            SandboxId::parse("id", &sb.id).map_err(|e| AnsibleError::Invalid(e.to_string()))?;
+            SandboxId::parse("id", &sb.id).map_err(|e| ServiceError::Invalid(e.to_string()))?;
         let from_side = DiskSide::parse(&id, "from_snapshot", &from)?;
         let to_side = DiskSide::parse(&id, "to_snapshot", &to)?;
         let stored = self

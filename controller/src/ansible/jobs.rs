@@ -37,8 +37,9 @@ use fluid_client::types::SandboxState;
 use fluid_proto::model::SandboxId;
 
 use crate::agents::AgentConnector;
-use crate::ansible::playbooks::{AnsibleError, PlaybookService};
+use crate::ansible::playbooks::PlaybookService;
 use crate::config::{AnsibleTarget, Config};
+use crate::error::ServiceError;
 use crate::governance::approvals::ApprovalService;
 use crate::governance::auth::{self, Caller, Permission};
 use crate::sandboxes::SandboxService;
@@ -121,7 +122,7 @@ impl JobEnd {
     }
 
     /// The end of a run: finished with exit 0, failed otherwise.
-    pub fn of_run(r: &Result<fluid_ansible::RunOutcome, AnsibleError>) -> Self {
+    pub fn of_run(r: &Result<fluid_ansible::RunOutcome, ServiceError>) -> Self {
         match r {
             Ok(o) if o.timed_out => Self {
                 failed: true,
@@ -149,18 +150,18 @@ impl JobEnd {
 
 /// A job puts its target's hosts in the inventory's `all` group only: a play for any
 /// other pattern would match nothing and "succeed" without doing anything.
-pub fn check_runnable_hosts(playbook: &str, hosts: &str) -> Result<(), AnsibleError> {
+pub fn check_runnable_hosts(playbook: &str, hosts: &str) -> Result<(), ServiceError> {
     if matches!(hosts.trim(), "all" | "*") {
         return Ok(());
     }
-    Err(AnsibleError::Conflict(format!(
+    Err(ServiceError::Conflict(format!(
         "playbook {playbook:?} is for hosts {hosts:?}, but a job runs it on its target's \
          hosts as the group `all`: set the playbook's hosts to all"
     )))
 }
 
 /// `JOB-` and 10 lowercase letters or digits.
-pub fn check_job_id(id: &str) -> Result<(), AnsibleError> {
+pub fn check_job_id(id: &str) -> Result<(), ServiceError> {
     let ok = id.strip_prefix("JOB-").is_some_and(|r| {
         r.len() == 10
             && r.bytes()
@@ -169,7 +170,7 @@ pub fn check_job_id(id: &str) -> Result<(), AnsibleError> {
     if ok {
         Ok(())
     } else {
-        Err(AnsibleError::Invalid(format!(
+        Err(ServiceError::Invalid(format!(
             "job_id: {id:?} is not a job id (JOB-xxxxxxxxxx)"
         )))
     }
@@ -245,11 +246,11 @@ impl JobService {
         self: &Arc<Self>,
         caller: &Caller,
         req: &CreateJobRequest,
-    ) -> Result<JobRecord, AnsibleError> {
+    ) -> Result<JobRecord, ServiceError> {
         auth::check(caller, Permission::Playbooks)?;
         let vm = req.vm_name.trim();
         if vm.is_empty() || vm.len() > 256 || vm.chars().any(char::is_control) {
-            return Err(AnsibleError::Invalid(
+            return Err(ServiceError::Invalid(
                 "vm_name: a sandbox id or name, or a production target".into(),
             ));
         }
@@ -340,7 +341,7 @@ impl JobService {
         &self,
         job: &JobRecord,
         caller: &Caller,
-    ) -> Result<(), AnsibleError> {
+    ) -> Result<(), ServiceError> {
         let e = audit(job, "created", "pending")
             .details(serde_json::json!({
                 "kind": job.kind,
@@ -358,13 +359,13 @@ impl JobService {
 
     /// What `vm_name` names: a configured production target, else a sandbox (by id or
     /// by the name of a live one) the caller may work in, which must be RUNNING.
-    async fn resolve(&self, caller: &Caller, vm: &str) -> Result<Target, AnsibleError> {
+    async fn resolve(&self, caller: &Caller, vm: &str) -> Result<Target, ServiceError> {
         if let Some(t) = self.settings.targets.iter().find(|t| t.name == vm) {
             return Ok(Target::Production(t.clone()));
         }
         let sb = if vm.starts_with(SandboxId::PREFIX) {
             let id = SandboxId::parse("vm_name", vm)
-                .map_err(|e| AnsibleError::Invalid(e.to_string()))?;
+                .map_err(|e| ServiceError::Invalid(e.to_string()))?;
             self.store.get_sandbox(id.as_str()).await?
         } else {
             let (rows, _) = self
@@ -378,13 +379,13 @@ impl JobService {
             rows.into_iter().find(SandboxRecord::is_live)
         };
         let sb = sb.ok_or_else(|| {
-            AnsibleError::NotFound(format!(
+            ServiceError::NotFound(format!(
                 "vm_name: no production target or sandbox named {vm:?}"
             ))
         })?;
         auth::check_sandbox(caller, Permission::Work, &sb)?;
         if sb.state != SandboxState::Running {
-            return Err(AnsibleError::Conflict(format!(
+            return Err(ServiceError::Conflict(format!(
                 "sandbox {} is {}; a job needs it RUNNING",
                 sb.id, sb.state
             )));
@@ -393,13 +394,13 @@ impl JobService {
     }
 
     /// A job the caller may see (a scoped caller: only its agent's).
-    pub async fn get(&self, caller: &Caller, id: &str) -> Result<JobRecord, AnsibleError> {
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<JobRecord, ServiceError> {
         check_job_id(id)?;
         let job = self
             .store
             .get_job(id)
             .await?
-            .ok_or_else(|| AnsibleError::NotFound(format!("job {id} not found")))?;
+            .ok_or_else(|| ServiceError::NotFound(format!("job {id} not found")))?;
         if caller.scope().is_some() {
             auth::check_owner(
                 caller,
@@ -424,7 +425,7 @@ impl JobService {
         &self,
         caller: &Caller,
         mut f: JobFilter,
-    ) -> Result<(Vec<JobRecord>, u64), AnsibleError> {
+    ) -> Result<(Vec<JobRecord>, u64), ServiceError> {
         if let Some(own) = caller.scope() {
             f.agent_id = Some(own.to_owned());
         }
@@ -458,7 +459,7 @@ impl JobService {
     }
 
     /// Marks a job running (with its `started` event) and starts keeping its output.
-    pub(crate) async fn start(&self, job: &JobRecord, phase: &str) -> Result<(), AnsibleError> {
+    pub(crate) async fn start(&self, job: &JobRecord, phase: &str) -> Result<(), ServiceError> {
         self.hubs.open(&job.id, job.output.clone());
         let e = audit(job, "started", "running").details(serde_json::json!({"phase": phase}));
         self.store
@@ -475,7 +476,7 @@ impl JobService {
             )
             .await?
             .ok_or_else(|| {
-                AnsibleError::Conflict(format!("job {} is no longer pending", job.id))
+                ServiceError::Conflict(format!("job {} is no longer pending", job.id))
             })?;
         Ok(())
     }
@@ -493,7 +494,7 @@ impl JobService {
         job: &JobRecord,
         mut u: JobUpdate,
         e: Option<NewAuditEvent>,
-    ) -> Result<bool, AnsibleError> {
+    ) -> Result<bool, ServiceError> {
         u.output = self.hubs.output(&job.id).map(|(o, _)| o);
         u.expect_status = Some(JobStatus::Running);
         Ok(self
@@ -588,7 +589,7 @@ impl JobService {
     /// At start: resumes production jobs waiting for their approval; marks every other
     /// unfinished job failed (the run it was in died with the previous process) and
     /// destroys the sandbox of an interrupted verify.
-    pub async fn resume(self: &Arc<Self>) -> Result<usize, AnsibleError> {
+    pub async fn resume(self: &Arc<Self>) -> Result<usize, ServiceError> {
         let mut resumed = 0;
         for job in self.store.unfinished_jobs().await? {
             let target = self

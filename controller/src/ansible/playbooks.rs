@@ -26,8 +26,7 @@ use fluid_client::ansible::{
     CreatePlaybookRequest, CreateTaskRequest, Playbook, PlaybookWithTasks, Task, UpdateTaskRequest,
 };
 
-use crate::agents::locate::Unreachable;
-use crate::error::ServiceError;
+use crate::error::{ErrorKind, ServiceError};
 use crate::governance::auth::trusted;
 use crate::governance::auth::{self, Caller};
 use crate::store::{PlaybookRecord, Store, StoreError, TaskRecord, TaskWrite};
@@ -36,55 +35,6 @@ use crate::support::ids::new_id;
 
 /// Default `hosts` of a playbook.
 pub const DEFAULT_HOSTS: &str = "all";
-
-/// Why an Ansible operation failed, in the kinds the API answers differently.
-#[derive(Debug, thiserror::Error)]
-pub enum AnsibleError {
-    /// 400.
-    #[error("{0}")]
-    Invalid(String),
-    /// 404.
-    #[error("{0}")]
-    NotFound(String),
-    /// 409.
-    #[error("{0}")]
-    Conflict(String),
-    /// 403.
-    #[error("{0}")]
-    Forbidden(String),
-    /// 503: a dependency (an agent, ansible-playbook) is not there.
-    #[error("{0}")]
-    Unavailable(String),
-    /// 500: the controller's own failure (a file it cannot write, a YAML emitter bug).
-    #[error("{0}")]
-    Internal(String),
-    #[error(transparent)]
-    Service(#[from] ServiceError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl From<fluid_ansible::ValidationError> for AnsibleError {
-    fn from(e: fluid_ansible::ValidationError) -> Self {
-        Self::Invalid(e.to_string())
-    }
-}
-
-impl From<Unreachable> for AnsibleError {
-    fn from(e: Unreachable) -> Self {
-        Self::Service(e.into())
-    }
-}
-
-impl From<auth::AuthError> for AnsibleError {
-    fn from(e: auth::AuthError) -> Self {
-        match e {
-            auth::AuthError::Forbidden(m) => Self::Forbidden(m),
-            auth::AuthError::Unauthenticated(m) => Self::Forbidden(m),
-            auth::AuthError::Store(m) => Self::Unavailable(format!("store unavailable: {m}")),
-        }
-    }
-}
 
 /// A playbook and its tasks, as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,18 +55,18 @@ impl Stored {
     }
 
     /// The playbook as YAML.
-    pub fn yaml(&self) -> Result<String, AnsibleError> {
+    pub fn yaml(&self) -> Result<String, ServiceError> {
         render(&self.doc())
     }
 }
 
 /// `doc` as YAML; a document that does not validate is a 400.
-pub fn render(doc: &PlaybookDoc) -> Result<String, AnsibleError> {
+pub fn render(doc: &PlaybookDoc) -> Result<String, ServiceError> {
     fluid_ansible::to_yaml(doc).map_err(|e| match e {
-        fluid_ansible::YamlError::Invalid(v) => AnsibleError::Invalid(v.to_string()),
+        fluid_ansible::YamlError::Invalid(v) => ServiceError::Invalid(v.to_string()),
         other => {
             tracing::error!(playbook = %doc.name, error = %other, "rendering a playbook");
-            AnsibleError::Internal(other.to_string())
+            ServiceError::Internal(other.to_string())
         }
     })
 }
@@ -177,7 +127,7 @@ impl PlaybookService {
     }
 
     /// Whether `caller` may see a playbook: a scoped caller only its own agent's.
-    fn check_visible(&self, caller: &Caller, p: &PlaybookRecord) -> Result<(), AnsibleError> {
+    fn check_visible(&self, caller: &Caller, p: &PlaybookRecord) -> Result<(), ServiceError> {
         if caller.scope().is_none() {
             return Ok(());
         }
@@ -190,14 +140,14 @@ impl PlaybookService {
     }
 
     /// Checks content `caller` wrote: untrusted callers get the stricter rules.
-    pub fn check_content(&self, caller: &Caller, doc: &PlaybookDoc) -> Result<(), AnsibleError> {
+    pub fn check_content(&self, caller: &Caller, doc: &PlaybookDoc) -> Result<(), ServiceError> {
         if !trusted(caller) {
             fluid_ansible::validate::check_untrusted_playbook(doc, &self.artefact_dir)?;
         }
         Ok(())
     }
 
-    fn check_task(&self, caller: &Caller, t: &TaskSpec) -> Result<(), AnsibleError> {
+    fn check_task(&self, caller: &Caller, t: &TaskSpec) -> Result<(), ServiceError> {
         if !trusted(caller) {
             fluid_ansible::validate::check_untrusted_task(t, &self.artefact_dir)?;
         }
@@ -205,7 +155,7 @@ impl PlaybookService {
     }
 
     /// Writes the playbook's file (the caller holds `writes`).
-    async fn write_file(&self, s: &Stored) -> Result<String, AnsibleError> {
+    async fn write_file(&self, s: &Stored) -> Result<String, ServiceError> {
         let yaml = s.yaml()?;
         let path = self.file_path(&s.playbook.name);
         let dir = self.dir.clone();
@@ -219,11 +169,11 @@ impl PlaybookService {
             write_atomic(&path, text.as_bytes(), 0o640)
         })
         .await
-        .map_err(|e| AnsibleError::Internal(format!("writing a playbook file: {e}")))?
+        .map_err(|e| ServiceError::Internal(format!("writing a playbook file: {e}")))?
         .map_err(|e| {
             let path = self.file_path(&s.playbook.name);
             tracing::error!(path = %path.display(), error = %e, "writing a playbook file");
-            AnsibleError::Internal(format!(
+            ServiceError::Internal(format!(
                 "the change is stored, but writing {} failed: {e}",
                 path.display()
             ))
@@ -232,19 +182,19 @@ impl PlaybookService {
     }
 
     /// The playbook named `name` and its tasks (404 when unknown).
-    pub async fn stored(&self, name: &str) -> Result<Stored, AnsibleError> {
+    pub async fn stored(&self, name: &str) -> Result<Stored, ServiceError> {
         fluid_ansible::validate::validate_playbook_name(name)?;
         let playbook = self
             .store
             .get_playbook(name)
             .await?
-            .ok_or_else(|| AnsibleError::NotFound(format!("playbook {name:?} not found")))?;
+            .ok_or_else(|| ServiceError::NotFound(format!("playbook {name:?} not found")))?;
         let tasks = self.store.list_tasks(&playbook.id).await?;
         Ok(Stored { playbook, tasks })
     }
 
     /// [`Self::stored`], for a caller that must be allowed to see it.
-    pub async fn stored_for(&self, caller: &Caller, name: &str) -> Result<Stored, AnsibleError> {
+    pub async fn stored_for(&self, caller: &Caller, name: &str) -> Result<Stored, ServiceError> {
         let s = self.stored(name).await?;
         self.check_visible(caller, &s.playbook)?;
         Ok(s)
@@ -262,7 +212,7 @@ impl PlaybookService {
         &self,
         caller: &Caller,
         req: &CreatePlaybookRequest,
-    ) -> Result<Playbook, AnsibleError> {
+    ) -> Result<Playbook, ServiceError> {
         let hosts = req.hosts.as_deref().unwrap_or(DEFAULT_HOSTS).trim();
         let r#become = req.r#become.unwrap_or(true);
         self.check_content(
@@ -289,7 +239,7 @@ impl PlaybookService {
         source: Option<fluid_client::ansible::PlaybookSource>,
         owner: Owner,
         specs: Vec<TaskSpec>,
-    ) -> Result<Stored, AnsibleError> {
+    ) -> Result<Stored, ServiceError> {
         fluid_ansible::validate::validate_playbook_name(name)?;
         fluid_ansible::validate::validate_hosts(hosts)?;
         let now = Utc::now();
@@ -330,7 +280,7 @@ impl PlaybookService {
             .await
             .map_err(|e| match e {
                 StoreError::Conflict(_) => {
-                    AnsibleError::Conflict(format!("playbook {name:?} already exists"))
+                    ServiceError::Conflict(format!("playbook {name:?} already exists"))
                 }
                 e => e.into(),
             })?;
@@ -344,7 +294,7 @@ impl PlaybookService {
         &self,
         caller: &Caller,
         name: &str,
-    ) -> Result<PlaybookWithTasks, AnsibleError> {
+    ) -> Result<PlaybookWithTasks, ServiceError> {
         Ok(self.view(&self.stored_for(caller, name).await?))
     }
 
@@ -354,24 +304,24 @@ impl PlaybookService {
         caller: &Caller,
         limit: u32,
         offset: u64,
-    ) -> Result<(Vec<Playbook>, u64), AnsibleError> {
+    ) -> Result<(Vec<Playbook>, u64), ServiceError> {
         let (rows, mut total) = self.store.list_playbooks(limit, offset).await?;
         let mut out = Vec::with_capacity(rows.len());
         for p in rows {
             match self.check_visible(caller, &p) {
                 Ok(()) => out.push(self.api(&p)),
-                Err(AnsibleError::Forbidden(_)) => total = total.saturating_sub(1),
+                Err(e) if e.kind() == ErrorKind::Forbidden => total = total.saturating_sub(1),
                 Err(e) => return Err(e),
             }
         }
         Ok((out, total))
     }
 
-    pub async fn delete(&self, caller: &Caller, name: &str) -> Result<(), AnsibleError> {
+    pub async fn delete(&self, caller: &Caller, name: &str) -> Result<(), ServiceError> {
         let s = self.stored_for(caller, name).await?;
         let _w = self.writes.lock().await;
         if !self.store.delete_playbook(name).await? {
-            return Err(AnsibleError::NotFound(format!(
+            return Err(ServiceError::NotFound(format!(
                 "playbook {name:?} not found"
             )));
         }
@@ -387,13 +337,13 @@ impl PlaybookService {
         Ok(())
     }
 
-    pub async fn export(&self, caller: &Caller, name: &str) -> Result<String, AnsibleError> {
+    pub async fn export(&self, caller: &Caller, name: &str) -> Result<String, ServiceError> {
         self.stored_for(caller, name).await?.yaml()
     }
 
     /// Checks that the playbook with `changed` in place of its tasks still renders, so
     /// a change that would make it invalid (too many tasks, …) is refused up front.
-    fn check_whole(s: &Stored, changed: Vec<TaskRecord>) -> Result<(), AnsibleError> {
+    fn check_whole(s: &Stored, changed: Vec<TaskRecord>) -> Result<(), ServiceError> {
         let whole = Stored {
             playbook: s.playbook.clone(),
             tasks: changed,
@@ -403,19 +353,19 @@ impl PlaybookService {
     }
 
     /// After a task change: re-reads the playbook and rewrites its file.
-    async fn rewrite(&self, name: &str) -> Result<(), AnsibleError> {
+    async fn rewrite(&self, name: &str) -> Result<(), ServiceError> {
         let s = self.stored(name).await?;
         self.write_file(&s).await?;
         Ok(())
     }
 
-    fn task_result(w: TaskWrite, name: &str, task_id: &str) -> Result<TaskRecord, AnsibleError> {
+    fn task_result(w: TaskWrite, name: &str, task_id: &str) -> Result<TaskRecord, ServiceError> {
         match w {
             TaskWrite::Done(t) => Ok(t),
-            TaskWrite::NoPlaybook => Err(AnsibleError::NotFound(format!(
+            TaskWrite::NoPlaybook => Err(ServiceError::NotFound(format!(
                 "playbook {name:?} not found"
             ))),
-            TaskWrite::NoTask => Err(AnsibleError::NotFound(format!(
+            TaskWrite::NoTask => Err(ServiceError::NotFound(format!(
                 "task {task_id} not found in playbook {name:?}"
             ))),
         }
@@ -426,7 +376,7 @@ impl PlaybookService {
         caller: &Caller,
         name: &str,
         req: CreateTaskRequest,
-    ) -> Result<Task, AnsibleError> {
+    ) -> Result<Task, ServiceError> {
         let s = self.stored_for(caller, name).await?;
         let spec = TaskSpec {
             name: req.name.trim().to_owned(),
@@ -464,13 +414,13 @@ impl PlaybookService {
         name: &str,
         task_id: &str,
         req: UpdateTaskRequest,
-    ) -> Result<Task, AnsibleError> {
+    ) -> Result<Task, ServiceError> {
         if req.name.is_none()
             && req.module.is_none()
             && req.params.is_none()
             && req.options.is_none()
         {
-            return Err(AnsibleError::Invalid(
+            return Err(ServiceError::Invalid(
                 "give at least one of name, module, params, options".into(),
             ));
         }
@@ -481,7 +431,7 @@ impl PlaybookService {
             .find(|t| t.id == task_id)
             .cloned()
             .ok_or_else(|| {
-                AnsibleError::NotFound(format!("task {task_id} not found in playbook {name:?}"))
+                ServiceError::NotFound(format!("task {task_id} not found in playbook {name:?}"))
             })?;
         if let Some(n) = req.name {
             rec.name = n.trim().to_owned();
@@ -527,7 +477,7 @@ impl PlaybookService {
         caller: &Caller,
         name: &str,
         task_id: &str,
-    ) -> Result<Task, AnsibleError> {
+    ) -> Result<Task, ServiceError> {
         let s = self.stored_for(caller, name).await?;
         let _w = self.writes.lock().await;
         let t = Self::task_result(
@@ -548,7 +498,7 @@ impl PlaybookService {
         caller: &Caller,
         name: &str,
         task_ids: &[String],
-    ) -> Result<PlaybookWithTasks, AnsibleError> {
+    ) -> Result<PlaybookWithTasks, ServiceError> {
         let s = self.stored_for(caller, name).await?;
         check_order(&s.tasks, task_ids)?;
         let _w = self.writes.lock().await;
@@ -557,7 +507,7 @@ impl PlaybookService {
             .reorder_tasks(&s.playbook.id, task_ids, Utc::now())
             .await?
         {
-            return Err(AnsibleError::Conflict(format!(
+            return Err(ServiceError::Conflict(format!(
                 "the tasks of playbook {name:?} changed meanwhile; read them and try again"
             )));
         }
@@ -571,7 +521,7 @@ impl PlaybookService {
         &self,
         name: &str,
         v: &fluid_client::ansible::Verification,
-    ) -> Result<(), AnsibleError> {
+    ) -> Result<(), ServiceError> {
         if !self
             .store
             .set_playbook_verification(name, v, Utc::now())
@@ -584,22 +534,22 @@ impl PlaybookService {
 }
 
 /// `ids` must name every task exactly once.
-fn check_order(tasks: &[TaskRecord], ids: &[String]) -> Result<(), AnsibleError> {
+fn check_order(tasks: &[TaskRecord], ids: &[String]) -> Result<(), ServiceError> {
     let mut seen = std::collections::HashSet::new();
     for id in ids {
         if !seen.insert(id.as_str()) {
-            return Err(AnsibleError::Invalid(format!(
+            return Err(ServiceError::Invalid(format!(
                 "task_ids: {id} is listed twice"
             )));
         }
         if !tasks.iter().any(|t| &t.id == id) {
-            return Err(AnsibleError::Invalid(format!(
+            return Err(ServiceError::Invalid(format!(
                 "task_ids: {id} is not a task of this playbook"
             )));
         }
     }
     if let Some(missing) = tasks.iter().find(|t| !seen.contains(t.id.as_str())) {
-        return Err(AnsibleError::Invalid(format!(
+        return Err(ServiceError::Invalid(format!(
             "task_ids: must list every task exactly once; {} is missing",
             missing.id
         )));

@@ -27,7 +27,8 @@ use fluid_proto::model::{SandboxId, SnapshotName, SnapshotRef};
 pub use differences::{describe, differences, is_ignored};
 
 use crate::ansible::jobs::{JobEnd, JobService, KIND_VERIFY, PHASE_VERIFY, TARGET_SANDBOX};
-use crate::ansible::playbooks::{AnsibleError, PlaybookService};
+use crate::ansible::playbooks::PlaybookService;
+use crate::error::ServiceError;
 use crate::governance::auth::{self, Caller, Permission};
 use crate::network::egress::{Change, EgressService};
 use crate::sandboxes::SandboxService;
@@ -87,11 +88,11 @@ impl Verifier {
         self: &Arc<Self>,
         caller: &Caller,
         name: &str,
-    ) -> Result<(JobRecord, tokio::task::JoinHandle<()>), AnsibleError> {
+    ) -> Result<(JobRecord, tokio::task::JoinHandle<()>), ServiceError> {
         auth::check(caller, Permission::Playbooks)?;
         let s = self.playbooks.stored_for(caller, name).await?;
         let source = s.playbook.source.clone().ok_or_else(|| {
-            AnsibleError::Invalid(format!(
+            ServiceError::Invalid(format!(
                 "playbook {name:?} was not generated from a sandbox: there is nothing to verify it against"
             ))
         })?;
@@ -100,14 +101,14 @@ impl Verifier {
             .get_sandbox(&source.sandbox_id)
             .await?
             .ok_or_else(|| {
-                AnsibleError::NotFound(format!(
+                ServiceError::NotFound(format!(
                     "sandbox {} (the playbook's source) not found",
                     source.sandbox_id
                 ))
             })?;
         auth::check_sandbox(caller, Permission::Read, &src)?;
         if src.state == SandboxState::Destroyed {
-            return Err(AnsibleError::Conflict(format!(
+            return Err(ServiceError::Conflict(format!(
                 "sandbox {} (the playbook's source) is destroyed: its disk and snapshots are gone",
                 src.id
             )));
@@ -248,7 +249,7 @@ impl Verifier {
         &self,
         source: &PlaybookSource,
         src: &SandboxRecord,
-    ) -> Result<Option<SnapshotRef>, AnsibleError> {
+    ) -> Result<Option<SnapshotRef>, ServiceError> {
         let Ok(name) = SnapshotName::parse("from_snapshot", &source.from_snapshot) else {
             return Ok(None);
         };
@@ -261,7 +262,7 @@ impl Verifier {
             return Ok(None);
         }
         let sandbox_id =
-            SandboxId::parse("id", &src.id).map_err(|e| AnsibleError::Invalid(e.to_string()))?;
+            SandboxId::parse("id", &src.id).map_err(|e| ServiceError::Invalid(e.to_string()))?;
         Ok(Some(SnapshotRef { sandbox_id, name }))
     }
 
@@ -272,7 +273,7 @@ impl Verifier {
         source: &PlaybookSource,
         src: &SandboxRecord,
         fresh: &mut Option<SandboxId>,
-    ) -> Result<SandboxRecord, AnsibleError> {
+    ) -> Result<SandboxRecord, ServiceError> {
         let ttl = self.jobs.settings().job_timeout.as_secs() + SSH_WAIT.as_secs() + 3600;
         let req = CreateSandboxRequest {
             source_vm_name: source.base_image.clone(),
@@ -300,7 +301,7 @@ impl Verifier {
         }
         let row = self.sandboxes.place(&prepared).await?;
         let id =
-            SandboxId::parse("id", &row.id).map_err(|e| AnsibleError::Invalid(e.to_string()))?;
+            SandboxId::parse("id", &row.id).map_err(|e| ServiceError::Invalid(e.to_string()))?;
         *fresh = Some(id.clone());
         self.jobs
             .update(
@@ -326,7 +327,7 @@ impl Verifier {
         }
         let created = self.sandboxes.launch(prepared, row).await?;
         if created.sandbox.state != SandboxState::Running {
-            return Err(AnsibleError::Conflict(format!(
+            return Err(ServiceError::Conflict(format!(
                 "sandbox {} is {}, not RUNNING",
                 created.sandbox.id, created.sandbox.state
             )));
@@ -334,6 +335,6 @@ impl Verifier {
         self.store
             .get_sandbox(id.as_str())
             .await?
-            .ok_or_else(|| AnsibleError::NotFound(format!("sandbox {id} vanished")))
+            .ok_or_else(|| ServiceError::NotFound(format!("sandbox {id} vanished")))
     }
 }

@@ -279,7 +279,7 @@ pub fn role_table() -> Vec<fluid_client::governance::RoleInfo> {
 }
 
 /// Why a caller is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// 401.
     #[error("{0}")]
@@ -287,14 +287,9 @@ pub enum AuthError {
     /// 403.
     #[error("{0}")]
     Forbidden(String),
-    #[error("store unavailable: {0}")]
-    Store(String),
-}
-
-impl From<StoreError> for AuthError {
-    fn from(e: StoreError) -> Self {
-        Self::Store(e.to_string())
-    }
+    /// The tokens could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 fn role_list(roles: &[Role]) -> String {

@@ -3,9 +3,10 @@
 //! It is a second door into the same services: `Exec` goes through exactly what
 //! `POST /v1/sandboxes/{id}/run` does (validation, policy, audit row, output cap, the
 //! command runs to its end even when the client goes away) and streams the same live
-//! events. REST errors map to gRPC codes: 400 → INVALID_ARGUMENT, 403 →
-//! PERMISSION_DENIED, 404 → NOT_FOUND, 409 and 422 → FAILED_PRECONDITION, 503 →
-//! UNAVAILABLE, 504 → DEADLINE_EXCEEDED, others → INTERNAL.
+//! events. Service errors map to gRPC codes once, by kind ([`status`]): invalid →
+//! INVALID_ARGUMENT, forbidden → PERMISSION_DENIED, not found → NOT_FOUND, conflict and
+//! unprocessable → FAILED_PRECONDITION, busy and disk full → RESOURCE_EXHAUSTED,
+//! unavailable → UNAVAILABLE, an agent's timeout → DEADLINE_EXCEEDED, others → INTERNAL.
 //!
 //! `GetSandbox` and the `Approvals` service (list, decide) follow their REST routes.
 //! Every call is authenticated from its `authorization: Bearer` metadata with the same
@@ -18,7 +19,8 @@
 //! not cross an untrusted network in clear text. A refusal (PERMISSION_DENIED) is
 //! audited, or the call fails with UNAVAILABLE.
 
-use axum::http::StatusCode;
+mod status;
+
 use fluid_client::governance::ApprovalStatus;
 use fluid_client::types::RunCommandRequest;
 use fluid_proto::api;
@@ -29,39 +31,14 @@ use futures::stream::BoxStream;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
-use crate::error::{ServiceError, parse_id};
+use crate::error::parse_id;
 use crate::governance::auth::{self, Caller, Permission};
 use crate::http::AppState;
-use crate::http::error::ApiError;
 use crate::store::{ApprovalFilter, ApprovalRecord, NewAuditEvent, SandboxRecord};
 use crate::work::commands::LiveEvent;
-
-/// The gRPC status of a REST error.
-pub fn status_of(e: ApiError) -> Status {
-    let code = match e.status {
-        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => Code::InvalidArgument,
-        StatusCode::UNAUTHORIZED => Code::Unauthenticated,
-        StatusCode::FORBIDDEN => Code::PermissionDenied,
-        StatusCode::NOT_FOUND => Code::NotFound,
-        StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY => Code::FailedPrecondition,
-        StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
-        StatusCode::GATEWAY_TIMEOUT => Code::DeadlineExceeded,
-        StatusCode::INSUFFICIENT_STORAGE | StatusCode::TOO_MANY_REQUESTS => Code::ResourceExhausted,
-        _ => Code::Internal,
-    };
-    let message = if e.details.is_empty() {
-        e.error
-    } else {
-        format!("{}: {}", e.error, e.details)
-    };
-    Status::new(code, message)
-}
-
-fn service_status(e: ServiceError) -> Status {
-    status_of(ApiError::from(e))
-}
+pub use status::status;
 
 fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
@@ -103,11 +80,7 @@ async fn caller_of<T>(state: &AppState, request: &Request<T>) -> Result<Caller, 
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(auth::bearer);
-    state
-        .auth
-        .authenticate(token)
-        .await
-        .map_err(|e| status_of(ApiError::from(e)))
+    state.auth.authenticate(token).await.map_err(status)
 }
 
 async fn sandbox_for(
@@ -116,10 +89,12 @@ async fn sandbox_for(
     id: &str,
     p: Permission,
 ) -> Result<SandboxRecord, Status> {
-    let id = parse_id(id).map_err(service_status)?;
-    crate::http::auth::sandbox_for(state, caller, &id, p)
+    let id = parse_id(id).map_err(status)?;
+    state
+        .sandboxes
+        .authorized(caller, &id, p)
         .await
-        .map_err(status_of)
+        .map_err(status)
 }
 
 /// `fluid.v1.Sandboxes` and `fluid.v1.Approvals` over the controller's services.
@@ -144,7 +119,7 @@ impl Sandboxes for PublicApi {
     ) -> Result<Response<Self::ExecStream>, Status> {
         let caller = caller_of(&self.state, &request).await?;
         let r = request.into_inner();
-        let id = parse_id(&r.sandbox_id).map_err(service_status)?;
+        let id = parse_id(&r.sandbox_id).map_err(status)?;
         if let Err(status) =
             sandbox_for(&self.state, &caller, &r.sandbox_id, Permission::Work).await
         {
@@ -164,12 +139,12 @@ impl Sandboxes for PublicApi {
             workdir: non_empty(r.workdir),
             stdin: None,
         };
-        let mut spec = commands.spec_from_request(rest).map_err(service_status)?;
+        let mut spec = commands.spec_from_request(rest).map_err(status)?;
         if !r.stdin.is_empty() {
             spec.stdin = r.stdin;
-            commands.check_spec(&spec).map_err(service_status)?;
+            commands.check_spec(&spec).map_err(status)?;
         }
-        let handle = commands.run(&id, spec).await.map_err(service_status)?;
+        let handle = commands.run(&id, spec).await.map_err(status)?;
         if let Err(e) = audit_call(&self.state, &caller, "Exec", Some(id.as_str()), "started").await
         {
             // The command runs (its own row is the authoritative record).
@@ -251,10 +226,9 @@ impl Approvals for PublicApi {
         request: Request<api::ListApprovalsRequest>,
     ) -> Result<Response<api::ListApprovalsResponse>, Status> {
         let caller = caller_of(&self.state, &request).await?;
-        crate::governance::auth::check(&caller, Permission::Read)
-            .map_err(|e| status_of(ApiError::from(e)))?;
+        crate::governance::auth::check(&caller, Permission::Read).map_err(status)?;
         let r = request.into_inner();
-        let status = match r.status.as_str() {
+        let wanted = match r.status.as_str() {
             "" => Some(ApprovalStatus::Pending),
             "all" => None,
             s => Some(ApprovalStatus::parse(s).ok_or_else(|| {
@@ -264,7 +238,7 @@ impl Approvals for PublicApi {
             })?),
         };
         let filter = ApprovalFilter {
-            status,
+            status: wanted,
             limit: 1000,
             ..Default::default()
         };
@@ -273,7 +247,7 @@ impl Approvals for PublicApi {
             .approvals
             .list(&caller, filter)
             .await
-            .map_err(service_status)?;
+            .map_err(status)?;
         Ok(Response::new(api::ListApprovalsResponse {
             approvals: rows.iter().map(approval_summary).collect(),
             total,
@@ -310,9 +284,7 @@ impl Approvals for PublicApi {
                 audited?;
             }
         }
-        Ok(Response::new(approval_summary(
-            &result.map_err(service_status)?,
-        )))
+        Ok(Response::new(approval_summary(&result.map_err(status)?)))
     }
 }
 

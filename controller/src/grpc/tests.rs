@@ -17,7 +17,6 @@ use tonic::transport::Channel;
 
 use crate::agents::ExecEvent;
 use crate::config::Config;
-use crate::http::error::ApiError;
 use crate::http::tests::{TestApp, app, app_with};
 use crate::testing::fake_agents::exit;
 
@@ -223,22 +222,4 @@ async fn the_command_goes_on_when_the_client_leaves() {
     let rec = wait_for_status(&app, &started.command_id, "completed").await;
     assert_eq!(rec.exit_code, Some(7));
     assert_eq!(rec.stdout, "one\ntwo\n");
-}
-
-#[test]
-fn rest_statuses_map_to_codes() {
-    for (status, code) in [
-        (StatusCode::BAD_REQUEST, Code::InvalidArgument),
-        (StatusCode::UNAUTHORIZED, Code::Unauthenticated),
-        (StatusCode::FORBIDDEN, Code::PermissionDenied),
-        (StatusCode::NOT_FOUND, Code::NotFound),
-        (StatusCode::CONFLICT, Code::FailedPrecondition),
-        (StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable),
-        (StatusCode::GATEWAY_TIMEOUT, Code::DeadlineExceeded),
-        (StatusCode::INTERNAL_SERVER_ERROR, Code::Internal),
-    ] {
-        let s = super::status_of(ApiError::new(status, "why").with_details("more"));
-        assert_eq!(s.code(), code, "{status}");
-        assert_eq!(s.message(), "why: more");
-    }
 }

@@ -22,26 +22,8 @@ use super::error::ApiError;
 use super::json::{ApiJson, OptionalJson};
 use super::params::{ApiPath, ApiQuery};
 use super::sandboxes::page_limit;
-use crate::ansible::playbooks::AnsibleError;
 use crate::error::parse_id;
 use crate::governance::auth::{Caller, Permission};
-
-impl From<AnsibleError> for ApiError {
-    fn from(e: AnsibleError) -> Self {
-        match e {
-            AnsibleError::Invalid(m) => Self::bad_request(m),
-            AnsibleError::NotFound(m) => Self::not_found(m),
-            AnsibleError::Conflict(m) => Self::new(StatusCode::CONFLICT, m),
-            AnsibleError::Forbidden(m) => Self::new(StatusCode::FORBIDDEN, m),
-            AnsibleError::Unavailable(m) => Self::new(StatusCode::SERVICE_UNAVAILABLE, m),
-            AnsibleError::Internal(m) => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").with_details(m)
-            }
-            AnsibleError::Service(e) => e.into(),
-            AnsibleError::Store(e) => e.into(),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

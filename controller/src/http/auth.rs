@@ -27,18 +27,6 @@ pub const OPEN_PATHS: [&str; 1] = ["/v1/health"];
 /// Open too when `[metrics] public = true` (default false: `ReadFleet` needed).
 pub const METRICS_PATH: &str = "/metrics";
 
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> Self {
-        match e {
-            AuthError::Unauthenticated(m) => Self::new(StatusCode::UNAUTHORIZED, m),
-            AuthError::Forbidden(m) => Self::new(StatusCode::FORBIDDEN, m),
-            AuthError::Store(m) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "store unavailable").with_details(m)
-            }
-        }
-    }
-}
-
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
@@ -147,23 +135,14 @@ pub fn require(caller: &Caller, p: Permission) -> Result<(), ApiError> {
     Ok(auth::check(caller, p)?)
 }
 
-/// Loads a sandbox and checks `p` on it: role, ownership, read-only mode. A sandbox
-/// that does not exist is a 404 (after the role check, so a role without the
-/// permission learns nothing).
+/// The sandbox `id`, once `caller` may do `p` on it ([`crate::sandboxes::SandboxService::authorized`]).
 pub async fn sandbox_for(
     state: &AppState,
     caller: &Caller,
     id: &SandboxId,
     p: Permission,
 ) -> Result<SandboxRecord, ApiError> {
-    auth::check(caller, p)?;
-    let sb = state
-        .store
-        .get_sandbox(id.as_str())
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("sandbox {id} not found")))?;
-    auth::check_sandbox(caller, p, &sb)?;
-    Ok(sb)
+    Ok(state.sandboxes.authorized(caller, id, p).await?)
 }
 
 #[cfg(test)]

@@ -7,12 +7,10 @@ use axum::response::{IntoResponse, Response};
 use fluid_client::types::ErrorBody;
 
 use crate::agents::AgentError;
-use crate::error::ServiceError;
+use crate::error::{ErrorKind, ServiceError};
+use crate::governance::auth::{AuthError, TokenError};
 use crate::scheduler::ScheduleError;
 use crate::store::StoreError;
-
-/// `Retry-After` of a 429 for an agent's RESOURCE_EXHAUSTED outside commands.
-const RETRY_AFTER_SECS: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -72,66 +70,40 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Conflict(what) => {
-                Self::new(StatusCode::CONFLICT, format!("{what} already exists"))
-            }
-            StoreError::Unavailable(m) => {
-                tracing::error!(error = %m, "store unavailable");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "store unavailable").with_details(m)
-            }
-            StoreError::Db(m) | StoreError::Corrupt(m) => {
-                tracing::error!(error = %m, "store failure");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal store error").with_details(m)
-            }
-        }
-    }
-}
-
-impl From<AgentError> for ApiError {
-    fn from(e: AgentError) -> Self {
-        let status = match &e {
-            AgentError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            AgentError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            AgentError::Refused { .. } => StatusCode::CONFLICT,
-            AgentError::NotFound { .. } | AgentError::Failed { .. } => StatusCode::BAD_GATEWAY,
-            AgentError::InsufficientStorage { .. } => StatusCode::INSUFFICIENT_STORAGE,
-            AgentError::Busy { .. } => return Self::too_many(e.to_string(), RETRY_AFTER_SECS),
-        };
-        Self::new(status, e.to_string())
-    }
-}
-
-impl From<ScheduleError> for ApiError {
-    fn from(e: ScheduleError) -> Self {
-        match e {
-            ScheduleError::UnknownImage(m) => Self::bad_request(m),
-            e @ (ScheduleError::NoCapacity(_) | ScheduleError::DuplicateName(_)) => {
-                Self::new(StatusCode::CONFLICT, e.to_string())
-            }
-            ScheduleError::Store(e) => e.into(),
-        }
-    }
-}
-
 impl From<ServiceError> for ApiError {
+    /// The one mapping of a service error to HTTP: its kind picks the status.
     fn from(e: ServiceError) -> Self {
-        match e {
-            ServiceError::Invalid(m) => Self::bad_request(m),
-            ServiceError::NotFound(m) => Self::not_found(m),
-            ServiceError::Conflict(m) => Self::new(StatusCode::CONFLICT, m),
-            ServiceError::Forbidden(m) => Self::new(StatusCode::FORBIDDEN, m),
-            ServiceError::Unprocessable(m) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, m),
-            ServiceError::Unavailable(m) => Self::new(StatusCode::SERVICE_UNAVAILABLE, m),
-            ServiceError::Busy {
-                message,
-                retry_after_secs,
-            } => Self::too_many(message, retry_after_secs),
-            ServiceError::Schedule(e) => e.into(),
-            ServiceError::Agent(e) => e.into(),
-            ServiceError::Store(e) => e.into(),
-        }
+        let kind = e.kind();
+        let (error, details) = e.message();
+        let status = match kind {
+            ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+            ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorKind::Busy { retry_after_secs } => {
+                return Self::too_many(error, retry_after_secs).with_details(details);
+            }
+            ErrorKind::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, error).with_details(details)
     }
 }
+
+/// The errors a handler meets on its own (before it reaches a service) answer as the
+/// service error they become.
+macro_rules! through_service_error {
+    ($($t:ty),* $(,)?) => {$(
+        impl From<$t> for ApiError {
+            fn from(e: $t) -> Self {
+                ServiceError::from(e).into()
+            }
+        }
+    )*};
+}
+through_service_error!(StoreError, AgentError, ScheduleError, AuthError, TokenError);

@@ -20,18 +20,8 @@ use super::json::ApiJson;
 use super::params::{ApiPath, ApiQuery};
 use super::sandboxes::page_limit;
 use crate::error::parse_id;
-use crate::governance::auth::{Caller, Permission, TokenError};
+use crate::governance::auth::{Caller, Permission};
 use crate::store::{AuditFilter, NewAuditEvent};
-
-impl From<TokenError> for ApiError {
-    fn from(e: TokenError) -> Self {
-        match e {
-            TokenError::Invalid(m) => Self::bad_request(m),
-            TokenError::NotFound(m) => Self::not_found(m),
-            TokenError::Store(e) => e.into(),
-        }
-    }
-}
 
 #[utoipa::path(get, path = "/v1/whoami", tag = "auth",
     responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]

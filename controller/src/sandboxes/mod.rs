@@ -24,7 +24,7 @@ use crate::agents::locate;
 use crate::agents::observed_state;
 use crate::agents::{AgentConnector, AgentError, AgentTarget};
 use crate::error::ServiceError;
-use crate::governance::auth::Caller;
+use crate::governance::auth::{self, Caller, Permission};
 use crate::metrics::Metrics;
 use crate::sandboxes::overcommit::{CreateOutcome, OvercommitGate};
 use crate::scheduler::{self, Placement, ScheduleError};
@@ -110,6 +110,21 @@ impl SandboxService {
             .get_sandbox(id.as_str())
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("sandbox {id} not found")))
+    }
+
+    /// The sandbox `id`, once `caller` may do `p` on it: role, ownership, read-only
+    /// mode. A sandbox that does not exist is NotFound, after the role check, so a role
+    /// without the permission learns nothing. Every edge (REST, gRPC) asks this.
+    pub async fn authorized(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+        p: Permission,
+    ) -> Result<SandboxRecord, ServiceError> {
+        auth::check(caller, p)?;
+        let sb = self.row(id).await?;
+        auth::check_sandbox(caller, p, &sb)?;
+        Ok(sb)
     }
 
     /// The agent that runs `row`, with whether its host is currently online.

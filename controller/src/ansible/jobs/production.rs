@@ -14,8 +14,8 @@ use fluid_client::governance::{ApprovalKind, ApprovalStatus};
 use super::{
     JobEnd, JobService, PHASE_APPLY, PHASE_AWAITING_APPROVAL, PHASE_CHECK, PHASE_DONE, audit,
 };
-use crate::ansible::playbooks::AnsibleError;
 use crate::config::AnsibleTarget;
+use crate::error::ServiceError;
 use crate::governance::approvals::{INTERNAL_DETAILS_MAX, NewRequest, Requester, refusal_reason};
 use crate::store::{JobRecord, JobUpdate};
 use crate::support::addr::parse_target_host;
@@ -29,9 +29,9 @@ pub const APPROVAL_YAML_MAX: usize = 512 * 1024;
 pub const PHASE_AWAITING_CHECK_APPROVAL: &str = "awaiting_check_approval";
 
 /// Refuses a playbook too large to be shown whole in an approval.
-pub fn check_approvable(yaml: &str) -> Result<(), AnsibleError> {
+pub fn check_approvable(yaml: &str) -> Result<(), ServiceError> {
     if yaml.len() > APPROVAL_YAML_MAX {
-        return Err(AnsibleError::Invalid(format!(
+        return Err(ServiceError::Invalid(format!(
             "playbook: {} bytes of YAML; a production job's approval shows the whole playbook, at most {APPROVAL_YAML_MAX} bytes: split it",
             yaml.len()
         )));
@@ -41,11 +41,11 @@ pub fn check_approvable(yaml: &str) -> Result<(), AnsibleError> {
 
 /// The inventory of a production target: each `address[:port]` with the target's user,
 /// key and SSH arguments.
-pub fn production_hosts(t: &AnsibleTarget) -> Result<Vec<InventoryHost>, AnsibleError> {
+pub fn production_hosts(t: &AnsibleTarget) -> Result<Vec<InventoryHost>, ServiceError> {
     t.hosts
         .iter()
         .map(|h| {
-            let (address, port) = parse_target_host(h).map_err(AnsibleError::Invalid)?;
+            let (address, port) = parse_target_host(h).map_err(ServiceError::Invalid)?;
             let mut name: String = address
                 .chars()
                 .map(|c| {

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use super::JobService;
 use super::runner::resolve_ansible_playbook;
-use crate::ansible::playbooks::AnsibleError;
+use crate::error::ServiceError;
 use crate::store::JobRecord;
 use crate::support::atomic::write_atomic;
 use crate::support::hash::sha256_hex;
@@ -17,7 +17,7 @@ use crate::support::hash::sha256_hex;
 /// Lines buffered between ansible-playbook and the job's output.
 const LINE_BUFFER: usize = 256;
 
-impl From<RunError> for AnsibleError {
+impl From<RunError> for ServiceError {
     fn from(e: RunError) -> Self {
         match e {
             RunError::NotInstalled { .. } | RunError::Unconfinable(_) => {
@@ -31,11 +31,11 @@ impl From<RunError> for AnsibleError {
 
 impl JobService {
     /// A private (0700) working directory for one job, removed when dropped.
-    pub(crate) fn work_dir(&self, job: &JobRecord) -> Result<tempfile::TempDir, AnsibleError> {
+    pub(crate) fn work_dir(&self, job: &JobRecord) -> Result<tempfile::TempDir, ServiceError> {
         use std::os::unix::fs::DirBuilderExt as _;
         let root = &self.settings.work_dir;
         let fail = |e: std::io::Error| {
-            AnsibleError::Internal(format!(
+            ServiceError::Internal(format!(
                 "creating a working directory in {}: {e}",
                 root.display()
             ))
@@ -59,16 +59,16 @@ impl JobService {
         hosts: Vec<InventoryHost>,
         check: bool,
         extra_args: Vec<String>,
-    ) -> Result<RunOutcome, AnsibleError> {
+    ) -> Result<RunOutcome, ServiceError> {
         if sha256_hex(&job.playbook_yaml) != job.playbook_sha256 {
-            return Err(AnsibleError::Internal(format!(
+            return Err(ServiceError::Internal(format!(
                 "job {}: its playbook does not match its SHA-256; refusing to run it",
                 job.id
             )));
         }
         let playbook_path = dir.join("playbook.yml");
         write_atomic(&playbook_path, job.playbook_yaml.as_bytes(), 0o600).map_err(|e| {
-            AnsibleError::Internal(format!("writing {}: {e}", playbook_path.display()))
+            ServiceError::Internal(format!("writing {}: {e}", playbook_path.display()))
         })?;
         let (ansible_playbook, _) = resolve_ansible_playbook(&self.settings.ansible_playbook);
         let mut read_only = artefacts_in(&job.playbook_yaml, &self.settings.artefact_dir);

@@ -15,7 +15,7 @@ use super::tunnel::{TunnelListener, TunnelOpener, ssh_answers};
 use super::{JobEnd, JobService, PHASE_APPLY, PHASE_CHECK};
 use crate::agents::AgentTarget;
 use crate::agents::locate;
-use crate::ansible::playbooks::AnsibleError;
+use crate::error::ServiceError;
 use crate::store::{JobRecord, SandboxRecord};
 
 /// SSH options of a sandbox run: the tunnel, not the host key, authenticates the far end.
@@ -51,7 +51,7 @@ impl JobService {
     pub(crate) async fn agent_target(
         &self,
         sb: &SandboxRecord,
-    ) -> Result<AgentTarget, AnsibleError> {
+    ) -> Result<AgentTarget, ServiceError> {
         Ok(locate::agent_of(&*self.store, sb).await?)
     }
 
@@ -74,7 +74,7 @@ impl JobService {
         &self,
         sb: &SandboxRecord,
         within: Duration,
-    ) -> Result<(), AnsibleError> {
+    ) -> Result<(), ServiceError> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let target = self.agent_target(sb).await?;
@@ -82,7 +82,7 @@ impl JobService {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(AnsibleError::Unavailable(format!(
+                return Err(ServiceError::Unavailable(format!(
                     "sandbox {}: sshd did not answer within {} s",
                     sb.id,
                     within.as_secs()
@@ -98,14 +98,14 @@ impl JobService {
         job: &JobRecord,
         sb: &SandboxRecord,
         check: bool,
-    ) -> Result<RunOutcome, AnsibleError> {
+    ) -> Result<RunOutcome, ServiceError> {
         let target = self.agent_target(sb).await?;
         let listener = TunnelListener::start(self.opener(target, &sb.id), job.id.clone())
             .await
-            .map_err(|e| AnsibleError::Internal(format!("opening a loopback listener: {e}")))?;
+            .map_err(|e| ServiceError::Internal(format!("opening a loopback listener: {e}")))?;
         let dir = self.work_dir(job)?;
         let key = JobKey::create(dir.path(), &self.ca, &job.id, &sb.id)
-            .map_err(|e| AnsibleError::Internal(format!("the job's SSH key: {e}")))?;
+            .map_err(|e| ServiceError::Internal(format!("the job's SSH key: {e}")))?;
         let _renew = key.keep_fresh(self.ca.clone());
         let host = InventoryHost {
             name: sb.sandbox_name.clone(),
