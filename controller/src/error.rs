@@ -8,7 +8,6 @@ use fluid_proto::model::SandboxId;
 
 use crate::agents::AgentError;
 use crate::agents::locate::Unreachable;
-use crate::governance::auth::{AuthError, TokenError};
 use crate::scheduler::ScheduleError;
 use crate::store::StoreError;
 use crate::support::ids::InvalidAgentId;
@@ -50,11 +49,14 @@ const AGENT_RETRY_AFTER_SECS: u32 = 2;
 pub enum ServiceError {
     #[error("{0}")]
     Invalid(String),
+    /// No valid credentials (401).
+    #[error("{0}")]
+    Unauthenticated(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
-    /// Refused by policy (403).
+    /// Refused by role, ownership or policy (403).
     #[error("{0}")]
     Forbidden(String),
     /// The operation ran but could not do what was asked (422).
@@ -73,8 +75,6 @@ pub enum ServiceError {
     #[error("{0}")]
     Internal(String),
     #[error(transparent)]
-    Auth(#[from] AuthError),
-    #[error(transparent)]
     Schedule(#[from] ScheduleError),
     #[error(transparent)]
     Agent(#[from] AgentError),
@@ -87,6 +87,7 @@ impl ServiceError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Invalid(_) => ErrorKind::Invalid,
+            Self::Unauthenticated(_) => ErrorKind::Unauthenticated,
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::Conflict(_) => ErrorKind::Conflict,
             Self::Forbidden(_) => ErrorKind::Forbidden,
@@ -98,11 +99,6 @@ impl ServiceError {
                 retry_after_secs: *retry_after_secs,
             },
             Self::Internal(_) => ErrorKind::Internal,
-            Self::Auth(e) => match e {
-                AuthError::Unauthenticated(_) => ErrorKind::Unauthenticated,
-                AuthError::Forbidden(_) => ErrorKind::Forbidden,
-                AuthError::Store(e) => store_kind(e),
-            },
             Self::Schedule(e) => match e {
                 ScheduleError::UnknownImage(_) => ErrorKind::Invalid,
                 ScheduleError::NoCapacity(_) | ScheduleError::DuplicateName(_) => {
@@ -145,9 +141,7 @@ impl ServiceError {
                 tracing::error!(error = %m, "internal error");
                 ("internal error".into(), m.clone())
             }
-            Self::Auth(AuthError::Store(e))
-            | Self::Schedule(ScheduleError::Store(e))
-            | Self::Store(e) => store(e),
+            Self::Schedule(ScheduleError::Store(e)) | Self::Store(e) => store(e),
             other => (other.to_string(), String::new()),
         }
     }
@@ -167,16 +161,6 @@ impl From<Unreachable> for ServiceError {
             Unreachable::NotPlaced(_) | Unreachable::HostGone(_) => Self::Conflict(e.to_string()),
             Unreachable::Offline(_) => Self::Unavailable(e.to_string()),
             Unreachable::Store(e) => Self::Store(e),
-        }
-    }
-}
-
-impl From<TokenError> for ServiceError {
-    fn from(e: TokenError) -> Self {
-        match e {
-            TokenError::Invalid(m) => Self::Invalid(m),
-            TokenError::NotFound(m) => Self::NotFound(m),
-            TokenError::Store(e) => Self::Store(e),
         }
     }
 }
@@ -210,19 +194,14 @@ mod tests {
 
     #[test]
     fn kinds_read_through_to_the_cause() {
-        let unavailable = ServiceError::from(AuthError::Store(StoreError::Unavailable(
-            "pool timed out".into(),
-        )));
+        let unavailable = ServiceError::from(StoreError::Unavailable("pool timed out".into()));
         assert_eq!(unavailable.kind(), ErrorKind::Unavailable);
         assert_eq!(
             unavailable.message(),
             ("store unavailable".to_owned(), "pool timed out".to_owned())
         );
         assert!(
-            matches!(
-                unavailable,
-                ServiceError::Auth(AuthError::Store(StoreError::Unavailable(_)))
-            ),
+            matches!(unavailable, ServiceError::Store(StoreError::Unavailable(_))),
             "the store error is kept as the cause: {unavailable:?}"
         );
         let busy = ServiceError::from(AgentError::Busy {

@@ -47,6 +47,7 @@ use fluid_client::governance::{Role, TokenInfo, WhoAmI};
 use rand::RngCore as _;
 use sha2::{Digest, Sha256};
 
+use crate::error::ServiceError;
 use crate::store::{SandboxRecord, Store, StoreError, TokenRecord};
 use crate::support::ids::new_id;
 
@@ -290,6 +291,26 @@ pub enum AuthError {
     /// The tokens could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<AuthError> for ServiceError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unauthenticated(m) => Self::Unauthenticated(m),
+            AuthError::Forbidden(m) => Self::Forbidden(m),
+            AuthError::Store(e) => Self::Store(e),
+        }
+    }
+}
+
+impl From<TokenError> for ServiceError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Invalid(m) => Self::Invalid(m),
+            TokenError::NotFound(m) => Self::NotFound(m),
+            TokenError::Store(e) => Self::Store(e),
+        }
+    }
 }
 
 fn role_list(roles: &[Role]) -> String {
