@@ -61,6 +61,7 @@ use crate::config::Config;
 use crate::fleet::hosts::HostService;
 use crate::fleet::reconciler::{LOST_GRACE, Reconciler};
 use crate::governance::approvals::ApprovalService;
+use crate::governance::audit::AuditService;
 use crate::governance::auth::Authenticator;
 use crate::governance::webhook::Webhook;
 use crate::http::AppState;
@@ -245,7 +246,7 @@ pub fn build_state_with(
         jobs,
         generator,
         verifier,
-        store,
+        audit: Arc::new(AuditService::new(store)),
         sandboxes,
         hosts,
         commands,
@@ -261,12 +262,12 @@ pub fn build_state_with(
 /// Spawns the heartbeat, reconciler and janitor loops; they stop when `cancel` fires.
 pub fn spawn_background(
     state: &AppState,
+    store: Arc<dyn Store>,
     agents: Arc<dyn AgentConnector>,
     config: &Config,
     cancel: &CancellationToken,
 ) -> JoinSet<()> {
     let mut set = JoinSet::new();
-    let store = state.store.clone();
 
     let hosts = state.hosts.clone();
     set.spawn(fleet::background::run_periodic(
@@ -408,7 +409,7 @@ pub async fn serve_on(
         Err(e) => tracing::warn!(error = %e, "resuming Ansible jobs"),
     }
     let loops_cancel = CancellationToken::new();
-    let mut loops = spawn_background(&state, agents, &config, &loops_cancel);
+    let mut loops = spawn_background(&state, store.clone(), agents, &config, &loops_cancel);
 
     let addr = listener.local_addr()?;
     let scheme = if api_tls.is_some() { "https" } else { "http" };

@@ -62,6 +62,21 @@ impl HostService {
         }
     }
 
+    /// The hosts as recorded, once the store has answered a ping (`/v1/health`).
+    pub async fn health(&self) -> Result<Vec<HostRecord>, StoreError> {
+        self.store.ping().await?;
+        self.store.list_hosts().await
+    }
+
+    /// Refreshes the fleet gauges of `metrics` from the store and `hosts`.
+    pub async fn refresh_metrics(
+        &self,
+        metrics: &crate::metrics::Metrics,
+        hosts: &[fluid_client::types::Host],
+    ) -> Result<(), StoreError> {
+        metrics.refresh(&*self.store, hosts).await
+    }
+
     pub async fn list(&self) -> Result<ListHostsResponse, ServiceError> {
         let hosts = self.store.list_hosts().await?;
         let usage = self.store.host_usage().await?;

@@ -293,6 +293,25 @@ pub enum AuthError {
     Store(#[from] StoreError),
 }
 
+/// The sandbox `id`, once `caller` may do `p` on it: role, ownership, read-only mode.
+/// A sandbox that does not exist is NotFound, after the role check, so a role without
+/// the permission learns nothing. Every edge asks this (through
+/// `SandboxService::authorized`), and so do services that take a sandbox id.
+pub async fn authorized_sandbox(
+    store: &dyn Store,
+    caller: &Caller,
+    id: &fluid_proto::model::SandboxId,
+    p: Permission,
+) -> Result<SandboxRecord, ServiceError> {
+    check(caller, p)?;
+    let sb = store
+        .get_sandbox(id.as_str())
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("sandbox {id} not found")))?;
+    check_sandbox(caller, p, &sb)?;
+    Ok(sb)
+}
+
 impl From<AuthError> for ServiceError {
     fn from(e: AuthError) -> Self {
         match e {

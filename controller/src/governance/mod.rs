@@ -1,6 +1,7 @@
 //! Who may do what, and the human in the loop: authentication and roles, approvals
-//! and the webhook that announces them.
+//! and the webhook that announces them, the audit trail as the edges read and append it.
 
 pub mod approvals;
+pub mod audit;
 pub mod auth;
 pub mod webhook;

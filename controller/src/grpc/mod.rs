@@ -210,7 +210,7 @@ async fn audit_call(
             e.target(t)
         };
     }
-    state.store.append_audit(&e).await.map_err(|err| {
+    state.audit.append(&e).await.map_err(|err| {
         tracing::error!(error = %err, outcome, "appending a gRPC audit event");
         Status::unavailable(format!(
             "audit trail unavailable: the call could not be recorded ({err})"

@@ -105,7 +105,7 @@ pub async fn require_token(
             outcome: resp.status().as_u16().to_string(),
             details: serde_json::json!({"token_id": caller.token_id, "path": path}),
         };
-        if let Err(e) = state.store.append_audit(&event).await {
+        if let Err(e) = state.audit.append(&event).await {
             tracing::error!(error = %e, action = %event.action, outcome = %event.outcome,
                 "appending an API audit event");
             if is_refusal(resp.status()) {

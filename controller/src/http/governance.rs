@@ -21,7 +21,7 @@ use super::params::{ApiPath, ApiQuery};
 use super::sandboxes::page_limit;
 use crate::error::parse_id;
 use crate::governance::auth::{Caller, Permission};
-use crate::store::{AuditFilter, NewAuditEvent};
+use crate::store::AuditFilter;
 
 #[utoipa::path(get, path = "/v1/whoami", tag = "auth",
     responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
@@ -122,19 +122,7 @@ pub async fn set_mode(
     ApiJson(req): ApiJson<SetModeRequest>,
 ) -> Result<Json<ModeResponse>, ApiError> {
     let id = parse_id(&id)?;
-    sandbox_for(&state, &caller, &id, Permission::SetMode).await?;
-    let read_only = req.mode == SandboxMode::ReadOnly;
-    let sb = state
-        .store
-        .set_sandbox_read_only(id.as_str(), read_only, Utc::now())
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("sandbox {id} not found")))?;
-    let event = NewAuditEvent::system("mode", req.mode.as_str(), req.mode.as_str())
-        .sandbox(sb.id.clone())
-        .by(&caller.name, caller.role.as_str());
-    if let Err(e) = state.store.append_audit(&event).await {
-        tracing::error!(error = %e, "appending a mode audit event");
-    }
+    let sb = state.sandboxes.set_mode(&caller, &id, req.mode).await?;
     Ok(Json(ModeResponse {
         sandbox_id: sb.id,
         mode: mode_of(sb.read_only),
@@ -169,13 +157,6 @@ pub async fn list_audit(
         Some(s) => Some(parse_id(&s)?),
         None => None,
     };
-    // A scoped token reads the trail of one of its own sandboxes, nothing else.
-    match (&sandbox_id, caller.scope()) {
-        (Some(id), Some(_)) => {
-            sandbox_for(&state, &caller, id, Permission::Read).await?;
-        }
-        _ => require(&caller, Permission::ReadFleet)?,
-    }
     let since = match nonempty(p.since) {
         Some(s) => Some(
             DateTime::parse_from_rfc3339(&s)
@@ -189,15 +170,18 @@ pub async fn list_audit(
         return Err(ApiError::bad_request("after_seq: must not be negative"));
     }
     let events = state
-        .store
-        .list_audit(&AuditFilter {
-            sandbox_id: sandbox_id.map(|s| s.to_string()),
-            actor: nonempty(p.actor),
-            kind: nonempty(p.kind),
-            since,
-            after_seq: p.after_seq,
-            limit,
-        })
+        .audit
+        .list(
+            &caller,
+            &AuditFilter {
+                sandbox_id: sandbox_id.map(|s| s.to_string()),
+                actor: nonempty(p.actor),
+                kind: nonempty(p.kind),
+                since,
+                after_seq: p.after_seq,
+                limit,
+            },
+        )
         .await?;
     let next_after_seq = (events.len() == limit as usize)
         .then(|| events.last().map(|e| e.seq))

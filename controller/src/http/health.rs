@@ -22,11 +22,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[utoipa::path(get, path = "/v1/health", tag = "health",
     responses((status = 200, body = HealthResponse), (status = 503, body = HealthResponse)))]
 pub async fn health(State(state): State<AppState>) -> Response {
-    let hosts = match state.store.ping().await {
-        Ok(()) => state.store.list_hosts().await,
-        Err(e) => Err(e),
-    };
-    match hosts {
+    match state.hosts.health().await {
         Ok(hosts) => {
             let count = |s: HostState| hosts.iter().filter(|h| h.state == s).count() as u64;
             Json(HealthResponse {

@@ -31,7 +31,11 @@ pub async fn metrics(State(state): State<AppState>, req: Request) -> Response {
     }
     match state.hosts.list().await {
         Ok(list) => {
-            if let Err(e) = state.metrics.refresh(&*state.store, &list.hosts).await {
+            if let Err(e) = state
+                .hosts
+                .refresh_metrics(&state.metrics, &list.hosts)
+                .await
+            {
                 tracing::warn!(error = %e, "metrics: the fleet gauges could not be read");
             }
         }

@@ -43,13 +43,13 @@ use crate::ansible::playbooks::PlaybookService;
 use crate::ansible::verify::Verifier;
 use crate::fleet::hosts::HostService;
 use crate::governance::approvals::ApprovalService;
+use crate::governance::audit::AuditService;
 use crate::governance::auth::Authenticator;
 use crate::network::egress::EgressService;
 use crate::network::requests::EgressGate;
 use crate::sandboxes::SandboxService;
 use crate::sandboxes::diffs::DiffService;
 use crate::sandboxes::snapshots::SnapshotService;
-use crate::store::Store;
 use crate::work::access::AccessService;
 use crate::work::attach::AttachService;
 use crate::work::commands::CommandService;
@@ -59,7 +59,6 @@ use error::ApiError;
 /// What handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Arc<dyn Store>,
     pub sandboxes: Arc<SandboxService>,
     pub hosts: Arc<HostService>,
     pub commands: Arc<CommandService>,
@@ -68,6 +67,7 @@ pub struct AppState {
     pub attach: Arc<AttachService>,
     pub auth: Arc<Authenticator>,
     pub approvals: Arc<ApprovalService>,
+    pub audit: Arc<AuditService>,
     pub egress: Arc<EgressService>,
     pub egress_gate: Arc<EgressGate>,
     pub snapshots: Arc<SnapshotService>,

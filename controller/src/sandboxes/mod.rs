@@ -11,6 +11,7 @@ pub mod snapshots;
 use std::sync::Arc;
 
 use chrono::Utc;
+use fluid_client::governance::SandboxMode;
 use fluid_client::types::{
     CreateSandboxRequest, CreateSandboxResponse, DestroySandboxResponse, GetSandboxResponse,
     HostState, ListSandboxesResponse, SandboxIpResponse, SandboxState, StartSandboxResponse,
@@ -28,7 +29,7 @@ use crate::governance::auth::{self, Caller, Permission};
 use crate::metrics::Metrics;
 use crate::sandboxes::overcommit::{CreateOutcome, OvercommitGate};
 use crate::scheduler::{self, Placement, ScheduleError};
-use crate::store::{SandboxFilter, SandboxRecord, SandboxUpdate, Store};
+use crate::store::{NewAuditEvent, SandboxFilter, SandboxRecord, SandboxUpdate, Store};
 use crate::support::ids::{check_agent_id, new_id};
 
 /// Longest TTL a sandbox may ask for (30 days).
@@ -112,18 +113,38 @@ impl SandboxService {
             .ok_or_else(|| ServiceError::NotFound(format!("sandbox {id} not found")))
     }
 
-    /// The sandbox `id`, once `caller` may do `p` on it: role, ownership, read-only
-    /// mode. A sandbox that does not exist is NotFound, after the role check, so a role
-    /// without the permission learns nothing. Every edge (REST, gRPC) asks this.
+    /// The sandbox `id`, once `caller` may do `p` on it ([`auth::authorized_sandbox`]).
+    /// Every edge (REST, gRPC) asks this.
     pub async fn authorized(
         &self,
         caller: &Caller,
         id: &SandboxId,
         p: Permission,
     ) -> Result<SandboxRecord, ServiceError> {
-        auth::check(caller, p)?;
-        let sb = self.row(id).await?;
-        auth::check_sandbox(caller, p, &sb)?;
+        auth::authorized_sandbox(&*self.store, caller, id, p).await
+    }
+
+    /// Sets the sandbox's mode (read-only or read-write) as `caller` (`SetMode`), with
+    /// an audit event of kind `mode`.
+    pub async fn set_mode(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+        mode: SandboxMode,
+    ) -> Result<SandboxRecord, ServiceError> {
+        self.authorized(caller, id, Permission::SetMode).await?;
+        let read_only = mode == SandboxMode::ReadOnly;
+        let sb = self
+            .store
+            .set_sandbox_read_only(id.as_str(), read_only, Utc::now())
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("sandbox {id} not found")))?;
+        let event = NewAuditEvent::system("mode", mode.as_str(), mode.as_str())
+            .sandbox(sb.id.clone())
+            .by(&caller.name, caller.role.as_str());
+        if let Err(e) = self.store.append_audit(&event).await {
+            tracing::error!(error = %e, "appending a mode audit event");
+        }
         Ok(sb)
     }
 
