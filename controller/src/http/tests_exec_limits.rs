@@ -149,7 +149,10 @@ async fn past_the_limit_a_command_gets_429_with_retry_after_and_the_others_finis
     }
     assert_eq!(app.state.commands.running(&id), 0);
     let rows = app.store.list_commands(&id, 10, 0).await.expect("list").0;
-    assert!(rows.iter().all(|r| r.status == "completed"), "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r.status.as_str() == "completed"),
+        "{rows:?}"
+    );
     // A slot is free again.
     gate.add_permits(1);
     let (s, _) = app
@@ -177,7 +180,7 @@ async fn the_agents_ceiling_is_a_429_too_and_audited_as_denied() {
     assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
     let rows = app.store.list_commands(&id, 10, 0).await.expect("list").0;
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].status, "denied");
+    assert_eq!(rows[0].status.as_str(), "denied");
     assert!(
         rows[0]
             .error

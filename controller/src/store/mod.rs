@@ -34,6 +34,7 @@
 //! Migrations live per dialect in `controller/migrations/`.
 
 mod audit_rows;
+mod command_status;
 mod dialect;
 pub mod egress;
 mod playbook_rows;
@@ -54,6 +55,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use fluid_client::types::{AccessCertificate, Command, HostState, Sandbox, SandboxState};
 
+pub use command_status::{CommandStatus, UnknownCommandStatus};
 pub use egress::{EMPTY_EGRESS_JSON, EgressStore, EgressWrite};
 pub use playbooks::{
     JobFilter, JobRecord, JobUpdate, PlaybookRecord, PlaybookStore, TaskRecord, TaskWrite,
@@ -271,8 +273,7 @@ pub struct CommandRecord {
     pub workdir: Option<String>,
     /// The environment, secret-looking values redacted.
     pub env_json: String,
-    /// `running completed failed lost interrupted denied`.
-    pub status: String,
+    pub status: CommandStatus,
     pub stdout: String,
     pub stderr: String,
     pub exit_code: Option<i32>,
@@ -301,7 +302,7 @@ impl CommandRecord {
             user: self.user.clone(),
             workdir: self.workdir.clone(),
             duration_ms: self.duration_ms,
-            status: self.status.clone(),
+            status: self.status.as_str().to_owned(),
             kind: self.kind.clone(),
             agent_id: self.agent_id.clone(),
             error: self.error.clone(),
@@ -312,7 +313,7 @@ impl CommandRecord {
 /// How a running command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandEnd {
-    pub status: String,
+    pub status: CommandStatus,
     pub stdout: String,
     pub stderr: String,
     pub exit_code: Option<i32>,

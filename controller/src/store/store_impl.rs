@@ -14,8 +14,8 @@ use super::rows::{self, HostRow, OneUsageRow, SandboxRow, UsageRow};
 use super::trust_impl::append_in_tx;
 use super::trust_rows;
 use super::{
-    Beat, CertRecord, CommandEnd, CommandRecord, EgressStore, HostRecord, HostUsage, LoopKey,
-    LoopLock, PlaybookStore, Reservation, ReserveError, SandboxFilter, SandboxRecord,
+    Beat, CertRecord, CommandEnd, CommandRecord, CommandStatus, EgressStore, HostRecord, HostUsage,
+    LoopKey, LoopLock, PlaybookStore, Reservation, ReserveError, SandboxFilter, SandboxRecord,
     SandboxUpdate, SnapshotStore, Store, StoreError, TrustStore, check_room,
 };
 
@@ -293,7 +293,7 @@ where
             .bind(&c.user)
             .bind(&c.workdir)
             .bind(&c.env_json)
-            .bind(&c.status)
+            .bind(c.status.as_str())
             .bind(&c.stdout)
             .bind(&c.stderr)
             .bind(c.exit_code.map(i64::from))
@@ -303,7 +303,7 @@ where
             .bind(c.started_at)
             .bind(c.ended_at)
             .bind(c.duration_ms.map(|d| i64::try_from(d).unwrap_or(i64::MAX)));
-        if c.status == "running" {
+        if c.status == CommandStatus::Running {
             // Audited when it ends (finish_command, interrupt_running_commands).
             insert.execute(self.pool()).await.map_err(conflict)?;
             return Ok(());
@@ -323,7 +323,7 @@ where
         let mut tx = self.begin_chain().await?;
         let row: Option<CommandRow> = sqlx::query_as(audit_rows::FINISH_COMMAND)
             .bind(id)
-            .bind(&end.status)
+            .bind(end.status.as_str())
             .bind(&end.stdout)
             .bind(&end.stderr)
             .bind(end.exit_code.map(i64::from))
@@ -341,7 +341,7 @@ where
             tx.rollback().await?;
             return Ok(None);
         };
-        let rec = CommandRecord::from(row);
+        let rec = CommandRecord::try_from(row)?;
         append_in_tx::<D>(&mut tx, &trust_rows::command_event(&rec)).await?;
         tx.commit().await?;
         Ok(Some(rec))
@@ -352,7 +352,7 @@ where
             .bind(id)
             .fetch_optional(self.pool())
             .await?;
-        Ok(row.map(CommandRecord::from))
+        row.map(CommandRecord::try_from).transpose()
     }
 
     async fn list_commands(
@@ -372,7 +372,9 @@ where
             .fetch_one(self.pool())
             .await?;
         Ok((
-            rs.into_iter().map(CommandRecord::from).collect(),
+            rs.into_iter()
+                .map(CommandRecord::try_from)
+                .collect::<Result<_, _>>()?,
             total.max(0) as u64,
         ))
     }
@@ -383,7 +385,10 @@ where
             .bind(now)
             .fetch_all(&mut *tx)
             .await?;
-        let mut interrupted: Vec<CommandRecord> = rs.into_iter().map(CommandRecord::from).collect();
+        let mut interrupted = rs
+            .into_iter()
+            .map(CommandRecord::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
         interrupted.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
         for c in &interrupted {
             append_in_tx::<D>(&mut tx, &trust_rows::command_event(c)).await?;

@@ -528,7 +528,7 @@ async fn commands_and_certificates(store: Arc<dyn Store>) {
         user: "root".into(),
         workdir: Some("/tmp".into()),
         env_json: "{}".into(),
-        status: "running".into(),
+        status: CommandStatus::Running,
         stdout: String::new(),
         stderr: String::new(),
         exit_code: None,
@@ -541,7 +541,7 @@ async fn commands_and_certificates(store: Arc<dyn Store>) {
     };
     store.insert_command(&rec).await.expect("insert");
     let end = CommandEnd {
-        status: "completed".into(),
+        status: CommandStatus::Completed,
         stdout: "hi\n".into(),
         stderr: String::new(),
         exit_code: Some(0),
@@ -583,7 +583,7 @@ async fn commands_and_certificates(store: Arc<dyn Store>) {
         .await
         .expect("get")
         .expect("exists");
-    assert_eq!(c.status, "interrupted");
+    assert_eq!(c.status, CommandStatus::Interrupted);
     assert!(c.ended_at.is_some());
     let (page, total) = store.list_commands(&sbx.id, 1, 0).await.expect("list");
     assert_eq!(total, 2);

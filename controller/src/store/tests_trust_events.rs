@@ -144,7 +144,7 @@ fn command(id: &str, sandbox_id: &str, status: &str, text: &str) -> CommandRecor
         user: "root".into(),
         workdir: None,
         env_json: "{}".into(),
-        status: status.into(),
+        status: CommandStatus::parse(status).expect("a command status"),
         stdout: String::new(),
         stderr: if status == "denied" {
             "refused by policy".into()
@@ -186,7 +186,7 @@ async fn commands_are_audited(store: Arc<dyn Store>, _raw: &Raw) {
         "a running command is audited when it ends"
     );
     let end = CommandEnd {
-        status: "completed".into(),
+        status: CommandStatus::Completed,
         stdout: "hi\n".into(),
         stderr: "warn\n".into(),
         exit_code: Some(0),

@@ -267,7 +267,7 @@ pub(super) fn state_event(from: SandboxState, row: &SandboxRecord) -> NewAuditEv
 pub(super) fn command_event(c: &CommandRecord) -> NewAuditEvent {
     let outcome = match c.exit_code {
         Some(code) => format!("exit {code}"),
-        None => c.status.clone(),
+        None => c.status.as_str().to_owned(),
     };
     let action: String = c.command.chars().take(COMMAND_ACTION_MAX).collect();
     NewAuditEvent::system("command", action, outcome)
