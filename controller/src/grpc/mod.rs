@@ -36,6 +36,7 @@ use crate::governance::auth::{self, Caller, Permission};
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::store::{ApprovalFilter, ApprovalRecord, NewAuditEvent, SandboxRecord};
+use crate::support::ids::ApprovalId;
 use crate::work::commands::LiveEvent;
 
 /// The gRPC status of a REST error.
@@ -286,24 +287,27 @@ impl Approvals for PublicApi {
     ) -> Result<Response<api::ApprovalSummary>, Status> {
         let caller = caller_of(&self.state, &request).await?;
         let r = request.into_inner();
-        let result = self
-            .state
-            .approvals
-            .decide(&caller, &r.approval_id, r.approve, non_empty(r.comment))
-            .await;
+        let id = ApprovalId::parse("id", &r.approval_id);
+        let result = match &id {
+            Ok(id) => {
+                self.state
+                    .approvals
+                    .decide(&caller, id, r.approve, non_empty(r.comment))
+                    .await
+            }
+            // As the service would: the permission is checked before the id.
+            Err(bad) => Err(match auth::check(&caller, Permission::Decide) {
+                Ok(()) => ServiceError::from(bad.clone()),
+                Err(e) => ServiceError::Forbidden(e.to_string()),
+            }),
+        };
         let outcome = match &result {
             Ok(a) => a.status.as_str().to_owned(),
             Err(e) => format!("refused: {e}"),
         };
-        if crate::governance::approvals::check_id(&r.approval_id).is_ok() {
-            let audited = audit_call(
-                &self.state,
-                &caller,
-                "Decide",
-                Some(&r.approval_id),
-                &outcome,
-            )
-            .await;
+        if let Ok(id) = &id {
+            let audited =
+                audit_call(&self.state, &caller, "Decide", Some(id.as_str()), &outcome).await;
             // A refusal is answered only once recorded; a decision that was taken stays
             // taken (the approval row and its own event are the record).
             if result.is_err() {
