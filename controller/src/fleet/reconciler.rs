@@ -292,7 +292,7 @@ mod tests {
         store
             .reserve(&Reservation {
                 id: "SBX-lost00000001".into(),
-                job_id: "JOB-x".into(),
+                legacy_job_id: "JOB-x".into(),
                 agent_id: "a".into(),
                 sandbox_name: "lost".into(),
                 base_image: "debian-12".into(),

@@ -73,7 +73,7 @@ mod tests {
         state.hosts.beat_all().await.expect("beat");
         let reserve = |id: &str, name: &str, ttl: i64| Reservation {
             id: id.into(),
-            job_id: "JOB-x".into(),
+            legacy_job_id: "JOB-x".into(),
             agent_id: "a".into(),
             sandbox_name: name.into(),
             base_image: "debian-12".into(),

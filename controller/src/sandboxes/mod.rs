@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::sandboxes::overcommit::{CreateOutcome, OvercommitGate};
 use crate::scheduler::{self, Placement, ScheduleError};
 use crate::store::{SandboxFilter, SandboxRecord, SandboxUpdate, Store};
-use crate::support::ids::{check_agent_id, new_id};
+use crate::support::ids::{LegacyJobId, check_agent_id, new_id};
 
 /// Longest TTL a sandbox may ask for (30 days).
 pub const TTL_MAX_SECONDS: i64 = 30 * 24 * 3600;
@@ -204,7 +204,7 @@ impl SandboxService {
         };
         let placement = Placement {
             id: id.to_string(),
-            job_id: new_id("JOB-"),
+            legacy_job_id: LegacyJobId::generate(),
             agent_id: req.agent_id.clone(),
             sandbox_name: name.to_string(),
             image: image.to_string(),

@@ -55,6 +55,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use fluid_client::types::{AccessCertificate, Command, HostState, Sandbox, SandboxState};
 
+use crate::support::ids::LegacyJobId;
+
 pub use command_status::{CommandStatus, UnknownCommandStatus};
 pub use egress::{EMPTY_EGRESS_JSON, EgressStore, EgressWrite};
 pub use playbooks::{
@@ -186,7 +188,8 @@ pub struct Beat {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxRecord {
     pub id: String,
-    pub job_id: String,
+    /// Wire and column `job_id`.
+    pub legacy_job_id: LegacyJobId,
     pub agent_id: String,
     pub sandbox_name: String,
     pub base_image: String,
@@ -212,7 +215,7 @@ impl SandboxRecord {
     pub fn to_api(&self) -> Sandbox {
         Sandbox {
             id: self.id.clone(),
-            job_id: self.job_id.clone(),
+            job_id: self.legacy_job_id.to_string(),
             agent_id: self.agent_id.clone(),
             sandbox_name: self.sandbox_name.clone(),
             base_image: self.base_image.clone(),
@@ -234,7 +237,7 @@ impl SandboxRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reservation {
     pub id: String,
-    pub job_id: String,
+    pub legacy_job_id: LegacyJobId,
     pub agent_id: String,
     pub sandbox_name: String,
     pub base_image: String,
@@ -360,7 +363,8 @@ impl CertRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SandboxFilter {
     pub agent_id: Option<String>,
-    pub job_id: Option<String>,
+    /// Query `job_id`.
+    pub legacy_job_id: Option<LegacyJobId>,
     pub base_image: Option<String>,
     pub state: Option<SandboxState>,
     pub sandbox_name: Option<String>,

@@ -188,7 +188,7 @@ impl TryFrom<SandboxRow> for SandboxRecord {
             .ok_or_else(|| StoreError::Corrupt(format!("sandbox {}: state {:?}", r.id, r.state)))?;
         Ok(Self {
             id: r.id,
-            job_id: r.job_id,
+            legacy_job_id: r.job_id.into(),
             agent_id: r.agent_id,
             sandbox_name: r.sandbox_name,
             base_image: r.base_image,

@@ -18,6 +18,7 @@ use super::{
     LoopKey, LoopLock, PlaybookStore, Reservation, ReserveError, SandboxFilter, SandboxRecord,
     SandboxUpdate, SnapshotStore, Store, StoreError, TrustStore, check_room,
 };
+use crate::support::ids::LegacyJobId;
 
 #[async_trait]
 impl<D> Store for D
@@ -169,7 +170,7 @@ where
         }
         let row: SandboxRow = sqlx::query_as(rows::INSERT_SANDBOX)
             .bind(&r.id)
-            .bind(&r.job_id)
+            .bind(r.legacy_job_id.as_str())
             .bind(&r.agent_id)
             .bind(&r.sandbox_name)
             .bind(&r.base_image)
@@ -205,7 +206,7 @@ where
         let state = f.state.map(|s| s.as_str());
         let rs: Vec<SandboxRow> = sqlx::query_as(rows::LIST_SANDBOXES)
             .bind(&f.agent_id)
-            .bind(&f.job_id)
+            .bind(f.legacy_job_id.as_ref().map(LegacyJobId::as_str))
             .bind(&f.base_image)
             .bind(state)
             .bind(&f.sandbox_name)
@@ -215,7 +216,7 @@ where
             .await?;
         let (total,): (i64,) = sqlx::query_as(rows::COUNT_SANDBOXES)
             .bind(&f.agent_id)
-            .bind(&f.job_id)
+            .bind(f.legacy_job_id.as_ref().map(LegacyJobId::as_str))
             .bind(&f.base_image)
             .bind(state)
             .bind(&f.sandbox_name)

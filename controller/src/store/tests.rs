@@ -122,7 +122,7 @@ pub(crate) async fn beat(store: &dyn Store, name: &str, cpus: u32, mem: u64, ima
 pub(crate) fn reservation(i: usize, host: &str, cpu: u32, mem: u64) -> Reservation {
     Reservation {
         id: format!("SBX-t{i:09}"),
-        job_id: format!("JOB-t{i:09}"),
+        legacy_job_id: format!("JOB-t{i:09}").into(),
         agent_id: if i.is_multiple_of(2) { "even" } else { "odd" }.into(),
         sandbox_name: format!("vm-{i}"),
         base_image: "debian-12".into(),

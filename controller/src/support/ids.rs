@@ -106,11 +106,57 @@ controller_id!(
 );
 
 controller_id!(
-    /// An Ansible job (a playbook run or a verify): `JOB-…`.
+    /// An Ansible job (a playbook run or a verify): `JOB-…`. Not a sandbox's
+    /// [`LegacyJobId`], which only shares the prefix.
     JobId,
     "JOB-",
     "a job id"
 );
+
+/// A sandbox's `job_id` (the wire name, kept from fluid-remote v1): `JOB-…`, a label
+/// of the create request that made the sandbox. It is not an Ansible job ([`JobId`]):
+/// the two share the prefix and nothing else. Opaque text: the controller makes it,
+/// stores it and compares it (the sandbox list's `job_id` filter), never looks it up.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LegacyJobId(String);
+
+impl LegacyJobId {
+    pub const PREFIX: &'static str = "JOB-";
+
+    /// A new random one, for a sandbox being created.
+    pub fn generate() -> Self {
+        Self(new_id(Self::PREFIX))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// As stored, or as a list filter asks for it.
+impl From<String> for LegacyJobId {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl From<&str> for LegacyJobId {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl From<LegacyJobId> for String {
+    fn from(id: LegacyJobId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for LegacyJobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 #[cfg(test)]
 mod tests {
