@@ -354,7 +354,7 @@ impl JobService {
             let (rows, _) = self
                 .store
                 .list_sandboxes(&SandboxFilter {
-                    sandbox_name: Some(vm.to_owned()),
+                    name: Some(vm.to_owned()),
                     limit: 100,
                     ..Default::default()
                 })

@@ -193,7 +193,7 @@ impl Sandboxes for PublicApi {
         Ok(Response::new(api::SandboxSummary {
             id: sb.id,
             agent_id: sb.agent_id,
-            sandbox_name: sb.sandbox_name,
+            sandbox_name: sb.name,
             state: sb.state.as_str().to_owned(),
             ip_address: sb.ip_address.unwrap_or_default(),
             host_name: sb.host_name.unwrap_or_default(),

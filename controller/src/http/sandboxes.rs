@@ -81,9 +81,9 @@ impl ListParams {
         Ok(SandboxFilter {
             agent_id: nonempty(self.agent_id),
             legacy_job_id: nonempty(self.job_id).map(LegacyJobId::from),
-            base_image: nonempty(self.base_image),
+            image: nonempty(self.base_image),
             state,
-            sandbox_name: nonempty(self.vm_name),
+            name: nonempty(self.vm_name),
             limit,
             offset: self.offset.unwrap_or(0),
         })

@@ -206,7 +206,7 @@ impl SandboxService {
             id: id.to_string(),
             legacy_job_id: LegacyJobId::generate(),
             agent_id: req.agent_id.clone(),
-            sandbox_name: name.to_string(),
+            name: name.to_string(),
             image: image.to_string(),
             cpus,
             memory_mb,
@@ -488,8 +488,8 @@ impl SandboxService {
         let row = self.row(id).await?;
         let body = |r: &SandboxRecord| DestroySandboxResponse {
             state: SandboxState::Destroyed,
-            base_image: r.base_image.clone(),
-            sandbox_name: r.sandbox_name.clone(),
+            base_image: r.image.clone(),
+            sandbox_name: r.name.clone(),
             ttl_seconds: r.ttl_seconds,
         };
         if row.state == SandboxState::Destroyed {

@@ -191,14 +191,18 @@ pub struct SandboxRecord {
     /// Wire and column `job_id`.
     pub legacy_job_id: LegacyJobId,
     pub agent_id: String,
-    pub sandbox_name: String,
-    pub base_image: String,
+    /// The VM's name on its host (wire `sandbox_name`, column `sandbox_name`).
+    pub name: String,
+    /// What it was made from (wire and column `base_image`; `source_vm_name` in a
+    /// create request).
+    pub image: String,
     pub network: String,
     pub ip_address: Option<String>,
     pub state: SandboxState,
     pub ttl_seconds: Option<i64>,
     pub host_name: Option<String>,
-    pub cpu: u32,
+    /// vCPUs (wire and column `cpu`).
+    pub cpus: u32,
     pub memory_mb: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -217,8 +221,8 @@ impl SandboxRecord {
             id: self.id.clone(),
             job_id: self.legacy_job_id.to_string(),
             agent_id: self.agent_id.clone(),
-            sandbox_name: self.sandbox_name.clone(),
-            base_image: self.base_image.clone(),
+            sandbox_name: self.name.clone(),
+            base_image: self.image.clone(),
             network: self.network.clone(),
             ip_address: self.ip_address.clone(),
             state: self.state,
@@ -226,7 +230,7 @@ impl SandboxRecord {
             created_at: self.created_at,
             updated_at: self.updated_at,
             host_name: self.host_name.clone(),
-            cpu: self.cpu,
+            cpu: self.cpus,
             memory_mb: self.memory_mb,
             read_only: self.read_only,
         }
@@ -239,11 +243,11 @@ pub struct Reservation {
     pub id: String,
     pub legacy_job_id: LegacyJobId,
     pub agent_id: String,
-    pub sandbox_name: String,
-    pub base_image: String,
+    pub name: String,
+    pub image: String,
     pub ttl_seconds: Option<i64>,
     pub host_name: String,
-    pub cpu: u32,
+    pub cpus: u32,
     pub memory_mb: u64,
     pub cpu_overcommit_ratio: f64,
     /// A human approved placing it beyond the host's capacity: skip the room check (the
@@ -365,9 +369,11 @@ pub struct SandboxFilter {
     pub agent_id: Option<String>,
     /// Query `job_id`.
     pub legacy_job_id: Option<LegacyJobId>,
-    pub base_image: Option<String>,
+    /// Query `base_image`.
+    pub image: Option<String>,
     pub state: Option<SandboxState>,
-    pub sandbox_name: Option<String>,
+    /// Query `vm_name`.
+    pub name: Option<String>,
     pub limit: u32,
     pub offset: u64,
 }

@@ -162,7 +162,7 @@ where
             check_room(
                 &host,
                 usage.into(),
-                r.cpu,
+                r.cpus,
                 r.memory_mb,
                 r.cpu_overcommit_ratio,
             )
@@ -172,17 +172,17 @@ where
             .bind(&r.id)
             .bind(r.legacy_job_id.as_str())
             .bind(&r.agent_id)
-            .bind(&r.sandbox_name)
-            .bind(&r.base_image)
+            .bind(&r.name)
+            .bind(&r.image)
             .bind(r.ttl_seconds)
             .bind(&r.host_name)
-            .bind(i64::from(r.cpu))
+            .bind(i64::from(r.cpus))
             .bind(r.memory_mb as i64)
             .bind(r.now)
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| match rows::unique_or(e, String::new) {
-                StoreError::Conflict(_) => ReserveError::DuplicateName(r.sandbox_name.clone()),
+                StoreError::Conflict(_) => ReserveError::DuplicateName(r.name.clone()),
                 other => ReserveError::Store(other),
             })?;
         let rec = SandboxRecord::try_from(row)?;
@@ -207,9 +207,9 @@ where
         let rs: Vec<SandboxRow> = sqlx::query_as(rows::LIST_SANDBOXES)
             .bind(&f.agent_id)
             .bind(f.legacy_job_id.as_ref().map(LegacyJobId::as_str))
-            .bind(&f.base_image)
+            .bind(&f.image)
             .bind(state)
-            .bind(&f.sandbox_name)
+            .bind(&f.name)
             .bind(i64::from(f.limit))
             .bind(i64::try_from(f.offset).unwrap_or(i64::MAX))
             .fetch_all(self.pool())
@@ -217,9 +217,9 @@ where
         let (total,): (i64,) = sqlx::query_as(rows::COUNT_SANDBOXES)
             .bind(&f.agent_id)
             .bind(f.legacy_job_id.as_ref().map(LegacyJobId::as_str))
-            .bind(&f.base_image)
+            .bind(&f.image)
             .bind(state)
-            .bind(&f.sandbox_name)
+            .bind(&f.name)
             .fetch_one(self.pool())
             .await?;
         Ok((rows::sandboxes(rs)?, total.max(0) as u64))

@@ -341,7 +341,7 @@ async fn overcommit_reservation(store: Arc<dyn Store>, _raw: &Raw) {
         ..reservation(1, "h1", 8, 4096)
     };
     let r = s.reserve(&approved).await.expect("approved over-commit");
-    assert_eq!((r.cpu, r.memory_mb), (8, 4096));
+    assert_eq!((r.cpus, r.memory_mb), (8, 4096));
     let events = audit(
         s,
         AuditFilter {
@@ -367,7 +367,7 @@ async fn overcommit_reservation(store: Arc<dyn Store>, _raw: &Raw) {
         ..reservation(2, "h1", 1, 128)
     };
     let dup = Reservation {
-        sandbox_name: r.sandbox_name.clone(),
+        name: r.name.clone(),
         ..dup
     };
     let e = s.reserve(&dup).await.expect_err("dup name");

@@ -243,7 +243,7 @@ pub(super) fn created_event(r: &Reservation) -> NewAuditEvent {
         .sandbox(r.id.clone())
         .details(serde_json::json!({
             "host": r.host_name,
-            "cpu": r.cpu,
+            "cpu": r.cpus,
             "memory_mb": r.memory_mb,
             "agent_id": r.agent_id,
             "allow_overcommit": r.allow_overcommit,
