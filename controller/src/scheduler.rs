@@ -15,14 +15,15 @@ use crate::store::{
     HostRecord, HostUsage, Reservation, ReserveError, SandboxRecord, Store, StoreError, check_room,
     free_memory,
 };
+use crate::support::ids::LegacyJobId;
 
 /// What a sandbox needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Placement {
     pub id: String,
-    pub job_id: String,
+    pub legacy_job_id: LegacyJobId,
     pub agent_id: String,
-    pub sandbox_name: String,
+    pub name: String,
     pub image: String,
     pub cpus: u32,
     pub memory_mb: u64,
@@ -41,13 +42,13 @@ impl Placement {
     ) -> Reservation {
         Reservation {
             id: self.id.clone(),
-            job_id: self.job_id.clone(),
+            legacy_job_id: self.legacy_job_id.clone(),
             agent_id: self.agent_id.clone(),
-            sandbox_name: self.sandbox_name.clone(),
-            base_image: self.image.clone(),
+            name: self.name.clone(),
+            image: self.image.clone(),
             ttl_seconds: self.ttl_seconds,
             host_name: host.to_owned(),
-            cpu: self.cpus,
+            cpus: self.cpus,
             memory_mb: self.memory_mb,
             cpu_overcommit_ratio: ratio,
             now,
@@ -228,9 +229,9 @@ mod tests {
     fn placement(i: usize, image: &str, cpus: u32, mem: u64) -> Placement {
         Placement {
             id: format!("SBX-test{i:06}"),
-            job_id: format!("JOB-test{i:06}"),
+            legacy_job_id: format!("JOB-test{i:06}").into(),
             agent_id: "agent".into(),
-            sandbox_name: format!("vm-{i}"),
+            name: format!("vm-{i}"),
             image: image.into(),
             cpus,
             memory_mb: mem,

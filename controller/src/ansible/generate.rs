@@ -171,7 +171,7 @@ impl Generator {
         tasks.extend(generated.handlers);
         let source = PlaybookSource {
             sandbox_id: sb.id.clone(),
-            base_image: sb.base_image.clone(),
+            base_image: sb.image.clone(),
             from_snapshot: from,
             to_snapshot: to,
             diff_id: stored.diff.id.clone(),

@@ -47,7 +47,7 @@ use crate::store::{
     JobFilter, JobRecord, JobUpdate, NewAuditEvent, SandboxFilter, SandboxRecord, Store,
 };
 use crate::support::hash::sha256_hex;
-use crate::support::ids::new_id;
+use crate::support::ids::JobId;
 use crate::work::ssh_ca::SshCa;
 use live::{JobEvent, JobHubs};
 use runner::PlaybookRunner;
@@ -158,22 +158,6 @@ pub fn check_runnable_hosts(playbook: &str, hosts: &str) -> Result<(), ServiceEr
         "playbook {playbook:?} is for hosts {hosts:?}, but a job runs it on its target's \
          hosts as the group `all`: set the playbook's hosts to all"
     )))
-}
-
-/// `JOB-` and 10 lowercase letters or digits.
-pub fn check_job_id(id: &str) -> Result<(), ServiceError> {
-    let ok = id.strip_prefix("JOB-").is_some_and(|r| {
-        r.len() == 10
-            && r.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(ServiceError::Invalid(format!(
-            "job_id: {id:?} is not a job id (JOB-xxxxxxxxxx)"
-        )))
-    }
 }
 
 pub struct JobService {
@@ -311,7 +295,7 @@ impl JobService {
         yaml: String,
     ) -> JobRecord {
         JobRecord {
-            id: new_id("JOB-"),
+            id: JobId::generate().into(),
             kind: kind.into(),
             playbook: playbook.into(),
             vm_name: vm_name.into(),
@@ -371,7 +355,7 @@ impl JobService {
             let (rows, _) = self
                 .store
                 .list_sandboxes(&SandboxFilter {
-                    sandbox_name: Some(vm.to_owned()),
+                    name: Some(vm.to_owned()),
                     limit: 100,
                     ..Default::default()
                 })
@@ -394,8 +378,20 @@ impl JobService {
     }
 
     /// A job the caller may see (a scoped caller: only its agent's).
-    pub async fn get(&self, caller: &Caller, id: &str) -> Result<JobRecord, ServiceError> {
-        check_job_id(id)?;
+    pub async fn get(&self, caller: &Caller, id: &JobId) -> Result<JobRecord, ServiceError> {
+        self.load(caller, id.as_str()).await
+    }
+
+    /// `job` as it is now.
+    pub async fn reload(
+        &self,
+        caller: &Caller,
+        job: &JobRecord,
+    ) -> Result<JobRecord, ServiceError> {
+        self.load(caller, &job.id).await
+    }
+
+    async fn load(&self, caller: &Caller, id: &str) -> Result<JobRecord, ServiceError> {
         let job = self
             .store
             .get_job(id)

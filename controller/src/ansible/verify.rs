@@ -279,7 +279,7 @@ impl Verifier {
             source_vm_name: source.base_image.clone(),
             agent_id: VERIFY_AGENT_ID.into(),
             vm_name: Some(format!("verify-{}", job.id.trim_start_matches("JOB-"))),
-            cpu: Some(src.cpu),
+            cpu: Some(src.cpus),
             memory_mb: Some(src.memory_mb),
             // A safety net: the janitor removes it should this controller die.
             ttl_seconds: Some(i64::try_from(ttl).unwrap_or(i64::MAX)),

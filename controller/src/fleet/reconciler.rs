@@ -292,13 +292,13 @@ mod tests {
         store
             .reserve(&Reservation {
                 id: "SBX-lost00000001".into(),
-                job_id: "JOB-x".into(),
+                legacy_job_id: "JOB-x".into(),
                 agent_id: "a".into(),
-                sandbox_name: "lost".into(),
-                base_image: "debian-12".into(),
+                name: "lost".into(),
+                image: "debian-12".into(),
                 ttl_seconds: None,
                 host_name: "kvm-1".into(),
-                cpu: 1,
+                cpus: 1,
                 memory_mb: 128,
                 cpu_overcommit_ratio: 4.0,
                 allow_overcommit: false,

@@ -20,7 +20,7 @@ use crate::error::ServiceError;
 use crate::governance::auth::{self, Caller, Permission};
 use crate::governance::webhook::Webhook;
 use crate::store::{ApprovalFilter, ApprovalRecord, Decided, NewAuditEvent, Store, StoreError};
-use crate::support::ids::new_id;
+use crate::support::ids::ApprovalId;
 
 /// How often a waiter re-reads its request (decisions made on another replica).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -127,7 +127,7 @@ impl ApprovalService {
         }
         let now = Utc::now();
         let rec = ApprovalRecord {
-            id: new_id("APR-"),
+            id: ApprovalId::generate().into(),
             kind: req.kind,
             requested_by: req.requester.name.clone(),
             agent_id: req.requester.agent_id.clone(),
@@ -152,8 +152,12 @@ impl ApprovalService {
         Ok(rec)
     }
 
-    pub async fn get(&self, id: &str) -> Result<ApprovalRecord, ServiceError> {
-        check_id(id)?;
+    pub async fn get(&self, id: &ApprovalId) -> Result<ApprovalRecord, ServiceError> {
+        self.load(id.as_str()).await
+    }
+
+    /// A request by the id its record holds.
+    async fn load(&self, id: &str) -> Result<ApprovalRecord, ServiceError> {
         self.store
             .get_approval(id)
             .await?
@@ -161,7 +165,11 @@ impl ApprovalService {
     }
 
     /// A request the caller may see (its own, when the caller is scoped).
-    pub async fn get_for(&self, caller: &Caller, id: &str) -> Result<ApprovalRecord, ServiceError> {
+    pub async fn get_for(
+        &self,
+        caller: &Caller,
+        id: &ApprovalId,
+    ) -> Result<ApprovalRecord, ServiceError> {
         let rec = self.get(id).await?;
         if caller.scope().is_some() {
             auth::check_owner(
@@ -189,13 +197,12 @@ impl ApprovalService {
     pub async fn decide(
         &self,
         caller: &Caller,
-        id: &str,
+        id: &ApprovalId,
         approve: bool,
         comment: Option<String>,
     ) -> Result<ApprovalRecord, ServiceError> {
         auth::check(caller, Permission::Decide)
             .map_err(|e| ServiceError::Forbidden(e.to_string()))?;
-        check_id(id)?;
         let comment = comment
             .map(|c| c.trim().to_owned())
             .filter(|c| !c.is_empty());
@@ -212,7 +219,7 @@ impl ApprovalService {
         match self
             .store
             .decide_approval(
-                id,
+                id.as_str(),
                 status,
                 Some(&caller.name),
                 comment.as_deref(),
@@ -270,7 +277,7 @@ impl ApprovalService {
     pub async fn wait(&self, id: &str) -> Result<ApprovalRecord, ServiceError> {
         let mut decided = self.decided.subscribe();
         loop {
-            let rec = self.get(id).await?;
+            let rec = self.load(id).await?;
             if rec.status != ApprovalStatus::Pending {
                 return Ok(rec);
             }
@@ -306,22 +313,6 @@ impl ApprovalService {
 
 fn until(at: DateTime<Utc>) -> Duration {
     (at - Utc::now()).to_std().unwrap_or(Duration::ZERO)
-}
-
-/// `APR-` and 10 lowercase letters or digits.
-pub fn check_id(id: &str) -> Result<(), ServiceError> {
-    let ok = id.strip_prefix("APR-").is_some_and(|r| {
-        r.len() == 10
-            && r.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(ServiceError::Invalid(format!(
-            "id: {id:?} is not an approval id (APR-xxxxxxxxxx)"
-        )))
-    }
 }
 
 /// The reason a request ended without approval, for answers like the ask's.

@@ -37,6 +37,7 @@ use crate::error::parse_id;
 use crate::governance::auth::{self, Caller, Permission};
 use crate::http::AppState;
 use crate::store::{ApprovalFilter, ApprovalRecord, NewAuditEvent, SandboxRecord};
+use crate::support::ids::ApprovalId;
 use crate::work::commands::LiveEvent;
 pub use status::status;
 
@@ -167,7 +168,7 @@ impl Sandboxes for PublicApi {
         Ok(Response::new(api::SandboxSummary {
             id: sb.id,
             agent_id: sb.agent_id,
-            sandbox_name: sb.sandbox_name,
+            sandbox_name: sb.name,
             state: sb.state.as_str().to_owned(),
             ip_address: sb.ip_address.unwrap_or_default(),
             host_name: sb.host_name.unwrap_or_default(),
@@ -260,24 +261,27 @@ impl Approvals for PublicApi {
     ) -> Result<Response<api::ApprovalSummary>, Status> {
         let caller = caller_of(&self.state, &request).await?;
         let r = request.into_inner();
-        let result = self
-            .state
-            .approvals
-            .decide(&caller, &r.approval_id, r.approve, non_empty(r.comment))
-            .await;
+        let id = ApprovalId::parse("id", &r.approval_id);
+        let result = match &id {
+            Ok(id) => {
+                self.state
+                    .approvals
+                    .decide(&caller, id, r.approve, non_empty(r.comment))
+                    .await
+            }
+            // As the service would: the permission is checked before the id.
+            Err(bad) => Err(match auth::check(&caller, Permission::Decide) {
+                Ok(()) => crate::error::ServiceError::from(bad.clone()),
+                Err(e) => e.into(),
+            }),
+        };
         let outcome = match &result {
             Ok(a) => a.status.as_str().to_owned(),
             Err(e) => format!("refused: {e}"),
         };
-        if crate::governance::approvals::check_id(&r.approval_id).is_ok() {
-            let audited = audit_call(
-                &self.state,
-                &caller,
-                "Decide",
-                Some(&r.approval_id),
-                &outcome,
-            )
-            .await;
+        if let Ok(id) = &id {
+            let audited =
+                audit_call(&self.state, &caller, "Decide", Some(id.as_str()), &outcome).await;
             // A refusal is answered only once recorded; a decision that was taken stays
             // taken (the approval row and its own event are the record).
             if result.is_err() {

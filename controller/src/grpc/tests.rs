@@ -94,7 +94,7 @@ fn request(sandbox_id: &str, command: &str) -> api::ExecCommandRequest {
 async fn wait_for_status(app: &TestApp, id: &str, want: &str) -> crate::store::CommandRecord {
     for _ in 0..200 {
         if let Some(c) = app.store.get_command(id).await.expect("store")
-            && c.status == want
+            && c.status.as_str() == want
         {
             return c;
         }
@@ -160,7 +160,7 @@ async fn refusals_map_to_grpc_codes() {
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     let (rows, _) = app.store.list_commands(&id, 10, 0).await.expect("commands");
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].status, "denied", "a refusal is audited");
+    assert_eq!(rows[0].status.as_str(), "denied", "a refusal is audited");
 
     let e = g
         .client

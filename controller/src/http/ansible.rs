@@ -213,6 +213,6 @@ pub async fn verify_playbook(
     if let Err(e) = task.await {
         tracing::error!(job = %job.id, error = %e, "a verify task failed");
     }
-    let job = state.jobs.get(&caller, &job.id).await?;
+    let job = state.jobs.reload(&caller, &job).await?;
     Ok((StatusCode::OK, Json(JobResponse { job: job.to_api() })).into_response())
 }

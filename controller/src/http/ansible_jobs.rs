@@ -32,8 +32,10 @@ use super::params::{ApiPath, ApiQuery};
 use super::sandboxes::page_limit;
 use crate::ansible::jobs::JobService;
 use crate::ansible::jobs::live::JobEvent;
+use crate::error::ServiceError;
 use crate::governance::auth::{Caller, Permission};
 use crate::store::{JobFilter, JobRecord};
+use crate::support::ids::JobId;
 
 /// How often a job that runs elsewhere is re-read.
 pub const POLL: Duration = Duration::from_millis(500);
@@ -141,6 +143,7 @@ pub async fn get_job(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobResponse>, ApiError> {
     require(&caller, Permission::Read)?;
+    let id = parse_job_id(&id)?;
     Ok(Json(JobResponse {
         job: state.jobs.get(&caller, &id).await?.to_api(),
     }))
@@ -158,13 +161,19 @@ pub async fn stream_job(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::Read)?;
-    let job = state.jobs.get(&caller, &id).await?;
+    let id = parse_job_id(&id)?;
+    state.jobs.get(&caller, &id).await?;
     let ws = ws.map_err(|e| {
         ApiError::new(e.status(), "a job's stream needs a WebSocket upgrade")
             .with_details(e.body_text())
     })?;
     let jobs = state.jobs.clone();
-    Ok(ws.on_upgrade(move |socket| follow(socket, jobs, caller, job.id)))
+    Ok(ws.on_upgrade(move |socket| follow(socket, jobs, caller, id)))
+}
+
+/// A job id from a path; a malformed one is a 400.
+fn parse_job_id(id: &str) -> Result<JobId, ApiError> {
+    JobId::parse("job_id", id).map_err(|e| ApiError::from(ServiceError::from(e)))
 }
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -207,7 +216,7 @@ async fn send_end(
 }
 
 /// Streams a job's output to a client until the job ends or the client leaves.
-async fn follow(socket: WebSocket, jobs: Arc<JobService>, caller: Caller, id: String) {
+async fn follow(socket: WebSocket, jobs: Arc<JobService>, caller: Caller, id: JobId) {
     let (mut sink, mut frames) = socket.split();
     let (gone_tx, mut gone) = tokio::sync::oneshot::channel::<()>();
     let reader = tokio::spawn(async move {
@@ -220,12 +229,12 @@ async fn follow(socket: WebSocket, jobs: Arc<JobService>, caller: Caller, id: St
     });
     let mut sent = 0usize;
     loop {
-        if let Some((so_far, rx)) = jobs.subscribe(&id) {
+        if let Some((so_far, rx)) = jobs.subscribe(id.as_str()) {
             if !send_lines(&mut sink, so_far.get(sent..).unwrap_or_default()).await {
                 break;
             }
             sent = so_far.len();
-            match live(&mut sink, rx, &id, &mut sent, &mut gone).await {
+            match live(&mut sink, rx, id.as_str(), &mut sent, &mut gone).await {
                 Live::Over => break,
                 // Another controller took the job over: follow its row.
                 Live::Lost => continue,
@@ -246,7 +255,7 @@ async fn follow(socket: WebSocket, jobs: Arc<JobService>, caller: Caller, id: St
         if job.status.is_final() {
             send_end(
                 &mut sink,
-                &id,
+                id.as_str(),
                 job.status,
                 job.exit_code,
                 job.error.as_deref(),

@@ -19,10 +19,11 @@ use super::error::ApiError;
 use super::json::{ApiJson, OptionalJson};
 use super::params::{ApiPath, ApiQuery};
 use super::sandboxes::page_limit;
-use crate::error::parse_id;
+use crate::error::{ServiceError, parse_id};
 use crate::governance::approvals::{NewRequest, Requester, refusal_reason};
 use crate::governance::auth::{Caller, Permission};
 use crate::store::ApprovalFilter;
+use crate::support::ids::ApprovalId;
 
 /// `timeout_secs` when the ask gives none.
 pub const ASK_DEFAULT_TIMEOUT_SECS: u64 = 300;
@@ -172,6 +173,7 @@ pub async fn get_approval(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ApprovalResponse>, ApiError> {
     require(&caller, Permission::Read)?;
+    let id = ApprovalId::parse("id", &id).map_err(ServiceError::from)?;
     let rec = state.approvals.get_for(&caller, &id).await?;
     Ok(Json(ApprovalResponse {
         approval: rec.to_api(),
@@ -186,6 +188,7 @@ async fn decide(
     approve: bool,
 ) -> Result<Json<ApprovalResponse>, ApiError> {
     require(&caller, Permission::Decide)?;
+    let id = ApprovalId::parse("id", &id).map_err(ServiceError::from)?;
     let rec = state
         .approvals
         .decide(&caller, &id, approve, req.comment)

@@ -22,6 +22,7 @@ use crate::error::parse_id;
 use crate::governance::auth::{self, Caller, Permission};
 use crate::sandboxes::overcommit::CreateOutcome;
 use crate::store::SandboxFilter;
+use crate::support::ids::LegacyJobId;
 
 /// Page size when `limit` is not given.
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -79,10 +80,10 @@ impl ListParams {
         let nonempty = |o: Option<String>| o.filter(|s| !s.is_empty());
         Ok(SandboxFilter {
             agent_id: nonempty(self.agent_id),
-            job_id: nonempty(self.job_id),
-            base_image: nonempty(self.base_image),
+            legacy_job_id: nonempty(self.job_id).map(LegacyJobId::from),
+            image: nonempty(self.base_image),
             state,
-            sandbox_name: nonempty(self.vm_name),
+            name: nonempty(self.vm_name),
             limit,
             offset: self.offset.unwrap_or(0),
         })

@@ -63,7 +63,7 @@ async fn binary(ws: &mut Ws) -> Vec<u8> {
 async fn wait_for_status(app: &TestApp, id: &str, want: &str) -> crate::store::CommandRecord {
     for _ in 0..250 {
         if let Some(c) = app.store.get_command(id).await.expect("store")
-            && c.status == want
+            && c.status.as_str() == want
         {
             return c;
         }

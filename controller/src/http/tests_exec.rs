@@ -40,7 +40,7 @@ fn parse_sse(text: &str) -> Vec<(String, Value)> {
 async fn wait_for_status(app: &TestApp, id: &str, want: &str) -> crate::store::CommandRecord {
     for _ in 0..200 {
         if let Some(c) = app.store.get_command(id).await.expect("store")
-            && c.status == want
+            && c.status.as_str() == want
         {
             return c;
         }

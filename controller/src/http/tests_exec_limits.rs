@@ -107,14 +107,19 @@ async fn past_the_limit_a_command_gets_429_with_retry_after_and_the_others_finis
             .clone()
             .oneshot(run_request(&id, json!({"command": "b"}))),
     );
-    // Both run (their audit rows say so) before the third arrives.
-    for _ in 0..200 {
-        if app.state.commands.running(&id) == 2 {
-            break;
-        }
+    // Both run, and their rows are written, before the third arrives (the slot is
+    // taken before the row: wait for both, with a deadline).
+    let rows = async || app.store.list_commands(&id, 10, 0).await.expect("list").1;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while app.state.commands.running(&id) != 2 || rows().await != 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first two commands did not both start within 10 s: {} running, {} rows",
+            app.state.commands.running(&id),
+            rows().await
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(app.state.commands.running(&id), 2);
     let resp = router
         .clone()
         .oneshot(run_request(&id, json!({"command": "c"})))
@@ -133,10 +138,7 @@ async fn past_the_limit_a_command_gets_429_with_retry_after_and_the_others_finis
         "{v}"
     );
     // Not run, so not audited; another sandbox is not affected by this one's limit.
-    assert_eq!(
-        app.store.list_commands(&id, 10, 0).await.expect("list").1,
-        2
-    );
+    assert_eq!(rows().await, 2);
     let other_run = tokio::spawn(
         router
             .clone()
@@ -149,7 +151,10 @@ async fn past_the_limit_a_command_gets_429_with_retry_after_and_the_others_finis
     }
     assert_eq!(app.state.commands.running(&id), 0);
     let rows = app.store.list_commands(&id, 10, 0).await.expect("list").0;
-    assert!(rows.iter().all(|r| r.status == "completed"), "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r.status.as_str() == "completed"),
+        "{rows:?}"
+    );
     // A slot is free again.
     gate.add_permits(1);
     let (s, _) = app
@@ -177,7 +182,7 @@ async fn the_agents_ceiling_is_a_429_too_and_audited_as_denied() {
     assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
     let rows = app.store.list_commands(&id, 10, 0).await.expect("list").0;
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].status, "denied");
+    assert_eq!(rows[0].status.as_str(), "denied");
     assert!(
         rows[0]
             .error

@@ -25,7 +25,7 @@ use crate::error::ServiceError;
 pub use crate::sandboxes::diffs::convert::{DiffDetail, TextPair};
 use crate::sandboxes::diffs::convert::{convert, file_meta};
 use crate::sandboxes::snapshots::{guest_certificate_for, snapshot_row};
-use crate::store::{DiffRecord, SandboxRecord, SnapshotRecord, Store, StoreError};
+use crate::store::{CommandStatus, DiffRecord, SandboxRecord, SnapshotRecord, Store, StoreError};
 use crate::support::ids::new_id;
 use crate::work::commands::CommandService;
 
@@ -220,7 +220,7 @@ fn corrupt(what: &str, e: serde_json::Error) -> ServiceError {
 /// Commands that count as "run" between two disk states: everything that could have
 /// changed the disk (not reads, not refusals).
 fn ran(c: &crate::store::CommandRecord) -> bool {
-    c.kind != "file_read" && c.status != "denied"
+    c.kind != "file_read" && c.status != CommandStatus::Denied
 }
 
 impl DiffService {

@@ -73,13 +73,13 @@ mod tests {
         state.hosts.beat_all().await.expect("beat");
         let reserve = |id: &str, name: &str, ttl: i64| Reservation {
             id: id.into(),
-            job_id: "JOB-x".into(),
+            legacy_job_id: "JOB-x".into(),
             agent_id: "a".into(),
-            sandbox_name: name.into(),
-            base_image: "debian-12".into(),
+            name: name.into(),
+            image: "debian-12".into(),
             ttl_seconds: Some(ttl),
             host_name: "kvm-1".into(),
-            cpu: 1,
+            cpus: 1,
             memory_mb: 128,
             cpu_overcommit_ratio: 4.0,
             allow_overcommit: false,

@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::sandboxes::overcommit::{CreateOutcome, OvercommitGate};
 use crate::scheduler::{self, Placement, ScheduleError};
 use crate::store::{NewAuditEvent, SandboxFilter, SandboxRecord, SandboxUpdate, Store};
-use crate::support::ids::{check_agent_id, new_id};
+use crate::support::ids::{LegacyJobId, check_agent_id, new_id};
 
 /// Longest TTL a sandbox may ask for (30 days).
 pub const TTL_MAX_SECONDS: i64 = 30 * 24 * 3600;
@@ -240,9 +240,9 @@ impl SandboxService {
         };
         let placement = Placement {
             id: id.to_string(),
-            job_id: new_id("JOB-"),
+            legacy_job_id: LegacyJobId::generate(),
             agent_id: req.agent_id.clone(),
-            sandbox_name: name.to_string(),
+            name: name.to_string(),
             image: image.to_string(),
             cpus,
             memory_mb,
@@ -524,8 +524,8 @@ impl SandboxService {
         let row = self.row(id).await?;
         let body = |r: &SandboxRecord| DestroySandboxResponse {
             state: SandboxState::Destroyed,
-            base_image: r.base_image.clone(),
-            sandbox_name: r.sandbox_name.clone(),
+            base_image: r.image.clone(),
+            sandbox_name: r.name.clone(),
             ttl_seconds: r.ttl_seconds,
         };
         if row.state == SandboxState::Destroyed {

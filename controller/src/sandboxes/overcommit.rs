@@ -61,9 +61,11 @@ pub struct OvercommitDetails {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Requested {
-    pub cpu: u32,
+    #[serde(rename = "cpu")]
+    pub cpus: u32,
     pub memory_mb: u64,
-    pub source_vm_name: String,
+    #[serde(rename = "source_vm_name")]
+    pub image: String,
 }
 
 /// Every host's room for `p`, and the host an approved over-commit would use.
@@ -156,9 +158,9 @@ impl OvercommitGate {
             request: req,
             sandbox_id: p.id.clone(),
             requested: Requested {
-                cpu: p.cpus,
+                cpus: p.cpus,
                 memory_mb: p.memory_mb,
-                source_vm_name: p.image.clone(),
+                image: p.image.clone(),
             },
             hosts: rooms,
             target_host: target_host.clone(),
@@ -173,7 +175,7 @@ impl OvercommitGate {
                     sandbox_id: Some(p.id.clone()),
                     summary: format!(
                         "create {} ({} vCPU, {} MiB, image {}) for agent {}: no host has room; over-commit host {target_host}?",
-                        p.sandbox_name, p.cpus, p.memory_mb, p.image, p.agent_id
+                        p.name, p.cpus, p.memory_mb, p.image, p.agent_id
                     ),
                     details: serde_json::to_value(&details)
                         .map_err(|e| ServiceError::Invalid(e.to_string()))?,

@@ -332,10 +332,10 @@ impl SnapshotService {
         let name = SnapshotName::parse("snapshot", &req.snapshot)?;
         let snap = snapshot_row(&*self.store, &source.id, &name).await?;
         let create = CreateSandboxRequest {
-            source_vm_name: source.base_image.clone(),
+            source_vm_name: source.image.clone(),
             agent_id: fork_agent_id(source, req).to_owned(),
             vm_name: req.vm_name.clone(),
-            cpu: Some(req.cpu.unwrap_or(source.cpu)),
+            cpu: Some(req.cpu.unwrap_or(source.cpus)),
             memory_mb: Some(req.memory_mb.unwrap_or(source.memory_mb)),
             ttl_seconds: req.ttl_seconds,
             auto_start: Some(true),

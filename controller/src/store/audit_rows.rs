@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 
-use super::{CertRecord, CommandRecord, StoreError};
+use super::{CertRecord, CommandRecord, CommandStatus, StoreError};
 
 macro_rules! command_columns {
     () => {
@@ -98,9 +98,13 @@ pub(super) struct CommandRow {
     duration_ms: Option<i64>,
 }
 
-impl From<CommandRow> for CommandRecord {
-    fn from(r: CommandRow) -> Self {
-        Self {
+impl TryFrom<CommandRow> for CommandRecord {
+    type Error = StoreError;
+    fn try_from(r: CommandRow) -> Result<Self, StoreError> {
+        let status = CommandStatus::parse(&r.status).ok_or_else(|| {
+            StoreError::Corrupt(format!("command {}: status {:?}", r.id, r.status))
+        })?;
+        Ok(Self {
             id: r.id,
             sandbox_id: r.sandbox_id,
             agent_id: r.agent_id,
@@ -109,7 +113,7 @@ impl From<CommandRow> for CommandRecord {
             user: r.user_name,
             workdir: r.workdir,
             env_json: r.env_json,
-            status: r.status,
+            status,
             stdout: r.stdout,
             stderr: r.stderr,
             exit_code: r.exit_code.and_then(|c| i32::try_from(c).ok()),
@@ -119,7 +123,7 @@ impl From<CommandRow> for CommandRecord {
             started_at: r.started_at,
             ended_at: r.ended_at,
             duration_ms: r.duration_ms.and_then(|d| u64::try_from(d).ok()),
-        }
+        })
     }
 }
 

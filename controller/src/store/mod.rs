@@ -34,6 +34,7 @@
 //! Migrations live per dialect in `controller/migrations/`.
 
 mod audit_rows;
+mod command_status;
 mod dialect;
 pub mod egress;
 mod playbook_rows;
@@ -54,6 +55,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use fluid_client::types::{AccessCertificate, Command, HostState, Sandbox, SandboxState};
 
+use crate::support::ids::LegacyJobId;
+
+pub use command_status::{CommandStatus, UnknownCommandStatus};
 pub use egress::{EMPTY_EGRESS_JSON, EgressStore, EgressWrite};
 pub use playbooks::{
     JobFilter, JobRecord, JobUpdate, PlaybookRecord, PlaybookStore, TaskRecord, TaskWrite,
@@ -184,16 +188,21 @@ pub struct Beat {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxRecord {
     pub id: String,
-    pub job_id: String,
+    /// Wire and column `job_id`.
+    pub legacy_job_id: LegacyJobId,
     pub agent_id: String,
-    pub sandbox_name: String,
-    pub base_image: String,
+    /// The VM's name on its host (wire `sandbox_name`, column `sandbox_name`).
+    pub name: String,
+    /// What it was made from (wire and column `base_image`; `source_vm_name` in a
+    /// create request).
+    pub image: String,
     pub network: String,
     pub ip_address: Option<String>,
     pub state: SandboxState,
     pub ttl_seconds: Option<i64>,
     pub host_name: Option<String>,
-    pub cpu: u32,
+    /// vCPUs (wire and column `cpu`).
+    pub cpus: u32,
     pub memory_mb: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -210,10 +219,10 @@ impl SandboxRecord {
     pub fn to_api(&self) -> Sandbox {
         Sandbox {
             id: self.id.clone(),
-            job_id: self.job_id.clone(),
+            job_id: self.legacy_job_id.to_string(),
             agent_id: self.agent_id.clone(),
-            sandbox_name: self.sandbox_name.clone(),
-            base_image: self.base_image.clone(),
+            sandbox_name: self.name.clone(),
+            base_image: self.image.clone(),
             network: self.network.clone(),
             ip_address: self.ip_address.clone(),
             state: self.state,
@@ -221,7 +230,7 @@ impl SandboxRecord {
             created_at: self.created_at,
             updated_at: self.updated_at,
             host_name: self.host_name.clone(),
-            cpu: self.cpu,
+            cpu: self.cpus,
             memory_mb: self.memory_mb,
             read_only: self.read_only,
         }
@@ -232,13 +241,13 @@ impl SandboxRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reservation {
     pub id: String,
-    pub job_id: String,
+    pub legacy_job_id: LegacyJobId,
     pub agent_id: String,
-    pub sandbox_name: String,
-    pub base_image: String,
+    pub name: String,
+    pub image: String,
     pub ttl_seconds: Option<i64>,
     pub host_name: String,
-    pub cpu: u32,
+    pub cpus: u32,
     pub memory_mb: u64,
     pub cpu_overcommit_ratio: f64,
     /// A human approved placing it beyond the host's capacity: skip the room check (the
@@ -271,8 +280,7 @@ pub struct CommandRecord {
     pub workdir: Option<String>,
     /// The environment, secret-looking values redacted.
     pub env_json: String,
-    /// `running completed failed lost interrupted denied`.
-    pub status: String,
+    pub status: CommandStatus,
     pub stdout: String,
     pub stderr: String,
     pub exit_code: Option<i32>,
@@ -301,7 +309,7 @@ impl CommandRecord {
             user: self.user.clone(),
             workdir: self.workdir.clone(),
             duration_ms: self.duration_ms,
-            status: self.status.clone(),
+            status: self.status.as_str().to_owned(),
             kind: self.kind.clone(),
             agent_id: self.agent_id.clone(),
             error: self.error.clone(),
@@ -312,7 +320,7 @@ impl CommandRecord {
 /// How a running command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandEnd {
-    pub status: String,
+    pub status: CommandStatus,
     pub stdout: String,
     pub stderr: String,
     pub exit_code: Option<i32>,
@@ -359,10 +367,13 @@ impl CertRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SandboxFilter {
     pub agent_id: Option<String>,
-    pub job_id: Option<String>,
-    pub base_image: Option<String>,
+    /// Query `job_id`.
+    pub legacy_job_id: Option<LegacyJobId>,
+    /// Query `base_image`.
+    pub image: Option<String>,
     pub state: Option<SandboxState>,
-    pub sandbox_name: Option<String>,
+    /// Query `vm_name`.
+    pub name: Option<String>,
     pub limit: u32,
     pub offset: u64,
 }

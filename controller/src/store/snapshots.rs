@@ -329,6 +329,6 @@ where
             .await?;
         // SQLite compares the RFC 3339 text sqlx writes; its order is the
         // instants' order (tested on both dialects).
-        Ok(rs.into_iter().map(CommandRecord::from).collect())
+        rs.into_iter().map(CommandRecord::try_from).collect()
     }
 }

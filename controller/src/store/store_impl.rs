@@ -14,10 +14,11 @@ use super::rows::{self, HostRow, OneUsageRow, SandboxRow, UsageRow};
 use super::trust_impl::append_in_tx;
 use super::trust_rows;
 use super::{
-    Beat, CertRecord, CommandEnd, CommandRecord, EgressStore, HostRecord, HostUsage, LoopKey,
-    LoopLock, PlaybookStore, Reservation, ReserveError, SandboxFilter, SandboxRecord,
+    Beat, CertRecord, CommandEnd, CommandRecord, CommandStatus, EgressStore, HostRecord, HostUsage,
+    LoopKey, LoopLock, PlaybookStore, Reservation, ReserveError, SandboxFilter, SandboxRecord,
     SandboxUpdate, SnapshotStore, Store, StoreError, TrustStore, check_room,
 };
+use crate::support::ids::LegacyJobId;
 
 #[async_trait]
 impl<D> Store for D
@@ -161,7 +162,7 @@ where
             check_room(
                 &host,
                 usage.into(),
-                r.cpu,
+                r.cpus,
                 r.memory_mb,
                 r.cpu_overcommit_ratio,
             )
@@ -169,19 +170,19 @@ where
         }
         let row: SandboxRow = sqlx::query_as(rows::INSERT_SANDBOX)
             .bind(&r.id)
-            .bind(&r.job_id)
+            .bind(r.legacy_job_id.as_str())
             .bind(&r.agent_id)
-            .bind(&r.sandbox_name)
-            .bind(&r.base_image)
+            .bind(&r.name)
+            .bind(&r.image)
             .bind(r.ttl_seconds)
             .bind(&r.host_name)
-            .bind(i64::from(r.cpu))
+            .bind(i64::from(r.cpus))
             .bind(r.memory_mb as i64)
             .bind(r.now)
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| match rows::unique_or(e, String::new) {
-                StoreError::Conflict(_) => ReserveError::DuplicateName(r.sandbox_name.clone()),
+                StoreError::Conflict(_) => ReserveError::DuplicateName(r.name.clone()),
                 other => ReserveError::Store(other),
             })?;
         let rec = SandboxRecord::try_from(row)?;
@@ -205,20 +206,20 @@ where
         let state = f.state.map(|s| s.as_str());
         let rs: Vec<SandboxRow> = sqlx::query_as(rows::LIST_SANDBOXES)
             .bind(&f.agent_id)
-            .bind(&f.job_id)
-            .bind(&f.base_image)
+            .bind(f.legacy_job_id.as_ref().map(LegacyJobId::as_str))
+            .bind(&f.image)
             .bind(state)
-            .bind(&f.sandbox_name)
+            .bind(&f.name)
             .bind(i64::from(f.limit))
             .bind(i64::try_from(f.offset).unwrap_or(i64::MAX))
             .fetch_all(self.pool())
             .await?;
         let (total,): (i64,) = sqlx::query_as(rows::COUNT_SANDBOXES)
             .bind(&f.agent_id)
-            .bind(&f.job_id)
-            .bind(&f.base_image)
+            .bind(f.legacy_job_id.as_ref().map(LegacyJobId::as_str))
+            .bind(&f.image)
             .bind(state)
-            .bind(&f.sandbox_name)
+            .bind(&f.name)
             .fetch_one(self.pool())
             .await?;
         Ok((rows::sandboxes(rs)?, total.max(0) as u64))
@@ -293,7 +294,7 @@ where
             .bind(&c.user)
             .bind(&c.workdir)
             .bind(&c.env_json)
-            .bind(&c.status)
+            .bind(c.status.as_str())
             .bind(&c.stdout)
             .bind(&c.stderr)
             .bind(c.exit_code.map(i64::from))
@@ -303,7 +304,7 @@ where
             .bind(c.started_at)
             .bind(c.ended_at)
             .bind(c.duration_ms.map(|d| i64::try_from(d).unwrap_or(i64::MAX)));
-        if c.status == "running" {
+        if c.status == CommandStatus::Running {
             // Audited when it ends (finish_command, interrupt_running_commands).
             insert.execute(self.pool()).await.map_err(conflict)?;
             return Ok(());
@@ -323,7 +324,7 @@ where
         let mut tx = self.begin_chain().await?;
         let row: Option<CommandRow> = sqlx::query_as(audit_rows::FINISH_COMMAND)
             .bind(id)
-            .bind(&end.status)
+            .bind(end.status.as_str())
             .bind(&end.stdout)
             .bind(&end.stderr)
             .bind(end.exit_code.map(i64::from))
@@ -341,7 +342,7 @@ where
             tx.rollback().await?;
             return Ok(None);
         };
-        let rec = CommandRecord::from(row);
+        let rec = CommandRecord::try_from(row)?;
         append_in_tx::<D>(&mut tx, &trust_rows::command_event(&rec)).await?;
         tx.commit().await?;
         Ok(Some(rec))
@@ -352,7 +353,7 @@ where
             .bind(id)
             .fetch_optional(self.pool())
             .await?;
-        Ok(row.map(CommandRecord::from))
+        row.map(CommandRecord::try_from).transpose()
     }
 
     async fn list_commands(
@@ -372,7 +373,9 @@ where
             .fetch_one(self.pool())
             .await?;
         Ok((
-            rs.into_iter().map(CommandRecord::from).collect(),
+            rs.into_iter()
+                .map(CommandRecord::try_from)
+                .collect::<Result<_, _>>()?,
             total.max(0) as u64,
         ))
     }
@@ -383,7 +386,10 @@ where
             .bind(now)
             .fetch_all(&mut *tx)
             .await?;
-        let mut interrupted: Vec<CommandRecord> = rs.into_iter().map(CommandRecord::from).collect();
+        let mut interrupted = rs
+            .into_iter()
+            .map(CommandRecord::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
         interrupted.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
         for c in &interrupted {
             append_in_tx::<D>(&mut tx, &trust_rows::command_event(c)).await?;

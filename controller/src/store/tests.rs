@@ -119,16 +119,16 @@ pub(crate) async fn beat(store: &dyn Store, name: &str, cpus: u32, mem: u64, ima
         .expect("beat");
 }
 
-pub(crate) fn reservation(i: usize, host: &str, cpu: u32, mem: u64) -> Reservation {
+pub(crate) fn reservation(i: usize, host: &str, cpus: u32, mem: u64) -> Reservation {
     Reservation {
         id: format!("SBX-t{i:09}"),
-        job_id: format!("JOB-t{i:09}"),
+        legacy_job_id: format!("JOB-t{i:09}").into(),
         agent_id: if i.is_multiple_of(2) { "even" } else { "odd" }.into(),
-        sandbox_name: format!("vm-{i}"),
-        base_image: "debian-12".into(),
+        name: format!("vm-{i}"),
+        image: "debian-12".into(),
         ttl_seconds: i.is_multiple_of(3).then_some(60),
         host_name: host.into(),
-        cpu,
+        cpus,
         memory_mb: mem,
         cpu_overcommit_ratio: 4.0,
         allow_overcommit: false,
@@ -226,10 +226,10 @@ async fn reservations_check_room_and_names(store: Arc<dyn Store>) {
         .expect("fits");
     assert_eq!(r0.state, SandboxState::Created);
     assert_eq!(r0.host_name.as_deref(), Some("h1"));
-    assert_eq!((r0.cpu, r0.memory_mb, r0.ttl_seconds), (1, 512, Some(60)));
+    assert_eq!((r0.cpus, r0.memory_mb, r0.ttl_seconds), (1, 512, Some(60)));
 
     let mut dup = reservation(1, "h1", 1, 128);
-    dup.sandbox_name = r0.sandbox_name.clone();
+    dup.name = r0.name.clone();
     let e = s.reserve(&dup).await.expect_err("dup name");
     assert!(matches!(e, ReserveError::DuplicateName(_)), "{e}");
 
@@ -273,7 +273,7 @@ async fn reservations_check_room_and_names(store: Arc<dyn Store>) {
     .expect("update")
     .expect("row");
     let mut again = reservation(5, "h1", 1, 1024);
-    again.sandbox_name = r0.sandbox_name.clone();
+    again.name = r0.name.clone();
     s.reserve(&again)
         .await
         .expect("name and room are free again");
@@ -323,7 +323,7 @@ async fn list_filters_and_updates(store: Arc<dyn Store>) {
 
     let (rows, total) = s
         .list_sandboxes(&SandboxFilter {
-            sandbox_name: Some("vm-3".into()),
+            name: Some("vm-3".into()),
             limit: 10,
             ..Default::default()
         })
@@ -528,7 +528,7 @@ async fn commands_and_certificates(store: Arc<dyn Store>) {
         user: "root".into(),
         workdir: Some("/tmp".into()),
         env_json: "{}".into(),
-        status: "running".into(),
+        status: CommandStatus::Running,
         stdout: String::new(),
         stderr: String::new(),
         exit_code: None,
@@ -541,7 +541,7 @@ async fn commands_and_certificates(store: Arc<dyn Store>) {
     };
     store.insert_command(&rec).await.expect("insert");
     let end = CommandEnd {
-        status: "completed".into(),
+        status: CommandStatus::Completed,
         stdout: "hi\n".into(),
         stderr: String::new(),
         exit_code: Some(0),
@@ -583,7 +583,7 @@ async fn commands_and_certificates(store: Arc<dyn Store>) {
         .await
         .expect("get")
         .expect("exists");
-    assert_eq!(c.status, "interrupted");
+    assert_eq!(c.status, CommandStatus::Interrupted);
     assert!(c.ended_at.is_some());
     let (page, total) = store.list_commands(&sbx.id, 1, 0).await.expect("list");
     assert_eq!(total, 2);

@@ -158,7 +158,7 @@ fn command(sandbox: &str, i: i64, at: chrono::DateTime<Utc>) -> CommandRecord {
         user: "root".into(),
         workdir: None,
         env_json: "{}".into(),
-        status: "completed".into(),
+        status: CommandStatus::Completed,
         stdout: String::new(),
         stderr: String::new(),
         exit_code: Some(0),

@@ -144,7 +144,7 @@ fn command(id: &str, sandbox_id: &str, status: &str, text: &str) -> CommandRecor
         user: "root".into(),
         workdir: None,
         env_json: "{}".into(),
-        status: status.into(),
+        status: CommandStatus::parse(status).expect("a command status"),
         stdout: String::new(),
         stderr: if status == "denied" {
             "refused by policy".into()
@@ -186,7 +186,7 @@ async fn commands_are_audited(store: Arc<dyn Store>, _raw: &Raw) {
         "a running command is audited when it ends"
     );
     let end = CommandEnd {
-        status: "completed".into(),
+        status: CommandStatus::Completed,
         stdout: "hi\n".into(),
         stderr: "warn\n".into(),
         exit_code: Some(0),
@@ -341,7 +341,7 @@ async fn overcommit_reservation(store: Arc<dyn Store>, _raw: &Raw) {
         ..reservation(1, "h1", 8, 4096)
     };
     let r = s.reserve(&approved).await.expect("approved over-commit");
-    assert_eq!((r.cpu, r.memory_mb), (8, 4096));
+    assert_eq!((r.cpus, r.memory_mb), (8, 4096));
     let events = audit(
         s,
         AuditFilter {
@@ -367,7 +367,7 @@ async fn overcommit_reservation(store: Arc<dyn Store>, _raw: &Raw) {
         ..reservation(2, "h1", 1, 128)
     };
     let dup = Reservation {
-        sandbox_name: r.sandbox_name.clone(),
+        name: r.name.clone(),
         ..dup
     };
     let e = s.reserve(&dup).await.expect_err("dup name");

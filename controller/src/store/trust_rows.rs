@@ -243,7 +243,7 @@ pub(super) fn created_event(r: &Reservation) -> NewAuditEvent {
         .sandbox(r.id.clone())
         .details(serde_json::json!({
             "host": r.host_name,
-            "cpu": r.cpu,
+            "cpu": r.cpus,
             "memory_mb": r.memory_mb,
             "agent_id": r.agent_id,
             "allow_overcommit": r.allow_overcommit,
@@ -267,7 +267,7 @@ pub(super) fn state_event(from: SandboxState, row: &SandboxRecord) -> NewAuditEv
 pub(super) fn command_event(c: &CommandRecord) -> NewAuditEvent {
     let outcome = match c.exit_code {
         Some(code) => format!("exit {code}"),
-        None => c.status.clone(),
+        None => c.status.as_str().to_owned(),
     };
     let action: String = c.command.chars().take(COMMAND_ACTION_MAX).collect();
     NewAuditEvent::system("command", action, outcome)

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::agents::{AgentConnector, AgentTarget, AttachInput, AttachOutput};
 use crate::error::ServiceError;
-use crate::store::{CommandEnd, CommandRecord, Store};
+use crate::store::{CommandEnd, CommandRecord, CommandStatus, Store};
 use crate::support::ids::new_id;
 use crate::work::commands::{Capture, CommandService, Grant, LiveEvent, stored_text};
 
@@ -159,7 +159,7 @@ impl AttachService {
             user: open.user.clone(),
             workdir: None,
             env_json: serde_json::json!({ "TERM": open.term }).to_string(),
-            status: "running".into(),
+            status: CommandStatus::Running,
             stdout: String::new(),
             stderr: String::new(),
             exit_code: None,
@@ -204,7 +204,7 @@ impl AttachService {
                     error: Some(format!("could not record the session: {e}")),
                 })
                 .await;
-            record.status = "failed".into();
+            record.status = CommandStatus::Failed;
             return record;
         }
         tracing::info!(sandbox = %record.sandbox_id, session = %session_id, user = %record.user, "interactive session opened");
@@ -237,12 +237,12 @@ impl AttachService {
         let mut capture =
             Capture::new(usize::try_from(self.commands.output_cap()).unwrap_or(usize::MAX));
         let mut out = Some(output.clone());
-        let end: Result<(i32, Option<String>), (&'static str, String)> = match self
+        let end: Result<(i32, Option<String>), (CommandStatus, String)> = match self
             .agents
             .attach(&target, open, input)
             .await
         {
-            Err(e) => Err(("failed", e.to_string())),
+            Err(e) => Err((CommandStatus::Failed, e.to_string())),
             Ok(mut stream) => {
                 let mut hung = false;
                 let mut deadline: Option<tokio::time::Instant> = None;
@@ -261,10 +261,10 @@ impl AttachService {
                             Some(Ok(AttachOutput::Exit { exit_code, error })) => {
                                 break Ok((exit_code, error));
                             }
-                            Some(Err(e)) => break Err(("lost", e.to_string())),
+                            Some(Err(e)) => break Err((CommandStatus::Lost, e.to_string())),
                             None => {
                                 break Err((
-                                    "lost",
+                                    CommandStatus::Lost,
                                     "the agent's stream ended without an exit".to_owned(),
                                 ));
                             }
@@ -277,7 +277,7 @@ impl AttachService {
                         }
                         () = sleep_until_some(deadline) => {
                             break Err((
-                                "lost",
+                                CommandStatus::Lost,
                                 format!("the agent did not end the session within {} s of the hang-up", HANGUP_GRACE.as_secs()),
                             ));
                         }
@@ -287,7 +287,7 @@ impl AttachService {
         };
 
         let mut e = CommandEnd {
-            status: "completed".into(),
+            status: CommandStatus::Completed,
             stdout: stored_text(&capture.buf),
             stderr: String::new(),
             exit_code: None,
@@ -304,7 +304,7 @@ impl AttachService {
             }
             Err((status, why)) => {
                 tracing::warn!(session = %session_id, %status, error = %why, "interactive session ended abnormally");
-                e.status = status.into();
+                e.status = status;
                 e.error = Some(why);
             }
         }

@@ -36,7 +36,7 @@ use crate::agents::locate;
 use crate::agents::{AgentConnector, AgentError, AgentTarget};
 use crate::error::ServiceError;
 use crate::metrics::{ExecOutcome, Metrics};
-use crate::store::{CommandEnd, CommandRecord, SandboxRecord, Store};
+use crate::store::{CommandEnd, CommandRecord, CommandStatus, SandboxRecord, Store};
 use crate::support::ids::new_id;
 use crate::work::policy::Policy;
 use crate::work::ssh_ca::{CertSpec, SignedCert, SshCa, sandbox_principal};
@@ -376,7 +376,7 @@ impl CommandService {
             user: spec.user.clone(),
             workdir: spec.workdir.clone(),
             env_json: redacted_env_json(&spec.env),
-            status: "running".into(),
+            status: CommandStatus::Running,
             stdout: String::new(),
             stderr: String::new(),
             exit_code: None,
@@ -392,7 +392,7 @@ impl CommandService {
     /// Records a refusal (status `denied`, no agent call) and answers 403.
     pub async fn deny(&self, row: &SandboxRecord, spec: &ExecSpec, reason: String) -> ServiceError {
         let mut rec = self.record(row, &new_id("CMD-"), spec);
-        rec.status = "denied".into();
+        rec.status = CommandStatus::Denied;
         rec.ended_at = Some(rec.started_at);
         rec.duration_ms = Some(0);
         rec.error = Some(reason.clone());
@@ -583,7 +583,11 @@ impl CommandService {
                 // The agent's ceiling of commands at once: not run, not failed.
                 let busy = matches!(e, AgentError::Busy { .. });
                 let end = CommandEnd {
-                    status: if busy { "denied" } else { "failed" }.into(),
+                    status: if busy {
+                        CommandStatus::Denied
+                    } else {
+                        CommandStatus::Failed
+                    },
                     stdout: String::new(),
                     stderr: String::new(),
                     exit_code: None,

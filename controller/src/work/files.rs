@@ -19,7 +19,7 @@ use fluid_proto::guest::files::{CREATE_SH, DENIED_EXIT, READ_SH, WRITE_SH, guard
 use fluid_proto::model::{SandboxId, check_abs_path};
 
 use crate::error::ServiceError;
-use crate::store::SandboxRecord;
+use crate::store::{CommandStatus, SandboxRecord};
 use crate::work::commands::{CommandService, ExecSpec, Outcome};
 
 /// Bytes a read returns when `limit` is not given.
@@ -36,7 +36,7 @@ pub const WRITE_BODY_LIMIT: usize = 23 * 1024 * 1024;
 /// with the command's stderr; a lost or failed run is 503.
 pub fn check_outcome(o: &Outcome, what: &str) -> Result<(), ServiceError> {
     let r = &o.record;
-    if r.status != "completed" {
+    if r.status != CommandStatus::Completed {
         return Err(ServiceError::Unavailable(format!(
             "{what}: {} ({})",
             r.status,
@@ -180,7 +180,7 @@ impl FileService {
         let mut probe = spec.clone();
         probe.stdin = Vec::new();
         let o = self.commands.start(row, spec).await?.finish().await?;
-        if o.record.status == "completed" && o.record.exit_code == Some(DENIED_EXIT) {
+        if o.record.status == CommandStatus::Completed && o.record.exit_code == Some(DENIED_EXIT) {
             return Err(self.commands.deny(row, &probe, denial_reason(&o)).await);
         }
         check_outcome(&o, &what)?;

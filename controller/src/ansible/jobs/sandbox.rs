@@ -41,7 +41,7 @@ impl JobService {
                 "=== ansible-playbook{} on sandbox {} ({}) ===",
                 if job.check { " --check --diff" } else { "" },
                 sb.id,
-                sb.sandbox_name
+                sb.name
             ),
         );
         JobEnd::of_run(&self.run_on_sandbox(job, sb, job.check).await)
@@ -108,7 +108,7 @@ impl JobService {
             .map_err(|e| ServiceError::Internal(format!("the job's SSH key: {e}")))?;
         let _renew = key.keep_fresh(self.ca.clone());
         let host = InventoryHost {
-            name: sb.sandbox_name.clone(),
+            name: sb.name.clone(),
             address: "127.0.0.1".into(),
             port: listener.port(),
             user: "root".into(),

@@ -511,7 +511,13 @@ async fn another_agent_sees_nothing_of_an_agents_objects() {
     let uri = format!("/v1/approvals/{apr}/approve");
     let (s, _) = m.send(&Method::POST, &uri, None, other, Via::Http).await;
     assert_eq!(s, 403);
-    let rec = m.app.state.approvals.get(&apr).await.expect("approval");
+    let rec = m
+        .app
+        .state
+        .approvals
+        .get(&crate::support::ids::ApprovalId::parse("id", &apr).expect("id"))
+        .await
+        .expect("approval");
     assert_eq!(
         rec.status.as_str(),
         "pending",

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Capture, Hubs, LiveEvent, Outcome, RunningSlot, stored_text};
 use crate::agents::{ExecEvent, ExecStream};
 use crate::metrics::{ExecOutcome, Metrics};
-use crate::store::{CommandEnd, CommandRecord, Store};
+use crate::store::{CommandEnd, CommandRecord, CommandStatus, Store};
 use fluid_client::types::CommandStarted;
 
 /// The task that owns one Exec stream.
@@ -76,7 +76,7 @@ impl Drive {
         };
         drop(stream);
         let mut e = CommandEnd {
-            status: "completed".into(),
+            status: CommandStatus::Completed,
             stdout: if self.audit_stdout {
                 stored_text(&out.buf)
             } else {
@@ -93,7 +93,7 @@ impl Drive {
         match end {
             Ok(x) => {
                 if x.error.is_some() && x.exit_code < 0 && !x.timed_out {
-                    e.status = "failed".into();
+                    e.status = CommandStatus::Failed;
                 }
                 e.exit_code = Some(x.exit_code);
                 e.timed_out = x.timed_out;
@@ -105,7 +105,7 @@ impl Drive {
             }
             Err(why) => {
                 tracing::warn!(command = %rec.id, error = %why, "command lost");
-                e.status = "lost".into();
+                e.status = CommandStatus::Lost;
                 e.error = Some(why);
             }
         }
@@ -150,11 +150,11 @@ impl Drive {
 
 /// How a finished command's record reads as a metric outcome.
 fn outcome(r: &CommandRecord) -> ExecOutcome {
-    match r.status.as_str() {
-        "completed" if r.timed_out => ExecOutcome::TimedOut,
-        "completed" if r.exit_code == Some(0) => ExecOutcome::Ok,
-        "completed" => ExecOutcome::NonZero,
-        "lost" => ExecOutcome::Lost,
+    match r.status {
+        CommandStatus::Completed if r.timed_out => ExecOutcome::TimedOut,
+        CommandStatus::Completed if r.exit_code == Some(0) => ExecOutcome::Ok,
+        CommandStatus::Completed => ExecOutcome::NonZero,
+        CommandStatus::Lost => ExecOutcome::Lost,
         _ => ExecOutcome::Failed,
     }
 }
