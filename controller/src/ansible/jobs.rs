@@ -50,6 +50,7 @@ use crate::support::hash::sha256_hex;
 use crate::support::ids::JobId;
 use crate::work::ssh_ca::SshCa;
 use live::{JobEvent, JobHubs};
+use production::PHASE_AWAITING_CHECK_APPROVAL;
 use runner::PlaybookRunner;
 
 /// How often a running job's output is written to its row.
@@ -594,14 +595,19 @@ impl JobService {
                 .iter()
                 .find(|t| t.name == job.vm_name && job.target_kind == TARGET_PRODUCTION)
                 .cloned();
-            if job.phase == PHASE_AWAITING_APPROVAL
+            let waiting = [PHASE_AWAITING_APPROVAL, PHASE_AWAITING_CHECK_APPROVAL];
+            if waiting.contains(&job.phase.as_str())
                 && let (Some(approval_id), Some(t)) = (job.approval_id.clone(), target)
             {
                 self.hubs.open(&job.id, job.output.clone());
                 let this = self.clone();
                 tokio::spawn(async move {
                     let flusher = this.spawn_flusher(&job);
-                    let end = this.await_and_apply(&job, &t, &approval_id).await;
+                    let end = if job.phase == PHASE_AWAITING_CHECK_APPROVAL {
+                        this.resume_production_check(&job, &t, &approval_id).await
+                    } else {
+                        this.await_and_apply(&job, &t, &approval_id).await
+                    };
                     drop(flusher);
                     match end {
                         Some(end) => this.settle(&job, end).await,

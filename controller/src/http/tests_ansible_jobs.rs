@@ -565,6 +565,120 @@ async fn the_stream_sends_each_line_then_the_status() {
     assert_eq!(frames, text, "replayed from the record");
 }
 
+/// A second controller on `app`'s database and data directory, with a runner of its own.
+fn restarted(
+    app: &AnsibleApp,
+) -> (
+    super::AppState,
+    std::sync::Arc<crate::ansible::jobs::runner::fake::FakeRunner>,
+) {
+    let mut c = prod_config();
+    c.data_dir = app.data.path().to_owned();
+    let runner = std::sync::Arc::new(crate::ansible::jobs::runner::fake::FakeRunner::default());
+    let state = crate::build_state_with_runner(
+        app.store.clone(),
+        app.agents.clone(),
+        &c,
+        crate::testing::fake_agents::test_ca(),
+        runner.clone(),
+    )
+    .expect("state");
+    (state, runner)
+}
+
+/// An agent's production job that was waiting for the approval of its check run when
+/// the controller stopped: the next controller waits for that same approval, runs the
+/// check once it is given, then asks for the apply's approval as usual.
+#[tokio::test]
+async fn a_restarted_controller_resumes_a_job_waiting_for_its_check_approval() {
+    let app: AnsibleApp = ansible_app(prod_config()).await;
+    web(&app).await;
+    let approval = app
+        .state
+        .approvals
+        .open(
+            crate::governance::approvals::NewRequest {
+                kind: fluid_client::governance::ApprovalKind::ProductionApply,
+                requester: crate::governance::approvals::Requester {
+                    name: "bot".into(),
+                    agent_id: Some("agent-1".into()),
+                },
+                sandbox_id: None,
+                summary: "run playbook web on production target prod-web in check mode".into(),
+                details: json!({}),
+                timeout: Duration::from_secs(600),
+            },
+            "agent",
+        )
+        .await
+        .expect("approval");
+    let yaml = "- name: web\n  hosts: all\n  become: true\n  tasks: []\n".to_owned();
+    let waiting = JobRecord {
+        id: "JOB-checkwait0".into(),
+        kind: "run".into(),
+        playbook: "web".into(),
+        vm_name: "prod-web".into(),
+        target_kind: "production".into(),
+        sandbox_id: None,
+        check: false,
+        status: fluid_client::ansible::JobStatus::Running,
+        phase: crate::ansible::jobs::production::PHASE_AWAITING_CHECK_APPROVAL.into(),
+        approval_id: Some(approval.id.clone()),
+        playbook_sha256: crate::support::hash::sha256_hex(&yaml),
+        playbook_yaml: yaml,
+        check_output: None,
+        output: String::new(),
+        exit_code: None,
+        error: None,
+        verification: None,
+        created_by: "bot".into(),
+        agent_id: Some("agent-1".into()),
+        created_at: chrono::Utc::now(),
+        started_at: Some(chrono::Utc::now()),
+        finished_at: None,
+    };
+    let e = crate::store::NewAuditEvent::system("ansible_job", "created", "pending");
+    app.store.insert_job(&waiting, &e).await.expect("insert");
+
+    let (state, runner) = restarted(&app);
+    assert_eq!(state.jobs.resume().await.expect("resume"), 1);
+    assert!(runner.runs().is_empty(), "nothing runs before the decision");
+    let (s, _) = app
+        .post_empty(&format!("/v1/approvals/{}/approve", approval.id))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    // The check runs, then the job waits for the approval of its apply.
+    let j = wait_until(&app, &waiting.id, |j| {
+        j["phase"] == "awaiting_approval" && j["approval_id"] != json!(approval.id)
+    })
+    .await;
+    let runs = runner.runs();
+    assert_eq!(
+        runs.iter().map(|r| r.check).collect::<Vec<_>>(),
+        vec![true],
+        "the check ran once, after its approval"
+    );
+    let apply = j["approval_id"]
+        .as_str()
+        .expect("apply approval")
+        .to_owned();
+    let (s, _) = app
+        .post_empty(&format!("/v1/approvals/{apply}/approve"))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let j = wait_until(&app, &waiting.id, ended).await;
+    assert_eq!(j["status"], "finished", "{j}");
+    assert_eq!(
+        runner.runs().iter().map(|r| r.check).collect::<Vec<_>>(),
+        vec![true, false],
+        "check, then the approved apply"
+    );
+    assert!(
+        app.runner.runs().is_empty(),
+        "the first controller ran nothing"
+    );
+}
+
 #[tokio::test]
 async fn a_restarted_controller_resumes_waiting_jobs_and_fails_interrupted_ones() {
     let app: AnsibleApp = ansible_app(prod_config()).await;
@@ -627,17 +741,7 @@ async fn a_restarted_controller_resumes_waiting_jobs_and_fails_interrupted_ones(
     }
 
     // A new controller on the same database resumes them.
-    let mut c = prod_config();
-    c.data_dir = app.data.path().to_owned();
-    let runner = std::sync::Arc::new(crate::ansible::jobs::runner::fake::FakeRunner::default());
-    let state = crate::build_state_with_runner(
-        app.store.clone(),
-        app.agents.clone(),
-        &c,
-        crate::testing::fake_agents::test_ca(),
-        runner.clone(),
-    )
-    .expect("state");
+    let (state, runner) = restarted(&app);
     assert_eq!(state.jobs.resume().await.expect("resume"), 1);
     let j = job(&app, "JOB-interrupt0").await;
     assert_eq!(j["status"], "failed");

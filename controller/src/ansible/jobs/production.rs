@@ -164,6 +164,39 @@ impl JobService {
                 Err(msg) => return failed(msg),
             }
         }
+        self.check_then_apply(job, t, role).await
+    }
+
+    /// Goes on, after a controller restart, with a job that was waiting for the
+    /// approval of its check run: waits for that same approval, then runs as
+    /// [`Self::drive_production`] would. Only an agent's job waits there, so the
+    /// approval of its apply is opened with the role `agent`.
+    pub(super) async fn resume_production_check(
+        &self,
+        job: &JobRecord,
+        t: &AnsibleTarget,
+        approval_id: &str,
+    ) -> Option<JobEnd> {
+        self.say(
+            &job.id,
+            &format!("=== the controller restarted: still waiting for {approval_id} ==="),
+        );
+        match self.wait_check(job, approval_id).await {
+            Ok(true) => self.check_then_apply(job, t, "agent").await,
+            Ok(false) => None,
+            Err(msg) => Some(JobEnd::failed(msg)),
+        }
+    }
+
+    /// The check run on the target, then (unless the job is a check) the approval of
+    /// the apply, and the apply once approved.
+    async fn check_then_apply(
+        &self,
+        job: &JobRecord,
+        t: &AnsibleTarget,
+        role: &str,
+    ) -> Option<JobEnd> {
+        let failed = |e: String| Some(JobEnd::failed(e));
         let hosts = match production_hosts(t) {
             Ok(h) => h,
             Err(e) => return failed(e.to_string()),
@@ -286,11 +319,18 @@ impl JobService {
         if let Err(err) = self.update(job, u, Some(e)).await {
             tracing::error!(job = %job.id, error = %err, "recording a job's check approval");
         }
+        self.wait_check(job, &approval.id).await
+    }
+
+    /// Waits for `approval_id`, the approval of `job`'s check run, and records the
+    /// decision: `Ok(true)` when approved, `Ok(false)` when another controller took
+    /// the job over, `Err` with why it must fail.
+    async fn wait_check(&self, job: &JobRecord, approval_id: &str) -> Result<bool, String> {
         let fin = self
             .approvals
-            .wait(&approval.id)
+            .wait(approval_id)
             .await
-            .map_err(|e| format!("waiting for approval {}: {e}", approval.id))?;
+            .map_err(|e| format!("waiting for approval {approval_id}: {e}"))?;
         let took = |phase: &str| JobUpdate {
             phase: Some(phase.into()),
             expect_phase: Some(PHASE_AWAITING_CHECK_APPROVAL.into()),
@@ -298,10 +338,10 @@ impl JobService {
         };
         if fin.status != ApprovalStatus::Approved {
             let why = refusal_reason(&fin).unwrap_or_else(|| "was not approved".into());
-            let msg = format!("approval {} {why}", approval.id);
+            let msg = format!("approval {approval_id} {why}");
             self.say(&job.id, &format!("=== {msg}: nothing was run ==="));
             let e = audit(job, "refused", fin.status.as_str()).details(
-                serde_json::json!({"approval_id": approval.id, "reason": why, "phase": "check"}),
+                serde_json::json!({"approval_id": approval_id, "reason": why, "phase": "check"}),
             );
             return match self.update(job, took(PHASE_DONE), Some(e)).await {
                 Ok(false) => Ok(false),
@@ -314,15 +354,15 @@ impl JobService {
             .unwrap_or_else(|| "controller".into());
         self.say(
             &job.id,
-            &format!("=== check run approved by {by} ({}) ===", approval.id),
+            &format!("=== check run approved by {by} ({approval_id}) ==="),
         );
         let e = audit(job, "approved", "running").details(serde_json::json!({
-            "approval_id": approval.id, "decided_by": by, "comment": fin.comment, "phase": "check",
+            "approval_id": approval_id, "decided_by": by, "comment": fin.comment, "phase": "check",
         }));
         match self.update(job, took(PHASE_CHECK), Some(e)).await {
             Ok(true) => Ok(true),
             Ok(false) => Ok(false),
-            Err(err) => Err(format!("recording the approval of {}: {err}", approval.id)),
+            Err(err) => Err(format!("recording the approval of {approval_id}: {err}")),
         }
     }
 
