@@ -351,8 +351,8 @@ async fn a_hostile_guest_gets_nothing_from_dns_or_dhcp() -> Result<()> {
     )?;
     println!("sandboxes: A {a} {a_ip}, B {b} {b_ip}");
     tokio::try_join!(
-        guest::ready(&admin, &a, Duration::from_secs(120)),
-        guest::ready(&admin, &b, Duration::from_secs(120))
+        guest::ready(&admin, &a, Duration::from_secs(180)),
+        guest::ready(&admin, &b, Duration::from_secs(180))
     )?;
     println!("booted in {} s", started.elapsed().as_secs());
     admin

@@ -387,7 +387,7 @@ async fn revoked_or_expired_egress_is_cut_and_a_rebooted_host_is_dark_until_the_
     let vm_name = format!("{}-egress", stack.prefix);
     let (id, ip) = guest::create(&admin, "agent-egress", &vm_name).await?;
     println!("sandbox {id} ({vm_name}) at {ip}; internet server {server}");
-    guest::ready(&admin, &id, Duration::from_secs(120)).await?;
+    guest::ready(&admin, &id, Duration::from_secs(180)).await?;
     for (path, content) in [
         ("/usr/local/bin/stream", STREAM),
         ("/usr/local/bin/beacon", BEACON),
