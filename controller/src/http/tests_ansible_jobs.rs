@@ -565,6 +565,62 @@ async fn the_stream_sends_each_line_then_the_status() {
     assert_eq!(frames, text, "replayed from the record");
 }
 
+/// A production_apply approval as a job of `requester` (name, agent id, role) opens it.
+async fn open_approval(
+    app: &AnsibleApp,
+    (name, agent_id, role): (&str, Option<&str>, &str),
+    summary: &str,
+) -> crate::store::ApprovalRecord {
+    app.state
+        .approvals
+        .open(
+            crate::governance::approvals::NewRequest {
+                kind: fluid_client::governance::ApprovalKind::ProductionApply,
+                requester: crate::governance::approvals::Requester {
+                    name: name.into(),
+                    agent_id: agent_id.map(str::to_owned),
+                },
+                sandbox_id: None,
+                summary: summary.into(),
+                details: json!({}),
+                timeout: Duration::from_secs(600),
+            },
+            role,
+        )
+        .await
+        .expect("approval")
+}
+
+/// What a controller that died left: an admin's production job of playbook `web`,
+/// its check run done, waiting for `approval_id`.
+fn left_waiting(approval_id: &str) -> JobRecord {
+    let yaml = "- name: web\n  hosts: all\n  become: true\n  tasks: []\n".to_owned();
+    JobRecord {
+        id: "JOB-waiting000".into(),
+        kind: "run".into(),
+        playbook: "web".into(),
+        vm_name: "prod-web".into(),
+        target_kind: "production".into(),
+        sandbox_id: None,
+        check: false,
+        status: fluid_client::ansible::JobStatus::Running,
+        phase: "awaiting_approval".into(),
+        approval_id: Some(approval_id.to_owned()),
+        playbook_sha256: crate::support::hash::sha256_hex(&yaml),
+        playbook_yaml: yaml,
+        check_output: Some("PLAY [check]\n".into()),
+        output: "PLAY [check]\n".into(),
+        exit_code: None,
+        error: None,
+        verification: None,
+        created_by: "test-admin".into(),
+        agent_id: None,
+        created_at: chrono::Utc::now(),
+        started_at: Some(chrono::Utc::now()),
+        finished_at: None,
+    }
+}
+
 /// A second controller on `app`'s database and data directory, with a runner of its own.
 fn restarted(
     app: &AnsibleApp,
@@ -593,49 +649,20 @@ fn restarted(
 async fn a_restarted_controller_resumes_a_job_waiting_for_its_check_approval() {
     let app: AnsibleApp = ansible_app(prod_config()).await;
     web(&app).await;
-    let approval = app
-        .state
-        .approvals
-        .open(
-            crate::governance::approvals::NewRequest {
-                kind: fluid_client::governance::ApprovalKind::ProductionApply,
-                requester: crate::governance::approvals::Requester {
-                    name: "bot".into(),
-                    agent_id: Some("agent-1".into()),
-                },
-                sandbox_id: None,
-                summary: "run playbook web on production target prod-web in check mode".into(),
-                details: json!({}),
-                timeout: Duration::from_secs(600),
-            },
-            "agent",
-        )
-        .await
-        .expect("approval");
-    let yaml = "- name: web\n  hosts: all\n  become: true\n  tasks: []\n".to_owned();
+    let approval = open_approval(
+        &app,
+        ("bot", Some("agent-1"), "agent"),
+        "run playbook web on production target prod-web in check mode",
+    )
+    .await;
     let waiting = JobRecord {
         id: "JOB-checkwait0".into(),
-        kind: "run".into(),
-        playbook: "web".into(),
-        vm_name: "prod-web".into(),
-        target_kind: "production".into(),
-        sandbox_id: None,
-        check: false,
-        status: fluid_client::ansible::JobStatus::Running,
         phase: crate::ansible::jobs::production::PHASE_AWAITING_CHECK_APPROVAL.into(),
-        approval_id: Some(approval.id.clone()),
-        playbook_sha256: crate::support::hash::sha256_hex(&yaml),
-        playbook_yaml: yaml,
         check_output: None,
         output: String::new(),
-        exit_code: None,
-        error: None,
-        verification: None,
         created_by: "bot".into(),
         agent_id: Some("agent-1".into()),
-        created_at: chrono::Utc::now(),
-        started_at: Some(chrono::Utc::now()),
-        finished_at: None,
+        ..left_waiting(&approval.id)
     };
     let e = crate::store::NewAuditEvent::system("ansible_job", "created", "pending");
     app.store.insert_job(&waiting, &e).await.expect("insert");
@@ -685,50 +712,13 @@ async fn a_restarted_controller_resumes_waiting_jobs_and_fails_interrupted_ones(
     web(&app).await;
     // What a controller that died left: a job waiting for its approval, and one that
     // was applying.
-    let approval = app
-        .state
-        .approvals
-        .open(
-            crate::governance::approvals::NewRequest {
-                kind: fluid_client::governance::ApprovalKind::ProductionApply,
-                requester: crate::governance::approvals::Requester {
-                    name: "test-admin".into(),
-                    agent_id: None,
-                },
-                sandbox_id: None,
-                summary: "apply playbook web to production target prod-web".into(),
-                details: json!({}),
-                timeout: Duration::from_secs(600),
-            },
-            "admin",
-        )
-        .await
-        .expect("approval");
-    let yaml = "- name: web\n  hosts: all\n  become: true\n  tasks: []\n".to_owned();
-    let base = JobRecord {
-        id: "JOB-waiting000".into(),
-        kind: "run".into(),
-        playbook: "web".into(),
-        vm_name: "prod-web".into(),
-        target_kind: "production".into(),
-        sandbox_id: None,
-        check: false,
-        status: fluid_client::ansible::JobStatus::Running,
-        phase: "awaiting_approval".into(),
-        approval_id: Some(approval.id.clone()),
-        playbook_sha256: crate::support::hash::sha256_hex(&yaml),
-        playbook_yaml: yaml,
-        check_output: Some("PLAY [check]\n".into()),
-        output: "PLAY [check]\n".into(),
-        exit_code: None,
-        error: None,
-        verification: None,
-        created_by: "test-admin".into(),
-        agent_id: None,
-        created_at: chrono::Utc::now(),
-        started_at: Some(chrono::Utc::now()),
-        finished_at: None,
-    };
+    let approval = open_approval(
+        &app,
+        ("test-admin", None, "admin"),
+        "apply playbook web to production target prod-web",
+    )
+    .await;
+    let base = left_waiting(&approval.id);
     let dead = JobRecord {
         id: "JOB-interrupt0".into(),
         phase: "apply".into(),
