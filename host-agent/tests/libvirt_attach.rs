@@ -361,6 +361,17 @@ fn hanging_up_ends_the_shell_and_what_runs_in_it() {
             .await
             .expect("input");
         read_until(&mut shell, |o| o.contains("started\r\n")).await;
+        // Hang up only once the shell has started its child: a hang-up that lands between
+        // the echo and the fork ends the shell before it has a job to pass SIGHUP to.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let running = ctx.exec("pgrep -fx 'sleep 4242' || true").await.0;
+            assert!(Instant::now() < deadline, "the shell never started its child");
+            if !running.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         drop(shell.input);
         let exit = exit_of(&mut shell.output).await;
         println!("hang-up: {exit:?}");
