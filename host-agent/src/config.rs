@@ -16,11 +16,14 @@ use serde::{Deserialize, Serialize};
 mod disk;
 mod exec;
 mod network;
+mod templates;
 pub use disk::DiskConfig;
 use disk::RawDisk;
 pub use exec::ExecConfig;
 use exec::RawExec;
 use network::RawNetworkField;
+use templates::RawTemplates;
+pub use templates::{TemplateShape, TemplatesConfig};
 
 /// Where the agent looks for its config file unless told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/fluid/agent.toml";
@@ -86,6 +89,8 @@ pub struct AgentConfig {
     pub exec: ExecConfig,
     /// `[disk]`: free space kept, caps on snapshots and disk inspections.
     pub disk: DiskConfig,
+    /// `[templates]`: memory templates sandboxes are restored from.
+    pub templates: TemplatesConfig,
 }
 
 /// The default `metrics_listen`.
@@ -233,6 +238,7 @@ struct RawConfig {
     otlp_endpoint: String,
     exec: RawExec,
     disk: RawDisk,
+    templates: RawTemplates,
 }
 
 impl Default for RawConfig {
@@ -254,6 +260,7 @@ impl Default for RawConfig {
             otlp_endpoint: String::new(),
             exec: RawExec::default(),
             disk: RawDisk::default(),
+            templates: RawTemplates::default(),
         }
     }
 }
@@ -375,6 +382,8 @@ impl RawConfig {
             }
             images.push(image);
         }
+        let names: Vec<&Name> = images.iter().map(ImageConfig::name).collect();
+        let templates = self.templates.validate(&names)?;
         Ok(AgentConfig {
             host_name,
             listen: self.listen,
@@ -392,6 +401,7 @@ impl RawConfig {
             otlp_endpoint,
             exec: self.exec.validate()?,
             disk,
+            templates,
         })
     }
 }

@@ -26,6 +26,7 @@ pub mod overlay;
 pub mod reconcile;
 pub mod sandboxes;
 pub mod state;
+pub mod templates;
 
 use std::sync::Arc;
 
@@ -125,7 +126,25 @@ pub async fn open(config: AgentConfig) -> anyhow::Result<Arc<Sandboxes<Libvirt>>
         .await
         .context("applying the sandbox network rules")?;
     network::watch::spawn(&sandboxes);
+    sandboxes.start_templates().await;
     Ok(sandboxes)
+}
+
+/// `fluid-agent build-templates`: builds the memory templates of `[templates] shapes`
+/// now, in the foreground (after an image update, or before the agent's first start);
+/// a line per template.
+pub async fn build_templates(config: AgentConfig) -> anyhow::Result<Vec<String>> {
+    let hv = Libvirt::connect(&config.libvirt_uri, config.host_name.as_str())
+        .await
+        .with_context(|| format!("connecting to libvirt at {}", config.libvirt_uri))?;
+    let templates = templates::Templates::new(config.templates.clone(), &config.state_dir);
+    let cx = templates::build::BuildContext {
+        hv: &hv,
+        agent: &config.host_name,
+        network: &config.network.name,
+        virt_type: config.virt_type,
+    };
+    templates.build_configured(&cx, &config.images).await
 }
 
 /// Runs the agent until `shutdown` is cancelled. Sandboxes keep running when it exits.

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use fluid_agent::AgentConfig;
 use fluid_agent::config::DEFAULT_CONFIG_PATH;
 use fluid_telemetry::Telemetry;
@@ -36,6 +36,15 @@ struct Cli {
     /// level comes from `RUST_LOG` (default `info`).
     #[arg(long, value_enum, env = "FLUID_AGENT_LOG_FORMAT")]
     log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Builds the memory templates of the config's `[templates] shapes` now, in the
+    /// foreground, and exits (the agent otherwise builds them in the background).
+    BuildTemplates,
 }
 
 /// Logging (and span export, with `otlp_endpoint`) from the config; inside the runtime,
@@ -83,7 +92,18 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let code = match runtime.block_on(agent_main(config)) {
+    let main = async {
+        match cli.command {
+            Some(Command::BuildTemplates) => {
+                for line in fluid_agent::build_templates(config).await? {
+                    println!("{line}");
+                }
+                Ok(())
+            }
+            None => agent_main(config).await,
+        }
+    };
+    let code = match runtime.block_on(main) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

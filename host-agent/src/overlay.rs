@@ -69,12 +69,7 @@ impl Overlays {
         backing_format: &str,
     ) -> Result<PathBuf, OverlayError> {
         let overlay = self.path_for(id);
-        self.remove(&overlay).await?;
-        let mut cmd = tokio::process::Command::new("qemu-img");
-        cmd.args(["create", "-q", "-f", "qcow2", "-F", backing_format, "-b"])
-            .arg(backing)
-            .arg(&overlay);
-        self.run("create", cmd, &overlay).await?;
+        create_overlay(&overlay, backing, backing_format).await?;
         Ok(overlay)
     }
 
@@ -113,30 +108,56 @@ impl Overlays {
     async fn run(
         &self,
         op: &'static str,
-        mut cmd: tokio::process::Command,
+        cmd: tokio::process::Command,
         overlay: &Path,
     ) -> Result<(), OverlayError> {
-        let out = cmd
-            .kill_on_drop(true)
-            .output()
-            .await
-            .map_err(|e| OverlayError::QemuImg {
-                op,
-                overlay: overlay.to_owned(),
-                message: format!("running qemu-img: {e}"),
-            })?;
-        if !out.status.success() {
-            return Err(OverlayError::QemuImg {
-                op,
-                overlay: overlay.to_owned(),
-                message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            });
-        }
-        tokio::fs::set_permissions(overlay, std::fs::Permissions::from_mode(0o644))
-            .await
-            .map_err(io(overlay))
+        run_qemu_img(op, cmd, overlay).await
     }
+}
 
+/// `qemu-img create -f qcow2 -F <format> -b <backing> <overlay>` (0644). An existing
+/// file is replaced.
+pub async fn create_overlay(
+    overlay: &Path,
+    backing: &Path,
+    backing_format: &str,
+) -> Result<(), OverlayError> {
+    remove_file(overlay).await?;
+    let mut cmd = tokio::process::Command::new("qemu-img");
+    cmd.args(["create", "-q", "-f", "qcow2", "-F", backing_format, "-b"])
+        .arg(backing)
+        .arg(overlay);
+    run_qemu_img("create", cmd, overlay).await
+}
+
+/// Runs one qemu-img command that writes `overlay`, then makes it 0644.
+async fn run_qemu_img(
+    op: &'static str,
+    mut cmd: tokio::process::Command,
+    overlay: &Path,
+) -> Result<(), OverlayError> {
+    let out = cmd
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| OverlayError::QemuImg {
+            op,
+            overlay: overlay.to_owned(),
+            message: format!("running qemu-img: {e}"),
+        })?;
+    if !out.status.success() {
+        return Err(OverlayError::QemuImg {
+            op,
+            overlay: overlay.to_owned(),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    tokio::fs::set_permissions(overlay, std::fs::Permissions::from_mode(0o644))
+        .await
+        .map_err(io(overlay))
+}
+
+impl Overlays {
     /// Removes a file; a missing file is not an error.
     pub async fn remove(&self, path: &Path) -> Result<(), OverlayError> {
         remove_file(path).await

@@ -33,10 +33,12 @@ use crate::exec::pool::SshPool;
 use crate::hypervisor::{
     DomainSpec, DomainState, Hypervisor, HypervisorError, Lease, OwnedDomain, random_mac,
 };
-use crate::images::{self, ResolvedImage};
+use crate::images;
 use crate::network::{Firewall, tap_name};
 use crate::overlay::{self, Overlays};
 use crate::state::{SandboxRecord, StateStore};
+use crate::templates::Templates;
+pub use provision::Provision;
 
 /// How often leases and domain states are polled while waiting.
 const POLL: Duration = Duration::from_millis(500);
@@ -66,35 +68,6 @@ pub struct Capacity {
     pub images: Vec<String>,
 }
 
-/// How a new sandbox reaches its first running state.
-///
-/// Only [`Provision::ColdBoot`] exists today. The fast path from docs/DESIGN.md
-/// ("Performance direction") slots in here as `RestoreSnapshot { state_file }`: per
-/// host, each golden image is booted once and its memory saved; a create then makes the
-/// overlay on the snapshot's disk, defines the domain with the fresh identity (name,
-/// uuid, MAC) and *restores* the saved state with that XML (`virDomainRestoreFlags`)
-/// instead of starting it, then re-identifies the guest (hostname, SSH host keys, DHCP
-/// renew). [`Sandboxes::create`] picks the variant per image in
-/// [`Provision::for_image`]; nothing else in the create path changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Provision {
-    /// Start the defined domain; the guest boots from scratch (~30 s under TCG).
-    ColdBoot,
-}
-
-impl Provision {
-    fn for_image(_image: &ResolvedImage) -> Self {
-        Provision::ColdBoot
-    }
-
-    /// Brings a defined, stopped sandbox to running.
-    async fn run<H: Hypervisor>(self, hv: &H, record: &SandboxRecord) -> Result<(), ServiceError> {
-        match self {
-            Provision::ColdBoot => Ok(hv.start(&record.domain_uuid).await?),
-        }
-    }
-}
-
 /// The sandbox service.
 pub struct Sandboxes<H> {
     pub(crate) hv: Arc<H>,
@@ -115,6 +88,8 @@ pub struct Sandboxes<H> {
     pub(crate) room: room::Room,
     /// Open tunnels.
     pub(crate) tunnels: Arc<tokio::sync::Semaphore>,
+    /// The memory templates sandboxes are restored from.
+    pub(crate) templates: Arc<Templates>,
 }
 
 impl<H> std::fmt::Debug for Sandboxes<H> {
@@ -140,6 +115,7 @@ impl<H: Hypervisor> Sandboxes<H> {
         firewall: Arc<Firewall>,
     ) -> Self {
         let disk = config.disk;
+        let (config_templates, state_dir) = (config.templates.clone(), config.state_dir.clone());
         Self {
             ssh: Arc::new(SshPool::new(
                 key,
@@ -156,6 +132,7 @@ impl<H: Hypervisor> Sandboxes<H> {
             inspect_slots: Arc::new(tokio::sync::Semaphore::new(disk.max_inspections as usize)),
             room: room::Room::new(disk),
             tunnels: Arc::new(tokio::sync::Semaphore::new(tunnel::MAX_TUNNELS)),
+            templates: Arc::new(Templates::new(config_templates, &state_dir)),
         }
     }
 
@@ -170,6 +147,11 @@ impl<H: Hypervisor> Sandboxes<H> {
     }
 
     /// The agent's SSH public key (OpenSSH line), for certificates.
+    /// The memory templates of this host.
+    pub fn templates(&self) -> &Templates {
+        &self.templates
+    }
+
     pub fn ssh_public_key(&self) -> &str {
         self.ssh.key().public_openssh()
     }
@@ -213,6 +195,7 @@ impl<H: Hypervisor> Sandboxes<H> {
             tap: tap_name(&r.id),
             console_log: self.console_log(&r.id),
             ssh_user_ca_keys: r.ssh_user_ca_keys.clone(),
+            link_down: false,
         }
     }
 
@@ -363,7 +346,6 @@ impl<H: Hypervisor> Sandboxes<H> {
             None => None,
         };
         let image = images::resolve(self.hv.as_ref(), image_config).await?;
-        let provision = Provision::for_image(&image);
 
         let used_macs: Vec<&str> = records.iter().map(|r| r.mac.as_str()).collect();
         let mac = loop {
@@ -375,13 +357,21 @@ impl<H: Hypervisor> Sandboxes<H> {
         let started_at = Instant::now();
         // The address is the agent's: a static DHCP lease, before the domain exists.
         let static_ip = self.reserve_ip(&mac, &records).await?;
-        let overlay_path = match (&fork_source, &req.from_snapshot) {
-            (Some(source), Some(from)) => self.fork_overlay(&req, source, from, &image).await?,
+        let (provision, missing) = self.provision_for(&req, &image, static_ip).await;
+        let overlay_path = match (&fork_source, &req.from_snapshot, &provision) {
+            (Some(source), Some(from), _) => self.fork_overlay(&req, source, from, &image).await?,
+            (_, _, Provision::Restore(t)) => {
+                self.overlays.create(&req.id, &t.disk(), "qcow2").await?
+            }
             _ => {
                 self.overlays
                     .create(&req.id, &image.backing, &image.backing_format)
                     .await?
             }
+        };
+        let template = match &provision {
+            Provision::Restore(t) => Some(t.name.clone()),
+            Provision::ColdBoot => None,
         };
         let overlay_ms = started_at.elapsed().as_millis();
         let record = SandboxRecord {
@@ -404,6 +394,8 @@ impl<H: Hypervisor> Sandboxes<H> {
             egress: req.egress.clone(),
             known_ip: None,
             static_ip,
+            template,
+            start_path: None,
         };
         // The record goes first: after a crash, reconcile finds something to clean.
         if let Err(e) = self.store.put(&record).await {
@@ -421,15 +413,22 @@ impl<H: Hypervisor> Sandboxes<H> {
             return Err(e.into());
         }
         let define_ms = started_at.elapsed().as_millis() - overlay_ms;
+        let mut start_path = None;
         if req.start {
-            if let Err(e) = provision.run(self.hv.as_ref(), &record).await {
-                self.undo_create(&record, true).await;
-                return Err(e);
+            match self.provision(&provision, &record).await {
+                Ok(path) => start_path = Some(path),
+                Err(e) => {
+                    self.undo_create(&record, true).await;
+                    return Err(e);
+                }
             }
-            self.mark_started(&record).await?;
+            self.mark_started(&record, start_path).await?;
+        }
+        if let Some(missing) = missing {
+            self.build_later(missing);
         }
         tracing::info!(
-            id = %record.id, name = %record.name, image = %record.image,
+            id = %record.id, name = %record.name, image = %record.image, start_path,
             overlay_ms, define_ms, total_ms = started_at.elapsed().as_millis(),
             started = req.start, forked_from = ?req.from_snapshot.as_ref().map(|f| format!("{}/{}", f.sandbox_id, f.name)),
             "sandbox created"
@@ -461,11 +460,20 @@ impl<H: Hypervisor> Sandboxes<H> {
         }
     }
 
-    async fn mark_started(&self, r: &SandboxRecord) -> Result<(), ServiceError> {
-        if !r.started {
-            let mut r = r.clone();
-            r.started = true;
-            self.store.put(&r).await?;
+    /// Records that the sandbox has run (and, at its first start, how it started).
+    async fn mark_started(
+        &self,
+        r: &SandboxRecord,
+        path: Option<&'static str>,
+    ) -> Result<(), ServiceError> {
+        // The stored record: a restore has written the host key and address into it.
+        let mut current = self.store.get(&r.id).await?.unwrap_or_else(|| r.clone());
+        if !current.started || (path.is_some() && current.start_path.is_none()) {
+            current.started = true;
+            if current.start_path.is_none() {
+                current.start_path = path.map(str::to_owned);
+            }
+            self.store.put(&current).await?;
         }
         Ok(())
     }
@@ -490,7 +498,7 @@ impl<H: Hypervisor> Sandboxes<H> {
             Some(DomainState::ShutOff | DomainState::Crashed) => {
                 self.ensure_reserved(r).await?;
                 self.hv.start(&r.domain_uuid).await?;
-                self.mark_started(r).await?;
+                self.mark_started(r, Some("boot")).await?;
                 tracing::info!(id = %r.id, "sandbox started");
             }
             Some(DomainState::Paused) => {
@@ -659,7 +667,8 @@ impl<H: Hypervisor> Sandboxes<H> {
                     )));
                 }
             }
-            if let Some(ip) = dhcp::lease_of(&r, &self.hv.leases(r.network.as_str()).await?) {
+            // Its lease, or the reserved address a restore has given it (`known_ip`).
+            if let Some(ip) = dhcp::address_of(&r, &self.hv.leases(r.network.as_str()).await?) {
                 // Not before the rules admit it: the caller's first SSH must get through.
                 self.admit_ip(&r.id, ip).await?;
                 tracing::info!(id = %r.id, %ip, waited_ms = started.elapsed().as_millis(), "sandbox has an address");
@@ -734,6 +743,9 @@ mod egress;
 mod exec;
 mod fork;
 pub mod inspect;
+mod provision;
+#[cfg(test)]
+mod provision_tests;
 mod room;
 #[cfg(test)]
 mod room_tests;

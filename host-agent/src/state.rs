@@ -66,6 +66,14 @@ pub struct SandboxRecord {
     /// `None`: a sandbox created before static leases (dynamic lease).
     #[serde(default)]
     pub static_ip: Option<Ipv4Addr>,
+    /// The memory template (`crate::templates`, its folder's name) the overlay is
+    /// backed by; `None`: backed by the image itself.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// How it first started: `boot` (cold), `restore` (from `template`); `None` before
+    /// its first start (or for a sandbox of an older agent).
+    #[serde(default)]
+    pub start_path: Option<String>,
 }
 
 /// The allow-list as stored: plain fields, checked again when read back.
@@ -261,6 +269,8 @@ pub(crate) fn test_record(id: &str, name: &str) -> SandboxRecord {
         egress: EgressPolicy::default(),
         known_ip: None,
         static_ip: None,
+        template: None,
+        start_path: None,
     }
 }
 

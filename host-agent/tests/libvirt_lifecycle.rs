@@ -24,10 +24,7 @@ use fluid_agent::AgentConfig;
 use fluid_agent::Sandboxes;
 use fluid_agent::error::ServiceError;
 use fluid_agent::hypervisor::libvirt::Libvirt;
-use fluid_proto::model::{
-    CreateSandbox, Exec, ExecEvent, Name, ObservedState, SandboxId, StopSandbox, WaitForIp,
-};
-use fluid_proto::pb;
+use fluid_proto::model::{ObservedState, SandboxId, StopSandbox, WaitForIp};
 use russh::keys::PrivateKey;
 use russh::keys::ssh_key::private::Ed25519Keypair;
 
@@ -52,26 +49,7 @@ async fn exec(
     cert: &str,
     command: &str,
 ) -> Result<(String, i32), ServiceError> {
-    let exec = Exec::try_from(pb::ExecRequest {
-        sandbox_id: id.to_string(),
-        command_id: format!("CMD-{:016x}", rand::random::<u64>()),
-        command: command.into(),
-        output_cap_bytes: 64 * 1024,
-        ssh_certificate: cert.into(),
-        timeout_seconds: 300,
-        ..Default::default()
-    })
-    .expect("valid exec");
-    let mut rx = s.exec(exec).await?;
-    let (mut out, mut code) = (Vec::new(), -2);
-    while let Some(e) = rx.recv().await {
-        match e {
-            ExecEvent::Stdout(b) => out.extend_from_slice(&b),
-            ExecEvent::Exit(x) => code = x.exit_code,
-            ExecEvent::Stderr(_) | ExecEvent::Started { .. } => {}
-        }
-    }
-    Ok((String::from_utf8_lossy(&out).into_owned(), code))
+    common::run(s, id, cert, command).await
 }
 
 /// Waits until the guest has finished booting (`systemctl is-system-running --wait`),
@@ -112,7 +90,13 @@ async fn sandbox_lifecycle_against_libvirt() {
     let state_dir = PathBuf::from(format!("/var/tmp/{name}"));
     let toml = format!(
         "stop_timeout_seconds = 20\n{}",
-        common::agent_toml(&format!("{name}-host"), &state_dir, &dir)
+        // The cold-boot path: no memory template.
+        common::agent_toml_with(
+            &format!("{name}-host"),
+            &state_dir,
+            &dir,
+            "[templates]\nenabled = false\n"
+        )
     );
     let config = AgentConfig::from_toml(&toml).expect("config");
     let table = config.network.nft_table.clone();
@@ -141,17 +125,7 @@ async fn lifecycle(
 ) {
     let ca = PrivateKey::from(Ed25519Keypair::from_seed(&rand::random()));
     let cert = common::certificate(&ca, sandboxes.ssh_public_key(), id, false);
-    let create = CreateSandbox {
-        id: id.clone(),
-        name: Name::parse("name", name).expect("name"),
-        image: Name::parse("image", "debian-12").expect("image"),
-        cpus: 1,
-        memory_mb: 512,
-        start: true,
-        ssh_user_ca_keys: vec![ca.public_key().to_openssh().expect("CA line")],
-        egress: Default::default(),
-        from_snapshot: None,
-    };
+    let create = common::create_request(id, name, ca.public_key().to_openssh().expect("CA line"));
 
     let t = Instant::now();
     let v = sandboxes.create(create.clone()).await.expect("create");

@@ -305,6 +305,8 @@ fn record(id: &str, mac: &str, allow: &[&str]) -> SandboxRecord {
             .expect("policy"),
         known_ip: None,
         static_ip: None,
+        template: None,
+        start_path: None,
     }
 }
 

@@ -14,6 +14,7 @@
 
 pub mod access;
 pub mod files;
+pub mod identity;
 pub mod wrapper;
 
 use wrapper::quote;

@@ -203,6 +203,16 @@ struct Interface {
     /// The host-side tap's name, fixed so the agent's nftables rules can name it.
     target: InterfaceTarget,
     model: Model,
+    /// Only ever `down`: a memory template boots with its NIC unplugged from the wire,
+    /// and its clones are restored so, until the agent has given them their identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    link: Option<LinkState>,
+}
+
+#[derive(Debug, Serialize)]
+struct LinkState {
+    #[serde(rename = "@state")]
+    state: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -294,6 +304,34 @@ struct RngBackend {
     device: &'static str,
 }
 
+/// The XML of `spec`'s NIC with its link up: what a live device update sends to plug a
+/// restored clone's NIC into the wire.
+pub fn interface_link_up(spec: &DomainSpec) -> Result<String, quick_xml::SeError> {
+    let mut out = String::new();
+    let ser = quick_xml::se::Serializer::with_root(&mut out, Some("interface"))?;
+    let mut iface = Interface::from_spec(spec, false);
+    iface.link = Some(LinkState { state: "up" });
+    iface.serialize(ser)?;
+    Ok(out)
+}
+
+impl Interface {
+    fn from_spec(s: &DomainSpec, link_down: bool) -> Self {
+        Interface {
+            kind: "network",
+            mac: MacAddress {
+                address: s.mac.clone(),
+            },
+            source: NetworkSource {
+                network: s.network.to_string(),
+            },
+            target: InterfaceTarget { dev: s.tap.clone() },
+            model: Model { kind: "virtio" },
+            link: link_down.then_some(LinkState { state: "down" }),
+        }
+    }
+}
+
 fn path_string(p: &std::path::Path) -> String {
     p.to_string_lossy().into_owned()
 }
@@ -374,17 +412,7 @@ impl Domain {
                         bus: "virtio",
                     },
                 },
-                interface: Interface {
-                    kind: "network",
-                    mac: MacAddress {
-                        address: s.mac.clone(),
-                    },
-                    source: NetworkSource {
-                        network: s.network.to_string(),
-                    },
-                    target: InterfaceTarget { dev: s.tap.clone() },
-                    model: Model { kind: "virtio" },
-                },
+                interface: Interface::from_spec(s, s.link_down),
                 serial: Serial {
                     kind: "pty",
                     target: PortTarget { port: 0 },

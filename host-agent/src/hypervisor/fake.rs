@@ -3,15 +3,17 @@
 //! (memory while running, disk-only while shut off) and go with an undefine, as
 //! libvirt's do with `VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
 use super::{
-    DhcpHost, DomainSnapshot, DomainSpec, DomainState, FluidMeta, Hypervisor, HypervisorError,
-    Lease, NetworkInfo, NodeInfo, OwnedDomain, Result, RevertTo, SourceDomain,
+    DhcpHost, DomainSnapshot, DomainSpec, DomainState, FluidMeta, GuestOutput, Hypervisor,
+    HypervisorError, Lease, NetworkInfo, NodeInfo, OwnedDomain, Result, RevertTo, SourceDomain,
 };
 
 #[derive(Debug, Clone)]
@@ -44,6 +46,18 @@ pub struct FakeState {
     pub fail_snapshot: bool,
     /// Every snapshot create, revert and delete: (operation, domain uuid, name).
     pub snapshot_calls: Vec<(&'static str, String, String)>,
+    /// Domains started transient (gone when they stop).
+    pub transient: HashSet<String>,
+    /// Every restore: the uuid restored.
+    pub restores: Vec<String>,
+    /// Every live interface update: (uuid, XML).
+    pub interface_updates: Vec<(String, String)>,
+    /// Every guest-exec: (uuid, argv).
+    pub guest_execs: Vec<(String, Vec<String>)>,
+    /// The exit code guest-execs answer.
+    pub guest_exec_exit: i32,
+    /// Restores fail.
+    pub fail_restore: bool,
 }
 
 #[derive(Debug)]
@@ -135,6 +149,17 @@ impl FakeHypervisor {
             .unwrap_or_default()
     }
 
+    /// Shuts the domain off; a transient one is gone, as with libvirt.
+    fn stop(&self, uuid: &str) -> Result<()> {
+        let mut s = self.lock();
+        if s.transient.remove(uuid) {
+            s.domains.remove(uuid);
+            return Ok(());
+        }
+        drop(s);
+        self.set_state(uuid, DomainState::ShutOff)
+    }
+
     fn set_state(&self, uuid: &str, state: DomainState) -> Result<()> {
         self.with(uuid, |s, uuid| {
             if let Some(d) = s.domains.get_mut(uuid) {
@@ -201,7 +226,7 @@ impl Hypervisor for FakeHypervisor {
     }
 
     async fn power_off(&self, uuid: &str) -> Result<()> {
-        self.set_state(uuid, DomainState::ShutOff)
+        self.stop(uuid)
     }
 
     async fn undefine(&self, uuid: &str) -> Result<()> {
@@ -379,6 +404,64 @@ impl Hypervisor for FakeHypervisor {
                 return Err(HypervisorError::NoSnapshot(format!("snapshot {name}")));
             }
             Ok(())
+        })
+    }
+
+    async fn start_transient(&self, spec: &DomainSpec) -> Result<()> {
+        self.define(spec).await?;
+        self.lock().transient.insert(spec.uuid.clone());
+        self.start(&spec.uuid).await
+    }
+
+    async fn save(&self, uuid: &str, path: &Path) -> Result<()> {
+        let xml = format!("<domain><uuid>{uuid}</uuid></domain>");
+        std::fs::write(path, crate::templates::save_image::fake_image(&xml))
+            .map_err(|e| HypervisorError::Failed(format!("{}: {e}", path.display())))?;
+        self.stop(uuid)
+    }
+
+    async fn restore(&self, path: &Path) -> Result<()> {
+        let xml = crate::templates::save_image::read_xml(path)
+            .map_err(|e| HypervisorError::Failed(e.to_string()))?;
+        let uuid = xml
+            .split_once("<uuid>")
+            .and_then(|(_, rest)| rest.split_once("</uuid>"))
+            .map(|(uuid, _)| uuid.to_owned())
+            .ok_or_else(|| HypervisorError::Failed("no uuid in the save image".into()))?;
+        self.with(&uuid, |s, uuid| {
+            if s.fail_restore {
+                return Err(HypervisorError::Failed("restore refused".into()));
+            }
+            let Some(d) = s.domains.get_mut(uuid) else {
+                return Err(HypervisorError::NotFound(uuid.into()));
+            };
+            d.state = DomainState::Running;
+            s.restores.push(uuid.into());
+            Ok(())
+        })
+    }
+
+    async fn update_interface(&self, uuid: &str, interface_xml: &str) -> Result<()> {
+        self.with(uuid, |s, uuid| {
+            s.interface_updates
+                .push((uuid.into(), interface_xml.into()));
+            Ok(())
+        })
+    }
+
+    async fn guest_exec(
+        &self,
+        uuid: &str,
+        argv: &[String],
+        _timeout: Duration,
+    ) -> Result<GuestOutput> {
+        self.with(uuid, |s, uuid| {
+            s.guest_execs.push((uuid.into(), argv.to_vec()));
+            Ok(GuestOutput {
+                exit_code: s.guest_exec_exit,
+                stdout: String::new(),
+                stderr: String::new(),
+            })
         })
     }
 }

@@ -13,8 +13,9 @@
 //! level) and is counted in the agent's metrics, in one place: `Libvirt::call_on`.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::oneshot;
@@ -26,9 +27,9 @@ use virt::error::ErrorNumber;
 use super::domain_xml::{self, parse_meta, parse_source_disk};
 use super::leases::{self, DNSMASQ_STATE_DIR};
 use super::{
-    DhcpHost, DomainSnapshot, DomainSpec, DomainState, FLUID_XMLNS, FluidMeta, Hypervisor,
-    HypervisorError, Lease, NetworkInfo, NodeInfo, OwnedDomain, Result, RevertTo, SourceDomain,
-    snapshot_xml,
+    DhcpHost, DomainSnapshot, DomainSpec, DomainState, FLUID_XMLNS, FluidMeta, GuestOutput,
+    Hypervisor, HypervisorError, Lease, NetworkInfo, NodeInfo, OwnedDomain, Result, RevertTo,
+    SourceDomain, guest_agent, snapshot_xml,
 };
 
 type Job = Box<dyn FnOnce(Result<&Connect>) + Send>;
@@ -288,6 +289,22 @@ fn state_of(dom: &Domain) -> Result<DomainState> {
         Enum::Known(VirtState::NoState) => DomainState::Other("no state".into()),
         Enum::Unknown(v) => DomainState::Other(format!("state {v}")),
     })
+}
+
+/// `virDomainSaveFlags`, which the `virt` crate does not wrap.
+#[allow(unsafe_code)]
+fn save_domain(d: &Domain, path: &Path) -> Result<()> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| HypervisorError::Failed(format!("{}: a NUL in the path", path.display())))?;
+    // SAFETY: `d` is a live domain handle for the duration of the call, `c_path` a
+    // NUL-terminated string that outlives it, and a null `dxml` is documented as "keep
+    // the domain's XML"; libvirt copies what it needs before returning.
+    let rc =
+        unsafe { virt::sys::virDomainSaveFlags(d.as_ptr(), c_path.as_ptr(), std::ptr::null(), 0) };
+    if rc < 0 {
+        return Err(map_err(virt::error::Error::last_error()));
+    }
+    Ok(())
 }
 
 /// Sets a guest's clock to now through its guest agent (`virDomainSetTime`), retrying
@@ -561,6 +578,57 @@ impl Hypervisor for Libvirt {
         self.with_owned_slow("snapshot_delete", uuid, move |d| {
             let snap = Domain::lookup_snapshot_by_name(d, &name, 0).map_err(map_err)?;
             snap.delete(0).map_err(map_err)
+        })
+        .await
+    }
+
+    async fn start_transient(&self, spec: &DomainSpec) -> Result<()> {
+        let xml = domain_xml::render(spec)
+            .map_err(|e| HypervisorError::Failed(format!("domain XML: {e}")))?;
+        self.call("start_transient", move |c| {
+            c.create_domain_xml(&xml, 0).map(drop).map_err(map_err)
+        })
+        .await
+    }
+
+    async fn save(&self, uuid: &str, path: &Path) -> Result<()> {
+        let path = path.to_owned();
+        self.with_owned_slow("save", uuid, move |d| save_domain(d, &path))
+            .await
+    }
+
+    async fn restore(&self, path: &Path) -> Result<()> {
+        let path = path.to_string_lossy().into_owned();
+        Self::call_on("restore", &self.slow_jobs, move |c| {
+            c.restore_domain_flags(&path, None, virt::sys::VIR_DOMAIN_SAVE_RUNNING)
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn update_interface(&self, uuid: &str, interface_xml: &str) -> Result<()> {
+        let xml = interface_xml.to_owned();
+        self.with_owned("update_interface", uuid, move |d| {
+            d.update_device_flags(&xml, virt::sys::VIR_DOMAIN_AFFECT_LIVE)
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn guest_exec(
+        &self,
+        uuid: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<GuestOutput> {
+        let argv = argv.to_vec();
+        // The slow lane: a guest agent call can block for seconds.
+        self.with_owned_slow("guest_exec", uuid, move |d| {
+            guest_agent::exec(
+                |cmd, secs| d.qemu_agent_command(cmd, secs, 0).map_err(map_err),
+                &argv,
+                timeout,
+            )
         })
         .await
     }

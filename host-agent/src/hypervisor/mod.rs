@@ -10,13 +10,15 @@
 //! the hypervisor is the single source of truth for which snapshots exist.
 
 pub mod domain_xml;
+pub mod guest_agent;
 pub mod leases;
 pub mod libvirt;
 pub mod network_xml;
 pub mod snapshot_xml;
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use fluid_proto::model::{Name, SandboxId};
@@ -81,6 +83,9 @@ pub struct DomainSpec {
     pub console_log: PathBuf,
     /// User CA keys the guest's sshd must trust (SMBIOS OEM strings).
     pub ssh_user_ca_keys: Vec<String>,
+    /// The NIC starts with its link down (`<link state='down'/>`): a memory template,
+    /// and the XML its clones are restored with (`crate::templates`).
+    pub link_down: bool,
 }
 
 /// The ownership mark in a domain's metadata.
@@ -188,6 +193,14 @@ pub enum RevertTo {
     Paused,
 }
 
+/// What a program run through the guest agent left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestOutput {
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
 #[async_trait]
 pub trait Hypervisor: Send + Sync + 'static {
     /// Defines (persistently) the domain described by `spec`. Does not start it.
@@ -232,6 +245,25 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// Deletes the snapshot (its data leaves the overlay; later snapshots stay).
     /// [`HypervisorError::NoSnapshot`] when it is missing.
     async fn snapshot_delete(&self, uuid: &str, name: &str) -> Result<()>;
+
+    /// Starts a transient domain (gone when it stops): a memory template being built.
+    async fn start_transient(&self, spec: &DomainSpec) -> Result<()>;
+    /// Saves the running domain's memory and device state to `path` (a libvirt save
+    /// image); the domain stops.
+    async fn save(&self, uuid: &str, path: &Path) -> Result<()>;
+    /// Restores a save image, running. Its XML names the domain: an existing
+    /// definition with the same name and UUID becomes the restored domain.
+    async fn restore(&self, path: &Path) -> Result<()>;
+    /// Replaces the live NIC's settings (link state) with `interface_xml`.
+    async fn update_interface(&self, uuid: &str, interface_xml: &str) -> Result<()>;
+    /// Runs `argv` in the guest through its guest agent and waits for it (at most
+    /// `timeout`).
+    async fn guest_exec(
+        &self,
+        uuid: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<GuestOutput>;
 }
 
 /// The lowercase `52:54:00:xx:xx:xx` MAC address form.

@@ -52,9 +52,16 @@ kernel = "/k"
 name = "from-vm"
 source_domain = "golden"
 {extra}
+{templates}
 "#,
         dir = tmp.path().display(),
-        image = image.display()
+        image = image.display(),
+        // No background template builds unless a test asks for templates.
+        templates = if extra.contains("[templates]") {
+            ""
+        } else {
+            "[templates]\non_demand = false"
+        },
     ))
     .expect("config");
     let store = StateStore::open(&config.db_path()).await.expect("store");

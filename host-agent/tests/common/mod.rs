@@ -12,10 +12,12 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fluid_agent::error::ServiceError;
 use fluid_agent::hypervisor::libvirt::Libvirt;
 use fluid_agent::{AgentConfig, Sandboxes};
 use fluid_prereq::shared::Teardown;
-use fluid_proto::model::{CreateSandbox, Name, SandboxId};
+use fluid_proto::model::{CreateSandbox, Exec, ExecEvent, Name, SandboxId};
+use fluid_proto::pb;
 use russh::keys::ssh_key::certificate::{Builder, CertType};
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{PrivateKey, PublicKey};
@@ -63,19 +65,9 @@ impl RealSandbox {
         let ca = PrivateKey::from(Ed25519Keypair::from_seed(&rand::random()));
         let ca_line = ca.public_key().to_openssh().expect("CA line");
         let created = Instant::now();
-        s.create(CreateSandbox {
-            id: id.clone(),
-            name: Name::parse("name", &name).expect("name"),
-            image: Name::parse("image", "debian-12").expect("image"),
-            cpus: 1,
-            memory_mb: 512,
-            start: true,
-            ssh_user_ca_keys: vec![ca_line],
-            egress: Default::default(),
-            from_snapshot: None,
-        })
-        .await
-        .expect("create");
+        s.create(create_request(&id, &name, ca_line))
+            .await
+            .expect("create");
         println!("created {id} ({name})");
         Self {
             s,
@@ -191,8 +183,29 @@ pub fn image_dir() -> Option<PathBuf> {
         })
 }
 
-/// The agent's configuration for a test (TCG, the golden image as `debian-12`).
+/// Where the tests' agents keep their memory templates: shared by every test (and
+/// every run, while the golden image and QEMU stay the same), as an operator's hosts
+/// keep theirs, so that only the first create of a run pays for the template's boot.
+pub const SHARED_TEMPLATES: &str = "/var/cache/fluid/templates";
+
+/// The agent's configuration for a test (TCG, the golden image as `debian-12`), with
+/// its memory templates in [`SHARED_TEMPLATES`].
 pub fn agent_toml(host_name: &str, state_dir: &Path, image_dir: &Path) -> String {
+    agent_toml_with(
+        host_name,
+        state_dir,
+        image_dir,
+        &format!("[templates]\ndir = \"{SHARED_TEMPLATES}\"\n"),
+    )
+}
+
+/// [`agent_toml`] with `templates` as its `[templates]` table.
+pub fn agent_toml_with(
+    host_name: &str,
+    state_dir: &Path,
+    image_dir: &Path,
+    templates: &str,
+) -> String {
     format!(
         r#"
 host_name = "{host_name}"
@@ -208,6 +221,7 @@ path = "{d}/disk.qcow2"
 kernel = "{d}/vmlinuz"
 initrd = "{d}/initrd.img"
 cmdline = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
+{templates}
 "#,
         state = state_dir.display(),
         d = image_dir.display()
@@ -248,4 +262,49 @@ pub fn certificate(
         b.extension("permit-pty", "").expect("extension");
     }
     b.sign(ca).expect("sign").to_openssh().expect("openssh")
+}
+
+/// A started 1-vCPU, 512 MiB `debian-12` sandbox that trusts the CA `ca_line`.
+pub fn create_request(id: &SandboxId, name: &str, ca_line: String) -> CreateSandbox {
+    CreateSandbox {
+        id: id.clone(),
+        name: Name::parse("name", name).expect("name"),
+        image: Name::parse("image", "debian-12").expect("image"),
+        cpus: 1,
+        memory_mb: 512,
+        start: true,
+        ssh_user_ca_keys: vec![ca_line],
+        egress: Default::default(),
+        from_snapshot: None,
+    }
+}
+
+/// Runs `command` in the sandbox with the exec certificate `cert`; its stdout and exit
+/// code.
+pub async fn run(
+    s: &Sandboxes<Libvirt>,
+    id: &SandboxId,
+    cert: &str,
+    command: &str,
+) -> Result<(String, i32), ServiceError> {
+    let exec = Exec::try_from(pb::ExecRequest {
+        sandbox_id: id.to_string(),
+        command_id: format!("CMD-{:016x}", rand::random::<u64>()),
+        command: command.into(),
+        output_cap_bytes: 64 * 1024,
+        ssh_certificate: cert.into(),
+        timeout_seconds: 300,
+        ..Default::default()
+    })
+    .expect("valid exec");
+    let mut rx = s.exec(exec).await?;
+    let (mut out, mut code) = (Vec::new(), -2);
+    while let Some(e) = rx.recv().await {
+        match e {
+            ExecEvent::Stdout(b) => out.extend_from_slice(&b),
+            ExecEvent::Exit(x) => code = x.exit_code,
+            ExecEvent::Stderr(_) | ExecEvent::Started { .. } => {}
+        }
+    }
+    Ok((String::from_utf8_lossy(&out).into_owned(), code))
 }

@@ -28,6 +28,7 @@ fn spec(virt_type: VirtType, boot: Boot) -> DomainSpec {
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl fluid-ca".into(),
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBm8nRk0a1HE3b3Mbu2MhY5XgTbn6n3D3cXnGp4sA2nh <old&ca>".into(),
         ],
+        link_down: false,
     }
 }
 
@@ -467,4 +468,19 @@ fn source_disk_skips_cdroms() {
     assert_eq!(d.path, PathBuf::from("/vm/src.img"));
     assert_eq!(d.format, "raw");
     assert_eq!(d.boot, Boot::Disk);
+}
+
+#[test]
+fn a_template_s_nic_starts_unplugged_and_a_live_update_plugs_it_in() {
+    let mut s = spec(VirtType::Qemu, Boot::Disk);
+    assert!(!render(&s).expect("render").contains("<link"));
+    s.link_down = true;
+    let xml = render(&s).expect("render");
+    assert!(xml.contains("<link state=\"down\"/>"), "{xml}");
+    let up = interface_link_up(&s).expect("interface");
+    assert_eq!(
+        up,
+        "<interface type=\"network\"><mac address=\"52:54:00:12:34:56\"/><source network=\"default\"/>\
+         <target dev=\"fx0123abcd\"/><model type=\"virtio\"/><link state=\"up\"/></interface>"
+    );
 }

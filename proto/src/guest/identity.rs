@@ -1,0 +1,126 @@
+//! A clone's identity, given to a guest restored from a memory template: everything in
+//! which two clones of one template must differ, applied before anyone can log in.
+//!
+//! The agent runs [`CloneIdentity::argv`] through the guest agent (`guest-exec`), so
+//! the values travel as positional parameters of `sh -c`, never spliced into the
+//! script. The script runs as few programs as it can (each costs a few hundred
+//! milliseconds under TCG): `date`, `perl` (the RNG ioctls), `rm` and `ip`.
+
+/// Applies the identity. Positional parameters: see [`CloneIdentity::argv`].
+pub const SCRIPT: &str = r#"set -eu
+umask 022
+# The clock, stepped to the host's: the template's stopped when it was saved.
+date -u -s "@$3" >/dev/null
+# The kernel RNG: the host's entropy, credited, and a reseed of the CRNG now, so no two
+# clones (nor a clone and its template) share a stream.
+perl -e 'open(my $f, ">", "/dev/urandom") or die "urandom: $!";
+  my $b = pack("H*", $ARGV[0]);
+  ioctl($f, 0x40085203, pack("ii", 8 * length($b), length($b)) . $b) or die "RNDADDENTROPY: $!";
+  ioctl($f, 0x5207, 0) or die "RNDRESEEDCRNG: $!"' "$8"
+# The sandbox id sshd accepts certificates for, and the user CAs it trusts.
+mkdir -p /run/fluid-identity
+printf '%s\n' "$1" >/run/fluid-identity/sandbox_id
+printf '%s\n' "${11}" >/etc/ssh/fluid_user_ca.pub
+printf '%s\n' "$7" >/etc/machine-id
+printf '%s\n' "$2" >/etc/hostname
+printf '%s' "$2" >/proc/sys/kernel/hostname
+hosts=$(while IFS= read -r line || [ -n "$line" ]; do
+  case $line in
+    "127.0.1.1 "* | "127.0.1.1	"*) printf '127.0.1.1 %s\n' "$2" ;;
+    *) printf '%s\n' "$line" ;;
+  esac
+done </etc/hosts)
+printf '%s\n' "$hosts" >/etc/hosts
+# SSH host keys: the one the agent generated (and pinned) only.
+rm -f /etc/ssh/ssh_host_*
+(umask 077 && printf '%s\n' "$9" >/etc/ssh/ssh_host_ed25519_key)
+printf '%s\n' "${10}" >/etc/ssh/ssh_host_ed25519_key.pub
+# The network: this clone's MAC and reserved address, no DHCP client of the template.
+for pidfile in /run/dhclient*.pid; do
+  [ -f "$pidfile" ] && read -r pid <"$pidfile" && kill "$pid" 2>/dev/null || true
+done
+dev=
+for d in /sys/class/net/*; do
+  [ "${d##*/}" = lo ] || { dev=${d##*/}; break; }
+done
+[ -n "$dev" ] || { echo "no network interface" >&2; exit 3; }
+printf 'nameserver %s\n' "$6" >/etc/resolv.conf
+printf 'link set %s down\nlink set %s address %s\naddr flush dev %s\nlink set %s up\naddr add %s dev %s\nroute replace default via %s dev %s\n' \
+  "$dev" "$dev" "$4" "$dev" "$dev" "$5" "$dev" "$6" "$dev" | ip -batch -
+"#;
+
+/// What one clone is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloneIdentity {
+    pub sandbox_id: String,
+    pub hostname: String,
+    /// Seconds since the Unix epoch, now.
+    pub now_unix: i64,
+    /// Lower case, `52:54:00:…`.
+    pub mac: String,
+    /// The clone's address with the network's prefix, `192.168.122.7/24`.
+    pub address: String,
+    /// The network's gateway, also its DNS server.
+    pub gateway: String,
+    /// 32 hex digits.
+    pub machine_id: String,
+    /// Hex; fresh random bytes from the host.
+    pub entropy_hex: String,
+    /// OpenSSH private key (ed25519) and its public line.
+    pub host_key_private: String,
+    pub host_key_public: String,
+    pub user_ca_keys: Vec<String>,
+}
+
+impl CloneIdentity {
+    /// The program and arguments to run in the guest.
+    pub fn argv(&self) -> Vec<String> {
+        vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            SCRIPT.into(),
+            "fluid-identity".into(),
+            self.sandbox_id.clone(),
+            self.hostname.clone(),
+            self.now_unix.to_string(),
+            self.mac.clone(),
+            self.address.clone(),
+            self.gateway.clone(),
+            self.machine_id.clone(),
+            self.entropy_hex.clone(),
+            self.host_key_private.trim_end().to_owned(),
+            self.host_key_public.trim_end().to_owned(),
+            self.user_ca_keys.join("\n"),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_positional_parameters_not_script() {
+        let id = CloneIdentity {
+            sandbox_id: "SBX-1".into(),
+            hostname: "h'; reboot #".into(),
+            now_unix: 1,
+            mac: "52:54:00:00:00:01".into(),
+            address: "10.0.0.2/24".into(),
+            gateway: "10.0.0.1".into(),
+            machine_id: "0".repeat(32),
+            entropy_hex: "00".into(),
+            host_key_private: "-----BEGIN-----\nk\n-----END-----\n".into(),
+            host_key_public: "ssh-ed25519 AAAA\n".into(),
+            user_ca_keys: vec!["ca1".into(), "ca2".into()],
+        };
+        let argv = id.argv();
+        assert_eq!(argv[..4], ["/bin/sh", "-c", SCRIPT, "fluid-identity"]);
+        // $1 … $11 in the order the script reads them.
+        assert_eq!(argv[4 + 1], "h'; reboot #");
+        assert_eq!(argv[4 + 8], "-----BEGIN-----\nk\n-----END-----");
+        assert_eq!(argv[4 + 10], "ca1\nca2");
+        assert_eq!(argv.len(), 4 + 11);
+        assert!(!SCRIPT.contains("reboot"));
+    }
+}
