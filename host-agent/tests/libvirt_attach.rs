@@ -366,7 +366,10 @@ fn hanging_up_ends_the_shell_and_what_runs_in_it() {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let running = ctx.exec("pgrep -fx 'sleep 4242' || true").await.0;
-            assert!(Instant::now() < deadline, "the shell never started its child");
+            assert!(
+                Instant::now() < deadline,
+                "the shell never started its child"
+            );
             if !running.is_empty() {
                 break;
             }

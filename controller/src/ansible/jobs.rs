@@ -620,7 +620,7 @@ impl JobService {
             if job.kind == KIND_VERIFY
                 && let Some(sb) = &job.sandbox_id
                 && let Ok(id) = SandboxId::parse("sandbox_id", sb)
-                && let Err(e) = self.sandboxes.destroy(&id).await
+                && let Err(e) = self.sandboxes.destroy_unchecked(&id).await
             {
                 tracing::warn!(job = %job.id, sandbox = %sb, error = %e, "destroying an interrupted verify's sandbox");
             }

@@ -295,8 +295,8 @@ pub enum AuthError {
 
 /// The sandbox `id`, once `caller` may do `p` on it: role, ownership, read-only mode.
 /// A sandbox that does not exist is NotFound, after the role check, so a role without
-/// the permission learns nothing. Every edge asks this (through
-/// `SandboxService::authorized`), and so do services that take a sandbox id.
+/// the permission learns nothing. Every service method that takes a caller and a
+/// sandbox id asks this first; the edges (REST, gRPC) check nothing themselves.
 pub async fn authorized_sandbox(
     store: &dyn Store,
     caller: &Caller,

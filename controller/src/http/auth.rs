@@ -135,14 +135,14 @@ pub fn require(caller: &Caller, p: Permission) -> Result<(), ApiError> {
     Ok(auth::check(caller, p)?)
 }
 
-/// The sandbox `id`, once `caller` may do `p` on it ([`crate::sandboxes::SandboxService::authorized`]).
+/// The sandbox `id`, once `caller` may do `p` on it ([`crate::work::commands::CommandService::authorized`]).
 pub async fn sandbox_for(
     state: &AppState,
     caller: &Caller,
     id: &SandboxId,
     p: Permission,
 ) -> Result<SandboxRecord, ApiError> {
-    Ok(state.sandboxes.authorized(caller, id, p).await?)
+    Ok(state.commands.authorized(caller, id, p).await?)
 }
 
 #[cfg(test)]
