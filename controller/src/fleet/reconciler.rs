@@ -399,7 +399,7 @@ mod tests {
             role: fluid_client::governance::Role::Operator,
             agent_id: None,
         };
-        let row = store.get_sandbox(&sb.id).await.expect("get").expect("row");
+        let id = crate::error::parse_id(&sb.id).expect("id");
         let allow = vec![fluid_client::network::EgressRuleBody::for_destination(
             "deb.debian.org",
             Some(fluid_client::network::EgressProtocol::Tcp),
@@ -407,7 +407,7 @@ mod tests {
         )];
         let e = state
             .egress
-            .put(&caller, &row, &allow)
+            .put(&caller, &id, &allow)
             .await
             .expect_err("agent down");
         assert!(

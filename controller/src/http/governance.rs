@@ -14,7 +14,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::AppState;
-use super::auth::{require, sandbox_for};
+use super::auth::require;
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::params::{ApiPath, ApiQuery};
@@ -104,7 +104,7 @@ pub async fn get_mode(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ModeResponse>, ApiError> {
     let id = parse_id(&id)?;
-    let sb = sandbox_for(&state, &caller, &id, Permission::Read).await?;
+    let sb = state.sandboxes.get(&caller, &id, false).await?.sandbox;
     Ok(Json(ModeResponse {
         sandbox_id: sb.id,
         mode: mode_of(sb.read_only),
