@@ -380,6 +380,7 @@ impl JobService {
 
     /// A job the caller may see (a scoped caller: only its agent's).
     pub async fn get(&self, caller: &Caller, id: &JobId) -> Result<JobRecord, ServiceError> {
+        auth::check(caller, Permission::Read)?;
         self.load(caller, id.as_str()).await
     }
 
@@ -423,6 +424,7 @@ impl JobService {
         caller: &Caller,
         mut f: JobFilter,
     ) -> Result<(Vec<JobRecord>, u64), ServiceError> {
+        auth::check(caller, Permission::Read)?;
         if let Some(own) = caller.scope() {
             f.agent_id = Some(own.to_owned());
         }

@@ -279,6 +279,14 @@ pub fn role_table() -> Vec<fluid_client::governance::RoleInfo> {
         .collect()
 }
 
+/// The role table for `caller` (`Read`: any authenticated caller).
+pub fn role_table_for(
+    caller: &Caller,
+) -> Result<Vec<fluid_client::governance::RoleInfo>, ServiceError> {
+    check(caller, Permission::Read)?;
+    Ok(role_table())
+}
+
 /// Why a caller is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -506,6 +514,30 @@ impl Authenticator {
             .iter()
             .map(TokenRecord::to_api)
             .collect())
+    }
+
+    /// [`Self::create`] for `caller` (`ManageTokens`): the API's.
+    pub async fn create_for(
+        &self,
+        caller: &Caller,
+        name: &str,
+        role: Role,
+        agent_id: Option<&str>,
+    ) -> Result<(String, TokenInfo), ServiceError> {
+        check(caller, Permission::ManageTokens)?;
+        Ok(self.create(name, role, agent_id).await?)
+    }
+
+    /// [`Self::list`] for `caller` (`ManageTokens`).
+    pub async fn list_for(&self, caller: &Caller) -> Result<Vec<TokenInfo>, ServiceError> {
+        check(caller, Permission::ManageTokens)?;
+        Ok(self.list().await?)
+    }
+
+    /// [`Self::revoke`] for `caller` (`ManageTokens`).
+    pub async fn revoke_for(&self, caller: &Caller, id: &str) -> Result<TokenInfo, ServiceError> {
+        check(caller, Permission::ManageTokens)?;
+        Ok(self.revoke(id).await?)
     }
 
     pub async fn revoke(&self, id_or_name: &str) -> Result<TokenInfo, TokenError> {
