@@ -188,6 +188,20 @@ pub fn parse_id(id: &str) -> Result<SandboxId, ServiceError> {
     Ok(SandboxId::parse("id", id)?)
 }
 
+/// Page size when `limit` is not given.
+pub const DEFAULT_LIMIT: u32 = 100;
+/// Largest page.
+pub const MAX_LIMIT: u32 = 1000;
+
+/// A page size from a `limit` parameter: the default, at most [`MAX_LIMIT`], never 0.
+pub fn page_limit(limit: Option<u32>) -> Result<u32, ServiceError> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(0) => Err(ServiceError::Invalid("limit: must be positive".into())),
+        Some(n) => Ok(n.min(MAX_LIMIT)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

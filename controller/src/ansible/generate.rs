@@ -24,6 +24,7 @@ use crate::ansible::jobs::JobService;
 use crate::ansible::jobs::runner::resolve_ansible_playbook;
 use crate::ansible::playbooks::{DEFAULT_HOSTS, PlaybookService};
 use crate::error::ServiceError;
+use crate::governance::auth::{self, Caller, Permission};
 use crate::sandboxes::diffs::{DiffService, DiffSpec, DiskSide};
 use crate::store::{SandboxRecord, Store};
 use crate::support::atomic::write_atomic;
@@ -93,12 +94,17 @@ impl Generator {
             })
     }
 
-    /// Generates and stores a playbook from `sb`'s changes (the caller may read it).
+    /// Generates and stores a playbook from sandbox `id`'s changes. `caller` needs
+    /// `Playbooks` (checked before `id` is parsed), then `Read` on the sandbox.
     pub async fn generate(
         &self,
-        sb: &SandboxRecord,
+        caller: &Caller,
+        id: &str,
         req: &GenerateAnsibleRequest,
     ) -> Result<GenerateAnsibleResponse, ServiceError> {
+        auth::check(caller, Permission::Playbooks)?;
+        let id = crate::error::parse_id(id)?;
+        let sb = &auth::authorized_sandbox(&*self.store, caller, &id, Permission::Read).await?;
         let from = match req.from_snapshot.as_deref().map(str::trim) {
             Some(f) if !f.is_empty() => f.to_owned(),
             _ => self.oldest_snapshot(sb).await?,

@@ -380,6 +380,7 @@ impl JobService {
 
     /// A job the caller may see (a scoped caller: only its agent's).
     pub async fn get(&self, caller: &Caller, id: &JobId) -> Result<JobRecord, ServiceError> {
+        auth::check(caller, Permission::Read)?;
         self.load(caller, id.as_str()).await
     }
 
@@ -423,6 +424,7 @@ impl JobService {
         caller: &Caller,
         mut f: JobFilter,
     ) -> Result<(Vec<JobRecord>, u64), ServiceError> {
+        auth::check(caller, Permission::Read)?;
         if let Some(own) = caller.scope() {
             f.agent_id = Some(own.to_owned());
         }
@@ -620,7 +622,7 @@ impl JobService {
             if job.kind == KIND_VERIFY
                 && let Some(sb) = &job.sandbox_id
                 && let Ok(id) = SandboxId::parse("sandbox_id", sb)
-                && let Err(e) = self.sandboxes.destroy(&id).await
+                && let Err(e) = self.sandboxes.destroy_unchecked(&id).await
             {
                 tracing::warn!(job = %job.id, sandbox = %sb, error = %e, "destroying an interrupted verify's sandbox");
             }

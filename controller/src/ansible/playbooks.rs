@@ -28,7 +28,7 @@ use fluid_client::ansible::{
 
 use crate::error::{ErrorKind, ServiceError};
 use crate::governance::auth::trusted;
-use crate::governance::auth::{self, Caller};
+use crate::governance::auth::{self, Caller, Permission};
 use crate::store::{PlaybookRecord, Store, StoreError, TaskRecord, TaskWrite};
 use crate::support::atomic::write_atomic;
 use crate::support::ids::new_id;
@@ -213,6 +213,7 @@ impl PlaybookService {
         caller: &Caller,
         req: &CreatePlaybookRequest,
     ) -> Result<Playbook, ServiceError> {
+        auth::check(caller, Permission::Playbooks)?;
         let hosts = req.hosts.as_deref().unwrap_or(DEFAULT_HOSTS).trim();
         let r#become = req.r#become.unwrap_or(true);
         self.check_content(
@@ -295,6 +296,7 @@ impl PlaybookService {
         caller: &Caller,
         name: &str,
     ) -> Result<PlaybookWithTasks, ServiceError> {
+        auth::check(caller, Permission::Read)?;
         Ok(self.view(&self.stored_for(caller, name).await?))
     }
 
@@ -305,6 +307,7 @@ impl PlaybookService {
         limit: u32,
         offset: u64,
     ) -> Result<(Vec<Playbook>, u64), ServiceError> {
+        auth::check(caller, Permission::Read)?;
         let (rows, mut total) = self.store.list_playbooks(limit, offset).await?;
         let mut out = Vec::with_capacity(rows.len());
         for p in rows {
@@ -318,6 +321,7 @@ impl PlaybookService {
     }
 
     pub async fn delete(&self, caller: &Caller, name: &str) -> Result<(), ServiceError> {
+        auth::check(caller, Permission::Playbooks)?;
         let s = self.stored_for(caller, name).await?;
         let _w = self.writes.lock().await;
         if !self.store.delete_playbook(name).await? {
@@ -338,6 +342,7 @@ impl PlaybookService {
     }
 
     pub async fn export(&self, caller: &Caller, name: &str) -> Result<String, ServiceError> {
+        auth::check(caller, Permission::Read)?;
         self.stored_for(caller, name).await?.yaml()
     }
 
@@ -377,6 +382,7 @@ impl PlaybookService {
         name: &str,
         req: CreateTaskRequest,
     ) -> Result<Task, ServiceError> {
+        auth::check(caller, Permission::Playbooks)?;
         let s = self.stored_for(caller, name).await?;
         let spec = TaskSpec {
             name: req.name.trim().to_owned(),
@@ -415,6 +421,7 @@ impl PlaybookService {
         task_id: &str,
         req: UpdateTaskRequest,
     ) -> Result<Task, ServiceError> {
+        auth::check(caller, Permission::Playbooks)?;
         if req.name.is_none()
             && req.module.is_none()
             && req.params.is_none()
@@ -478,6 +485,7 @@ impl PlaybookService {
         name: &str,
         task_id: &str,
     ) -> Result<Task, ServiceError> {
+        auth::check(caller, Permission::Playbooks)?;
         let s = self.stored_for(caller, name).await?;
         let _w = self.writes.lock().await;
         let t = Self::task_result(
@@ -499,6 +507,7 @@ impl PlaybookService {
         name: &str,
         task_ids: &[String],
     ) -> Result<PlaybookWithTasks, ServiceError> {
+        auth::check(caller, Permission::Playbooks)?;
         let s = self.stored_for(caller, name).await?;
         check_order(&s.tasks, task_ids)?;
         let _w = self.writes.lock().await;

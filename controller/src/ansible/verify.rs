@@ -145,7 +145,7 @@ impl Verifier {
                 &job.id,
                 &format!("=== destroying the verify sandbox {id} ==="),
             );
-            if let Err(e) = self.sandboxes.destroy(&id).await {
+            if let Err(e) = self.sandboxes.destroy_unchecked(&id).await {
                 tracing::warn!(job = %job.id, sandbox = %id, error = %e, "destroying a verify sandbox");
                 self.jobs.say(
                     &job.id,

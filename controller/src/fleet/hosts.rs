@@ -14,6 +14,7 @@ use futures::future::join_all;
 
 use crate::agents::{AgentConnector, AgentTarget};
 use crate::error::ServiceError;
+use crate::governance::auth::{self, Caller, Permission};
 use crate::store::{Beat, HostRecord, HostUsage, Store, StoreError, free_cpus, free_memory};
 use crate::support::addr::check_address;
 
@@ -68,16 +69,39 @@ impl HostService {
         self.store.list_hosts().await
     }
 
-    /// Refreshes the fleet gauges of `metrics` from the store and `hosts`.
-    pub async fn refresh_metrics(
+    /// `GET /metrics`: the fleet gauges of `metrics` refreshed, then all of it as
+    /// OpenMetrics text. `caller` needs `ReadFleet` (`None`: `[metrics] public`). A
+    /// store that fails does not fail the scrape: the gauges keep their last values
+    /// and `fluid_metrics_scrape_errors_total` goes up.
+    pub async fn scrape(
         &self,
+        caller: Option<&Caller>,
         metrics: &crate::metrics::Metrics,
-        hosts: &[fluid_client::types::Host],
-    ) -> Result<(), StoreError> {
-        metrics.refresh(&*self.store, hosts).await
+    ) -> Result<String, ServiceError> {
+        if let Some(caller) = caller {
+            auth::check(caller, Permission::ReadFleet)?;
+        }
+        match self.hosts().await {
+            Ok(list) => {
+                if let Err(e) = metrics.refresh(&*self.store, &list.hosts).await {
+                    tracing::warn!(error = %e, "metrics: the fleet gauges could not be read");
+                }
+            }
+            Err(e) => {
+                metrics.scrape_failed();
+                tracing::warn!(error = %e, "metrics: the hosts could not be listed");
+            }
+        }
+        Ok(metrics.encode())
     }
 
-    pub async fn list(&self) -> Result<ListHostsResponse, ServiceError> {
+    /// The hosts, for `caller` (`Read`).
+    pub async fn list(&self, caller: &Caller) -> Result<ListHostsResponse, ServiceError> {
+        auth::check(caller, Permission::Read)?;
+        self.hosts().await
+    }
+
+    async fn hosts(&self) -> Result<ListHostsResponse, ServiceError> {
         let hosts = self.store.list_hosts().await?;
         let usage = self.store.host_usage().await?;
         Ok(ListHostsResponse {
@@ -91,7 +115,13 @@ impl HostService {
         })
     }
 
-    pub async fn add(&self, req: AddHostRequest) -> Result<HostResponse, ServiceError> {
+    /// Adds a host, for `caller` (`ManageHosts`).
+    pub async fn add(
+        &self,
+        caller: &Caller,
+        req: AddHostRequest,
+    ) -> Result<HostResponse, ServiceError> {
+        auth::check(caller, Permission::ManageHosts)?;
         let name = Name::parse("name", &req.name)?;
         check_address(&req.address).map_err(|e| ServiceError::Invalid(format!("address: {e}")))?;
         let host = self
@@ -110,8 +140,10 @@ impl HostService {
         })
     }
 
-    /// Source VMs and golden images on every host, asked concurrently.
-    pub async fn list_vms(&self) -> Result<ListVmsResponse, ServiceError> {
+    /// Source VMs and golden images on every host, asked concurrently, for `caller`
+    /// (`Read`).
+    pub async fn list_vms(&self, caller: &Caller) -> Result<ListVmsResponse, ServiceError> {
+        auth::check(caller, Permission::Read)?;
         let hosts = self.store.list_hosts().await?;
         let answers = join_all(
             hosts

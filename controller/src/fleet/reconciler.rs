@@ -241,11 +241,12 @@ mod tests {
     use crate::store::Reservation;
     use crate::testing::fake_agents::{FakeAgents, info, test_ca};
 
-    fn operator() -> Caller {
+    /// Who creates the tests' sandboxes (`CreateSandbox`: an admin).
+    fn admin() -> Caller {
         Caller {
             token_id: "TOK-test".into(),
-            name: "test-operator".into(),
-            role: fluid_client::governance::Role::Operator,
+            name: "test-admin".into(),
+            role: fluid_client::governance::Role::Admin,
             agent_id: None,
         }
     }
@@ -273,7 +274,7 @@ mod tests {
         let live = state
             .sandboxes
             .create(
-                &operator(),
+                &admin(),
                 CreateSandboxRequest {
                     source_vm_name: "debian-12".into(),
                     agent_id: "a".into(),
@@ -352,7 +353,7 @@ mod tests {
         // A destroyed row whose domain reappears is an orphan too.
         state
             .sandboxes
-            .destroy(&fluid_proto::model::SandboxId::parse("id", &live_id).expect("id"))
+            .destroy_unchecked(&fluid_proto::model::SandboxId::parse("id", &live_id).expect("id"))
             .await
             .expect("destroy");
         agents.plant("kvm-1", info(&live_id, "again", ObservedState::Running));
@@ -376,7 +377,7 @@ mod tests {
         let sb = state
             .sandboxes
             .create(
-                &operator(),
+                &admin(),
                 CreateSandboxRequest {
                     source_vm_name: "debian-12".into(),
                     agent_id: "a".into(),
@@ -398,7 +399,7 @@ mod tests {
             role: fluid_client::governance::Role::Operator,
             agent_id: None,
         };
-        let row = store.get_sandbox(&sb.id).await.expect("get").expect("row");
+        let id = crate::error::parse_id(&sb.id).expect("id");
         let allow = vec![fluid_client::network::EgressRuleBody::for_destination(
             "deb.debian.org",
             Some(fluid_client::network::EgressProtocol::Tcp),
@@ -406,7 +407,7 @@ mod tests {
         )];
         let e = state
             .egress
-            .put(&caller, &row, &allow)
+            .put(&caller, &id, &allow)
             .await
             .expect_err("agent down");
         assert!(

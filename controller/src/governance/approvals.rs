@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use fluid_client::governance::{ApprovalKind, ApprovalStatus};
+use fluid_client::governance::{ApprovalKind, ApprovalStatus, AskRequest};
 use tokio::sync::broadcast;
 
 use crate::error::ServiceError;
@@ -28,6 +28,22 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 pub const SUMMARY_MAX: usize = 4096;
 /// Longest comment.
 pub const COMMENT_MAX: usize = 4096;
+/// `timeout_secs` when an ask gives none.
+pub const ASK_DEFAULT_TIMEOUT_SECS: u64 = 300;
+/// Longest a blocking ask may wait.
+pub const ASK_MAX_TIMEOUT_SECS: u64 = 3600;
+/// Longest `action_type` / `urgency` of an ask.
+const LABEL_MAX: usize = 64;
+
+/// An ask's optional label (`action_type`, `urgency`): short and printable.
+fn label(field: &str, v: Option<String>) -> Result<Option<String>, ServiceError> {
+    match v {
+        Some(s) if s.len() > LABEL_MAX || s.chars().any(char::is_control) => Err(
+            ServiceError::Invalid(format!("{field}: at most {LABEL_MAX} printable characters")),
+        ),
+        v => Ok(v.filter(|s| !s.is_empty())),
+    }
+}
 /// Largest `details` document (compact JSON).
 pub const DETAILS_MAX: usize = 64 * 1024;
 /// Largest `details` of a request the controller opens itself (a `production_apply`
@@ -152,6 +168,45 @@ impl ApprovalService {
         Ok(rec)
     }
 
+    /// Opens a `custom` request (`POST /v1/human/ask`) for `caller`: `Ask`, and `Read`
+    /// on the sandbox it names. The caller waits with [`Self::wait`].
+    pub async fn ask(
+        &self,
+        caller: &Caller,
+        req: AskRequest,
+    ) -> Result<ApprovalRecord, ServiceError> {
+        auth::check(caller, Permission::Ask)?;
+        let timeout = req.timeout_secs.unwrap_or(ASK_DEFAULT_TIMEOUT_SECS);
+        if !(1..=ASK_MAX_TIMEOUT_SECS).contains(&timeout) {
+            return Err(ServiceError::Invalid(format!(
+                "timeout_secs: {timeout} is out of range (1-{ASK_MAX_TIMEOUT_SECS})"
+            )));
+        }
+        let action_type = label("action_type", req.action_type)?;
+        let urgency = label("urgency", req.urgency)?;
+        let sandbox_id = match &req.sandbox_id {
+            Some(s) => {
+                let id = crate::error::parse_id(s)?;
+                let sb = auth::authorized_sandbox(&*self.store, caller, &id, Permission::Read);
+                Some(sb.await?.id)
+            }
+            None => None,
+        };
+        let request = NewRequest {
+            kind: ApprovalKind::Custom,
+            requester: Requester::from(caller),
+            sandbox_id,
+            summary: req.prompt,
+            details: serde_json::json!({
+                "context": req.context,
+                "action_type": action_type,
+                "urgency": urgency,
+            }),
+            timeout: Duration::from_secs(timeout),
+        };
+        self.open(request, caller.role.as_str()).await
+    }
+
     pub async fn get(&self, id: &ApprovalId) -> Result<ApprovalRecord, ServiceError> {
         self.load(id.as_str()).await
     }
@@ -164,12 +219,13 @@ impl ApprovalService {
             .ok_or_else(|| ServiceError::NotFound(format!("approval {id} not found")))
     }
 
-    /// A request the caller may see (its own, when the caller is scoped).
+    /// A request the caller may see (`Read`; its own, when the caller is scoped).
     pub async fn get_for(
         &self,
         caller: &Caller,
         id: &ApprovalId,
     ) -> Result<ApprovalRecord, ServiceError> {
+        auth::check(caller, Permission::Read)?;
         let rec = self.get(id).await?;
         if caller.scope().is_some() {
             auth::check_owner(
@@ -187,22 +243,25 @@ impl ApprovalService {
         caller: &Caller,
         mut filter: ApprovalFilter,
     ) -> Result<(Vec<ApprovalRecord>, u64), ServiceError> {
+        auth::check(caller, Permission::Read)?;
         if let Some(own) = caller.scope() {
             filter.agent_id = Some(own.to_owned());
         }
         Ok(self.store.list_approvals(&filter).await?)
     }
 
-    /// Approves or rejects a pending request (operator or admin).
+    /// Approves or rejects a pending request (operator or admin: `Decide`, checked
+    /// before the id is parsed).
     pub async fn decide(
         &self,
         caller: &Caller,
-        id: &ApprovalId,
+        id: &str,
         approve: bool,
         comment: Option<String>,
     ) -> Result<ApprovalRecord, ServiceError> {
         auth::check(caller, Permission::Decide)
             .map_err(|e| ServiceError::Forbidden(e.to_string()))?;
+        let id = ApprovalId::parse("id", id)?;
         let comment = comment
             .map(|c| c.trim().to_owned())
             .filter(|c| !c.is_empty());

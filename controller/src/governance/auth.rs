@@ -279,6 +279,14 @@ pub fn role_table() -> Vec<fluid_client::governance::RoleInfo> {
         .collect()
 }
 
+/// The role table for `caller` (`Read`: any authenticated caller).
+pub fn role_table_for(
+    caller: &Caller,
+) -> Result<Vec<fluid_client::governance::RoleInfo>, ServiceError> {
+    check(caller, Permission::Read)?;
+    Ok(role_table())
+}
+
 /// Why a caller is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -295,8 +303,8 @@ pub enum AuthError {
 
 /// The sandbox `id`, once `caller` may do `p` on it: role, ownership, read-only mode.
 /// A sandbox that does not exist is NotFound, after the role check, so a role without
-/// the permission learns nothing. Every edge asks this (through
-/// `SandboxService::authorized`), and so do services that take a sandbox id.
+/// the permission learns nothing. Every service method that takes a caller and a
+/// sandbox id asks this first; the edges (REST, gRPC) check nothing themselves.
 pub async fn authorized_sandbox(
     store: &dyn Store,
     caller: &Caller,
@@ -506,6 +514,30 @@ impl Authenticator {
             .iter()
             .map(TokenRecord::to_api)
             .collect())
+    }
+
+    /// [`Self::create`] for `caller` (`ManageTokens`): the API's.
+    pub async fn create_for(
+        &self,
+        caller: &Caller,
+        name: &str,
+        role: Role,
+        agent_id: Option<&str>,
+    ) -> Result<(String, TokenInfo), ServiceError> {
+        check(caller, Permission::ManageTokens)?;
+        Ok(self.create(name, role, agent_id).await?)
+    }
+
+    /// [`Self::list`] for `caller` (`ManageTokens`).
+    pub async fn list_for(&self, caller: &Caller) -> Result<Vec<TokenInfo>, ServiceError> {
+        check(caller, Permission::ManageTokens)?;
+        Ok(self.list().await?)
+    }
+
+    /// [`Self::revoke`] for `caller` (`ManageTokens`).
+    pub async fn revoke_for(&self, caller: &Caller, id: &str) -> Result<TokenInfo, ServiceError> {
+        check(caller, Permission::ManageTokens)?;
+        Ok(self.revoke(id).await?)
     }
 
     pub async fn revoke(&self, id_or_name: &str) -> Result<TokenInfo, TokenError> {

@@ -9,13 +9,12 @@ use fluid_client::types::{
 };
 
 use super::AppState;
-use super::auth::{require, sandbox_for};
 use super::commands::PageParams;
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::params::{ApiPath, ApiQuery};
 use crate::error::parse_id;
-use crate::governance::auth::{Caller, Permission};
+use crate::governance::auth::Caller;
 
 #[utoipa::path(post, path = "/v1/access/request", tag = "access", request_body = AccessRequest,
     responses((status = 200, body = AccessResponse), (status = 400, body = ErrorBody),
@@ -27,8 +26,7 @@ pub async fn request_access(
     ApiJson(req): ApiJson<AccessRequest>,
 ) -> Result<Json<AccessResponse>, ApiError> {
     let id = parse_id(&req.sandbox_id)?;
-    sandbox_for(&state, &caller, &id, Permission::Work).await?;
-    Ok(Json(state.access.request(req).await?))
+    Ok(Json(state.access.request(&caller, &id, req).await?))
 }
 
 #[utoipa::path(get, path = "/v1/access/ca-pubkey", tag = "access",
@@ -37,8 +35,7 @@ pub async fn ca_pubkey(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<CaPublicKeyResponse>, ApiError> {
-    require(&caller, Permission::Read)?;
-    Ok(Json(state.access.ca_pubkey()))
+    Ok(Json(state.access.ca_pubkey(&caller)?))
 }
 
 #[utoipa::path(get, path = "/v1/access/certificates", tag = "access", params(PageParams),
@@ -48,9 +45,12 @@ pub async fn list_certificates(
     caller: Caller,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<ListCertificatesResponse>, ApiError> {
-    require(&caller, Permission::ReadFleet)?;
-    let (limit, offset) = params.page()?;
-    Ok(Json(state.access.list(limit, offset).await?))
+    Ok(Json(
+        state
+            .access
+            .list(&caller, params.limit, params.offset)
+            .await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/access/certificate/{id}", tag = "access",
@@ -61,8 +61,7 @@ pub async fn get_certificate(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<CertificateResponse>, ApiError> {
-    require(&caller, Permission::ReadFleet)?;
-    Ok(Json(state.access.get(&id).await?))
+    Ok(Json(state.access.get(&caller, &id).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/access/certificate/{id}", tag = "access",
@@ -75,8 +74,7 @@ pub async fn revoke_certificate(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<CertificateResponse>, ApiError> {
-    require(&caller, Permission::RevokeAccess)?;
-    Ok(Json(state.access.revoke(&id).await?))
+    Ok(Json(state.access.revoke(&caller, &id).await?))
 }
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/sshkey", tag = "access",
@@ -90,7 +88,6 @@ pub async fn add_ssh_key(
     ApiJson(req): ApiJson<AddSshKeyRequest>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
-    sandbox_for(&state, &caller, &id, Permission::Work).await?;
-    state.access.add_ssh_key(&id, req).await?;
+    state.access.add_ssh_key(&caller, &id, req).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -17,13 +17,11 @@ use utoipa::IntoParams;
 
 use super::AppState;
 use super::ansible_jobs::created_job;
-use super::auth::{require, sandbox_for};
 use super::error::ApiError;
 use super::json::{ApiJson, OptionalJson};
 use super::params::{ApiPath, ApiQuery};
 use super::sandboxes::page_limit;
-use crate::error::parse_id;
-use crate::governance::auth::{Caller, Permission};
+use crate::governance::auth::Caller;
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -40,7 +38,6 @@ pub async fn list_playbooks(
     caller: Caller,
     ApiQuery(p): ApiQuery<PageParams>,
 ) -> Result<Json<PlaybookList>, ApiError> {
-    require(&caller, Permission::Read)?;
     let limit = page_limit(p.limit)?;
     let (playbooks, total) = state
         .playbooks
@@ -58,7 +55,6 @@ pub async fn create_playbook(
     caller: Caller,
     ApiJson(req): ApiJson<CreatePlaybookRequest>,
 ) -> Result<(StatusCode, Json<PlaybookResponse>), ApiError> {
-    require(&caller, Permission::Playbooks)?;
     let playbook = state.playbooks.create(&caller, &req).await?;
     Ok((StatusCode::CREATED, Json(PlaybookResponse { playbook })))
 }
@@ -71,7 +67,6 @@ pub async fn get_playbook(
     caller: Caller,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<PlaybookWithTasks>, ApiError> {
-    require(&caller, Permission::Read)?;
     Ok(Json(state.playbooks.get(&caller, &name).await?))
 }
 
@@ -83,7 +78,6 @@ pub async fn delete_playbook(
     caller: Caller,
     ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    require(&caller, Permission::Playbooks)?;
     state.playbooks.delete(&caller, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -96,7 +90,6 @@ pub async fn export_playbook(
     caller: Caller,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ExportResponse>, ApiError> {
-    require(&caller, Permission::Read)?;
     Ok(Json(ExportResponse {
         yaml: state.playbooks.export(&caller, &name).await?,
     }))
@@ -113,7 +106,6 @@ pub async fn add_task(
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<CreateTaskRequest>,
 ) -> Result<(StatusCode, Json<TaskResponse>), ApiError> {
-    require(&caller, Permission::Playbooks)?;
     let task = state.playbooks.add_task(&caller, &name, req).await?;
     Ok((StatusCode::CREATED, Json(TaskResponse { task })))
 }
@@ -127,7 +119,6 @@ pub async fn update_task(
     ApiPath((name, task_id)): ApiPath<(String, String)>,
     ApiJson(req): ApiJson<UpdateTaskRequest>,
 ) -> Result<Json<TaskResponse>, ApiError> {
-    require(&caller, Permission::Playbooks)?;
     let task = state
         .playbooks
         .update_task(&caller, &name, &task_id, req)
@@ -143,7 +134,6 @@ pub async fn delete_task(
     caller: Caller,
     ApiPath((name, task_id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    require(&caller, Permission::Playbooks)?;
     state
         .playbooks
         .delete_task(&caller, &name, &task_id)
@@ -162,7 +152,6 @@ pub async fn reorder_tasks(
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<ReorderTasksRequest>,
 ) -> Result<Json<PlaybookWithTasks>, ApiError> {
-    require(&caller, Permission::Playbooks)?;
     Ok(Json(
         state
             .playbooks
@@ -185,10 +174,7 @@ pub async fn generate_ansible(
     ApiPath(id): ApiPath<String>,
     OptionalJson(req): OptionalJson<GenerateAnsibleRequest>,
 ) -> Result<(StatusCode, Json<GenerateAnsibleResponse>), ApiError> {
-    require(&caller, Permission::Playbooks)?;
-    let id = parse_id(&id)?;
-    let sb = sandbox_for(&state, &caller, &id, Permission::Read).await?;
-    let out = state.generator.generate(&sb, &req).await?;
+    let out = state.generator.generate(&caller, &id, &req).await?;
     Ok((StatusCode::CREATED, Json(out)))
 }
 

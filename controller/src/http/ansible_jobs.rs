@@ -25,7 +25,6 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa::IntoParams;
 
 use super::AppState;
-use super::auth::require;
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::params::{ApiPath, ApiQuery};
@@ -33,7 +32,7 @@ use super::sandboxes::page_limit;
 use crate::ansible::jobs::JobService;
 use crate::ansible::jobs::live::JobEvent;
 use crate::error::ServiceError;
-use crate::governance::auth::{Caller, Permission};
+use crate::governance::auth::Caller;
 use crate::store::{JobFilter, JobRecord};
 use crate::support::ids::JobId;
 
@@ -111,7 +110,6 @@ pub async fn list_jobs(
     caller: Caller,
     ApiQuery(p): ApiQuery<JobParams>,
 ) -> Result<Json<JobList>, ApiError> {
-    require(&caller, Permission::Read)?;
     let status = match p.status.as_deref() {
         None => None,
         Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
@@ -142,7 +140,6 @@ pub async fn get_job(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobResponse>, ApiError> {
-    require(&caller, Permission::Read)?;
     let id = parse_job_id(&id)?;
     Ok(Json(JobResponse {
         job: state.jobs.get(&caller, &id).await?.to_api(),
@@ -160,7 +157,6 @@ pub async fn stream_job(
     ApiPath(id): ApiPath<String>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    require(&caller, Permission::Read)?;
     let id = parse_job_id(&id)?;
     state.jobs.get(&caller, &id).await?;
     let ws = ws.map_err(|e| {

@@ -1,8 +1,6 @@
 //! `POST /v1/human/ask` (and `/api/v1/human/ask`), `GET /v1/approvals`,
 //! `GET /v1/approvals/{id}`, `POST /v1/approvals/{id}/approve|reject`.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::State;
 use fluid_client::governance::{
@@ -14,23 +12,15 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::AppState;
-use super::auth::{require, sandbox_for};
 use super::error::ApiError;
 use super::json::{ApiJson, OptionalJson};
 use super::params::{ApiPath, ApiQuery};
 use super::sandboxes::page_limit;
-use crate::error::{ServiceError, parse_id};
-use crate::governance::approvals::{NewRequest, Requester, refusal_reason};
-use crate::governance::auth::{Caller, Permission};
+use crate::error::ServiceError;
+use crate::governance::approvals::refusal_reason;
+use crate::governance::auth::Caller;
 use crate::store::ApprovalFilter;
 use crate::support::ids::ApprovalId;
-
-/// `timeout_secs` when the ask gives none.
-pub const ASK_DEFAULT_TIMEOUT_SECS: u64 = 300;
-/// Longest a blocking ask may wait.
-pub const ASK_MAX_TIMEOUT_SECS: u64 = 3600;
-/// Longest `action_type` / `urgency`.
-const LABEL_MAX: usize = 64;
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -44,15 +34,6 @@ pub struct ListParams {
     pub offset: Option<u64>,
 }
 
-fn label(field: &str, v: Option<String>) -> Result<Option<String>, ApiError> {
-    match v {
-        Some(s) if s.len() > LABEL_MAX || s.chars().any(char::is_control) => Err(
-            ApiError::bad_request(format!("{field}: at most {LABEL_MAX} printable characters")),
-        ),
-        v => Ok(v.filter(|s| !s.is_empty())),
-    }
-}
-
 #[utoipa::path(post, path = "/v1/human/ask", tag = "approvals", request_body = AskRequest,
     responses((status = 200, description = "decided, or timed out (approved=false)", body = AskResponse),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
@@ -61,44 +42,7 @@ pub async fn ask(
     caller: Caller,
     ApiJson(req): ApiJson<AskRequest>,
 ) -> Result<Json<AskResponse>, ApiError> {
-    require(&caller, Permission::Ask)?;
-    let timeout = req.timeout_secs.unwrap_or(ASK_DEFAULT_TIMEOUT_SECS);
-    if !(1..=ASK_MAX_TIMEOUT_SECS).contains(&timeout) {
-        return Err(ApiError::bad_request(format!(
-            "timeout_secs: {timeout} is out of range (1-{ASK_MAX_TIMEOUT_SECS})"
-        )));
-    }
-    let action_type = label("action_type", req.action_type)?;
-    let urgency = label("urgency", req.urgency)?;
-    let sandbox_id = match &req.sandbox_id {
-        Some(s) => {
-            let id = parse_id(s)?;
-            Some(
-                sandbox_for(&state, &caller, &id, Permission::Read)
-                    .await?
-                    .id,
-            )
-        }
-        None => None,
-    };
-    let rec = state
-        .approvals
-        .open(
-            NewRequest {
-                kind: ApprovalKind::Custom,
-                requester: Requester::from(&caller),
-                sandbox_id,
-                summary: req.prompt,
-                details: serde_json::json!({
-                    "context": req.context,
-                    "action_type": action_type,
-                    "urgency": urgency,
-                }),
-                timeout: Duration::from_secs(timeout),
-            },
-            caller.role.as_str(),
-        )
-        .await?;
+    let rec = state.approvals.ask(&caller, req).await?;
     // The request outlives this call: if the client goes away, it can still be
     // decided, and expires on its own.
     let id = rec.id.clone();
@@ -125,7 +69,6 @@ pub async fn list_approvals(
     caller: Caller,
     ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<Json<ListApprovalsResponse>, ApiError> {
-    require(&caller, Permission::Read)?;
     let status = match p.status.as_deref() {
         None | Some("") => Some(ApprovalStatus::Pending),
         Some("all") => None,
@@ -172,7 +115,6 @@ pub async fn get_approval(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ApprovalResponse>, ApiError> {
-    require(&caller, Permission::Read)?;
     let id = ApprovalId::parse("id", &id).map_err(ServiceError::from)?;
     let rec = state.approvals.get_for(&caller, &id).await?;
     Ok(Json(ApprovalResponse {
@@ -187,8 +129,6 @@ async fn decide(
     req: DecideRequest,
     approve: bool,
 ) -> Result<Json<ApprovalResponse>, ApiError> {
-    require(&caller, Permission::Decide)?;
-    let id = ApprovalId::parse("id", &id).map_err(ServiceError::from)?;
     let rec = state
         .approvals
         .decide(&caller, &id, approve, req.comment)

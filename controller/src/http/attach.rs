@@ -20,12 +20,11 @@ use tokio::sync::mpsc;
 use utoipa::IntoParams;
 
 use super::AppState;
-use super::auth::sandbox_for;
 use super::error::ApiError;
 use super::params::{ApiPath, ApiQuery};
 use crate::agents::AttachInput;
 use crate::error::parse_id;
-use crate::governance::auth::{Caller, Permission};
+use crate::governance::auth::Caller;
 use crate::work::attach::{
     AttachRequest, AttachService, PreparedSession, SESSION_BUFFER, SessionOutput,
 };
@@ -60,14 +59,13 @@ pub async fn attach(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    sandbox_for(&state, &caller, &id, Permission::Work).await?;
     let req = AttachRequest {
         user: params.user,
         term: params.term,
         cols: params.cols,
         rows: params.rows,
     };
-    let prepared = state.attach.prepare(&id, req).await?;
+    let prepared = state.attach.prepare(&caller, &id, req).await?;
     let ws = ws.map_err(|e| {
         ApiError::new(e.status(), "attach needs a WebSocket upgrade").with_details(e.body_text())
     })?;

@@ -2,7 +2,9 @@
 //! `/metrics` when `[metrics] public = true`; not the default) that turns
 //! the bearer token into a [`Caller`] (401 without a valid one), and records every
 //! mutating call in the audit trail with its outcome once the handler has answered.
-//! Handlers take the [`Caller`] as an extractor and check their [`Permission`].
+//! Handlers take the [`Caller`] as an extractor and hand it to the service they call,
+//! which checks what it may do (`crate::governance::auth`); no handler checks a
+//! permission itself.
 //!
 //! The record of a refusal fails closed: a refused call (4xx) whose audit event cannot
 //! be written answers 503 instead, so no refusal is ever answered without its event.
@@ -19,8 +21,8 @@ use fluid_proto::model::SandboxId;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::governance::auth::{self, AuthError, Caller, Permission};
-use crate::store::{NewAuditEvent, SandboxRecord};
+use crate::governance::auth::{self, AuthError, Caller};
+use crate::store::NewAuditEvent;
 
 /// Routes that answer without a token.
 pub const OPEN_PATHS: [&str; 1] = ["/v1/health"];
@@ -128,21 +130,6 @@ pub fn audit_unavailable(details: &str) -> ApiError {
         "audit trail unavailable: the request was refused, but the refusal could not be recorded",
     )
     .with_details(details.to_owned())
-}
-
-/// Checks a permission that is not about one sandbox.
-pub fn require(caller: &Caller, p: Permission) -> Result<(), ApiError> {
-    Ok(auth::check(caller, p)?)
-}
-
-/// The sandbox `id`, once `caller` may do `p` on it ([`crate::sandboxes::SandboxService::authorized`]).
-pub async fn sandbox_for(
-    state: &AppState,
-    caller: &Caller,
-    id: &SandboxId,
-    p: Permission,
-) -> Result<SandboxRecord, ApiError> {
-    Ok(state.sandboxes.authorized(caller, id, p).await?)
 }
 
 #[cfg(test)]

@@ -19,13 +19,11 @@ use tokio::sync::{broadcast, mpsc};
 use utoipa::IntoParams;
 
 use super::AppState;
-use super::auth::sandbox_for;
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::params::{ApiPath, ApiQuery};
-use super::sandboxes::page_limit;
 use crate::error::parse_id;
-use crate::governance::auth::{Caller, Permission};
+use crate::governance::auth::Caller;
 use crate::work::commands::LiveEvent;
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
@@ -41,13 +39,6 @@ pub struct PageParams {
     /// Page size (default 100, at most 1000).
     pub limit: Option<u32>,
     pub offset: Option<u64>,
-}
-
-impl PageParams {
-    pub fn page(&self) -> Result<(u32, u64), ApiError> {
-        let limit = page_limit(self.limit)?;
-        Ok((limit, self.offset.unwrap_or(0)))
-    }
 }
 
 fn json_text<T: serde::Serialize>(v: &T) -> String {
@@ -118,9 +109,7 @@ async fn run(
     req: RunCommandRequest,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    sandbox_for(&state, &caller, &id, Permission::Work).await?;
-    let spec = state.commands.spec_from_request(req)?;
-    let handle = state.commands.run(&id, spec).await?;
+    let handle = state.commands.run(&caller, &id, req, None).await?;
     if params.stream.unwrap_or(false) {
         return Ok(Sse::new(run_stream(handle.into_events()))
             .keep_alive(KeepAlive::default())
@@ -179,9 +168,10 @@ pub async fn list_commands(
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<ListCommandsResponse>, ApiError> {
     let id = parse_id(&id)?;
-    sandbox_for(&state, &caller, &id, Permission::Read).await?;
-    let (limit, offset) = params.page()?;
-    let (commands, total) = state.commands.list(&id, limit, offset).await?;
+    let (commands, total) = state
+        .commands
+        .list(&caller, &id, params.limit, params.offset)
+        .await?;
     Ok(Json(ListCommandsResponse { commands, total }))
 }
 
@@ -196,9 +186,7 @@ pub async fn stream_activity(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    sandbox_for(&state, &caller, &id, Permission::Read).await?;
-    state.commands.sandbox(&id).await?;
-    let rx = state.commands.hubs.subscribe(id.as_str()).ok_or_else(|| {
+    let rx = state.commands.watch(&caller, &id).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "activity hub unavailable",

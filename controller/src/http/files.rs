@@ -1,4 +1,4 @@
-//! The files routes: thin handlers over the file service.
+//! The files routes: thin handlers over the file service (which checks the caller).
 
 use axum::Json;
 use axum::extract::State;
@@ -8,12 +8,11 @@ use fluid_client::types::{
 };
 
 use super::AppState;
-use super::auth::sandbox_for;
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::params::ApiPath;
 use crate::error::parse_id;
-use crate::governance::auth::{Caller, Permission};
+use crate::governance::auth::Caller;
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/files/read", tag = "files",
     params(("id" = String, Path, description = "SBX-…")), request_body = ReadFileRequest,
@@ -29,8 +28,7 @@ pub async fn read_file(
     ApiJson(req): ApiJson<ReadFileRequest>,
 ) -> Result<Json<ReadFileResponse>, ApiError> {
     let id = parse_id(&id)?;
-    sandbox_for(&state, &caller, &id, Permission::Read).await?;
-    Ok(Json(state.files.read(&id, req).await?))
+    Ok(Json(state.files.read(&caller, &id, req).await?))
 }
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/files/write", tag = "files",
@@ -45,8 +43,7 @@ pub async fn write_file(
     ApiJson(req): ApiJson<WriteFileRequest>,
 ) -> Result<Json<WriteFileResponse>, ApiError> {
     let id = parse_id(&id)?;
-    sandbox_for(&state, &caller, &id, Permission::Work).await?;
-    Ok(Json(state.files.write(&id, req).await?))
+    Ok(Json(state.files.write(&caller, &id, req).await?))
 }
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/files/edit", tag = "files",
@@ -62,6 +59,5 @@ pub async fn edit_file(
     ApiJson(req): ApiJson<EditFileRequest>,
 ) -> Result<Json<EditFileResponse>, ApiError> {
     let id = parse_id(&id)?;
-    sandbox_for(&state, &caller, &id, Permission::Work).await?;
-    Ok(Json(state.files.edit(&id, req).await?))
+    Ok(Json(state.files.edit(&caller, &id, req).await?))
 }

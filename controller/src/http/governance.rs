@@ -14,13 +14,12 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::AppState;
-use super::auth::{require, sandbox_for};
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::params::{ApiPath, ApiQuery};
 use super::sandboxes::page_limit;
 use crate::error::parse_id;
-use crate::governance::auth::{Caller, Permission};
+use crate::governance::auth::Caller;
 use crate::store::AuditFilter;
 
 #[utoipa::path(get, path = "/v1/whoami", tag = "auth",
@@ -34,9 +33,8 @@ pub async fn whoami(caller: Caller) -> Json<WhoAmI> {
 #[utoipa::path(get, path = "/v1/roles", tag = "auth",
     responses((status = 200, body = RolesResponse), (status = 401, body = ErrorBody)))]
 pub async fn roles(caller: Caller) -> Result<Json<RolesResponse>, ApiError> {
-    require(&caller, Permission::Read)?;
     Ok(Json(RolesResponse {
-        roles: crate::governance::auth::role_table(),
+        roles: crate::governance::auth::role_table_for(&caller)?,
     }))
 }
 
@@ -46,8 +44,7 @@ pub async fn list_tokens(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<ListTokensResponse>, ApiError> {
-    require(&caller, Permission::ManageTokens)?;
-    let tokens = state.auth.list().await?;
+    let tokens = state.auth.list_for(&caller).await?;
     Ok(Json(ListTokensResponse {
         total: tokens.len() as u64,
         tokens,
@@ -62,10 +59,9 @@ pub async fn create_token(
     caller: Caller,
     ApiJson(req): ApiJson<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<CreateTokenResponse>), ApiError> {
-    require(&caller, Permission::ManageTokens)?;
     let (token, info) = state
         .auth
-        .create(&req.name, req.role, req.agent_id.as_deref())
+        .create_for(&caller, &req.name, req.role, req.agent_id.as_deref())
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -82,8 +78,7 @@ pub async fn revoke_token(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TokenInfo>, ApiError> {
-    require(&caller, Permission::ManageTokens)?;
-    Ok(Json(state.auth.revoke(&id).await?))
+    Ok(Json(state.auth.revoke_for(&caller, &id).await?))
 }
 
 fn mode_of(read_only: bool) -> SandboxMode {
@@ -104,7 +99,7 @@ pub async fn get_mode(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ModeResponse>, ApiError> {
     let id = parse_id(&id)?;
-    let sb = sandbox_for(&state, &caller, &id, Permission::Read).await?;
+    let sb = state.sandboxes.get(&caller, &id, false).await?.sandbox;
     Ok(Json(ModeResponse {
         sandbox_id: sb.id,
         mode: mode_of(sb.read_only),

@@ -6,10 +6,9 @@ use axum::http::StatusCode;
 use fluid_client::types::{AddHostRequest, ErrorBody, HostResponse, ListHostsResponse};
 
 use super::AppState;
-use super::auth::require;
 use super::error::ApiError;
 use super::json::ApiJson;
-use crate::governance::auth::{Caller, Permission};
+use crate::governance::auth::Caller;
 
 #[utoipa::path(get, path = "/v1/hosts", tag = "hosts",
     responses((status = 200, body = ListHostsResponse), (status = 503, body = ErrorBody)))]
@@ -17,8 +16,7 @@ pub async fn list_hosts(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<ListHostsResponse>, ApiError> {
-    require(&caller, Permission::Read)?;
-    Ok(Json(state.hosts.list().await?))
+    Ok(Json(state.hosts.list(&caller).await?))
 }
 
 #[utoipa::path(post, path = "/v1/hosts", tag = "hosts", request_body = AddHostRequest,
@@ -29,6 +27,8 @@ pub async fn add_host(
     caller: Caller,
     ApiJson(req): ApiJson<AddHostRequest>,
 ) -> Result<(StatusCode, Json<HostResponse>), ApiError> {
-    require(&caller, Permission::ManageHosts)?;
-    Ok((StatusCode::CREATED, Json(state.hosts.add(req).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(state.hosts.add(&caller, req).await?),
+    ))
 }

@@ -14,41 +14,24 @@ use axum::response::{IntoResponse, Response};
 use tracing::field::Empty;
 
 use super::AppState;
-use super::auth::require;
 use super::error::ApiError;
-use crate::governance::auth::{Caller, Permission};
+use crate::governance::auth::Caller;
 
-/// `GET /metrics`.
+/// `GET /metrics` ([`crate::fleet::hosts::HostService::scrape`]).
 pub async fn metrics(State(state): State<AppState>, req: Request) -> Response {
-    if !state.metrics_public {
+    let caller = if state.metrics_public {
+        None
+    } else {
         let Some(caller) = req.extensions().get::<Caller>() else {
             return ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "missing bearer token")
                 .into_response();
         };
-        if let Err(e) = require(caller, Permission::ReadFleet) {
-            return e.into_response();
-        }
+        Some(caller)
+    };
+    match state.hosts.scrape(caller, &state.metrics).await {
+        Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
-    match state.hosts.list().await {
-        Ok(list) => {
-            if let Err(e) = state
-                .hosts
-                .refresh_metrics(&state.metrics, &list.hosts)
-                .await
-            {
-                tracing::warn!(error = %e, "metrics: the fleet gauges could not be read");
-            }
-        }
-        Err(e) => {
-            state.metrics.scrape_failed();
-            tracing::warn!(error = %e, "metrics: the hosts could not be listed");
-        }
-    }
-    (
-        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-        state.metrics.encode(),
-    )
-        .into_response()
 }
 
 /// A method as a label: the standard ones, anything else `other`.

@@ -14,12 +14,11 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::AppState;
-use super::auth::{require, sandbox_for};
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::params::{ApiPath, ApiQuery};
 use crate::error::parse_id;
-use crate::governance::auth::{Caller, Permission};
+use crate::governance::auth::Caller;
 use crate::network::requests::RequestOutcome;
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
@@ -40,9 +39,8 @@ pub async fn get_network(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<NetworkPolicyResponse>, ApiError> {
     let id = parse_id(&id)?;
-    let sb = sandbox_for(&state, &caller, &id, Permission::Read).await?;
     Ok(Json(NetworkPolicyResponse {
-        network: state.egress.get(&sb).await?,
+        network: state.egress.get(&caller, &id).await?,
     }))
 }
 
@@ -61,9 +59,8 @@ pub async fn put_network(
     ApiJson(req): ApiJson<PutNetworkRequest>,
 ) -> Result<Json<NetworkPolicyResponse>, ApiError> {
     let id = parse_id(&id)?;
-    let sb = sandbox_for(&state, &caller, &id, Permission::ManageNetwork).await?;
     Ok(Json(NetworkPolicyResponse {
-        network: state.egress.put(&caller, &sb, &req.allow).await?,
+        network: state.egress.put(&caller, &id, &req.allow).await?,
     }))
 }
 
@@ -82,12 +79,9 @@ pub async fn request_egress(
     ApiQuery(params): ApiQuery<RequestParams>,
     ApiJson(req): ApiJson<EgressRequest>,
 ) -> Result<Response, ApiError> {
-    require(&caller, Permission::Ask)?;
-    let id = parse_id(&id)?;
-    let sb = sandbox_for(&state, &caller, &id, Permission::Read).await?;
     let wait = params.wait.unwrap_or(true);
     Ok(
-        match state.egress_gate.request(&caller, &sb, &req, wait).await? {
+        match state.egress_gate.request(&caller, &id, &req, wait).await? {
             RequestOutcome::Decided(r) => (StatusCode::OK, Json(r)).into_response(),
             RequestOutcome::Pending(approval) => (
                 StatusCode::ACCEPTED,

@@ -1,4 +1,5 @@
-//! The sandbox routes: thin handlers that parse, then call the sandbox service.
+//! The sandbox routes: thin handlers that parse, then call the sandbox service with
+//! the caller (the service checks what the caller may do).
 
 use axum::Json;
 use axum::extract::State;
@@ -14,28 +15,18 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::AppState;
-use super::auth::{require, sandbox_for};
 use super::error::ApiError;
 use super::json::{ApiJson, OptionalJson};
 use super::params::{ApiPath, ApiQuery};
 use crate::error::parse_id;
-use crate::governance::auth::{self, Caller, Permission};
+use crate::governance::auth::Caller;
 use crate::sandboxes::overcommit::CreateOutcome;
 use crate::store::SandboxFilter;
 use crate::support::ids::LegacyJobId;
 
-/// Page size when `limit` is not given.
-pub const DEFAULT_LIMIT: u32 = 100;
-/// Largest page.
-pub const MAX_LIMIT: u32 = 1000;
-
-/// A page size from a `limit` parameter: the default, at most [`MAX_LIMIT`], never 0.
+/// A page size from a `limit` parameter ([`crate::error::page_limit`]).
 pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
-    match limit {
-        None => Ok(DEFAULT_LIMIT),
-        Some(0) => Err(ApiError::bad_request("limit: must be positive")),
-        Some(n) => Ok(n.min(MAX_LIMIT)),
-    }
+    Ok(crate::error::page_limit(limit)?)
 }
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
@@ -105,12 +96,6 @@ pub async fn create_sandbox(
     ApiQuery(params): ApiQuery<CreateParams>,
     ApiJson(req): ApiJson<CreateSandboxRequest>,
 ) -> Result<Response, ApiError> {
-    require(&caller, Permission::CreateSandbox)?;
-    auth::check_owner(
-        &caller,
-        &req.agent_id,
-        &format!("agent_id {:?}", req.agent_id),
-    )?;
     let wait = params.wait.unwrap_or(true);
     Ok(match state.sandboxes.create(&caller, req, wait).await? {
         CreateOutcome::Created(r) => (StatusCode::CREATED, Json(r)).into_response(),
@@ -137,15 +122,8 @@ pub async fn list_sandboxes(
     caller: Caller,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<ListSandboxesResponse>, ApiError> {
-    require(&caller, Permission::Read)?;
-    let mut filter = params.into_filter()?;
-    if let Some(own) = caller.scope() {
-        if let Some(asked) = &filter.agent_id {
-            auth::check_owner(&caller, asked, &format!("agent_id {asked:?}"))?;
-        }
-        filter.agent_id = Some(own.to_owned());
-    }
-    Ok(Json(state.sandboxes.list(&filter).await?))
+    let filter = params.into_filter()?;
+    Ok(Json(state.sandboxes.list(&caller, filter).await?))
 }
 
 #[utoipa::path(get, path = "/v1/sandboxes/{id}", tag = "sandboxes",
@@ -159,9 +137,8 @@ pub async fn get_sandbox(
     ApiQuery(params): ApiQuery<GetParams>,
 ) -> Result<Json<GetSandboxResponse>, ApiError> {
     let id = parse_id(&id)?;
-    sandbox_for(&state, &caller, &id, Permission::Read).await?;
     let include = params.include_commands.unwrap_or(false);
-    Ok(Json(state.sandboxes.get(&id, include).await?))
+    Ok(Json(state.sandboxes.get(&caller, &id, include).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/sandboxes/{id}", tag = "sandboxes",
@@ -174,8 +151,7 @@ pub async fn destroy_sandbox(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<DestroySandboxResponse>, ApiError> {
     let id = parse_id(&id)?;
-    sandbox_for(&state, &caller, &id, Permission::Control).await?;
-    Ok(Json(state.sandboxes.destroy(&id).await?))
+    Ok(Json(state.sandboxes.destroy(&caller, &id).await?))
 }
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/start", tag = "sandboxes",
@@ -190,9 +166,8 @@ pub async fn start_sandbox(
     OptionalJson(req): OptionalJson<StartSandboxRequest>,
 ) -> Result<Json<StartSandboxResponse>, ApiError> {
     let id = parse_id(&id)?;
-    sandbox_for(&state, &caller, &id, Permission::Control).await?;
     let wait = req.wait_for_ip.unwrap_or(false);
-    let started = state.sandboxes.start(&id, wait).await?;
+    let started = state.sandboxes.start(&caller, &id, wait).await?;
     // A revocation made while the sandbox was stopped never reached its disk: write
     // them again once its sshd is up (in the background).
     if let Err(e) = state
@@ -215,8 +190,7 @@ pub async fn stop_sandbox(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<StopSandboxResponse>, ApiError> {
     let id = parse_id(&id)?;
-    sandbox_for(&state, &caller, &id, Permission::Control).await?;
-    Ok(Json(state.sandboxes.stop(&id).await?))
+    Ok(Json(state.sandboxes.stop(&caller, &id).await?))
 }
 
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/ip", tag = "sandboxes",
@@ -229,6 +203,5 @@ pub async fn sandbox_ip(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<SandboxIpResponse>, ApiError> {
     let id = parse_id(&id)?;
-    sandbox_for(&state, &caller, &id, Permission::Read).await?;
-    Ok(Json(state.sandboxes.ip(&id).await?))
+    Ok(Json(state.sandboxes.ip(&caller, &id).await?))
 }

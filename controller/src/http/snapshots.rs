@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use fluid_client::snapshots::{
-    CreateSnapshotRequest, DiffList, DiffRequest, DiffResponse, ForkRequest, NOW, SnapshotList,
+    CreateSnapshotRequest, DiffList, DiffRequest, DiffResponse, ForkRequest, SnapshotList,
     SnapshotResponse,
 };
 use fluid_client::types::{CreateSandboxResponse, ErrorBody};
@@ -15,15 +15,11 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::AppState;
-use super::auth::{require, sandbox_for};
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::params::{ApiPath, ApiQuery};
-use super::sandboxes::page_limit;
 use crate::error::parse_id;
-use crate::governance::auth::{self, Caller, Permission};
-use crate::sandboxes::diffs::{DiffSpec, DiskSide};
-use crate::sandboxes::snapshots::fork_agent_id;
+use crate::governance::auth::Caller;
 
 /// How long a restore waits for the sandbox's revoked keys to be written again (a
 /// disk-only snapshot boots the sandbox: sshd takes ~40 s under TCG).
@@ -44,8 +40,7 @@ async fn create(
     req: CreateSnapshotRequest,
 ) -> Result<(StatusCode, Json<SnapshotResponse>), ApiError> {
     let id = parse_id(&id)?;
-    let sb = sandbox_for(&state, &caller, &id, Permission::Work).await?;
-    let snapshot = state.snapshots.create(&sb, &req).await?;
+    let snapshot = state.snapshots.create(&caller, &id, &req).await?;
     Ok((StatusCode::CREATED, Json(SnapshotResponse { snapshot })))
 }
 
@@ -91,8 +86,7 @@ pub async fn list_snapshots(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<SnapshotList>, ApiError> {
     let id = parse_id(&id)?;
-    let sb = sandbox_for(&state, &caller, &id, Permission::Read).await?;
-    Ok(Json(state.snapshots.list(&sb).await?))
+    Ok(Json(state.snapshots.list(&caller, &id).await?))
 }
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/snapshots/{name}/restore", tag = "snapshots",
@@ -108,8 +102,7 @@ pub async fn restore_snapshot(
     ApiPath((id, name)): ApiPath<(String, String)>,
 ) -> Result<Json<SnapshotResponse>, ApiError> {
     let id = parse_id(&id)?;
-    let sb = sandbox_for(&state, &caller, &id, Permission::Work).await?;
-    let snapshot = state.snapshots.restore(&sb, &name).await?;
+    let snapshot = state.snapshots.restore(&caller, &id, &name).await?;
     // The restore reverted the revoked-keys file on the sandbox's disk: write the
     // store's list again before answering (a booting sandbox: as soon as sshd is up).
     if let Err(e) = state
@@ -134,8 +127,7 @@ pub async fn delete_snapshot(
     ApiPath((id, name)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
-    let sb = sandbox_for(&state, &caller, &id, Permission::Work).await?;
-    state.snapshots.delete(&sb, &name).await?;
+    state.snapshots.delete(&caller, &id, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -154,11 +146,7 @@ pub async fn fork_sandbox(
     ApiJson(req): ApiJson<ForkRequest>,
 ) -> Result<(StatusCode, Json<CreateSandboxResponse>), ApiError> {
     let id = parse_id(&id)?;
-    let sb = sandbox_for(&state, &caller, &id, Permission::Read).await?;
-    require(&caller, Permission::CreateSandbox)?;
-    let agent_id = fork_agent_id(&sb, &req);
-    auth::check_owner(&caller, agent_id, &format!("agent_id {agent_id:?}"))?;
-    let created = state.snapshots.fork(&sb, &req).await?;
+    let created = state.snapshots.fork(&caller, &id, &req).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -178,21 +166,7 @@ pub async fn diff_sandbox(
     ApiJson(req): ApiJson<DiffRequest>,
 ) -> Result<Json<DiffResponse>, ApiError> {
     let id = parse_id(&id)?;
-    sandbox_for(&state, &caller, &id, Permission::Read).await?;
-    let from = DiskSide::parse(&id, "from_snapshot", &req.from_snapshot)?;
-    let to = DiskSide::parse(
-        &id,
-        "to_snapshot",
-        req.to_snapshot.as_deref().unwrap_or(NOW),
-    )?;
-    let spec = DiffSpec {
-        owner: id,
-        from,
-        to,
-        commands: true,
-        store: true,
-    };
-    let diff = state.diffs.diff(spec).await?.diff;
+    let diff = state.diffs.diff_for(&caller, &id, &req).await?;
     Ok(Json(DiffResponse { diff }))
 }
 
@@ -207,12 +181,10 @@ pub async fn list_diffs(
     ApiQuery(params): ApiQuery<DiffListParams>,
 ) -> Result<Json<DiffList>, ApiError> {
     let id = parse_id(&id)?;
-    sandbox_for(&state, &caller, &id, Permission::Read).await?;
-    let limit = page_limit(params.limit)?;
     Ok(Json(
         state
             .diffs
-            .list(&id, limit, params.offset.unwrap_or(0))
+            .list(&caller, &id, params.limit, params.offset)
             .await?,
     ))
 }
@@ -228,12 +200,6 @@ pub async fn get_diff(
     ApiPath((id, diff_id)): ApiPath<(String, String)>,
 ) -> Result<Json<DiffResponse>, ApiError> {
     let id = parse_id(&id)?;
-    sandbox_for(&state, &caller, &id, Permission::Read).await?;
-    let diff = state.diffs.get(&diff_id).await?.diff;
-    if diff.sandbox_id != id.as_str() {
-        return Err(ApiError::not_found(format!(
-            "diff {diff_id} of sandbox {id} not found"
-        )));
-    }
+    let diff = state.diffs.get_for(&caller, &id, &diff_id).await?;
     Ok(Json(DiffResponse { diff }))
 }

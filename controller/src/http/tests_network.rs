@@ -15,7 +15,6 @@ use super::tests::{TestApp, app, assert_error};
 use crate::governance::approvals::{NewRequest, Requester};
 use crate::network::requests::EgressDetails;
 use crate::store::AuditFilter;
-use crate::support::ids::ApprovalId;
 
 async fn call(
     app: &TestApp,
@@ -473,12 +472,7 @@ async fn approved_requests_are_applied_once_after_a_restart() {
         .expect("admin");
     app.state
         .approvals
-        .decide(
-            &admin,
-            &ApprovalId::parse("id", &rec.id).expect("id"),
-            true,
-            None,
-        )
+        .decide(&admin, &rec.id, true, None)
         .await
         .expect("approve");
     assert_eq!(app.state.egress_gate.resume().await.expect("resume"), 1);

@@ -5,9 +5,8 @@ use axum::extract::State;
 use fluid_client::types::{ErrorBody, ListVmsResponse};
 
 use super::AppState;
-use super::auth::require;
 use super::error::ApiError;
-use crate::governance::auth::{Caller, Permission};
+use crate::governance::auth::Caller;
 
 #[utoipa::path(get, path = "/v1/vms", tag = "inventory",
     responses((status = 200, body = ListVmsResponse), (status = 503, body = ErrorBody)))]
@@ -15,6 +14,5 @@ pub async fn list_vms(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<ListVmsResponse>, ApiError> {
-    require(&caller, Permission::Read)?;
-    Ok(Json(state.hosts.list_vms().await?))
+    Ok(Json(state.hosts.list_vms(&caller).await?))
 }

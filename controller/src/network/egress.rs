@@ -28,7 +28,7 @@ use fluid_proto::model::{
 use crate::agents::locate::{self, Unreachable};
 use crate::agents::{AgentConnector, AgentError, AgentTarget, EgressState};
 use crate::error::ServiceError;
-use crate::governance::auth::Caller;
+use crate::governance::auth::{self, Caller, Permission};
 use crate::store::{EgressWrite, NewAuditEvent, SandboxRecord, Store, StoreError};
 
 /// How long `GET …/network` waits for the agent's view before answering without it.
@@ -198,8 +198,14 @@ impl EgressService {
     }
 
     /// The stored allow-list, with the agent's view when it answers within
-    /// [`AGENT_PEEK`] (never an error because the agent is down).
-    pub async fn get(&self, sb: &SandboxRecord) -> Result<NetworkPolicy, ServiceError> {
+    /// [`AGENT_PEEK`] (never an error because the agent is down), for `caller` (`Read`
+    /// on the sandbox).
+    pub async fn get(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+    ) -> Result<NetworkPolicy, ServiceError> {
+        let sb = &auth::authorized_sandbox(&*self.store, caller, id, Permission::Read).await?;
         let (_, p) = self.stored(&sb.id).await?;
         let mut state = None;
         if sb.is_live()
@@ -217,12 +223,15 @@ impl EgressService {
 
     /// Replaces the allow-list: stored (and audited) first, then pushed to the agent.
     /// The agent unreachable is a 503, but the intent stays and is pushed later.
+    /// `caller` needs `ManageNetwork` on the sandbox.
     pub async fn put(
         &self,
         caller: &Caller,
-        sb: &SandboxRecord,
+        id: &SandboxId,
         allow: &[EgressRuleBody],
     ) -> Result<NetworkPolicy, ServiceError> {
+        let sb =
+            &auth::authorized_sandbox(&*self.store, caller, id, Permission::ManageNetwork).await?;
         let new = policy_from_bodies(allow)?;
         if sb.state == SandboxState::Destroyed {
             return Err(ServiceError::Conflict(format!(

@@ -28,9 +28,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ServiceError;
 use crate::governance::approvals::{ApprovalService, NewRequest, Requester, refusal_reason};
-use crate::governance::auth::Caller;
+use crate::governance::auth::{self, Caller, Permission};
 use crate::network::egress::{Change, EgressService, bodies_of, body_of, rule_from_body, view};
-use crate::store::{ApprovalFilter, ApprovalRecord, AuditFilter, SandboxRecord, Store};
+use crate::store::{ApprovalFilter, ApprovalRecord, AuditFilter, Store};
 
 /// Longest reason.
 pub const REASON_MAX: usize = 1024;
@@ -122,16 +122,19 @@ impl EgressGate {
         }
     }
 
-    /// Opens an `egress` approval for one entry on `sb` (the caller may ask and may
-    /// read the sandbox: checked by the handler) and, with `wait`, blocks until it is
-    /// decided.
+    /// Opens an `egress` approval for one entry on sandbox `id` and, with `wait`,
+    /// blocks until it is decided. `caller` needs `Ask`, then `Read` on the sandbox
+    /// (checked before `id` is parsed, then the sandbox).
     pub async fn request(
         self: &Arc<Self>,
         caller: &Caller,
-        sb: &SandboxRecord,
+        id: &str,
         req: &EgressRequest,
         wait: bool,
     ) -> Result<RequestOutcome, ServiceError> {
+        auth::check(caller, Permission::Ask)?;
+        let id = crate::error::parse_id(id)?;
+        let sb = &auth::authorized_sandbox(&*self.store, caller, &id, Permission::Read).await?;
         let rule = rule_of(req)?;
         let reason = check_reason(&req.reason)?;
         if sb.state == SandboxState::Destroyed {

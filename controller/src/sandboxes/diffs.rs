@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use fluid_client::audit_chain::truncate_to_micros;
-use fluid_client::snapshots::{CommandEntry, Diff, DiffJson, DiffList, FileMeta, NOW, TextDiff};
+use fluid_client::snapshots::{
+    CommandEntry, Diff, DiffJson, DiffList, DiffRequest, FileMeta, NOW, TextDiff,
+};
 use fluid_client::types::SandboxState;
 use fluid_proto::model::{DiskState, SandboxId, SnapshotName};
 use fluid_proto::pb;
@@ -21,7 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::agents::locate;
 use crate::agents::{AgentConnector, AgentError};
-use crate::error::ServiceError;
+use crate::error::{ServiceError, page_limit};
+use crate::governance::auth::{self, Caller, Permission};
 pub use crate::sandboxes::diffs::convert::{DiffDetail, TextPair};
 use crate::sandboxes::diffs::convert::{convert, file_meta};
 use crate::sandboxes::snapshots::{guest_certificate_for, snapshot_row};
@@ -363,6 +366,45 @@ impl DiffService {
         Ok(stored)
     }
 
+    /// `POST /v1/sandboxes/{id}/diff` for `caller` (`Read` on the sandbox): the
+    /// request's two disk states compared (and the commands between), stored.
+    pub async fn diff_for(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+        req: &DiffRequest,
+    ) -> Result<Diff, ServiceError> {
+        auth::authorized_sandbox(&*self.store, caller, id, Permission::Read).await?;
+        let from = DiskSide::parse(id, "from_snapshot", &req.from_snapshot)?;
+        let to = DiskSide::parse(id, "to_snapshot", req.to_snapshot.as_deref().unwrap_or(NOW))?;
+        let spec = DiffSpec {
+            owner: id.clone(),
+            from,
+            to,
+            commands: true,
+            store: true,
+        };
+        Ok(self.diff(spec).await?.diff)
+    }
+
+    /// A stored diff of sandbox `id`, for `caller` (`Read` on it); 404 when unknown
+    /// or of another sandbox.
+    pub async fn get_for(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+        diff_id: &str,
+    ) -> Result<Diff, ServiceError> {
+        auth::authorized_sandbox(&*self.store, caller, id, Permission::Read).await?;
+        let diff = self.get(diff_id).await?.diff;
+        if diff.sandbox_id != id.as_str() {
+            return Err(ServiceError::NotFound(format!(
+                "diff {diff_id} of sandbox {id} not found"
+            )));
+        }
+        Ok(diff)
+    }
+
     /// A stored diff; 404 when unknown.
     pub async fn get(&self, diff_id: &str) -> Result<StoredDiff, ServiceError> {
         check_diff_id(diff_id)?;
@@ -374,13 +416,16 @@ impl DiffService {
         from_record(&rec)
     }
 
-    /// A page of a sandbox's stored diffs, newest first.
+    /// A page of a sandbox's stored diffs, newest first, for `caller` (`Read` on it).
     pub async fn list(
         &self,
+        caller: &Caller,
         sandbox_id: &SandboxId,
-        limit: u32,
-        offset: u64,
+        limit: Option<u32>,
+        offset: Option<u64>,
     ) -> Result<DiffList, ServiceError> {
+        auth::authorized_sandbox(&*self.store, caller, sandbox_id, Permission::Read).await?;
+        let (limit, offset) = (page_limit(limit)?, offset.unwrap_or(0));
         let (rows, total) = self
             .store
             .list_diffs(sandbox_id.as_str(), limit, offset)

@@ -113,17 +113,6 @@ impl SandboxService {
             .ok_or_else(|| ServiceError::NotFound(format!("sandbox {id} not found")))
     }
 
-    /// The sandbox `id`, once `caller` may do `p` on it ([`auth::authorized_sandbox`]).
-    /// Every edge (REST, gRPC) asks this.
-    pub async fn authorized(
-        &self,
-        caller: &Caller,
-        id: &SandboxId,
-        p: Permission,
-    ) -> Result<SandboxRecord, ServiceError> {
-        auth::authorized_sandbox(&*self.store, caller, id, p).await
-    }
-
     /// Sets the sandbox's mode (read-only or read-write) as `caller` (`SetMode`), with
     /// an audit event of kind `mode`.
     pub async fn set_mode(
@@ -132,7 +121,7 @@ impl SandboxService {
         id: &SandboxId,
         mode: SandboxMode,
     ) -> Result<SandboxRecord, ServiceError> {
-        self.authorized(caller, id, Permission::SetMode).await?;
+        auth::authorized_sandbox(&*self.store, caller, id, Permission::SetMode).await?;
         let read_only = mode == SandboxMode::ReadOnly;
         let sb = self
             .store
@@ -182,6 +171,12 @@ impl SandboxService {
         req: CreateSandboxRequest,
         wait: bool,
     ) -> Result<CreateOutcome, ServiceError> {
+        auth::check(caller, Permission::CreateSandbox)?;
+        auth::check_owner(
+            caller,
+            &req.agent_id,
+            &format!("agent_id {:?}", req.agent_id),
+        )?;
         let prepared = self.prepare(&req, None)?;
         match self.place(&prepared).await {
             Ok(row) => Ok(CreateOutcome::Created(self.launch(prepared, row).await?)),
@@ -421,8 +416,21 @@ impl SandboxService {
         ))
     }
 
-    pub async fn list(&self, f: &SandboxFilter) -> Result<ListSandboxesResponse, ServiceError> {
-        let (rows, total) = self.store.list_sandboxes(f).await?;
+    /// The sandboxes `caller` may read that match `f`: a scoped caller's own agent's
+    /// (asking for another agent's is a 403).
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        mut f: SandboxFilter,
+    ) -> Result<ListSandboxesResponse, ServiceError> {
+        auth::check(caller, Permission::Read)?;
+        if let Some(own) = caller.scope() {
+            if let Some(asked) = &f.agent_id {
+                auth::check_owner(caller, asked, &format!("agent_id {asked:?}"))?;
+            }
+            f.agent_id = Some(own.to_owned());
+        }
+        let (rows, total) = self.store.list_sandboxes(&f).await?;
         Ok(ListSandboxesResponse {
             sandboxes: rows.iter().map(SandboxRecord::to_api).collect(),
             total,
@@ -431,10 +439,11 @@ impl SandboxService {
 
     pub async fn get(
         &self,
+        caller: &Caller,
         id: &SandboxId,
         include_commands: bool,
     ) -> Result<GetSandboxResponse, ServiceError> {
-        let row = self.row(id).await?;
+        let row = auth::authorized_sandbox(&*self.store, caller, id, Permission::Read).await?;
         let commands = if include_commands {
             let (rows, _) = self
                 .store
@@ -457,10 +466,11 @@ impl SandboxService {
     #[tracing::instrument(name = "sandbox.start", skip_all, fields(sandbox_id = %id))]
     pub async fn start(
         &self,
+        caller: &Caller,
         id: &SandboxId,
         wait_for_ip: bool,
     ) -> Result<StartSandboxResponse, ServiceError> {
-        let row = self.row(id).await?;
+        let row = auth::authorized_sandbox(&*self.store, caller, id, Permission::Control).await?;
         if row.state == SandboxState::Destroyed {
             return Err(ServiceError::Conflict(format!(
                 "sandbox {id} is destroyed and cannot be started"
@@ -482,8 +492,12 @@ impl SandboxService {
     }
 
     #[tracing::instrument(name = "sandbox.stop", skip_all, fields(sandbox_id = %id))]
-    pub async fn stop(&self, id: &SandboxId) -> Result<StopSandboxResponse, ServiceError> {
-        let row = self.row(id).await?;
+    pub async fn stop(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+    ) -> Result<StopSandboxResponse, ServiceError> {
+        let row = auth::authorized_sandbox(&*self.store, caller, id, Permission::Control).await?;
         match row.state {
             SandboxState::Destroyed => {
                 return Err(ServiceError::Conflict(format!(
@@ -516,12 +530,34 @@ impl SandboxService {
         })
     }
 
+    /// Destroys the sandbox as `caller` (`Control`): see [`Self::destroy_row`].
+    pub async fn destroy(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+    ) -> Result<DestroySandboxResponse, ServiceError> {
+        let row = auth::authorized_sandbox(&*self.store, caller, id, Permission::Control);
+        self.destroy_row(id, row.await?).await
+    }
+
+    /// Destroys the sandbox for the controller itself (a TTL, a job's or a verify's
+    /// clean-up): no caller to check. See [`Self::destroy_row`].
+    pub async fn destroy_unchecked(
+        &self,
+        id: &SandboxId,
+    ) -> Result<DestroySandboxResponse, ServiceError> {
+        self.destroy_row(id, self.row(id).await?).await
+    }
+
     /// Destroys the sandbox on its host and marks it DESTROYED (the row stays). When its
     /// host is offline or gone, the row is marked at once and the reconciler removes the
     /// orphan when the host comes back.
     #[tracing::instrument(name = "sandbox.destroy", skip_all, fields(sandbox_id = %id))]
-    pub async fn destroy(&self, id: &SandboxId) -> Result<DestroySandboxResponse, ServiceError> {
-        let row = self.row(id).await?;
+    async fn destroy_row(
+        &self,
+        id: &SandboxId,
+        row: SandboxRecord,
+    ) -> Result<DestroySandboxResponse, ServiceError> {
         let body = |r: &SandboxRecord| DestroySandboxResponse {
             state: SandboxState::Destroyed,
             base_image: r.image.clone(),
@@ -565,8 +601,12 @@ impl SandboxService {
         Ok(body(&row))
     }
 
-    pub async fn ip(&self, id: &SandboxId) -> Result<SandboxIpResponse, ServiceError> {
-        let row = self.row(id).await?;
+    pub async fn ip(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+    ) -> Result<SandboxIpResponse, ServiceError> {
+        let row = auth::authorized_sandbox(&*self.store, caller, id, Permission::Read).await?;
         if row.state == SandboxState::Destroyed {
             return Err(ServiceError::Conflict(format!("sandbox {id} is destroyed")));
         }

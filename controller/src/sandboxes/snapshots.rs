@@ -25,6 +25,7 @@ use crate::agents::locate;
 use crate::agents::observed_state;
 use crate::agents::{AgentConnector, AgentError, AgentTarget};
 use crate::error::ServiceError;
+use crate::governance::auth::{self, Caller, Permission};
 use crate::sandboxes::SandboxService;
 use crate::store::{
     EMPTY_EGRESS_JSON, EgressWrite, NewAuditEvent, SandboxRecord, SandboxUpdate, SnapshotRecord,
@@ -172,12 +173,14 @@ impl SnapshotService {
     }
 
     /// Takes a snapshot: with memory when the sandbox runs (`memory: false` then is a
-    /// 409), disk-only when it is stopped.
+    /// 409), disk-only when it is stopped. `caller` needs `Work` on the sandbox.
     pub async fn create(
         &self,
-        sb: &SandboxRecord,
+        caller: &Caller,
+        id: &SandboxId,
         req: &CreateSnapshotRequest,
     ) -> Result<Snapshot, ServiceError> {
+        let sb = &auth::authorized_sandbox(&*self.store, caller, id, Permission::Work).await?;
         let name = check_new_name(&req.name)?;
         if req.external == Some(true) {
             return Err(ServiceError::Invalid(EXTERNAL_REFUSED.into()));
@@ -250,8 +253,13 @@ impl SnapshotService {
         Ok(rec.to_api())
     }
 
-    /// The sandbox's snapshots, oldest first.
-    pub async fn list(&self, sb: &SandboxRecord) -> Result<SnapshotList, ServiceError> {
+    /// The sandbox's snapshots, oldest first, for `caller` (`Read`).
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+    ) -> Result<SnapshotList, ServiceError> {
+        let sb = auth::authorized_sandbox(&*self.store, caller, id, Permission::Read).await?;
         let snapshots: Vec<Snapshot> = self
             .store
             .list_snapshots(&sb.id)
@@ -267,8 +275,14 @@ impl SnapshotService {
 
     /// Reverts the sandbox to a snapshot. A running sandbox runs again afterwards (a
     /// disk-only snapshot is booted); a stopped one stays stopped unless the snapshot
-    /// has memory.
-    pub async fn restore(&self, sb: &SandboxRecord, name: &str) -> Result<Snapshot, ServiceError> {
+    /// has memory. `caller` needs `Work` on the sandbox.
+    pub async fn restore(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+        name: &str,
+    ) -> Result<Snapshot, ServiceError> {
+        let sb = &auth::authorized_sandbox(&*self.store, caller, id, Permission::Work).await?;
         let name = SnapshotName::parse("name", name)?;
         let snap = snapshot_row(&*self.store, &sb.id, &name).await?;
         settled(sb, "a restore")?;
@@ -303,8 +317,14 @@ impl SnapshotService {
         Ok(snap.to_api())
     }
 
-    /// Deletes a snapshot on its host, then its row.
-    pub async fn delete(&self, sb: &SandboxRecord, name: &str) -> Result<(), ServiceError> {
+    /// Deletes a snapshot on its host, then its row, for `caller` (`Work`).
+    pub async fn delete(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+        name: &str,
+    ) -> Result<(), ServiceError> {
+        let sb = &auth::authorized_sandbox(&*self.store, caller, id, Permission::Work).await?;
         let name = SnapshotName::parse("name", name)?;
         snapshot_row(&*self.store, &sb.id, &name).await?;
         let target = self.target(sb).await?;
@@ -324,11 +344,17 @@ impl SnapshotService {
     /// A new sandbox whose disk starts as `source`'s snapshot: on the snapshot's host,
     /// with the source's image and egress allow-list, the source's agent id, vCPUs and
     /// memory unless the request says otherwise. It boots fresh (disk state only).
+    /// `caller` needs `Read` on the source and `CreateSandbox` for the new one's agent.
     pub async fn fork(
         &self,
-        source: &SandboxRecord,
+        caller: &Caller,
+        id: &SandboxId,
         req: &ForkRequest,
     ) -> Result<CreateSandboxResponse, ServiceError> {
+        let source = &auth::authorized_sandbox(&*self.store, caller, id, Permission::Read).await?;
+        auth::check(caller, Permission::CreateSandbox)?;
+        let agent_id = fork_agent_id(source, req);
+        auth::check_owner(caller, agent_id, &format!("agent_id {agent_id:?}"))?;
         let name = SnapshotName::parse("snapshot", &req.snapshot)?;
         let snap = snapshot_row(&*self.store, &source.id, &name).await?;
         let create = CreateSandboxRequest {

@@ -21,7 +21,8 @@ use fluid_client::types::{
 use fluid_proto::guest::access::{REVOKE_SH, SSHKEY_SH};
 use fluid_proto::model::{SandboxId, check_ssh_public_key, check_user};
 
-use crate::error::ServiceError;
+use crate::error::{ServiceError, page_limit};
+use crate::governance::auth::{self, Caller, Permission};
 use crate::store::{CertRecord, Store};
 use crate::support::ids::new_id;
 use crate::work::commands::{CommandService, ExecSpec};
@@ -38,6 +39,11 @@ const REAPPLY_RETRY: Duration = Duration::from_secs(2);
 const REAPPLY_RETRY_MAX: Duration = Duration::from_secs(30);
 /// ... for as long as a certificate could live, plus this.
 const REAPPLY_SLACK: Duration = Duration::from_secs(60);
+
+/// The certificate `id`, when there is one.
+fn found(c: Option<CertRecord>, id: &str) -> Result<CertRecord, ServiceError> {
+    c.ok_or_else(|| ServiceError::NotFound(format!("certificate {id} not found")))
+}
 
 pub struct AccessService {
     store: Arc<dyn Store>,
@@ -90,18 +96,29 @@ impl AccessService {
         }
     }
 
-    pub fn ca_pubkey(&self) -> CaPublicKeyResponse {
-        CaPublicKeyResponse {
+    pub fn ca_pubkey(&self, caller: &Caller) -> Result<CaPublicKeyResponse, ServiceError> {
+        auth::check(caller, Permission::Read)?;
+        Ok(CaPublicKeyResponse {
             public_key: self.ca.public_key().to_owned(),
             usage: "Sandboxes trust this user CA (sshd TrustedUserCAKeys). Ask POST /v1/access/request \
                     for a short-lived certificate for your public key, save it next to your key as \
                     <key>-cert.pub, and connect with ssh."
                 .into(),
-        }
+        })
     }
 
-    pub async fn request(&self, req: AccessRequest) -> Result<AccessResponse, ServiceError> {
-        let id = SandboxId::parse("sandbox_id", &req.sandbox_id)?;
+    /// A certificate for a person to SSH into sandbox `id` (the request's
+    /// `sandbox_id`), for `caller` (`Work` on it).
+    pub async fn request(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+        req: AccessRequest,
+    ) -> Result<AccessResponse, ServiceError> {
+        let row = self
+            .commands
+            .authorized(caller, id, Permission::Work)
+            .await?;
         let user_id = req.user_id.trim();
         if user_id.is_empty()
             || user_id.len() > USER_ID_MAX
@@ -119,7 +136,6 @@ impl AccessService {
             )));
         }
         let username = check_user("username", req.username.as_deref().unwrap_or("root"))?;
-        let row = self.commands.sandbox(&id).await?;
         if row.state != SandboxState::Running {
             return Err(ServiceError::Conflict(format!(
                 "sandbox {id} is {}; access needs a RUNNING sandbox",
@@ -179,11 +195,15 @@ impl AccessService {
         })
     }
 
+    /// A page of the certificates, for `caller` (`ReadFleet`).
     pub async fn list(
         &self,
-        limit: u32,
-        offset: u64,
+        caller: &Caller,
+        limit: Option<u32>,
+        offset: Option<u64>,
     ) -> Result<ListCertificatesResponse, ServiceError> {
+        auth::check(caller, Permission::ReadFleet)?;
+        let (limit, offset) = (page_limit(limit)?, offset.unwrap_or(0));
         let (rows, total) = self.store.list_certificates(limit, offset).await?;
         Ok(ListCertificatesResponse {
             certificates: rows.iter().map(CertRecord::to_api).collect(),
@@ -191,12 +211,13 @@ impl AccessService {
         })
     }
 
-    pub async fn get(&self, id: &str) -> Result<CertificateResponse, ServiceError> {
-        let c = self
-            .store
-            .get_certificate(id)
-            .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("certificate {id} not found")))?;
+    pub async fn get(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<CertificateResponse, ServiceError> {
+        auth::check(caller, Permission::ReadFleet)?;
+        let c = found(self.store.get_certificate(id).await?, id)?;
         Ok(CertificateResponse {
             certificate: c.to_api(),
             revocation_applied: None,
@@ -206,12 +227,14 @@ impl AccessService {
 
     /// Marks the certificate revoked, then writes every revoked key of its sandbox to
     /// the sandbox's `RevokedKeys` file. The answer says whether that reached the VM.
-    pub async fn revoke(&self, id: &str) -> Result<CertificateResponse, ServiceError> {
-        let c = self
-            .store
-            .revoke_certificate(id, Utc::now())
-            .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("certificate {id} not found")))?;
+    /// `caller` needs `RevokeAccess`.
+    pub async fn revoke(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<CertificateResponse, ServiceError> {
+        auth::check(caller, Permission::RevokeAccess)?;
+        let c = found(self.store.revoke_certificate(id, Utc::now()).await?, id)?;
         tracing::info!(certificate = %id, sandbox = %c.sandbox_id, "SSH certificate revoked");
         let pushed = self.push_revocations(&c.sandbox_id).await;
         if let Err(e) = &pushed {
@@ -295,12 +318,17 @@ impl AccessService {
         check_outcome(&o, "revocation")
     }
 
-    /// Appends `public_key` to `username`'s authorized_keys in the sandbox.
+    /// Appends `public_key` to `username`'s authorized_keys in the sandbox, for
+    /// `caller` (`Work` on it).
     pub async fn add_ssh_key(
         &self,
+        caller: &Caller,
         id: &SandboxId,
         req: AddSshKeyRequest,
     ) -> Result<(), ServiceError> {
+        self.commands
+            .authorized(caller, id, Permission::Work)
+            .await?;
         let key = check_public_key("public_key", &req.public_key)?;
         let user = check_user("username", &req.username)?;
         let row = self.commands.sandbox(id).await?;

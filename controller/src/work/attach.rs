@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::agents::{AgentConnector, AgentTarget, AttachInput, AttachOutput};
 use crate::error::ServiceError;
+use crate::governance::auth::{Caller, Permission};
 use crate::store::{CommandEnd, CommandRecord, CommandStatus, Store};
 use crate::support::ids::new_id;
 use crate::work::commands::{Capture, CommandService, Grant, LiveEvent, stored_text};
@@ -103,12 +104,16 @@ impl AttachService {
     }
 
     /// Validates the request, checks the sandbox runs and signs the agent's
-    /// certificate. Nothing is recorded yet.
+    /// certificate, for `caller` (`Work` on the sandbox). Nothing is recorded yet.
     pub async fn prepare(
         &self,
+        caller: &Caller,
         id: &SandboxId,
         req: AttachRequest,
     ) -> Result<PreparedSession, ServiceError> {
+        self.commands
+            .authorized(caller, id, Permission::Work)
+            .await?;
         let mut open = AttachOpen {
             sandbox_id: id.clone(),
             session_id: new_id("SES-"),

@@ -34,7 +34,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::agents::locate;
 use crate::agents::{AgentConnector, AgentError, AgentTarget};
-use crate::error::ServiceError;
+use crate::error::{ServiceError, page_limit};
+use crate::governance::auth::{self, Caller, Permission};
 use crate::metrics::{ExecOutcome, Metrics};
 use crate::store::{CommandEnd, CommandRecord, CommandStatus, SandboxRecord, Store};
 use crate::support::ids::new_id;
@@ -312,6 +313,27 @@ impl CommandService {
             .ok_or_else(|| ServiceError::NotFound(format!("sandbox {id} not found")))
     }
 
+    /// The sandbox `id`, once `caller` may do `p` on it ([`auth::authorized_sandbox`]).
+    pub async fn authorized(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+        p: Permission,
+    ) -> Result<SandboxRecord, ServiceError> {
+        auth::authorized_sandbox(&*self.store, caller, id, p).await
+    }
+
+    /// The live activity of every command on the sandbox, for `caller` (`Read`);
+    /// `None` when its hub cannot be had.
+    pub async fn watch(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+    ) -> Result<Option<broadcast::Receiver<LiveEvent>>, ServiceError> {
+        self.authorized(caller, id, Permission::Read).await?;
+        Ok(self.hubs.subscribe(id.as_str()))
+    }
+
     /// Validates a REST run request into a spec (400 naming the field).
     pub fn spec_from_request(&self, req: RunCommandRequest) -> Result<ExecSpec, ServiceError> {
         let spec = ExecSpec {
@@ -405,9 +427,22 @@ impl CommandService {
         ServiceError::Forbidden(reason)
     }
 
-    /// Runs a REST command: policy, then [`Self::start`].
-    pub async fn run(&self, id: &SandboxId, spec: ExecSpec) -> Result<RunHandle, ServiceError> {
-        let row = self.sandbox(id).await?;
+    /// Runs a command as `caller` (`Work` on the sandbox): the request is validated
+    /// ([`Self::spec_from_request`]; `stdin`, when given, replaces the request's and is
+    /// checked again), then the policy, then [`Self::start`].
+    pub async fn run(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+        req: RunCommandRequest,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<RunHandle, ServiceError> {
+        let row = self.authorized(caller, id, Permission::Work).await?;
+        let mut spec = self.spec_from_request(req)?;
+        if let Some(stdin) = stdin {
+            spec.stdin = stdin;
+            self.check_spec(&spec)?;
+        }
         if let Err(reason) = self.policy.check_command(&spec.command) {
             return Err(self.deny(&row, &spec, reason).await);
         }
@@ -638,13 +673,16 @@ impl CommandService {
         })
     }
 
+    /// A page of the sandbox's commands, for `caller` (`Read`).
     pub async fn list(
         &self,
+        caller: &Caller,
         id: &SandboxId,
-        limit: u32,
-        offset: u64,
+        limit: Option<u32>,
+        offset: Option<u64>,
     ) -> Result<(Vec<Command>, u64), ServiceError> {
-        self.sandbox(id).await?;
+        self.authorized(caller, id, Permission::Read).await?;
+        let (limit, offset) = (page_limit(limit)?, offset.unwrap_or(0));
         let (rows, total) = self.store.list_commands(id.as_str(), limit, offset).await?;
         Ok((rows.iter().map(CommandRecord::to_api).collect(), total))
     }

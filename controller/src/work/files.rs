@@ -19,6 +19,7 @@ use fluid_proto::guest::files::{CREATE_SH, DENIED_EXIT, READ_SH, WRITE_SH, guard
 use fluid_proto::model::{SandboxId, check_abs_path};
 
 use crate::error::ServiceError;
+use crate::governance::auth::{Caller, Permission};
 use crate::store::{CommandStatus, SandboxRecord};
 use crate::work::commands::{CommandService, ExecSpec, Outcome};
 
@@ -215,9 +216,13 @@ impl FileService {
 
     pub async fn read(
         &self,
+        caller: &Caller,
         id: &SandboxId,
         req: ReadFileRequest,
     ) -> Result<ReadFileResponse, ServiceError> {
+        self.commands
+            .authorized(caller, id, Permission::Read)
+            .await?;
         let path = check_abs_path("path", &req.path)?;
         let offset = req.offset.unwrap_or(0);
         let limit = req.limit.unwrap_or(READ_DEFAULT_LIMIT);
@@ -286,9 +291,13 @@ impl FileService {
 
     pub async fn write(
         &self,
+        caller: &Caller,
         id: &SandboxId,
         req: WriteFileRequest,
     ) -> Result<WriteFileResponse, ServiceError> {
+        self.commands
+            .authorized(caller, id, Permission::Work)
+            .await?;
         let path = check_abs_path("path", &req.path)?;
         let content = match req.encoding.as_deref() {
             None | Some("utf-8" | "utf8" | "") => req.content.into_bytes(),
@@ -328,9 +337,13 @@ impl FileService {
     /// an empty `old_str` creates the file (409 when it exists).
     pub async fn edit(
         &self,
+        caller: &Caller,
         id: &SandboxId,
         req: EditFileRequest,
     ) -> Result<EditFileResponse, ServiceError> {
+        self.commands
+            .authorized(caller, id, Permission::Work)
+            .await?;
         let path = check_abs_path("path", &req.path)?;
         if req.new_str.len() > WRITE_MAX_BYTES {
             return Err(ServiceError::Invalid(format!(

@@ -374,7 +374,7 @@ impl Matrix {
                 self.app
                     .state
                     .sandboxes
-                    .destroy(&id)
+                    .destroy_unchecked(&id)
                     .await
                     .expect("destroy");
             }
