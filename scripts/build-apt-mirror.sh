@@ -42,8 +42,21 @@ for p in "${closure[@]}"; do
     real+=("$p")
   fi
 done
-echo "apt mirror: downloading ${#real[@]} packages for ${packages[*]}" >&2
+# Every version apt knows of the named packages, with the dependencies bound to their
+# version (nginx needs nginx-common of its own version): a test installs an older one and checks
+# that the playbook reproduces that version, not the newest.
+versions=()
+for p in "${packages[@]}"; do
+  while read -r v; do
+    versions+=("$p=$v")
+    # A dependency bound to this very version ("nginx-common (>= 1.22.1-9)"): that one.
+    while read -r dep dv; do [[ $dv == "$v" ]] && versions+=("$dep=$dv"); done < <(apt-cache show "$p=$v" 2>/dev/null \
+      | sed -n 's/^Depends: //p' | tr ',' '\n' | sed -n 's/^ *\([a-z0-9.+-]*\) ([>=]* *\([^)]*\)).*/\1 \2/p' | sort -u)
+  done < <(apt-cache madison "$p" | awk -F'|' '{gsub(/ /, "", $2); print $2}' | sort -u)
+done
+echo "apt mirror: downloading ${#real[@]} packages for ${packages[*]}, and ${#versions[@]} versions of them" >&2
 (cd "$work" && apt-get download -q "${real[@]}" >/dev/null)
+(cd "$work" && apt-get download -q "${versions[@]}" >/dev/null)
 (cd "$work" && dpkg-scanpackages --multiversion . /dev/null 2>/dev/null > Packages && gzip -9 -k Packages)
 chmod -R a+rX "$work"
 mkdir -p "$cache_root"

@@ -10,6 +10,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$(pwd)
 # shellcheck source=lib/netns.sh
 source scripts/lib/netns.sh
+# shellcheck source=lib/templates.sh
+source scripts/lib/templates.sh
 
 step() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
 
@@ -41,6 +43,14 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 
 step "build"
 cargo build --locked --workspace --all-targets
+FLUID_BIN_DIR=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/debug
+export FLUID_BIN_DIR
+
+step "memory template of the tests' sandboxes (fluid-agent build-templates)"
+# Every test's agent restores its sandboxes from this template (1 vCPU, 512 MiB) in
+# seconds instead of cold-booting them; it is kept in the cache while the golden image
+# and QEMU stay the same ("ready"), else rebuilt here (about a minute under TCG).
+fluid_build_templates "$FLUID_BIN_DIR/fluid-agent" "$FLUID_GOLDEN_IMAGE_DIR" /var/cache/fluid/templates
 
 # Every test step's output is kept, so the summary at the end can say what ran, by kind.
 logs=$(mktemp -d)
@@ -62,8 +72,6 @@ ip netns exec "$FLUID_NETNS" env PATH="$PATH" FLUID_TEST_IMAGE_DIR="$FLUID_GOLDE
 
 step "integration tests (real libvirt, TCG, inside $FLUID_NETNS)"
 # The test binaries start fluid-controller and fluid-agent from the same target dir.
-FLUID_BIN_DIR=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/debug
-export FLUID_BIN_DIR
 ip netns exec "$FLUID_NETNS" env PATH="$PATH" cargo test --locked --no-fail-fast -p integration-tests -- --test-threads=1 \
   2>&1 | tee "$logs/integration.log" || failed+=(integration)
 cd "$root"

@@ -584,5 +584,33 @@ source_domain = "ubuntu-golden"
         assert_eq!(c.network.name.as_str(), "default");
         assert!(c.network.enforce);
         assert_eq!(c.network.nft_table, "fluid_kvm_1");
+        assert!(c.templates.enabled && c.templates.on_demand);
+        assert_eq!(c.templates.shapes.len(), 1);
+        assert_eq!(c.templates.shapes[0].memory_mb, 512);
+    }
+
+    #[test]
+    fn templates_are_checked() {
+        let base = "host_name = \"h\"\n[tls]\nca_cert = \"/a\"\ncert = \"/b\"\nkey = \"/c\"\n\
+            [[images]]\nname = \"debian-12\"\npath = \"/i.qcow2\"\n[templates]\n";
+        let ok = AgentConfig::from_toml(base).expect("defaults");
+        assert_eq!(ok.templates, TemplatesConfig::default());
+        for (bad, field) in [
+            (
+                "shapes = [{ image = \"nope\", cpus = 1, memory_mb = 512 }]",
+                "templates.shapes",
+            ),
+            (
+                "shapes = [{ image = \"debian-12\", cpus = 0, memory_mb = 512 }]",
+                "templates.shapes",
+            ),
+            ("dir = \"relative\"", "templates.dir"),
+            ("max = 0", "templates.max"),
+            ("build_timeout_secs = 1", "templates.build_timeout_secs"),
+            ("bogus = 1", "bogus"),
+        ] {
+            let e = AgentConfig::from_toml(&format!("{base}{bad}\n")).expect_err(bad);
+            assert!(e.to_string().contains(field), "{bad}: {e}");
+        }
     }
 }

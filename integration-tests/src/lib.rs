@@ -7,6 +7,8 @@
 //! (they never skip silently).
 
 pub mod api;
+pub mod bench;
+pub mod bench;
 pub mod env;
 pub mod guest;
 pub mod internet;

@@ -36,7 +36,15 @@ pub struct AgentOptions {
     pub network: String,
     /// Extra top-level keys of the agent's configuration (e.g. `otlp_endpoint = "…"`).
     pub top: String,
+    /// The agent's `[templates]` table: by default the memory templates every test's
+    /// agent shares ([`SHARED_TEMPLATES`]), so sandboxes are restored in seconds.
+    pub templates: String,
 }
+
+/// Where the tests' agents keep their memory templates (`scripts/test.sh` builds the
+/// 1-vCPU, 512 MiB one there before the tests; it is kept between runs while the golden
+/// image and QEMU stay the same).
+pub const SHARED_TEMPLATES: &str = "/var/cache/fluid/templates";
 
 impl AgentOptions {
     pub fn new(name: &str) -> Self {
@@ -47,7 +55,14 @@ impl AgentOptions {
             sans: vec!["127.0.0.1".into(), "localhost".into()],
             network: String::new(),
             top: String::new(),
+            templates: format!("dir = \"{SHARED_TEMPLATES}\"\n"),
         }
+    }
+
+    /// Sandboxes of this agent cold-boot (no memory templates).
+    pub fn cold_boot(mut self) -> Self {
+        self.templates = "enabled = false\n".into();
+        self
     }
 
     /// Adds a top-level line to the agent's configuration.
@@ -236,6 +251,7 @@ impl Stack {
             quote_path(&img.join("vmlinuz")),
             quote_path(&img.join("initrd.img")),
         );
+        toml += &format!("\n[templates]\n{}", opts.templates);
         // Each agent of a stack has its own nftables tables (named after its host) and
         // its own DNS proxy port on the bridge.
         toml += &format!(

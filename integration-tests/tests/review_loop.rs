@@ -246,18 +246,31 @@ async fn diff_restore_fork_generate_verify_and_apply_with_approval() -> Result<(
     must(
         &agent,
         &s,
-        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx",
+        // The oldest nginx of the mirror's two, not the newest apt would pick: the
+        // playbook must reproduce this version, so a playbook that does not pin it
+        // installs another one in production (checked at the end).
+        "v=$(apt-cache madison nginx | awk '{print $3}' | sort -V | head -n1) && \
+         DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx=$v nginx-common=$v",
         600,
     )
     .await?;
     println!("apt-get install nginx: {:.1?}", t.elapsed());
-    let nginx_version = must(&agent, &s, "dpkg-query -W -f '${Version}' nginx", 30)
-        .await?
+    let versions = must(
+        &agent,
+        &s,
+        "dpkg-query -W -f '${Version}' nginx; echo; apt-cache policy nginx | awk '/Candidate:/ {print $2}'",
+        30,
+    )
+    .await?;
+    let (nginx_version, candidate) = versions
         .trim()
-        .to_owned();
+        .split_once('\n')
+        .map(|(v, c)| (v.trim().to_owned(), c.trim().to_owned()))
+        .context("dpkg-query and apt-cache policy")?;
+    println!("nginx {nginx_version} installed; the mirror's newest is {candidate}");
     ensure!(
-        nginx_version.starts_with("1.22.1-"),
-        "nginx from the mirror: {nginx_version:?}"
+        nginx_version.starts_with("1.22.1-") && nginx_version != candidate,
+        "nginx from the mirror: {nginx_version:?} (newest {candidate:?}): the sandbox must hold an older one"
     );
     agent
         .write_file(

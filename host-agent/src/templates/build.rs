@@ -192,8 +192,14 @@ impl Templates {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+        // Created by the agent first: libvirtd (root) truncates and fills it, and it
+        // keeps the agent as its owner, so an agent that is not root can read it.
+        let state = staging.join("state.save");
+        tokio::fs::write(&state, b"")
+            .await
+            .map_err(|e| fail(io(&state)(e)))?;
         cx.hv
-            .save(&spec.uuid, &staging.join("state.save"))
+            .save(&spec.uuid, &state)
             .await
             .map_err(|e| fail(e.into()))?;
         Ok(Some(spec))

@@ -12,16 +12,9 @@ use anyhow::{Context, Result, ensure};
 use fluid_client::types::{CreateSandboxRequest, HostState, RunCommandRequest};
 use fluid_controller::work::ssh_ca::{CertSpec, SshCa, sandbox_principal};
 use fluid_proto::pb;
+use integration_tests::bench::percentile;
 use integration_tests::stack::wait_ssh_banner;
 use integration_tests::{AgentOptions, Stack, StoreKind};
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0

@@ -1,5 +1,8 @@
 //! `ansible.builtin.apt` tasks: install what was added by hand (dependencies follow),
-//! upgrade what was upgraded, remove what was removed.
+//! upgrade what was upgraded, remove what was removed. Installs and upgrades name the
+//! exact version the sandbox ended with (`nginx=1.22.1-9`): the playbook reproduces
+//! that state, not whatever is newest where it runs (a version that is not there fails
+//! the task, which says so).
 
 use fluid_client::snapshots::{DiffJson, PackageEntry};
 use serde_json::{Value, json};
@@ -11,6 +14,24 @@ const APT: &str = "ansible.builtin.apt";
 
 fn names(list: &[&str]) -> Value {
     Value::Array(list.iter().map(|n| literal(*n)).collect())
+}
+
+/// A Debian version as dpkg allows it (`[epoch:]upstream[-revision]`). The diff comes
+/// from the guest, whose dpkg database a tenant controls: anything else is not pinned.
+fn is_debian_version(v: &str) -> bool {
+    v.len() <= 128
+        && v.starts_with(|c: char| c.is_ascii_digit())
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '~' | ':' | '-'))
+}
+
+/// `name=version`, or the name alone when the version is not one.
+fn pinned(name: &str, version: &str) -> String {
+    if is_debian_version(version) {
+        format!("{name}={version}")
+    } else {
+        name.to_owned()
+    }
 }
 
 fn described(items: impl Iterator<Item = String>) -> String {
@@ -32,7 +53,11 @@ pub(super) fn tasks(diff: &DiffJson) -> Vec<TaskSpec> {
         .collect();
     let install = if manual.is_empty() { added } else { manual };
     if !install.is_empty() {
-        let list: Vec<&str> = install.iter().map(|p| p.name.as_str()).collect();
+        let specs: Vec<String> = install
+            .iter()
+            .map(|p| pinned(&p.name, &p.version))
+            .collect();
+        let list: Vec<&str> = specs.iter().map(String::as_str).collect();
         let what = described(
             install
                 .iter()
@@ -53,7 +78,11 @@ pub(super) fn tasks(diff: &DiffJson) -> Vec<TaskSpec> {
     let mut upgraded: Vec<_> = diff.packages_upgraded.iter().collect();
     upgraded.sort_by(|a, b| a.name.cmp(&b.name));
     if !upgraded.is_empty() {
-        let list: Vec<&str> = upgraded.iter().map(|p| p.name.as_str()).collect();
+        let specs: Vec<String> = upgraded
+            .iter()
+            .map(|p| pinned(&p.name, &p.to_version))
+            .collect();
+        let list: Vec<&str> = specs.iter().map(String::as_str).collect();
         let what = described(
             upgraded
                 .iter()
@@ -64,7 +93,7 @@ pub(super) fn tasks(diff: &DiffJson) -> Vec<TaskSpec> {
             APT,
             json!({
                 "name": names(&list),
-                "state": "latest",
+                "state": "present",
                 "update_cache": true,
                 "cache_valid_time": 3600,
             }),
@@ -91,4 +120,28 @@ pub(super) fn tasks(diff: &DiffJson) -> Vec<TaskSpec> {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_debian_versions_are_pinned() {
+        assert_eq!(
+            pinned("nginx", "1.22.1-9+deb12u9"),
+            "nginx=1.22.1-9+deb12u9"
+        );
+        assert_eq!(pinned("libc6", "2:2.36-9~bpo1"), "libc6=2:2.36-9~bpo1");
+        for hostile in [
+            "",
+            "latest",
+            "1.0 nginx-extras",
+            "1.0;rm",
+            "{{ x }}",
+            "1.0\n- y",
+        ] {
+            assert_eq!(pinned("nginx", hostile), "nginx", "{hostile:?}");
+        }
+    }
 }

@@ -147,8 +147,9 @@ fn all_automatic_packages_are_all_installed_and_upgrades_and_removals_follow() {
             "Remove packages: exim4 (4.96-15), exim4-base (4.96-15)",
         ]
     );
-    assert_eq!(g.tasks[0].params["name"], json!(["a", "b"]));
-    assert_eq!(g.tasks[1].params["state"], json!("latest"));
+    assert_eq!(g.tasks[0].params["name"], json!(["a=1", "b=2"]));
+    assert_eq!(g.tasks[1].params["name"], json!(["libssl3=3.0.13-1"]));
+    assert_eq!(g.tasks[1].params["state"], json!("present"));
     assert_eq!(
         g.tasks[2].params,
         json!({"name": ["exim4", "exim4-base"], "state": "absent", "purge": false})

@@ -189,7 +189,7 @@ fn nginx_scenario() {
     assert_eq!(apt.module, "ansible.builtin.apt");
     assert_eq!(
         apt.params,
-        json!({"name": ["nginx"], "state": "present", "update_cache": true, "cache_valid_time": 3600})
+        json!({"name": ["nginx=1.22.1-9"], "state": "present", "update_cache": true, "cache_valid_time": 3600})
     );
 
     let site = find(&g.tasks, "Copy /etc/nginx/conf.d/site.conf");

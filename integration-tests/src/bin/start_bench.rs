@@ -1,0 +1,163 @@
+//! Benchmark: how long from `POST /v1/sandboxes` to the first successful command in the
+//! new sandbox, restored from a memory template against cold-booted, measured side by
+//! side in one run (two stacks, one agent each, on this machine: interleaved, one
+//! sandbox at a time), then 4 creates at once from the template, and the exec round
+//! trip of `true` through REST in a restored sandbox.
+//!
+//! Run inside the test namespace, as scripts/test.sh sets up, after the template is
+//! built (scripts/test.sh does, or `fluid-agent build-templates`):
+//!   ip netns exec fluid-test target/debug/start-bench [RESTORES [BOOTS]]
+//! (needs FLUID_GOLDEN_IMAGE_DIR; RESTORES defaults to 20, BOOTS to 3).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use fluid_client::Client;
+use fluid_client::types::{CreateSandboxRequest, HostState, RunCommandRequest};
+use integration_tests::bench::percentile;
+use integration_tests::stack::SHARED_TEMPLATES;
+use integration_tests::{AgentOptions, Stack, StoreKind};
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Creates a sandbox and runs `true` in it until that succeeds: the time from the
+/// create request to the first successful command, and the sandbox's id.
+async fn create_to_first_exec(client: &Client, name: &str) -> Result<(Duration, String)> {
+    let t = Instant::now();
+    let created = client
+        .create_sandbox(&CreateSandboxRequest {
+            source_vm_name: "debian-12".into(),
+            agent_id: "bench".into(),
+            vm_name: Some(name.to_owned()),
+            wait_for_ip: Some(true),
+            ..Default::default()
+        })
+        .await?;
+    let id = created.sandbox.id.clone();
+    let run = RunCommandRequest {
+        command: "true".into(),
+        timeout_sec: Some(30),
+        ..Default::default()
+    };
+    let deadline = t + Duration::from_secs(600);
+    loop {
+        match client.run_command(&id, &run).await {
+            Ok(r) if r.command.exit_code == 0 => return Ok((t.elapsed(), id)),
+            Ok(r) => bail!("`true` exited {} in {id}", r.command.exit_code),
+            // sshd is not up yet (a cold boot): try again.
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e).context("no successful command after 600 s"),
+        }
+    }
+}
+
+fn row(name: &str, v: &mut [Duration]) {
+    v.sort();
+    println!(
+        "{name:<44} {:>4} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+        v.len(),
+        secs(percentile(v, 0.0)),
+        secs(percentile(v, 50.0)),
+        secs(percentile(v, 99.0)),
+        secs(percentile(v, 100.0)),
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut args = std::env::args().skip(1);
+    let first = args.next();
+    if matches!(first.as_deref(), Some("--version" | "-V")) {
+        println!("start-bench {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
+    let restores: usize = first.map(|s| s.parse()).transpose()?.unwrap_or(20);
+    let boots: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(3);
+    let ready = std::fs::read_dir(SHARED_TEMPLATES)
+        .map(|d| {
+            d.filter_map(Result::ok).any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("debian-12-1c-512m-")
+                    && e.path().join("meta.json").exists()
+            })
+        })
+        .unwrap_or(false);
+    ensure!(
+        ready,
+        "no 1-vCPU 512 MiB template in {SHARED_TEMPLATES}: run scripts/test.sh's template step (fluid-agent build-templates) first"
+    );
+    let mut warm = Stack::start(StoreKind::Sqlite, vec![AgentOptions::new("a")]).await?;
+    let mut cold =
+        Stack::start(StoreKind::Sqlite, vec![AgentOptions::new("a").cold_boot()]).await?;
+    for s in [&mut warm, &mut cold] {
+        s.wait_host("a", HostState::Online, Duration::from_secs(30))
+            .await?;
+    }
+
+    // One at a time, interleaved: a cold boot after every restores/boots restores.
+    let (mut from_restore, mut from_boot) = (Vec::new(), Vec::new());
+    let every = (restores / boots.max(1)).max(1);
+    for n in 0..restores {
+        let (d, id) = create_to_first_exec(&warm.client, &format!("{}-r{n}", warm.prefix)).await?;
+        println!("restore {n:>2}: {:.2} s", secs(d));
+        from_restore.push(d);
+        warm.client.destroy_sandbox(&id).await?;
+        if (n + 1) % every == 0 && from_boot.len() < boots {
+            let (d, id) =
+                create_to_first_exec(&cold.client, &format!("{}-b{n}", cold.prefix)).await?;
+            println!("boot       {:.2} s", secs(d));
+            from_boot.push(d);
+            cold.client.destroy_sandbox(&id).await?;
+        }
+    }
+
+    // Four at once from the template.
+    let mut concurrent = Vec::new();
+    for round in 0..2 {
+        let runs = (0..4).map(|i| {
+            let name = format!("{}-c{round}{i}", warm.prefix);
+            let client = warm.client.clone();
+            async move { create_to_first_exec(&client, &name).await }
+        });
+        for r in futures::future::join_all(runs).await {
+            let (d, id) = r?;
+            concurrent.push(d);
+            warm.client.destroy_sandbox(&id).await?;
+        }
+    }
+
+    // The exec round trip of `true` in a restored sandbox.
+    let (_, id) = create_to_first_exec(&warm.client, &format!("{}-x", warm.prefix)).await?;
+    let run = RunCommandRequest {
+        command: "true".into(),
+        ..Default::default()
+    };
+    let mut exec = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        warm.client.run_command(&id, &run).await?;
+        exec.push(t.elapsed());
+    }
+    warm.client.destroy_sandbox(&id).await?;
+
+    println!();
+    println!("create → first successful `true`, through REST, TCG, 1 vCPU 512 MiB (seconds)");
+    println!(
+        "{:<44} {:>4} {:>8} {:>8} {:>8} {:>8}",
+        "path", "n", "min", "p50", "p99", "max"
+    );
+    row("restore from the memory template", &mut from_restore);
+    row("cold boot", &mut from_boot);
+    row("restore, 4 creates at once", &mut concurrent);
+    row("exec `true` via REST (restored sandbox)", &mut exec);
+    let ratio =
+        secs(percentile(&from_boot, 50.0)) / secs(percentile(&from_restore, 50.0)).max(1e-9);
+    println!("cold boot p50 / restore p50 = {ratio:.1}×");
+    Ok(())
+}
