@@ -538,12 +538,18 @@ async fn dhcp_attacks(
             "no static lease {m} {ip} in:\n{xml}"
         );
     }
-    let before = leases()?;
+    // A sandbox restored from a memory template starts its DHCP client when it is
+    // handed over: its lease may come a few seconds after its first command.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let before = loop {
+        let now = leases()?;
+        if now.contains(&(b_mac.to_owned(), b_ip.to_string())) {
+            break now;
+        }
+        ensure!(Instant::now() < deadline, "B holds no lease after 60 s: {now:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     println!("  leases: {before:?}");
-    ensure!(
-        before.contains(&(b_mac.to_owned(), b_ip.to_string())),
-        "B's lease"
-    );
 
     println!("DHCP 1. A asks for B's address with B's chaddr and client id");
     let out = probe(

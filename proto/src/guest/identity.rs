@@ -4,7 +4,8 @@
 //! The agent runs [`CloneIdentity::argv`] through the guest agent (`guest-exec`), so
 //! the values travel as positional parameters of `sh -c`, never spliced into the
 //! script. The script runs as few programs as it can (each costs a few hundred
-//! milliseconds under TCG): `date`, `perl` (the RNG ioctls), `rm` and `ip`.
+//! milliseconds under TCG): `date`, `perl` (the RNG ioctls), `rm`, `ip`, and `dhclient`
+//! (which goes to the background at once).
 
 /// Applies the identity. Positional parameters: see [`CloneIdentity::argv`].
 pub const SCRIPT: &str = r#"set -eu
@@ -47,6 +48,12 @@ done
 printf 'nameserver %s\n' "$6" >/etc/resolv.conf
 printf 'link set %s down\nlink set %s address %s\naddr flush dev %s\nlink set %s up\naddr add %s dev %s\nroute replace default via %s dev %s\n' \
   "$dev" "$dev" "$4" "$dev" "$dev" "$5" "$dev" "$6" "$dev" | ip -batch -
+# A DHCP client, as after a boot (ifupdown's files): it takes the reserved address's
+# lease, the same address, and renews it. In the background, with nothing of ours open.
+if command -v dhclient >/dev/null; then
+  dhclient -4 -nw -pf "/run/dhclient.$dev.pid" -lf "/var/lib/dhcp/dhclient.$dev.leases" "$dev" \
+    </dev/null >/dev/null 2>&1 || true
+fi
 "#;
 
 /// What one clone is given.
