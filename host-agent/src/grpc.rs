@@ -59,6 +59,7 @@ fn sandbox_pb(v: SandboxView) -> pb::Sandbox {
         network: r.network.to_string(),
         created_at_unix: r.created_at_unix,
         error: v.error.unwrap_or_default(),
+        start_path: r.start_path.unwrap_or_default(),
     }
 }
 
@@ -378,5 +379,31 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
         Ok(Response::new(pb::SandboxIp {
             ip_address: ip.to_string(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fluid_proto::model::{ObservedState, SandboxInfo, StartPath};
+
+    use super::*;
+
+    #[test]
+    fn the_start_path_goes_on_the_wire() {
+        let view = |start_path: Option<&str>| {
+            let mut record = crate::state::test_record("SBX-aaaaaaaa", "a");
+            record.start_path = start_path.map(str::to_owned);
+            SandboxView {
+                record,
+                state: ObservedState::Running,
+                ip: None,
+                error: None,
+            }
+        };
+        let pb = sandbox_pb(view(Some("restore")));
+        assert_eq!(pb.start_path, "restore");
+        let info = SandboxInfo::try_from(pb).expect("the controller accepts it");
+        assert_eq!(info.start_path, Some(StartPath::Restore));
+        assert_eq!(sandbox_pb(view(None)).start_path, "");
     }
 }

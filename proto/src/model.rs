@@ -340,6 +340,49 @@ impl From<ObservedState> for pb::SandboxState {
     }
 }
 
+/// How a sandbox's first start went (wire `start_path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartPath {
+    /// A cold boot of its image.
+    Boot,
+    /// Restored from a memory template of its image and shape.
+    Restore,
+    /// Handed out from a warm pool.
+    Pool,
+}
+
+impl StartPath {
+    pub const ALL: [StartPath; 3] = [Self::Boot, Self::Restore, Self::Pool];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Boot => "boot",
+            Self::Restore => "restore",
+            Self::Pool => "pool",
+        }
+    }
+
+    /// One of `boot`, `restore`, `pool` (exactly).
+    pub fn parse(field: &'static str, s: &str) -> Result<Self, ValidationError> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                ValidationError::new(
+                    field,
+                    format!("{s:?} is not a start path (boot, restore or pool)"),
+                )
+            })
+    }
+}
+
+impl fmt::Display for StartPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A sandbox as an agent reports it (validated on receipt by the controller).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxInfo {
@@ -354,6 +397,8 @@ pub struct SandboxInfo {
     pub domain_uuid: String,
     pub network: String,
     pub error: Option<String>,
+    /// How its first start went; `None` before it (or from an older agent).
+    pub start_path: Option<StartPath>,
 }
 
 impl TryFrom<pb::Sandbox> for SandboxInfo {
@@ -381,6 +426,9 @@ impl TryFrom<pb::Sandbox> for SandboxInfo {
             domain_uuid: s.domain_uuid,
             network: s.network,
             error: (!s.error.is_empty()).then_some(s.error),
+            start_path: (!s.start_path.is_empty())
+                .then(|| StartPath::parse("start_path", &s.start_path))
+                .transpose()?,
         })
     }
 }

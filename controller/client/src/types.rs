@@ -95,6 +95,40 @@ impl std::fmt::Display for SandboxState {
     }
 }
 
+/// *new*: how a sandbox's first start went. Serialised in lower case (`restore`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StartPath {
+    /// A cold boot of its image.
+    Boot,
+    /// Restored from a memory template of its image and shape (fast start).
+    Restore,
+    /// Handed out from a warm pool of started sandboxes.
+    Pool,
+}
+
+impl StartPath {
+    pub const ALL: [StartPath; 3] = [Self::Boot, Self::Restore, Self::Pool];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Boot => "boot",
+            Self::Restore => "restore",
+            Self::Pool => "pool",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for StartPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A sandbox record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Sandbox {
@@ -123,6 +157,11 @@ pub struct Sandbox {
     /// *new*: the sandbox is in read-only mode.
     #[serde(default)]
     pub read_only: bool,
+    /// *new*: how its first start went: `boot` (cold boot), `restore` (from a memory
+    /// template) or `pool` (from a warm pool). Absent while unknown: before its first
+    /// start, or for a sandbox started before the controller recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_path: Option<StartPath>,
 }
 
 /// `POST /v1/sandboxes`

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use comfy_table::{ContentArrangement, Table, presets};
 use fluid_client::ClientError;
 use fluid_client::governance::SandboxMode;
-use fluid_client::types::{Host, HostError, HostState, Sandbox, Vm};
+use fluid_client::types::{Host, HostError, HostState, Sandbox, StartPath, Vm};
 
 mod activity;
 mod ansible;
@@ -131,11 +131,12 @@ pub fn sandbox_detail(s: &Sandbox, ip: Option<&str>, now: DateTime<Utc>) -> Stri
     } else {
         SandboxMode::ReadWrite
     };
-    let fields: [(&str, String); 15] = [
+    let fields: [(&str, String); 16] = [
         ("ID", s.id.clone()),
         ("NAME", s.sandbox_name.clone()),
         ("STATE", sandbox_state(s)),
         ("MODE", mode.as_str().to_owned()),
+        ("START", opt(s.start_path.map(StartPath::as_str))),
         ("IP", opt(ip)),
         ("HOST", opt(s.host_name.as_deref())),
         ("IMAGE", s.base_image.clone()),
@@ -350,6 +351,7 @@ mod tests {
             cpu: 2,
             memory_mb: 2048,
             read_only: false,
+            start_path: None,
         }
     }
 
@@ -459,11 +461,14 @@ mod tests {
             out.contains("CREATED: 2025-03-01T12:00:00Z (2h ago)"),
             "{out}"
         );
+        assert!(out.contains("START:   -\n"), "{out}");
         let mut s = s;
         s.ttl_seconds = None;
+        s.start_path = Some(StartPath::Restore);
         let out = sandbox_detail(&s, None, t0());
         assert!(out.contains("IP:      -"), "{out}");
         assert!(out.contains("TTL:     none"), "{out}");
+        assert!(out.contains("START:   restore\n"), "{out}");
     }
 
     #[test]
@@ -609,6 +614,8 @@ mod tests {
             serde_json::from_str(&out).expect("round trip");
         assert_eq!(back.sandbox, s);
         assert!(!out.contains("commands"));
+        // Unknown: absent, as before the field existed.
+        assert!(!out.contains("start_path"), "{out}");
     }
 
     #[test]

@@ -647,5 +647,16 @@ pub fn observed_state(s: fluid_proto::model::ObservedState) -> SandboxState {
     }
 }
 
+/// The REST API's name for how an agent reports a sandbox first started.
+pub fn api_start_path(p: fluid_proto::model::StartPath) -> fluid_client::types::StartPath {
+    use fluid_client::types::StartPath as Api;
+    use fluid_proto::model::StartPath;
+    match p {
+        StartPath::Boot => Api::Boot,
+        StartPath::Restore => Api::Restore,
+        StartPath::Pool => Api::Pool,
+    }
+}
+
 #[cfg(test)]
 mod tests;

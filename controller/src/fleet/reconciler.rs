@@ -23,8 +23,8 @@ use fluid_proto::model::{SandboxId, SandboxInfo};
 use futures::StreamExt as _;
 use futures::future::join_all;
 
-use crate::agents::observed_state;
 use crate::agents::{AgentConnector, AgentTarget};
+use crate::agents::{api_start_path, observed_state};
 use crate::store::{HostRecord, SandboxRecord, SandboxUpdate, Store, StoreError};
 
 pub struct Reconciler {
@@ -201,7 +201,12 @@ impl Reconciler {
         }
         let state = observed_state(s.state);
         let ip = s.ip_address.map(|ip| ip.to_string());
-        if state == r.state && ip == r.ip_address {
+        // Filled when the store does not know it yet (a start the create did not see).
+        let start_path = s
+            .start_path
+            .map(api_start_path)
+            .filter(|_| r.start_path.is_none());
+        if state == r.state && ip == r.ip_address && start_path.is_none() {
             return Ok(());
         }
         if state != r.state {
@@ -219,6 +224,7 @@ impl Reconciler {
                     state: Some(state),
                     ip_address: Some(ip),
                     error: error.map(Some),
+                    start_path,
                     expect_state: Some(r.state),
                     ..Default::default()
                 },
@@ -231,8 +237,8 @@ impl Reconciler {
 
 #[cfg(test)]
 mod tests {
-    use fluid_client::types::CreateSandboxRequest;
-    use fluid_proto::model::ObservedState;
+    use fluid_client::types::{CreateSandboxRequest, Sandbox, StartPath as ApiStartPath};
+    use fluid_proto::model::{ObservedState, StartPath};
 
     use super::*;
     use crate::config::Config;
@@ -251,10 +257,11 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn orphans_lost_sandboxes_and_observed_changes() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let store = crate::store::tests::sqlite(&dir).await;
+    /// A SQLite store in `dir` with host kvm-1 online behind the fake agents.
+    async fn fleet(
+        dir: &tempfile::TempDir,
+    ) -> (Arc<dyn Store>, Arc<FakeAgents>, crate::http::AppState) {
+        let store = crate::store::tests::sqlite(dir).await;
         store
             .upsert_host("kvm-1", "kvm-1:7443")
             .await
@@ -264,6 +271,60 @@ mod tests {
             crate::build_state(store.clone(), agents.clone(), &Config::default(), test_ca())
                 .expect("state");
         state.hosts.beat_all().await.expect("beat");
+        (store, agents, state)
+    }
+
+    /// Creates a sandbox of agent `a` (started when `start`), as an admin.
+    async fn create(state: &crate::http::AppState, start: bool) -> Sandbox {
+        let created = state
+            .sandboxes
+            .create(
+                &admin(),
+                CreateSandboxRequest {
+                    source_vm_name: "debian-12".into(),
+                    agent_id: "a".into(),
+                    auto_start: Some(start),
+                    ..Default::default()
+                },
+                true,
+            )
+            .await
+            .expect("create");
+        let CreateOutcome::Created(created) = created else {
+            panic!("the create waits for an approval")
+        };
+        created.sandbox
+    }
+
+    #[tokio::test]
+    async fn an_unknown_start_path_is_filled_never_changed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (store, agents, state) = fleet(&dir).await;
+        let created = create(&state, false).await;
+        let id = created.id;
+        assert_eq!(created.start_path, None);
+        let stored = async |path: Option<ApiStartPath>| {
+            let row = store.get_sandbox(&id).await.expect("get").expect("row");
+            assert_eq!((row.state, row.start_path), (SandboxState::Created, path));
+        };
+        // The agent reports how it started (nothing else changed): written back.
+        let mut s = info(&id, &created.sandbox_name, ObservedState::Created);
+        s.start_path = Some(StartPath::Restore);
+        agents.plant("kvm-1", s.clone());
+        let r = Reconciler::new(store.clone(), agents.clone(), LOST_GRACE, LOST_GRACE);
+        r.tick().await.expect("tick");
+        stored(Some(ApiStartPath::Restore)).await;
+        // Once known, a different report does not change it.
+        s.start_path = Some(StartPath::Pool);
+        agents.plant("kvm-1", s);
+        r.tick().await.expect("tick");
+        stored(Some(ApiStartPath::Restore)).await;
+    }
+
+    #[tokio::test]
+    async fn orphans_lost_sandboxes_and_observed_changes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (store, agents, state) = fleet(&dir).await;
 
         // Orphans: unknown to the store, and destroyed in the store.
         agents.plant(
@@ -271,23 +332,8 @@ mod tests {
             info("SBX-orphan0001", "o1", ObservedState::Running),
         );
         // A sandbox the agent runs and the store knows.
-        let live = state
-            .sandboxes
-            .create(
-                &admin(),
-                CreateSandboxRequest {
-                    source_vm_name: "debian-12".into(),
-                    agent_id: "a".into(),
-                    ..Default::default()
-                },
-                true,
-            )
-            .await
-            .expect("create");
-        let CreateOutcome::Created(live) = live else {
-            panic!("the create waits for an approval")
-        };
-        let live_id = live.sandbox.id.clone();
+        let live = create(&state, true).await;
+        let live_id = live.id.clone();
         // A row the host no longer has, last touched long ago.
         let past = Utc::now() - chrono::Duration::minutes(5);
         store
@@ -319,7 +365,7 @@ mod tests {
             .await
             .expect("update");
         // The live sandbox stopped behind our back.
-        let mut stopped = info(&live_id, &live.sandbox.sandbox_name, ObservedState::Stopped);
+        let mut stopped = info(&live_id, &live.sandbox_name, ObservedState::Stopped);
         stopped.network = "default".into();
         agents.plant("kvm-1", stopped);
 
@@ -364,33 +410,8 @@ mod tests {
     #[tokio::test]
     async fn a_stored_allow_list_the_agent_lost_is_pushed_again() {
         let dir = tempfile::tempdir().expect("tmp");
-        let store = crate::store::tests::sqlite(&dir).await;
-        store
-            .upsert_host("kvm-1", "kvm-1:7443")
-            .await
-            .expect("host");
-        let agents = Arc::new(FakeAgents::default());
-        let state =
-            crate::build_state(store.clone(), agents.clone(), &Config::default(), test_ca())
-                .expect("state");
-        state.hosts.beat_all().await.expect("beat");
-        let sb = state
-            .sandboxes
-            .create(
-                &admin(),
-                CreateSandboxRequest {
-                    source_vm_name: "debian-12".into(),
-                    agent_id: "a".into(),
-                    ..Default::default()
-                },
-                true,
-            )
-            .await
-            .expect("create");
-        let CreateOutcome::Created(sb) = sb else {
-            panic!("the create waits for an approval")
-        };
-        let sb = sb.sandbox;
+        let (store, agents, state) = fleet(&dir).await;
+        let sb = create(&state, true).await;
         // The intent changes while the agent is down: stored, not pushed.
         agents.down.lock().expect("lock").insert("kvm-1".into());
         let caller = crate::governance::auth::Caller {

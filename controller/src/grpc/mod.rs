@@ -163,6 +163,10 @@ impl Sandboxes for PublicApi {
             ip_address: sb.ip_address.unwrap_or_default(),
             host_name: sb.host_name.unwrap_or_default(),
             read_only: sb.read_only,
+            start_path: sb
+                .start_path
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default(),
         }))
     }
 }

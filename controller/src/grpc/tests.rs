@@ -223,3 +223,26 @@ async fn the_command_goes_on_when_the_client_leaves() {
     assert_eq!(rec.exit_code, Some(7));
     assert_eq!(rec.stdout, "one\ntwo\n");
 }
+
+#[tokio::test]
+async fn get_sandbox_carries_the_start_path() {
+    let app = app().await;
+    let started = running(&app).await;
+    let unstarted = app
+        .create(json!({"source_vm_name": "debian-12", "agent_id": "agent-7", "auto_start": false}))
+        .await;
+    let unstarted = unstarted["sandbox"]["id"].as_str().expect("id").to_owned();
+    let mut g = serve(&app).await;
+    let mut start_path = async |id: &str| {
+        g.client
+            .get_sandbox(api::GetSandboxRequest {
+                sandbox_id: id.to_owned(),
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .start_path
+    };
+    assert_eq!(start_path(&started).await, "boot");
+    assert_eq!(start_path(&unstarted).await, "", "empty while unknown");
+}

@@ -234,3 +234,5 @@ mod tests_network;
 mod tests_observability;
 #[cfg(test)]
 mod tests_snapshots;
+#[cfg(test)]
+mod tests_start_path;

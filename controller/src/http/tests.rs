@@ -186,7 +186,8 @@ fn keys(v: &Value) -> Vec<String> {
     k
 }
 
-const SANDBOX_KEYS: [&str; 15] = [
+/// A started sandbox's keys (`start_path` is absent while unknown).
+const SANDBOX_KEYS: [&str; 16] = [
     "agent_id",
     "base_image",
     "cpu",
@@ -199,6 +200,7 @@ const SANDBOX_KEYS: [&str; 15] = [
     "network",
     "read_only",
     "sandbox_name",
+    "start_path",
     "state",
     "ttl_seconds",
     "updated_at",
@@ -302,6 +304,7 @@ async fn sandbox_lifecycle_shapes() {
     assert_eq!(sb["host_name"], "kvm-1");
     assert_eq!(sb["cpu"], 1);
     assert_eq!(sb["memory_mb"], 512);
+    assert_eq!(sb["start_path"], "boot");
     let id = sb["id"].as_str().expect("id").to_owned();
 
     // Defaults: generated vm name, no TTL, no IP wait.

@@ -22,8 +22,8 @@ use fluid_proto::model::{
 };
 
 use crate::agents::locate;
-use crate::agents::observed_state;
 use crate::agents::{AgentConnector, AgentError, AgentTarget};
+use crate::agents::{api_start_path, observed_state};
 use crate::error::ServiceError;
 use crate::governance::auth::{self, Caller, Permission};
 use crate::metrics::Metrics;
@@ -385,6 +385,7 @@ impl SandboxService {
                 } else {
                     None
                 }),
+                start_path: info.start_path.map(api_start_path),
                 expect_state: None,
             },
         )

@@ -22,8 +22,8 @@ use fluid_client::types::{CreateSandboxRequest, CreateSandboxResponse, SandboxSt
 use fluid_proto::model::{SandboxId, SnapshotName, SnapshotRef};
 
 use crate::agents::locate;
-use crate::agents::observed_state;
 use crate::agents::{AgentConnector, AgentError, AgentTarget};
+use crate::agents::{api_start_path, observed_state};
 use crate::error::ServiceError;
 use crate::governance::auth::{self, Caller, Permission};
 use crate::sandboxes::SandboxService;
@@ -303,6 +303,7 @@ impl SnapshotService {
                     .clone()
                     .unwrap_or_else(|| "agent reports an error".into())
             })),
+            start_path: info.start_path.map(api_start_path),
             expect_state: Some(sb.state),
         };
         if self

@@ -53,7 +53,9 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use fluid_client::types::{AccessCertificate, Command, HostState, Sandbox, SandboxState};
+use fluid_client::types::{
+    AccessCertificate, Command, HostState, Sandbox, SandboxState, StartPath,
+};
 
 use crate::support::ids::LegacyJobId;
 
@@ -209,6 +211,9 @@ pub struct SandboxRecord {
     pub error: Option<String>,
     /// Operations that change the sandbox are refused.
     pub read_only: bool,
+    /// How its first start went, as its agent reported it (column `start_path`);
+    /// `None` while unknown.
+    pub start_path: Option<StartPath>,
 }
 
 impl SandboxRecord {
@@ -233,6 +238,7 @@ impl SandboxRecord {
             cpu: self.cpus,
             memory_mb: self.memory_mb,
             read_only: self.read_only,
+            start_path: self.start_path,
         }
     }
 }
@@ -263,6 +269,8 @@ pub struct SandboxUpdate {
     pub ip_address: Option<Option<String>>,
     pub network: Option<String>,
     pub error: Option<Option<String>>,
+    /// Set when `Some` (what a first start was never changes, so it is never cleared).
+    pub start_path: Option<StartPath>,
     /// Apply only when the row is still in this state (compare-and-set).
     pub expect_state: Option<SandboxState>,
 }

@@ -3,7 +3,7 @@
 //! differs (locking, column types) lives in each dialect's file and migrations.
 
 use chrono::{DateTime, Utc};
-use fluid_client::types::{HostState, SandboxState};
+use fluid_client::types::{HostState, SandboxState, StartPath};
 use sqlx::types::Json;
 
 use super::{HostRecord, SandboxRecord, StoreError};
@@ -42,7 +42,7 @@ pub(super) const ONE_HOST_USAGE: &str = "SELECT CAST(COALESCE(SUM(cpu), 0) AS BI
 macro_rules! sandbox_columns {
     () => {
         "id, job_id, agent_id, sandbox_name, base_image, network, ip_address, state, ttl_seconds, \
-         host_name, cpu, memory_mb, created_at, updated_at, error, read_only"
+         host_name, cpu, memory_mb, created_at, updated_at, error, read_only, start_path"
     };
 }
 pub(super) use sandbox_columns;
@@ -86,7 +86,8 @@ pub(super) const SANDBOXES_WITH_TTL: &str = concat!(
 pub(super) const UPDATE_SANDBOX: &str = concat!(
     "UPDATE sandboxes SET state = COALESCE($2, state), \
      ip_address = CASE WHEN $3 THEN $4 ELSE ip_address END, network = COALESCE($5, network), \
-     error = CASE WHEN $6 THEN $7 ELSE error END, updated_at = $8 \
+     error = CASE WHEN $6 THEN $7 ELSE error END, updated_at = $8, \
+     start_path = COALESCE($10, start_path) \
      WHERE id = $1 AND ($9 IS NULL OR state = $9) RETURNING ",
     sandbox_columns!()
 );
@@ -179,6 +180,7 @@ pub(super) struct SandboxRow {
     updated_at: DateTime<Utc>,
     error: Option<String>,
     read_only: bool,
+    start_path: Option<String>,
 }
 
 impl TryFrom<SandboxRow> for SandboxRecord {
@@ -186,6 +188,14 @@ impl TryFrom<SandboxRow> for SandboxRecord {
     fn try_from(r: SandboxRow) -> Result<Self, StoreError> {
         let state = SandboxState::parse(&r.state)
             .ok_or_else(|| StoreError::Corrupt(format!("sandbox {}: state {:?}", r.id, r.state)))?;
+        let start_path = r
+            .start_path
+            .map(|p| {
+                StartPath::parse(&p).ok_or_else(|| {
+                    StoreError::Corrupt(format!("sandbox {}: start_path {p:?}", r.id))
+                })
+            })
+            .transpose()?;
         Ok(Self {
             id: r.id,
             legacy_job_id: r.job_id.into(),
@@ -203,6 +213,7 @@ impl TryFrom<SandboxRow> for SandboxRecord {
             updated_at: r.updated_at,
             error: r.error,
             read_only: r.read_only,
+            start_path,
         })
     }
 }

@@ -255,7 +255,8 @@ where
             .bind(u.error.is_some())
             .bind(u.error.clone().flatten())
             .bind(now)
-            .bind(u.expect_state.map(|s| s.as_str()));
+            .bind(u.expect_state.map(|s| s.as_str()))
+            .bind(u.start_path.map(|p| p.as_str()));
         if u.state.is_none() {
             // No change of state, nothing to audit: one statement.
             let row = update.fetch_optional(self.pool()).await?;

@@ -6,7 +6,7 @@ use std::str::FromStr as _;
 use std::sync::Arc;
 
 use chrono::Utc;
-use fluid_client::types::{HostState, SandboxState};
+use fluid_client::types::{HostState, SandboxState, StartPath};
 use sqlx::postgres::{PgConnectOptions, PgPool};
 
 use super::*;
@@ -100,6 +100,7 @@ both!(
     list_filters_and_updates,
     concurrent_reservations_never_overbook,
     commands_and_certificates,
+    start_path_round_trip,
 );
 
 pub(crate) async fn beat(store: &dyn Store, name: &str, cpus: u32, mem: u64, images: &[&str]) {
@@ -286,6 +287,70 @@ async fn reservations_check_room_and_names(store: Arc<dyn Store>) {
         .await
         .expect_err("offline");
     assert!(e.to_string().contains("offline"), "{e}");
+}
+
+async fn start_path_round_trip(store: Arc<dyn Store>) {
+    let s = &*store;
+    s.upsert_host("h1", "h1:7443").await.expect("host");
+    beat(s, "h1", 64, 1 << 20, &["debian-12"]).await;
+    let id = s
+        .reserve(&reservation(1, "h1", 1, 128))
+        .await
+        .expect("reserve")
+        .id;
+    let get = async || s.get_sandbox(&id).await.expect("get").expect("row");
+    assert_eq!(get().await.start_path, None, "unknown until reported");
+    assert_eq!(api_start_path(&get().await), None, "absent from the API");
+    let update = async |u: SandboxUpdate| {
+        s.update_sandbox(&id, &u, Utc::now())
+            .await
+            .expect("update")
+            .expect("row")
+    };
+    // Without a change of state (one statement) and with one (the audited path).
+    let up = update(SandboxUpdate {
+        start_path: Some(StartPath::Restore),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(up.start_path, Some(StartPath::Restore));
+    let up = update(SandboxUpdate {
+        state: Some(SandboxState::Running),
+        start_path: Some(StartPath::Pool),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        (up.state, up.start_path),
+        (SandboxState::Running, Some(StartPath::Pool))
+    );
+    // Updates that do not name it leave it.
+    let up = update(SandboxUpdate {
+        state: Some(SandboxState::Stopped),
+        ip_address: Some(None),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(up.start_path, Some(StartPath::Pool));
+    let read = get().await;
+    assert_eq!(read.start_path, Some(StartPath::Pool));
+    assert_eq!(api_start_path(&read), Some(serde_json::json!("pool")));
+    let (rows, _) = s
+        .list_sandboxes(&SandboxFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(rows[0].start_path, Some(StartPath::Pool));
+    let on_host = s.sandboxes_on_host("h1").await.expect("on host");
+    assert_eq!(on_host[0].start_path, Some(StartPath::Pool));
+}
+
+/// The `start_path` of `r`'s REST JSON, if it has the key.
+fn api_start_path(r: &SandboxRecord) -> Option<serde_json::Value> {
+    let v = serde_json::to_value(r.to_api()).expect("json");
+    v.get("start_path").cloned()
 }
 
 async fn list_filters_and_updates(store: Arc<dyn Store>) {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use fluid_proto::model::{
     AttachOpen, CreateSandbox, EgressPolicy, Exec, HostStatus, ImageKind, ObservedState, SandboxId,
-    SandboxInfo,
+    SandboxInfo, StartPath,
 };
 use fluid_proto::pb;
 use futures::StreamExt as _;
@@ -293,6 +293,7 @@ pub fn info(id: &str, name: &str, state: ObservedState) -> SandboxInfo {
         domain_uuid: String::new(),
         network: "default".into(),
         error: None,
+        start_path: None,
     }
 }
 
@@ -412,6 +413,8 @@ impl AgentConnector for FakeAgents {
         );
         s.cpus = req.cpus;
         s.memory_mb = req.memory_mb;
+        // Like an agent without a memory template: the first start cold-boots.
+        s.start_path = req.start.then_some(StartPath::Boot);
         self.plant(&t.name, s.clone());
         Ok(s)
     }
@@ -423,6 +426,7 @@ impl AgentConnector for FakeAgents {
     ) -> Result<SandboxInfo, AgentError> {
         self.with(t, id, |s| {
             s.state = ObservedState::Running;
+            s.start_path.get_or_insert(StartPath::Boot);
             s.clone()
         })
     }

@@ -104,6 +104,35 @@ fn reported_ip_must_parse() {
 }
 
 #[test]
+fn start_path_is_optional_and_checked() {
+    let reported = |start_path: &str| {
+        SandboxInfo::try_from(pb::Sandbox {
+            id: "SBX-0123abcd".into(),
+            name: "n".into(),
+            image: "i".into(),
+            state: 2,
+            start_path: start_path.into(),
+            ..Default::default()
+        })
+    };
+    assert_eq!(reported("").expect("empty").start_path, None);
+    for (wire, want) in [
+        ("boot", StartPath::Boot),
+        ("restore", StartPath::Restore),
+        ("pool", StartPath::Pool),
+    ] {
+        assert_eq!(reported(wire).expect(wire).start_path, Some(want));
+        assert_eq!(want.as_str(), wire);
+        assert_eq!(StartPath::parse("start_path", wire), Ok(want));
+    }
+    for bad in ["Boot", "warm", " boot", "boot\n"] {
+        let e = reported(bad).expect_err(bad);
+        assert_eq!(e.field, "start_path", "{bad:?}");
+        assert!(e.reason.contains("not a start path"), "{e}");
+    }
+}
+
+#[test]
 fn waits_are_bounded() {
     let r = pb::WaitForIpRequest {
         id: "SBX-0123abcd".into(),
