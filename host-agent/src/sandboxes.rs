@@ -358,20 +358,19 @@ impl<H: Hypervisor> Sandboxes<H> {
         // The address is the agent's: a static DHCP lease, before the domain exists.
         let static_ip = self.reserve_ip(&mac, &records).await?;
         let (provision, missing) = self.provision_for(&req, &image, static_ip).await;
-        let overlay_path = match (&fork_source, &req.from_snapshot, &provision) {
+        // The overlay, and the memory template it is backed by (if any).
+        let (overlay_path, template) = match (&fork_source, &req.from_snapshot, &provision) {
             (Some(source), Some(from), _) => self.fork_overlay(&req, source, from, &image).await?,
-            (_, _, Provision::Restore(t)) => {
-                self.overlays.create(&req.id, &t.disk(), "qcow2").await?
-            }
-            _ => {
+            (_, _, Provision::Restore(t)) => (
+                self.overlays.create(&req.id, &t.disk(), "qcow2").await?,
+                Some(t.name.clone()),
+            ),
+            _ => (
                 self.overlays
                     .create(&req.id, &image.backing, &image.backing_format)
-                    .await?
-            }
-        };
-        let template = match &provision {
-            Provision::Restore(t) => Some(t.name.clone()),
-            Provision::ColdBoot => None,
+                    .await?,
+                None,
+            ),
         };
         let overlay_ms = started_at.elapsed().as_millis();
         let record = SandboxRecord {

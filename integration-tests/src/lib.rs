@@ -8,7 +8,6 @@
 
 pub mod api;
 pub mod bench;
-pub mod bench;
 pub mod env;
 pub mod guest;
 pub mod internet;

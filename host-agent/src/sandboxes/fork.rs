@@ -2,8 +2,10 @@
 //!
 //! The create path is the ordinary one (fresh id, name, MAC, domain uuid; cold boot);
 //! only the overlay differs: instead of an empty overlay on the image, the snapshot's
-//! disk is exported onto the same image (`qemu-img convert -l snapshot.name=…`, see
-//! [`crate::overlay::Overlays::create_from_snapshot`]). The fork has none of the
+//! disk is exported onto what the source's overlay is backed by: the image, or the
+//! memory template the source was restored from (`qemu-img convert -l snapshot.name=…
+//! -B <that>`, see [`crate::overlay::Overlays::create_from_snapshot`]; `convert -B`
+//! copies only what the source's own overlay holds, so the base must be the source's). The fork has none of the
 //! source's snapshots. Its guest keeps what the disk holds (machine-id, SSH host
 //! keys); the hostname and trusted CAs are set again at boot from its own SMBIOS
 //! strings.
@@ -53,15 +55,17 @@ impl<H: Hypervisor> Sandboxes<H> {
         Ok(source)
     }
 
-    /// The fork's overlay: the snapshot's disk on the image. Holds the source's lock
-    /// meanwhile, so the snapshot cannot be deleted or reverted under the copy.
+    /// The fork's overlay: the snapshot's disk on the source's base (the image, or the
+    /// source's memory template, which the fork then shares: its name comes back).
+    /// Holds the source's lock meanwhile, so the snapshot cannot be deleted or reverted
+    /// under the copy.
     pub(super) async fn fork_overlay(
         &self,
         req: &CreateSandbox,
         source: &SandboxRecord,
         from: &SnapshotRef,
         image: &ResolvedImage,
-    ) -> Result<PathBuf, ServiceError> {
+    ) -> Result<(PathBuf, Option<String>), ServiceError> {
         let _source_guard = self.lock(&source.id).await;
         // Again under the lock: it may have gone while we waited.
         let source = self.record(&source.id).await.map_err(|_| {
@@ -71,20 +75,31 @@ impl<H: Hypervisor> Sandboxes<H> {
             ))
         })?;
         self.find_snapshot(&source, from.name.as_str()).await?;
+        let (base, base_format) = match &source.template {
+            Some(t) => (self.templates.disk_of(t), "qcow2"),
+            None => (image.backing.clone(), image.backing_format.as_str()),
+        };
+        if !tokio::fs::try_exists(&base).await.unwrap_or(false) {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "from_snapshot: the disk sandbox {} is based on ({}) is missing",
+                source.id,
+                base.display()
+            )));
+        }
         let overlay = self
             .overlays
             .create_from_snapshot(
                 &req.id,
                 &source.overlay_path,
                 from.name.as_str(),
-                &image.backing,
-                &image.backing_format,
+                &base,
+                base_format,
             )
             .await?;
         tracing::info!(
             id = %req.id, source = %source.id, snapshot = %from.name,
             "fork overlay made from a snapshot"
         );
-        Ok(overlay)
+        Ok((overlay, source.template.clone()))
     }
 }

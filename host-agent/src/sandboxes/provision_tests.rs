@@ -99,3 +99,60 @@ async fn without_a_template_of_its_shape_a_create_cold_boots() {
     let stopped = e.s.get(&id("SBX-restore04")).await.expect("get");
     assert_eq!(stopped.record.start_path.as_deref(), Some("boot"));
 }
+
+/// Runs qemu-io on `image`; whether it succeeded.
+fn qemu_io(image: &std::path::Path, command: &str) -> bool {
+    std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", command])
+        .arg(image)
+        .output()
+        .expect("qemu-io is needed by these tests")
+        .status
+        .success()
+}
+
+#[tokio::test]
+async fn a_fork_of_a_restored_sandbox_shares_its_template_and_keeps_its_data() {
+    use crate::sandboxes::snapshots::CreateSnapshot;
+    use fluid_proto::model::{SnapshotName, SnapshotRef, StopSandbox};
+    let (e, t) = with_template().await;
+    // What the template's boot wrote: only in the template's overlay.
+    assert!(qemu_io(&t.disk(), "write -P 0xab 0 64k"));
+    let a =
+        e.s.create(req("SBX-restore05", "src", true))
+            .await
+            .expect("create");
+    assert_eq!(a.record.start_path.as_deref(), Some("restore"));
+    e.s.stop(StopSandbox {
+        id: id("SBX-restore05"),
+        force: true,
+        timeout_seconds: None,
+    })
+    .await
+    .expect("stop");
+    let name = SnapshotName::parse("name", "base").expect("name");
+    e.s.create_snapshot(CreateSnapshot {
+        sandbox_id: id("SBX-restore05"),
+        name: name.clone(),
+        disk_only: true,
+        ssh_certificate: String::new(),
+    })
+    .await
+    .expect("snapshot");
+    let st = std::process::Command::new("qemu-img")
+        .args(["snapshot", "-c", "base"])
+        .arg(&a.record.overlay_path)
+        .status()
+        .expect("qemu-img");
+    assert!(st.success());
+    let mut fork = req("SBX-restore06", "fork", false);
+    fork.from_snapshot = Some(SnapshotRef {
+        sandbox_id: id("SBX-restore05"),
+        name,
+    });
+    let b = e.s.create(fork).await.expect("fork");
+    assert_eq!(b.record.template.as_deref(), Some(t.name.as_str()));
+    // The template's data reads through the fork's chain (a fork based on the image
+    // alone would read zeros there).
+    assert!(qemu_io(&b.record.overlay_path, "read -P 0xab 0 64k"));
+}

@@ -50,7 +50,7 @@ pub struct Template {
 }
 
 impl Template {
-    /// The overlay every clone's overlay is backed by.
+    /// The overlay every clone's overlay (and every fork's of a clone) is backed by.
     pub fn disk(&self) -> PathBuf {
         self.dir.join("disk.qcow2")
     }
@@ -133,6 +133,12 @@ impl Templates {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The overlay of the template named `name` (a folder's name), whether or not it
+    /// is there.
+    pub fn disk_of(&self, name: &str) -> PathBuf {
+        self.dir.join(name).join("disk.qcow2")
     }
 
     /// The key of `shape` built from `image` now.

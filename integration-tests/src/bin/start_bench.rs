@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use fluid_client::Client;
-use fluid_client::types::{CreateSandboxRequest, HostState, RunCommandRequest};
+use fluid_client::types::{CreateSandboxRequest, HostState, RunCommandRequest, StartPath};
 use integration_tests::bench::percentile;
 use integration_tests::stack::SHARED_TEMPLATES;
 use integration_tests::{AgentOptions, Stack, StoreKind};
@@ -23,8 +23,13 @@ fn secs(d: Duration) -> f64 {
 }
 
 /// Creates a sandbox and runs `true` in it until that succeeds: the time from the
-/// create request to the first successful command, and the sandbox's id.
-async fn create_to_first_exec(client: &Client, name: &str) -> Result<(Duration, String)> {
+/// create request to the first successful command, and the sandbox's id. The create
+/// must have taken the path `expected`.
+async fn create_to_first_exec(
+    client: &Client,
+    name: &str,
+    expected: StartPath,
+) -> Result<(Duration, String)> {
     let t = Instant::now();
     let created = client
         .create_sandbox(&CreateSandboxRequest {
@@ -36,6 +41,11 @@ async fn create_to_first_exec(client: &Client, name: &str) -> Result<(Duration, 
         })
         .await?;
     let id = created.sandbox.id.clone();
+    ensure!(
+        created.sandbox.start_path == Some(expected),
+        "{id} started by {:?}, expected {expected:?}",
+        created.sandbox.start_path
+    );
     let run = RunCommandRequest {
         command: "true".into(),
         timeout_sec: Some(30),
@@ -104,13 +114,22 @@ async fn main() -> Result<()> {
     let (mut from_restore, mut from_boot) = (Vec::new(), Vec::new());
     let every = (restores / boots.max(1)).max(1);
     for n in 0..restores {
-        let (d, id) = create_to_first_exec(&warm.client, &format!("{}-r{n}", warm.prefix)).await?;
+        let (d, id) = create_to_first_exec(
+            &warm.client,
+            &format!("{}-r{n}", warm.prefix),
+            StartPath::Restore,
+        )
+        .await?;
         println!("restore {n:>2}: {:.2} s", secs(d));
         from_restore.push(d);
         warm.client.destroy_sandbox(&id).await?;
         if (n + 1) % every == 0 && from_boot.len() < boots {
-            let (d, id) =
-                create_to_first_exec(&cold.client, &format!("{}-b{n}", cold.prefix)).await?;
+            let (d, id) = create_to_first_exec(
+                &cold.client,
+                &format!("{}-b{n}", cold.prefix),
+                StartPath::Boot,
+            )
+            .await?;
             println!("boot       {:.2} s", secs(d));
             from_boot.push(d);
             cold.client.destroy_sandbox(&id).await?;
@@ -123,7 +142,7 @@ async fn main() -> Result<()> {
         let runs = (0..4).map(|i| {
             let name = format!("{}-c{round}{i}", warm.prefix);
             let client = warm.client.clone();
-            async move { create_to_first_exec(&client, &name).await }
+            async move { create_to_first_exec(&client, &name, StartPath::Restore).await }
         });
         for r in futures::future::join_all(runs).await {
             let (d, id) = r?;
@@ -133,7 +152,12 @@ async fn main() -> Result<()> {
     }
 
     // The exec round trip of `true` in a restored sandbox.
-    let (_, id) = create_to_first_exec(&warm.client, &format!("{}-x", warm.prefix)).await?;
+    let (_, id) = create_to_first_exec(
+        &warm.client,
+        &format!("{}-x", warm.prefix),
+        StartPath::Restore,
+    )
+    .await?;
     let run = RunCommandRequest {
         command: "true".into(),
         ..Default::default()

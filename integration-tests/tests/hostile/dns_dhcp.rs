@@ -546,7 +546,10 @@ async fn dhcp_attacks(
         if now.contains(&(b_mac.to_owned(), b_ip.to_string())) {
             break now;
         }
-        ensure!(Instant::now() < deadline, "B holds no lease after 60 s: {now:?}");
+        ensure!(
+            Instant::now() < deadline,
+            "B holds no lease after 60 s: {now:?}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     println!("  leases: {before:?}");
