@@ -170,6 +170,21 @@ async fn clones_of_one_template_start_fast_and_each_is_its_own_machine() {
             "the guest's clock is {clock}, the host's {now}"
         );
         assert_eq!(got["machine_id"].len(), 32);
+        // journalctl reads the journal of the new machine-id: journald follows it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (lines, _) = agent
+                .exec(&id, "journalctl -q --no-pager -n 1 2>/dev/null | wc -l")
+                .await;
+            if lines.trim() != "0" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "journalctl finds no journal in {id}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         ids.push(id);
         seen.push(got);
     }

@@ -102,7 +102,17 @@ async fn running_with_sshd(l: &mut Life) -> Result<()> {
         .into_inner();
     let overlay = PathBuf::from(&on_host.overlay_path);
     ensure!(overlay.exists(), "overlay {} missing", overlay.display());
-    ensure!(virsh::leases()?.contains(&l.ip), "no lease for {}", l.ip);
+    // A sandbox restored from a memory template starts its DHCP client when it is
+    // handed over: its lease may come a few seconds after sshd answers.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !virsh::leases()?.contains(&l.ip) {
+        ensure!(
+            Instant::now() < deadline,
+            "no lease for {} after 60 s",
+            l.ip
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     Ok(())
 }
 

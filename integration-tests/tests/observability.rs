@@ -130,7 +130,7 @@ fn moved(before: &Exposition, after: &Exposition, sample: &str, labels: &[(&str,
 }
 
 /// The spans of the trace whose REST span is `POST /v1/sandboxes`, once both services'
-/// parts of it (down to an agent libvirt span) have arrived.
+/// parts of it (down to the agent's libvirt define and start, or restore) have arrived.
 fn create_trace(spans: &[Got]) -> Option<Vec<Got>> {
     let root = spans
         .iter()
@@ -145,9 +145,10 @@ fn create_trace(spans: &[Got]) -> Option<Vec<Got>> {
             .iter()
             .any(|s| s.service == service && s.name.starts_with(name))
     };
+    // The domain starts by a cold boot or by a restore from a memory template.
     (has("fluid-agent", "fluid.agent.v1.HostAgent/CreateSandbox")
         && has("fluid-agent", "libvirt define")
-        && has("fluid-agent", "libvirt start"))
+        && (has("fluid-agent", "libvirt start") || has("fluid-agent", "libvirt restore")))
     .then_some(trace)
 }
 

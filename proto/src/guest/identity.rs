@@ -4,8 +4,9 @@
 //! The agent runs [`CloneIdentity::argv`] through the guest agent (`guest-exec`), so
 //! the values travel as positional parameters of `sh -c`, never spliced into the
 //! script. The script runs as few programs as it can (each costs a few hundred
-//! milliseconds under TCG): `date`, `perl` (the RNG ioctls), `rm`, `ip`, and `dhclient`
-//! (which goes to the background at once).
+//! milliseconds under TCG): `date`, `perl` (the RNG ioctls), `systemctl` (journald's
+//! restart, not waited for), `rm`, `ip`, and `dhclient` (which goes to the background
+//! at once).
 
 /// Applies the identity. Positional parameters: see [`CloneIdentity::argv`].
 pub const SCRIPT: &str = r#"set -eu
@@ -23,6 +24,9 @@ mkdir -p /run/fluid-identity
 printf '%s\n' "$1" >/run/fluid-identity/sandbox_id
 printf '%s\n' "${11}" >/etc/ssh/fluid_user_ca.pub
 printf '%s\n' "$7" >/etc/machine-id
+# journald files its journal under the machine-id it read at its start: restarted, it
+# writes under the new one, which is where journalctl looks.
+systemctl --no-block restart systemd-journald.service 2>/dev/null || true
 printf '%s\n' "$2" >/etc/hostname
 printf '%s' "$2" >/proc/sys/kernel/hostname
 hosts=$(while IFS= read -r line || [ -n "$line" ]; do
