@@ -65,6 +65,29 @@ async fn create_to_first_exec(
     }
 }
 
+/// The resident memory of domain `name`'s QEMU process (`/proc/<pid>/status`).
+fn qemu_memory(name: &str) -> String {
+    let pid = std::fs::read_to_string(format!("/run/libvirt/qemu/{name}.pid"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let fields: Vec<String> = status
+        .lines()
+        .filter(|l| {
+            ["VmRSS:", "RssAnon:", "RssFile:", "RssShmem:"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    if fields.is_empty() {
+        format!("unknown (no QEMU process for {name})")
+    } else {
+        fields.join(", ")
+    }
+}
+
 fn row(name: &str, v: &mut [Duration]) {
     v.sort();
     println!(
@@ -152,12 +175,8 @@ async fn main() -> Result<()> {
     }
 
     // The exec round trip of `true` in a restored sandbox.
-    let (_, id) = create_to_first_exec(
-        &warm.client,
-        &format!("{}-x", warm.prefix),
-        StartPath::Restore,
-    )
-    .await?;
+    let idle = format!("{}-x", warm.prefix);
+    let (_, id) = create_to_first_exec(&warm.client, &idle, StartPath::Restore).await?;
     let run = RunCommandRequest {
         command: "true".into(),
         ..Default::default()
@@ -168,6 +187,7 @@ async fn main() -> Result<()> {
         warm.client.run_command(&id, &run).await?;
         exec.push(t.elapsed());
     }
+    let memory = qemu_memory(&idle);
     warm.client.destroy_sandbox(&id).await?;
 
     println!();
@@ -183,5 +203,6 @@ async fn main() -> Result<()> {
     let ratio =
         secs(percentile(&from_boot, 50.0)) / secs(percentile(&from_restore, 50.0)).max(1e-9);
     println!("cold boot p50 / restore p50 = {ratio:.1}×");
+    println!("memory of an idle restored sandbox's QEMU (512 MiB guest): {memory}");
     Ok(())
 }
