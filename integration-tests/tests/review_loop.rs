@@ -246,9 +246,8 @@ async fn diff_restore_fork_generate_verify_and_apply_with_approval() -> Result<(
     must(
         &agent,
         &s,
-        // The oldest nginx of the mirror's two, not the newest apt would pick: the
-        // playbook must reproduce this version, so a playbook that does not pin it
-        // installs another one in production (checked at the end).
+        // The oldest nginx of the mirror's, not the newest: a playbook that does not
+        // pin it installs another one (verify and production check the version).
         "v=$(apt-cache madison nginx | awk '{print $3}' | sort -V | head -n1) && \
          DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx=$v nginx-common=$v",
         600,
@@ -262,11 +261,11 @@ async fn diff_restore_fork_generate_verify_and_apply_with_approval() -> Result<(
         30,
     )
     .await?;
-    let (nginx_version, candidate) = versions
+    let (v, c) = versions
         .trim()
         .split_once('\n')
-        .map(|(v, c)| (v.trim().to_owned(), c.trim().to_owned()))
-        .context("dpkg-query and apt-cache policy")?;
+        .context("dpkg-query, apt-cache")?;
+    let (nginx_version, candidate) = (v.trim().to_owned(), c.trim().to_owned());
     println!("nginx {nginx_version} installed; the mirror's newest is {candidate}");
     ensure!(
         nginx_version.starts_with("1.22.1-") && nginx_version != candidate,
