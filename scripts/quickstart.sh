@@ -126,7 +126,7 @@ for _ in $(seq 1 100); do
 done
 fluidctl hosts list
 
-say "creating a sandbox from debian-12 (boots in ~35 s under TCG)"
+say "creating a sandbox from debian-12 (restored from its memory template in seconds; a cold boot takes ~35 s under TCG)"
 sbx=$(fluidctl --json sandbox create --image debian-12 --agent-id quickstart --wait-for-ip | jq -r .sandbox.id)
 fluidctl sandbox get "$sbx"
 
