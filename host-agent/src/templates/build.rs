@@ -87,16 +87,16 @@ impl Templates {
         let _ = tokio::fs::remove_dir_all(&staging).await;
         overlay::ensure_dir(&staging).await?;
         let started = Instant::now();
-        let result = self.boot_and_save(cx, shape, image, key, &staging).await;
-        let (spec, saved) = match result {
-            Ok(spec) => (spec, Ok(())),
-            Err((spec, e)) => (spec, Err(e)),
-        };
-        if let Err(e) = saved {
-            if let Some(spec) = spec {
-                // Transient: powered off, it is gone.
-                let _ = cx.hv.power_off(&spec.uuid).await;
+        let spec = match self.spec(cx, shape, image, key, &staging).await {
+            Ok(spec) => spec,
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&staging).await;
+                return Err(e);
             }
+        };
+        if let Err(e) = self.boot_and_save(cx, &spec, &staging).await {
+            // Transient: powered off (if it ever started), it is gone.
+            let _ = cx.hv.power_off(&spec.uuid).await;
             let _ = tokio::fs::remove_dir_all(&staging).await;
             return Err(e);
         }
@@ -124,40 +124,33 @@ impl Templates {
         tokio::fs::rename(&staging, &dir).await.map_err(io(&dir))?;
         tracing::info!(
             template = %name, build_ms = meta.build_ms, state_mib = state_bytes >> 20,
-            domain = ?spec.map(|s| s.name.to_string()), "memory template built"
+            domain = %spec.name, "memory template built"
         );
         drop(lock);
         let _ = tokio::fs::remove_file(&lock_path).await;
         Ok(Template { name, dir, meta })
     }
 
-    /// Boots the template in `staging` and saves it there; the spec it ran with.
-    #[allow(clippy::type_complexity)]
-    async fn boot_and_save<H: Hypervisor>(
+    /// The template's domain, its overlay made in `staging`.
+    async fn spec<H: Hypervisor>(
         &self,
         cx: &BuildContext<'_, H>,
         shape: &Shape,
         image: &ResolvedImage,
         key: &str,
         staging: &Path,
-    ) -> Result<Option<DomainSpec>, (Option<DomainSpec>, BuildError)> {
+    ) -> Result<DomainSpec, BuildError> {
         let disk = staging.join("disk.qcow2");
-        overlay::create_overlay(&disk, &image.backing, &image.backing_format)
-            .await
-            .map_err(|e| (None, e.into()))?;
-        let id = SandboxId::parse("template", &format!("SBX-tpl{key}"))
-            .map_err(|e| (None, BuildError::Io(e.to_string())))?;
-        let name = Name::parse("template", &format!("fluid-template-{key}"))
-            .map_err(|e| (None, BuildError::Io(e.to_string())))?;
-        let image_name = Name::parse("template", &shape.image)
-            .map_err(|e| (None, BuildError::Io(e.to_string())))?;
-        let spec = DomainSpec {
+        overlay::create_overlay(&disk, &image.backing, &image.backing_format).await?;
+        let invalid = |e: fluid_proto::model::ValidationError| BuildError::Io(e.to_string());
+        let id = SandboxId::parse("template", &format!("SBX-tpl{key}")).map_err(invalid)?;
+        Ok(DomainSpec {
             tap: tap_name(&id),
             id,
-            name,
+            name: Name::parse("template", &format!("fluid-template-{key}")).map_err(invalid)?,
             uuid: uuid::Uuid::new_v4().to_string(),
             agent: cx.agent.clone(),
-            image: image_name,
+            image: Name::parse("template", &shape.image).map_err(invalid)?,
             virt_type: cx.virt_type,
             cpus: shape.cpus,
             memory_mb: shape.memory_mb,
@@ -168,12 +161,17 @@ impl Templates {
             console_log: staging.join("console.log"),
             ssh_user_ca_keys: Vec::new(),
             link_down: true,
-        };
-        cx.hv
-            .start_transient(&spec)
-            .await
-            .map_err(|e| (None, e.into()))?;
-        let fail = |e: BuildError| (Some(spec.clone()), e);
+        })
+    }
+
+    /// Boots the template `spec` and, once it is ready, saves it in `staging`.
+    async fn boot_and_save<H: Hypervisor>(
+        &self,
+        cx: &BuildContext<'_, H>,
+        spec: &DomainSpec,
+        staging: &Path,
+    ) -> Result<(), BuildError> {
+        cx.hv.start_transient(spec).await?;
         let timeout = Duration::from_secs(u64::from(self.config.build_timeout_secs));
         let deadline = Instant::now() + timeout;
         let prepare = ["/bin/sh".to_owned(), "-c".to_owned(), PREPARE.to_owned()];
@@ -188,21 +186,16 @@ impl Templates {
                 break;
             }
             if Instant::now() >= deadline {
-                return Err(fail(BuildError::NotReady(timeout.as_secs())));
+                return Err(BuildError::NotReady(timeout.as_secs()));
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         // Created by the agent first: libvirtd (root) truncates and fills it, and it
         // keeps the agent as its owner, so an agent that is not root can read it.
         let state = staging.join("state.save");
-        tokio::fs::write(&state, b"")
-            .await
-            .map_err(|e| fail(io(&state)(e)))?;
-        cx.hv
-            .save(&spec.uuid, &state)
-            .await
-            .map_err(|e| fail(e.into()))?;
-        Ok(Some(spec))
+        tokio::fs::write(&state, b"").await.map_err(io(&state))?;
+        cx.hv.save(&spec.uuid, &state).await?;
+        Ok(())
     }
 
     /// Builds every configured shape's template now, in the foreground, waiting for
