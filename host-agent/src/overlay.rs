@@ -74,30 +74,68 @@ impl Overlays {
     }
 
     /// A fork's overlay: the disk of snapshot `snapshot` inside `source` (another
-    /// sandbox's overlay, which may be in use: `-U`) written as a new overlay on
+    /// sandbox's overlay, which may be in use: `-U`), or with `None` its current disk
+    /// (a live fork's, copied while the source is saved), written as a new overlay on
     /// `backing`, holding only what differs from it:
-    /// `qemu-img convert -U -l snapshot.name=<snapshot> -O qcow2 -B <backing> -F <format>
-    /// <source> <overlay>`. An existing file is replaced.
+    /// `qemu-img convert -U [-l snapshot.name=<snapshot>] -O qcow2 -B <backing> -F <format>
+    /// <source> <overlay>`. None of `source`'s snapshots is copied. An existing file is
+    /// replaced.
     pub async fn create_from_snapshot(
         &self,
         id: &SandboxId,
         source: &Path,
-        snapshot: &str,
+        snapshot: Option<&str>,
         backing: &Path,
         backing_format: &str,
     ) -> Result<PathBuf, OverlayError> {
         let overlay = self.path_for(id);
         self.remove(&overlay).await?;
         let mut cmd = tokio::process::Command::new("qemu-img");
-        cmd.args(["convert", "-U", "-l"])
-            .arg(format!("snapshot.name={snapshot}"))
-            .args(["-O", "qcow2", "-B"])
+        cmd.args(["convert", "-U"]);
+        if let Some(snapshot) = snapshot {
+            cmd.arg("-l").arg(format!("snapshot.name={snapshot}"));
+        }
+        cmd.args(["-O", "qcow2", "-B"])
             .arg(backing)
             .args(["-F", backing_format])
             .arg(source)
             .arg(&overlay);
         if let Err(e) = self.run("convert", cmd, &overlay).await {
             // A failed convert may leave a partial file.
+            let _ = self.remove(&overlay).await;
+            return Err(e);
+        }
+        Ok(overlay)
+    }
+
+    /// A fork's overlay that keeps a snapshot's memory: a whole copy of `source` (which
+    /// no QEMU may have open: the caller has its domain saved or stopped), its other
+    /// snapshots deleted (`qemu-img snapshot -d`) and its disk set to `snapshot`'s
+    /// (`-a`, so a cold boot of it boots the snapshot's disk). The snapshot stays in
+    /// it, for the fork's domain to revert to. An existing file is replaced.
+    pub async fn copy_at_snapshot(
+        &self,
+        id: &SandboxId,
+        source: &Path,
+        snapshot: &str,
+        others: &[String],
+    ) -> Result<PathBuf, OverlayError> {
+        let overlay = self.path_for(id);
+        self.remove(&overlay).await?;
+        let made = async {
+            tokio::fs::copy(source, &overlay)
+                .await
+                .map_err(io(&overlay))?;
+            for other in others {
+                let mut cmd = tokio::process::Command::new("qemu-img");
+                cmd.args(["snapshot", "-d", other]).arg(&overlay);
+                self.run("snapshot -d", cmd, &overlay).await?;
+            }
+            let mut cmd = tokio::process::Command::new("qemu-img");
+            cmd.args(["snapshot", "-a", snapshot]).arg(&overlay);
+            self.run("snapshot -a", cmd, &overlay).await
+        };
+        if let Err(e) = made.await {
             let _ = self.remove(&overlay).await;
             return Err(e);
         }
@@ -310,7 +348,7 @@ mod tests {
             .create_from_snapshot(
                 &id("SBX-0123abce"),
                 &src,
-                "snap-1",
+                Some("snap-1"),
                 &tmp.path().join("base.qcow2"),
                 "qcow2",
             )
@@ -328,11 +366,28 @@ mod tests {
             "the fork has no snapshots: {info}"
         );
 
+        // The current disk (a live fork's copy): none of the snapshots either.
+        let live = o
+            .create_from_snapshot(
+                &id("SBX-0123abd0"),
+                &src,
+                None,
+                &tmp.path().join("base.qcow2"),
+                "qcow2",
+            )
+            .await
+            .expect("live copy");
+        let info = qemu_img(&["info", "--output=json", &live.display().to_string()]);
+        assert!(
+            info.contains("base.qcow2") && !info.contains("snap-1"),
+            "{info}"
+        );
+
         let e = o
             .create_from_snapshot(
                 &id("SBX-0123abcf"),
                 &src,
-                "missing",
+                Some("missing"),
                 &tmp.path().join("base.qcow2"),
                 "qcow2",
             )

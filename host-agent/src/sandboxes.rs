@@ -341,10 +341,7 @@ impl<H: Hypervisor> Sandboxes<H> {
                 req.image
             ))
         })?;
-        let fork_source = match &req.from_snapshot {
-            Some(from) => Some(self.fork_source(&req, from).await?),
-            None => None,
-        };
+        let fork_source = self.fork_source(&req).await?;
         let image = images::resolve(self.hv.as_ref(), image_config).await?;
 
         let used_macs: Vec<&str> = records.iter().map(|r| r.mac.as_str()).collect();
@@ -359,18 +356,34 @@ impl<H: Hypervisor> Sandboxes<H> {
         let static_ip = self.reserve_ip(&mac, &records).await?;
         let (provision, missing) = self.provision_for(&req, &image, static_ip).await;
         // The overlay, and the memory template it is backed by (if any).
-        let (overlay_path, template) = match (&fork_source, &req.from_snapshot, &provision) {
-            (Some(source), Some(from), _) => self.fork_overlay(&req, source, from, &image).await?,
-            (_, _, Provision::Restore(t)) => (
-                self.overlays.create(&req.id, &t.disk(), "qcow2").await?,
-                Some(t.name.clone()),
-            ),
-            _ => (
-                self.overlays
-                    .create(&req.id, &image.backing, &image.backing_format)
-                    .await?,
-                None,
-            ),
+        let (overlay_path, template, provision) = match (&fork_source, &req.from_snapshot) {
+            (Some(source), Some(from)) => {
+                let fork = self.fork_overlay(&req, source, from, &image).await?;
+                let provision = match fork.memory {
+                    Some((name, xml)) => Provision::Snapshot { name, xml },
+                    None => provision,
+                };
+                (fork.overlay, fork.template, provision)
+            }
+            (Some(source), None) => {
+                let live = self.fork_running(&req, source, &image).await?;
+                let state = live.state;
+                (live.overlay, live.template, Provision::Fork { state })
+            }
+            (None, _) => match provision {
+                Provision::Restore(t) => (
+                    self.overlays.create(&req.id, &t.disk(), "qcow2").await?,
+                    Some(t.name.clone()),
+                    Provision::Restore(t),
+                ),
+                other => (
+                    self.overlays
+                        .create(&req.id, &image.backing, &image.backing_format)
+                        .await?,
+                    None,
+                    other,
+                ),
+            },
         };
         let overlay_ms = started_at.elapsed().as_millis();
         let record = SandboxRecord {
@@ -423,13 +436,17 @@ impl<H: Hypervisor> Sandboxes<H> {
             }
             self.mark_started(&record, start_path).await?;
         }
+        if let Provision::Fork { state } = &provision {
+            // Used by the start, or not at all.
+            let _ = tokio::fs::remove_file(state).await;
+        }
         if let Some(missing) = missing {
             self.build_later(missing);
         }
         tracing::info!(
             id = %record.id, name = %record.name, image = %record.image, start_path,
             overlay_ms, define_ms, total_ms = started_at.elapsed().as_millis(),
-            started = req.start, forked_from = ?req.from_snapshot.as_ref().map(|f| format!("{}/{}", f.sandbox_id, f.name)),
+            started = req.start, forked_from = ?fork::fork_label(&req),
             "sandbox created"
         );
         self.get(&req.id).await
@@ -448,6 +465,8 @@ impl<H: Hypervisor> Sandboxes<H> {
         if let Err(e) = self.overlays.remove(&r.overlay_path).await {
             tracing::warn!(id = %r.id, "undo create: {e}");
         }
+        // A live fork's saved state, if it was not restored.
+        let _ = tokio::fs::remove_file(self.fork_state_path(&r.id)).await;
         if let Err(e) = self.store.remove(&r.id).await {
             tracing::warn!(id = %r.id, "undo create: {e}");
         }
@@ -741,6 +760,8 @@ mod dhcp;
 mod egress;
 mod exec;
 mod fork;
+#[cfg(test)]
+mod fork_tests;
 pub mod inspect;
 mod provision;
 #[cfg(test)]

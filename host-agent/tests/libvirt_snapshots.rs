@@ -76,6 +76,7 @@ fn create(id: &str, name: &str, from: Option<SnapshotRef>) -> CreateSandbox {
         ssh_user_ca_keys: Vec::new(),
         egress: Default::default(),
         from_snapshot: from,
+        fork_of_running: None,
     }
 }
 

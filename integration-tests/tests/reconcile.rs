@@ -81,6 +81,7 @@ async fn janitor_and_reconciler_close_the_gap() -> Result<()> {
         ssh_user_ca_keys: Vec::new(),
         egress: None,
         from_snapshot: None,
+        fork_of_running: String::new(),
     })
     .await?;
     ensure!(virsh::domains()?.contains(&orphan_name));

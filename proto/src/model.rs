@@ -183,6 +183,9 @@ pub struct CreateSandbox {
     pub egress: EgressPolicy,
     /// Fork: start from this snapshot's disk (a sandbox on the same host).
     pub from_snapshot: Option<SnapshotRef>,
+    /// Live fork: start as this running sandbox (on the same host) is now, its memory
+    /// and disk. Never together with `from_snapshot`.
+    pub fork_of_running: Option<SandboxId>,
 }
 
 /// An OpenSSH public key line (`type base64 [comment]`), one line, at most 8 KiB.
@@ -225,6 +228,19 @@ impl TryFrom<pb::CreateSandboxRequest> for CreateSandbox {
             },
             egress: EgressPolicy::try_from(r.egress.unwrap_or_default())?,
             from_snapshot: r.from_snapshot.map(SnapshotRef::try_from).transpose()?,
+            fork_of_running: match r.fork_of_running.as_str() {
+                "" => None,
+                id => Some(SandboxId::parse("fork_of_running", id)?),
+            },
+        })
+        .and_then(|c: Self| {
+            if c.from_snapshot.is_some() && c.fork_of_running.is_some() {
+                return Err(ValidationError::new(
+                    "fork_of_running",
+                    "a create forks a snapshot or a running sandbox, not both",
+                ));
+            }
+            Ok(c)
         })
     }
 }
@@ -241,6 +257,11 @@ impl From<&CreateSandbox> for pb::CreateSandboxRequest {
             ssh_user_ca_keys: c.ssh_user_ca_keys.clone(),
             egress: Some(pb::EgressPolicy::from(&c.egress)),
             from_snapshot: c.from_snapshot.as_ref().map(pb::SnapshotRef::from),
+            fork_of_running: c
+                .fork_of_running
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
         }
     }
 }
@@ -348,22 +369,25 @@ pub enum StartPath {
     Boot,
     /// Restored from a memory template of its image and shape.
     Restore,
+    /// Resumed from the memory of the running sandbox it forks.
+    Fork,
     /// Handed out from a warm pool.
     Pool,
 }
 
 impl StartPath {
-    pub const ALL: [StartPath; 3] = [Self::Boot, Self::Restore, Self::Pool];
+    pub const ALL: [StartPath; 4] = [Self::Boot, Self::Restore, Self::Fork, Self::Pool];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Boot => "boot",
             Self::Restore => "restore",
+            Self::Fork => "fork",
             Self::Pool => "pool",
         }
     }
 
-    /// One of `boot`, `restore`, `pool` (exactly).
+    /// One of `boot`, `restore`, `fork`, `pool` (exactly).
     pub fn parse(field: &'static str, s: &str) -> Result<Self, ValidationError> {
         Self::ALL
             .into_iter()
@@ -371,7 +395,7 @@ impl StartPath {
             .ok_or_else(|| {
                 ValidationError::new(
                     field,
-                    format!("{s:?} is not a start path (boot, restore or pool)"),
+                    format!("{s:?} is not a start path (boot, restore, fork or pool)"),
                 )
             })
     }

@@ -55,6 +55,10 @@ pub fn to_yaml(p: &PlaybookDoc) -> Result<String, YamlError> {
     play.insert(Yaml::from("name"), em.string(&p.name));
     play.insert(Yaml::from("hosts"), em.string(&p.hosts));
     play.insert(Yaml::from("become"), Yaml::Bool(p.r#become));
+    // No task of a fluid playbook reads facts (every string is `!unsafe`, never
+    // templated; modules that need one, like `package`, gather it themselves), and
+    // gathering them costs each run the longest step on a slow host.
+    play.insert(Yaml::from("gather_facts"), Yaml::Bool(false));
     let tasks = p.tasks.iter().map(|t| em.task(t)).collect();
     play.insert(Yaml::from("tasks"), Yaml::Sequence(tasks));
     if !p.handlers.is_empty() {

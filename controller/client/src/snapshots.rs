@@ -47,12 +47,17 @@ pub struct SnapshotList {
     pub total: u64,
 }
 
-/// *new*: `POST /v1/sandboxes/{id}/fork` — a new sandbox whose disk is a snapshot's.
-/// It runs on the snapshot's host and boots fresh (disk state only).
+/// *new*: `POST /v1/sandboxes/{id}/fork` — a new sandbox on the source's host, with a
+/// new identity. With `snapshot`, it starts as that snapshot: resumed from its memory
+/// when it was taken while the source ran (`start_path: fork`), else booted from its
+/// disk. Without, it is a live fork: the running source's memory and disk as they are
+/// now (the source pauses for the copy, then runs on; `start_path: fork`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForkRequest {
-    pub snapshot: String,
+    /// A snapshot of the source; absent: fork the running source live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
     /// Default: the source sandbox's agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,

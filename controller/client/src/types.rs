@@ -103,17 +103,20 @@ pub enum StartPath {
     Boot,
     /// Restored from a memory template of its image and shape (fast start).
     Restore,
+    /// A live fork: resumed from the memory of the running sandbox it forks.
+    Fork,
     /// Handed out from a warm pool of started sandboxes.
     Pool,
 }
 
 impl StartPath {
-    pub const ALL: [StartPath; 3] = [Self::Boot, Self::Restore, Self::Pool];
+    pub const ALL: [StartPath; 4] = [Self::Boot, Self::Restore, Self::Fork, Self::Pool];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Boot => "boot",
             Self::Restore => "restore",
+            Self::Fork => "fork",
             Self::Pool => "pool",
         }
     }

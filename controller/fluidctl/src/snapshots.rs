@@ -55,8 +55,9 @@ pub enum SnapshotCmd {
 pub struct ForkArgs {
     /// The source sandbox (`SBX-…`).
     pub sandbox: String,
-    /// Its snapshot to start from.
-    pub snapshot: String,
+    /// Its snapshot to start from; none: fork it live, as it runs now (memory and
+    /// disk; it pauses for the copy, then runs on).
+    pub snapshot: Option<String>,
     /// Name of the new VM [default: chosen by the controller].
     #[arg(long, short = 'n', value_name = "VM_NAME")]
     pub name: Option<String>,
@@ -190,16 +191,22 @@ pub async fn run(ctx: &Ctx, cmd: SnapshotCmd) -> anyhow::Result<()> {
 /// `fluidctl fork`: prints the new sandbox.
 pub async fn fork(ctx: &Ctx, args: ForkArgs) -> anyhow::Result<()> {
     let id = check_id(&args.sandbox)?;
-    check_name(&args.snapshot)?;
+    if let Some(snapshot) = &args.snapshot {
+        check_name(snapshot)?;
+    }
     let req = args.to_request();
+    let at = match &args.snapshot {
+        Some(snapshot) => format!("at {snapshot}"),
+        None => "live".to_owned(),
+    };
     let msg = if args.wait_for_ip {
-        format!("forking {id} at {} and waiting for its IP", args.snapshot)
+        format!("forking {id} {at} and waiting for its IP")
     } else {
-        format!("forking {id} at {}", args.snapshot)
+        format!("forking {id} {at}")
     };
     let resp = with_spinner(ctx.interactive(), msg, ctx.client.fork_sandbox(id, &req))
         .await
-        .with_context(|| format!("cannot fork {id} at {}", args.snapshot))?;
+        .with_context(|| format!("cannot fork {id} {at}"))?;
     if ctx.json {
         return emit_json(&resp);
     }

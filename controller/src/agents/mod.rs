@@ -654,6 +654,7 @@ pub fn api_start_path(p: fluid_proto::model::StartPath) -> fluid_client::types::
     match p {
         StartPath::Boot => Api::Boot,
         StartPath::Restore => Api::Restore,
+        StartPath::Fork => Api::Fork,
         StartPath::Pool => Api::Pool,
     }
 }

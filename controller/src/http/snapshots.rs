@@ -133,11 +133,11 @@ pub async fn delete_snapshot(
 
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/fork", tag = "snapshots",
     params(("id" = String, Path, description = "the source sandbox (SBX-…)")), request_body = ForkRequest,
-    responses((status = 201, description = "a new sandbox on the snapshot's host, booted from the snapshot's disk", body = CreateSandboxResponse),
+    responses((status = 201, description = "a new sandbox on the source's host: resumed from the snapshot's memory (or booted from its disk when it has none), or (no `snapshot`) a live fork resumed from the running source's memory and disk", body = CreateSandboxResponse),
         (status = 400, body = ErrorBody),
         (status = 403, description = "may not create sandboxes, not for this agent_id, or may not read the source", body = ErrorBody),
         (status = 404, description = "no such sandbox or snapshot", body = ErrorBody),
-        (status = 409, description = "the snapshot's host has no room, or the vm_name is taken", body = ErrorBody),
+        (status = 409, description = "the source's host has no room, the vm_name is taken, or (a live fork) the source does not run", body = ErrorBody),
         (status = 502, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn fork_sandbox(
     State(state): State<AppState>,

@@ -339,7 +339,7 @@ async fn the_typed_client_speaks_the_snapshot_api() {
         .fork_sandbox(
             &id,
             &ForkRequest {
-                snapshot: "b".into(),
+                snapshot: Some("b".into()),
                 ..Default::default()
             },
         )

@@ -568,3 +568,43 @@ async fn a_restore_and_a_start_write_the_revoked_keys_again() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_live_fork_without_a_snapshot_runs_on_the_sources_host_while_it_runs() {
+    let app = app().await;
+    let id = running(&app).await;
+    app.store
+        .upsert_host("kvm-2", "kvm-2.lab:7443")
+        .await
+        .expect("host");
+    app.state.hosts.beat_all().await.expect("beat");
+    let (s, v) = app
+        .post(
+            &format!("/v1/sandboxes/{id}/fork"),
+            json!({"vm_name": "live-1"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let fid = v["sandbox"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(v["sandbox"]["host_name"], "kvm-1", "{v}");
+    let live = app.agents.snap.live_forks.lock().expect("lock").clone();
+    assert_eq!(
+        live.iter()
+            .map(|(f, s)| (f.as_str(), s.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(fid.as_str(), id.as_str())]
+    );
+    assert!(app.agents.snap.forks.lock().expect("lock").is_empty());
+
+    // A stopped sandbox has no memory to fork.
+    let (s, v) = app
+        .post(&format!("/v1/sandboxes/{id}/stop"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_error(
+        app.post(&format!("/v1/sandboxes/{id}/fork"), json!({}))
+            .await,
+        StatusCode::CONFLICT,
+        "only a running sandbox forks live",
+    );
+}

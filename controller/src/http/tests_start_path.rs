@@ -66,7 +66,7 @@ async fn the_openapi_document_names_the_values() {
     assert!(!required.contains(&json!("start_path")), "optional");
     assert_eq!(
         schemas["StartPath"]["enum"],
-        json!(["boot", "restore", "pool"]),
+        json!(["boot", "restore", "fork", "pool"]),
         "{}",
         schemas["StartPath"]
     );

@@ -255,6 +255,7 @@ impl SandboxService {
                 ssh_user_ca_keys: self.settings.ssh_user_ca_keys.clone(),
                 egress: EgressPolicy::default(),
                 from_snapshot: None,
+                fork_of_running: None,
             },
             wait_for_ip,
             pin_host: None,

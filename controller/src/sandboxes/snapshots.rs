@@ -122,6 +122,22 @@ pub(crate) async fn guest_certificate_for(
 }
 
 /// The agent id a fork gets: the request's, else the source's.
+/// Where a live fork of `source` runs: its host, while it runs there.
+fn live_fork_host(source: &SandboxRecord) -> Result<String, ServiceError> {
+    if source.state != SandboxState::Running {
+        return Err(ServiceError::Conflict(format!(
+            "sandbox {} is {}: only a running sandbox forks live; start it, or fork one of \
+             its snapshots (\"snapshot\")",
+            source.id,
+            source.state.as_str()
+        )));
+    }
+    source
+        .host_name
+        .clone()
+        .ok_or_else(|| ServiceError::Conflict(format!("sandbox {} has no host yet", source.id)))
+}
+
 pub fn fork_agent_id<'a>(source: &'a SandboxRecord, req: &'a ForkRequest) -> &'a str {
     req.agent_id.as_deref().unwrap_or(&source.agent_id)
 }
@@ -356,8 +372,15 @@ impl SnapshotService {
         auth::check(caller, Permission::CreateSandbox)?;
         let agent_id = fork_agent_id(source, req);
         auth::check_owner(caller, agent_id, &format!("agent_id {agent_id:?}"))?;
-        let name = SnapshotName::parse("snapshot", &req.snapshot)?;
-        let snap = snapshot_row(&*self.store, &source.id, &name).await?;
+        // From a named snapshot (its disk, on its host), or live (the source as it runs).
+        let (host, snapshot) = match &req.snapshot {
+            Some(name) => {
+                let name = SnapshotName::parse("snapshot", name)?;
+                let snap = snapshot_row(&*self.store, &source.id, &name).await?;
+                (snap.host_name, Some(name))
+            }
+            None => (live_fork_host(source)?, None),
+        };
         let create = CreateSandboxRequest {
             source_vm_name: source.image.clone(),
             agent_id: fork_agent_id(source, req).to_owned(),
@@ -369,13 +392,18 @@ impl SnapshotService {
             wait_for_ip: req.wait_for_ip,
         };
         let mut prepared = self.sandboxes.prepare(&create, None)?;
-        prepared.pin_host = Some(snap.host_name.clone());
-        prepared.create.from_snapshot = Some(SnapshotRef {
-            sandbox_id: sandbox_id(source)?,
-            name: name.clone(),
-        });
+        prepared.pin_host = Some(host);
+        match &snapshot {
+            Some(name) => {
+                prepared.create.from_snapshot = Some(SnapshotRef {
+                    sandbox_id: sandbox_id(source)?,
+                    name: name.clone(),
+                });
+            }
+            None => prepared.create.fork_of_running = Some(sandbox_id(source)?),
+        }
         let row = self.sandboxes.place(&prepared).await?;
-        if let Err(e) = self.copy_egress(source, &row.id, &name).await {
+        if let Err(e) = self.copy_egress(source, &row.id, snapshot.as_ref()).await {
             let u = SandboxUpdate {
                 state: Some(SandboxState::Error),
                 error: Some(Some(format!("copying the source's allow-list: {e}"))),
@@ -386,7 +414,7 @@ impl SnapshotService {
             }
             return Err(e);
         }
-        tracing::info!(sandbox = %row.id, source = %source.id, snapshot = %name, "forking");
+        tracing::info!(sandbox = %row.id, source = %source.id, snapshot = snapshot.as_ref().map_or("(live)", SnapshotName::as_str), "forking");
         self.sandboxes.launch(prepared, row).await
     }
 
@@ -396,7 +424,7 @@ impl SnapshotService {
         &self,
         source: &SandboxRecord,
         fork_id: &str,
-        snapshot: &SnapshotName,
+        snapshot: Option<&SnapshotName>,
     ) -> Result<(), ServiceError> {
         let text = self
             .store
@@ -413,7 +441,7 @@ impl SnapshotService {
                 "old": [],
                 "new": crate::network::egress::bodies_of(&policy),
                 "from_sandbox": source.id,
-                "snapshot": snapshot.as_str(),
+                "snapshot": snapshot.map(SnapshotName::as_str),
             }));
         match self
             .store

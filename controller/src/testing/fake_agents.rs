@@ -399,6 +399,9 @@ impl AgentConnector for FakeAgents {
         if let (Some(from), Ok(mut f)) = (&req.from_snapshot, self.snap.forks.lock()) {
             f.push((req.id.clone(), from.clone()));
         }
+        if let (Some(source), Ok(mut f)) = (&req.fork_of_running, self.snap.live_forks.lock()) {
+            f.push((req.id.clone(), source.clone()));
+        }
         if self.fail_create.load(Ordering::SeqCst) {
             return Err(fail(t, "qemu-img: disk full"));
         }

@@ -407,6 +407,48 @@ impl Hypervisor for FakeHypervisor {
         })
     }
 
+    async fn snapshot_xml(&self, uuid: &str, name: &str) -> Result<String> {
+        self.with(uuid, |s, uuid| {
+            let d = s
+                .domains
+                .get(uuid)
+                .ok_or_else(|| HypervisorError::NotFound(uuid.into()))?;
+            let snap = d
+                .snapshots
+                .iter()
+                .find(|x| x.name == name)
+                .ok_or_else(|| HypervisorError::NoSnapshot(format!("snapshot {name}")))?;
+            let memory = if snap.memory { "internal" } else { "no" };
+            Ok(format!(
+                "<domainsnapshot><name>{}</name><state>{}</state><creationTime>{}</creationTime>\
+                 <memory snapshot='{memory}'/><domain type='qemu'><uuid>{uuid}</uuid></domain>\
+                 </domainsnapshot>",
+                snap.name, snap.state, snap.creation_time
+            ))
+        })
+    }
+
+    async fn snapshot_redefine(&self, uuid: &str, xml: &str) -> Result<()> {
+        let snap = super::snapshot_xml::parse(xml)
+            .map_err(|e| HypervisorError::Failed(format!("snapshot XML: {e}")))?;
+        self.with(uuid, |s, uuid| {
+            s.snapshot_calls
+                .push(("redefine", uuid.into(), snap.name.clone()));
+            let d = s
+                .domains
+                .get_mut(uuid)
+                .ok_or_else(|| HypervisorError::NotFound(uuid.into()))?;
+            if !xml.contains(&format!("<uuid>{uuid}</uuid>")) {
+                return Err(HypervisorError::Failed(
+                    "definition for snapshot must use this domain's uuid".into(),
+                ));
+            }
+            d.snapshots.retain(|x| x.name != snap.name);
+            d.snapshots.push(snap.clone());
+            Ok(())
+        })
+    }
+
     async fn start_transient(&self, spec: &DomainSpec) -> Result<()> {
         self.define(spec).await?;
         self.lock().transient.insert(spec.uuid.clone());

@@ -582,6 +582,26 @@ impl Hypervisor for Libvirt {
         .await
     }
 
+    async fn snapshot_xml(&self, uuid: &str, name: &str) -> Result<String> {
+        let name = name.to_owned();
+        self.with_owned("snapshot_xml", uuid, move |d| {
+            let snap = Domain::lookup_snapshot_by_name(d, &name, 0).map_err(map_err)?;
+            snap.xml_desc(virt::sys::VIR_DOMAIN_SNAPSHOT_XML_SECURE)
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn snapshot_redefine(&self, uuid: &str, xml: &str) -> Result<()> {
+        let xml = xml.to_owned();
+        self.with_owned("snapshot_redefine", uuid, move |d| {
+            d.create_snapshot_xml(&xml, virt::sys::VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE)
+                .map(drop)
+                .map_err(map_err)
+        })
+        .await
+    }
+
     async fn start_transient(&self, spec: &DomainSpec) -> Result<()> {
         let xml = domain_xml::render(spec)
             .map_err(|e| HypervisorError::Failed(format!("domain XML: {e}")))?;

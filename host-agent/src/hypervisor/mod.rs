@@ -245,6 +245,11 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// Deletes the snapshot (its data leaves the overlay; later snapshots stay).
     /// [`HypervisorError::NoSnapshot`] when it is missing.
     async fn snapshot_delete(&self, uuid: &str, name: &str) -> Result<()>;
+    /// The snapshot's XML as libvirt keeps it, with the domain it was taken of.
+    async fn snapshot_xml(&self, uuid: &str, name: &str) -> Result<String>;
+    /// Defines a snapshot on the domain from `xml` (libvirt's redefine): its data must
+    /// already be in the domain's disk (an overlay copied with it).
+    async fn snapshot_redefine(&self, uuid: &str, xml: &str) -> Result<()>;
 
     /// Starts a transient domain (gone when it stops): a memory template being built.
     async fn start_transient(&self, spec: &DomainSpec) -> Result<()>;

@@ -55,6 +55,38 @@ pub fn parse(xml: &str) -> Result<DomainSnapshot, quick_xml::DeError> {
     })
 }
 
+/// The snapshot `snapshot_xml` moved onto another domain: its `<domain>` replaced by
+/// `domain_xml` (the fork's, which libvirt starts when it reverts to it) and its
+/// `<inactiveDomain>` dropped. libvirt writes each once, and nothing inside a domain's
+/// XML opens another `<domain` element.
+pub fn rehome(snapshot_xml: &str, domain_xml: &str) -> Result<String, String> {
+    let mut out = snapshot_xml.to_owned();
+    if let Some(range) = element(&out, "inactiveDomain") {
+        out.replace_range(range, "");
+    }
+    let range = element(&out, "domain")
+        .ok_or_else(|| "the snapshot's XML has no <domain> element".to_owned())?;
+    out.replace_range(range, domain_xml.trim());
+    Ok(out)
+}
+
+/// The byte range of the first `<tag …>…</tag>` in `xml`.
+fn element(xml: &str, tag: &str) -> Option<std::ops::Range<usize>> {
+    let open = format!("<{tag}");
+    let close = format!("</{tag}>");
+    let mut from = 0;
+    let start = loop {
+        let at = from + xml[from..].find(&open)?;
+        let next = xml[at + open.len()..].chars().next();
+        if matches!(next, Some(' ' | '>' | '\n' | '\t')) {
+            break at;
+        }
+        from = at + open.len();
+    };
+    let end = start + xml[start..].find(&close)? + close.len();
+    Some(start..end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +139,27 @@ mod tests {
             .expect("parse");
         assert_eq!((s.description.as_str(), s.memory), ("", true));
         assert!(parse("<nope/>").is_err());
+    }
+
+    #[test]
+    fn a_snapshot_is_rehomed_onto_another_domain() {
+        let snap = "<domainsnapshot>\n  <name>b</name>\n  <state>running</state>\n  \
+            <memory snapshot='internal'/>\n  <domain type='qemu'>\n    <name>src</name>\n    \
+            <address type='pci' domain='0x0000'/>\n  </domain>\n  <inactiveDomain type='qemu'>\n    \
+            <name>src</name>\n  </inactiveDomain>\n  <cookie><cpu/></cookie>\n</domainsnapshot>";
+        let fork = "<domain type='qemu'><name>fork</name><uuid>u-2</uuid></domain>\n";
+        let out = rehome(snap, fork).expect("rehomed");
+        assert!(
+            out.contains("<domain type='qemu'><name>fork</name><uuid>u-2</uuid></domain>"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("src") && !out.contains("inactiveDomain"),
+            "{out}"
+        );
+        assert!(out.contains("<cookie><cpu/></cookie>") && out.contains("<name>b</name>"));
+        let parsed = parse(&out).expect("still a snapshot");
+        assert!(parsed.memory);
+        assert!(rehome("<domainsnapshot><name>b</name></domainsnapshot>", fork).is_err());
     }
 }

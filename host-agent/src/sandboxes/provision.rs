@@ -11,6 +11,7 @@
 //! drop. Any failure falls back to a cold boot of the same overlay.
 
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ use tokio::time::Instant;
 
 use super::Sandboxes;
 use crate::error::ServiceError;
-use crate::hypervisor::{Hypervisor, domain_xml};
+use crate::hypervisor::{Hypervisor, RevertTo, domain_xml};
 use crate::images::ResolvedImage;
 use crate::state::{SandboxRecord, StateStore};
 use crate::templates::build::BuildContext;
@@ -39,16 +40,34 @@ pub enum Provision {
     ColdBoot,
     /// Restore the template's saved state as the domain, then give it its identity.
     Restore(Template),
+    /// A live fork: restore its running source's saved state (this save image, used
+    /// once) as the domain, then give it its identity.
+    Fork { state: PathBuf },
+    /// A fork from a snapshot with memory: redefine that snapshot (`name`, its libvirt
+    /// `xml`) on the domain, whose overlay holds it, revert to it, give the guest its
+    /// identity, and delete the snapshot.
+    Snapshot { name: String, xml: String },
 }
 
 impl Provision {
-    /// `boot` or `restore`: what the sandbox's `start_path` says.
+    /// `boot`, `restore` or `fork`: what the sandbox's `start_path` says.
     pub fn path(&self) -> &'static str {
         match self {
             Provision::ColdBoot => "boot",
             Provision::Restore(_) => "restore",
+            Provision::Fork { .. } | Provision::Snapshot { .. } => "fork",
         }
     }
+}
+
+/// The saved state a restore starts from.
+enum Saved<'a> {
+    /// A template's, copied with the clone's domain XML (the template stays).
+    Template(&'a Template),
+    /// A live fork's, rewritten in place with the fork's domain XML.
+    Fork(&'a Path),
+    /// A snapshot in the domain's overlay: its name and libvirt XML.
+    Snapshot(&'a str, &'a str),
 }
 
 /// A template a cold-booted create found missing: built after the create.
@@ -68,7 +87,8 @@ impl<H: Hypervisor> Sandboxes<H> {
         image: &ResolvedImage,
         static_ip: Option<Ipv4Addr>,
     ) -> (Provision, Option<Missing>) {
-        if !self.templates.config.enabled || req.from_snapshot.is_some() || static_ip.is_none() {
+        let fork = req.from_snapshot.is_some() || req.fork_of_running.is_some();
+        if !self.templates.config.enabled || fork || static_ip.is_none() {
             return (Provision::ColdBoot, None);
         }
         let shape = Shape {
@@ -100,15 +120,39 @@ impl<H: Hypervisor> Sandboxes<H> {
         provision: &Provision,
         record: &SandboxRecord,
     ) -> Result<&'static str, ServiceError> {
-        if let Provision::Restore(t) = provision {
+        let saved = match provision {
+            Provision::ColdBoot => None,
+            Provision::Restore(t) => Some((Saved::Template(t), t.name.as_str())),
+            Provision::Fork { state } => Some((Saved::Fork(state), "its source's memory")),
+            Provision::Snapshot { name, xml } => {
+                Some((Saved::Snapshot(name, xml), "a snapshot's memory"))
+            }
+        };
+        if let Some((saved, from)) = saved {
             let started = Instant::now();
-            match self.restore_from(t, record).await {
+            let restored = self.restore_from(saved, record).await;
+            match provision {
+                Provision::Fork { state } => {
+                    let _ = tokio::fs::remove_file(state).await;
+                }
+                // Its memory is the fork's now: the copy of the source's snapshot goes.
+                Provision::Snapshot { name, .. } => {
+                    if restored.is_err() {
+                        let _ = self.hv.power_off(&record.domain_uuid).await;
+                    }
+                    if let Err(e) = self.hv.snapshot_delete(&record.domain_uuid, name).await {
+                        tracing::warn!(id = %record.id, snapshot = %name, "deleting the fork's copy of its snapshot: {e}");
+                    }
+                }
+                _ => {}
+            }
+            match restored {
                 Ok(()) => {
-                    tracing::info!(id = %record.id, template = %t.name, restore_ms = started.elapsed().as_millis(), "sandbox restored from its memory template");
-                    return Ok("restore");
+                    tracing::info!(id = %record.id, from, restore_ms = started.elapsed().as_millis(), "sandbox restored from a saved state");
+                    return Ok(provision.path());
                 }
                 Err(e) => {
-                    tracing::warn!(id = %record.id, template = %t.name, "restore failed, cold-booting instead: {e}");
+                    tracing::warn!(id = %record.id, from, "restore failed, cold-booting instead: {e}");
                     let _ = self.hv.power_off(&record.domain_uuid).await;
                 }
             }
@@ -117,7 +161,11 @@ impl<H: Hypervisor> Sandboxes<H> {
         Ok("boot")
     }
 
-    async fn restore_from(&self, t: &Template, record: &SandboxRecord) -> Result<(), ServiceError> {
+    async fn restore_from(
+        &self,
+        saved: Saved<'_>,
+        record: &SandboxRecord,
+    ) -> Result<(), ServiceError> {
         let ip = record.static_ip.ok_or_else(|| {
             ServiceError::FailedPrecondition("a restore needs a reserved address".into())
         })?;
@@ -134,25 +182,83 @@ impl<H: Hypervisor> Sandboxes<H> {
             .map_err(|e| ServiceError::Internal(format!("domain XML: {e}")))?;
         let up = domain_xml::interface_link_up(&spec)
             .map_err(|e| ServiceError::Internal(format!("interface XML: {e}")))?;
+        match saved {
+            Saved::Snapshot(name, snapshot_xml) => {
+                let rehomed = crate::hypervisor::snapshot_xml::rehome(snapshot_xml, &xml)
+                    .map_err(ServiceError::Internal)?;
+                self.hv
+                    .snapshot_redefine(&record.domain_uuid, &rehomed)
+                    .await?;
+                self.hv
+                    .snapshot_revert(&record.domain_uuid, name, RevertTo::Running)
+                    .await?;
+            }
+            Saved::Template(_) | Saved::Fork(_) => {
+                self.restore_save_image(saved, record, xml).await?
+            }
+        }
+        self.take_identity(record, ip, &gateway, &up).await
+    }
+
+    /// Restores a save image (a template's copy, or a live fork's) as `record`'s domain,
+    /// with the domain XML `xml`.
+    async fn restore_save_image(
+        &self,
+        saved: Saved<'_>,
+        record: &SandboxRecord,
+        xml: String,
+    ) -> Result<(), ServiceError> {
         let dir = self.config.state_dir.join("restore");
         crate::overlay::ensure_dir(&dir)
             .await
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        let clone = dir.join(format!("{}.save", record.id));
-        let (template_state, clone_path) = (t.state(), clone.clone());
-        tokio::task::spawn_blocking(move || {
-            save_image::write_clone(&template_state, &clone_path, &xml)
+        // A template's clone is a copy of its memory: room for it until it is restored.
+        let (clone, template_state, _room) = match saved {
+            Saved::Template(t) => (
+                dir.join(format!("{}.save", record.id)),
+                Some(t.state()),
+                Some(self.room.reserve(
+                    &dir,
+                    record.memory_mb.saturating_mul(1024 * 1024),
+                    &format!(
+                        "the saved memory of sandbox {} until its restore",
+                        record.id
+                    ),
+                )?),
+            ),
+            Saved::Fork(state) => (state.to_owned(), None, None),
+            Saved::Snapshot(..) => {
+                return Err(ServiceError::Internal(
+                    "a snapshot is not a save image".into(),
+                ));
+            }
+        };
+        let clone_path = clone.clone();
+        tokio::task::spawn_blocking(move || match template_state {
+            Some(template_state) => save_image::write_clone(&template_state, &clone_path, &xml),
+            None => save_image::rewrite_in_place(&clone_path, &xml),
         })
         .await
         .map_err(|e| ServiceError::Internal(format!("writing the clone's save image: {e}")))?
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
         let restored = self.hv.restore(&clone).await;
         let _ = tokio::fs::remove_file(&clone).await;
-        restored?;
+        Ok(restored?)
+    }
 
+    /// The restored guest's identity: its address admitted, its NIC's link up, then
+    /// (through the guest agent) everything in which it must differ from the machine
+    /// it was saved from; its fresh host key is pinned.
+    async fn take_identity(
+        &self,
+        record: &SandboxRecord,
+        ip: Ipv4Addr,
+        gateway: &ipnet::Ipv4Net,
+        up: &str,
+    ) -> Result<(), ServiceError> {
         // The rules admit its address before it can use it.
         self.admit_ip(&record.id, ip).await?;
-        self.hv.update_interface(&record.domain_uuid, &up).await?;
+        self.hv.update_interface(&record.domain_uuid, up).await?;
         let mut host_key = PrivateKey::from(Ed25519Keypair::from_seed(&rand::random()));
         host_key.set_comment(format!("root@{}", record.name));
         let host_key_private = host_key

@@ -1,7 +1,7 @@
 //! The restore path against the fake hypervisor: a ready template is restored with the
 //! sandbox's own identity; a failed restore or identity step cold-boots the same disk.
 
-use super::tests::{Env, env_with, id, req};
+use super::tests::{Env, backing_of, env_with, id, req};
 use crate::templates::Template;
 
 const SHAPE: &str = r#"[templates]
@@ -55,13 +55,7 @@ async fn a_ready_template_is_restored_with_the_sandbox_s_own_identity() {
     assert!(args[8].contains("OPENSSH PRIVATE KEY"));
     drop(hv);
     // The clone's overlay is backed by the template's disk.
-    let info = std::process::Command::new("qemu-img")
-        .args(["info", "-U", "--output=json"])
-        .arg(&r.overlay_path)
-        .output()
-        .expect("qemu-img");
-    let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("json");
-    assert_eq!(info["backing-filename"], t.disk().display().to_string());
+    assert_eq!(backing_of(&r.overlay_path), t.disk().display().to_string());
 }
 
 #[tokio::test]

@@ -616,4 +616,4 @@ fn describe_failure(o: &GuestOutput, timeout: Duration) -> String {
 
 #[cfg(test)]
 #[path = "snapshots_tests.rs"]
-mod tests;
+pub(crate) mod tests;

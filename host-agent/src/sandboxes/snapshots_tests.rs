@@ -360,7 +360,7 @@ async fn delete_is_idempotent_and_destroy_takes_snapshots_along() {
 
 /// A fake snapshot plus the matching internal qcow2 snapshot in the overlay (what
 /// libvirt would have made), so qemu-img can export it.
-async fn real_snapshot(e: &Env, sid: &str, n: &str) {
+pub(crate) async fn real_snapshot(e: &Env, sid: &str, n: &str) {
     e.s.create_snapshot(snap_req(sid, n, false))
         .await
         .expect("snapshot");

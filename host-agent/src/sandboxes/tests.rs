@@ -89,6 +89,27 @@ source_domain = "golden"
     }
 }
 
+impl Env {
+    /// The image the sandboxes' overlays are backed by.
+    pub fn image(&self) -> &std::path::Path {
+        &self.image
+    }
+}
+
+/// What the overlay at `path` is backed by (`qemu-img info`'s `backing-filename`).
+pub(crate) fn backing_of(path: &std::path::Path) -> String {
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(path)
+        .output()
+        .expect("qemu-img");
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("json");
+    info["backing-filename"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 pub(crate) fn id(s: &str) -> SandboxId {
     SandboxId::parse("id", s).expect("id")
 }
@@ -104,6 +125,7 @@ pub(crate) fn req(sid: &str, name: &str, start: bool) -> CreateSandbox {
         ssh_user_ca_keys: Vec::new(),
         egress: Default::default(),
         from_snapshot: None,
+        fork_of_running: None,
     }
 }
 

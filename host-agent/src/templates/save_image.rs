@@ -127,15 +127,7 @@ pub fn read_xml(path: &Path) -> Result<String, SaveImageError> {
 pub fn write_clone(template: &Path, clone: &Path, xml: &str) -> Result<(), SaveImageError> {
     let mut src = open(template)?;
     let (header, data) = read_head(template, &mut src)?;
-    let (data, cookie_offset) =
-        clone_data(&header, &data, xml).ok_or_else(|| SaveImageError::Format {
-            path: template.to_owned(),
-            why: format!(
-                "the clone's domain XML ({} bytes) does not fit its {}-byte data block",
-                xml.len(),
-                header.data_len
-            ),
-        })?;
+    let (data, cookie_offset) = fitted(template, &header, &data, xml)?;
     let io = |source| SaveImageError::Io {
         path: clone.to_owned(),
         source,
@@ -158,6 +150,44 @@ pub fn write_clone(template: &Path, clone: &Path, xml: &str) -> Result<(), SaveI
         return Err(io(e));
     }
     Ok(())
+}
+
+/// Rewrites the save image at `path` in place to restore as the domain `xml`
+/// describes (a live fork's: the image its source was saved to, used once).
+pub fn rewrite_in_place(path: &Path, xml: &str) -> Result<(), SaveImageError> {
+    use std::os::unix::fs::FileExt;
+    let io = |source| SaveImageError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    let (header, data) = read_head(path, &mut f)?;
+    let (data, cookie_offset) = fitted(path, &header, &data, xml)?;
+    f.write_all_at(&header.with_cookie_offset(cookie_offset), 0)
+        .and_then(|()| f.write_all_at(&data, HEADER_LEN as u64))
+        .and_then(|()| f.sync_data())
+        .map_err(io)
+}
+
+/// [`clone_data`], or why `xml` does not fit.
+fn fitted(
+    path: &Path,
+    header: &Header,
+    data: &[u8],
+    xml: &str,
+) -> Result<(Vec<u8>, u32), SaveImageError> {
+    clone_data(header, data, xml).ok_or_else(|| SaveImageError::Format {
+        path: path.to_owned(),
+        why: format!(
+            "the clone's domain XML ({} bytes) does not fit its {}-byte data block",
+            xml.len(),
+            header.data_len
+        ),
+    })
 }
 
 fn open(path: &Path) -> Result<std::fs::File, SaveImageError> {
@@ -237,6 +267,33 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_rewrite_in_place_changes_only_the_xml() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let saved = dir.path().join("s.save");
+        let stream = b"QEVM the source's memory";
+        let original = image(
+            "<domain><name>source</name></domain>",
+            "<cookie/>",
+            64,
+            stream,
+        );
+        std::fs::write(&saved, &original).expect("write");
+        let xml = "<domain><name>its-fork</name></domain>";
+        rewrite_in_place(&saved, xml).expect("rewrite");
+        let out = std::fs::read(&saved).expect("read");
+        assert_eq!(out.len(), original.len());
+        assert!(out.ends_with(stream));
+        assert_eq!(read_xml(&saved).expect("xml"), xml);
+        let err = rewrite_in_place(&saved, &"x".repeat(400)).expect_err("too long");
+        assert!(err.to_string().contains("does not fit"), "{err}");
+        assert_eq!(
+            read_xml(&saved).expect("xml"),
+            xml,
+            "a refused rewrite writes nothing"
+        );
     }
 
     #[test]

@@ -276,6 +276,7 @@ pub fn create_request(id: &SandboxId, name: &str, ca_line: String) -> CreateSand
         ssh_user_ca_keys: vec![ca_line],
         egress: Default::default(),
         from_snapshot: None,
+        fork_of_running: None,
     }
 }
 

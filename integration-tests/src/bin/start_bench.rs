@@ -2,18 +2,22 @@
 //! new sandbox, restored from a memory template against cold-booted, measured side by
 //! side in one run (two stacks, one agent each, on this machine: interleaved, one
 //! sandbox at a time), then 4 creates at once from the template, and the exec round
-//! trip of `true` through REST in a restored sandbox.
+//! trip of `true` through REST in a restored sandbox, and live forks of that sandbox
+//! (`POST /v1/sandboxes/{id}/fork` without a snapshot) to their first command.
 //!
 //! Run inside the test namespace, as scripts/test.sh sets up, after the template is
 //! built (scripts/test.sh does, or `fluid-agent build-templates`):
-//!   ip netns exec fluid-test target/debug/start-bench [RESTORES [BOOTS]]
-//! (needs FLUID_GOLDEN_IMAGE_DIR; RESTORES defaults to 20, BOOTS to 3).
+//!   ip netns exec fluid-test target/debug/start-bench [RESTORES [BOOTS [FORKS]]]
+//! (needs FLUID_GOLDEN_IMAGE_DIR; RESTORES defaults to 20, BOOTS to 3, FORKS to 5).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use fluid_client::Client;
-use fluid_client::types::{CreateSandboxRequest, HostState, RunCommandRequest, StartPath};
+use fluid_client::snapshots::ForkRequest;
+use fluid_client::types::{
+    CreateSandboxRequest, CreateSandboxResponse, HostState, RunCommandRequest, StartPath,
+};
 use integration_tests::bench::percentile;
 use integration_tests::stack::SHARED_TEMPLATES;
 use integration_tests::{AgentOptions, Stack, StoreKind};
@@ -40,6 +44,37 @@ async fn create_to_first_exec(
             ..Default::default()
         })
         .await?;
+    first_exec(client, t, created, expected).await
+}
+
+/// Live-forks `source` and runs `true` in the fork until that succeeds: the time from
+/// the fork request to the first successful command, and the fork's id.
+async fn fork_to_first_exec(
+    client: &Client,
+    source: &str,
+    name: &str,
+) -> Result<(Duration, String)> {
+    let t = Instant::now();
+    let created = client
+        .fork_sandbox(
+            source,
+            &ForkRequest {
+                vm_name: Some(name.to_owned()),
+                wait_for_ip: Some(true),
+                ..Default::default()
+            },
+        )
+        .await?;
+    first_exec(client, t, created, StartPath::Fork).await
+}
+
+/// Runs `true` in the sandbox just `created` (at `t`) until it succeeds.
+async fn first_exec(
+    client: &Client,
+    t: Instant,
+    created: CreateSandboxResponse,
+    expected: StartPath,
+) -> Result<(Duration, String)> {
     let id = created.sandbox.id.clone();
     ensure!(
         created.sandbox.start_path == Some(expected),
@@ -111,6 +146,7 @@ async fn main() -> Result<()> {
     }
     let restores: usize = first.map(|s| s.parse()).transpose()?.unwrap_or(20);
     let boots: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(3);
+    let forks: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
     let ready = std::fs::read_dir(SHARED_TEMPLATES)
         .map(|d| {
             d.filter_map(Result::ok).any(|e| {
@@ -188,6 +224,16 @@ async fn main() -> Result<()> {
         exec.push(t.elapsed());
     }
     let memory = qemu_memory(&idle);
+
+    // Live forks of that sandbox, one at a time.
+    let mut forked = Vec::new();
+    for n in 0..forks {
+        let (d, fork) =
+            fork_to_first_exec(&warm.client, &id, &format!("{}-f{n}", warm.prefix)).await?;
+        println!("fork    {n:>2}: {:.2} s", secs(d));
+        forked.push(d);
+        warm.client.destroy_sandbox(&fork).await?;
+    }
     warm.client.destroy_sandbox(&id).await?;
 
     println!();
@@ -200,6 +246,7 @@ async fn main() -> Result<()> {
     row("cold boot", &mut from_boot);
     row("restore, 4 creates at once", &mut concurrent);
     row("exec `true` via REST (restored sandbox)", &mut exec);
+    row("live fork of a running sandbox", &mut forked);
     let ratio =
         secs(percentile(&from_boot, 50.0)) / secs(percentile(&from_restore, 50.0)).max(1e-9);
     println!("cold boot p50 / restore p50 = {ratio:.1}×");

@@ -176,7 +176,7 @@ async fn guest_access_attacks_fail() -> Result<()> {
         .fork_sandbox(
             &a_id,
             &ForkRequest {
-                snapshot: "base".into(),
+                snapshot: Some("base".into()),
                 agent_id: Some("tenant-b".into()),
                 vm_name: Some(format!("{}-ga-b", stack.prefix)),
                 cpu: Some(1),

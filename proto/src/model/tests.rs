@@ -11,7 +11,43 @@ fn create_req() -> pb::CreateSandboxRequest {
         ssh_user_ca_keys: Vec::new(),
         egress: None,
         from_snapshot: None,
+        fork_of_running: String::new(),
     }
+}
+
+#[test]
+fn a_create_forks_a_snapshot_or_a_running_sandbox_not_both() {
+    let live = pb::CreateSandboxRequest {
+        fork_of_running: "SBX-0123abce".into(),
+        ..create_req()
+    };
+    let c = CreateSandbox::try_from(live.clone()).expect("a live fork");
+    assert_eq!(
+        c.fork_of_running.as_ref().map(SandboxId::as_str),
+        Some("SBX-0123abce")
+    );
+    assert_eq!(
+        pb::CreateSandboxRequest::from(&c).fork_of_running,
+        "SBX-0123abce",
+        "round trip"
+    );
+    let bad = pb::CreateSandboxRequest {
+        fork_of_running: "../etc".into(),
+        ..create_req()
+    };
+    assert_eq!(
+        CreateSandbox::try_from(bad).expect_err("bad id").field,
+        "fork_of_running"
+    );
+    let both = pb::CreateSandboxRequest {
+        from_snapshot: Some(pb::SnapshotRef {
+            sandbox_id: "SBX-0123abce".into(),
+            name: "base".into(),
+        }),
+        ..live
+    };
+    let e = CreateSandbox::try_from(both).expect_err("both");
+    assert!(e.to_string().contains("not both"), "{e}");
 }
 
 #[test]
@@ -119,6 +155,7 @@ fn start_path_is_optional_and_checked() {
     for (wire, want) in [
         ("boot", StartPath::Boot),
         ("restore", StartPath::Restore),
+        ("fork", StartPath::Fork),
         ("pool", StartPath::Pool),
     ] {
         assert_eq!(reported(wire).expect(wire).start_path, Some(want));

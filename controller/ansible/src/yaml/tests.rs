@@ -221,7 +221,7 @@ fn empty_playbook() {
     let text = to_yaml(&playbook(vec![])).expect("yaml");
     assert_eq!(
         text,
-        "---\n- name: site\n  hosts: all\n  become: true\n  tasks: []\n"
+        "---\n- name: site\n  hosts: all\n  become: true\n  gather_facts: false\n  tasks: []\n"
     );
 }
 

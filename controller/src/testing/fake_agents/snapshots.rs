@@ -36,6 +36,8 @@ pub struct SnapshotFake {
     pub files: Mutex<HashMap<String, (pb::FileMeta, Vec<u8>)>>,
     /// The `from_snapshot` of every create that had one.
     pub forks: Mutex<Vec<(SandboxId, SnapshotRef)>>,
+    /// The `fork_of_running` of every create that had one: (fork, source).
+    pub live_forks: Mutex<Vec<(SandboxId, SandboxId)>>,
     /// Every tunnel opened.
     pub tunnels: Mutex<Vec<pb::TunnelOpen>>,
 }
