@@ -440,6 +440,9 @@ async fn diff_restore_fork_generate_verify_and_apply_with_approval() -> Result<(
         )
         .await?;
     ensure!(status == 201, "fork: {status} {body}");
+    // B was taken while the sandbox ran: the fork resumes its memory.
+    let resumed = body["sandbox"]["start_path"] == "fork";
+    ensure!(resumed, "the fork from B booted: {body}");
     let fork = body["sandbox"]["id"]
         .as_str()
         .context("fork id")?
@@ -792,9 +795,6 @@ fn tail(s: &str, n: usize) -> String {
 
 fn ansible_playbook() -> String {
     let venv = "/opt/fluid-ansible/bin/ansible-playbook";
-    if std::path::Path::new(venv).exists() {
-        venv.to_owned()
-    } else {
-        "ansible-playbook".to_owned()
-    }
+    let found = std::path::Path::new(venv).exists();
+    if found { venv } else { "ansible-playbook" }.to_owned()
 }

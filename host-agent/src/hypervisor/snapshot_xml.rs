@@ -56,13 +56,17 @@ pub fn parse(xml: &str) -> Result<DomainSnapshot, quick_xml::DeError> {
 }
 
 /// The snapshot `snapshot_xml` moved onto another domain: its `<domain>` replaced by
-/// `domain_xml` (the fork's, which libvirt starts when it reverts to it) and its
-/// `<inactiveDomain>` dropped. libvirt writes each once, and nothing inside a domain's
-/// XML opens another `<domain` element.
+/// `domain_xml` (the fork's, which libvirt starts when it reverts to it), its
+/// `<inactiveDomain>` dropped, and its `<parent>` too (the other domain has none of
+/// the source's snapshots, and libvirt refuses a redefined snapshot whose parent it
+/// does not know). libvirt writes each once, and nothing inside a domain's XML opens
+/// another `<domain` element.
 pub fn rehome(snapshot_xml: &str, domain_xml: &str) -> Result<String, String> {
     let mut out = snapshot_xml.to_owned();
-    if let Some(range) = element(&out, "inactiveDomain") {
-        out.replace_range(range, "");
+    for dropped in ["inactiveDomain", "parent"] {
+        if let Some(range) = element(&out, dropped) {
+            out.replace_range(range, "");
+        }
     }
     let range = element(&out, "domain")
         .ok_or_else(|| "the snapshot's XML has no <domain> element".to_owned())?;
@@ -144,11 +148,12 @@ mod tests {
     #[test]
     fn a_snapshot_is_rehomed_onto_another_domain() {
         let snap = "<domainsnapshot>\n  <name>b</name>\n  <state>running</state>\n  \
-            <memory snapshot='internal'/>\n  <domain type='qemu'>\n    <name>src</name>\n    \
+            <parent>\n    <name>a</name>\n  </parent>\n  <memory snapshot='internal'/>\n  <domain type='qemu'>\n    <name>src</name>\n    \
             <address type='pci' domain='0x0000'/>\n  </domain>\n  <inactiveDomain type='qemu'>\n    \
             <name>src</name>\n  </inactiveDomain>\n  <cookie><cpu/></cookie>\n</domainsnapshot>";
         let fork = "<domain type='qemu'><name>fork</name><uuid>u-2</uuid></domain>\n";
         let out = rehome(snap, fork).expect("rehomed");
+        assert!(!out.contains("<parent>"), "{out}");
         assert!(
             out.contains("<domain type='qemu'><name>fork</name><uuid>u-2</uuid></domain>"),
             "{out}"
