@@ -166,6 +166,19 @@ const DISTINCT: [&str; 7] = [
     "sandbox_id",
 ];
 
+/// `clock` (the guest's `date +%s`) is within 5 s of the host's.
+fn assert_clock_is_now(clock: &str, who: &str) {
+    let clock: i64 = clock.trim().parse().expect("clock");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("now")
+        .as_secs() as i64;
+    assert!(
+        (clock - now).abs() <= 5,
+        "{who}'s clock is {clock}, the host's {now}"
+    );
+}
+
 fn parse(out: &str) -> BTreeMap<String, String> {
     out.lines()
         .filter_map(|l| l.split_once('='))
@@ -225,15 +238,7 @@ async fn clones_of_one_template_start_fast_and_each_is_its_own_machine() {
             "{pinned} vs {}",
             got["host_key"]
         );
-        let clock: i64 = got["clock"].parse().expect("clock");
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("now")
-            .as_secs() as i64;
-        assert!(
-            (clock - now).abs() <= 5,
-            "the guest's clock is {clock}, the host's {now}"
-        );
+        assert_clock_is_now(&got["clock"], "the clone");
         assert_eq!(got["machine_id"].len(), 32);
         // journalctl reads the journal of the new machine-id: journald follows it.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -378,21 +383,7 @@ async fn a_live_fork_has_its_parents_files_and_processes_then_diverges() {
         )
         .await;
     assert_eq!(code, 0, "the parent's process survives the fork: {out}");
-    let clock: i64 = out
-        .lines()
-        .nth(1)
-        .unwrap_or_default()
-        .trim()
-        .parse()
-        .expect("clock");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("now")
-        .as_secs() as i64;
-    assert!(
-        (clock - now).abs() <= 5,
-        "the parent's clock is {clock}, the host's {now}"
-    );
+    assert_clock_is_now(out.lines().nth(1).unwrap_or_default(), "the parent");
     agent.exec(&fork, "echo f >/root/only-fork").await;
     let (out, _) = agent
         .exec(&parent, "ls /root/only-fork /root/only-parent 2>&1")

@@ -596,6 +596,23 @@ async fn a_live_fork_without_a_snapshot_runs_on_the_sources_host_while_it_runs()
     );
     assert!(app.agents.snap.forks.lock().expect("lock").is_empty());
 
+    // Another tenant's agent token cannot fork it (nor pause it for the copy).
+    let a9 = app.token("a9", Role::Agent, Some("agent-9")).await;
+    let (s, v) = app
+        .send(
+            Request::post(format!("/v1/sandboxes/{id}/fork"))
+                .header(header::AUTHORIZATION, format!("Bearer {a9}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(json!({"agent_id": "agent-9"}).to_string()))
+                .expect("req"),
+        )
+        .await;
+    assert!(
+        s == StatusCode::FORBIDDEN || s == StatusCode::NOT_FOUND,
+        "{s} {v}"
+    );
+    assert_eq!(app.agents.snap.live_forks.lock().expect("lock").len(), 1);
+
     // A stopped sandbox has no memory to fork.
     let (s, v) = app
         .post(&format!("/v1/sandboxes/{id}/stop"), json!({}))
