@@ -122,9 +122,34 @@ pub struct Stack {
     database: Option<String>,
 }
 
-/// A TCP port free on 127.0.0.1 right now.
+/// The ports [`free_port`] picks from: below Linux's ephemeral range (32768-60999), so
+/// an outgoing connection's source port never takes one before its service binds it.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A TCP port free on 127.0.0.1 right now that this process has not handed out before.
+/// A port is bound by its service only later (a controller or an agent reads it from
+/// its config), so asking the kernel for "any free port" twice can name one port twice,
+/// and one service then finds it taken. Ports are taken in turn from [`TEST_PORTS`],
+/// starting at a place that depends on the process id, so test binaries that run one
+/// after another do not reuse each other's ports while a service may still hold one.
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        let port = TEST_PORTS.start + u16::try_from(n)?;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free TCP port on 127.0.0.1 in {TEST_PORTS:?}")
 }
 
 fn quote(s: &str) -> String {
@@ -568,5 +593,19 @@ pub async fn wait_ssh_banner(addr: &str, within: Duration) -> Result<String> {
             bail!("{addr} did not answer with an SSH banner within {within:?}");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_port_never_names_a_port_twice() -> Result<()> {
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect::<Result<_>>()?;
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        assert!(ports.iter().all(|p| TEST_PORTS.contains(p)), "{ports:?}");
+        Ok(())
     }
 }

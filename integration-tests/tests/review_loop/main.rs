@@ -19,6 +19,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 /// Port of the package mirror in the simulated internet.
+mod jobs;
+
 const MIRROR_PORT: u16 = 8082;
 const SITE_CONF: &str = "server {\n    listen 8088;\n    root /srv/site;\n}\n";
 const UNIT: &str = "[Unit]\nDescription=fluid review-loop demo\n\n[Service]\nExecStart=/bin/sleep infinity\n\n[Install]\nWantedBy=multi-user.target\n";
@@ -568,18 +570,28 @@ async fn diff_restore_fork_generate_verify_and_apply_with_approval() -> Result<(
     );
     ensure!(status == 400, "{status} {body}");
 
-    // Verify: a fresh sandbox, the playbook applied over SSH, diffed against B.
+    // Production: a target in the controller's config, reached with its own key.
+    jobs::add_target(&mut stack, &api, &admin_token, &p).await?;
+
+    // Verify (a fresh sandbox, the playbook applied over SSH, diffed against B) and,
+    // beside it, an operator's deploy to production: its check run goes at once, its
+    // real run waits for a human (an agent's production job waits for an approval even
+    // before its check run: hostile::ansible), who approves it once verify has passed
+    // and the approval shows the check run's diff.
     let t = Instant::now();
     let (status, body) = api
         .send(
             &agent_token,
             Method::POST,
             "/v1/ansible/playbooks/web-site/verify",
-            Some(json!({"wait": true})),
+            Some(json!({"wait": false})),
         )
         .await?;
-    ensure!(status == 200, "verify: {status} {body}");
-    let v = &body["job"]["verification"];
+    ensure!(status == 201, "verify: {status} {body}");
+    let verify_id = body["job_id"].as_str().context("job_id")?.to_owned();
+    let id = jobs::start(&api, &operator_token, "web-site").await?;
+    let verified = jobs::ended(&api, &agent_token, &verify_id).await?;
+    let v = &verified["verification"];
     println!(
         "verify in {:.1?}: reproduces: {} differences: {}",
         t.elapsed(),
@@ -593,117 +605,11 @@ async fn diff_restore_fork_generate_verify_and_apply_with_approval() -> Result<(
     if v["reproduces"] != json!(true) {
         println!(
             "verify output:\n{}",
-            body["job"]["output"].as_str().unwrap_or("")
+            verified["output"].as_str().unwrap_or("")
         );
         bail!("the playbook does not reproduce the sandbox");
     }
-
-    // Production: a target in the controller's config, reached with its own key.
-    let key = stack.dir.path().join("prod_key");
-    let out = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "ssh-keygen: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let public = std::fs::read_to_string(key.with_extension("pub"))?;
-    let (status, body) = api
-        .send(
-            &admin_token,
-            Method::POST,
-            &format!("/v1/sandboxes/{p}/sshkey"),
-            Some(json!({"public_key": public.trim(), "username": "root"})),
-        )
-        .await?;
-    ensure!(status == 204, "sshkey: {status} {body}");
-    let prod_ip = admin
-        .get_sandbox(&p)
-        .await?
-        .sandbox
-        .ip_address
-        .context("production IP")?;
-    let mut config = std::fs::read_to_string(&stack.controller_config)?;
-    config += &format!(
-        "\n[[ansible.targets]]\nname = \"prod-web\"\nhosts = [\"{prod_ip}\"]\nuser = \"root\"\nprivate_key = {:?}\nssh_common_args = [\"-o\", \"StrictHostKeyChecking=no\", \"-o\", \"UserKnownHostsFile=/dev/null\"]\n",
-        key.to_string_lossy()
-    );
-    std::fs::write(&stack.controller_config, config)?;
-    stack.restart_controller().await?;
-    stack
-        .wait_host("a", HostState::Online, Duration::from_secs(30))
-        .await?;
-
-    let job = |api: Api, token: String| async move {
-        let (status, body) = api
-            .send(
-                &token,
-                Method::POST,
-                "/v1/ansible/jobs",
-                Some(json!({"vm_name": "prod-web", "playbook": "web-site", "check": false})),
-            )
-            .await?;
-        ensure!(status == 201, "job: {status} {body}");
-        Ok::<_, anyhow::Error>(body["job_id"].as_str().context("job_id")?.to_owned())
-    };
-    let awaiting = |api: Api, token: String, id: String| async move {
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            let (_, body) = api
-                .send(&token, Method::GET, &format!("/v1/ansible/jobs/{id}"), None)
-                .await?;
-            let j = body["job"].clone();
-            if j["approval_id"].is_string() && j["phase"] == "awaiting_approval" {
-                return Ok::<_, anyhow::Error>(j);
-            }
-            ensure!(
-                j["status"] != "failed" && j["status"] != "finished",
-                "job {id} ended before its approval: {j}"
-            );
-            ensure!(
-                Instant::now() < deadline,
-                "job {id}: no approval within 600 s"
-            );
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    };
-    let finished = |api: Api, token: String, id: String| async move {
-        let deadline = Instant::now() + Duration::from_secs(900);
-        loop {
-            let (_, body) = api
-                .send(&token, Method::GET, &format!("/v1/ansible/jobs/{id}"), None)
-                .await?;
-            let j = body["job"].clone();
-            if j["status"] == "failed" || j["status"] == "finished" {
-                return Ok::<_, anyhow::Error>(j);
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "job {id} did not end within 900 s"
-            );
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    };
-
-    // An operator deploys to production: the check runs at once, the real run waits
-    // for a human (an agent's production job waits for an approval even before its
-    // check run: hostile::ansible).
-    // Rejected: production untouched.
-    let t = Instant::now();
-    let id = job(api.clone(), operator_token.clone()).await?;
-    let j = awaiting(api.clone(), admin_token.clone(), id.clone()).await?;
-    let approval_id = j["approval_id"].as_str().context("approval")?.to_owned();
-    let (_, approval) = api
-        .send(
-            &operator_token,
-            Method::GET,
-            &format!("/v1/approvals/{approval_id}"),
-            None,
-        )
-        .await?;
-    let shown = approval.to_string();
+    let (approval_id, shown) = jobs::approval(&api, &operator_token, &id).await?;
     println!(
         "job {id}: approval {approval_id} after {:.1?}; the check run shows nginx: {}, site.conf: {}",
         t.elapsed(),
@@ -714,44 +620,8 @@ async fn diff_restore_fork_generate_verify_and_apply_with_approval() -> Result<(
         shown.contains("nginx") && shown.contains("site.conf"),
         "the approval does not show the check-mode diff: {shown}"
     );
-    let (status, body) = api
-        .send(
-            &operator_token,
-            Method::POST,
-            &format!("/v1/approvals/{approval_id}/reject"),
-            Some(json!({"comment": "not in business hours"})),
-        )
-        .await?;
-    ensure!(status == 200, "reject: {status} {body}");
-    let j = finished(api.clone(), admin_token.clone(), id.clone()).await?;
-    let (nginx, _) = run(&admin, &p, "dpkg -s nginx >/dev/null 2>&1", 30).await?;
-    let motd = run(&admin, &p, "test -e /etc/motd", 30).await?.0;
-    println!(
-        "rejected: job {id} {} ({}); production: dpkg -s nginx exit {nginx}, /etc/motd present: {}",
-        j["status"],
-        j["error"],
-        motd == 0
-    );
-    ensure!(
-        j["status"] == "failed" && nginx != 0 && motd == 0,
-        "production changed after a rejection"
-    );
-
-    // Approved: production has the change.
-    let t = Instant::now();
-    let id = job(api.clone(), operator_token.clone()).await?;
-    let j = awaiting(api.clone(), admin_token.clone(), id.clone()).await?;
-    let approval_id = j["approval_id"].as_str().context("approval")?.to_owned();
-    let (status, body) = api
-        .send(
-            &operator_token,
-            Method::POST,
-            &format!("/v1/approvals/{approval_id}/approve"),
-            Some(json!({"comment": "go"})),
-        )
-        .await?;
-    ensure!(status == 200, "approve: {status} {body}");
-    let j = finished(api.clone(), admin_token.clone(), id.clone()).await?;
+    jobs::decide(&api, &operator_token, &approval_id, "approve").await?;
+    let j = jobs::ended(&api, &admin_token, &id).await?;
     println!(
         "approved: job {id} {} exit {} in {:.1?}; output tail:\n{}",
         j["status"],
@@ -768,6 +638,47 @@ async fn diff_restore_fork_generate_verify_and_apply_with_approval() -> Result<(
             && state.contains("motd-removed")
             && state.contains("listen 8088"),
         "{state}"
+    );
+
+    // Rejected: production untouched. A one-task playbook, so that its check run is
+    // short; the approval shows the change it would have made.
+    let (status, body) = api
+        .send(
+            &operator_token,
+            Method::POST,
+            "/v1/ansible/playbooks",
+            Some(json!({"name": "rejected-change"})),
+        )
+        .await?;
+    ensure!(status == 201, "playbook: {status} {body}");
+    let (status, body) = api
+        .send(
+            &operator_token,
+            Method::POST,
+            "/v1/ansible/playbooks/rejected-change/tasks",
+            Some(json!({"name": "mark production", "module": "ansible.builtin.copy",
+                        "params": {"dest": "/etc/fluid-rejected", "content": "rejected\n", "mode": "0644"}})),
+        )
+        .await?;
+    ensure!(status == 201, "task: {status} {body}");
+    let rejected = jobs::start(&api, &operator_token, "rejected-change").await?;
+    let (approval_id, shown) = jobs::approval(&api, &operator_token, &rejected).await?;
+    ensure!(
+        shown.contains("/etc/fluid-rejected"),
+        "the approval does not show the check-mode diff: {shown}"
+    );
+    jobs::decide(&api, &operator_token, &approval_id, "reject").await?;
+    let j = jobs::ended(&api, &admin_token, &rejected).await?;
+    let (marked, _) = run(&admin, &p, "test -e /etc/fluid-rejected", 30).await?;
+    println!(
+        "rejected: job {rejected} {} ({}); production: /etc/fluid-rejected present: {}",
+        j["status"],
+        j["error"],
+        marked == 0
+    );
+    ensure!(
+        j["status"] == "failed" && marked != 0,
+        "production changed after a rejection"
     );
 
     // The whole story is in the audit trail.
