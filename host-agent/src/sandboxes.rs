@@ -769,6 +769,7 @@ mod provision_tests;
 mod room;
 #[cfg(test)]
 mod room_tests;
+mod scratch;
 pub mod snapshots;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -35,6 +35,7 @@ use fluid_proto::model::{CreateSandbox, SandboxId, SnapshotRef};
 use tokio::time::Instant;
 
 use super::Sandboxes;
+use super::scratch::ScratchFile;
 use crate::error::ServiceError;
 use crate::hypervisor::{DomainState, Hypervisor};
 use crate::images::ResolvedImage;
@@ -257,16 +258,13 @@ impl<H: Hypervisor> Sandboxes<H> {
         tokio::fs::write(state, b"")
             .await
             .map_err(|e| ServiceError::Internal(format!("{}: {e}", state.display())))?;
+        let state_file = ScratchFile::new(state.to_owned());
         let paused = Instant::now();
-        if let Err(e) = self.hv.save(&source.domain_uuid, state).await {
-            let _ = tokio::fs::remove_file(state).await;
-            return Err(e.into());
-        }
+        self.hv.save(&source.domain_uuid, state).await?;
         let copied = copy.await;
         if let Err(e) = self.hv.restore(state).await {
             tracing::error!(source = %source.id, "a fork's source was not resumed, starting it from its disk: {e}");
             let started = self.hv.start(&source.domain_uuid).await;
-            let _ = tokio::fs::remove_file(state).await;
             if let Ok(overlay) = &copied {
                 let _ = self.overlays.remove(overlay).await;
             }
@@ -283,10 +281,9 @@ impl<H: Hypervisor> Sandboxes<H> {
         let paused_ms = paused.elapsed().as_millis();
         self.step_clock(source).await;
         tracing::info!(source = %source.id, paused_ms, "a fork's source was saved, copied and resumed");
-        copied.map_err(|e| {
-            let _ = std::fs::remove_file(state);
-            e.into()
-        })
+        let overlay = copied?;
+        state_file.keep();
+        Ok(overlay)
     }
 
     /// Steps a resumed guest's clock to now: it stood still while the guest was saved.

@@ -34,6 +34,7 @@ use rand::Rng as _;
 
 use super::Sandboxes;
 use super::room::{Op, Reservation, Slot};
+use super::scratch::ScratchFile;
 use crate::error::ServiceError;
 use crate::hypervisor::Hypervisor;
 use crate::state::SandboxRecord;
@@ -85,20 +86,6 @@ impl From<InspectError> for ServiceError {
                 Self::FailedPrecondition(m)
             }
             InspectError::Io(_) | InspectError::QemuImg(_) => Self::Internal(m),
-        }
-    }
-}
-
-/// A raw image in the scratch directory, removed when dropped.
-#[derive(Debug)]
-struct ScratchFile(PathBuf);
-
-impl Drop for ScratchFile {
-    fn drop(&mut self) {
-        match std::fs::remove_file(&self.0) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(path = %self.0.display(), "removing a scratch file: {e}"),
         }
     }
 }
@@ -215,7 +202,7 @@ impl<H: Hypervisor> Sandboxes<H> {
             },
             text_limit_bytes: req.text_limit_bytes,
         };
-        let (from_path, to_path) = (from.file.0.clone(), to.file.0.clone());
+        let (from_path, to_path) = (from.file.path().to_owned(), to.file.path().to_owned());
         let mut diff = tokio::task::spawn_blocking(move || {
             let a = DiskImage::open(&from_path)?;
             let b = DiskImage::open(&to_path)?;
@@ -265,7 +252,7 @@ impl<H: Hypervisor> Sandboxes<H> {
         let _slots = self.inspection_slots(&[&req.state.sandbox_id])?;
         let _slot = self.host_inspection_slot().await?;
         let side = self.export_side(&req.state, &req.ssh_certificate).await?;
-        let path = side.file.0.clone();
+        let path = side.file.path().to_owned();
         let max = if req.max_bytes == 0 {
             READ_DEFAULT
         } else {
@@ -334,7 +321,7 @@ impl<H: Hypervisor> Sandboxes<H> {
         side: &DiskState,
         certificate: &str,
     ) -> Result<Exported, ServiceError> {
-        let file = ScratchFile(
+        let file = ScratchFile::new(
             self.scratch_dir()
                 .join(format!("{}.raw", uuid::Uuid::new_v4())),
         );
@@ -347,7 +334,7 @@ impl<H: Hypervisor> Sandboxes<H> {
                 let room = self
                     .export_room(&r, Some(name.as_str()), &format!("snapshot {name}"))
                     .await?;
-                export(&r.overlay_path, name.as_str(), &file.0).await?;
+                export(&r.overlay_path, name.as_str(), file.path()).await?;
                 let live = super::snapshots::SnapshotMeta::of(&snap)
                     .filter(|_| snap.memory)
                     .map(|m| m.active_services);
@@ -371,7 +358,7 @@ impl<H: Hypervisor> Sandboxes<H> {
                         {
                             Ok(exact) => {
                                 room = Some(exact);
-                                export(&r.overlay_path, &temp, &file.0).await
+                                export(&r.overlay_path, &temp, file.path()).await
                             }
                             Err(e) => Err(e),
                         }

@@ -23,6 +23,7 @@ use russh::keys::ssh_key::private::Ed25519Keypair;
 use tokio::time::Instant;
 
 use super::Sandboxes;
+use super::scratch::ScratchFile;
 use crate::error::ServiceError;
 use crate::hypervisor::{Hypervisor, RevertTo, domain_xml};
 use crate::images::ResolvedImage;
@@ -62,12 +63,18 @@ impl Provision {
 
 /// The saved state a restore starts from.
 enum Saved<'a> {
+    /// A save image, restored as the new domain.
+    Image(SaveImage<'a>),
+    /// A snapshot in the domain's overlay: its name and libvirt XML.
+    Snapshot(&'a str, &'a str),
+}
+
+/// A save image a sandbox resumes from.
+enum SaveImage<'a> {
     /// A template's, copied with the clone's domain XML (the template stays).
     Template(&'a Template),
     /// A live fork's, rewritten in place with the fork's domain XML.
     Fork(&'a Path),
-    /// A snapshot in the domain's overlay: its name and libvirt XML.
-    Snapshot(&'a str, &'a str),
 }
 
 /// A template a cold-booted create found missing: built after the create.
@@ -122,8 +129,10 @@ impl<H: Hypervisor> Sandboxes<H> {
     ) -> Result<&'static str, ServiceError> {
         let saved = match provision {
             Provision::ColdBoot => None,
-            Provision::Restore(t) => Some((Saved::Template(t), t.name.as_str())),
-            Provision::Fork { state } => Some((Saved::Fork(state), "its source's memory")),
+            Provision::Restore(t) => Some((Saved::Image(SaveImage::Template(t)), t.name.as_str())),
+            Provision::Fork { state } => {
+                Some((Saved::Image(SaveImage::Fork(state)), "its source's memory"))
+            }
             Provision::Snapshot { name, xml } => {
                 Some((Saved::Snapshot(name, xml), "a snapshot's memory"))
             }
@@ -193,9 +202,7 @@ impl<H: Hypervisor> Sandboxes<H> {
                     .snapshot_revert(&record.domain_uuid, name, RevertTo::Running)
                     .await?;
             }
-            Saved::Template(_) | Saved::Fork(_) => {
-                self.restore_save_image(saved, record, xml).await?
-            }
+            Saved::Image(image) => self.restore_save_image(image, record, xml).await?,
         }
         self.take_identity(record, ip, &gateway, &up).await
     }
@@ -204,7 +211,7 @@ impl<H: Hypervisor> Sandboxes<H> {
     /// with the domain XML `xml`.
     async fn restore_save_image(
         &self,
-        saved: Saved<'_>,
+        image: SaveImage<'_>,
         record: &SandboxRecord,
         xml: String,
     ) -> Result<(), ServiceError> {
@@ -213,8 +220,8 @@ impl<H: Hypervisor> Sandboxes<H> {
             .await
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
         // A template's clone is a copy of its memory: room for it until it is restored.
-        let (clone, template_state, _room) = match saved {
-            Saved::Template(t) => (
+        let (clone, template_state, _room) = match image {
+            SaveImage::Template(t) => (
                 dir.join(format!("{}.save", record.id)),
                 Some(t.state()),
                 Some(self.room.reserve(
@@ -226,14 +233,11 @@ impl<H: Hypervisor> Sandboxes<H> {
                     ),
                 )?),
             ),
-            Saved::Fork(state) => (state.to_owned(), None, None),
-            Saved::Snapshot(..) => {
-                return Err(ServiceError::Internal(
-                    "a snapshot is not a save image".into(),
-                ));
-            }
+            SaveImage::Fork(state) => (state.to_owned(), None, None),
         };
-        let clone_path = clone.clone();
+        // Gone once restored, or if it cannot be written or restored.
+        let clone = ScratchFile::new(clone);
+        let clone_path = clone.path().to_owned();
         tokio::task::spawn_blocking(move || match template_state {
             Some(template_state) => save_image::write_clone(&template_state, &clone_path, &xml),
             None => save_image::rewrite_in_place(&clone_path, &xml),
@@ -241,9 +245,7 @@ impl<H: Hypervisor> Sandboxes<H> {
         .await
         .map_err(|e| ServiceError::Internal(format!("writing the clone's save image: {e}")))?
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        let restored = self.hv.restore(&clone).await;
-        let _ = tokio::fs::remove_file(&clone).await;
-        Ok(restored?)
+        Ok(self.hv.restore(clone.path()).await?)
     }
 
     /// The restored guest's identity: its address admitted, its NIC's link up, then
