@@ -321,11 +321,7 @@ async fn a_fork_runs_on_the_snapshots_host_with_the_sources_egress() {
     assert_eq!(s, StatusCode::OK, "{v}");
     snap(&app, &id, "b").await;
     // A second host with more room: the fork still goes where the snapshot is.
-    app.store
-        .upsert_host("kvm-2", "kvm-2.lab:7443")
-        .await
-        .expect("host");
-    app.state.hosts.beat_all().await.expect("beat");
+    second_host(&app).await;
 
     let (s, v) = app
         .post(
@@ -569,15 +565,20 @@ async fn a_restore_and_a_start_write_the_revoked_keys_again() {
     }
 }
 
-#[tokio::test]
-async fn a_live_fork_without_a_snapshot_runs_on_the_sources_host_while_it_runs() {
-    let app = app().await;
-    let id = running(&app).await;
+/// A second host, with more room than the first, online.
+async fn second_host(app: &TestApp) {
     app.store
         .upsert_host("kvm-2", "kvm-2.lab:7443")
         .await
         .expect("host");
     app.state.hosts.beat_all().await.expect("beat");
+}
+
+#[tokio::test]
+async fn a_live_fork_without_a_snapshot_runs_on_the_sources_host_while_it_runs() {
+    let app = app().await;
+    let id = running(&app).await;
+    second_host(&app).await;
     let (s, v) = app
         .post(
             &format!("/v1/sandboxes/{id}/fork"),
