@@ -59,20 +59,6 @@ trap 'rm -rf "$logs"' EXIT
 # instead of skipping (fluid_prereq): a green run proves that every test ran.
 export FLUID_REQUIRE_ALL=1
 
-# The review loop is the longest test (a quarter of an hour of ansible under TCG). It
-# runs beside the unit step, whose real VMs leave a core free most of the time; the
-# integration step starts when both have ended (hostile::egress installs the host's
-# boot table, which darkens every sandbox's tap for a while).
-review_bin=$(cargo test --locked -p integration-tests --test review_loop --no-run --message-format=json |
-  jq -r 'select(.reason == "compiler-artifact" and .target.kind == ["test"]) | .executable')
-step "review loop (integration, in the background while the unit step runs)"
-(
-  cd integration-tests
-  echo "     Running tests/review_loop/main.rs ($review_bin)"
-  ip netns exec "$FLUID_NETNS" env PATH="$PATH" "$review_bin" --test-threads=1
-) >"$logs/integration-review_loop.log" 2>&1 &
-review_pid=$!
-
 step "unit tests, and the agent's tests against real libvirt and nftables (inside $FLUID_NETNS)"
 # Inside libvirtd's namespace: the agent's real-VM tests (host-agent/tests) release
 # DHCP leases on its bridge. Everything else there uses loopback and PostgreSQL's
@@ -84,24 +70,14 @@ ip netns exec "$FLUID_NETNS" env PATH="$PATH" FLUID_TEST_IMAGE_DIR="$FLUID_GOLDE
   cargo test --locked --no-fail-fast --workspace --exclude integration-tests 2>&1 | tee "$logs/unit.log" ||
   failed+=(unit)
 
-step "review loop (its output)"
-wait "$review_pid" || failed+=(review_loop)
-cat "$logs/integration-review_loop.log"
-
 step "integration tests (real libvirt, TCG, inside $FLUID_NETNS)"
-# Every test binary of integration-tests/tests but the review loop's, which ran above.
-tests=()
-for t in integration-tests/tests/*; do
-  name=$(basename "$t" .rs)
-  [[ $name == review_loop ]] || tests+=(--test "$name")
-done
 # The test binaries start fluid-controller and fluid-agent from the same target dir.
-ip netns exec "$FLUID_NETNS" env PATH="$PATH" cargo test --locked --no-fail-fast -p integration-tests --lib --bins "${tests[@]}" \
-  -- --test-threads=1 2>&1 | tee "$logs/integration.log" || failed+=(integration)
+ip netns exec "$FLUID_NETNS" env PATH="$PATH" cargo test --locked --no-fail-fast -p integration-tests -- --test-threads=1 \
+  2>&1 | tee "$logs/integration.log" || failed+=(integration)
 cd "$root"
 
 step "summary"
-./scripts/lib/test-summary.sh "$logs/unit.log" "$logs/integration-review_loop.log" "$logs/integration.log" || failed+=(summary)
+./scripts/lib/test-summary.sh "$logs/unit.log" "$logs/integration.log" || failed+=(summary)
 if ((${#failed[@]})); then
   echo "FAILED steps: ${failed[*]}" >&2
   exit 1

@@ -292,7 +292,9 @@ impl SshPool {
         let started = Instant::now();
         // With live connections sshd is up: one try, then wait for room on them.
         let made = if entry.connections() > 0 {
-            self.connect_once(id, ip, known, certificate).await
+            let deadline = tokio::time::Instant::now() + self.ready_wait;
+            self.connect_once(id, ip, known, certificate, deadline)
+                .await
         } else {
             self.connect(id, ip, known, certificate).await
         };
@@ -456,7 +458,10 @@ impl SshPool {
     ) -> Result<(Conn, Option<PublicKey>), ExecError> {
         let deadline = tokio::time::Instant::now() + self.ready_wait;
         loop {
-            match self.connect_once(id, ip, known.clone(), certificate).await {
+            match self
+                .connect_once(id, ip, known.clone(), certificate, deadline)
+                .await
+            {
                 Err(ExecError::Unreachable(m)) if tokio::time::Instant::now() < deadline => {
                     tracing::debug!(sandbox = %id, error = %m, "sshd not ready; retrying");
                     tokio::time::sleep(SSH_READY_RETRY).await;
@@ -466,29 +471,55 @@ impl SshPool {
         }
     }
 
+    /// One connection: TCP within the connect timeout, then the SSH handshake and
+    /// authentication until `deadline` (at least the connect timeout). Once sshd has
+    /// accepted, its side of the handshake (its re-exec, the key exchange, the
+    /// certificate check, a PAM session: each a process in the guest) may take longer
+    /// than a connect on a loaded host, and starting it again would only lose its work.
     async fn connect_once(
         &self,
         id: &SandboxId,
         ip: Ipv4Addr,
         known: Option<PublicKey>,
         certificate: &str,
+        deadline: tokio::time::Instant,
     ) -> Result<(Conn, Option<PublicKey>), ExecError> {
         let cert = self.certificate(certificate)?;
         let first_use = known.is_none();
+        let tcp = tokio::net::TcpStream::connect((ip, self.port));
+        let tcp = match tokio::time::timeout(self.connect_timeout, tcp).await {
+            Err(_) => {
+                return Err(ExecError::Unreachable(format!(
+                    "sandbox {id}: SSH to {ip}:22 not ready within {} s",
+                    self.connect_timeout.as_secs()
+                )));
+            }
+            Ok(Err(e)) => {
+                return Err(ExecError::Unreachable(format!(
+                    "sandbox {id}: SSH to {ip}:22: {e}"
+                )));
+            }
+            Ok(Ok(tcp)) => tcp,
+        };
+        // As russh's own connect does.
+        let _ = tcp.set_nodelay(self.config.nodelay);
+        let budget = self
+            .connect_timeout
+            .max(deadline.saturating_duration_since(tokio::time::Instant::now()));
         let (handler, presented) = TofuHandler::new(known.clone());
         let attempt = async {
-            let mut handle = client::connect(self.config.clone(), (ip, self.port), handler).await?;
+            let mut handle = client::connect_stream(self.config.clone(), tcp, handler).await?;
             let auth = handle
                 .authenticate_openssh_cert(LOGIN_USER, self.key.private(), cert)
                 .await?;
             Ok::<_, russh::Error>((handle, auth))
         };
         let seen = || presented.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let (handle, auth) = match tokio::time::timeout(self.connect_timeout, attempt).await {
+        let (handle, auth) = match tokio::time::timeout(budget, attempt).await {
             Err(_) => {
                 return Err(ExecError::Unreachable(format!(
-                    "sandbox {id}: SSH to {ip}:22 not ready within {} s",
-                    self.connect_timeout.as_secs()
+                    "sandbox {id}: sshd at {ip}:22 accepted but did not finish the SSH handshake within {:.0?}",
+                    budget
                 )));
             }
             Ok(Err(e)) => {
@@ -613,6 +644,43 @@ mod tests {
             pool.certificate("ssh-ed25519 AAAA"),
             Err(ExecError::BadCertificate(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_slow_handshake_has_until_the_ready_deadline() {
+        let mut pool = SshPool::new(AgentKey::generate("t").expect("key"), 4);
+        pool.connect_timeout = Duration::from_millis(200);
+        pool.ready_wait = Duration::from_millis(1200);
+        // A guest whose sshd accepts and then says nothing (a loaded host).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        pool.port = listener.local_addr().expect("addr").port();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                conns.push(c);
+            }
+        });
+        let cert = cert_for(pool.key().private().public_key());
+        let id = SandboxId::parse("id", "SBX-0123abce").expect("id");
+        let started = Instant::now();
+        let e = pool
+            .open_channel(&id, Ipv4Addr::LOCALHOST, None, &cert)
+            .await
+            .expect_err("no handshake");
+        // The one handshake was given the whole ready wait, not the connect timeout.
+        assert!(
+            started.elapsed() >= Duration::from_millis(1000),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(&e, ExecError::Unreachable(m) if m.contains("handshake")),
+            "{e:?}"
+        );
+        held.abort();
+        pool.forget(&id);
     }
 
     #[tokio::test]
