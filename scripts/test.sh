@@ -71,9 +71,27 @@ ip netns exec "$FLUID_NETNS" env PATH="$PATH" FLUID_TEST_IMAGE_DIR="$FLUID_GOLDE
   failed+=(unit)
 
 step "integration tests (real libvirt, TCG, inside $FLUID_NETNS)"
-# The test binaries start fluid-controller and fluid-agent from the same target dir.
-ip netns exec "$FLUID_NETNS" env PATH="$PATH" cargo test --locked --no-fail-fast -p integration-tests -- --test-threads=1 \
-  2>&1 | tee "$logs/integration.log" || failed+=(integration)
+# The test binaries of integration-tests as the workspace build made them, run one after
+# another as cargo would (`cargo test -p integration-tests` unifies the dependencies'
+# features for that one package and compiles much of the workspace again). They start
+# fluid-controller and fluid-agent from the same target dir.
+cargo test --locked --workspace --no-run --message-format=json |
+  jq -r 'select(.reason == "compiler-artifact" and .executable != null and .profile.test
+    and (.package_id | test("/integration-tests#"))) | "\(.target.src_path)\t\(.executable)"' |
+  sort >"$logs/integration-bins"
+[[ -s "$logs/integration-bins" ]] || failed+=(integration-bins)
+(
+  cd integration-tests
+  while IFS=$'\t' read -r src bin; do
+    echo "     Running ${src#"$root"/integration-tests/} ($bin)"
+    ip netns exec "$FLUID_NETNS" env PATH="$PATH" "$bin" --test-threads=1 </dev/null ||
+      echo "integration test binary failed: $bin" >>"$logs/integration-failed"
+  done <"$logs/integration-bins"
+) 2>&1 | tee "$logs/integration.log"
+if [[ -s "$logs/integration-failed" ]]; then
+  cat "$logs/integration-failed" >&2
+  failed+=(integration)
+fi
 cd "$root"
 
 step "summary"
