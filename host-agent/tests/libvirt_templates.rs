@@ -137,12 +137,31 @@ impl Agent {
             .expect("exec")
     }
 
-    async fn teardown(self, ids: &[SandboxId]) {
-        for id in ids {
-            let _ = self.s.destroy(id).await;
+    /// Destroys every sandbox of the agent and removes what it leaves on the host.
+    async fn teardown(self) {
+        for v in self.s.list().await.unwrap_or_default() {
+            let _ = self.s.destroy(&v.record.id).await;
         }
         drop(self.s);
         common::remove_agent_leftovers(&self.table, &self.state_dir);
+    }
+}
+
+/// Runs `body` with `agent`, then tears the agent down whether `body` passed or
+/// panicked (a failed assertion leaves no domain, overlay, rule or lease behind).
+async fn checked<F, Fut>(agent: Agent, body: F)
+where
+    F: FnOnce(Arc<Agent>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let agent = Arc::new(agent);
+    let outcome = tokio::spawn(body(agent.clone())).await;
+    match Arc::try_unwrap(agent) {
+        Ok(agent) => agent.teardown().await,
+        Err(_) => panic!("the test body kept its agent"),
+    }
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
     }
 }
 
@@ -207,6 +226,15 @@ async fn clones_of_one_template_start_fast_and_each_is_its_own_machine() {
     }
     let dir = copy_of_image(&common::image_dir().expect("a golden image"));
     let agent = open("tpl", &dir).await;
+    checked(agent, {
+        let dir = dir.clone();
+        move |agent| async move { clones_and_an_image_change(&agent, &dir).await }
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn clones_and_an_image_change(agent: &Agent, dir: &Path) {
     agent.template_built(None).await;
 
     let mut ids = Vec::new();
@@ -291,7 +319,6 @@ async fn clones_of_one_template_start_fast_and_each_is_its_own_machine() {
         disk.display().to_string(),
         "its overlay is on the new image"
     );
-    ids.push(stale);
     let new = agent.template_built(Some(&old)).await;
     let old_dir = agent.s.templates().dir().join(&old);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -304,9 +331,6 @@ async fn clones_of_one_template_start_fast_and_each_is_its_own_machine() {
     assert_eq!(view.record.start_path.as_deref(), Some("restore"));
     assert_eq!(view.record.template.as_deref(), Some(new.as_str()));
     println!("image changed: template {old} replaced by {new}");
-    ids.push(fresh);
-    agent.teardown(&ids).await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// What a live fork must carry over: a file written and a process started before it.
@@ -322,6 +346,10 @@ async fn a_live_fork_has_its_parents_files_and_processes_then_diverges() {
     }
     let dir = common::image_dir().expect("a golden image");
     let agent = open_shared("lfork", &dir).await;
+    checked(agent, |agent| async move { live_forks(&agent).await }).await;
+}
+
+async fn live_forks(agent: &Agent) {
     agent.template_built(None).await;
     let (parent, _, _) = agent.create("parent").await;
     let (out, code) = agent.exec(&parent, BEFORE_FORK).await;
@@ -427,5 +455,4 @@ async fn a_live_fork_has_its_parents_files_and_processes_then_diverges() {
         snapshots.is_empty(),
         "the fork has no snapshots: {snapshots:?}"
     );
-    agent.teardown(&[from_snap, fork, parent]).await;
 }
