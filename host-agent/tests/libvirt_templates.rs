@@ -1,9 +1,10 @@
 //! Memory templates against real libvirt: the agent builds the template of its
 //! configured shape in the background; two sandboxes restored from it start in
 //! seconds and differ in every item of a machine's identity; a template whose image
-//! changed is never cloned (a create gets an overlay on the new image) and is rebuilt. A live fork of a
-//! restored sandbox has its parent's files and processes and its own identity, and the
-//! two diverge; a fork from a snapshot with memory resumes that memory.
+//! changed is never cloned (a create gets an overlay on the new image) and is
+//! rebuilt. A live fork of a restored sandbox has its parent's files and processes and
+//! its own identity, and the two diverge; a fork from a snapshot with memory resumes
+//! that memory.
 //!
 //! Needs what the other real-VM tests need (see `libvirt_lifecycle.rs`); by hand:
 //!

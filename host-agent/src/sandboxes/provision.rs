@@ -138,22 +138,21 @@ impl<H: Hypervisor> Sandboxes<H> {
             }
         };
         if let Some((saved, from)) = saved {
+            // A live fork's saved state is this create's: gone whatever happens.
+            let _fork_state = match provision {
+                Provision::Fork { state } => Some(ScratchFile::new(state.clone())),
+                _ => None,
+            };
             let started = Instant::now();
             let restored = self.restore_from(saved, record).await;
-            match provision {
-                Provision::Fork { state } => {
-                    let _ = tokio::fs::remove_file(state).await;
+            // Its memory is the fork's now: the copy of the source's snapshot goes.
+            if let Provision::Snapshot { name, .. } = provision {
+                if restored.is_err() {
+                    let _ = self.hv.power_off(&record.domain_uuid).await;
                 }
-                // Its memory is the fork's now: the copy of the source's snapshot goes.
-                Provision::Snapshot { name, .. } => {
-                    if restored.is_err() {
-                        let _ = self.hv.power_off(&record.domain_uuid).await;
-                    }
-                    if let Err(e) = self.hv.snapshot_delete(&record.domain_uuid, name).await {
-                        tracing::warn!(id = %record.id, snapshot = %name, "deleting the fork's copy of its snapshot: {e}");
-                    }
+                if let Err(e) = self.hv.snapshot_delete(&record.domain_uuid, name).await {
+                    tracing::warn!(id = %record.id, snapshot = %name, "deleting the fork's copy of its snapshot: {e}");
                 }
-                _ => {}
             }
             match restored {
                 Ok(()) => {
@@ -220,24 +219,25 @@ impl<H: Hypervisor> Sandboxes<H> {
             .await
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
         // A template's clone is a copy of its memory: room for it until it is restored.
-        let (clone, template_state, _room) = match image {
-            SaveImage::Template(t) => (
-                dir.join(format!("{}.save", record.id)),
-                Some(t.state()),
-                Some(self.room.reserve(
+        // A template's clone is this restore's file (gone once restored, or if it
+        // cannot be written or restored); a fork's saved state is `provision`'s.
+        let (clone_path, template_state, _room, _clone) = match image {
+            SaveImage::Template(t) => {
+                let clone = dir.join(format!("{}.save", record.id));
+                let room = self.room.reserve(
                     &dir,
                     record.memory_mb.saturating_mul(1024 * 1024),
                     &format!(
                         "the saved memory of sandbox {} until its restore",
                         record.id
                     ),
-                )?),
-            ),
-            SaveImage::Fork(state) => (state.to_owned(), None, None),
+                )?;
+                let scratch = ScratchFile::new(clone.clone());
+                (clone, Some(t.state()), Some(room), Some(scratch))
+            }
+            SaveImage::Fork(state) => (state.to_owned(), None, None, None),
         };
-        // Gone once restored, or if it cannot be written or restored.
-        let clone = ScratchFile::new(clone);
-        let clone_path = clone.path().to_owned();
+        let restore_path = clone_path.clone();
         tokio::task::spawn_blocking(move || match template_state {
             Some(template_state) => save_image::write_clone(&template_state, &clone_path, &xml),
             None => save_image::rewrite_in_place(&clone_path, &xml),
@@ -245,7 +245,7 @@ impl<H: Hypervisor> Sandboxes<H> {
         .await
         .map_err(|e| ServiceError::Internal(format!("writing the clone's save image: {e}")))?
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        Ok(self.hv.restore(clone.path()).await?)
+        Ok(self.hv.restore(&restore_path).await?)
     }
 
     /// The restored guest's identity: its address admitted, its NIC's link up, then
