@@ -5,9 +5,10 @@
 //! finished commands ([`crate::work::commands`]), REST requests (a middleware that labels
 //! them with the matched route template, never the raw path, so ids do not explode the
 //! label set) and agent calls (the gRPC layer on every agent channel, by RPC name and
-//! code). The fleet gauges — sandboxes by state, hosts by state, each host's capacity,
-//! pending approvals by kind — are read from the store when scraped: every replica
-//! answers the same numbers and nothing can drift from the database.
+//! code). The fleet gauges — sandboxes by state, hosts by state, each host's capacity
+//! and warm pool (per image and shape, as its last heartbeat reported it), pending
+//! approvals by kind — are read from the store when scraped: every replica answers the
+//! same numbers and nothing can drift from the database.
 
 use std::time::Duration;
 
@@ -35,6 +36,15 @@ struct StateLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HostLabels {
     host: String,
+}
+
+/// One image and shape of a host's warm pool.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    host: String,
+    image: String,
+    cpus: u32,
+    memory_mb: u64,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -121,6 +131,11 @@ pub struct Metrics {
     host_cpus_free: Family<HostLabels, Gauge>,
     host_memory: Family<HostLabels, Gauge>,
     host_memory_free: Family<HostLabels, Gauge>,
+    pool_size: Family<PoolLabels, Gauge>,
+    pool_ready: Family<PoolLabels, Gauge>,
+    pool_filling: Family<PoolLabels, Gauge>,
+    pool_hits: Family<PoolLabels, Gauge>,
+    pool_misses: Family<PoolLabels, Gauge>,
     approvals_pending: Family<KindLabels, Gauge>,
     create_seconds: Histograms<OutcomeLabels>,
     exec_seconds: Histograms<KindLabels>,
@@ -153,6 +168,11 @@ impl Metrics {
             host_cpus_free: Family::default(),
             host_memory: Family::default(),
             host_memory_free: Family::default(),
+            pool_size: Family::default(),
+            pool_ready: Family::default(),
+            pool_filling: Family::default(),
+            pool_hits: Family::default(),
+            pool_misses: Family::default(),
             approvals_pending: Family::default(),
             create_seconds: Family::new_with_constructor(create_buckets),
             exec_seconds: Family::new_with_constructor(exec_buckets),
@@ -193,6 +213,31 @@ impl Metrics {
             "host_memory_free_bytes",
             "Memory of a host not reserved by its live sandboxes (negative when over-committed)",
             m.host_memory_free.clone(),
+        );
+        r.register(
+            "pool_size",
+            "Members a host's warm pool keeps ready, per image and shape (the agent's configuration)",
+            m.pool_size.clone(),
+        );
+        r.register(
+            "pool_ready",
+            "Warm pool members ready to be handed out, per host, image and shape",
+            m.pool_ready.clone(),
+        );
+        r.register(
+            "pool_filling",
+            "Warm pool members being restored, per host, image and shape",
+            m.pool_filling.clone(),
+        );
+        r.register(
+            "pool_hits",
+            "Creates served from a host's warm pool since its agent started, per image and shape",
+            m.pool_hits.clone(),
+        );
+        r.register(
+            "pool_misses",
+            "Creates of a pooled image and shape that found no member ready, since the agent started",
+            m.pool_misses.clone(),
         );
         r.register(
             "approvals_pending",
@@ -315,6 +360,15 @@ impl Metrics {
         ] {
             f.clear();
         }
+        for f in [
+            &self.pool_size,
+            &self.pool_ready,
+            &self.pool_filling,
+            &self.pool_hits,
+            &self.pool_misses,
+        ] {
+            f.clear();
+        }
         for state in [HostState::Unknown, HostState::Online, HostState::Offline] {
             let n = list.iter().filter(|h| h.state == state).count();
             self.hosts
@@ -338,6 +392,7 @@ impl Metrics {
             self.host_memory_free
                 .get_or_create(&l)
                 .set(h.memory_mb_free.saturating_mul(MIB));
+            self.set_pools(h);
         }
         for kind in ApprovalKind::ALL {
             let (_, n) = store
@@ -355,6 +410,26 @@ impl Metrics {
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
         Ok(())
+    }
+
+    /// The warm pool gauges of host `h`, one set per image and shape.
+    fn set_pools(&self, h: &Host) {
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        for p in &h.pools {
+            let l = PoolLabels {
+                host: h.name.clone(),
+                image: p.image.clone(),
+                cpus: p.cpus,
+                memory_mb: p.memory_mb,
+            };
+            self.pool_size.get_or_create(&l).set(i64::from(p.size));
+            self.pool_ready.get_or_create(&l).set(i64::from(p.ready));
+            self.pool_filling
+                .get_or_create(&l)
+                .set(i64::from(p.filling));
+            self.pool_hits.get_or_create(&l).set(count(p.hits));
+            self.pool_misses.get_or_create(&l).set(count(p.misses));
+        }
     }
 
     /// The OpenMetrics text of every metric.

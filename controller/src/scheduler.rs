@@ -1,15 +1,23 @@
 //! Where a create request becomes a placement decision.
 //!
 //! Filter hosts (online, has the image, enough free memory, vCPUs within the over-commit
-//! ratio), weigh the rest (most free memory; then fewer sandboxes; then name), and
-//! reserve on the best one through the store's atomic [`Store::reserve`] before anything
-//! is sent to an agent. A reservation that loses a race moves on to the next candidate.
-//! When nothing fits, the error names what is short on each host.
+//! ratio), weigh the rest (a ready warm-pool member of the sandbox's image and shape
+//! first; then most free memory; then fewer sandboxes; then name), and reserve on the
+//! best one through the store's atomic [`Store::reserve`] before anything is sent to an
+//! agent. A reservation that loses a race moves on to the next candidate. When nothing
+//! fits, the error names what is short on each host.
+//!
+//! A host's warm pool, as its last heartbeat reported it, holds resources that are not
+//! sandboxes: its ready and filling members count as used ([`pooled`]), except one
+//! ready member of the placement's image and shape, which the create claims and so
+//! needs no new room. [`Store::reserve`] re-checks room from the sandbox rows only: it
+//! guards against two creates racing, not against the pool.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use fluid_client::types::HostState;
+use fluid_proto::model::PoolStatus;
 
 use crate::store::{
     HostRecord, HostUsage, Reservation, ReserveError, SandboxRecord, Store, StoreError, check_room,
@@ -71,7 +79,52 @@ pub enum ScheduleError {
     Store(#[from] StoreError),
 }
 
-/// Why `host` cannot take `p`, or `None` when it can.
+/// `pool` is of `p`'s image and shape.
+fn same_shape(pool: &PoolStatus, p: &Placement) -> bool {
+    pool.image == p.image && pool.cpus == p.cpus && pool.memory_mb == p.memory_mb
+}
+
+/// `host`'s warm pool has a ready member `p` would be handed.
+pub fn has_warm(host: &HostRecord, p: &Placement) -> bool {
+    host.pools
+        .iter()
+        .any(|pool| pool.ready > 0 && same_shape(pool, p))
+}
+
+/// What `host`'s warm pool holds against `p`: the vCPUs and memory of its ready and
+/// filling members, less one ready member of `p`'s image and shape (the create claims
+/// it). `sandboxes` stays 0: members are not sandboxes.
+pub fn pooled(host: &HostRecord, p: &Placement) -> HostUsage {
+    let mut claimed = false;
+    let mut held = HostUsage::default();
+    for pool in &host.pools {
+        let mut members = u64::from(pool.ready) + u64::from(pool.filling);
+        if !claimed && pool.ready > 0 && same_shape(pool, p) {
+            claimed = true;
+            members -= 1;
+        }
+        held.cpus = held
+            .cpus
+            .saturating_add(members.saturating_mul(u64::from(pool.cpus)));
+        held.memory_mb = held
+            .memory_mb
+            .saturating_add(members.saturating_mul(pool.memory_mb));
+    }
+    held
+}
+
+/// `usage` (the host's sandboxes) plus what its warm pool holds against `p`.
+pub fn usage_with_pool(host: &HostRecord, usage: HostUsage, p: &Placement) -> HostUsage {
+    let pool = pooled(host, p);
+    HostUsage {
+        cpus: usage.cpus.saturating_add(pool.cpus),
+        memory_mb: usage.memory_mb.saturating_add(pool.memory_mb),
+        sandboxes: usage.sandboxes,
+    }
+}
+
+/// Why `host` cannot take `p`, or `None` when it can. `usage` is what its sandboxes
+/// hold; its warm pool is added here ([`pooled`]).
 pub fn reject_reason(
     host: &HostRecord,
     usage: HostUsage,
@@ -86,10 +139,29 @@ pub fn reject_reason(
     if !host.images.iter().any(|i| i == &p.image) {
         return Some(format!("no image {:?}", p.image));
     }
-    check_room(host, usage, p.cpus, p.memory_mb, ratio).err()
+    let pool = pooled(host, p);
+    check_room(
+        host,
+        usage_with_pool(host, usage, p),
+        p.cpus,
+        p.memory_mb,
+        ratio,
+    )
+    .map_err(|why| {
+        if pool == HostUsage::default() {
+            why
+        } else {
+            format!(
+                "{why} (the warm pool holds {} vCPUs, {} MiB)",
+                pool.cpus, pool.memory_mb
+            )
+        }
+    })
+    .err()
 }
 
-/// Hosts that can take `p`, best first; or, when none can, why not (per host).
+/// Hosts that can take `p`, best first (warm pool, free memory with the pool counted,
+/// fewer sandboxes, name); or, when none can, why not (per host).
 pub fn rank<'a>(
     hosts: &'a [HostRecord],
     usage: &HashMap<String, HostUsage>,
@@ -101,20 +173,21 @@ pub fn rank<'a>(
     for h in hosts {
         let u = usage.get(&h.name).copied().unwrap_or_default();
         match reject_reason(h, u, p, ratio) {
-            None => fits.push((h, u)),
+            None => fits.push((h, usage_with_pool(h, u, p), has_warm(h, p))),
             Some(r) => reasons.push((h.name.clone(), r)),
         }
     }
     if fits.is_empty() {
         return Err(reasons);
     }
-    fits.sort_by(|(a, ua), (b, ub)| {
-        free_memory(b, *ub)
-            .cmp(&free_memory(a, *ua))
+    fits.sort_by(|(a, ua, warm_a), (b, ub, warm_b)| {
+        warm_b
+            .cmp(warm_a)
+            .then(free_memory(b, *ub).cmp(&free_memory(a, *ua)))
             .then(ua.sandboxes.cmp(&ub.sandboxes))
             .then(a.name.cmp(&b.name))
     });
-    Ok(fits.into_iter().map(|(h, _)| h).collect())
+    Ok(fits.into_iter().map(|(h, _, _)| h).collect())
 }
 
 fn explain(reasons: &[(String, String)]) -> String {
@@ -174,8 +247,8 @@ pub async fn place(
 }
 
 /// Reserves `p` on `host` and nowhere else (a fork: its snapshot lives there): the
-/// same checks as [`place`] on that one host; when it fails them, a
-/// [`ScheduleError::NoCapacity`] naming why.
+/// same checks as [`place`] on that one host (its warm pool counted); when it fails
+/// them, a [`ScheduleError::NoCapacity`] naming why.
 pub async fn place_on(
     store: &dyn Store,
     p: &Placement,
@@ -223,6 +296,21 @@ mod tests {
             missed_beats: 0,
             last_error: None,
             ssh_public_key: None,
+            pools: vec![],
+        }
+    }
+
+    /// A warm pool shape of `image` with `ready` and `filling` members.
+    fn pool(image: &str, cpus: u32, mem: u64, ready: u32, filling: u32) -> PoolStatus {
+        PoolStatus {
+            image: image.into(),
+            cpus,
+            memory_mb: mem,
+            size: ready + filling,
+            ready,
+            filling,
+            hits: 0,
+            misses: 0,
         }
     }
 
@@ -302,11 +390,96 @@ mod tests {
         assert_eq!(order, ["b", "a", "c", "z"]);
     }
 
+    #[test]
+    fn a_ready_warm_member_outranks_more_free_memory() {
+        let mut warm = host("warm", HostState::Online, 4, 4096, &["img"]);
+        warm.pools = vec![pool("img", 1, 512, 1, 0)];
+        let hosts = vec![host("big", HostState::Online, 4, 16384, &["img"]), warm];
+        let usage = HashMap::new();
+        let order = |p: &Placement| -> Vec<String> {
+            rank(&hosts, &usage, p, 4.0)
+                .expect("fits")
+                .iter()
+                .map(|h| h.name.clone())
+                .collect()
+        };
+        assert_eq!(order(&placement(0, "img", 1, 512)), ["warm", "big"]);
+        // Another shape, or another image: the pool is only what it holds.
+        assert_eq!(order(&placement(1, "img", 2, 512)), ["big", "warm"]);
+        assert_eq!(order(&placement(2, "img", 1, 1024)), ["big", "warm"]);
+    }
+
+    #[test]
+    fn a_filling_member_is_not_warm() {
+        let mut filling = host("filling", HostState::Online, 4, 8192, &["img"]);
+        filling.pools = vec![pool("img", 1, 512, 0, 1)];
+        let hosts = vec![filling, host("plain", HostState::Online, 4, 8192, &["img"])];
+        let order: Vec<&str> = rank(&hosts, &HashMap::new(), &placement(0, "img", 1, 512), 4.0)
+            .expect("fits")
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect();
+        // Not warm, and its filling member holds 512 MiB: the other host has more free.
+        assert_eq!(order, ["plain", "filling"]);
+    }
+
+    #[test]
+    fn pooled_members_can_leave_no_room() {
+        let mut h = host("h", HostState::Online, 4, 2048, &["img", "other"]);
+        let p = placement(0, "img", 1, 1024);
+        assert_eq!(reject_reason(&h, HostUsage::default(), &p, 4.0), None);
+        h.pools = vec![pool("img", 1, 512, 2, 1)];
+        assert_eq!(
+            reject_reason(&h, HostUsage::default(), &p, 4.0).as_deref(),
+            Some("512 MiB memory free < 1024 requested (the warm pool holds 3 vCPUs, 1536 MiB)")
+        );
+        // vCPUs too: 4 × 1.0 = 4, 3 held by the pool.
+        h.pools = vec![pool("other", 1, 64, 3, 0)];
+        let p = placement(1, "img", 2, 256);
+        assert_eq!(
+            reject_reason(&h, HostUsage::default(), &p, 1.0).as_deref(),
+            Some(
+                "1 vCPUs free (over-commit 1) < 2 requested (the warm pool holds 3 vCPUs, 192 MiB)"
+            )
+        );
+        let reasons = rank(&[h], &HashMap::new(), &p, 1.0).expect_err("no room");
+        assert!(reasons[0].1.contains("warm pool"), "{reasons:?}");
+    }
+
+    #[test]
+    fn a_matching_ready_member_needs_no_new_room() {
+        let mut h = host("h", HostState::Online, 4, 1024, &["img"]);
+        h.pools = vec![pool("img", 1, 512, 2, 0)];
+        let p = placement(0, "img", 1, 512);
+        // Two members hold all 1024 MiB, but the create claims one of them.
+        assert_eq!(
+            pooled(&h, &p),
+            HostUsage {
+                cpus: 1,
+                memory_mb: 512,
+                sandboxes: 0
+            }
+        );
+        assert_eq!(reject_reason(&h, HostUsage::default(), &p, 4.0), None);
+        // A smaller sandbox of another shape claims nothing: no room.
+        let other = placement(1, "img", 1, 256);
+        assert_eq!(pooled(&h, &other).memory_mb, 1024);
+        assert!(reject_reason(&h, HostUsage::default(), &other, 4.0).is_some());
+        // Members still filling cannot be claimed.
+        h.pools = vec![pool("img", 1, 512, 0, 2)];
+        assert!(reject_reason(&h, HostUsage::default(), &p, 4.0).is_some());
+    }
+
     async fn store_with_host(dir: &tempfile::TempDir, cpus: u32, mem: u64) -> Arc<SqliteStore> {
         let store = SqliteStore::open_file(&dir.path().join("t.db"))
             .await
             .expect("open");
         store.upsert_host("h1", "h1:7443").await.expect("host");
+        beat(&store, cpus, mem, vec![]).await;
+        Arc::new(store)
+    }
+
+    async fn beat(store: &SqliteStore, cpus: u32, mem: u64, pools: Vec<PoolStatus>) {
         store
             .record_beat(
                 "h1",
@@ -316,12 +489,38 @@ mod tests {
                     images: vec!["img".into()],
                     agent_version: "t".into(),
                     ssh_public_key: None,
+                    pools,
                     at: Utc::now(),
                 },
             )
             .await
             .expect("beat");
-        Arc::new(store)
+    }
+
+    #[tokio::test]
+    async fn a_pinned_placement_counts_the_pool() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = store_with_host(&dir, 4, 2048).await;
+        beat(&store, 4, 2048, vec![pool("img", 1, 512, 2, 1)]).await;
+        let e = place_on(
+            &*store,
+            &placement(0, "img", 1, 1024),
+            "h1",
+            4.0,
+            Utc::now(),
+        )
+        .await
+        .expect_err("the pool holds 1536 MiB");
+        assert!(
+            e.to_string()
+                .contains("h1: 512 MiB memory free < 1024 requested (the warm pool holds"),
+            "{e}"
+        );
+        // Its own shape claims a ready member: 1024 MiB held, 1024 free.
+        let row = place_on(&*store, &placement(1, "img", 1, 512), "h1", 4.0, Utc::now())
+            .await
+            .expect("a ready member is claimed");
+        assert_eq!(row.host_name.as_deref(), Some("h1"));
     }
 
     #[tokio::test]

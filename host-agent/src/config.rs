@@ -16,12 +16,15 @@ use serde::{Deserialize, Serialize};
 mod disk;
 mod exec;
 mod network;
+mod pool;
 mod templates;
 pub use disk::DiskConfig;
 use disk::RawDisk;
 pub use exec::ExecConfig;
 use exec::RawExec;
 use network::RawNetworkField;
+use pool::RawPool;
+pub use pool::{PoolConfig, PoolShape};
 use templates::RawTemplates;
 pub use templates::{TemplateShape, TemplatesConfig};
 
@@ -91,6 +94,8 @@ pub struct AgentConfig {
     pub disk: DiskConfig,
     /// `[templates]`: memory templates sandboxes are restored from.
     pub templates: TemplatesConfig,
+    /// `[pool]`: sandboxes restored ahead of time, handed out on create.
+    pub pool: PoolConfig,
 }
 
 /// The default `metrics_listen`.
@@ -239,6 +244,7 @@ struct RawConfig {
     exec: RawExec,
     disk: RawDisk,
     templates: RawTemplates,
+    pool: RawPool,
 }
 
 impl Default for RawConfig {
@@ -261,6 +267,7 @@ impl Default for RawConfig {
             exec: RawExec::default(),
             disk: RawDisk::default(),
             templates: RawTemplates::default(),
+            pool: RawPool::default(),
         }
     }
 }
@@ -384,6 +391,7 @@ impl RawConfig {
         }
         let names: Vec<&Name> = images.iter().map(ImageConfig::name).collect();
         let templates = self.templates.validate(&names)?;
+        let pool = self.pool.validate(&names)?;
         Ok(AgentConfig {
             host_name,
             listen: self.listen,
@@ -402,6 +410,7 @@ impl RawConfig {
             exec: self.exec.validate()?,
             disk,
             templates,
+            pool,
         })
     }
 }

@@ -154,6 +154,12 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
             sandboxes: c.sandboxes,
             images: c.images,
             ssh_public_key: self.sandboxes.ssh_public_key().to_owned(),
+            pools: self
+                .sandboxes
+                .pool_stats()
+                .into_iter()
+                .map(pb::PoolStatus::from)
+                .collect(),
         }))
     }
 

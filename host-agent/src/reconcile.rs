@@ -77,8 +77,11 @@ pub async fn reconcile<H: Hypervisor>(s: &Sandboxes<H>) -> Result<ReconcileRepor
         }
     }
 
+    // By path: a sandbox claimed from the warm pool keeps its member's overlay.
+    let overlays_in_use: HashSet<&std::path::Path> =
+        records.iter().map(|r| r.overlay_path.as_path()).collect();
     for id in s.overlays.list().await? {
-        if !record_ids.contains(id.as_str()) {
+        if !overlays_in_use.contains(s.overlays.path_for(&id).as_path()) {
             tracing::warn!(%id, "overlay without a record; deleting it");
             s.overlays.remove(&s.overlays.path_for(&id)).await?;
             report.overlays_removed.push(id);

@@ -20,9 +20,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fluid_proto::model::{
-    CreateSandbox, ImageInfo, ObservedState, SandboxId, StopSandbox, WaitForIp,
-};
+use fluid_proto::model::{CreateSandbox, ObservedState, SandboxId, StopSandbox, WaitForIp};
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
@@ -38,6 +36,7 @@ use crate::network::{Firewall, tap_name};
 use crate::overlay::{self, Overlays};
 use crate::state::{SandboxRecord, StateStore};
 use crate::templates::Templates;
+pub use capacity::Capacity;
 pub use provision::Provision;
 
 /// How often leases and domain states are polled while waiting.
@@ -54,18 +53,6 @@ pub struct SandboxView {
     /// The current DHCP lease, while the domain is running.
     pub ip: Option<Ipv4Addr>,
     pub error: Option<String>,
-}
-
-/// Host capacity and what this agent has promised.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Capacity {
-    pub cpus_total: u32,
-    pub cpus_reserved: u32,
-    pub memory_mb_total: u64,
-    pub memory_mb_reserved: u64,
-    pub memory_mb_free: u64,
-    pub sandboxes: u32,
-    pub images: Vec<String>,
 }
 
 /// The sandbox service.
@@ -90,6 +77,8 @@ pub struct Sandboxes<H> {
     pub(crate) tunnels: Arc<tokio::sync::Semaphore>,
     /// The memory templates sandboxes are restored from.
     pub(crate) templates: Arc<Templates>,
+    /// Sandboxes restored ahead of time, handed out on create.
+    pub(crate) warm: warm::WarmPool,
 }
 
 impl<H> std::fmt::Debug for Sandboxes<H> {
@@ -116,6 +105,7 @@ impl<H: Hypervisor> Sandboxes<H> {
     ) -> Self {
         let disk = config.disk;
         let (config_templates, state_dir) = (config.templates.clone(), config.state_dir.clone());
+        let pool_shapes = config.pool.shapes.clone();
         Self {
             ssh: Arc::new(SshPool::new(
                 key,
@@ -133,6 +123,7 @@ impl<H: Hypervisor> Sandboxes<H> {
             room: room::Room::new(disk),
             tunnels: Arc::new(tokio::sync::Semaphore::new(tunnel::MAX_TUNNELS)),
             templates: Arc::new(Templates::new(config_templates, &state_dir)),
+            warm: warm::WarmPool::new(&pool_shapes),
         }
     }
 
@@ -182,6 +173,7 @@ impl<H: Hypervisor> Sandboxes<H> {
         DomainSpec {
             id: r.id.clone(),
             name: r.name.clone(),
+            hostname: r.sandbox_name().clone(),
             uuid: r.domain_uuid.clone(),
             agent: self.config.host_name.clone(),
             image: r.image.clone(),
@@ -192,7 +184,7 @@ impl<H: Hypervisor> Sandboxes<H> {
             overlay: r.overlay_path.clone(),
             network: r.network.clone(),
             mac: r.mac.clone(),
-            tap: tap_name(&r.id),
+            tap: r.tap(),
             console_log: self.console_log(&r.id),
             ssh_user_ca_keys: r.ssh_user_ca_keys.clone(),
             link_down: false,
@@ -271,9 +263,16 @@ impl<H: Hypervisor> Sandboxes<H> {
         self.view(r).await
     }
 
-    /// Every sandbox this agent owns, with its observed state.
+    /// The warm pool's shapes: sizes, members ready, hits and misses.
+    pub fn pool_stats(&self) -> Vec<fluid_proto::model::PoolStatus> {
+        self.warm.stats()
+    }
+
+    /// Every sandbox this agent owns, with its observed state (warm pool members are
+    /// the agent's own, not sandboxes yet: not listed).
     pub async fn list(&self) -> Result<Vec<SandboxView>, ServiceError> {
-        let records = self.store.list().await?;
+        let mut records = self.store.list().await?;
+        records.retain(|r| !r.pooled);
         let domains: HashMap<String, OwnedDomain> = self
             .hv
             .list_owned()
@@ -295,6 +294,22 @@ impl<H: Hypervisor> Sandboxes<H> {
     /// with the same id returns the existing sandbox (started if asked).
     #[tracing::instrument(name = "sandbox.create", skip_all, fields(sandbox_id = %req.id))]
     pub async fn create(&self, req: CreateSandbox) -> Result<SandboxView, ServiceError> {
+        self.create_as(req, false).await
+    }
+
+    /// A warm pool member: created as any sandbox, marked `pooled`.
+    pub(super) async fn create_member(
+        &self,
+        req: CreateSandbox,
+    ) -> Result<SandboxView, ServiceError> {
+        self.create_as(req, true).await
+    }
+
+    async fn create_as(
+        &self,
+        req: CreateSandbox,
+        pooled: bool,
+    ) -> Result<SandboxView, ServiceError> {
         let _guard = self.lock(&req.id).await;
         if let Some(existing) = self.store.get(&req.id).await? {
             if existing.name != req.name
@@ -312,17 +327,17 @@ impl<H: Hypervisor> Sandboxes<H> {
             return self.get(&req.id).await;
         }
         let records = self.store.list().await?;
-        if let Some(other) = records.iter().find(|r| r.name == req.name) {
+        if let Some(other) = records
+            .iter()
+            .find(|r| r.name == req.name || *r.sandbox_name() == req.name)
+        {
             return Err(ServiceError::AlreadyExists(format!(
                 "sandbox {} already uses the name {}",
                 other.id, req.name
             )));
         }
         // Tap names keep 10 characters of the id; two ids sharing them cannot coexist.
-        if let Some(other) = records
-            .iter()
-            .find(|r| tap_name(&r.id) == tap_name(&req.id))
-        {
+        if let Some(other) = records.iter().find(|r| r.tap() == tap_name(&req.id)) {
             return Err(ServiceError::AlreadyExists(format!(
                 "sandbox {} already uses the network device {}",
                 other.id,
@@ -341,6 +356,9 @@ impl<H: Hypervisor> Sandboxes<H> {
                 req.image
             ))
         })?;
+        if !pooled && let Some(claimed) = self.claim(&req).await? {
+            return Ok(claimed);
+        }
         let fork_source = self.fork_source(&req).await?;
         let image = images::resolve(self.hv.as_ref(), image_config).await?;
 
@@ -408,6 +426,9 @@ impl<H: Hypervisor> Sandboxes<H> {
             static_ip,
             template,
             start_path: None,
+            pooled,
+            tap: None,
+            hostname: None,
         };
         // The record goes first: after a crash, reconcile finds something to clean.
         if let Err(e) = self.store.put(&record).await {
@@ -717,30 +738,6 @@ impl<H: Hypervisor> Sandboxes<H> {
             Err(e) => tracing::warn!(id = %id, "saving the IP address: {e}"),
         }
     }
-
-    /// Totals (config override or node info), promises (sum over records), free memory.
-    pub async fn capacity(&self) -> Result<Capacity, ServiceError> {
-        let node = self.hv.node_info().await?;
-        let records = self.store.list().await?;
-        Ok(Capacity {
-            cpus_total: self.config.cpus.unwrap_or(node.cpus),
-            cpus_reserved: records.iter().map(|r| r.cpus).sum(),
-            memory_mb_total: self.config.memory_mb.unwrap_or(node.memory_mb_total),
-            memory_mb_reserved: records.iter().map(|r| r.memory_mb).sum(),
-            memory_mb_free: node.memory_mb_free,
-            sandboxes: u32::try_from(records.len()).unwrap_or(u32::MAX),
-            images: self
-                .config
-                .images
-                .iter()
-                .map(|i| i.name().to_string())
-                .collect(),
-        })
-    }
-
-    pub async fn images(&self) -> Result<Vec<ImageInfo>, ServiceError> {
-        images::list(self.hv.as_ref(), &self.config.images).await
-    }
 }
 
 /// Powers a domain off and undefines it; a missing domain is fine.
@@ -756,6 +753,7 @@ pub(crate) async fn remove_domain<H: Hypervisor>(hv: &H, uuid: &str) -> Result<(
 }
 
 mod attach;
+mod capacity;
 mod dhcp;
 mod egress;
 mod exec;
@@ -774,3 +772,4 @@ pub mod snapshots;
 #[cfg(test)]
 pub(crate) mod tests;
 pub mod tunnel;
+pub mod warm;

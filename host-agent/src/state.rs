@@ -20,6 +20,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::hypervisor::Boot;
+use crate::network::tap_name;
 
 /// Sandbox id → JSON-encoded [`SandboxRecord`].
 const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes");
@@ -74,6 +75,31 @@ pub struct SandboxRecord {
     /// its first start (or for a sandbox of an older agent).
     #[serde(default)]
     pub start_path: Option<String>,
+    /// An idle member of this host's warm pool (`crate::sandboxes::warm`): not the
+    /// controller's yet, never listed, removed when the agent starts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pooled: bool,
+    /// The domain's tap device, when it is not [`tap_name`] of `id` (a sandbox claimed
+    /// from the warm pool keeps its pool member's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    /// The sandbox's name, when it is not the domain's `name` (a sandbox claimed from
+    /// the warm pool keeps its pool member's domain, and libvirt renames no running
+    /// domain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<Name>,
+}
+
+impl SandboxRecord {
+    /// The domain's tap device.
+    pub fn tap(&self) -> String {
+        self.tap.clone().unwrap_or_else(|| tap_name(&self.id))
+    }
+
+    /// The sandbox's name (its guest's hostname): what the controller asked for.
+    pub fn sandbox_name(&self) -> &Name {
+        self.hostname.as_ref().unwrap_or(&self.name)
+    }
 }
 
 /// The allow-list as stored: plain fields, checked again when read back.
@@ -228,6 +254,23 @@ impl StateStore {
         .await
     }
 
+    /// Replaces the record `old` with `record` (another id) in one transaction: a warm
+    /// pool member becoming the sandbox that claimed it.
+    pub async fn rekey(&self, old: &SandboxId, record: &SandboxRecord) -> Result<(), StateError> {
+        let (old, key) = (old.to_string(), record.id.to_string());
+        let value = serde_json::to_vec(record).map_err(err)?;
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(err)?;
+            {
+                let mut table = tx.open_table(SANDBOXES).map_err(err)?;
+                table.insert(key.as_str(), value.as_slice()).map_err(err)?;
+                table.remove(old.as_str()).map_err(err)?;
+            }
+            tx.commit().map_err(err)
+        })
+        .await
+    }
+
     /// Removes a record; true if it existed.
     pub async fn remove(&self, id: &SandboxId) -> Result<bool, StateError> {
         let key = id.to_string();
@@ -271,6 +314,9 @@ pub(crate) fn test_record(id: &str, name: &str) -> SandboxRecord {
         static_ip: None,
         template: None,
         start_path: None,
+        pooled: false,
+        tap: None,
+        hostname: None,
     }
 }
 

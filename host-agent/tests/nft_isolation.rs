@@ -307,6 +307,9 @@ fn record(id: &str, mac: &str, allow: &[&str]) -> SandboxRecord {
         static_ip: None,
         template: None,
         start_path: None,
+        pooled: false,
+        tap: None,
+        hostname: None,
     }
 }
 

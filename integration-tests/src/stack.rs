@@ -39,6 +39,8 @@ pub struct AgentOptions {
     /// The agent's `[templates]` table: by default the memory templates every test's
     /// agent shares ([`SHARED_TEMPLATES`]), so sandboxes are restored in seconds.
     pub templates: String,
+    /// The agent's `[pool]` table (empty: no warm pool).
+    pub pool: String,
 }
 
 /// Where the tests' agents keep their memory templates (`scripts/test.sh` builds the
@@ -56,7 +58,16 @@ impl AgentOptions {
             network: String::new(),
             top: String::new(),
             templates: format!("dir = \"{SHARED_TEMPLATES}\"\n"),
+            pool: String::new(),
         }
+    }
+
+    /// A warm pool of `size` 1-vCPU, 512 MiB sandboxes of the golden image.
+    pub fn warm_pool(mut self, size: u32) -> Self {
+        self.pool = format!(
+            "shapes = [{{ image = \"debian-12\", cpus = 1, memory_mb = 512, size = {size} }}]\n"
+        );
+        self
     }
 
     /// Sandboxes of this agent cold-boot (no memory templates).
@@ -277,6 +288,9 @@ impl Stack {
             quote_path(&img.join("initrd.img")),
         );
         toml += &format!("\n[templates]\n{}", opts.templates);
+        if !opts.pool.is_empty() {
+            toml += &format!("\n[pool]\n{}", opts.pool);
+        }
         // Each agent of a stack has its own nftables tables (named after its host) and
         // its own DNS proxy port on the bridge.
         toml += &format!(
@@ -546,11 +560,15 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        // The agents first: one that still ran could make a domain (a warm pool's
+        // refill) after the cleanup looked.
+        for agent in self.agents.values_mut() {
+            agent.service.kill_now();
+        }
         self.cleanup_domains();
         // The agents' nftables tables outlive them by design (a stopped agent keeps
         // its sandboxes sealed); a finished test removes them.
         for agent in self.agents.values_mut() {
-            agent.service.kill_now();
             let table = format!("fluid_{}", agent.name.replace('-', "_"));
             for family in ["bridge", "inet"] {
                 let _ = std::process::Command::new("nft")

@@ -470,6 +470,59 @@ pub struct HostStatus {
     pub memory_mb_free: u64,
     pub sandboxes: u32,
     pub images: Vec<String>,
+    /// The warm pool, per image and shape.
+    pub pools: Vec<PoolStatus>,
+}
+
+/// One image and shape of a host's warm pool (see the proto's `PoolStatus`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub image: String,
+    pub cpus: u32,
+    pub memory_mb: u64,
+    pub size: u32,
+    pub ready: u32,
+    pub filling: u32,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+impl TryFrom<pb::PoolStatus> for PoolStatus {
+    type Error = ValidationError;
+    fn try_from(p: pb::PoolStatus) -> Result<Self, Self::Error> {
+        Name::parse("pools.image", &p.image)?;
+        if p.cpus == 0 || p.memory_mb == 0 {
+            return Err(ValidationError::new(
+                "pools",
+                "cpus and memory_mb must be positive",
+            ));
+        }
+        Ok(Self {
+            image: p.image,
+            cpus: p.cpus,
+            memory_mb: p.memory_mb,
+            size: p.size,
+            ready: p.ready,
+            filling: p.filling,
+            hits: p.hits,
+            misses: p.misses,
+        })
+    }
+}
+
+impl From<PoolStatus> for pb::PoolStatus {
+    fn from(p: PoolStatus) -> Self {
+        Self {
+            image: p.image,
+            cpus: p.cpus,
+            memory_mb: p.memory_mb,
+            size: p.size,
+            ready: p.ready,
+            filling: p.filling,
+            hits: p.hits,
+            misses: p.misses,
+        }
+    }
 }
 
 impl TryFrom<pb::HostStatus> for HostStatus {
@@ -492,6 +545,11 @@ impl TryFrom<pb::HostStatus> for HostStatus {
             memory_mb_free: s.memory_mb_free,
             sandboxes: s.sandboxes,
             images: s.images,
+            pools: s
+                .pools
+                .into_iter()
+                .map(PoolStatus::try_from)
+                .collect::<Result<_, _>>()?,
         })
     }
 }

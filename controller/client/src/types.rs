@@ -301,6 +301,34 @@ pub struct Host {
     pub agent_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// *new*: the host's warm pool as its last heartbeat reported it, one entry per
+    /// image and shape (empty: no pool). Its members are not sandboxes: `cpus_free`,
+    /// `memory_mb_free` and `sandboxes` leave them out, but the scheduler counts what
+    /// they hold.
+    #[serde(default)]
+    pub pools: Vec<HostPool>,
+}
+
+/// *new*: one image and shape of a host's warm pool: sandboxes the agent restores
+/// ahead of time and hands out on create (their `start_path` is `pool`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostPool {
+    pub image: String,
+    /// vCPUs of each member.
+    pub cpus: u32,
+    /// Memory of each member.
+    pub memory_mb: u64,
+    /// Members the agent keeps ready (its configuration).
+    pub size: u32,
+    /// Members ready to be handed out now.
+    pub ready: u32,
+    /// Members being restored now.
+    pub filling: u32,
+    /// Since the agent started: creates of this image and shape served from the pool.
+    pub hits: u64,
+    /// Since the agent started: creates of this image and shape that found no member
+    /// ready.
+    pub misses: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

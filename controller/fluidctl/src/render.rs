@@ -11,11 +11,13 @@ mod activity;
 mod ansible;
 mod governance;
 mod network;
+mod pools;
 mod snapshots;
 pub use activity::*;
 pub use ansible::*;
 pub use governance::*;
 pub use network::*;
+pub use pools::*;
 pub use snapshots::*;
 
 /// Placeholder for absent values.
@@ -198,6 +200,7 @@ pub fn host_table(hosts: &[Host], now: DateTime<Utc>) -> String {
                 h.sandboxes.to_string(),
                 h.last_seen
                     .map_or_else(|| "never".to_owned(), |t| format!("{} ago", age(t, now))),
+                pool_summary(&h.pools),
             ]
         })
         .collect();
@@ -210,6 +213,7 @@ pub fn host_table(hosts: &[Host], now: DateTime<Utc>) -> String {
             "MEM(free/total MiB)",
             "SANDBOXES",
             "LAST-SEEN",
+            "POOL",
         ],
         rows,
     )
@@ -369,6 +373,7 @@ mod tests {
             images: vec!["ubuntu-24.04".to_owned()],
             agent_version: None,
             last_error: None,
+            pools: vec![],
         }
     }
 
@@ -522,13 +527,18 @@ mod tests {
     #[test]
     fn host_table_layout() {
         let now = t0() + chrono::Duration::seconds(30);
-        let out = host_table(
-            &[
-                host("host-a", HostState::Online, Some(t0())),
-                host("host-b", HostState::Unknown, None),
-            ],
-            now,
-        );
+        let mut a = host("host-a", HostState::Online, Some(t0()));
+        a.pools = vec![fluid_client::types::HostPool {
+            image: "debian-12".to_owned(),
+            cpus: 1,
+            memory_mb: 512,
+            size: 2,
+            ready: 2,
+            filling: 0,
+            hits: 5,
+            misses: 1,
+        }];
+        let out = host_table(&[a, host("host-b", HostState::Unknown, None)], now);
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 3, "{out}");
         assert_eq!(
@@ -541,7 +551,8 @@ mod tests {
                 "MEM(free/total",
                 "MiB)",
                 "SANDBOXES",
-                "LAST-SEEN"
+                "LAST-SEEN",
+                "POOL"
             ]
         );
         assert_eq!(
@@ -554,10 +565,22 @@ mod tests {
                 "61440/65536",
                 "2",
                 "30s",
-                "ago"
+                "ago",
+                "debian-12",
+                "1c/512M",
+                "2/2",
+                "ready,",
+                "5",
+                "hits",
+                "1",
+                "miss"
             ]
         );
-        assert!(lines[2].contains("UNKNOWN") && lines[2].ends_with("never"));
+        let b: Vec<&str> = lines[2].split_whitespace().collect();
+        assert!(
+            b.contains(&"UNKNOWN") && b.ends_with(&["never", "-"]),
+            "{out}"
+        );
     }
 
     #[test]

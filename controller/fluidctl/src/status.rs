@@ -169,6 +169,7 @@ mod tests {
             images: vec![],
             agent_version: version.map(str::to_owned),
             last_error: None,
+            pools: vec![],
         }
     }
 

@@ -1,15 +1,15 @@
 //! The host registry and its heartbeat. Hosts are added by configuration or
 //! `POST /v1/hosts`; the heartbeat polls every agent's status and images, records the
-//! capacity it reports, and marks a host OFFLINE after enough missed beats (a new host
-//! is UNKNOWN until its first beat).
+//! capacity it reports (and its warm pool, per image and shape), and marks a host
+//! OFFLINE after enough missed beats (a new host is UNKNOWN until its first beat).
 
 use std::sync::Arc;
 
 use chrono::Utc;
 use fluid_client::types::{
-    AddHostRequest, Host, HostError, HostResponse, ListHostsResponse, ListVmsResponse, Vm,
+    AddHostRequest, Host, HostError, HostPool, HostResponse, ListHostsResponse, ListVmsResponse, Vm,
 };
-use fluid_proto::model::Name;
+use fluid_proto::model::{Name, PoolStatus};
 use futures::future::join_all;
 
 use crate::agents::{AgentConnector, AgentTarget};
@@ -17,6 +17,20 @@ use crate::error::ServiceError;
 use crate::governance::auth::{self, Caller, Permission};
 use crate::store::{Beat, HostRecord, HostUsage, Store, StoreError, free_cpus, free_memory};
 use crate::support::addr::check_address;
+
+/// A pool shape as the API shows it.
+fn pool_to_api(p: PoolStatus) -> HostPool {
+    HostPool {
+        image: p.image,
+        cpus: p.cpus,
+        memory_mb: p.memory_mb,
+        size: p.size,
+        ready: p.ready,
+        filling: p.filling,
+        hits: p.hits,
+        misses: p.misses,
+    }
+}
 
 pub struct HostService {
     store: Arc<dyn Store>,
@@ -60,6 +74,7 @@ impl HostService {
             images: h.images,
             agent_version: h.agent_version,
             last_error: h.last_error,
+            pools: h.pools.into_iter().map(pool_to_api).collect(),
         }
     }
 
@@ -216,6 +231,7 @@ impl HostService {
                             images: names,
                             agent_version: status.agent_version,
                             ssh_public_key,
+                            pools: status.pools,
                             at: Utc::now(),
                         },
                     )

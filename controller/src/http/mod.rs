@@ -233,6 +233,8 @@ mod tests_network;
 #[cfg(test)]
 mod tests_observability;
 #[cfg(test)]
+mod tests_pools;
+#[cfg(test)]
 mod tests_snapshots;
 #[cfg(test)]
 mod tests_start_path;

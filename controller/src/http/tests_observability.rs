@@ -45,7 +45,7 @@ async fn get_metrics(app: &TestApp, token: Option<&str>) -> (StatusCode, String,
     )
 }
 
-async fn scrape(app: &TestApp) -> Exposition {
+pub(super) async fn scrape(app: &TestApp) -> Exposition {
     let (s, ctype, text) = get_metrics(app, Some(&app.admin_token)).await;
     assert_eq!(s, StatusCode::OK, "{text}");
     assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");

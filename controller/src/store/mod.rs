@@ -56,6 +56,7 @@ use chrono::{DateTime, Utc};
 use fluid_client::types::{
     AccessCertificate, Command, HostState, Sandbox, SandboxState, StartPath,
 };
+use fluid_proto::model::PoolStatus;
 
 use crate::support::ids::LegacyJobId;
 
@@ -131,6 +132,10 @@ pub struct HostRecord {
     pub last_error: Option<String>,
     /// The agent's SSH key for exec, from its last heartbeat.
     pub ssh_public_key: Option<String>,
+    /// The agent's warm pool, per image and shape, from its last heartbeat (column
+    /// `pools`, JSON; empty: none). Its members are not sandboxes: [`HostUsage`] leaves
+    /// them out and the scheduler adds them.
+    pub pools: Vec<PoolStatus>,
 }
 
 /// Resources promised to a host's live sandboxes.
@@ -183,6 +188,8 @@ pub struct Beat {
     pub images: Vec<String>,
     pub agent_version: String,
     pub ssh_public_key: Option<String>,
+    /// The warm pool the agent reported (empty: none).
+    pub pools: Vec<PoolStatus>,
     pub at: DateTime<Utc>,
 }
 
@@ -556,6 +563,8 @@ pub(crate) mod tests;
 mod tests_egress;
 #[cfg(test)]
 mod tests_playbooks;
+#[cfg(test)]
+mod tests_pools;
 #[cfg(test)]
 mod tests_snapshots;
 #[cfg(test)]

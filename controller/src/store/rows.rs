@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use fluid_client::types::{HostState, SandboxState, StartPath};
+use fluid_proto::model::PoolStatus;
 use sqlx::types::Json;
 
 use super::{HostRecord, SandboxRecord, StoreError};
@@ -11,21 +12,34 @@ use super::{HostRecord, SandboxRecord, StoreError};
 pub(super) const UPSERT_HOST: &str = "INSERT INTO hosts (name, address, state, created_at) VALUES ($1, $2, 'UNKNOWN', $3) \
      ON CONFLICT (name) DO UPDATE SET address = excluded.address";
 
-pub(super) const INSERT_HOST: &str = "INSERT INTO hosts (name, address, state, created_at) VALUES ($1, $2, 'UNKNOWN', $3) \
-     RETURNING name, address, state, cpus_total, memory_mb_total, images, agent_version, last_seen, missed_beats, last_error, ssh_public_key";
+/// A host row's columns, in [`HostRow`] order.
+macro_rules! host_columns {
+    () => {
+        "name, address, state, cpus_total, memory_mb_total, images, agent_version, last_seen, \
+         missed_beats, last_error, ssh_public_key, pools"
+    };
+}
 
-pub(super) const LIST_HOSTS: &str = "SELECT name, address, state, cpus_total, memory_mb_total, images, agent_version, last_seen, missed_beats, last_error, ssh_public_key \
-     FROM hosts ORDER BY name";
+pub(super) const INSERT_HOST: &str = concat!(
+    "INSERT INTO hosts (name, address, state, created_at) VALUES ($1, $2, 'UNKNOWN', $3) RETURNING ",
+    host_columns!()
+);
 
-pub(super) const HOST_BY_NAME: &str = "SELECT name, address, state, cpus_total, memory_mb_total, images, agent_version, last_seen, missed_beats, last_error, ssh_public_key \
-     FROM hosts WHERE name = $1";
+pub(super) const LIST_HOSTS: &str =
+    concat!("SELECT ", host_columns!(), " FROM hosts ORDER BY name");
+
+pub(super) const HOST_BY_NAME: &str =
+    concat!("SELECT ", host_columns!(), " FROM hosts WHERE name = $1");
 
 /// PostgreSQL: the same, locking the row until the transaction ends.
-pub(super) const HOST_BY_NAME_FOR_UPDATE: &str = "SELECT name, address, state, cpus_total, memory_mb_total, images, agent_version, last_seen, missed_beats, last_error, ssh_public_key \
-     FROM hosts WHERE name = $1 FOR UPDATE";
+pub(super) const HOST_BY_NAME_FOR_UPDATE: &str = concat!(
+    "SELECT ",
+    host_columns!(),
+    " FROM hosts WHERE name = $1 FOR UPDATE"
+);
 
 pub(super) const RECORD_BEAT: &str = "UPDATE hosts SET state = 'ONLINE', cpus_total = $2, memory_mb_total = $3, images = $4, \
-     agent_version = $5, last_seen = $6, missed_beats = 0, last_error = NULL, ssh_public_key = $7 WHERE name = $1";
+     agent_version = $5, last_seen = $6, missed_beats = 0, last_error = NULL, ssh_public_key = $7, pools = $8 WHERE name = $1";
 
 pub(super) const MISSED_BEAT: &str = "UPDATE hosts SET missed_beats = missed_beats + 1, last_error = $2, \
      state = CASE WHEN missed_beats + 1 >= $3 THEN 'OFFLINE' ELSE state END WHERE name = $1";
@@ -105,6 +119,30 @@ pub(super) struct HostRow {
     missed_beats: i64,
     last_error: Option<String>,
     ssh_public_key: Option<String>,
+    /// JSON array of [`PoolStatus`]; NULL: no pool.
+    pools: Option<String>,
+}
+
+/// The `pools` column of a beat: NULL when the host has no pool.
+pub(super) fn pools_json(pools: &[PoolStatus]) -> Option<String> {
+    if pools.is_empty() {
+        return None;
+    }
+    serde_json::to_string(pools)
+        .inspect_err(|e| tracing::warn!(error = %e, "the warm pool report cannot be stored"))
+        .ok()
+}
+
+/// A `pools` column as read: what cannot be read is no pool (with a warning), so one
+/// bad value never fails a listing.
+fn read_pools(host: &str, text: Option<&str>) -> Vec<PoolStatus> {
+    let Some(text) = text else {
+        return Vec::new();
+    };
+    serde_json::from_str(text).unwrap_or_else(|e| {
+        tracing::warn!(%host, error = %e, "the stored warm pool report is unreadable; read as none");
+        Vec::new()
+    })
 }
 
 impl TryFrom<HostRow> for HostRecord {
@@ -121,6 +159,7 @@ impl TryFrom<HostRow> for HostRecord {
                 )));
             }
         };
+        let pools = read_pools(&r.name, r.pools.as_deref());
         Ok(Self {
             name: r.name,
             address: r.address,
@@ -133,6 +172,7 @@ impl TryFrom<HostRow> for HostRecord {
             missed_beats: u32::try_from(r.missed_beats).unwrap_or(u32::MAX),
             last_error: r.last_error,
             ssh_public_key: r.ssh_public_key,
+            pools,
         })
     }
 }

@@ -98,6 +98,7 @@ where
             .bind(&beat.agent_version)
             .bind(beat.at)
             .bind(&beat.ssh_public_key)
+            .bind(rows::pools_json(&beat.pools))
             .execute(self.pool())
             .await?;
         Ok(())

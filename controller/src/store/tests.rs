@@ -113,6 +113,7 @@ pub(crate) async fn beat(store: &dyn Store, name: &str, cpus: u32, mem: u64, ima
                 images: images.iter().map(|s| s.to_string()).collect(),
                 agent_version: "0.1.0".into(),
                 ssh_public_key: None,
+                pools: vec![],
                 at: Utc::now(),
             },
         )
@@ -570,6 +571,7 @@ async fn commands_and_certificates(store: Arc<dyn Store>) {
                 images: vec!["debian-12".into()],
                 agent_version: "0.1.0".into(),
                 ssh_public_key: Some("ssh-ed25519 AAAAkey agent".into()),
+                pools: vec![],
                 at: Utc::now(),
             },
         )

@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use fluid_proto::model::{
-    AttachOpen, CreateSandbox, EgressPolicy, Exec, HostStatus, ImageKind, ObservedState, SandboxId,
-    SandboxInfo, StartPath,
+    AttachOpen, CreateSandbox, EgressPolicy, Exec, HostStatus, ImageKind, ObservedState,
+    PoolStatus, SandboxId, SandboxInfo, StartPath,
 };
 use fluid_proto::pb;
 use futures::StreamExt as _;
@@ -63,6 +63,8 @@ pub struct FakeAgents {
     pub egress_sets: AtomicUsize,
     /// Snapshots, diffs, file reads, tunnels ([`snapshots`]).
     pub snap: snapshots::SnapshotFake,
+    /// The warm pool every host reports in its status.
+    pub pools: Mutex<Vec<PoolStatus>>,
 }
 
 // The fake's `SnapshotAgent` half.
@@ -86,6 +88,7 @@ impl Default for FakeAgents {
             egress: Mutex::default(),
             egress_sets: AtomicUsize::new(0),
             snap: snapshots::SnapshotFake::default(),
+            pools: Mutex::default(),
         }
     }
 }
@@ -346,6 +349,7 @@ impl AgentConnector for FakeAgents {
             memory_mb_free: 8192,
             sandboxes: 0,
             images: self.images.clone(),
+            pools: self.pools.lock().map(|p| p.clone()).unwrap_or_default(),
         };
         Ok(AgentStatus {
             status,

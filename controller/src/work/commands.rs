@@ -514,6 +514,7 @@ impl CommandService {
             images: host.images,
             agent_version: status.status.agent_version,
             ssh_public_key: status.ssh_public_key,
+            pools: status.status.pools,
             at: Utc::now(),
         };
         if let Err(e) = self.store.record_beat(&target.name, &beat).await {

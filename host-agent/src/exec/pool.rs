@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -136,6 +136,9 @@ struct Entry {
     /// The most channels seen open on one connection when sshd refused one more (its
     /// `MaxSessions`, as learned; 0: never refused); new connections start with it.
     learned_capacity: AtomicUsize,
+    /// Its connections send no keepalives: a warm pool member's, which waits paused
+    /// (a paused guest answers none, and its connection must outlive the wait).
+    quiet: AtomicBool,
 }
 
 impl Default for Entry {
@@ -144,6 +147,7 @@ impl Default for Entry {
             live: Mutex::default(),
             connecting: tokio::sync::Mutex::default(),
             learned_capacity: AtomicUsize::new(0),
+            quiet: AtomicBool::new(false),
         }
     }
 }
@@ -214,6 +218,8 @@ pub fn refusal(reason: &russh::ChannelOpenFailure) -> String {
 pub struct SshPool {
     key: AgentKey,
     config: Arc<client::Config>,
+    /// `config` without keepalives, for quiet entries.
+    quiet_config: Arc<client::Config>,
     connect_timeout: Duration,
     /// How long a connect keeps retrying an sshd that is not reachable yet.
     ready_wait: Duration,
@@ -234,16 +240,19 @@ impl std::fmt::Debug for SshPool {
 
 impl SshPool {
     pub fn new(key: AgentKey, channels_per_connection: usize) -> Self {
-        let config = client::Config {
+        let config = |keepalive_interval| client::Config {
             // Notices a dead guest (no FIN) within about a minute.
-            keepalive_interval: Some(Duration::from_secs(15)),
+            keepalive_interval,
             keepalive_max: 3,
             nodelay: true,
             ..Default::default()
         };
+        let quiet_config = config(None);
+        let config = config(Some(Duration::from_secs(15)));
         Self {
             key,
             config: Arc::new(config),
+            quiet_config: Arc::new(quiet_config),
             connect_timeout: CONNECT_TIMEOUT,
             ready_wait: SSH_READY_WAIT,
             port: 22,
@@ -259,6 +268,21 @@ impl SshPool {
     fn entry(&self, id: &SandboxId) -> Arc<Entry> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.entry(id.clone()).or_default().clone()
+    }
+
+    /// Makes the connections to sandbox `id` from now on without keepalives (a warm
+    /// pool member: see [`Entry`]'s `quiet`).
+    pub fn make_quiet(&self, id: &SandboxId) {
+        self.entry(id).quiet.store(true, Ordering::SeqCst);
+    }
+
+    /// Moves sandbox `old`'s connections to `new` (a warm pool member claimed by a
+    /// sandbox): they stay open and usable under the new id.
+    pub fn rekey(&self, old: &SandboxId, new: &SandboxId) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = entries.remove(old) {
+            entries.insert(new.clone(), entry);
+        }
     }
 
     /// Connections to sandbox `id` in the pool now.
@@ -507,8 +531,13 @@ impl SshPool {
             .connect_timeout
             .max(deadline.saturating_duration_since(tokio::time::Instant::now()));
         let (handler, presented) = TofuHandler::new(known.clone());
+        let config = if self.entry(id).quiet.load(Ordering::SeqCst) {
+            self.quiet_config.clone()
+        } else {
+            self.config.clone()
+        };
         let attempt = async {
-            let mut handle = client::connect_stream(self.config.clone(), tcp, handler).await?;
+            let mut handle = client::connect_stream(config, tcp, handler).await?;
             let auth = handle
                 .authenticate_openssh_cert(LOGIN_USER, self.key.private(), cert)
                 .await?;

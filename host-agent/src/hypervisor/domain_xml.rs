@@ -87,7 +87,7 @@ struct OemStrings {
 /// its own, so it never accepts its source's certificates.
 pub fn oem_strings(spec: &DomainSpec) -> Vec<String> {
     let mut entries = vec![
-        format!("fluid:hostname={}", spec.name),
+        format!("fluid:hostname={}", spec.hostname),
         format!("fluid:sandbox_id={}", spec.id.as_str()),
     ];
     entries.extend(

@@ -58,6 +58,8 @@ pub struct FakeState {
     pub guest_exec_exit: i32,
     /// Restores fail.
     pub fail_restore: bool,
+    /// `resume` fails (a warm pool member that cannot be claimed).
+    pub fail_resume: bool,
 }
 
 #[derive(Debug)]
@@ -184,18 +186,25 @@ impl Hypervisor for FakeHypervisor {
             return Err(HypervisorError::Failed("name taken".into()));
         }
         s.defines += 1;
+        // As libvirt: defining an existing domain changes its next boot, not its run.
+        let (state, snapshots) = s
+            .domains
+            .remove(&spec.uuid)
+            .map_or((DomainState::ShutOff, Vec::new()), |d| {
+                (d.state, d.snapshots)
+            });
         s.domains.insert(
             spec.uuid.clone(),
             FakeDomain {
                 name: spec.name.to_string(),
-                state: DomainState::ShutOff,
+                state,
                 meta: FluidMeta {
                     id: spec.id.to_string(),
                     agent: spec.agent.to_string(),
                     image: spec.image.to_string(),
                 },
                 mac: spec.mac.clone(),
-                snapshots: Vec::new(),
+                snapshots,
             },
         );
         Ok(())
@@ -480,6 +489,31 @@ impl Hypervisor for FakeHypervisor {
             d.state = DomainState::Running;
             s.restores.push(uuid.into());
             Ok(())
+        })
+    }
+
+    async fn suspend(&self, uuid: &str) -> Result<()> {
+        self.with(uuid, |s, uuid| match s.domains.get_mut(uuid) {
+            Some(d) if d.state == DomainState::Running => {
+                d.state = DomainState::Paused;
+                Ok(())
+            }
+            Some(_) => Err(HypervisorError::Failed("domain is not running".into())),
+            None => Err(HypervisorError::NotFound(uuid.into())),
+        })
+    }
+
+    async fn resume(&self, uuid: &str) -> Result<()> {
+        if self.lock().fail_resume {
+            return Err(HypervisorError::Failed("resume refused".into()));
+        }
+        self.with(uuid, |s, uuid| match s.domains.get_mut(uuid) {
+            Some(d) if d.state == DomainState::Paused => {
+                d.state = DomainState::Running;
+                Ok(())
+            }
+            Some(_) => Err(HypervisorError::Failed("domain is not paused".into())),
+            None => Err(HypervisorError::NotFound(uuid.into())),
         })
     }
 

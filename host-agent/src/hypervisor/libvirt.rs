@@ -626,6 +626,18 @@ impl Hypervisor for Libvirt {
         .await
     }
 
+    async fn suspend(&self, uuid: &str) -> Result<()> {
+        self.with_owned("suspend", uuid, |d| {
+            d.suspend().map(|_| ()).map_err(map_err)
+        })
+        .await
+    }
+
+    async fn resume(&self, uuid: &str) -> Result<()> {
+        self.with_owned("resume", uuid, |d| d.resume().map(|_| ()).map_err(map_err))
+            .await
+    }
+
     async fn update_interface(&self, uuid: &str, interface_xml: &str) -> Result<()> {
         let xml = interface_xml.to_owned();
         self.with_owned("update_interface", uuid, move |d| {

@@ -64,7 +64,10 @@ pub enum Boot {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainSpec {
     pub id: SandboxId,
+    /// The libvirt domain's name.
     pub name: Name,
+    /// The guest's hostname (SMBIOS `fluid:hostname`): the sandbox's name.
+    pub hostname: Name,
     pub uuid: String,
     /// The agent's host name (the ownership mark).
     pub agent: Name,
@@ -259,6 +262,10 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// Restores a save image, running. Its XML names the domain: an existing
     /// definition with the same name and UUID becomes the restored domain.
     async fn restore(&self, path: &Path) -> Result<()>;
+    /// Pauses the running domain's vCPUs (it keeps its memory and devices).
+    async fn suspend(&self, uuid: &str) -> Result<()>;
+    /// Runs a paused domain again.
+    async fn resume(&self, uuid: &str) -> Result<()>;
     /// Replaces the live NIC's settings (link state) with `interface_xml`.
     async fn update_interface(&self, uuid: &str, interface_xml: &str) -> Result<()>;
     /// Runs `argv` in the guest through its guest agent and waits for it (at most

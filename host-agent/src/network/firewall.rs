@@ -44,6 +44,8 @@ pub enum FirewallError {
 /// One sandbox's network facts.
 #[derive(Debug, Clone)]
 struct Member {
+    /// The host side of its NIC.
+    tap: String,
     mac: String,
     ip: Option<Ipv4Addr>,
     policy: EgressPolicy,
@@ -159,6 +161,7 @@ impl Firewall {
             .iter()
             .map(|r| {
                 let m = Member {
+                    tap: r.tap(),
                     mac: r.mac.to_ascii_lowercase(),
                     ip: r.known_ip,
                     policy: r.egress.clone(),
@@ -174,15 +177,18 @@ impl Firewall {
     pub fn upsert(&self, r: &SandboxRecord) {
         let mut st = self.lock();
         let mac = r.mac.to_ascii_lowercase();
+        let tap = r.tap();
         let changed = match st.members.get_mut(&r.id) {
-            Some(m) if m.mac == mac && m.policy == r.egress => false,
+            Some(m) if m.mac == mac && m.policy == r.egress && m.tap == tap => false,
             Some(m) => {
+                m.tap = tap;
                 m.mac = mac;
                 m.policy = r.egress.clone();
                 true
             }
             None => {
                 let m = Member {
+                    tap,
                     mac,
                     ip: r.known_ip,
                     policy: r.egress.clone(),
@@ -275,6 +281,7 @@ impl Firewall {
                     m.prune(&domains, now);
                     SandboxNet {
                         id: id.clone(),
+                        tap: m.tap.clone(),
                         mac: m.mac.clone(),
                         ip: m.ip,
                         policy: m.policy.clone(),

@@ -84,7 +84,7 @@ use nftables::schema::{
 use nftables::stmt::Statement;
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
-use super::{NetworkSettings, id_suffix, tap_name};
+use super::{NetworkSettings, id_suffix};
 use expr::*;
 
 mod expr;
@@ -105,6 +105,9 @@ pub const REPLIES_CHAIN: &str = "replies";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxNet {
     pub id: SandboxId,
+    /// The host side of its NIC (`super::tap_name` of its id, unless it was claimed
+    /// from the warm pool).
+    pub tap: String,
     /// Lower case, `52:54:00:…`.
     pub mac: String,
     /// Its DHCP lease, once learned; until then it may only do DHCP.
@@ -426,14 +429,14 @@ fn bridge_table(b: &mut Builder, sandboxes: &[SandboxNet]) {
     b.elements(
         br,
         "taps",
-        sandboxes.iter().map(|x| s(tap_name(&x.id))).collect(),
+        sandboxes.iter().map(|x| s(x.tap.clone())).collect(),
     );
     for sbx in sandboxes {
         b.rule_with(
             br,
             "prerouting",
             vec![
-                eq(meta(MetaKey::Iifname), s(tap_name(&sbx.id))),
+                eq(meta(MetaKey::Iifname), s(sbx.tap.clone())),
                 jump(&tap_chain(&sbx.id)),
             ],
             Some(sbx.id.as_str()),

@@ -103,11 +103,8 @@ impl<H: Hypervisor> Sandboxes<H> {
             cpus: req.cpus,
             memory_mb: req.memory_mb,
         };
-        let key = self
-            .templates
-            .key(&shape, image, self.config.virt_type)
-            .await;
-        match self.templates.ready(&shape, &key).await {
+        let (ready, key) = self.ready_template(&shape, image).await;
+        match ready {
             Some(t) => (Provision::Restore(t), None),
             None => (
                 Provision::ColdBoot,
@@ -118,6 +115,20 @@ impl<H: Hypervisor> Sandboxes<H> {
                 }),
             ),
         }
+    }
+
+    /// The ready template of `shape` made from `image` as it is now, if any, and its
+    /// key.
+    pub(super) async fn ready_template(
+        &self,
+        shape: &Shape,
+        image: &ResolvedImage,
+    ) -> (Option<Template>, String) {
+        let key = self
+            .templates
+            .key(shape, image, self.config.virt_type)
+            .await;
+        (self.templates.ready(shape, &key).await, key)
     }
 
     /// Brings the defined, stopped sandbox `record` to running, as `provision` says;

@@ -144,10 +144,12 @@ impl Templates {
         overlay::create_overlay(&disk, &image.backing, &image.backing_format).await?;
         let invalid = |e: fluid_proto::model::ValidationError| BuildError::Io(e.to_string());
         let id = SandboxId::parse("template", &format!("SBX-tpl{key}")).map_err(invalid)?;
+        let name = Name::parse("template", &format!("fluid-template-{key}")).map_err(invalid)?;
         Ok(DomainSpec {
             tap: tap_name(&id),
             id,
-            name: Name::parse("template", &format!("fluid-template-{key}")).map_err(invalid)?,
+            hostname: name.clone(),
+            name,
             uuid: uuid::Uuid::new_v4().to_string(),
             agent: cx.agent.clone(),
             image: Name::parse("template", &shape.image).map_err(invalid)?,

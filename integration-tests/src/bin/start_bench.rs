@@ -3,12 +3,15 @@
 //! side in one run (two stacks, one agent each, on this machine: interleaved, one
 //! sandbox at a time), then 4 creates at once from the template, and the exec round
 //! trip of `true` through REST in a restored sandbox, and live forks of that sandbox
-//! (`POST /v1/sandboxes/{id}/fork` without a snapshot) to their first command.
+//! (`POST /v1/sandboxes/{id}/fork` without a snapshot) to their first command. Before
+//! all that, on a stack of its own, creates claiming members of a warm pool of 4: one
+//! at a time, then 4 at once.
 //!
 //! Run inside the test namespace, as scripts/test.sh sets up, after the template is
 //! built (scripts/test.sh does, or `fluid-agent build-templates`):
-//!   ip netns exec fluid-test target/debug/start-bench [RESTORES [BOOTS [FORKS]]]
-//! (needs FLUID_GOLDEN_IMAGE_DIR; RESTORES defaults to 20, BOOTS to 3, FORKS to 5).
+//!   ip netns exec fluid-test target/debug/start-bench [RESTORES [BOOTS [FORKS [POOLED]]]]
+//! (needs FLUID_GOLDEN_IMAGE_DIR; RESTORES defaults to 20, BOOTS to 3, FORKS to 5,
+//! POOLED to 20).
 
 use std::time::{Duration, Instant};
 
@@ -100,6 +103,84 @@ async fn first_exec(
     }
 }
 
+/// The first pool of the stack's agent "a" as `GET /v1/hosts` reports it: (size,
+/// ready, filling).
+async fn pool_of(stack: &Stack) -> Result<(u32, u32, u32)> {
+    let hosts = stack.client.list_hosts().await?;
+    let host = stack.host("a");
+    let p = hosts
+        .hosts
+        .iter()
+        .find(|h| h.name == host)
+        .and_then(|h| h.pools.first())
+        .context("the host reports no pool")?;
+    Ok((p.size, p.ready, p.filling))
+}
+
+/// Waits until the pool is full and nothing is being restored.
+async fn pool_full(stack: &Stack) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if let Ok((size, ready, 0)) = pool_of(stack).await
+            && ready == size
+        {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the pool was not full within 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A stack whose agent keeps 4 sandboxes warm: `n` creates one at a time (each with
+/// the pool full), then twice 4 creates at once; and the memory of a paused member.
+async fn pool_section(n: usize) -> Result<(Vec<Duration>, Vec<Duration>, String)> {
+    let mut stack =
+        Stack::start(StoreKind::Sqlite, vec![AgentOptions::new("a").warm_pool(4)]).await?;
+    stack
+        .wait_host("a", HostState::Online, Duration::from_secs(30))
+        .await?;
+    pool_full(&stack).await?;
+    let memory = match integration_tests::virsh::domains()?
+        .into_iter()
+        .find(|d| d.starts_with("fluid-pool-"))
+    {
+        Some(d) => qemu_memory(&d),
+        None => "unknown (no pool domain)".to_owned(),
+    };
+    let mut one = Vec::new();
+    for i in 0..n {
+        pool_full(&stack).await?;
+        let (d, id) = create_to_first_exec(
+            &stack.client,
+            &format!("{}-p{i}", stack.prefix),
+            StartPath::Pool,
+        )
+        .await?;
+        println!("pool    {i:>2}: {:.2} s", secs(d));
+        one.push(d);
+        stack.client.destroy_sandbox(&id).await?;
+    }
+    let mut four = Vec::new();
+    for round in 0..2 {
+        pool_full(&stack).await?;
+        let runs = (0..4).map(|i| {
+            let name = format!("{}-q{round}{i}", stack.prefix);
+            let client = stack.client.clone();
+            async move { create_to_first_exec(&client, &name, StartPath::Pool).await }
+        });
+        for r in futures::future::join_all(runs).await {
+            let (d, id) = r?;
+            println!("pool, 4 at once: {:.2} s", secs(d));
+            four.push(d);
+            stack.client.destroy_sandbox(&id).await?;
+        }
+    }
+    Ok((one, four, memory))
+}
+
 /// The resident memory of domain `name`'s QEMU process (`/proc/<pid>/status`).
 fn qemu_memory(name: &str) -> String {
     let pid = std::fs::read_to_string(format!("/run/libvirt/qemu/{name}.pid"))
@@ -147,6 +228,7 @@ async fn main() -> Result<()> {
     let restores: usize = first.map(|s| s.parse()).transpose()?.unwrap_or(20);
     let boots: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(3);
     let forks: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let pooled: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(20);
     let ready = std::fs::read_dir(SHARED_TEMPLATES)
         .map(|d| {
             d.filter_map(Result::ok).any(|e| {
@@ -161,6 +243,9 @@ async fn main() -> Result<()> {
         ready,
         "no 1-vCPU 512 MiB template in {SHARED_TEMPLATES}: run scripts/test.sh's template step (fluid-agent build-templates) first"
     );
+    // The warm pool first, on its own (its refills would slow the other paths down).
+    let pool = pool_section(pooled).await?;
+
     let mut warm = Stack::start(StoreKind::Sqlite, vec![AgentOptions::new("a")]).await?;
     let mut cold =
         Stack::start(StoreKind::Sqlite, vec![AgentOptions::new("a").cold_boot()]).await?;
@@ -242,6 +327,12 @@ async fn main() -> Result<()> {
         "{:<44} {:>4} {:>8} {:>8} {:>8} {:>8}",
         "path", "n", "min", "p50", "p99", "max"
     );
+    let (mut from_pool, mut pool_concurrent, pool_memory) = pool;
+    row(
+        "from the warm pool (pool full at each create)",
+        &mut from_pool,
+    );
+    row("warm pool, 4 creates at once", &mut pool_concurrent);
     row("restore from the memory template", &mut from_restore);
     row("cold boot", &mut from_boot);
     row("restore, 4 creates at once", &mut concurrent);
@@ -250,6 +341,10 @@ async fn main() -> Result<()> {
     let ratio =
         secs(percentile(&from_boot, 50.0)) / secs(percentile(&from_restore, 50.0)).max(1e-9);
     println!("cold boot p50 / restore p50 = {ratio:.1}×");
+    let ratio =
+        secs(percentile(&from_restore, 50.0)) / secs(percentile(&from_pool, 50.0)).max(1e-9);
+    println!("restore p50 / pool p50 = {ratio:.1}×");
+    println!("memory of an idle (paused) pool member's QEMU: {pool_memory}");
     println!("memory of an idle restored sandbox's QEMU (512 MiB guest): {memory}");
     Ok(())
 }

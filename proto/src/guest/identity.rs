@@ -8,8 +8,25 @@
 //! restart, not waited for), `rm`, `ip`, and `dhclient` (which goes to the background
 //! at once).
 
+/// Sets the hostname to `$2`: the file, the kernel's, and `127.0.1.1` in /etc/hosts.
+macro_rules! set_hostname {
+    () => {
+        r#"printf '%s\n' "$2" >/etc/hostname
+printf '%s' "$2" >/proc/sys/kernel/hostname
+hosts=$(while IFS= read -r line || [ -n "$line" ]; do
+  case $line in
+    "127.0.1.1 "* | "127.0.1.1	"*) printf '127.0.1.1 %s\n' "$2" ;;
+    *) printf '%s\n' "$line" ;;
+  esac
+done </etc/hosts)
+printf '%s\n' "$hosts" >/etc/hosts
+"#
+    };
+}
+
 /// Applies the identity. Positional parameters: see [`CloneIdentity::argv`].
-pub const SCRIPT: &str = r#"set -eu
+pub const SCRIPT: &str = concat!(
+    r#"set -eu
 umask 022
 # The clock, stepped to the host's: the template's stopped when it was saved.
 date -u -s "@$3" >/dev/null
@@ -27,16 +44,9 @@ printf '%s\n' "$7" >/etc/machine-id
 # journald files its journal under the machine-id it read at its start: restarted, it
 # writes under the new one, which is where journalctl looks.
 systemctl --no-block restart systemd-journald.service 2>/dev/null || true
-printf '%s\n' "$2" >/etc/hostname
-printf '%s' "$2" >/proc/sys/kernel/hostname
-hosts=$(while IFS= read -r line || [ -n "$line" ]; do
-  case $line in
-    "127.0.1.1 "* | "127.0.1.1	"*) printf '127.0.1.1 %s\n' "$2" ;;
-    *) printf '%s\n' "$line" ;;
-  esac
-done </etc/hosts)
-printf '%s\n' "$hosts" >/etc/hosts
-# SSH host keys: the one the agent generated (and pinned) only.
+"#,
+    set_hostname!(),
+    r#"# SSH host keys: the one the agent generated (and pinned) only.
 rm -f /etc/ssh/ssh_host_*
 (umask 077 && printf '%s\n' "$9" >/etc/ssh/ssh_host_ed25519_key)
 printf '%s\n' "${10}" >/etc/ssh/ssh_host_ed25519_key.pub
@@ -58,7 +68,48 @@ if command -v dhclient >/dev/null; then
   dhclient -4 -nw -pf "/run/dhclient.$dev.pid" -lf "/var/lib/dhcp/dhclient.$dev.leases" "$dev" \
     </dev/null >/dev/null 2>&1 || true
 fi
-"#;
+"#
+);
+
+/// Gives a warm pool member (already a clone with its own machine-id, host key, MAC
+/// and address) the identity of the sandbox that claimed it. Positional parameters:
+/// `$1` the sandbox id, `$2` its name (the hostname), `$3` now (Unix seconds: the
+/// member waited paused, its clock did not run), `$4` the user CA keys.
+pub const REBIND: &str = concat!(
+    r#"set -eu
+umask 022
+date -u -s "@$3" >/dev/null
+printf '%s\n' "$1" >/run/fluid-identity/sandbox_id
+printf '%s\n' "$4" >/etc/ssh/fluid_user_ca.pub
+"#,
+    set_hostname!()
+);
+
+/// What a claimed pool member is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rebind {
+    pub sandbox_id: String,
+    pub hostname: String,
+    /// Seconds since the Unix epoch, now.
+    pub now_unix: i64,
+    pub user_ca_keys: Vec<String>,
+}
+
+impl Rebind {
+    /// The command line (for a shell) that applies it: [`REBIND`] with the values as
+    /// quoted positional parameters.
+    pub fn command(&self) -> String {
+        use super::wrapper::quote;
+        format!(
+            "/bin/sh -c {} fluid-rebind {} {} {} {}",
+            quote(REBIND),
+            quote(&self.sandbox_id),
+            quote(&self.hostname),
+            self.now_unix,
+            quote(&self.user_ca_keys.join("\n"))
+        )
+    }
+}
 
 /// What one clone is given.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,5 +184,35 @@ mod tests {
         assert_eq!(argv[4 + 10], "ca1\nca2");
         assert_eq!(argv.len(), 4 + 11);
         assert!(!SCRIPT.contains("reboot"));
+    }
+
+    #[test]
+    fn a_rebind_quotes_every_value_for_the_shell() {
+        let r = Rebind {
+            sandbox_id: "SBX-abcdefgh".into(),
+            hostname: "web-1".into(),
+            now_unix: 1_700_000_000,
+            user_ca_keys: vec![
+                "ssh-ed25519 AAAA ca'1".into(),
+                "ssh-ed25519 BBBB ca2".into(),
+            ],
+        };
+        let cmd = r.command();
+        assert!(cmd.starts_with("/bin/sh -c '"), "{cmd}");
+        assert!(
+            cmd.ends_with(
+                " fluid-rebind 'SBX-abcdefgh' 'web-1' 1700000000 'ssh-ed25519 AAAA ca'\\''1\nssh-ed25519 BBBB ca2'"
+            ),
+            "{cmd}"
+        );
+        // The script sets what the claim changes, and the clock.
+        for what in [
+            "sandbox_id",
+            "fluid_user_ca.pub",
+            "/etc/hostname",
+            "date -u -s",
+        ] {
+            assert!(REBIND.contains(what), "{what}");
+        }
     }
 }

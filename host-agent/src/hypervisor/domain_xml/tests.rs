@@ -12,6 +12,7 @@ fn spec(virt_type: VirtType, boot: Boot) -> DomainSpec {
     DomainSpec {
         id: SandboxId::parse("id", "SBX-0123abcd").expect("id"),
         name: name("web-1"),
+        hostname: name("web-1"),
         uuid: "6f1c2a9e-5d7b-4f7e-9a51-2f4f0c9e1a10".into(),
         agent: name("kvm-1"),
         image: name("debian-12"),

@@ -5,6 +5,7 @@ use fluid_proto::model::EgressPolicy;
 
 use super::*;
 use crate::network::allow::parse_rule;
+use crate::network::tap_name;
 use crate::network::test_settings;
 
 mod isolation;
@@ -21,6 +22,7 @@ fn policy(lines: &[&str]) -> EgressPolicy {
 fn sealed(sid: &str, mac: &str) -> SandboxNet {
     SandboxNet {
         id: id(sid),
+        tap: crate::network::tap_name(&id(sid)),
         mac: mac.into(),
         ip: None,
         policy: EgressPolicy::default(),
@@ -37,6 +39,7 @@ fn with_policy() -> SandboxNet {
     );
     SandboxNet {
         id: id("SBX-abcdefgh12"),
+        tap: crate::network::tap_name(&id("SBX-abcdefgh12")),
         mac: "52:54:00:aa:bb:01".into(),
         ip: Some(Ipv4Addr::new(192, 168, 122, 10)),
         policy: policy(&["203.0.113.0/24 tcp/443", "example.org tcp/443"]),

@@ -13,6 +13,7 @@
 //!   cloud metadata first and everything unlisted last;
 //! - allow-lists accept by the connection's original destination, never by state.
 
+use crate::network::tap_name;
 use serde_json::{Value, json};
 
 use super::super::*;
