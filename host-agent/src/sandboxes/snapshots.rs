@@ -143,8 +143,8 @@ pub(crate) fn parse_active_services(out: &str) -> Vec<String> {
 }
 
 /// What one guest command printed (or why it could not run).
-struct GuestOutput {
-    exit_code: i32,
+pub(super) struct GuestOutput {
+    pub(super) exit_code: i32,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     timed_out: bool,
@@ -500,7 +500,7 @@ impl<H: Hypervisor> Sandboxes<H> {
 
     /// Runs one command as root in the guest over the agent's SSH connection (the
     /// caller holds the sandbox's lock), within `timeout`.
-    async fn guest_command(
+    pub(super) async fn guest_command(
         &self,
         r: &SandboxRecord,
         command: &str,
@@ -598,7 +598,7 @@ async fn collect(mut rx: tokio::sync::mpsc::Receiver<ExecEvent>) -> GuestOutput 
 }
 
 /// Why a guest command did not succeed, in a few words.
-fn describe_failure(o: &GuestOutput, timeout: Duration) -> String {
+pub(super) fn describe_failure(o: &GuestOutput, timeout: Duration) -> String {
     if o.timed_out {
         return format!("timed out after {} s", timeout.as_secs());
     }

@@ -312,7 +312,7 @@ impl<H: Hypervisor> Sandboxes<H> {
             self.create_member(req).await?;
             let r = self.record(&id).await?;
             let cert = self.warm.certificate(&id, self.ssh.key())?;
-            self.in_guest(&r, "true", WARM_UP_TIMEOUT, &cert).await?;
+            self.warm_up(&r, &cert).await?;
             self.hv.suspend(&r.domain_uuid).await?;
             Ok::<_, ServiceError>(())
         };
@@ -323,6 +323,26 @@ impl<H: Hypervisor> Sandboxes<H> {
             return Err(e);
         }
         Ok(id)
+    }
+
+    /// The member's first command, through the wrapper as a create's first command
+    /// will be: it opens the connection, and under TCG it also runs the wrapper's
+    /// programs (the shell, `systemd-run` and the scope it asks systemd for) once in
+    /// this QEMU, which translates their code; the claimed sandbox's first command
+    /// then costs what any later one does.
+    async fn warm_up(&self, r: &SandboxRecord, certificate: &str) -> Result<(), ServiceError> {
+        let out = self
+            .guest_command(r, "true", WARM_UP_TIMEOUT, certificate)
+            .await
+            .map_err(ServiceError::Internal)?;
+        if out.exit_code != 0 {
+            return Err(ServiceError::Internal(format!(
+                "sandbox {}: the first command: {}",
+                r.id,
+                super::snapshots::describe_failure(&out, WARM_UP_TIMEOUT)
+            )));
+        }
+        Ok(())
     }
 
     /// Runs `command` as root in sandbox `r` over the agent's connection, as it is

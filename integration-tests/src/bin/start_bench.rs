@@ -205,6 +205,10 @@ fn qemu_memory(name: &str) -> String {
 }
 
 fn row(name: &str, v: &mut [Duration]) {
+    if v.is_empty() {
+        println!("{name:<44} {:>4}  (not measured in this run)", 0);
+        return;
+    }
     v.sort();
     println!(
         "{name:<44} {:>4} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",

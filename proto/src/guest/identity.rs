@@ -13,13 +13,15 @@ macro_rules! set_hostname {
     () => {
         r#"printf '%s\n' "$2" >/etc/hostname
 printf '%s' "$2" >/proc/sys/kernel/hostname
-hosts=$(while IFS= read -r line || [ -n "$line" ]; do
+hosts=
+while IFS= read -r line || [ -n "$line" ]; do
   case $line in
-    "127.0.1.1 "* | "127.0.1.1	"*) printf '127.0.1.1 %s\n' "$2" ;;
-    *) printf '%s\n' "$line" ;;
+    "127.0.1.1 "* | "127.0.1.1	"*) line="127.0.1.1 $2" ;;
   esac
-done </etc/hosts)
-printf '%s\n' "$hosts" >/etc/hosts
+  hosts="$hosts$line
+"
+done </etc/hosts
+printf '%s' "$hosts" >/etc/hosts
 "#
     };
 }
@@ -96,17 +98,17 @@ pub struct Rebind {
 }
 
 impl Rebind {
-    /// The command line (for a shell) that applies it: [`REBIND`] with the values as
-    /// quoted positional parameters.
+    /// The command line that applies it, for the login shell sshd runs it with (no
+    /// other shell started: each program costs the guest under TCG): the values set as
+    /// quoted positional parameters, then [`REBIND`].
     pub fn command(&self) -> String {
         use super::wrapper::quote;
         format!(
-            "/bin/sh -c {} fluid-rebind {} {} {} {}",
-            quote(REBIND),
+            "set -- {} {} {} {}\n{REBIND}",
             quote(&self.sandbox_id),
             quote(&self.hostname),
             self.now_unix,
-            quote(&self.user_ca_keys.join("\n"))
+            quote(&self.user_ca_keys.join("\n")),
         )
     }
 }
@@ -198,13 +200,13 @@ mod tests {
             ],
         };
         let cmd = r.command();
-        assert!(cmd.starts_with("/bin/sh -c '"), "{cmd}");
         assert!(
-            cmd.ends_with(
-                " fluid-rebind 'SBX-abcdefgh' 'web-1' 1700000000 'ssh-ed25519 AAAA ca'\\''1\nssh-ed25519 BBBB ca2'"
+            cmd.starts_with(
+                "set -- 'SBX-abcdefgh' 'web-1' 1700000000 'ssh-ed25519 AAAA ca'\\''1\nssh-ed25519 BBBB ca2'\nset -eu\n"
             ),
             "{cmd}"
         );
+        assert!(cmd.ends_with(REBIND), "{cmd}");
         // The script sets what the claim changes, and the clock.
         for what in [
             "sandbox_id",

@@ -72,8 +72,9 @@ pub fn build(exec: &Exec) -> String {
 pub fn build_in(exec: &Exec, run_dir: &str, systemd_dir: &str) -> String {
     let pid = quote(&pid_file(run_dir, &exec.command_id));
     let mut s = String::new();
+    // `test` is the shell's own: after the first command no program runs for this.
     s.push_str(&format!(
-        "mkdir -p -- {dir} || exit {EXIT_NO_RUN_DIR}\n",
+        "[ -d {dir} ] || mkdir -p -- {dir} || exit {EXIT_NO_RUN_DIR}\n",
         dir = quote(run_dir)
     ));
     s.push_str(&format!("f={pid}\n"));
