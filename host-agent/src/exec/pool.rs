@@ -277,12 +277,23 @@ impl SshPool {
     }
 
     /// Moves sandbox `old`'s connections to `new` (a warm pool member claimed by a
-    /// sandbox): they stay open and usable under the new id.
+    /// sandbox): they stay open and usable under the new id, and the connections made
+    /// from now on send keepalives again.
     pub fn rekey(&self, old: &SandboxId, new: &SandboxId) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = entries.remove(old) {
+            entry.quiet.store(false, Ordering::SeqCst);
             entries.insert(new.clone(), entry);
         }
+    }
+
+    /// True when sandbox `id`'s new connections send no keepalives.
+    pub fn is_quiet(&self, id: &SandboxId) -> bool {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .is_some_and(|e| e.quiet.load(Ordering::SeqCst))
     }
 
     /// Connections to sandbox `id` in the pool now.

@@ -271,9 +271,24 @@ impl<H: Hypervisor> Sandboxes<H> {
         }
     }
 
-    /// Members are restored from a ready template (unless templates are off): a
-    /// refill never cold-boots behind a template that is still being built.
+    /// Members fit in the host's memory, and are restored from a ready template (unless
+    /// templates are off): a refill never cold-boots behind a template that is still
+    /// being built.
     async fn ready_to_fill(&self, shape: &PoolShape) -> bool {
+        // Never past the host's memory: the controller counts members in the host's
+        // usage, and a refill must not take what it has promised to sandboxes.
+        match self.capacity().await {
+            Ok(c) if c.memory_mb_reserved + shape.memory_mb <= c.memory_mb_total => {}
+            Ok(c) => {
+                tracing::debug!(
+                    reserved = c.memory_mb_reserved,
+                    total = c.memory_mb_total,
+                    "no room for a warm pool member"
+                );
+                return false;
+            }
+            Err(_) => return false,
+        }
         if !self.templates.config.enabled {
             return true;
         }

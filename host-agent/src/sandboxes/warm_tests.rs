@@ -153,3 +153,40 @@ async fn a_paused_member_is_paused_and_resumes() {
         DomainState::Running
     );
 }
+
+#[tokio::test]
+async fn a_refill_never_takes_memory_the_host_does_not_have() {
+    let e = env_with(&format!("{POOL}\n[templates]\nenabled = false")).await;
+    assert!(e.s.ready_to_fill(&shape(1)).await, "1 GiB fits");
+    // The fake host has 64 GiB.
+    let huge = PoolShape {
+        memory_mb: 100_000,
+        ..shape(1)
+    };
+    assert!(!e.s.ready_to_fill(&huge).await, "100 GB does not");
+}
+
+#[tokio::test]
+async fn a_refill_waits_for_its_template_when_templates_are_on() {
+    let e = env_with(POOL).await;
+    assert!(
+        !e.s.ready_to_fill(&shape(1)).await,
+        "no template is ready: a member would cold-boot"
+    );
+}
+
+#[test]
+fn a_claimed_members_connections_move_and_its_new_ones_keep_alive() {
+    let pool =
+        crate::exec::pool::SshPool::new(crate::exec::AgentKey::generate("test").expect("key"), 4);
+    let (member, sandbox) = (id("SBX-aaaaaaaapool"), id("SBX-bbbbbbbb"));
+    pool.make_quiet(&member);
+    assert!(pool.is_quiet(&member));
+    pool.rekey(&member, &sandbox);
+    assert!(
+        !pool.is_quiet(&sandbox),
+        "the sandbox's new connections are quiet"
+    );
+    assert!(!pool.is_quiet(&member));
+    assert_eq!(pool.connections(&member), 0);
+}
