@@ -115,7 +115,10 @@ pub fn pooled(host: &HostRecord, p: &Placement) -> HostUsage {
 
 /// `usage` (the host's sandboxes) plus what its warm pool holds against `p`.
 pub fn usage_with_pool(host: &HostRecord, usage: HostUsage, p: &Placement) -> HostUsage {
-    let pool = pooled(host, p);
+    with_pool(usage, pooled(host, p))
+}
+
+fn with_pool(usage: HostUsage, pool: HostUsage) -> HostUsage {
     HostUsage {
         cpus: usage.cpus.saturating_add(pool.cpus),
         memory_mb: usage.memory_mb.saturating_add(pool.memory_mb),
@@ -140,24 +143,18 @@ pub fn reject_reason(
         return Some(format!("no image {:?}", p.image));
     }
     let pool = pooled(host, p);
-    check_room(
-        host,
-        usage_with_pool(host, usage, p),
-        p.cpus,
-        p.memory_mb,
-        ratio,
-    )
-    .map_err(|why| {
-        if pool == HostUsage::default() {
-            why
-        } else {
-            format!(
-                "{why} (the warm pool holds {} vCPUs, {} MiB)",
-                pool.cpus, pool.memory_mb
-            )
-        }
-    })
-    .err()
+    check_room(host, with_pool(usage, pool), p.cpus, p.memory_mb, ratio)
+        .map_err(|why| {
+            if pool == HostUsage::default() {
+                why
+            } else {
+                format!(
+                    "{why} (the warm pool holds {} vCPUs, {} MiB)",
+                    pool.cpus, pool.memory_mb
+                )
+            }
+        })
+        .err()
 }
 
 /// Hosts that can take `p`, best first (warm pool, free memory with the pool counted,

@@ -11,6 +11,7 @@
 use fluid_proto::model::Name;
 use serde::{Deserialize, Serialize};
 
+use super::templates::check_shape;
 use super::{ConfigError, invalid};
 
 /// Idle sandboxes of one image and shape kept ready.
@@ -44,18 +45,7 @@ impl RawPool {
     pub(super) fn validate(self, images: &[&Name]) -> Result<PoolConfig, ConfigError> {
         let shapes = self.shapes.unwrap_or_default();
         for (i, s) in shapes.iter().enumerate() {
-            if !images.contains(&&s.image) {
-                return Err(invalid(
-                    "pool.shapes",
-                    format!("image {} is not configured", s.image),
-                ));
-            }
-            if !(1..=256).contains(&s.cpus) || !(64..=1 << 20).contains(&s.memory_mb) {
-                return Err(invalid(
-                    "pool.shapes",
-                    "cpus must be 1-256 and memory_mb 64-1048576",
-                ));
-            }
+            check_shape("pool.shapes", images, &s.image, s.cpus, s.memory_mb)?;
             if s.size > 64 {
                 return Err(invalid("pool.shapes", "size must be 0-64"));
             }

@@ -75,6 +75,27 @@ pub(super) struct RawTemplates {
     build_timeout_secs: Option<u32>,
 }
 
+/// A shape's image is configured, its vCPUs 1-256 and its memory 64 MiB-1 TiB (the
+/// `[templates]` and `[pool]` tables' shapes).
+pub(super) fn check_shape(
+    field: &str,
+    images: &[&Name],
+    image: &Name,
+    cpus: u32,
+    memory_mb: u64,
+) -> Result<(), ConfigError> {
+    if !images.contains(&image) {
+        return Err(invalid(field, format!("image {image} is not configured")));
+    }
+    if !(1..=256).contains(&cpus) || !(64..=1 << 20).contains(&memory_mb) {
+        return Err(invalid(
+            field,
+            "cpus must be 1-256 and memory_mb 64-1048576",
+        ));
+    }
+    Ok(())
+}
+
 impl RawTemplates {
     /// Checks the table; `images` are the configured image names.
     pub(super) fn validate(self, images: &[&Name]) -> Result<TemplatesConfig, ConfigError> {
@@ -87,18 +108,7 @@ impl RawTemplates {
         };
         let shapes = self.shapes.unwrap_or_default();
         for s in &shapes {
-            if !images.contains(&&s.image) {
-                return Err(invalid(
-                    "templates.shapes",
-                    format!("image {} is not configured", s.image),
-                ));
-            }
-            if !(1..=256).contains(&s.cpus) || !(64..=1 << 20).contains(&s.memory_mb) {
-                return Err(invalid(
-                    "templates.shapes",
-                    "cpus must be 1-256 and memory_mb 64-1048576",
-                ));
-            }
+            check_shape("templates.shapes", images, &s.image, s.cpus, s.memory_mb)?;
         }
         let max = self.max.unwrap_or(d.max);
         if !(1..=64).contains(&max) {
