@@ -53,6 +53,15 @@ impl Service {
         }
     }
 
+    /// SIGKILL, and waits until the process is gone (its locks, ports and files are
+    /// free for the next start).
+    pub async fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
     /// SIGTERM, then SIGKILL after 10 s.
     pub async fn stop(&mut self) -> Result<()> {
         let Some(mut child) = self.child.take() else {

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use fluid_client::Client;
 use fluid_client::types::{CreateSandboxRequest, HostState, StartPath};
 use fluid_proto::pb;
@@ -229,7 +229,7 @@ async fn pooled_sandboxes_are_their_own_machines_and_a_killed_refill_leaves_noth
         .context("the member's domain has no MAC")?
         .to_owned();
     let state_dir = stack.agent("a")?.state_dir.clone();
-    stack.agent("a")?.service.kill_now();
+    stack.agent("a")?.service.kill().await?;
     println!("agent killed while {half_made} was being made");
     let overlays = state_dir.join("overlays");
     let has_overlay = |dir: &std::path::Path| -> bool {
@@ -242,7 +242,12 @@ async fn pooled_sandboxes_are_their_own_machines_and_a_killed_refill_leaves_noth
     };
     stack.agent("a")?.service.start()?;
     // The restarted agent answers once it has cleaned up (its gRPC service starts last).
-    wait_pool(&stack, "answered after the restart", |_| true).await?;
+    if let Err(e) = wait_pool(&stack, "answered after the restart", |_| true).await {
+        bail!(
+            "{e}; the agent's log:\n{}",
+            stack.agent("a")?.service.log_tail(40)
+        );
+    }
     ensure!(
         !virsh::domains()?.contains(&half_made),
         "{half_made} left after the agent restarted; the agent's log:\n{}",

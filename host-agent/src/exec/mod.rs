@@ -7,10 +7,10 @@
 //!   (a channel sshd refuses goes to another connection); host keys are trusted on first
 //!   use ([`hostkey`]).
 //! - the wrapper each command runs in, a guest script (`fluid_proto::guest::wrapper`:
-//!   literal env, user, workdir, its own transient systemd scope — cgroup — and process
-//!   group, for the timeout kill).
+//!   literal env, user, workdir, a cgroup of its own and its process group, for the
+//!   timeout kill).
 //! - [`run`]: one command on one channel: stdin, streamed output with per-stream caps,
-//!   timeout (the scope is SIGKILLed), exactly one exit event
+//!   timeout (the cgroup is SIGKILLed), exactly one exit event
 //!   (`fluid_proto::model::ExecEvent`) whose error names the cause.
 //! - [`shell`]: an interactive shell on a PTY on one channel (Attach): stdin, resizes,
 //!   terminal output, exactly one exit; closing the input hangs up.

@@ -9,9 +9,9 @@
 //! is drained and dropped.
 //!
 //! The timeout runs in its own task, so it fires even while the queue is full: it
-//! kills the command's scope (its cgroup: everything it started) over another channel
+//! kills the command's cgroup (everything it started) over another channel
 //! ([`wrapper::kill_script`]), which the pool opens wherever there is room. When the
-//! connection is lost before the command's end, the scope is killed the same way (best
+//! connection is lost before the command's end, the cgroup is killed the same way (best
 //! effort), so the command's fate is known. The exit's error names the cause: a
 //! timeout and what was killed, a lost connection, a refusal by sshd.
 
@@ -199,11 +199,11 @@ pub async fn start<G: Send + 'static>(
 /// What a kill did, in words.
 fn killed_words(k: Killed, command_id: &str) -> String {
     match k {
-        Killed::Scope => format!(
-            "killed its cgroup scope {} with everything it started",
-            wrapper::scope_unit(command_id)
+        Killed::Cgroup => format!(
+            "killed its cgroup {} with everything it started",
+            wrapper::cgroup_dir(wrapper::CGROUP_ROOT, command_id)
         ),
-        Killed::Group => "killed its process group (the guest runs no systemd)".to_owned(),
+        Killed::Group => "killed its process group (the guest has no cgroup v2)".to_owned(),
         Killed::Nothing => "nothing was left to kill".to_owned(),
     }
 }
@@ -245,7 +245,7 @@ async fn drive(
             tracing::info!(
                 command_id,
                 timeout_s = t.as_secs(),
-                "command timed out; killing its scope"
+                "command timed out; killing its cgroup"
             );
             let what = match kill(&reopen, &command_id).await {
                 Ok(k) => killed_words(k, &command_id),
@@ -362,7 +362,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Kills the command's scope (and process group) over another channel and waits for
+/// Kills the command's cgroup (and process group) over another channel and waits for
 /// that to end.
 async fn kill(reopen: &Reopen, command_id: &str) -> Result<Killed, String> {
     let attempt = async {

@@ -342,7 +342,7 @@ impl<H: Hypervisor> Sandboxes<H> {
 
     /// The member's first command, through the wrapper as a create's first command
     /// will be: it opens the connection, and under TCG it also runs the wrapper's
-    /// programs (the shell, `systemd-run` and the scope it asks systemd for) once in
+    /// programs (the shell, `mkdir`, `setsid` and `env`) once in
     /// this QEMU, which translates their code; the claimed sandbox's first command
     /// then costs what any later one does.
     async fn warm_up(&self, r: &SandboxRecord, certificate: &str) -> Result<(), ServiceError> {
@@ -361,8 +361,8 @@ impl<H: Hypervisor> Sandboxes<H> {
     }
 
     /// Runs `command` as root in sandbox `r` over the agent's connection, as it is
-    /// (no scope, no pid file: the wrapper's systemd-run alone costs a guest under
-    /// TCG most of a second); an error unless it exits 0 within `timeout`.
+    /// (no cgroup, no pid file: under TCG every program a guest runs costs it
+    /// time); an error unless it exits 0 within `timeout`.
     async fn in_guest(
         &self,
         r: &SandboxRecord,

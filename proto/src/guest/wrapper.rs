@@ -8,27 +8,32 @@
 //!
 //! 1. makes the pid directory (`/run/fluid/cmd`) and changes to the working directory
 //!    (the user's home by default);
-//! 2. on a guest run by systemd, puts the command in a transient scope of its own,
-//!    `fluid-cmd-<command_id>.scope` (`systemd-run --scope --collect`: the scope holds
-//!    the command's cgroup, so everything it starts — `setsid`, double forks, `nohup` —
-//!    stays in it; standard input, output and the exit status pass straight through,
-//!    since `systemd-run --scope` execs the command);
-//! 3. starts the command in a new session (`setsid`): a tiny `sh` writes its pid — the
-//!    new process group's id — to `/run/fluid/cmd/<command_id>.pid`, then `exec`s
-//!    `[runuser -u USER --] env -- 'NAME=value'… /bin/sh -c 'COMMAND'`;
-//! 4. removes the pid file when the command ends and exits with its status.
+//! 2. on a guest with a cgroup v2 hierarchy, moves itself into a cgroup of the
+//!    command's own, `/sys/fs/cgroup/fluid/<command_id>`, so everything the command
+//!    starts (`setsid`, double forks, `nohup`) stays in it. It writes the cgroup
+//!    files itself: a `systemd-run --scope` did the same through PID 1 over D-Bus,
+//!    and under TCG that alone cost most of a second per command;
+//! 3. starts the command in a new session (`setsid`): a tiny `sh` writes its pid (the
+//!    new process group's id) to `/run/fluid/cmd/<command_id>.pid`, then `exec`s
+//!    `[runuser -u USER --] env -- 'NAME=value'… /bin/sh -c 'COMMAND'`; standard
+//!    input, output and the exit status pass straight through;
+//! 4. when the command ends: removes the pid file, moves itself back to the cgroup it
+//!    came from and removes the command's cgroup (unless something the command
+//!    started still runs in it), and exits with the command's status.
 //!
 //! On a timeout the agent runs [`kill_script`] over another channel: it SIGKILLs the
-//! whole scope (`systemctl kill`), stops it, and also kills the process group (the only
-//! handle on a guest without systemd). A command that ends normally keeps what it left
-//! running in the background (a server it started, say).
+//! whole cgroup (`cgroup.kill`), also kills the process group (the only handle on a
+//! guest without cgroup v2), and removes the cgroup. A command that ends normally
+//! keeps what it left running in the background (a server it started, say).
 
 use crate::model::Exec;
 
 /// Where the pid files of running commands live in the guest.
 pub const RUN_DIR: &str = "/run/fluid/cmd";
-/// Present when the guest runs systemd (as `sd_booted()` checks).
-pub const SYSTEMD_DIR: &str = "/run/systemd/system";
+/// The root of the guest's cgroup v2 hierarchy.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The cgroup, under [`CGROUP_ROOT`], that holds the commands' own.
+pub const CGROUP_PARENT: &str = "fluid";
 
 /// Exit status of the wrapper when the pid directory cannot be made.
 pub const EXIT_NO_RUN_DIR: i32 = 125;
@@ -56,28 +61,36 @@ pub fn pid_file(run_dir: &str, command_id: &str) -> String {
     format!("{run_dir}/{command_id}.pid")
 }
 
-/// The transient scope a command runs in.
-pub fn scope_unit(command_id: &str) -> String {
-    format!("fluid-cmd-{command_id}.scope")
+/// The cgroup a command runs in, under the hierarchy rooted at `cgroup_root`.
+pub fn cgroup_dir(cgroup_root: &str, command_id: &str) -> String {
+    format!("{cgroup_root}/{CGROUP_PARENT}/{command_id}")
 }
 
-/// The wrapper script for `exec` (pid files under [`RUN_DIR`], a scope when
-/// [`SYSTEMD_DIR`] exists).
+/// The wrapper script for `exec` (pid files under [`RUN_DIR`], a cgroup under
+/// [`CGROUP_ROOT`] when the guest has a cgroup v2 hierarchy there).
 pub fn build(exec: &Exec) -> String {
-    build_in(exec, RUN_DIR, SYSTEMD_DIR)
+    build_in(exec, RUN_DIR, CGROUP_ROOT)
 }
 
-/// The wrapper script for `exec`, with pid files under `run_dir`, in a scope when
-/// the directory `systemd_dir` exists.
-pub fn build_in(exec: &Exec, run_dir: &str, systemd_dir: &str) -> String {
-    let pid = quote(&pid_file(run_dir, &exec.command_id));
+/// The wrapper script for `exec`, with pid files under `run_dir`, in a cgroup of its
+/// own when `cgroup_root` is the root of a cgroup v2 hierarchy.
+pub fn build_in(exec: &Exec, run_dir: &str, cgroup_root: &str) -> String {
     let mut s = String::new();
-    // `test` is the shell's own: after the first command no program runs for this.
+    // With cgroup v2 the command gets a cgroup of its own (the one program this
+    // costs is `mkdir`); without, a new session whose process group id goes to a pid
+    // file. `test` is the shell's own: after the first command the pid directory
+    // costs no program either.
     s.push_str(&format!(
-        "[ -d {dir} ] || mkdir -p -- {dir} || exit {EXIT_NO_RUN_DIR}\n",
-        dir = quote(run_dir)
+        "g={cg}\n\
+         if [ -f {root}/cgroup.controllers ] && mkdir -p -- \"$g\" 2>/dev/null; then\n  \
+         f=\n  set --\nelse\n  g=\n  f={pid}\n  \
+         [ -d {dir} ] || mkdir -p -- {dir} || exit {EXIT_NO_RUN_DIR}\n  \
+         set -- setsid -w\nfi\n",
+        cg = quote(&cgroup_dir(cgroup_root, &exec.command_id)),
+        root = quote(cgroup_root),
+        pid = quote(&pid_file(run_dir, &exec.command_id)),
+        dir = quote(run_dir),
     ));
-    s.push_str(&format!("f={pid}\n"));
     match (&exec.workdir, exec.user.as_str()) {
         (Some(dir), _) => s.push_str(&format!("cd -- {} || exit {EXIT_NO_WORKDIR}\n", quote(dir))),
         // sshd starts root's commands in root's home already.
@@ -85,33 +98,66 @@ pub fn build_in(exec: &Exec, run_dir: &str, systemd_dir: &str) -> String {
         // The user name was validated ([a-z_][a-z0-9_-]*), so `~name` is safe unquoted.
         (None, user) => s.push_str(&format!("cd ~{user} 2>/dev/null || cd /\n")),
     }
+    // The command's first process: it joins the cgroup or writes the pid file
+    // (`echo` and `export` are the shell's own), exports root's environment, then
+    // execs the command. The wrapper itself stays where sshd started it.
     s.push_str(&format!(
-        "set --\nif [ -d {sd} ] && command -v systemd-run >/dev/null 2>&1; then\n  \
-         set -- systemd-run --quiet --scope --collect --unit={unit} --\nfi\n",
-        sd = quote(systemd_dir),
-        unit = quote(&scope_unit(&exec.command_id)),
+        "\"$@\" /bin/sh -c {} sh \"$f\" \"$g\"",
+        quote(&inner())
     ));
-    s.push_str("\"$@\" setsid -w /bin/sh -c 'echo $$ >\"$0\" && exec \"$@\"' \"$f\"");
-    if exec.user != "root" {
-        s.push_str(&format!(" runuser -u {} --", quote(&exec.user)));
+    let (user, env) = if exec.user == "root" {
+        (String::new(), "")
+    } else {
+        (format!(" runuser -u {} --", quote(&exec.user)), " env --")
+    };
+    // Root's variables are exported by the first process; another user's are set
+    // after `runuser`, which would reset HOME, SHELL, USER and LOGNAME.
+    if env.is_empty() {
+        push_env(&mut s, exec);
     }
-    s.push_str(" env --");
+    s.push_str(" --");
+    s.push_str(&user);
+    s.push_str(env);
+    if !env.is_empty() {
+        push_env(&mut s, exec);
+    }
+    s.push_str(" /bin/sh -c ");
+    s.push_str(&quote(&exec.command));
+    // The command's cgroup goes once empty (not while something the command started
+    // still runs in it), in the background: the exit status need not wait for it.
+    s.push_str(
+        "\nrc=$?\n\
+         if [ -n \"$g\" ]; then rmdir -- \"$g\" </dev/null >/dev/null 2>&1 & else rm -f -- \"$f\"; fi\n\
+         exit $rc\n",
+    );
+    s
+}
+
+/// The first process of a command (`sh -c INNER sh PIDFILE CGROUP NAME=value… --
+/// COMMAND…`).
+fn inner() -> String {
+    format!(
+        "f=$1 g=$2; shift 2; \
+         {{ [ -z \"$g\" ] || echo $$ >\"$g/cgroup.procs\"; }} 2>/dev/null; \
+         [ -z \"$f\" ] || echo $$ >\"$f\" || exit {EXIT_NO_RUN_DIR}; \
+         while [ \"$1\" != -- ]; do export \"$1\"; shift; done; shift; exec \"$@\""
+    )
+}
+
+/// Appends the request's environment, each `NAME=value` one quoted word.
+fn push_env(s: &mut String, exec: &Exec) {
     for (name, value) in &exec.env {
         s.push(' ');
         s.push_str(&quote(&format!("{name}={value}")));
     }
-    s.push_str(" /bin/sh -c ");
-    s.push_str(&quote(&exec.command));
-    s.push_str("\nrc=$?\nrm -f -- \"$f\"\nexit $rc\n");
-    s
 }
 
 /// What [`kill_script`] prints: how the command was killed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Killed {
-    /// Its whole cgroup scope (everything it started).
-    Scope,
-    /// Its process group (a guest without systemd).
+    /// Its whole cgroup (everything it started).
+    Cgroup,
+    /// Its process group (a guest without cgroup v2).
     Group,
     /// Nothing was left to kill (it had just ended).
     Nothing,
@@ -120,7 +166,7 @@ pub enum Killed {
 impl Killed {
     pub fn parse(out: &str) -> Option<Self> {
         match out.trim() {
-            "scope" => Some(Self::Scope),
+            "cgroup" => Some(Self::Cgroup),
             "group" => Some(Self::Group),
             "none" => Some(Self::Nothing),
             _ => None,
@@ -128,24 +174,32 @@ impl Killed {
     }
 }
 
-/// SIGKILLs the command's scope (everything in its cgroup) and stops it, kills its
-/// process group too, removes its pid file, and prints `scope`, `group` or `none`.
+/// SIGKILLs the command's cgroup (everything in it: `cgroup.kill`, or each process
+/// where the kernel has no `cgroup.kill`), kills its process group too (its id read
+/// first: the wrapper removes the pid file as soon as the command's shell dies),
+/// waits (in the shell, no program) until the cgroup is empty, and removes it, removes its
+/// pid file and, once empty, its cgroup, and prints `cgroup`, `group` or `none`.
 pub fn kill_script(command_id: &str) -> String {
-    kill_script_in(command_id, RUN_DIR, SYSTEMD_DIR)
+    kill_script_in(command_id, RUN_DIR, CGROUP_ROOT)
 }
 
-/// [`kill_script`] with pid files under `run_dir` and systemd detected by `systemd_dir`.
-pub fn kill_script_in(command_id: &str, run_dir: &str, systemd_dir: &str) -> String {
+/// [`kill_script`] with pid files under `run_dir` and the cgroups under `cgroup_root`.
+pub fn kill_script_in(command_id: &str, run_dir: &str, cgroup_root: &str) -> String {
     format!(
-        "u={unit}\nf={pid}\nhow=none\n\
-         if [ -d {sd} ] && systemctl kill --signal=SIGKILL -- \"$u\" 2>/dev/null; then\n  \
-         how=scope\n  systemctl stop -- \"$u\" 2>/dev/null\nfi\n\
-         if [ -s \"$f\" ] && kill -s KILL -- -\"$(cat -- \"$f\")\" 2>/dev/null && [ \"$how\" = none ]; then\n  \
+        "g={cg}\nf={pid}\nhow=none\npg=\n\
+         [ -s \"$f\" ] && pg=$(cat -- \"$f\")\n\
+         if [ -f \"$g/cgroup.kill\" ] && echo 1 >\"$g/cgroup.kill\" 2>/dev/null; then\n  how=cgroup\n\
+         elif [ -f \"$g/cgroup.procs\" ]; then\n  \
+         for p in $(cat -- \"$g/cgroup.procs\"); do kill -s KILL \"$p\" 2>/dev/null; done\n  how=cgroup\nfi\n\
+         if [ -n \"$pg\" ] && kill -s KILL -- -\"$pg\" 2>/dev/null && [ \"$how\" = none ]; then\n  \
          how=group\nfi\n\
-         rm -f -- \"$f\"\necho \"$how\"\n",
-        unit = quote(&scope_unit(command_id)),
+         rm -f -- \"$f\"\n\
+         if [ \"$how\" = cgroup ]; then\n  n=0\n  \
+         while [ $n -lt 20000 ] && read -r k v <\"$g/cgroup.events\" 2>/dev/null && [ \"$v\" != 0 ]; do n=$((n + 1)); done\n  \
+         rmdir -- \"$g\" 2>/dev/null\nfi\n\
+         echo \"$how\"\n",
+        cg = quote(&cgroup_dir(cgroup_root, command_id)),
         pid = quote(&pid_file(run_dir, command_id)),
-        sd = quote(systemd_dir),
     )
 }
 
@@ -194,8 +248,8 @@ mod tests {
         )
     }
 
-    /// A directory that does not exist: the scripts take the no-systemd path.
-    const NO_SYSTEMD: &str = "/nonexistent/fluid-test-no-systemd";
+    /// A directory that does not exist: the scripts take the no-cgroup path.
+    const NO_CGROUP: &str = "/nonexistent/fluid-test-no-cgroup";
 
     const NASTY: &str = "a'b\"c $(id) `id` $HOME \\ ; | & \n next line '' \t*";
 
@@ -238,7 +292,7 @@ mod tests {
             ),
         ];
         e.workdir = Some(work.to_str().expect("utf-8").into());
-        let script = build_in(&e, run_dir, NO_SYSTEMD);
+        let script = build_in(&e, run_dir, NO_CGROUP);
         let (code, out, err) = run(&script, b"from stdin\n");
         assert_eq!(code, 7, "{script}\n{err}");
         assert_eq!(
@@ -262,7 +316,7 @@ mod tests {
             "ps -o pgid= -p $$ | tr -d ' '; cat {}",
             quote(&pid_file(&run_dir, "CMD-0123abcd"))
         ));
-        let (code, out, err) = run(&build_in(&e, &run_dir, NO_SYSTEMD), b"");
+        let (code, out, err) = run(&build_in(&e, &run_dir, NO_CGROUP), b"");
         assert_eq!(code, 0, "{err}");
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 2, "{out}");
@@ -274,7 +328,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let run_dir = tmp.path().to_str().expect("utf-8").to_owned();
         let e = exec("sleep 30 & sleep 30; echo not-killed");
-        let script = build_in(&e, &run_dir, NO_SYSTEMD);
+        let script = build_in(&e, &run_dir, NO_CGROUP);
         let child = Command::new("sh")
             .arg("-c")
             .arg(&script)
@@ -289,7 +343,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let pgid = std::fs::read_to_string(&pid).expect("pid file");
-        let (code, how, _) = run(&kill_script_in(&e.command_id, &run_dir, NO_SYSTEMD), b"");
+        let (code, how, _) = run(&kill_script_in(&e.command_id, &run_dir, NO_CGROUP), b"");
         assert_eq!(code, 0);
         assert_eq!(Killed::parse(&how), Some(Killed::Group), "{how}");
         let started = std::time::Instant::now();
@@ -310,67 +364,62 @@ mod tests {
         assert_eq!(left, "");
     }
 
+    /// A stand-in for a cgroup v2 root in `dir`: the wrapper takes the cgroup path,
+    /// and its "cgroup.procs" is a plain file that keeps the last pid written.
+    fn fake_cgroup_root(dir: &std::path::Path) -> String {
+        std::fs::write(dir.join("cgroup.controllers"), "cpu memory\n").expect("write");
+        dir.to_str().expect("utf-8").to_owned()
+    }
+
     #[test]
-    fn with_systemd_the_command_runs_through_a_transient_scope() {
-        use std::os::unix::fs::PermissionsExt as _;
+    fn with_cgroup_v2_the_command_joins_a_cgroup_of_its_own() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let bin = tmp.path().join("bin");
-        std::fs::create_dir(&bin).expect("mkdir");
-        // A stand-in for systemd-run: records its arguments, then execs the command
-        // after `--` (as `systemd-run --scope` does once the scope exists).
-        let fake = bin.join("systemd-run");
-        std::fs::write(
-            &fake,
-            "#!/bin/sh\nprintf '%s\\n' \"$@\" >\"$(dirname \"$0\")/args\"\n\
-             while [ \"$1\" != -- ]; do shift; done\nshift\nexec \"$@\"\n",
-        )
-        .expect("write");
-        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let root = fake_cgroup_root(tmp.path());
         let run_dir = tmp.path().join("run");
         let run_dir = run_dir.to_str().expect("utf-8");
-        let systemd_dir = tmp.path().to_str().expect("utf-8");
-        let script = build_in(
-            &exec("cat; echo out; echo err >&2; exit 5"),
-            run_dir,
-            systemd_dir,
-        );
-        let path = format!(
-            "{}:{}",
-            bin.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let mut child = Command::new("sh")
+        let script = build_in(&exec("cat; echo $$; echo err >&2; exit 5"), run_dir, &root);
+        let (code, out, err) = run(&script, b"in\n");
+        // Standard streams and the exit status pass straight through.
+        assert_eq!(code, 5, "{script}\n{err}");
+        assert_eq!(err, "err\n");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert_eq!(lines[0], "in");
+        // The command's own process (the shell that runs it) joined the cgroup.
+        let procs = std::fs::read_to_string(
+            std::path::Path::new(&cgroup_dir(&root, "CMD-0123abcd")).join("cgroup.procs"),
+        )
+        .expect("the command's cgroup was made and joined");
+        assert_eq!(procs.trim(), lines[1], "{script}");
+    }
+
+    #[test]
+    fn the_kill_script_kills_the_cgroup_and_the_group() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = fake_cgroup_root(tmp.path());
+        let run_dir = tmp.path().to_str().expect("utf-8").to_owned();
+        // The stand-in lists one process only: the command's own (`exec`).
+        let e = exec("exec sleep 30");
+        let child = Command::new("sh")
             .arg("-c")
-            .arg(&script)
-            .env("PATH", path)
-            .stdin(Stdio::piped())
+            .arg(build_in(&e, &run_dir, &root))
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .spawn()
             .expect("sh");
-        {
-            use std::io::Write as _;
-            let mut input = child.stdin.take().expect("stdin");
-            input.write_all(b"in\n").expect("stdin");
+        let procs = std::path::Path::new(&cgroup_dir(&root, &e.command_id)).join("cgroup.procs");
+        for _ in 0..100 {
+            if std::fs::read_to_string(&procs).is_ok_and(|s| s.ends_with('\n')) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        // The stand-in has no cgroup.kill: the script kills each process it lists.
+        let (code, how, _) = run(&kill_script_in(&e.command_id, &run_dir, &root), b"");
+        assert_eq!(code, 0);
+        assert_eq!(Killed::parse(&how), Some(Killed::Cgroup), "{how}");
         let out = child.wait_with_output().expect("wait");
-        // Standard streams and the exit status pass straight through the scope.
-        assert_eq!(out.status.code(), Some(5), "{script}");
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "in\nout\n");
-        assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
-        let args = std::fs::read_to_string(bin.join("args")).expect("systemd-run was used");
-        let args: Vec<&str> = args.lines().collect();
-        assert_eq!(
-            args[..6],
-            [
-                "--quiet",
-                "--scope",
-                "--collect",
-                "--unit=fluid-cmd-CMD-0123abcd.scope",
-                "--",
-                "setsid"
-            ]
-        );
+        assert_eq!(out.status.code(), Some(137));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "");
     }
 
     #[test]
@@ -390,20 +439,14 @@ mod tests {
         let k = kill_script("CMD-0123abcd");
         assert!(
             k.starts_with(
-                "u='fluid-cmd-CMD-0123abcd.scope'\nf='/run/fluid/cmd/CMD-0123abcd.pid'\n"
+                "g='/sys/fs/cgroup/fluid/CMD-0123abcd'\nf='/run/fluid/cmd/CMD-0123abcd.pid'\n"
             ),
             "{k}"
         );
-        assert!(
-            k.contains(
-                "if [ -d '/run/systemd/system' ] && systemctl kill --signal=SIGKILL -- \"$u\""
-            ),
-            "{k}"
-        );
-        assert!(k.contains("systemctl stop -- \"$u\""), "{k}");
+        assert!(k.contains("echo 1 >\"$g/cgroup.kill\""), "{k}");
         assert!(
             root.contains(
-                "systemd-run --quiet --scope --collect --unit='fluid-cmd-CMD-0123abcd.scope' --"
+                "g='/sys/fs/cgroup/fluid/CMD-0123abcd'\nif [ -f '/sys/fs/cgroup'/cgroup.controllers ]"
             ),
             "{root}"
         );
