@@ -127,10 +127,7 @@ pub async fn open(config: AgentConfig) -> anyhow::Result<Arc<Sandboxes<Libvirt>>
         .context("applying the sandbox network rules")?;
     network::watch::spawn(&sandboxes);
     sandboxes.start_templates().await;
-    sandboxes
-        .start_pool()
-        .await
-        .context("removing the warm pool an earlier agent left")?;
+    sandboxes.start_pool();
     Ok(sandboxes)
 }
 

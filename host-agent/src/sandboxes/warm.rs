@@ -21,8 +21,9 @@
 //! A member that fails any of this is destroyed and the create restores or boots as
 //! without a pool. Refill runs in one background task, a member at a time, only from a
 //! ready memory template (when templates are enabled). Members are never listed to
-//! the controller, and those an earlier agent left are destroyed at start (their
-//! pool CA died with it), so a crash mid-refill orphans nothing.
+//! the controller, and those an earlier agent left are destroyed at start, in the
+//! background before the first refill (their pool CA died with it), so a crash
+//! mid-refill orphans nothing.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -213,15 +214,22 @@ fn member_names() -> Result<(SandboxId, Name), ServiceError> {
 }
 
 impl<H: Hypervisor> Sandboxes<H> {
-    /// At start: destroys the members an earlier agent left (their CA is gone with
-    /// it), then keeps the configured shapes' pools filled in the background.
-    pub async fn start_pool(self: &Arc<Self>) -> Result<(), ServiceError> {
-        self.remove_members().await?;
-        if self.config.pool.shapes.iter().any(|s| s.size > 0) {
-            let s = Arc::clone(self);
-            tokio::spawn(async move { s.refill().await });
-        }
-        Ok(())
+    /// At start, in the background (the agent serves meanwhile: members are never
+    /// listed, and none can be claimed before one is made): destroys the members an
+    /// earlier agent left (their CA is gone with it), then keeps the configured shapes'
+    /// pools filled.
+    pub fn start_pool(self: &Arc<Self>) {
+        let s = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = s.remove_members().await {
+                tracing::warn!(
+                    "removing the warm pool an earlier agent left: {e} (the next start tries again)"
+                );
+            }
+            if s.config.pool.shapes.iter().any(|shape| shape.size > 0) {
+                s.refill().await;
+            }
+        });
     }
 
     /// Destroys every warm pool member on record (at start: an earlier agent's).

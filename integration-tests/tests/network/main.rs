@@ -2,9 +2,11 @@
 //! B, a simulated internet (a namespace of the test's own behind a veth, with an HTTP
 //! server on two ports and a DNS server), and the agent's nftables rules.
 //!
-//! One shared fixture (the stack, the internet, A and B booted once); each test is one
-//! scenario named after what it proves, and sets A's allow-list itself first, so the
-//! tests hold in any order.
+//! One shared fixture (the stack, the internet, A and B booted once, a warm pool of one
+//! on the agent); each test is one scenario named after what it proves, and sets A's
+//! allow-list itself first, so the tests hold in any order. Sandboxes start restored
+//! from the memory template or claimed from the pool; one test makes a pooled and a
+//! forked one and proves them sealed, and their egress their own.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -22,47 +24,7 @@ use reqwest::Method;
 use serde_json::json;
 
 /// Probes from inside a sandbox; prints `OK …` or `FAIL <why>`; exit 0 on success.
-const PROBE: &str = r#"#!/usr/bin/env python3
-import os, socket, struct, sys, time, urllib.request
-def csum(b):
-    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    s = (s >> 16) + (s & 0xffff); s += s >> 16
-    return ~s & 0xffff
-mode, args = sys.argv[1], sys.argv[2:]
-try:
-    if mode == "http":
-        body = urllib.request.urlopen(args[0], timeout=5).read().decode().strip()
-        print("OK", body)
-    elif mode == "tcp":
-        socket.create_connection((args[0], int(args[1])), timeout=5).close()
-        print("OK connected")
-    elif mode == "icmp":
-        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        s.settimeout(4)
-        hdr = struct.pack("!BBHHH", 8, 0, 0, 0x1234, 1) + b"fluid-probe!"
-        pkt = struct.pack("!BBHHH", 8, 0, csum(hdr), 0x1234, 1) + b"fluid-probe!"
-        s.sendto(pkt, (args[0], 0))
-        deadline = time.time() + 4
-        while True:
-            s.settimeout(max(0.1, deadline - time.time()))
-            data, addr = s.recvfrom(1500)
-            if addr[0] == args[0] and data[20] == 0:
-                print("OK echo reply"); break
-    elif mode == "udp":
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(4)
-        s.sendto(b"fluid-probe", (args[0], int(args[1])))
-        s.recvfrom(1500); print("OK udp reply")
-    elif mode == "udp-echo":
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", int(args[0])))
-        while True:
-            data, addr = s.recvfrom(1500); s.sendto(data, addr)
-    elif mode == "resolve":
-        print("OK", socket.gethostbyname(args[0]))
-    else:
-        print("FAIL unknown mode"); sys.exit(2)
-except Exception as e:
-    print("FAIL", type(e).__name__, e); sys.exit(1)
-"#;
+const PROBE: &str = include_str!("probe.py");
 
 async fn run(c: &Client, id: &str, cmd: &str) -> Result<(i32, String)> {
     guest::run(c, id, cmd, 60).await
@@ -169,7 +131,11 @@ async fn setup() -> Result<Net> {
     // loaded host.
     let mut stack = Stack::start_configured(
         StoreKind::Sqlite,
-        vec![AgentOptions::new("a").network(&format!("dns_upstream = {:?}", inet.dns))],
+        vec![
+            AgentOptions::new("a")
+                .network(&format!("dns_upstream = {:?}", inet.dns))
+                .warm_pool(1),
+        ],
         "wait_for_ip_timeout_secs = 300\n",
         "",
     )
@@ -638,3 +604,5 @@ fn destroying_a_sandbox_leaves_none_of_its_rules() -> Result<()> {
         Ok(())
     })
 }
+
+mod pooled_forked;
