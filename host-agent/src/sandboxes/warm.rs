@@ -68,6 +68,9 @@ struct ShapePool {
     filling: u32,
     hits: u64,
     misses: u64,
+    /// Not refilled before this: its last refill failed, or it could not start (no
+    /// ready template, no memory), and the other shapes get their turn meanwhile.
+    held_until: Option<tokio::time::Instant>,
 }
 
 /// The pool's state: the CA its members trust, and the members per shape.
@@ -105,6 +108,7 @@ impl WarmPool {
                         filling: 0,
                         hits: 0,
                         misses: 0,
+                        held_until: None,
                     })
                     .collect(),
             ),
@@ -161,14 +165,24 @@ impl WarmPool {
         SETTLE.checked_sub(last.elapsed()).filter(|d| !d.is_zero())
     }
 
-    /// The next shape short of members (marked as filling one more).
+    /// The next shape short of members and not held (marked as filling one more).
     fn next_to_fill(&self) -> Option<PoolShape> {
+        let now = tokio::time::Instant::now();
         let mut shapes = self.lock();
-        let p = shapes
-            .iter_mut()
-            .find(|p| p.ready.len() + (p.filling as usize) < p.shape.size as usize)?;
+        let p = shapes.iter_mut().find(|p| {
+            p.ready.len() + (p.filling as usize) < p.shape.size as usize
+                && p.held_until.is_none_or(|t| t <= now)
+        })?;
         p.filling += 1;
         Some(p.shape.clone())
+    }
+
+    /// `shape` is not refilled for `wait`: the next refill serves another shape.
+    fn hold(&self, shape: &PoolShape, wait: Duration) {
+        let mut shapes = self.lock();
+        if let Some(p) = shapes.iter_mut().find(|p| p.shape == *shape) {
+            p.held_until = Some(tokio::time::Instant::now() + wait);
+        }
     }
 
     /// A fill of `shape` ended, with its member when it succeeded.
@@ -243,7 +257,8 @@ impl<H: Hypervisor> Sandboxes<H> {
         Ok(())
     }
 
-    /// The refill loop: one member at a time, for the first shape short of members.
+    /// The refill loop: one member at a time, for the first shape short of members
+    /// that is not held; with none, it waits for a claim or looks again after a while.
     async fn refill(self: Arc<Self>) {
         loop {
             while let Some(wait) = self.warm.settle_left() {
@@ -258,10 +273,7 @@ impl<H: Hypervisor> Sandboxes<H> {
             };
             if !self.ready_to_fill(&shape).await {
                 self.warm.filled(&shape, None);
-                tokio::select! {
-                    () = self.warm.wake.notified() => {}
-                    () = tokio::time::sleep(IDLE_LOOK) => {}
-                }
+                self.warm.hold(&shape, IDLE_LOOK);
                 continue;
             }
             let started = tokio::time::Instant::now();
@@ -273,7 +285,7 @@ impl<H: Hypervisor> Sandboxes<H> {
                 Err(e) => {
                     tracing::warn!(image = %shape.image, cpus = shape.cpus, memory_mb = shape.memory_mb, "warm pool refill failed: {e}");
                     self.warm.filled(&shape, None);
-                    tokio::time::sleep(RETRY_AFTER).await;
+                    self.warm.hold(&shape, RETRY_AFTER);
                 }
             }
         }

@@ -56,6 +56,28 @@ fn ready_members_are_handed_out_once_and_counted() {
 }
 
 #[test]
+fn a_held_shape_lets_the_next_one_fill_until_its_hold_ends() {
+    let other = PoolShape {
+        cpus: 1,
+        memory_mb: 512,
+        ..shape(1)
+    };
+    let pool = WarmPool::new(&[shape(1), other.clone()]);
+    let first = pool.next_to_fill().expect("the first shape is short");
+    // It could not start (no template, say): held, the other shape comes next.
+    pool.filled(&first, None);
+    pool.hold(&first, Duration::from_secs(3600));
+    let next = pool.next_to_fill().expect("the other shape is short");
+    assert_eq!(next, other);
+    pool.filled(&next, None);
+    pool.hold(&next, Duration::from_secs(3600));
+    assert_eq!(pool.next_to_fill(), None, "both are held");
+    // A hold that has ended no longer counts.
+    pool.hold(&first, Duration::ZERO);
+    assert_eq!(pool.next_to_fill(), Some(first));
+}
+
+#[test]
 fn a_pool_certificate_opens_its_member_only_and_only_for_root() {
     let pool = WarmPool::new(&[shape(1)]);
     let key = crate::exec::AgentKey::generate("test").expect("key");
