@@ -85,16 +85,21 @@ impl Net {
 
     /// Sets A's allow-list as an operator (`[]`: sealed).
     async fn allow(&self, allow: serde_json::Value) -> Result<()> {
+        self.allow_for(&self.a, allow).await
+    }
+
+    /// Sets sandbox `id`'s allow-list as an operator (`[]`: sealed).
+    async fn allow_for(&self, id: &str, allow: serde_json::Value) -> Result<()> {
         let (s, v) = self
             .api
             .send(
                 &self.operator_token,
                 Method::PUT,
-                &format!("/v1/sandboxes/{}/network", self.a),
+                &format!("/v1/sandboxes/{id}/network"),
                 Some(json!({ "allow": allow })),
             )
             .await?;
-        ensure!(s == 200, "setting A's allow-list: {s} {v}");
+        ensure!(s == 200, "setting {id}'s allow-list: {s} {v}");
         Ok(())
     }
 

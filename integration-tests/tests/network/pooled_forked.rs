@@ -5,9 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use fluid_client::snapshots::ForkRequest;
-use fluid_client::types::{CreateSandboxRequest, StartPath};
+use fluid_client::types::{CreateSandboxRequest, CreateSandboxResponse, StartPath};
 use integration_tests::internet::HTTP_PORT;
-use reqwest::Method;
 use serde_json::json;
 
 use super::{Net, install_probe, nft, probe, ready, scenario, suffix};
@@ -35,6 +34,26 @@ async fn pool_ready(n: &Net) -> Result<()> {
     }
 }
 
+/// The id and address of sandbox `who` just `created`, which must have started by `path`.
+fn started_by(
+    who: &str,
+    created: &CreateSandboxResponse,
+    path: StartPath,
+) -> Result<(String, Ipv4Addr)> {
+    let id = created.sandbox.id.clone();
+    ensure!(
+        created.sandbox.start_path == Some(path),
+        "{who} {id} started by {:?}, not by {path:?}",
+        created.sandbox.start_path
+    );
+    let ip = created
+        .ip_address
+        .as_deref()
+        .with_context(|| format!("{who} has no IP"))?
+        .parse()?;
+    Ok((id, ip))
+}
+
 #[test]
 fn pooled_and_forked_sandboxes_are_sealed_and_their_egress_is_their_own() -> Result<()> {
     scenario(async |n| {
@@ -55,13 +74,7 @@ fn pooled_and_forked_sandboxes_are_sealed_and_their_egress_is_their_own() -> Res
                 ..Default::default()
             })
             .await?;
-        let p = created.sandbox.id.clone();
-        ensure!(
-            created.sandbox.start_path == Some(StartPath::Pool),
-            "P {p} started by {:?}, not from the pool",
-            created.sandbox.start_path
-        );
-        let p_ip: Ipv4Addr = created.ip_address.context("P has no IP")?.parse()?;
+        let (p, p_ip) = started_by("P", &created, StartPath::Pool)?;
         ready(admin, &p).await?;
         install_probe(admin, &p).await?;
         // F: a live fork of A (the probe comes with A's disk).
@@ -75,13 +88,7 @@ fn pooled_and_forked_sandboxes_are_sealed_and_their_egress_is_their_own() -> Res
                 },
             )
             .await?;
-        let f = forked.sandbox.id.clone();
-        ensure!(
-            forked.sandbox.start_path == Some(StartPath::Fork),
-            "F {f} started by {:?}, not by a fork",
-            forked.sandbox.start_path
-        );
-        let f_ip: Ipv4Addr = forked.ip_address.context("F has no IP")?.parse()?;
+        let (f, f_ip) = started_by("F", &forked, StartPath::Fork)?;
         ready(admin, &f).await?;
         println!("  P {p} {p_ip} (pool), F {f} {f_ip} (live fork of A)");
         ensure!(
@@ -141,16 +148,7 @@ fn pooled_and_forked_sandboxes_are_sealed_and_their_egress_is_their_own() -> Res
         let server_rule =
             json!([{"cidr": format!("{server}/32"), "protocol": "tcp", "port": HTTP_PORT}]);
         for (who, id, other, other_id) in [("P", &p, "F", &f), ("F", &f, "P", &p)] {
-            let (s, v) = n
-                .api
-                .send(
-                    &n.operator_token,
-                    Method::PUT,
-                    &format!("/v1/sandboxes/{id}/network"),
-                    Some(json!({ "allow": server_rule })),
-                )
-                .await?;
-            ensure!(s == 200, "setting {who}'s allow-list: {s} {v}");
+            n.allow_for(id, server_rule.clone()).await?;
             ensure!(
                 probe(
                     admin,
@@ -178,16 +176,7 @@ fn pooled_and_forked_sandboxes_are_sealed_and_their_egress_is_their_own() -> Res
                 )
                 .await?
             );
-            let (s, v) = n
-                .api
-                .send(
-                    &n.operator_token,
-                    Method::PUT,
-                    &format!("/v1/sandboxes/{id}/network"),
-                    Some(json!({ "allow": [] })),
-                )
-                .await?;
-            ensure!(s == 200, "sealing {who} again: {s} {v}");
+            n.allow_for(id, json!([])).await?;
             ensure!(
                 !probe(
                     admin,
