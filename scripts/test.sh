@@ -71,29 +71,49 @@ ip netns exec "$FLUID_NETNS" env PATH="$PATH" FLUID_TEST_IMAGE_DIR="$FLUID_GOLDE
   failed+=(unit)
 
 step "integration tests (real libvirt, TCG, inside $FLUID_NETNS)"
-# The test binaries of integration-tests as the workspace build made them, run one after
-# another as cargo would (`cargo test -p integration-tests` unifies the dependencies'
-# features for that one package and compiles much of the workspace again). They start
-# fluid-controller and fluid-agent from the same target dir.
+# The test binaries of integration-tests as the workspace build made them (`cargo test -p
+# integration-tests` unifies the dependencies' features for that one package and compiles
+# much of the workspace again). They start fluid-controller and fluid-agent from the same
+# target dir. Each binary's tests run one at a time; FLUID_TEST_LANES binaries (default
+# 2) run at once, each with its own stack, agents, address reservations, nftables tables
+# and simulated internet, as agents sharing a host do. Much of their time is spent
+# waiting on guests (boots, Ansible over SSH, probes that must time out), so two lanes
+# on two cores finish well before one. The longest binaries go first; a binary's output
+# is printed whole when it ends.
 cargo test --locked --workspace --no-run --message-format=json |
   jq -r 'select(.reason == "compiler-artifact" and .executable != null and .profile.test
     and (.package_id | test("/integration-tests#"))) | "\(.target.src_path)\t\(.executable)"' |
   sort >"$logs/integration-bins"
 [[ -s "$logs/integration-bins" ]] || failed+=(integration-bins)
+# Longest first (as measured on CI), then the rest in name order.
+longest=(review_loop network hostile lifecycle)
+ordered() {
+  local name
+  for name in "${longest[@]}"; do grep -P "/tests/$name(/main)?\.rs\t" "$logs/integration-bins" || true; done
+  grep -vP "/tests/($(IFS='|'; echo "${longest[*]}"))(/main)?\.rs\t" "$logs/integration-bins" || true
+}
+run_binary() {
+  local src=$1 bin=$2 log started=$SECONDS status=0
+  log=$(mktemp -p "$logs" bin.XXXX)
+  echo "     Running ${src#"$root"/integration-tests/} ($bin)" >"$log"
+  (cd integration-tests && ip netns exec "$FLUID_NETNS" env PATH="$PATH" "$bin" --test-threads=1 </dev/null) >>"$log" 2>&1 ||
+    status=$?
+  if ((status)); then echo "integration test binary failed: $bin" >>"$logs/integration-failed"; fi
+  echo "     ${src#"$root"/integration-tests/}: $((SECONDS - started)) s, exit $status" >>"$log"
+  flock "$logs/print.lock" cat "$log"
+}
+lanes=${FLUID_TEST_LANES:-2}
 (
-  cd integration-tests
   while IFS=$'\t' read -r src bin; do
-    echo "     Running ${src#"$root"/integration-tests/} ($bin)"
-    ip netns exec "$FLUID_NETNS" env PATH="$PATH" "$bin" --test-threads=1 </dev/null ||
-      echo "integration test binary failed: $bin" >>"$logs/integration-failed"
-  done <"$logs/integration-bins"
+    while (($(jobs -rp | wc -l) >= lanes)); do wait -n || true; done
+    run_binary "$src" "$bin" &
+  done < <(ordered)
+  wait
 ) 2>&1 | tee "$logs/integration.log"
 if [[ -s "$logs/integration-failed" ]]; then
   cat "$logs/integration-failed" >&2
   failed+=(integration)
 fi
-cd "$root"
-
 step "summary"
 ./scripts/lib/test-summary.sh "$logs/unit.log" "$logs/integration.log" || failed+=(summary)
 if ((${#failed[@]})); then
