@@ -131,6 +131,7 @@ pub struct Metrics {
     host_cpus_free: Family<HostLabels, Gauge>,
     host_memory: Family<HostLabels, Gauge>,
     host_memory_free: Family<HostLabels, Gauge>,
+    host_simulated: Family<HostLabels, Gauge>,
     pool_size: Family<PoolLabels, Gauge>,
     pool_ready: Family<PoolLabels, Gauge>,
     pool_filling: Family<PoolLabels, Gauge>,
@@ -168,6 +169,7 @@ impl Metrics {
             host_cpus_free: Family::default(),
             host_memory: Family::default(),
             host_memory_free: Family::default(),
+            host_simulated: Family::default(),
             pool_size: Family::default(),
             pool_ready: Family::default(),
             pool_filling: Family::default(),
@@ -213,6 +215,11 @@ impl Metrics {
             "host_memory_free_bytes",
             "Memory of a host not reserved by its live sandboxes (negative when over-committed)",
             m.host_memory_free.clone(),
+        );
+        r.register(
+            "host_simulated",
+            "1 for a simulated host (its agent's [simulated], control-plane scale tests), 0 for a real one",
+            m.host_simulated.clone(),
         );
         r.register(
             "pool_size",
@@ -357,6 +364,7 @@ impl Metrics {
             &self.host_cpus_free,
             &self.host_memory,
             &self.host_memory_free,
+            &self.host_simulated,
         ] {
             f.clear();
         }
@@ -392,6 +400,9 @@ impl Metrics {
             self.host_memory_free
                 .get_or_create(&l)
                 .set(h.memory_mb_free.saturating_mul(MIB));
+            self.host_simulated
+                .get_or_create(&l)
+                .set(i64::from(h.simulated));
             self.set_pools(h);
         }
         for kind in ApprovalKind::ALL {

@@ -294,6 +294,7 @@ mod tests {
             last_error: None,
             ssh_public_key: None,
             pools: vec![],
+            simulated: false,
         }
     }
 
@@ -487,6 +488,7 @@ mod tests {
                     agent_version: "t".into(),
                     ssh_public_key: None,
                     pools,
+                    simulated: false,
                     at: Utc::now(),
                 },
             )

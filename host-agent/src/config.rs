@@ -17,6 +17,7 @@ mod disk;
 mod exec;
 mod network;
 mod pool;
+mod simulated;
 mod templates;
 pub use disk::DiskConfig;
 use disk::RawDisk;
@@ -25,6 +26,8 @@ use exec::RawExec;
 use network::RawNetworkField;
 use pool::RawPool;
 pub use pool::{PoolConfig, PoolShape};
+use simulated::RawSimulated;
+pub use simulated::SimulatedConfig;
 use templates::RawTemplates;
 pub use templates::{TemplateShape, TemplatesConfig};
 
@@ -96,6 +99,9 @@ pub struct AgentConfig {
     pub templates: TemplatesConfig,
     /// `[pool]`: sandboxes restored ahead of time, handed out on create.
     pub pool: PoolConfig,
+    /// `[simulated]`: this process serves simulated hosts (scale tests), not sandboxes
+    /// on this machine. `None` (the default): a real host.
+    pub simulated: Option<SimulatedConfig>,
 }
 
 /// The default `metrics_listen`.
@@ -245,6 +251,8 @@ struct RawConfig {
     disk: RawDisk,
     templates: RawTemplates,
     pool: RawPool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    simulated: Option<RawSimulated>,
 }
 
 impl Default for RawConfig {
@@ -268,6 +276,7 @@ impl Default for RawConfig {
             disk: RawDisk::default(),
             templates: RawTemplates::default(),
             pool: RawPool::default(),
+            simulated: None,
         }
     }
 }
@@ -392,6 +401,13 @@ impl RawConfig {
         let names: Vec<&Name> = images.iter().map(ImageConfig::name).collect();
         let templates = self.templates.validate(&names)?;
         let pool = self.pool.validate(&names)?;
+        let simulated = self.simulated.map(RawSimulated::validate).transpose()?;
+        if simulated.is_some() && !pool.shapes.is_empty() {
+            return Err(invalid(
+                "simulated",
+                "simulated hosts keep no warm pool: remove [pool] shapes",
+            ));
+        }
         Ok(AgentConfig {
             host_name,
             listen: self.listen,
@@ -411,6 +427,7 @@ impl RawConfig {
             disk,
             templates,
             pool,
+            simulated,
         })
     }
 }

@@ -160,6 +160,7 @@ impl<H: Hypervisor> HostAgent for AgentService<H> {
                 .into_iter()
                 .map(pb::PoolStatus::from)
                 .collect(),
+            simulated: config.simulated.is_some(),
         }))
     }
 

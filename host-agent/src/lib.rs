@@ -10,6 +10,7 @@
 //! - [`hypervisor`]: the backend trait and its libvirt implementation.
 //! - [`network`]: sandbox isolation (nftables rules, egress allow-lists, DNS proxy).
 //! - [`images`], [`overlay`], [`state`]: images, overlay disks, the redb records.
+//! - [`simulated`]: simulated hosts (`[simulated]`) for control-plane scale tests.
 //! - [`metrics`]: Prometheus metrics on `metrics_listen`. Every gRPC call runs in a
 //!   server span that continues the controller's trace (`traceparent`), so with an
 //!   `otlp_endpoint` one trace follows a request down to the libvirt calls.
@@ -25,6 +26,7 @@ pub mod network;
 pub mod overlay;
 pub mod reconcile;
 pub mod sandboxes;
+pub mod simulated;
 pub mod state;
 pub mod templates;
 
@@ -101,19 +103,36 @@ async fn firewall(config: &AgentConfig, hv: &Libvirt) -> anyhow::Result<Firewall
 /// (`table bridge fluid-boot`), which the first apply deletes in its own transaction.
 /// An apply that fails fails the start.
 pub async fn open(config: AgentConfig) -> anyhow::Result<Arc<Sandboxes<Libvirt>>> {
-    overlay::ensure_dir(&config.state_dir).await?;
-    overlay::ensure_dir(&config.overlay_dir()).await?;
-    overlay::ensure_dir(&config.console_dir()).await?;
-    let store = StateStore::open(&config.db_path()).await?;
+    let store = open_state(&config).await?;
     let hv = Libvirt::connect(&config.libvirt_uri, config.host_name.as_str())
         .await
         .with_context(|| format!("connecting to libvirt at {}", config.libvirt_uri))?;
-    // The exec key lives in memory only: a restarted agent has a new one, and the
-    // controller reads it again from GetStatus.
-    let key = exec::AgentKey::generate(&format!("fluid-agent@{}", config.host_name))
-        .context("making the agent's SSH key")?;
+    let key = agent_key(&config)?;
     let firewall = Arc::new(firewall(&config, &hv).await?);
     let sandboxes = Arc::new(Sandboxes::new(config, Arc::new(hv), store, key, firewall));
+    start(sandboxes).await
+}
+
+/// The state directories and the redb records.
+async fn open_state(config: &AgentConfig) -> anyhow::Result<StateStore> {
+    overlay::ensure_dir(&config.state_dir).await?;
+    overlay::ensure_dir(&config.overlay_dir()).await?;
+    overlay::ensure_dir(&config.console_dir()).await?;
+    Ok(StateStore::open(&config.db_path()).await?)
+}
+
+/// The exec key, which lives in memory only: a restarted agent has a new one, and the
+/// controller reads it again from GetStatus.
+fn agent_key(config: &AgentConfig) -> anyhow::Result<exec::AgentKey> {
+    exec::AgentKey::generate(&format!("fluid-agent@{}", config.host_name))
+        .context("making the agent's SSH key")
+}
+
+/// Reconciles, clears what an interrupted diff left, applies the network rules and
+/// starts the background work (rules kept current, templates, the warm pool).
+async fn start<H: hypervisor::Hypervisor>(
+    sandboxes: Arc<Sandboxes<H>>,
+) -> anyhow::Result<Arc<Sandboxes<H>>> {
     reconcile::reconcile(&sandboxes)
         .await
         .context("reconciling local state with libvirt")?;
@@ -149,7 +168,11 @@ pub async fn build_templates(config: AgentConfig) -> anyhow::Result<Vec<String>>
 }
 
 /// Runs the agent until `shutdown` is cancelled. Sandboxes keep running when it exits.
+/// With `[simulated]`, serves that many simulated hosts instead ([`simulated::run`]).
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if config.simulated.is_some() {
+        return simulated::run(config, shutdown).await;
+    }
     let tls = config
         .tls
         .load()
@@ -164,13 +187,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     };
     let sandboxes = open(config).await?;
     if let Some(l) = metrics_listener {
-        tracing::info!(listen = %l.local_addr()?, "serving Prometheus metrics (GET /metrics)");
-        let (s, token) = (sandboxes.clone(), shutdown.child_token());
-        tokio::spawn(async move {
-            if let Err(e) = metrics::serve(l, s, token).await {
-                tracing::error!("{e:#}");
-            }
-        });
+        serve_metrics(l, sandboxes.clone(), &shutdown)?;
     }
     // The DNS proxy the rules send sandboxes' DNS to. Without it a sandbox cannot
     // resolve anything, so its failure stops the agent (to be restarted) rather than
@@ -190,20 +207,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         }
         None => tokio::spawn(std::future::pending::<anyhow::Result<()>>()),
     };
-    let service = HostAgentServer::with_interceptor(
-        grpc::AgentService::new(sandboxes.clone()),
-        require_controller,
-    );
     tracing::info!(%listen, host = %host_name, "serving the HostAgent gRPC service (mTLS)");
-    let server = tonic::transport::Server::builder()
-        .tls_config(tls)
-        .context("TLS configuration")?
-        .layer(fluid_telemetry::grpc::GrpcLayer::server(
-            fluid_proto::pb::host_agent_server::SERVICE_NAME,
-            Arc::new(metrics::GrpcRequests),
-        ))
-        .add_service(service)
-        .serve_with_shutdown(listen, shutdown.clone().cancelled_owned());
+    let server = serve_grpc(sandboxes, tls, listen, shutdown.clone())?;
     tokio::pin!(server);
     tokio::select! {
         served = &mut server => served.with_context(|| format!("serving on {listen}"))?,
@@ -220,4 +225,41 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     }
     tracing::info!("gRPC server stopped; sandboxes are left running (and sealed)");
     Ok(())
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown`.
+fn serve_metrics<H: hypervisor::Hypervisor>(
+    listener: tokio::net::TcpListener,
+    sandboxes: Arc<Sandboxes<H>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    tracing::info!(listen = %listener.local_addr()?, "serving Prometheus metrics (GET /metrics)");
+    let token = shutdown.child_token();
+    tokio::spawn(async move {
+        if let Err(e) = metrics::serve(listener, sandboxes, token).await {
+            tracing::error!("{e:#}");
+        }
+    });
+    Ok(())
+}
+
+/// The HostAgent gRPC service of `sandboxes` on `listen` (mTLS: only the controller's
+/// certificate is let in), until `shutdown`.
+fn serve_grpc<H: hypervisor::Hypervisor>(
+    sandboxes: Arc<Sandboxes<H>>,
+    tls: tonic::transport::ServerTlsConfig,
+    listen: std::net::SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>>> {
+    let service =
+        HostAgentServer::with_interceptor(grpc::AgentService::new(sandboxes), require_controller);
+    Ok(tonic::transport::Server::builder()
+        .tls_config(tls)
+        .context("TLS configuration")?
+        .layer(fluid_telemetry::grpc::GrpcLayer::server(
+            fluid_proto::pb::host_agent_server::SERVICE_NAME,
+            Arc::new(metrics::GrpcRequests),
+        ))
+        .add_service(service)
+        .serve_with_shutdown(listen, shutdown.cancelled_owned()))
 }

@@ -41,15 +41,73 @@ pub async fn ensure_dir(dir: &Path) -> Result<(), OverlayError> {
         .map_err(io(dir))
 }
 
+/// What writes the overlay files: qemu-img on a real host ([`QemuImg`]); a simulated
+/// host, whose domains never read a disk, writes placeholders ([`SimulatedImages`]).
+#[async_trait::async_trait]
+pub trait ImageTool: std::fmt::Debug + Send + Sync + 'static {
+    /// Runs `cmd` (a qemu-img command line) that writes `overlay`, then makes it 0644.
+    async fn run(
+        &self,
+        op: &'static str,
+        cmd: tokio::process::Command,
+        overlay: &Path,
+    ) -> Result<(), OverlayError>;
+}
+
+/// The real overlays: qemu-img.
+#[derive(Debug)]
+pub struct QemuImg;
+
+#[async_trait::async_trait]
+impl ImageTool for QemuImg {
+    async fn run(
+        &self,
+        op: &'static str,
+        cmd: tokio::process::Command,
+        overlay: &Path,
+    ) -> Result<(), OverlayError> {
+        run_qemu_img(op, cmd, overlay).await
+    }
+}
+
+/// A simulated host's overlays: a placeholder file each, where qemu-img would write one.
+#[derive(Debug)]
+pub struct SimulatedImages;
+
+#[async_trait::async_trait]
+impl ImageTool for SimulatedImages {
+    async fn run(
+        &self,
+        op: &'static str,
+        _cmd: tokio::process::Command,
+        overlay: &Path,
+    ) -> Result<(), OverlayError> {
+        let text = format!("simulated overlay ({op})\n");
+        tokio::fs::write(overlay, text).await.map_err(io(overlay))?;
+        tokio::fs::set_permissions(overlay, std::fs::Permissions::from_mode(0o644))
+            .await
+            .map_err(io(overlay))
+    }
+}
+
 /// The overlay directory.
 #[derive(Debug, Clone)]
 pub struct Overlays {
     dir: PathBuf,
+    tool: std::sync::Arc<dyn ImageTool>,
 }
 
 impl Overlays {
+    /// Overlays in `dir`, written by qemu-img.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self::with_tool(dir, std::sync::Arc::new(QemuImg))
+    }
+
+    pub fn with_tool(dir: impl Into<PathBuf>, tool: std::sync::Arc<dyn ImageTool>) -> Self {
+        Self {
+            dir: dir.into(),
+            tool,
+        }
     }
 
     pub async fn ensure_dir(&self) -> Result<(), OverlayError> {
@@ -69,7 +127,13 @@ impl Overlays {
         backing_format: &str,
     ) -> Result<PathBuf, OverlayError> {
         let overlay = self.path_for(id);
-        create_overlay(&overlay, backing, backing_format).await?;
+        remove_file(&overlay).await?;
+        self.run(
+            "create",
+            create_command(&overlay, backing, backing_format),
+            &overlay,
+        )
+        .await?;
         Ok(overlay)
     }
 
@@ -149,8 +213,17 @@ impl Overlays {
         cmd: tokio::process::Command,
         overlay: &Path,
     ) -> Result<(), OverlayError> {
-        run_qemu_img(op, cmd, overlay).await
+        self.tool.run(op, cmd, overlay).await
     }
+}
+
+/// The command line of `qemu-img create -f qcow2 -F <format> -b <backing> <overlay>`.
+fn create_command(overlay: &Path, backing: &Path, backing_format: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("qemu-img");
+    cmd.args(["create", "-q", "-f", "qcow2", "-F", backing_format, "-b"])
+        .arg(backing)
+        .arg(overlay);
+    cmd
 }
 
 /// `qemu-img create -f qcow2 -F <format> -b <backing> <overlay>` (0644). An existing
@@ -161,11 +234,12 @@ pub async fn create_overlay(
     backing_format: &str,
 ) -> Result<(), OverlayError> {
     remove_file(overlay).await?;
-    let mut cmd = tokio::process::Command::new("qemu-img");
-    cmd.args(["create", "-q", "-f", "qcow2", "-F", backing_format, "-b"])
-        .arg(backing)
-        .arg(overlay);
-    run_qemu_img("create", cmd, overlay).await
+    run_qemu_img(
+        "create",
+        create_command(overlay, backing, backing_format),
+        overlay,
+    )
+    .await
 }
 
 /// Runs one qemu-img command that writes `overlay`, then makes it 0644.

@@ -107,13 +107,13 @@ mod tests {
     use super::*;
     use crate::config::AgentConfig;
     use crate::hypervisor::DomainState;
-    use crate::hypervisor::fake::FakeHypervisor;
+    use crate::hypervisor::simulated::SimulatedHypervisor;
     use crate::state::{StateStore, test_record};
 
     async fn setup() -> (
         tempfile::TempDir,
-        Sandboxes<FakeHypervisor>,
-        Arc<FakeHypervisor>,
+        Sandboxes<SimulatedHypervisor>,
+        Arc<SimulatedHypervisor>,
     ) {
         let tmp = tempfile::tempdir().expect("tmp");
         let config = AgentConfig::from_toml(&format!(
@@ -122,7 +122,7 @@ mod tests {
         ))
         .expect("config");
         let store = StateStore::open(&config.db_path()).await.expect("store");
-        let hv = Arc::new(FakeHypervisor::new("kvm-1"));
+        let hv = Arc::new(SimulatedHypervisor::new("kvm-1"));
         let s = Sandboxes::new(
             config,
             hv.clone(),

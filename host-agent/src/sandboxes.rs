@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use crate::config::AgentConfig;
 use crate::error::ServiceError;
 use crate::exec::AgentKey;
+use crate::exec::backend::{ExecBackend, SshExec};
 use crate::exec::pool::SshPool;
 use crate::hypervisor::{
     DomainSpec, DomainState, Hypervisor, HypervisorError, Lease, OwnedDomain, random_mac,
@@ -63,8 +64,10 @@ pub struct Sandboxes<H> {
     pub(crate) config: AgentConfig,
     locks: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
     poll: Duration,
-    /// SSH connections to the sandboxes, for exec.
+    /// SSH connections to the sandboxes (exec, shells, the warm pool's members).
     pub(crate) ssh: Arc<SshPool>,
+    /// How commands reach the guests: over `ssh`, or simulated.
+    pub(crate) exec: Arc<dyn ExecBackend>,
     /// Per sandbox: its commands running at once (`exec.max_concurrent_per_sandbox`).
     pub(crate) exec_slots: Mutex<HashMap<SandboxId, Arc<tokio::sync::Semaphore>>>,
     /// The sandboxes' network rules.
@@ -106,11 +109,13 @@ impl<H: Hypervisor> Sandboxes<H> {
         let disk = config.disk;
         let (config_templates, state_dir) = (config.templates.clone(), config.state_dir.clone());
         let pool_shapes = config.pool.shapes.clone();
+        let ssh = Arc::new(SshPool::new(
+            key,
+            config.exec.channels_per_connection as usize,
+        ));
         Self {
-            ssh: Arc::new(SshPool::new(
-                key,
-                config.exec.channels_per_connection as usize,
-            )),
+            exec: Arc::new(SshExec(ssh.clone())),
+            ssh,
             exec_slots: Mutex::new(HashMap::new()),
             firewall,
             hv,
@@ -125,6 +130,18 @@ impl<H: Hypervisor> Sandboxes<H> {
             templates: Arc::new(Templates::new(config_templates, &state_dir)),
             warm: warm::WarmPool::new(&pool_shapes),
         }
+    }
+
+    /// The service with commands answered by `exec` instead of SSH (a simulated host).
+    pub fn with_exec_backend(mut self, exec: Arc<dyn ExecBackend>) -> Self {
+        self.exec = exec;
+        self
+    }
+
+    /// The service with overlays written by `tool` instead of qemu-img (a simulated host).
+    pub fn with_image_tool(mut self, tool: Arc<dyn overlay::ImageTool>) -> Self {
+        self.overlays = Overlays::with_tool(self.config.overlay_dir(), tool);
+        self
     }
 
     #[cfg(test)]
@@ -644,6 +661,7 @@ impl<H: Hypervisor> Sandboxes<H> {
             .collect();
         let existed = record.is_some() || !domains.is_empty();
         self.ssh.forget(id);
+        self.exec.forget(id);
         self.forget_exec_slots(id);
         for d in &domains {
             remove_domain(self.hv.as_ref(), &d.uuid).await?;

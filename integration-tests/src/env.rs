@@ -21,29 +21,7 @@ pub struct TestEnv {
 impl TestEnv {
     /// Reads the environment; fails with what is missing.
     pub fn load() -> Result<Self> {
-        let bin_dir = match std::env::var_os("FLUID_BIN_DIR") {
-            Some(d) => PathBuf::from(d),
-            // A test runs from target/debug/deps/, a bench binary from target/debug/.
-            None => {
-                let exe = std::env::current_exe()?;
-                let dir = exe.parent().context("cannot locate the target directory")?;
-                if dir.join("fluid-controller").exists() {
-                    dir.to_owned()
-                } else {
-                    dir.parent()
-                        .map(PathBuf::from)
-                        .context("cannot locate the target directory")?
-                }
-            }
-        };
-        for bin in ["fluid-controller", "fluid-agent"] {
-            if !bin_dir.join(bin).exists() {
-                bail!(
-                    "{} is missing: run `cargo build --workspace` (or scripts/test.sh)",
-                    bin_dir.join(bin).display()
-                );
-            }
-        }
+        let bin_dir = bin_dir()?;
         let image_dir =
             PathBuf::from(std::env::var_os("FLUID_GOLDEN_IMAGE_DIR").context(
                 "FLUID_GOLDEN_IMAGE_DIR is unset: run these tests through scripts/test.sh",
@@ -61,6 +39,35 @@ impl TestEnv {
             apt_mirror_dir: std::env::var_os("FLUID_APT_MIRROR_DIR").map(PathBuf::from),
         })
     }
+}
+
+/// The directory of `fluid-controller` and `fluid-agent`: `FLUID_BIN_DIR`, or the
+/// target directory this test or bench binary was built in.
+pub fn bin_dir() -> Result<PathBuf> {
+    let bin_dir = match std::env::var_os("FLUID_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        // A test runs from target/debug/deps/, a bench binary from target/debug/.
+        None => {
+            let exe = std::env::current_exe()?;
+            let dir = exe.parent().context("cannot locate the target directory")?;
+            if dir.join("fluid-controller").exists() {
+                dir.to_owned()
+            } else {
+                dir.parent()
+                    .map(PathBuf::from)
+                    .context("cannot locate the target directory")?
+            }
+        }
+    };
+    for bin in ["fluid-controller", "fluid-agent"] {
+        if !bin_dir.join(bin).exists() {
+            bail!(
+                "{} is missing: run `cargo build --workspace` (or scripts/test.sh)",
+                bin_dir.join(bin).display()
+            );
+        }
+    }
+    Ok(bin_dir)
 }
 
 fn nix_is_root() -> bool {

@@ -9,10 +9,12 @@
 pub mod api;
 pub mod bench;
 pub mod env;
+pub mod fleet;
 pub mod guest;
 pub mod internet;
 pub mod pki;
 pub mod process;
+pub mod setup;
 pub mod stack;
 pub mod virsh;
 

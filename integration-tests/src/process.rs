@@ -13,6 +13,8 @@ pub struct Service {
     program: PathBuf,
     args: Vec<String>,
     log: PathBuf,
+    /// `RUST_LOG` (default `info`).
+    log_level: String,
     child: Option<Child>,
 }
 
@@ -23,8 +25,15 @@ impl Service {
             program: program.to_owned(),
             args: args.iter().map(|s| s.to_string()).collect(),
             log: log_dir.join(format!("{name}.log")),
+            log_level: "info".into(),
             child: None,
         }
+    }
+
+    /// The service logs at `level` (`RUST_LOG`), e.g. `warn` under load.
+    pub fn log_level(mut self, level: &str) -> Self {
+        self.log_level = level.to_owned();
+        self
     }
 
     pub fn start(&mut self) -> Result<()> {
@@ -35,7 +44,7 @@ impl Service {
             .with_context(|| format!("opening {}", self.log.display()))?;
         let child = Command::new(&self.program)
             .args(&self.args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", &self.log_level)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

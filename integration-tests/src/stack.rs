@@ -16,6 +16,9 @@ use tonic::transport::Channel;
 use crate::env::TestEnv;
 use crate::pki::Pki;
 use crate::process::Service;
+use crate::setup::{
+    create_database, drop_database, quote, quote_path, random_suffix, tls_toml, token_create,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {
@@ -144,9 +147,17 @@ const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
 /// starting at a place that depends on the process id, so test binaries that run one
 /// after another do not reuse each other's ports while a service may still hold one.
 pub fn free_port() -> Result<u16> {
+    free_ports(1)
+}
+
+/// The first of `n` consecutive TCP ports free on 127.0.0.1 right now, none handed out
+/// before by this process ([`free_port`]'s rules, for a run of ports: simulated hosts
+/// listen on consecutive ones).
+pub fn free_ports(n: u16) -> Result<u16> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
     let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let n32 = u32::from(n.max(1));
     let _ = NEXT.compare_exchange(
         u32::MAX,
         std::process::id().wrapping_mul(7919) % span,
@@ -154,38 +165,16 @@ pub fn free_port() -> Result<u16> {
         Ordering::SeqCst,
     );
     for _ in 0..span {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst) % span;
-        let port = TEST_PORTS.start + u16::try_from(n)?;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
+        let first = NEXT.fetch_add(n32, Ordering::SeqCst) % span;
+        if first + n32 > span {
+            continue;
+        }
+        let first = TEST_PORTS.start + u16::try_from(first)?;
+        if (0..n.max(1)).all(|i| TcpListener::bind(("127.0.0.1", first + i)).is_ok()) {
+            return Ok(first);
         }
     }
-    bail!("no free TCP port on 127.0.0.1 in {TEST_PORTS:?}")
-}
-
-fn quote(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
-}
-
-fn quote_path(p: &Path) -> String {
-    quote(&p.to_string_lossy())
-}
-
-fn tls_toml(tls: &TlsFiles) -> String {
-    format!(
-        "[tls]\nca_cert = {}\ncert = {}\nkey = {}\n",
-        quote_path(&tls.ca_cert),
-        quote_path(&tls.cert),
-        quote_path(&tls.key)
-    )
-}
-
-fn random_suffix() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{:06x}", (nanos ^ std::process::id()) & 0xff_ffff)
+    bail!("no {n} free TCP ports in a row on 127.0.0.1 in {TEST_PORTS:?}")
 }
 
 impl Stack {
@@ -376,28 +365,13 @@ impl Stack {
     /// Creates an API token with `fluid-controller token create` (as an operator
     /// would, on the controller's database) and returns its secret.
     pub fn token_cli(&self, name: &str, role: &str, agent_id: Option<&str>) -> Result<String> {
-        let config = self.controller_config.to_string_lossy().into_owned();
-        let mut args = vec![
-            "token", "create", "--config", &config, "--role", role, "--name", name,
-        ];
-        if let Some(a) = agent_id {
-            args.extend(["--agent-id", a]);
-        }
-        let out = std::process::Command::new(self.env.bin_dir.join("fluid-controller"))
-            .args(&args)
-            .output()
-            .context("running fluid-controller token create")?;
-        if !out.status.success() {
-            bail!(
-                "fluid-controller token create: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let secret = String::from_utf8(out.stdout)?.trim().to_owned();
-        if !secret.starts_with("fluid_") || secret.contains('\n') {
-            bail!("fluid-controller token create printed {secret:?}");
-        }
-        Ok(secret)
+        token_create(
+            &self.env.bin_dir,
+            &self.controller_config,
+            name,
+            role,
+            agent_id,
+        )
     }
 
     /// A REST client that sends `token`.
@@ -407,20 +381,9 @@ impl Stack {
 
     /// A fresh PostgreSQL database for this stack.
     fn create_database(&mut self) -> Result<String> {
-        let base = self
-            .env
-            .database_url
-            .clone()
-            .context("FLUID_TEST_DATABASE_URL is unset: the PostgreSQL runs need it (scripts/test.sh sets it)")?;
-        let db = format!("fluid_{}", self.prefix);
-        let out = std::process::Command::new("su")
-            .args(["postgres", "-c", &format!("createdb -O root {db}")])
-            .output()?;
-        if !out.status.success() {
-            bail!("createdb {db}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        self.database = Some(db.clone());
-        Ok(base.replace("/fluid_test", &format!("/{db}")))
+        let (db, url) = create_database(self.env.database_url.as_deref(), &self.prefix)?;
+        self.database = Some(db);
+        Ok(url)
     }
 
     pub async fn wait_healthy(&mut self) -> Result<()> {
@@ -577,9 +540,7 @@ impl Drop for Stack {
             }
         }
         if let Some(db) = &self.database {
-            let _ = std::process::Command::new("su")
-                .args(["postgres", "-c", &format!("dropdb --force {db}")])
-                .output();
+            drop_database(db);
         }
     }
 }

@@ -472,6 +472,8 @@ pub struct HostStatus {
     pub images: Vec<String>,
     /// The warm pool, per image and shape.
     pub pools: Vec<PoolStatus>,
+    /// A simulated host (scale tests): its sandboxes exist only in its agent's memory.
+    pub simulated: bool,
 }
 
 /// One image and shape of a host's warm pool (see the proto's `PoolStatus`).
@@ -550,6 +552,7 @@ impl TryFrom<pb::HostStatus> for HostStatus {
                 .into_iter()
                 .map(PoolStatus::try_from)
                 .collect::<Result<_, _>>()?,
+            simulated: s.simulated,
         })
     }
 }

@@ -307,6 +307,11 @@ pub struct Host {
     /// they hold.
     #[serde(default)]
     pub pools: Vec<HostPool>,
+    /// *new*: a simulated host (its agent's `[simulated]`, for control-plane scale
+    /// tests): its sandboxes exist only in that agent's memory. False for every real
+    /// host.
+    #[serde(default)]
+    pub simulated: bool,
 }
 
 /// *new*: one image and shape of a host's warm pool: sandboxes the agent restores

@@ -194,7 +194,11 @@ pub fn host_table(hosts: &[Host], now: DateTime<Utc>) -> String {
             vec![
                 h.name.clone(),
                 h.address.clone(),
-                host_state(h.state).to_owned(),
+                if h.simulated {
+                    format!("{} (simulated)", host_state(h.state))
+                } else {
+                    host_state(h.state).to_owned()
+                },
                 format!("{}/{}", h.cpus_free, h.cpus_total),
                 format!("{}/{}", h.memory_mb_free, h.memory_mb_total),
                 h.sandboxes.to_string(),
@@ -374,6 +378,7 @@ mod tests {
             agent_version: None,
             last_error: None,
             pools: vec![],
+            simulated: false,
         }
     }
 

@@ -170,6 +170,7 @@ mod tests {
             agent_version: version.map(str::to_owned),
             last_error: None,
             pools: vec![],
+            simulated: false,
         }
     }
 

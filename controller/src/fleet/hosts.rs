@@ -75,6 +75,7 @@ impl HostService {
             agent_version: h.agent_version,
             last_error: h.last_error,
             pools: h.pools.into_iter().map(pool_to_api).collect(),
+            simulated: h.simulated,
         }
     }
 
@@ -232,6 +233,7 @@ impl HostService {
                             agent_version: status.agent_version,
                             ssh_public_key,
                             pools: status.pools,
+                            simulated: status.simulated,
                             at: Utc::now(),
                         },
                     )

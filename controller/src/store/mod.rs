@@ -136,6 +136,8 @@ pub struct HostRecord {
     /// `pools`, JSON; empty: none). Its members are not sandboxes: [`HostUsage`] leaves
     /// them out and the scheduler adds them.
     pub pools: Vec<PoolStatus>,
+    /// A simulated host (its agent's `[simulated]`), from its last heartbeat.
+    pub simulated: bool,
 }
 
 /// Resources promised to a host's live sandboxes.
@@ -190,6 +192,8 @@ pub struct Beat {
     pub ssh_public_key: Option<String>,
     /// The warm pool the agent reported (empty: none).
     pub pools: Vec<PoolStatus>,
+    /// The agent serves a simulated host.
+    pub simulated: bool,
     pub at: DateTime<Utc>,
 }
 

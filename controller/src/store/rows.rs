@@ -16,7 +16,7 @@ pub(super) const UPSERT_HOST: &str = "INSERT INTO hosts (name, address, state, c
 macro_rules! host_columns {
     () => {
         "name, address, state, cpus_total, memory_mb_total, images, agent_version, last_seen, \
-         missed_beats, last_error, ssh_public_key, pools"
+         missed_beats, last_error, ssh_public_key, pools, simulated"
     };
 }
 
@@ -39,7 +39,7 @@ pub(super) const HOST_BY_NAME_FOR_UPDATE: &str = concat!(
 );
 
 pub(super) const RECORD_BEAT: &str = "UPDATE hosts SET state = 'ONLINE', cpus_total = $2, memory_mb_total = $3, images = $4, \
-     agent_version = $5, last_seen = $6, missed_beats = 0, last_error = NULL, ssh_public_key = $7, pools = $8 WHERE name = $1";
+     agent_version = $5, last_seen = $6, missed_beats = 0, last_error = NULL, ssh_public_key = $7, pools = $8, simulated = $9 WHERE name = $1";
 
 pub(super) const MISSED_BEAT: &str = "UPDATE hosts SET missed_beats = missed_beats + 1, last_error = $2, \
      state = CASE WHEN missed_beats + 1 >= $3 THEN 'OFFLINE' ELSE state END WHERE name = $1";
@@ -121,6 +121,7 @@ pub(super) struct HostRow {
     ssh_public_key: Option<String>,
     /// JSON array of [`PoolStatus`]; NULL: no pool.
     pools: Option<String>,
+    simulated: bool,
 }
 
 /// The `pools` column of a beat: NULL when the host has no pool.
@@ -173,6 +174,7 @@ impl TryFrom<HostRow> for HostRecord {
             last_error: r.last_error,
             ssh_public_key: r.ssh_public_key,
             pools,
+            simulated: r.simulated,
         })
     }
 }

@@ -99,6 +99,7 @@ where
             .bind(beat.at)
             .bind(&beat.ssh_public_key)
             .bind(rows::pools_json(&beat.pools))
+            .bind(beat.simulated)
             .execute(self.pool())
             .await?;
         Ok(())

@@ -114,6 +114,7 @@ pub(crate) async fn beat(store: &dyn Store, name: &str, cpus: u32, mem: u64, ima
                 agent_version: "0.1.0".into(),
                 ssh_public_key: None,
                 pools: vec![],
+                simulated: false,
                 at: Utc::now(),
             },
         )
@@ -572,6 +573,7 @@ async fn commands_and_certificates(store: Arc<dyn Store>) {
                 agent_version: "0.1.0".into(),
                 ssh_public_key: Some("ssh-ed25519 AAAAkey agent".into()),
                 pools: vec![],
+                simulated: false,
                 at: Utc::now(),
             },
         )

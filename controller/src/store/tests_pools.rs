@@ -1,6 +1,7 @@
-//! Hosts' warm pool reports (column `pools`), run against SQLite and PostgreSQL like
-//! [`super::tests`]: what a beat stores is what the host reads back, and a value the
-//! store cannot read is no pool rather than an error.
+//! What heartbeats report beside capacity, run against SQLite and PostgreSQL like
+//! [`super::tests`]: the warm pool (column `pools`: what a beat stores is what the host
+//! reads back, and a value the store cannot read is no pool rather than an error) and
+//! whether the host is simulated.
 
 use std::sync::Arc;
 
@@ -10,7 +11,11 @@ use fluid_proto::model::PoolStatus;
 use super::tests_trust::{Raw, both};
 use super::*;
 
-both!(pools_round_trip, unreadable_pools_read_as_none);
+both!(
+    pools_round_trip,
+    unreadable_pools_read_as_none,
+    a_simulated_host_is_read_back_as_one
+);
 
 fn beat_with(pools: Vec<PoolStatus>) -> Beat {
     Beat {
@@ -20,6 +25,7 @@ fn beat_with(pools: Vec<PoolStatus>) -> Beat {
         agent_version: "0.1.0".into(),
         ssh_public_key: None,
         pools,
+        simulated: false,
         at: Utc::now(),
     }
 }
@@ -64,6 +70,24 @@ async fn pools_round_trip(store: Arc<dyn Store>, _raw: &Raw) {
     s.record_beat("h1", &beat_with(vec![])).await.expect("beat");
     assert!(get(s).await.pools.is_empty());
     assert!(s.list_hosts().await.expect("list")[0].pools.is_empty());
+}
+
+async fn a_simulated_host_is_read_back_as_one(store: Arc<dyn Store>, _raw: &Raw) {
+    let s = &*store;
+    s.upsert_host("h1", "h1:7443").await.expect("host");
+    assert!(
+        !get(s).await.simulated,
+        "a host is real until a beat says otherwise"
+    );
+    let simulated = Beat {
+        simulated: true,
+        ..beat_with(vec![])
+    };
+    s.record_beat("h1", &simulated).await.expect("beat");
+    assert!(get(s).await.simulated);
+    assert!(s.list_hosts().await.expect("list")[0].simulated);
+    s.record_beat("h1", &beat_with(vec![])).await.expect("beat");
+    assert!(!get(s).await.simulated, "each beat says it again");
 }
 
 async fn unreadable_pools_read_as_none(store: Arc<dyn Store>, raw: &Raw) {

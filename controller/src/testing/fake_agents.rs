@@ -350,6 +350,7 @@ impl AgentConnector for FakeAgents {
             sandboxes: 0,
             images: self.images.clone(),
             pools: self.pools.lock().map(|p| p.clone()).unwrap_or_default(),
+            simulated: false,
         };
         Ok(AgentStatus {
             status,

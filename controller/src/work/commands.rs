@@ -515,6 +515,7 @@ impl CommandService {
             agent_version: status.status.agent_version,
             ssh_public_key: status.ssh_public_key,
             pools: status.status.pools,
+            simulated: status.status.simulated,
             at: Utc::now(),
         };
         if let Err(e) = self.store.record_beat(&target.name, &beat).await {

@@ -1,5 +1,7 @@
 //! Running commands in sandboxes over SSH.
 //!
+//! - [`backend`]: how a command reaches a guest ([`backend::ExecBackend`]): over SSH on
+//!   a real host, in memory on a simulated one ([`simulated`]).
 //! - [`AgentKey`]: the agent's ed25519 key, made at start and kept in memory only; the
 //!   controller signs short-lived OpenSSH certificates for it (principal `root`), which
 //!   arrive with each Exec and are used when a connection must be (re)made.
@@ -15,10 +17,12 @@
 //! - [`shell`]: an interactive shell on a PTY on one channel (Attach): stdin, resizes,
 //!   terminal output, exactly one exit; closing the input hangs up.
 
+pub mod backend;
 pub mod hostkey;
 pub mod pool;
 pub mod run;
 pub mod shell;
+pub mod simulated;
 
 use std::sync::Arc;
 

@@ -284,5 +284,4 @@ pub fn random_mac() -> String {
     format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
 }
 
-#[cfg(test)]
-pub mod fake;
+pub mod simulated;

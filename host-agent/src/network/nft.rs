@@ -16,6 +16,8 @@ use nftables::schema::Nftables;
 use nftables::types::NfFamily;
 use tokio::io::AsyncWriteExt as _;
 
+pub mod simulated;
+
 /// How long one `nft` run may take.
 const NFT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -38,7 +40,8 @@ pub enum NftError {
     Output(String),
 }
 
-/// Where batches go. The product uses [`NftCommand`]; unit tests a recording fake.
+/// Where batches go: the kernel ([`NftCommand`]), or on simulated hosts and in unit
+/// tests an in-memory stand-in ([`simulated::SimulatedNft`]).
 #[async_trait]
 pub trait NftBackend: Send + Sync + 'static {
     /// Applies `batch` as one transaction: all of it or nothing.
@@ -179,120 +182,6 @@ impl NftBackend for NftCommand {
                 what: "list",
                 detail,
             }),
-        }
-    }
-}
-
-/// A kernel stand-in for unit tests: keeps the tables the applied batches describe
-/// (tables, sets, chains, rules; elements are recorded, not kept per set).
-#[cfg(test)]
-pub mod fake {
-    use std::collections::BTreeMap;
-    use std::sync::{Mutex, MutexGuard};
-
-    use serde_json::{Value, json};
-
-    use super::*;
-
-    #[derive(Debug, Default)]
-    pub struct FakeState {
-        /// Every batch applied, as JSON.
-        pub batches: Vec<Value>,
-        /// (family, table) → listed objects.
-        pub tables: BTreeMap<(String, String), Vec<Value>>,
-        /// The next applies fail.
-        pub fail: bool,
-    }
-
-    #[derive(Debug, Default)]
-    pub struct FakeNft {
-        state: Mutex<FakeState>,
-    }
-
-    impl FakeNft {
-        pub fn lock(&self) -> MutexGuard<'_, FakeState> {
-            self.state.lock().unwrap_or_else(|e| e.into_inner())
-        }
-
-        /// What someone running `nft delete table …` would leave.
-        pub fn delete_tables(&self) {
-            self.lock().tables.clear();
-        }
-
-        pub fn applied(&self) -> usize {
-            self.lock().batches.len()
-        }
-
-        /// The last batch, one command per line.
-        pub fn last_batch(&self) -> String {
-            self.lock()
-                .batches
-                .last()
-                .and_then(|b| b["nftables"].as_array().cloned())
-                .unwrap_or_default()
-                .iter()
-                .map(Value::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        }
-    }
-
-    fn key(obj: &Value) -> (String, String) {
-        let s = |k: &str| obj[k].as_str().unwrap_or_default().to_owned();
-        let table = if obj.get("table").is_some_and(Value::is_string) {
-            s("table")
-        } else {
-            s("name")
-        };
-        (s("family"), table)
-    }
-
-    #[async_trait]
-    impl NftBackend for FakeNft {
-        async fn apply(&self, batch: &Nftables<'static>) -> Result<(), NftError> {
-            let v = serde_json::to_value(batch).map_err(|e| NftError::Output(e.to_string()))?;
-            let mut st = self.lock();
-            if st.fail {
-                return Err(NftError::Failed {
-                    program: "fake".into(),
-                    what: "apply",
-                    detail: "refused".into(),
-                });
-            }
-            st.batches.push(v.clone());
-            for cmd in v["nftables"].as_array().cloned().unwrap_or_default() {
-                for (verb, body) in cmd.as_object().cloned().unwrap_or_default() {
-                    for (kind, obj) in body.as_object().cloned().unwrap_or_default() {
-                        let k = key(&obj);
-                        match (verb.as_str(), kind.as_str()) {
-                            ("add", "table") => {
-                                st.tables.entry(k).or_default();
-                            }
-                            ("delete", "table") => {
-                                st.tables.remove(&k);
-                            }
-                            ("add", "chain" | "set" | "rule") => {
-                                st.tables.entry(k).or_default().push(json!({ kind: obj }));
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-            }
-            Ok(())
-        }
-
-        async fn list_table(
-            &self,
-            family: NfFamily,
-            table: &str,
-        ) -> Result<Option<Value>, NftError> {
-            let k = (family_name(family).to_owned(), table.to_owned());
-            Ok(self
-                .lock()
-                .tables
-                .get(&k)
-                .map(|objs| json!({ "nftables": objs })))
         }
     }
 }

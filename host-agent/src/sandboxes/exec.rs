@@ -1,7 +1,8 @@
 //! `Sandboxes::exec`: checks the sandbox can run a command and has room for one more
-//! (`exec.max_concurrent_per_sandbox`), opens a channel on one of its SSH connections
-//! (remembering a first-use host key in the record), and starts the command with a
-//! timeout no longer than `exec.max_timeout_secs` (also when the request has none).
+//! (`exec.max_concurrent_per_sandbox`), and starts the command through the host's
+//! [`ExecBackend`](crate::exec::backend::ExecBackend) (SSH: a channel on one of its
+//! connections, remembering a first-use host key in the record) with a timeout no
+//! longer than `exec.max_timeout_secs` (also when the request has none).
 //!
 //! Errors before the command starts are returned as such (NOT_FOUND, FAILED_PRECONDITION,
 //! INVALID_ARGUMENT, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE); once started,
@@ -11,15 +12,14 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fluid_proto::guest::wrapper;
 use fluid_proto::model::{Exec, ExecEvent, SandboxId};
 use russh::keys::PublicKey;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::Sandboxes;
 use crate::error::ServiceError;
-use crate::exec::run::Reopen;
-use crate::exec::{ExecError, run};
+use crate::exec::ExecError;
+use crate::exec::backend::ExecTarget;
 use crate::hypervisor::{DomainState, Hypervisor};
 use crate::state::SandboxRecord;
 
@@ -63,38 +63,19 @@ impl<H: Hypervisor> Sandboxes<H> {
     pub async fn exec(&self, req: Exec) -> Result<mpsc::Receiver<ExecEvent>, ServiceError> {
         let r = self.record(&req.sandbox_id).await?;
         let ip = self.exec_target(&r).await?;
-        let known = known_host_key(&r)?;
+        let known_host_key = known_host_key(&r)?;
         let permit = self.exec_slot(&r.id)?;
         let timeout = effective_timeout(req.timeout_seconds, self.config.exec.max_timeout_secs);
-        let cmd = run::Command {
-            command_id: req.command_id.clone(),
-            script: wrapper::build(&req),
-            stdin: req.stdin,
-            timeout: Some(timeout),
-            output_cap_bytes: req.output_cap_bytes,
-        };
-        let reopen = Reopen {
-            pool: self.ssh.clone(),
+        let target = ExecTarget {
             id: r.id.clone(),
             ip,
-            known: known.clone(),
-            certificate: req.ssh_certificate.clone(),
+            known_host_key,
         };
-        let opened = self
-            .ssh
-            .open_channel(&r.id, ip, known, &req.ssh_certificate)
-            .await?;
-        if let Some(k) = &opened.learned_host_key {
+        let started = self.exec.start(target, req, timeout, Some(permit)).await?;
+        if let Some(k) = &started.learned_host_key {
             self.remember_host_key(&r.id, k).await?;
         }
-        let (fresh, connect_ms) = (opened.fresh, opened.connect_time.as_millis());
-        let rx = run::start(opened, cmd, reopen, permit).await?;
-        tracing::info!(
-            id = %r.id, command_id = req.command_id, user = req.user,
-            fresh_connection = fresh, connect_ms, timeout_s = timeout.as_secs(),
-            connections = self.ssh.connections(&r.id), "command started"
-        );
-        Ok(rx)
+        Ok(started.events)
     }
 
     /// The address of a sandbox that can run commands.

@@ -8,7 +8,7 @@ use fluid_proto::model::{DiskState, SnapshotName};
 use super::room::Op;
 use super::snapshots::CreateSnapshot;
 use crate::error::ServiceError;
-use crate::hypervisor::fake::FakeHypervisor;
+use crate::hypervisor::simulated::SimulatedHypervisor;
 use crate::sandboxes::inspect::ReadFileRequest;
 use crate::sandboxes::tests::{env_with, id, req};
 
@@ -33,7 +33,7 @@ fn read_now() -> ReadFileRequest {
     }
 }
 
-fn snapshot_creates(hv: &FakeHypervisor) -> usize {
+fn snapshot_creates(hv: &SimulatedHypervisor) -> usize {
     hv.lock()
         .snapshot_calls
         .iter()

@@ -18,7 +18,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use fluid_proto::guest::{SERVICES_COMMAND, SYNC_COMMAND, wrapper};
+use fluid_proto::guest::{SERVICES_COMMAND, SYNC_COMMAND};
 use fluid_proto::model::{Exec, ExecEvent, SandboxId, SnapshotName, SnapshotRef};
 use serde::{Deserialize, Serialize};
 
@@ -26,7 +26,7 @@ use super::exec::known_host_key;
 use super::room::Op;
 use super::{SandboxView, Sandboxes};
 use crate::error::ServiceError;
-use crate::exec::run;
+use crate::exec::backend::ExecTarget;
 use crate::hypervisor::{DomainSnapshot, DomainState, Hypervisor, HypervisorError, RevertTo};
 use crate::state::SandboxRecord;
 
@@ -498,8 +498,8 @@ impl<H: Hypervisor> Sandboxes<H> {
         }
     }
 
-    /// Runs one command as root in the guest over the agent's SSH connection (the
-    /// caller holds the sandbox's lock), within `timeout`.
+    /// Runs one command as root in the guest (over the agent's SSH connection on a
+    /// real host; the caller holds the sandbox's lock), within `timeout`.
     pub(super) async fn guest_command(
         &self,
         r: &SandboxRecord,
@@ -522,33 +522,21 @@ impl<H: Hypervisor> Sandboxes<H> {
             stdin: Vec::new(),
             ssh_certificate: certificate.to_owned(),
         };
-        let cmd = run::Command {
-            command_id: exec.command_id.clone(),
-            script: wrapper::build(&exec),
-            stdin: Vec::new(),
-            timeout: Some(timeout),
-            output_cap_bytes: GUEST_OUTPUT_CAP,
-        };
-        let reopen = crate::exec::run::Reopen {
-            pool: self.ssh.clone(),
+        let target = ExecTarget {
             id: r.id.clone(),
             ip,
-            known: known.clone(),
-            certificate: certificate.to_owned(),
+            known_host_key: known,
         };
         let attempt = async {
-            let opened = self
-                .ssh
-                .open_channel(&r.id, ip, known.clone(), certificate)
+            let started = self
+                .exec
+                .start(target, exec, timeout, None)
                 .await
                 .map_err(|e| e.to_string())?;
-            if let Some(k) = &opened.learned_host_key {
+            if let Some(k) = &started.learned_host_key {
                 self.remember_host_key_locked(&r.id, k).await;
             }
-            let rx = run::start(opened, cmd, reopen, ())
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(collect(rx).await)
+            Ok(collect(started.events).await)
         };
         // The connect has its own timeouts; this bounds the whole (kill included).
         tokio::time::timeout(timeout + Duration::from_secs(15), attempt)

@@ -8,7 +8,7 @@ use fluid_proto::model::{
 };
 
 use super::*;
-use crate::hypervisor::fake::FakeHypervisor;
+use crate::hypervisor::simulated::SimulatedHypervisor;
 use crate::sandboxes::inspect::{DiffRequest, ReadFileRequest};
 use crate::sandboxes::tests::{Env, env, id, req};
 use crate::sandboxes::tunnel;
@@ -33,7 +33,7 @@ fn sref(sid: &str, n: &str) -> SnapshotRef {
     }
 }
 
-fn calls(hv: &FakeHypervisor, op: &str) -> usize {
+fn calls(hv: &SimulatedHypervisor, op: &str) -> usize {
     hv.lock()
         .snapshot_calls
         .iter()

@@ -6,16 +6,16 @@ use std::sync::Arc;
 use fluid_proto::model::Name;
 
 use super::*;
-use crate::hypervisor::fake::FakeHypervisor;
-use crate::network::nft::fake::FakeNft;
+use crate::hypervisor::simulated::SimulatedHypervisor;
+use crate::network::nft::simulated::SimulatedNft;
 use crate::network::test_settings;
 
 pub(crate) struct Env {
     pub _tmp: tempfile::TempDir,
-    pub s: Sandboxes<FakeHypervisor>,
-    pub hv: Arc<FakeHypervisor>,
+    pub s: Sandboxes<SimulatedHypervisor>,
+    pub hv: Arc<SimulatedHypervisor>,
     /// The kernel stand-in behind the (enforcing) firewall.
-    pub nft: Arc<FakeNft>,
+    pub nft: Arc<SimulatedNft>,
     image: PathBuf,
 }
 
@@ -65,8 +65,8 @@ source_domain = "golden"
     ))
     .expect("config");
     let store = StateStore::open(&config.db_path()).await.expect("store");
-    let hv = Arc::new(FakeHypervisor::new("kvm-1"));
-    let nft = Arc::new(FakeNft::default());
+    let hv = Arc::new(SimulatedHypervisor::new("kvm-1"));
+    let nft = Arc::new(SimulatedNft::default());
     let firewall = Arc::new(Firewall::new(test_settings(), nft.clone()));
     let s = Sandboxes::new(
         config,
@@ -409,7 +409,10 @@ async fn capacity_sums_the_records() {
     assert_eq!(c.cpus_reserved, 4);
     assert_eq!(c.memory_mb_total, 65536);
     assert_eq!(c.memory_mb_reserved, 2048);
-    assert_eq!(c.memory_mb_free, 60000);
+    assert_eq!(
+        c.memory_mb_free, 61440,
+        "the simulated host keeps a sixteenth"
+    );
     assert_eq!(c.sandboxes, 2);
     assert_eq!(
         c.images,

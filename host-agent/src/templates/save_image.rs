@@ -213,33 +213,32 @@ fn read_head(path: &Path, f: &mut std::fs::File) -> Result<(Header, Vec<u8>), Sa
     Ok((header, data))
 }
 
-/// A save image of `xml` with a stand-in stream, as the fake hypervisor saves one.
-#[cfg(test)]
-pub(crate) fn fake_image(xml: &str) -> Vec<u8> {
-    tests::image(xml, "<cookie/>", 4096, b"QEVM fake stream")
+/// A save image of `xml` with a stand-in stream, as the simulated hypervisor saves one.
+pub(crate) fn simulated_image(xml: &str) -> Vec<u8> {
+    image(xml, "<cookie/>", 4096, b"QEVM simulated stream")
+}
+
+/// A save image as libvirt lays it out: header, XML, cookie, padding, stream.
+fn image(xml: &str, cookie: &str, pad: usize, stream: &[u8]) -> Vec<u8> {
+    let mut data = xml.as_bytes().to_vec();
+    data.push(0);
+    let cookie_offset = data.len() as u32;
+    data.extend_from_slice(cookie.as_bytes());
+    data.push(0);
+    data.resize(data.len() + pad, 0);
+    let mut out = MAGIC.to_vec();
+    for w in [VERSION, data.len() as u32, 1, 0, cookie_offset] {
+        out.extend_from_slice(&w.to_ne_bytes());
+    }
+    out.resize(HEADER_LEN, 0);
+    out.extend_from_slice(&data);
+    out.extend_from_slice(stream);
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A save image as libvirt lays it out: header, XML, cookie, padding, stream.
-    pub(super) fn image(xml: &str, cookie: &str, pad: usize, stream: &[u8]) -> Vec<u8> {
-        let mut data = xml.as_bytes().to_vec();
-        data.push(0);
-        let cookie_offset = data.len() as u32;
-        data.extend_from_slice(cookie.as_bytes());
-        data.push(0);
-        data.resize(data.len() + pad, 0);
-        let mut out = MAGIC.to_vec();
-        for w in [VERSION, data.len() as u32, 1, 0, cookie_offset] {
-            out.extend_from_slice(&w.to_ne_bytes());
-        }
-        out.resize(HEADER_LEN, 0);
-        out.extend_from_slice(&data);
-        out.extend_from_slice(stream);
-        out
-    }
 
     #[test]
     fn a_clone_keeps_the_stream_and_cookie_and_carries_its_own_xml() {

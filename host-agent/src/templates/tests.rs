@@ -7,7 +7,7 @@ use fluid_proto::model::Name;
 use super::build::BuildContext;
 use super::*;
 use crate::config::TemplatesConfig;
-use crate::hypervisor::fake::FakeHypervisor;
+use crate::hypervisor::simulated::SimulatedHypervisor;
 
 fn shape() -> Shape {
     Shape {
@@ -46,9 +46,9 @@ fn names() -> (Name, Name) {
 }
 
 fn context<'a>(
-    hv: &'a FakeHypervisor,
+    hv: &'a SimulatedHypervisor,
     names: &'a (Name, Name),
-) -> BuildContext<'a, FakeHypervisor> {
+) -> BuildContext<'a, SimulatedHypervisor> {
     BuildContext {
         hv,
         agent: &names.0,
@@ -87,7 +87,7 @@ async fn a_build_saves_the_template_and_only_a_whole_one_with_the_current_key_is
     let dir = tempfile::tempdir().expect("tempdir");
     let t = templates(dir.path());
     let img = image(dir.path());
-    let hv = FakeHypervisor::new("h1");
+    let hv = SimulatedHypervisor::new("h1");
     let names = names();
     let cx = context(&hv, &names);
     let key = t.key(&shape(), &img, VirtType::Qemu).await;
@@ -112,7 +112,7 @@ async fn a_guest_that_never_gets_ready_leaves_no_domain_and_no_folder() {
     let mut t = templates(dir.path());
     t.config.build_timeout_secs = 0;
     let img = image(dir.path());
-    let hv = FakeHypervisor::new("h1");
+    let hv = SimulatedHypervisor::new("h1");
     hv.lock().guest_exec_exit = 75;
     let names = names();
     let cx = context(&hv, &names);

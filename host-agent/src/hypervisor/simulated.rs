@@ -1,13 +1,17 @@
-//! An in-memory [`Hypervisor`] for unit tests (compiled only under `cfg(test)`).
-//! Starting a domain hands its MAC a DHCP lease at once. Snapshots are kept per domain
-//! (memory while running, disk-only while shut off) and go with an undefine, as
-//! libvirt's do with `VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA`.
+//! An in-memory [`Hypervisor`]: the domains, leases, snapshots and save images of a
+//! simulated host. It is the hypervisor of the agent's unit tests and of simulated
+//! hosts (`[simulated]` in the agent's config, control-plane scale tests); never of a
+//! real host. Starting a domain hands its MAC a DHCP lease once the profile's boot time
+//! has passed (at once in tests). Snapshots are kept per domain (memory while running,
+//! disk-only while shut off) and go with an undefine, as libvirt's do with
+//! `VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA`. Failure injection: the `fail_*` switches
+//! (tests) and the profile's failure rate (defines and starts fail at random).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -16,8 +20,41 @@ use super::{
     HypervisorError, Lease, NetworkInfo, NodeInfo, OwnedDomain, Result, RevertTo, SourceDomain,
 };
 
+/// Calls kept in each log of [`SimState`] (the oldest go first).
+const LOG_CAP: usize = 1024;
+
+/// How a simulated host behaves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimProfile {
+    /// From a domain's start to its DHCP lease.
+    pub boot: Duration,
+    /// The share (0..=1) of defines and starts that fail.
+    pub failure_rate: f64,
+    pub cpus: u32,
+    pub memory_mb: u64,
+}
+
+impl Default for SimProfile {
+    fn default() -> Self {
+        Self {
+            boot: Duration::ZERO,
+            failure_rate: 0.0,
+            cpus: 16,
+            memory_mb: 65536,
+        }
+    }
+}
+
+/// Appends `call` to a log of [`SimState`], which keeps the last [`LOG_CAP`].
+fn log<T>(calls: &mut Vec<T>, call: T) {
+    if calls.len() >= LOG_CAP {
+        calls.remove(0);
+    }
+    calls.push(call);
+}
+
 #[derive(Debug, Clone)]
-pub struct FakeDomain {
+pub struct SimDomain {
     pub name: String,
     pub state: DomainState,
     pub meta: FluidMeta,
@@ -27,10 +64,12 @@ pub struct FakeDomain {
 }
 
 #[derive(Debug, Default)]
-pub struct FakeState {
+pub struct SimState {
     /// By uuid.
-    pub domains: BTreeMap<String, FakeDomain>,
+    pub domains: BTreeMap<String, SimDomain>,
     pub leases: Vec<Lease>,
+    /// Leases of domains still booting, each with when it is handed out.
+    pub booting: Vec<(Lease, Instant)>,
     pub released: Vec<Lease>,
     pub sources: HashMap<String, SourceDomain>,
     /// The guest ignores ACPI shutdown requests.
@@ -63,23 +102,41 @@ pub struct FakeState {
 }
 
 #[derive(Debug)]
-pub struct FakeHypervisor {
+pub struct SimulatedHypervisor {
     pub host: String,
-    pub state: Mutex<FakeState>,
+    pub profile: SimProfile,
+    pub state: Mutex<SimState>,
 }
 
-impl FakeHypervisor {
+impl SimulatedHypervisor {
+    /// A host whose guests boot at once and never fail (unit tests).
     pub fn new(host: &str) -> Self {
+        Self::with_profile(host, SimProfile::default())
+    }
+
+    pub fn with_profile(host: &str, profile: SimProfile) -> Self {
         Self {
             host: host.into(),
-            state: Mutex::new(FakeState {
+            profile,
+            state: Mutex::new(SimState {
                 next_ip: 10,
-                ..FakeState::default()
+                ..SimState::default()
             }),
         }
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, FakeState> {
+    /// A failure drawn at the profile's rate.
+    fn chance_failure(&self, what: &str) -> Result<()> {
+        let rate = self.profile.failure_rate;
+        if rate > 0.0 && rand::random::<f64>() < rate {
+            return Err(HypervisorError::Failed(format!(
+                "{what} failed (simulated, failure rate {rate})"
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, SimState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -87,7 +144,7 @@ impl FakeHypervisor {
     pub fn insert(&self, uuid: &str, name: &str, id: &str, agent: &str, state: DomainState) {
         self.lock().domains.insert(
             uuid.into(),
-            FakeDomain {
+            SimDomain {
                 name: name.into(),
                 state,
                 meta: FluidMeta {
@@ -110,7 +167,7 @@ impl FakeHypervisor {
             .count()
     }
 
-    fn with<T>(&self, uuid: &str, f: impl FnOnce(&mut FakeState, &str) -> Result<T>) -> Result<T> {
+    fn with<T>(&self, uuid: &str, f: impl FnOnce(&mut SimState, &str) -> Result<T>) -> Result<T> {
         let mut s = self.lock();
         if s.unavailable {
             return Err(HypervisorError::Unavailable("fake is down".into()));
@@ -121,13 +178,11 @@ impl FakeHypervisor {
         }
     }
 
-    /// Hands the domain's MAC a fresh lease (as its guest's DHCP would).
-    fn give_lease(s: &mut FakeState, uuid: &str) {
-        let mac = s
-            .domains
-            .get(uuid)
-            .map(|d| d.mac.clone())
-            .unwrap_or_default();
+    /// Hands the domain's MAC a fresh lease (as its guest's DHCP would), after `boot`.
+    fn give_lease(s: &mut SimState, uuid: &str, boot: Duration) {
+        let Some(mac) = s.domains.get(uuid).map(|d| d.mac.clone()) else {
+            return;
+        };
         let ip = match s.dhcp_hosts.iter().find(|h| h.mac == mac) {
             Some(h) => h.ip,
             None => {
@@ -136,9 +191,13 @@ impl FakeHypervisor {
                 ip
             }
         };
-        if let Some(mac) = s.domains.get(uuid).map(|d| d.mac.clone()) {
-            s.leases.retain(|l| l.mac != mac);
-            s.leases.push(Lease { mac, ip });
+        s.leases.retain(|l| l.mac != mac);
+        s.booting.retain(|(l, _)| l.mac != mac);
+        let lease = Lease { mac, ip };
+        if boot.is_zero() {
+            s.leases.push(lease);
+        } else {
+            s.booting.push((lease, Instant::now() + boot));
         }
     }
 
@@ -173,8 +232,9 @@ impl FakeHypervisor {
 }
 
 #[async_trait]
-impl Hypervisor for FakeHypervisor {
+impl Hypervisor for SimulatedHypervisor {
     async fn define(&self, spec: &DomainSpec) -> Result<()> {
+        self.chance_failure("define")?;
         let mut s = self.lock();
         if s.fail_define {
             return Err(HypervisorError::Failed("define refused".into()));
@@ -195,7 +255,7 @@ impl Hypervisor for FakeHypervisor {
             });
         s.domains.insert(
             spec.uuid.clone(),
-            FakeDomain {
+            SimDomain {
                 name: spec.name.to_string(),
                 state,
                 meta: FluidMeta {
@@ -211,6 +271,8 @@ impl Hypervisor for FakeHypervisor {
     }
 
     async fn start(&self, uuid: &str) -> Result<()> {
+        self.chance_failure("start")?;
+        let boot = self.profile.boot;
         self.with(uuid, |s, uuid| {
             if s.fail_start {
                 return Err(HypervisorError::Failed("start refused".into()));
@@ -222,7 +284,7 @@ impl Hypervisor for FakeHypervisor {
                 return Err(HypervisorError::Failed("already running".into()));
             }
             d.state = DomainState::Running;
-            Self::give_lease(s, uuid);
+            Self::give_lease(s, uuid, boot);
             Ok(())
         })
     }
@@ -282,13 +344,20 @@ impl Hypervisor for FakeHypervisor {
     }
 
     async fn leases(&self, _network: &str) -> Result<Vec<Lease>> {
-        Ok(self.lock().leases.clone())
+        let mut s = self.lock();
+        let now = Instant::now();
+        let (due, booting): (Vec<_>, Vec<_>) = std::mem::take(&mut s.booting)
+            .into_iter()
+            .partition(|(_, at)| *at <= now);
+        s.booting = booting;
+        s.leases.extend(due.into_iter().map(|(l, _)| l));
+        Ok(s.leases.clone())
     }
 
     async fn release_lease(&self, _network: &str, lease: &Lease) -> Result<()> {
         let mut s = self.lock();
         s.leases.retain(|l| l != lease);
-        s.released.push(lease.clone());
+        log(&mut s.released, lease.clone());
         Ok(())
     }
 
@@ -324,10 +393,11 @@ impl Hypervisor for FakeHypervisor {
     }
 
     async fn node_info(&self) -> Result<NodeInfo> {
+        // The host itself uses a sixteenth.
         Ok(NodeInfo {
-            cpus: 16,
-            memory_mb_total: 65536,
-            memory_mb_free: 60000,
+            cpus: self.profile.cpus,
+            memory_mb_total: self.profile.memory_mb,
+            memory_mb_free: self.profile.memory_mb / 16 * 15,
         })
     }
 
@@ -341,7 +411,7 @@ impl Hypervisor for FakeHypervisor {
 
     async fn snapshot_create(&self, uuid: &str, name: &str, description: &str) -> Result<()> {
         self.with(uuid, |s, uuid| {
-            s.snapshot_calls.push(("create", uuid.into(), name.into()));
+            log(&mut s.snapshot_calls, ("create", uuid.into(), name.into()));
             if s.fail_snapshot {
                 return Err(HypervisorError::Failed("snapshot refused".into()));
             }
@@ -379,8 +449,9 @@ impl Hypervisor for FakeHypervisor {
     }
 
     async fn snapshot_revert(&self, uuid: &str, name: &str, to: RevertTo) -> Result<()> {
+        let boot = self.profile.boot;
         self.with(uuid, |s, uuid| {
-            s.snapshot_calls.push(("revert", uuid.into(), name.into()));
+            log(&mut s.snapshot_calls, ("revert", uuid.into(), name.into()));
             let Some(d) = s.domains.get_mut(uuid) else {
                 return Err(HypervisorError::NotFound(uuid.into()));
             };
@@ -395,7 +466,7 @@ impl Hypervisor for FakeHypervisor {
             let booted = state == DomainState::Running && !snap.memory;
             d.state = state;
             if booted {
-                Self::give_lease(s, uuid);
+                Self::give_lease(s, uuid, boot);
             }
             Ok(())
         })
@@ -403,7 +474,7 @@ impl Hypervisor for FakeHypervisor {
 
     async fn snapshot_delete(&self, uuid: &str, name: &str) -> Result<()> {
         self.with(uuid, |s, uuid| {
-            s.snapshot_calls.push(("delete", uuid.into(), name.into()));
+            log(&mut s.snapshot_calls, ("delete", uuid.into(), name.into()));
             let Some(d) = s.domains.get_mut(uuid) else {
                 return Err(HypervisorError::NotFound(uuid.into()));
             };
@@ -441,8 +512,10 @@ impl Hypervisor for FakeHypervisor {
         let snap = super::snapshot_xml::parse(xml)
             .map_err(|e| HypervisorError::Failed(format!("snapshot XML: {e}")))?;
         self.with(uuid, |s, uuid| {
-            s.snapshot_calls
-                .push(("redefine", uuid.into(), snap.name.clone()));
+            log(
+                &mut s.snapshot_calls,
+                ("redefine", uuid.into(), snap.name.clone()),
+            );
             let d = s
                 .domains
                 .get_mut(uuid)
@@ -466,7 +539,7 @@ impl Hypervisor for FakeHypervisor {
 
     async fn save(&self, uuid: &str, path: &Path) -> Result<()> {
         let xml = format!("<domain><uuid>{uuid}</uuid></domain>");
-        std::fs::write(path, crate::templates::save_image::fake_image(&xml))
+        std::fs::write(path, crate::templates::save_image::simulated_image(&xml))
             .map_err(|e| HypervisorError::Failed(format!("{}: {e}", path.display())))?;
         self.stop(uuid)
     }
@@ -487,7 +560,7 @@ impl Hypervisor for FakeHypervisor {
                 return Err(HypervisorError::NotFound(uuid.into()));
             };
             d.state = DomainState::Running;
-            s.restores.push(uuid.into());
+            log(&mut s.restores, uuid.into());
             Ok(())
         })
     }
@@ -519,8 +592,10 @@ impl Hypervisor for FakeHypervisor {
 
     async fn update_interface(&self, uuid: &str, interface_xml: &str) -> Result<()> {
         self.with(uuid, |s, uuid| {
-            s.interface_updates
-                .push((uuid.into(), interface_xml.into()));
+            log(
+                &mut s.interface_updates,
+                (uuid.into(), interface_xml.into()),
+            );
             Ok(())
         })
     }
@@ -532,7 +607,7 @@ impl Hypervisor for FakeHypervisor {
         _timeout: Duration,
     ) -> Result<GuestOutput> {
         self.with(uuid, |s, uuid| {
-            s.guest_execs.push((uuid.into(), argv.to_vec()));
+            log(&mut s.guest_execs, (uuid.into(), argv.to_vec()));
             Ok(GuestOutput {
                 exit_code: s.guest_exec_exit,
                 stdout: String::new(),
