@@ -114,6 +114,14 @@ if [[ -s "$logs/integration-failed" ]]; then
   cat "$logs/integration-failed" >&2
   failed+=(integration)
 fi
+step "control-plane load smoke (simulated hosts, SQLite and PostgreSQL)"
+# The load harness's small run (docs/PERFORMANCE.md has the full one): the simulated
+# hosts, the harness and the controller's paths under concurrent sessions keep working.
+for store in sqlite postgres; do
+  "$FLUID_BIN_DIR/loadtest" --smoke --store "$store" 2>&1 | tee -a "$logs/loadtest.log" ||
+    failed+=("loadtest-$store")
+done
+
 step "summary"
 ./scripts/lib/test-summary.sh "$logs/unit.log" "$logs/integration.log" || failed+=(summary)
 if ((${#failed[@]})); then

@@ -205,6 +205,16 @@ impl SimFleet {
         token_create(&self.bin_dir, &self.controller_config, name, role, agent_id)
     }
 
+    /// The PostgreSQL database's name (`None`: SQLite).
+    pub fn database(&self) -> Option<&str> {
+        self.database.as_deref()
+    }
+
+    /// The controller's data directory (its SQLite database).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("controller")
+    }
+
     /// A REST client that sends `token`.
     pub fn client_with(&self, token: &str) -> Result<Client> {
         Ok(Client::new(&self.api_url)?.with_token(Some(token.to_owned())))

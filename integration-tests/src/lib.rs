@@ -12,6 +12,7 @@ pub mod env;
 pub mod fleet;
 pub mod guest;
 pub mod internet;
+pub mod load;
 pub mod pki;
 pub mod process;
 pub mod setup;
