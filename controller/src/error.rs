@@ -104,6 +104,11 @@ impl ServiceError {
                 ScheduleError::NoCapacity(_) | ScheduleError::DuplicateName(_) => {
                     ErrorKind::Conflict
                 }
+                ScheduleError::Quota {
+                    retry_after_secs, ..
+                } => ErrorKind::Busy {
+                    retry_after_secs: *retry_after_secs,
+                },
                 ScheduleError::Store(e) => store_kind(e),
             },
             Self::Agent(e) => match e {

@@ -138,7 +138,8 @@ pub fn build_state_with(
             config.output_cap_bytes,
             metrics.clone(),
         )
-        .with_limits(config.commands.clone()),
+        .with_limits(config.commands.clone())
+        .with_commands_per_agent(config.quotas.commands_per_agent),
     );
     let files = Arc::new(FileService::new(commands.clone()));
     let attach = Arc::new(AttachService::new(
@@ -176,7 +177,8 @@ pub fn build_state_with(
             ssh_user_ca_keys: vec![ca.public_key().to_owned()],
         },
         metrics.clone(),
-    );
+    )
+    .with_quotas(config.quotas.clone());
     if config.approvals.overcommit_approval {
         sandboxes = sandboxes.with_overcommit(Arc::new(OvercommitGate::new(
             store.clone(),

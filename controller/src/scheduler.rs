@@ -36,6 +36,9 @@ pub struct Placement {
     pub cpus: u32,
     pub memory_mb: u64,
     pub ttl_seconds: Option<i64>,
+    /// `[quotas] sandboxes_per_agent`: the live sandboxes `agent_id` may own, this one
+    /// included (`None`: no limit).
+    pub max_owned: Option<u32>,
 }
 
 impl Placement {
@@ -61,6 +64,7 @@ impl Placement {
             cpu_overcommit_ratio: ratio,
             now,
             allow_overcommit,
+            max_owned: self.max_owned,
         }
     }
 }
@@ -75,8 +79,26 @@ pub enum ScheduleError {
     NoCapacity(String),
     #[error("a live sandbox named {0:?} already exists")]
     DuplicateName(String),
+    /// The owner holds its quota of sandboxes (429).
+    #[error("{message}")]
+    Quota {
+        message: String,
+        retry_after_secs: u32,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Seconds a create refused by `[quotas] sandboxes_per_agent` is told to wait (one of
+/// the owner's sandboxes must go first).
+pub const QUOTA_RETRY_AFTER_SECS: u32 = 10;
+
+/// The error of a reservation refused by the owner's quota.
+pub fn quota(message: String) -> ScheduleError {
+    ScheduleError::Quota {
+        message,
+        retry_after_secs: QUOTA_RETRY_AFTER_SECS,
+    }
 }
 
 /// `pool` is of `p`'s image and shape.
@@ -237,6 +259,7 @@ pub async fn place(
                 lost.push((host.name.clone(), why));
             }
             Err(ReserveError::DuplicateName(n)) => return Err(ScheduleError::DuplicateName(n)),
+            Err(ReserveError::Quota(m)) => return Err(quota(m)),
             Err(ReserveError::Store(e)) => return Err(e.into()),
         }
     }
@@ -269,6 +292,7 @@ pub async fn place_on(
         Ok(row) => Ok(row),
         Err(ReserveError::NoRoom(why)) => Err(pinned(why)),
         Err(ReserveError::DuplicateName(n)) => Err(ScheduleError::DuplicateName(n)),
+        Err(ReserveError::Quota(m)) => Err(quota(m)),
         Err(ReserveError::Store(e)) => Err(e.into()),
     }
 }
@@ -322,6 +346,7 @@ mod tests {
             cpus,
             memory_mb: mem,
             ttl_seconds: None,
+            max_owned: None,
         }
     }
 

@@ -97,6 +97,9 @@ pub struct Config {
     /// Commands: default and longest timeout, how many at once per sandbox.
     #[serde(default)]
     pub commands: crate::work::commands::CommandsConfig,
+    /// What one agent and one token may hold and start (past it: 429).
+    #[serde(default)]
+    pub quotas: crate::governance::quotas::QuotasConfig,
 }
 
 /// `[api_tls]`: the REST and public gRPC listeners' server identity (PEM files).
@@ -344,6 +347,7 @@ impl Default for Config {
             otlp_endpoint: String::new(),
             metrics: MetricsConfig::default(),
             commands: crate::work::commands::CommandsConfig::default(),
+            quotas: crate::governance::quotas::QuotasConfig::default(),
         }
     }
 }
@@ -387,6 +391,7 @@ const CONFIG_KEYS: &[&str] = &[
     "otlp_endpoint",
     "metrics",
     "commands",
+    "quotas",
 ];
 
 fn is_config_key(env_key: &str) -> bool {
@@ -467,6 +472,7 @@ impl Config {
             ));
         }
         self.commands.validate().map_err(ConfigError::Invalid)?;
+        self.quotas.validate().map_err(ConfigError::Invalid)?;
         crate::work::policy::Policy::new(&self.policy)
             .map_err(|e| ConfigError::Invalid(format!("policy: {e}")))?;
         let a = &self.approvals;

@@ -349,6 +349,7 @@ mod tests {
                 memory_mb: 128,
                 cpu_overcommit_ratio: 4.0,
                 allow_overcommit: false,
+                max_owned: None,
                 now: past,
             })
             .await

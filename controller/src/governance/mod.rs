@@ -4,4 +4,5 @@
 pub mod approvals;
 pub mod audit;
 pub mod auth;
+pub mod quotas;
 pub mod webhook;

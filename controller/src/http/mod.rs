@@ -235,6 +235,8 @@ mod tests_observability;
 #[cfg(test)]
 mod tests_pools;
 #[cfg(test)]
+mod tests_quotas;
+#[cfg(test)]
 mod tests_snapshots;
 #[cfg(test)]
 mod tests_start_path;

@@ -83,6 +83,7 @@ mod tests {
             memory_mb: 128,
             cpu_overcommit_ratio: 4.0,
             allow_overcommit: false,
+            max_owned: None,
             now: Utc::now() - chrono::Duration::minutes(10),
         };
         store

@@ -26,6 +26,7 @@ use crate::agents::{AgentConnector, AgentError, AgentTarget};
 use crate::agents::{api_start_path, observed_state};
 use crate::error::ServiceError;
 use crate::governance::auth::{self, Caller, Permission};
+use crate::governance::quotas::{CreateRate, QuotasConfig};
 use crate::metrics::Metrics;
 use crate::sandboxes::overcommit::{CreateOutcome, OvercommitGate};
 use crate::scheduler::{self, Placement, ScheduleError};
@@ -74,6 +75,9 @@ pub struct SandboxService {
     metrics: Arc<Metrics>,
     /// The over-commit step of a create that finds no room (`None`: a 409).
     overcommit: Option<Arc<OvercommitGate>>,
+    /// `[quotas]`: sandboxes per agent, creates per second per token.
+    quotas: QuotasConfig,
+    create_rate: CreateRate,
 }
 
 impl std::fmt::Debug for SandboxService {
@@ -97,7 +101,35 @@ impl SandboxService {
             settings,
             metrics,
             overcommit: None,
+            create_rate: CreateRate::new(QuotasConfig::default().creates_per_second_per_token),
+            quotas: QuotasConfig::default(),
         }
+    }
+
+    /// The service with `[quotas]`.
+    pub fn with_quotas(mut self, quotas: QuotasConfig) -> Self {
+        self.create_rate = CreateRate::new(quotas.creates_per_second_per_token);
+        self.quotas = quotas;
+        self
+    }
+
+    /// `[quotas]`.
+    pub fn quotas(&self) -> &QuotasConfig {
+        &self.quotas
+    }
+
+    /// `[quotas] creates_per_second_per_token`: one more create (or fork) for `caller`,
+    /// or a 429 saying when to retry.
+    pub fn take_create(&self, caller: &Caller) -> Result<(), ServiceError> {
+        self.create_rate
+            .take(&caller.token_id)
+            .map_err(|retry_after_secs| ServiceError::Busy {
+                message: format!(
+                    "token {:?} starts at most {} creates a second (quotas.creates_per_second_per_token); retry after {retry_after_secs} s",
+                    caller.name, self.quotas.creates_per_second_per_token
+                ),
+                retry_after_secs,
+            })
     }
 
     /// Creates that find no room ask a human through `gate` instead of failing.
@@ -178,6 +210,7 @@ impl SandboxService {
             &format!("agent_id {:?}", req.agent_id),
         )?;
         let prepared = self.prepare(&req, None)?;
+        self.take_create(caller)?;
         match self.place(&prepared).await {
             Ok(row) => Ok(CreateOutcome::Created(self.launch(prepared, row).await?)),
             Err(ServiceError::Schedule(ScheduleError::NoCapacity(why))) => match &self.overcommit {
@@ -242,6 +275,7 @@ impl SandboxService {
             cpus,
             memory_mb,
             ttl_seconds: req.ttl_seconds,
+            max_owned: Some(self.quotas.sandboxes_per_agent),
         };
         Ok(PreparedCreate {
             placement,

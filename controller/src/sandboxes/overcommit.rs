@@ -241,6 +241,7 @@ impl OvercommitGate {
                 ServiceError::Conflict(format!("approved over-commit on {host}: {m}"))
             }
             ReserveError::DuplicateName(n) => ScheduleError::DuplicateName(n).into(),
+            ReserveError::Quota(m) => crate::scheduler::quota(m).into(),
             ReserveError::Store(e) => e.into(),
         })
     }

@@ -228,6 +228,17 @@ impl SnapshotService {
                 "snapshot {name} already exists"
             )));
         }
+        let quotas = self.sandboxes.quotas();
+        let held = self.store.list_snapshots(&sb.id).await?.len();
+        if held >= quotas.snapshots_per_sandbox as usize {
+            return Err(ServiceError::Busy {
+                message: format!(
+                    "sandbox {} keeps {held} snapshots, its quota (quotas.snapshots_per_sandbox = {}); delete one first",
+                    sb.id, quotas.snapshots_per_sandbox
+                ),
+                retry_after_secs: quotas.retry_after_secs,
+            });
+        }
         let target = self.target(sb).await?;
         let id = sandbox_id(sb)?;
         // Commands started before this instant ran before the snapshot (a diff's
@@ -402,6 +413,7 @@ impl SnapshotService {
             }
             None => prepared.create.fork_of_running = Some(sandbox_id(source)?),
         }
+        self.sandboxes.take_create(caller)?;
         let row = self.sandboxes.place(&prepared).await?;
         if let Err(e) = self.copy_egress(source, &row.id, snapshot.as_ref()).await {
             let u = SandboxUpdate {

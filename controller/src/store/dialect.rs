@@ -52,6 +52,11 @@ pub(super) trait Dialect: Send + Sync + 'static {
     /// Begins a reservation's transaction.
     async fn begin_reservation(&self) -> Result<Tx<Self>, sqlx::Error>;
 
+    /// Takes the lock of owner `agent_id`'s quota in a reservation's `tx`, held until
+    /// it ends: reservations of one owner count its sandboxes one at a time. Taken
+    /// first, before the host's lock.
+    async fn lock_owner(tx: &mut Tx<Self>, agent_id: &str) -> Result<(), sqlx::Error>;
+
     /// Reads a sandbox's state before an update that may change it.
     const SANDBOX_STATE_FOR_UPDATE: &'static str;
 

@@ -113,6 +113,9 @@ pub enum ReserveError {
     NoRoom(String),
     #[error("a live sandbox named {0:?} already exists")]
     DuplicateName(String),
+    /// The owner already holds `max_owned` live sandboxes.
+    #[error("{0}")]
+    Quota(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -270,6 +273,9 @@ pub struct Reservation {
     /// A human approved placing it beyond the host's capacity: skip the room check (the
     /// host must still exist and be online, and the name must still be free).
     pub allow_overcommit: bool,
+    /// The live sandboxes `agent_id` may own, this one included (`None`: no limit):
+    /// counted under the owner's lock in the reservation's transaction.
+    pub max_owned: Option<u32>,
     pub now: DateTime<Utc>,
 }
 
@@ -569,6 +575,8 @@ mod tests_egress;
 mod tests_playbooks;
 #[cfg(test)]
 mod tests_pools;
+#[cfg(test)]
+mod tests_quotas;
 #[cfg(test)]
 mod tests_snapshots;
 #[cfg(test)]

@@ -17,6 +17,10 @@ use super::{LoopKey, LoopLock, StoreError, rows, trust_rows};
 /// chain, on every replica. Beside the loops' keys ([`LoopKey`]).
 const CHAIN_LOCK: i64 = 0x666c_7510;
 
+/// The first key of the owners' quota locks (`pg_advisory_xact_lock(int4, int4)`: a
+/// space apart from the one-key locks above).
+const OWNER_LOCK_SPACE: i32 = 0x666c_7511;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 #[derive(Debug, Clone)]
@@ -61,6 +65,16 @@ impl Dialect for PgStore {
 
     async fn begin_reservation(&self) -> Result<Tx<Self>, sqlx::Error> {
         self.pool.begin().await
+    }
+
+    /// An advisory lock per owner (its name hashed), in a key space of its own.
+    async fn lock_owner(tx: &mut Tx<Self>, agent_id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(OWNER_LOCK_SPACE)
+            .bind(agent_id)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
     }
 
     /// The sandbox row stays locked until the update commits, so the state read is the

@@ -48,6 +48,10 @@ pub(super) const HOST_USAGE: &str = "SELECT host_name, CAST(COALESCE(SUM(cpu), 0
      CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT) AS memory_mb, COUNT(*) AS sandboxes FROM sandboxes \
      WHERE host_name IS NOT NULL AND state IN ('CREATED', 'STARTING', 'RUNNING', 'STOPPED') GROUP BY host_name";
 
+/// The live sandboxes an owner (`agent_id`) holds.
+pub(super) const OWNED_LIVE: &str = "SELECT COUNT(*) FROM sandboxes WHERE agent_id = $1 \
+     AND state IN ('CREATED', 'STARTING', 'RUNNING', 'STOPPED')";
+
 pub(super) const ONE_HOST_USAGE: &str = "SELECT CAST(COALESCE(SUM(cpu), 0) AS BIGINT) AS cpus, \
      CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT) AS memory_mb, COUNT(*) AS sandboxes FROM sandboxes \
      WHERE host_name = $1 AND state IN ('CREATED', 'STARTING', 'RUNNING', 'STOPPED')";

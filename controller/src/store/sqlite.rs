@@ -82,6 +82,11 @@ impl Dialect for SqliteStore {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
+    /// A reservation was begun `IMMEDIATE`: it is the only writer already.
+    async fn lock_owner(_tx: &mut Tx<Self>, _agent_id: &str) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
     /// Every transaction that appends was begun `IMMEDIATE` (`begin_chain`,
     /// `begin_reservation`): it holds the lock already.
     async fn lock_chain(_tx: &mut Tx<Self>) -> Result<(), sqlx::Error> {

@@ -142,6 +142,22 @@ where
 
     async fn reserve(&self, r: &Reservation) -> Result<SandboxRecord, ReserveError> {
         let mut tx = self.begin_reservation().await.map_err(StoreError::from)?;
+        if let Some(max) = r.max_owned {
+            D::lock_owner(&mut tx, &r.agent_id)
+                .await
+                .map_err(StoreError::from)?;
+            let (owned,): (i64,) = sqlx::query_as(rows::OWNED_LIVE)
+                .bind(&r.agent_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+            if owned >= i64::from(max) {
+                return Err(ReserveError::Quota(format!(
+                    "agent {:?} owns {owned} live sandboxes, its quota (quotas.sandboxes_per_agent = {max}); destroy one first",
+                    r.agent_id
+                )));
+            }
+        }
         let host: Option<HostRow> = sqlx::query_as(D::HOST_FOR_RESERVATION)
             .bind(&r.host_name)
             .fetch_optional(&mut *tx)

@@ -135,6 +135,7 @@ pub(crate) fn reservation(i: usize, host: &str, cpus: u32, mem: u64) -> Reservat
         memory_mb: mem,
         cpu_overcommit_ratio: 4.0,
         allow_overcommit: false,
+        max_owned: None,
         now: Utc::now(),
     }
 }

@@ -338,6 +338,7 @@ async fn overcommit_reservation(store: Arc<dyn Store>, _raw: &Raw) {
     assert!(matches!(e, ReserveError::NoRoom(_)), "{e}");
     let approved = Reservation {
         allow_overcommit: true,
+        max_owned: None,
         ..reservation(1, "h1", 8, 4096)
     };
     let r = s.reserve(&approved).await.expect("approved over-commit");
@@ -364,6 +365,7 @@ async fn overcommit_reservation(store: Arc<dyn Store>, _raw: &Raw) {
     // Still: a live name is unique, the host must exist and be online.
     let dup = Reservation {
         allow_overcommit: true,
+        max_owned: None,
         ..reservation(2, "h1", 1, 128)
     };
     let dup = Reservation {
@@ -375,6 +377,7 @@ async fn overcommit_reservation(store: Arc<dyn Store>, _raw: &Raw) {
     let e = s
         .reserve(&Reservation {
             allow_overcommit: true,
+            max_owned: None,
             ..reservation(3, "nope", 1, 128)
         })
         .await
@@ -386,6 +389,7 @@ async fn overcommit_reservation(store: Arc<dyn Store>, _raw: &Raw) {
     let e = s
         .reserve(&Reservation {
             allow_overcommit: true,
+            max_owned: None,
             ..reservation(4, "h1", 1, 128)
         })
         .await

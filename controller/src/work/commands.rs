@@ -20,7 +20,7 @@ mod limits;
 
 use drive::Drive;
 pub(crate) use drive::local_end;
-pub use limits::{CommandsConfig, Running, RunningSlot};
+pub use limits::{CommandsConfig, Full, Running, RunningSlot};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -248,6 +248,8 @@ pub struct CommandService {
     pub hubs: Arc<Hubs>,
     metrics: Arc<Metrics>,
     limits: CommandsConfig,
+    /// `[quotas] commands_per_agent`.
+    commands_per_agent: u32,
     running: Arc<Running>,
 }
 
@@ -278,8 +280,16 @@ impl CommandService {
             hubs: Arc::new(Hubs::default()),
             metrics,
             limits: CommandsConfig::default(),
+            commands_per_agent: crate::governance::quotas::QuotasConfig::default()
+                .commands_per_agent,
             running: Arc::new(Running::default()),
         }
+    }
+
+    /// The same service with `[quotas] commands_per_agent`.
+    pub fn with_commands_per_agent(mut self, limit: u32) -> Self {
+        self.commands_per_agent = limit;
+        self
     }
 
     /// The same service with `[commands]` limits.
@@ -580,13 +590,25 @@ impl CommandService {
         spec.timeout_seconds = self.limits.timeout_for(spec.timeout_seconds);
         let slot = self
             .running
-            .try_take(&row.id, self.limits.max_concurrent_per_sandbox)
-            .map_err(|n| ServiceError::Busy {
-                message: format!(
-                    "sandbox {} already runs {n} commands, the limit \
-                     (commands.max_concurrent_per_sandbox); retry when one has ended",
-                    row.id
-                ),
+            .try_take(
+                &row.id,
+                self.limits.max_concurrent_per_sandbox,
+                &row.agent_id,
+                self.commands_per_agent,
+            )
+            .map_err(|full| ServiceError::Busy {
+                message: match full {
+                    Full::Sandbox(n) => format!(
+                        "sandbox {} already runs {n} commands, the limit \
+                         (commands.max_concurrent_per_sandbox); retry when one has ended",
+                        row.id
+                    ),
+                    Full::Owner(n) => format!(
+                        "agent {:?} already runs {n} commands in its sandboxes, its quota \
+                         (quotas.commands_per_agent); retry when one has ended",
+                        row.agent_id
+                    ),
+                },
                 retry_after_secs: self.limits.retry_after_secs,
             })?;
         let id = new_id("CMD-");

@@ -171,7 +171,15 @@ struct Matrix {
 
 impl Matrix {
     async fn new() -> Self {
-        let app = ansible_app(Config::default()).await;
+        // The matrix makes objects as fast as it can: no create rate to trip on.
+        let app = ansible_app(Config {
+            quotas: crate::governance::quotas::QuotasConfig {
+                creates_per_second_per_token: 100_000,
+                ..Default::default()
+            },
+            ..Config::default()
+        })
+        .await;
         app.agents.put_file("/etc/hostname", b"sandbox\n");
         let tokens = [
             app.admin_token.clone(),

@@ -67,51 +67,84 @@ impl CommandsConfig {
     }
 }
 
-/// Commands running per sandbox (in this controller).
+/// Commands running per sandbox and per owner (`agent_id`), in this controller.
 #[derive(Debug, Default)]
 pub struct Running {
-    map: Mutex<HashMap<String, usize>>,
+    map: Mutex<HashMap<Key, usize>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Sandbox(String),
+    Owner(String),
 }
 
 /// One running command's place; frees it when dropped.
 #[derive(Debug)]
 pub struct RunningSlot {
     running: Arc<Running>,
-    sandbox_id: String,
+    keys: [Key; 2],
+}
+
+/// Why no place was free: how many commands run already, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Full {
+    Sandbox(usize),
+    Owner(usize),
 }
 
 impl Drop for RunningSlot {
     fn drop(&mut self) {
         let mut m = self.running.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = m.get_mut(&self.sandbox_id) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(&self.sandbox_id);
+        for k in &self.keys {
+            if let Some(n) = m.get_mut(k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(k);
+                }
             }
         }
     }
 }
 
 impl Running {
-    /// A place for one more command of `sandbox_id`, unless `limit` run already (then
-    /// how many run).
-    pub fn try_take(self: &Arc<Self>, sandbox_id: &str, limit: u32) -> Result<RunningSlot, usize> {
+    /// A place for one more command of `sandbox_id` (owned by `owner`), unless `limit`
+    /// run in that sandbox or `owner_limit` in all the owner's sandboxes.
+    pub fn try_take(
+        self: &Arc<Self>,
+        sandbox_id: &str,
+        limit: u32,
+        owner: &str,
+        owner_limit: u32,
+    ) -> Result<RunningSlot, Full> {
         let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let n = m.entry(sandbox_id.to_owned()).or_insert(0);
-        if *n >= limit as usize {
-            return Err(*n);
+        let keys = [
+            Key::Sandbox(sandbox_id.to_owned()),
+            Key::Owner(owner.to_owned()),
+        ];
+        let count = |k: &Key| m.get(k).copied().unwrap_or(0);
+        let (in_sandbox, of_owner) = (count(&keys[0]), count(&keys[1]));
+        if in_sandbox >= limit as usize {
+            return Err(Full::Sandbox(in_sandbox));
         }
-        *n += 1;
+        if of_owner >= owner_limit as usize {
+            return Err(Full::Owner(of_owner));
+        }
+        for k in &keys {
+            *m.entry(k.clone()).or_insert(0) += 1;
+        }
         Ok(RunningSlot {
             running: self.clone(),
-            sandbox_id: sandbox_id.to_owned(),
+            keys,
         })
     }
 
     /// Commands of `sandbox_id` running now.
     pub fn count(&self, sandbox_id: &str) -> usize {
         let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(sandbox_id).copied().unwrap_or(0)
+        m.get(&Key::Sandbox(sandbox_id.to_owned()))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -156,16 +189,27 @@ mod tests {
     }
 
     #[test]
-    fn slots_are_counted_per_sandbox_and_freed_on_drop() {
+    fn slots_are_counted_per_sandbox_and_per_owner_and_freed_on_drop() {
         let r = Arc::new(Running::default());
-        let a = r.try_take("SBX-a", 2).expect("1");
-        let b = r.try_take("SBX-a", 2).expect("2");
-        assert_eq!(r.try_take("SBX-a", 2).expect_err("full"), 2);
-        let other = r.try_take("SBX-b", 2).expect("another sandbox");
+        let a = r.try_take("SBX-a", 2, "bot", 3).expect("1");
+        let b = r.try_take("SBX-a", 2, "bot", 3).expect("2");
+        assert_eq!(
+            r.try_take("SBX-a", 2, "bot", 3).expect_err("full"),
+            Full::Sandbox(2)
+        );
+        let other = r.try_take("SBX-b", 2, "bot", 3).expect("another sandbox");
+        assert_eq!(
+            r.try_take("SBX-c", 2, "bot", 3)
+                .expect_err("the owner's quota"),
+            Full::Owner(3)
+        );
+        let stranger = r.try_take("SBX-d", 2, "other", 3).expect("another owner");
         drop(a);
         assert_eq!(r.count("SBX-a"), 1);
-        let c = r.try_take("SBX-a", 2).expect("freed");
-        drop((b, c, other));
+        let c = r
+            .try_take("SBX-c", 2, "bot", 3)
+            .expect("freed for the owner");
+        drop((b, c, other, stranger));
         assert_eq!(r.count("SBX-a"), 0);
         assert!(r.map.lock().expect("lock").is_empty());
     }
