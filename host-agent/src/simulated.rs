@@ -238,6 +238,10 @@ mod tests {
         let limit = ("FLUID_LIMIT".to_owned(), "100".to_owned());
         let (code, out) = run(guarded(READ_SH), vec![path, limit], b"").await;
         assert_eq!((code, out.as_slice()), (0, b"10\nsimulated\n".as_slice()));
+        assert!(
+            !s.firewall().check().await.expect("check"),
+            "the simulated tables hold what the firewall applied (no drift)"
+        );
         assert!(s.destroy(&id("SBX-0000000a")).await.expect("destroy"));
         assert!(!v.record.overlay_path.exists());
         assert!(

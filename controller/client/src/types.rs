@@ -339,6 +339,9 @@ pub struct HostPool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ListHostsResponse {
     pub hosts: Vec<Host>,
+    /// *new*: hosts in all (`hosts` is one page: `limit`, `offset`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
 }
 
 /// *new*: `POST /v1/hosts`

@@ -194,6 +194,7 @@ mod tests {
                 host("kvm-2", HostState::Offline, Some("0.0.9")),
                 host("kvm-3", HostState::Online, Some("0.1.0")),
             ],
+            total: None,
         };
         let out = render(
             "http://ctl:8080",
@@ -268,7 +269,15 @@ mod tests {
         assert_eq!(h.status, "degraded");
         assert_eq!(h.error.as_deref(), Some("store unavailable"));
         assert_eq!(h.store.as_deref(), Some("connection refused"));
-        let out = render("http://x", &h, &ListHostsResponse { hosts: vec![] }, t0());
+        let out = render(
+            "http://x",
+            &h,
+            &ListHostsResponse {
+                hosts: vec![],
+                total: None,
+            },
+            t0(),
+        );
         assert!(out.contains("store:      connection refused"), "{out}");
 
         let plain = ClientError::Api {
@@ -281,7 +290,15 @@ mod tests {
         };
         let h = health_from(Err(plain)).expect("503 is a health answer");
         assert_eq!(h.error.as_deref(), Some("store down: sqlite locked"));
-        let out = render("http://x", &h, &ListHostsResponse { hosts: vec![] }, t0());
+        let out = render(
+            "http://x",
+            &h,
+            &ListHostsResponse {
+                hosts: vec![],
+                total: None,
+            },
+            t0(),
+        );
         assert!(out.contains("health:     degraded (store down: sqlite locked)"));
 
         let other = ClientError::Api {

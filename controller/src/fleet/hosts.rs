@@ -128,6 +128,7 @@ impl HostService {
                     self.to_api(h, u)
                 })
                 .collect(),
+            total: None,
         })
     }
 

@@ -16,7 +16,7 @@ use utoipa::IntoParams;
 use super::AppState;
 use super::error::ApiError;
 use super::json::ApiJson;
-use super::params::{ApiPath, ApiQuery};
+use super::params::{ApiPath, ApiQuery, PageParams};
 use super::sandboxes::page_limit;
 use crate::error::parse_id;
 use crate::governance::auth::Caller;
@@ -38,17 +38,16 @@ pub async fn roles(caller: Caller) -> Result<Json<RolesResponse>, ApiError> {
     }))
 }
 
-#[utoipa::path(get, path = "/v1/tokens", tag = "auth",
-    responses((status = 200, body = ListTokensResponse), (status = 403, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/tokens", tag = "auth", params(PageParams),
+    responses((status = 200, body = ListTokensResponse), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
 pub async fn list_tokens(
     State(state): State<AppState>,
     caller: Caller,
+    ApiQuery(page): ApiQuery<PageParams>,
 ) -> Result<Json<ListTokensResponse>, ApiError> {
-    let tokens = state.auth.list_for(&caller).await?;
-    Ok(Json(ListTokensResponse {
-        total: tokens.len() as u64,
-        tokens,
-    }))
+    let (tokens, total) = page.page(state.auth.list_for(&caller).await?)?;
+    Ok(Json(ListTokensResponse { tokens, total }))
 }
 
 #[utoipa::path(post, path = "/v1/tokens", tag = "auth", request_body = CreateTokenRequest,

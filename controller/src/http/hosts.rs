@@ -8,15 +8,23 @@ use fluid_client::types::{AddHostRequest, ErrorBody, HostResponse, ListHostsResp
 use super::AppState;
 use super::error::ApiError;
 use super::json::ApiJson;
+use super::params::{ApiQuery, PageParams};
 use crate::governance::auth::Caller;
 
-#[utoipa::path(get, path = "/v1/hosts", tag = "hosts",
-    responses((status = 200, body = ListHostsResponse), (status = 503, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/hosts", tag = "hosts", params(PageParams),
+    responses((status = 200, body = ListHostsResponse), (status = 400, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 pub async fn list_hosts(
     State(state): State<AppState>,
     caller: Caller,
+    ApiQuery(page): ApiQuery<PageParams>,
 ) -> Result<Json<ListHostsResponse>, ApiError> {
-    Ok(Json(state.hosts.list(&caller).await?))
+    let all = state.hosts.list(&caller).await?;
+    let (hosts, total) = page.page(all.hosts)?;
+    Ok(Json(ListHostsResponse {
+        hosts,
+        total: Some(total),
+    }))
 }
 
 #[utoipa::path(post, path = "/v1/hosts", tag = "hosts", request_body = AddHostRequest,

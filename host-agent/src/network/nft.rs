@@ -16,6 +16,8 @@ use nftables::schema::Nftables;
 use nftables::types::NfFamily;
 use tokio::io::AsyncWriteExt as _;
 
+#[cfg(test)]
+pub mod recording;
 pub mod simulated;
 
 /// How long one `nft` run may take.
@@ -40,8 +42,9 @@ pub enum NftError {
     Output(String),
 }
 
-/// Where batches go: the kernel ([`NftCommand`]), or on simulated hosts and in unit
-/// tests an in-memory stand-in ([`simulated::SimulatedNft`]).
+/// Where batches go: the kernel ([`NftCommand`]); on simulated hosts a stand-in that
+/// counts what the tables hold ([`simulated::SimulatedNft`]); in unit tests one that
+/// records it.
 #[async_trait]
 pub trait NftBackend: Send + Sync + 'static {
     /// Applies `batch` as one transaction: all of it or nothing.

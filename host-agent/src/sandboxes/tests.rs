@@ -7,7 +7,7 @@ use fluid_proto::model::Name;
 
 use super::*;
 use crate::hypervisor::simulated::SimulatedHypervisor;
-use crate::network::nft::simulated::SimulatedNft;
+use crate::network::nft::recording::RecordingNft;
 use crate::network::test_settings;
 
 pub(crate) struct Env {
@@ -15,7 +15,7 @@ pub(crate) struct Env {
     pub s: Sandboxes<SimulatedHypervisor>,
     pub hv: Arc<SimulatedHypervisor>,
     /// The kernel stand-in behind the (enforcing) firewall.
-    pub nft: Arc<SimulatedNft>,
+    pub nft: Arc<RecordingNft>,
     image: PathBuf,
 }
 
@@ -66,7 +66,7 @@ source_domain = "golden"
     .expect("config");
     let store = StateStore::open(&config.db_path()).await.expect("store");
     let hv = Arc::new(SimulatedHypervisor::new("kvm-1"));
-    let nft = Arc::new(SimulatedNft::default());
+    let nft = Arc::new(RecordingNft::default());
     let firewall = Arc::new(Firewall::new(test_settings(), nft.clone()));
     let s = Sandboxes::new(
         config,

@@ -5,12 +5,12 @@ use std::net::IpAddr;
 
 use super::*;
 use crate::network::allow::parse_rule;
-use crate::network::nft::simulated::SimulatedNft;
+use crate::network::nft::recording::RecordingNft;
 use crate::network::test_settings;
 use crate::state::test_record;
 
-fn setup() -> (Firewall, Arc<SimulatedNft>) {
-    let nft = Arc::new(SimulatedNft::default());
+fn setup() -> (Firewall, Arc<RecordingNft>) {
+    let nft = Arc::new(RecordingNft::default());
     (Firewall::new(test_settings(), nft.clone()), nft)
 }
 
@@ -309,7 +309,7 @@ async fn answers_never_open_private_loopback_or_host_subnet_addresses() {
     );
 
     // A private network the operator permits is admitted; the host subnet never.
-    let nft = Arc::new(SimulatedNft::default());
+    let nft = Arc::new(RecordingNft::default());
     let settings = NetworkSettings {
         resolved_private_allow: vec![
             "10.99.0.0/16".parse().expect("net"),
@@ -367,7 +367,7 @@ async fn the_first_apply_removes_the_boot_deny_and_only_the_first() {
 
 #[tokio::test]
 async fn resolved_addresses_stay_at_least_resolved_min() {
-    let nft = Arc::new(SimulatedNft::default());
+    let nft = Arc::new(RecordingNft::default());
     let settings = NetworkSettings {
         resolved_min: Duration::from_secs(3),
         ..test_settings()

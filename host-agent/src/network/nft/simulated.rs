@@ -1,121 +1,86 @@
-//! A kernel stand-in, for unit tests and simulated hosts (`[simulated]`): keeps the
-//! tables the applied batches describe (tables, sets, chains, rules; elements are
-//! recorded, not kept per set), so the firewall's drift check reads what it applied.
-//! Never the backend of a real host.
+//! The nftables of a simulated host (`[simulated]`, control-plane scale tests): each
+//! table's chains, sets and rules counted from the typed batches, without serialising
+//! them, so the firewall's drift check reads back what it applied. Never the backend of
+//! a real host (unit tests use the recording stand-in, which keeps what was applied).
 
-use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use async_trait::async_trait;
-use nftables::schema::Nftables;
+use nftables::schema::{NfCmd, NfListObject, NfObject, Nftables};
 use nftables::types::NfFamily;
 use serde_json::{Value, json};
 
 use super::{NftBackend, NftError, family_name};
 
-/// Batches kept in [`NftState::batches`].
-pub const BATCHES_KEPT: usize = 64;
-
-#[derive(Debug, Default)]
-pub struct NftState {
-    /// The last batches applied (at most [`BATCHES_KEPT`]), as JSON.
-    pub batches: Vec<Value>,
-    /// (family, table) → listed objects.
-    pub tables: BTreeMap<(String, String), Vec<Value>>,
-    /// Batches applied since the start.
-    pub applied: usize,
-    /// The next applies fail.
-    pub fail: bool,
+/// What a table holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Held {
+    chains: usize,
+    sets: usize,
+    rules: usize,
 }
 
 #[derive(Debug, Default)]
 pub struct SimulatedNft {
-    state: Mutex<NftState>,
-}
-
-impl SimulatedNft {
-    pub fn lock(&self) -> MutexGuard<'_, NftState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// What someone running `nft delete table …` would leave.
-    pub fn delete_tables(&self) {
-        self.lock().tables.clear();
-    }
-
-    pub fn applied(&self) -> usize {
-        self.lock().applied
-    }
-
-    /// The last batch, one command per line.
-    pub fn last_batch(&self) -> String {
-        self.lock()
-            .batches
-            .last()
-            .and_then(|b| b["nftables"].as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .map(Value::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-fn key(obj: &Value) -> (String, String) {
-    let s = |k: &str| obj[k].as_str().unwrap_or_default().to_owned();
-    let table = if obj.get("table").is_some_and(Value::is_string) {
-        s("table")
-    } else {
-        s("name")
-    };
-    (s("family"), table)
+    /// (family, table) → what it holds.
+    tables: Mutex<HashMap<(&'static str, String), Held>>,
 }
 
 #[async_trait]
 impl NftBackend for SimulatedNft {
     async fn apply(&self, batch: &Nftables<'static>) -> Result<(), NftError> {
-        let v = serde_json::to_value(batch).map_err(|e| NftError::Output(e.to_string()))?;
-        let mut st = self.lock();
-        if st.fail {
-            return Err(NftError::Failed {
-                program: "simulated nft".into(),
-                what: "apply",
-                detail: "refused".into(),
-            });
-        }
-        if st.batches.len() >= BATCHES_KEPT {
-            st.batches.remove(0);
-        }
-        st.batches.push(v.clone());
-        st.applied += 1;
-        for cmd in v["nftables"].as_array().cloned().unwrap_or_default() {
-            for (verb, body) in cmd.as_object().cloned().unwrap_or_default() {
-                for (kind, obj) in body.as_object().cloned().unwrap_or_default() {
-                    let k = key(&obj);
-                    match (verb.as_str(), kind.as_str()) {
-                        ("add", "table") => {
-                            st.tables.entry(k).or_default();
+        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        for obj in batch.objects.iter() {
+            let NfObject::CmdObject(cmd) = obj else {
+                continue;
+            };
+            match cmd {
+                NfCmd::Add(o) => {
+                    let (key, bump): ((&'static str, String), fn(&mut Held)) = match o {
+                        NfListObject::Table(t) => {
+                            ((family_name(t.family), t.name.to_string()), |_| {})
                         }
-                        ("delete", "table") => {
-                            st.tables.remove(&k);
+                        NfListObject::Chain(c) => {
+                            ((family_name(c.family), c.table.to_string()), |h| {
+                                h.chains += 1
+                            })
                         }
-                        ("add", "chain" | "set" | "rule") => {
-                            st.tables.entry(k).or_default().push(json!({ kind: obj }));
+                        NfListObject::Set(s) => {
+                            ((family_name(s.family), s.table.to_string()), |h| {
+                                h.sets += 1
+                            })
                         }
-                        _ => {}
-                    }
+                        NfListObject::Rule(r) => {
+                            ((family_name(r.family), r.table.to_string()), |h| {
+                                h.rules += 1
+                            })
+                        }
+                        _ => continue,
+                    };
+                    bump(tables.entry(key).or_default());
                 }
+                NfCmd::Delete(NfListObject::Table(t)) => {
+                    tables.remove(&(family_name(t.family), t.name.to_string()));
+                }
+                _ => {}
             }
         }
         Ok(())
     }
 
+    /// A listing with as many chains, sets and rules as the table holds (their
+    /// contents are not kept).
     async fn list_table(&self, family: NfFamily, table: &str) -> Result<Option<Value>, NftError> {
-        let k = (family_name(family).to_owned(), table.to_owned());
-        Ok(self
-            .lock()
-            .tables
-            .get(&k)
-            .map(|objs| json!({ "nftables": objs })))
+        let tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(tables
+            .get(&(family_name(family), table.to_owned()))
+            .map(|h| {
+                let items: Vec<Value> = std::iter::repeat_n(json!({"chain": {}}), h.chains)
+                    .chain(std::iter::repeat_n(json!({"set": {}}), h.sets))
+                    .chain(std::iter::repeat_n(json!({"rule": {}}), h.rules))
+                    .collect();
+                json!({ "nftables": items })
+            }))
     }
 }
