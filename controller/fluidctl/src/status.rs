@@ -241,6 +241,7 @@ mod tests {
         let health: HealthResponse = serde_json::from_str(r#"{"status":"ok"}"#).expect("old");
         let hosts = ListHostsResponse {
             hosts: vec![host("kvm-1", HostState::Unknown, None)],
+            total: None,
         };
         let out = render("http://x", &health, &hosts, t0());
         assert!(out.contains("store:      -\nversion:    -\n"), "{out}");
