@@ -79,18 +79,25 @@ step "integration tests (real libvirt, TCG, inside $FLUID_NETNS)"
 # and simulated internet, as agents sharing a host do. Much of their time is spent
 # waiting on guests (boots, Ansible over SSH, probes that must time out), so two lanes
 # on two cores finish well before one. The longest binaries go first; a binary's output
-# is printed whole when it ends.
+# is printed whole when it ends. `hostile` runs alone, after the others: its egress test
+# loads the package's boot-time deny, which darkens every sandbox's tap on the host
+# while it stands.
 cargo test --locked --workspace --no-run --message-format=json |
   jq -r 'select(.reason == "compiler-artifact" and .executable != null and .profile.test
     and (.package_id | test("/integration-tests#"))) | "\(.target.src_path)\t\(.executable)"' |
   sort >"$logs/integration-bins"
 [[ -s "$logs/integration-bins" ]] || failed+=(integration-bins)
-# Longest first (as measured on CI), then the rest in name order.
-longest=(review_loop network hostile lifecycle)
-ordered() {
+# Longest first (as measured on CI), then the rest in name order; the exclusive ones
+# (alone, at the end) apart.
+longest=(review_loop network lifecycle)
+exclusive=(hostile)
+bins_named() {
   local name
-  for name in "${longest[@]}"; do grep -P "/tests/$name(/main)?\.rs\t" "$logs/integration-bins" || true; done
-  grep -vP "/tests/($(IFS='|'; echo "${longest[*]}"))(/main)?\.rs\t" "$logs/integration-bins" || true
+  for name in "$@"; do grep -P "/tests/$name(/main)?\.rs\t" "$logs/integration-bins" || true; done
+}
+ordered() {
+  bins_named "${longest[@]}"
+  grep -vP "/tests/($(IFS='|'; echo "${longest[*]}|${exclusive[*]}"))(/main)?\.rs\t" "$logs/integration-bins" || true
 }
 run_binary() {
   local src=$1 bin=$2 log started=$SECONDS status=0
@@ -109,6 +116,7 @@ lanes=${FLUID_TEST_LANES:-2}
     run_binary "$src" "$bin" &
   done < <(ordered)
   wait
+  while IFS=$'\t' read -r src bin; do run_binary "$src" "$bin"; done < <(bins_named "${exclusive[@]}")
 ) 2>&1 | tee "$logs/integration.log"
 if [[ -s "$logs/integration-failed" ]]; then
   cat "$logs/integration-failed" >&2
