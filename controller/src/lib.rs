@@ -304,6 +304,23 @@ pub fn spawn_background(
         },
     ));
 
+    let retention = config.retention.clone();
+    let retention_store = store.clone();
+    set.spawn(fleet::background::run_periodic(
+        "retention",
+        Duration::from_secs(retention.check_interval_secs),
+        LoopKey::Retention,
+        store.clone(),
+        cancel.clone(),
+        move || {
+            let (retention, store) = (retention.clone(), retention_store.clone());
+            async move {
+                retention.expire(&*store, chrono::Utc::now()).await?;
+                Ok(())
+            }
+        },
+    ));
+
     let janitor = Arc::new(Janitor::new(store.clone(), state.sandboxes.clone()));
     let approvals = state.approvals.clone();
     set.spawn(fleet::background::run_periodic(

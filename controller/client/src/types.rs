@@ -426,6 +426,11 @@ pub struct Command {
     /// *new*: why it failed, was denied or lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// *new*: the output is gone: the command ended longer ago than the controller's
+    /// `[retention] command_output_days`. Its exit code stays, and the SHA-256 of its
+    /// output stays in the audit trail.
+    #[serde(default)]
+    pub output_expired: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

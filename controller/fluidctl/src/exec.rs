@@ -382,6 +382,7 @@ mod tests {
             kind: "command".to_owned(),
             agent_id: "a".to_owned(),
             error: None,
+            output_expired: false,
         }
     }
 

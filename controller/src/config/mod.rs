@@ -100,6 +100,9 @@ pub struct Config {
     /// What one agent and one token may hold and start (past it: 429).
     #[serde(default)]
     pub quotas: crate::governance::quotas::QuotasConfig,
+    /// How long commands' output is kept.
+    #[serde(default)]
+    pub retention: crate::work::retention::RetentionConfig,
 }
 
 /// `[api_tls]`: the REST and public gRPC listeners' server identity (PEM files).
@@ -348,6 +351,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             commands: crate::work::commands::CommandsConfig::default(),
             quotas: crate::governance::quotas::QuotasConfig::default(),
+            retention: crate::work::retention::RetentionConfig::default(),
         }
     }
 }
@@ -392,6 +396,7 @@ const CONFIG_KEYS: &[&str] = &[
     "metrics",
     "commands",
     "quotas",
+    "retention",
 ];
 
 fn is_config_key(env_key: &str) -> bool {
@@ -473,6 +478,7 @@ impl Config {
         }
         self.commands.validate().map_err(ConfigError::Invalid)?;
         self.quotas.validate().map_err(ConfigError::Invalid)?;
+        self.retention.validate().map_err(ConfigError::Invalid)?;
         crate::work::policy::Policy::new(&self.policy)
             .map_err(|e| ConfigError::Invalid(format!("policy: {e}")))?;
         let a = &self.approvals;

@@ -9,7 +9,7 @@ use super::{CertRecord, CommandRecord, CommandStatus, StoreError};
 macro_rules! command_columns {
     () => {
         "id, sandbox_id, agent_id, kind, command, user_name, workdir, env_json, status, stdout, stderr, \
-         exit_code, timed_out, truncated, error, started_at, ended_at, duration_ms"
+         exit_code, timed_out, truncated, error, started_at, ended_at, duration_ms, output_expired"
     };
 }
 
@@ -23,6 +23,12 @@ pub(super) const FINISH_COMMAND: &str = concat!(
      RETURNING ",
     command_columns!()
 );
+
+/// `[retention] command_output_days`: empties the output of the oldest ended commands
+/// (a batch at a time).
+pub(super) const EXPIRE_COMMAND_OUTPUT: &str = "UPDATE commands SET stdout = '', stderr = '', \
+     output_expired = TRUE WHERE id IN (SELECT id FROM commands WHERE ended_at IS NOT NULL \
+     AND ended_at < $1 AND NOT output_expired ORDER BY ended_at LIMIT $2)";
 
 pub(super) const GET_COMMAND: &str = concat!(
     "SELECT ",
@@ -96,6 +102,7 @@ pub(super) struct CommandRow {
     started_at: DateTime<Utc>,
     ended_at: Option<DateTime<Utc>>,
     duration_ms: Option<i64>,
+    output_expired: bool,
 }
 
 impl TryFrom<CommandRow> for CommandRecord {
@@ -123,6 +130,7 @@ impl TryFrom<CommandRow> for CommandRecord {
             started_at: r.started_at,
             ended_at: r.ended_at,
             duration_ms: r.duration_ms.and_then(|d| u64::try_from(d).ok()),
+            output_expired: r.output_expired,
         })
     }
 }

@@ -315,6 +315,8 @@ pub struct CommandRecord {
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<u64>,
+    /// `[retention] command_output_days` dropped `stdout` and `stderr`.
+    pub output_expired: bool,
 }
 
 impl CommandRecord {
@@ -338,6 +340,7 @@ impl CommandRecord {
             kind: self.kind.clone(),
             agent_id: self.agent_id.clone(),
             error: self.error.clone(),
+            output_expired: self.output_expired,
         }
     }
 }
@@ -432,6 +435,7 @@ pub enum LoopKey {
     Heartbeat = 0x666c_7501,
     Reconciler = 0x666c_7502,
     Janitor = 0x666c_7503,
+    Retention = 0x666c_7504,
 }
 
 /// Everything the controller persists; [`TrustStore`] (tokens, approvals, the audit
@@ -498,6 +502,14 @@ pub trait Store:
     /// Records a command before it runs (or a refused one, already ended, with its
     /// `command` audit event).
     async fn insert_command(&self, c: &CommandRecord) -> Result<(), StoreError>;
+
+    /// `[retention] command_output_days`: drops the output of at most `limit` commands
+    /// that ended before `ended_before` (their rows stay, `output_expired`); how many.
+    async fn expire_command_output(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
     /// Completes a `running` command and appends its `command` audit event; `None` when
     /// it is not running (or unknown).
     async fn finish_command(
@@ -577,6 +589,8 @@ mod tests_playbooks;
 mod tests_pools;
 #[cfg(test)]
 mod tests_quotas;
+#[cfg(test)]
+mod tests_retention;
 #[cfg(test)]
 mod tests_snapshots;
 #[cfg(test)]

@@ -103,7 +103,8 @@ pub(super) const COUNT_DIFFS: &str = "SELECT COUNT(*) FROM diffs WHERE sandbox_i
 
 /// Commands of a sandbox that started in `[$2, $3)`, oldest first.
 pub(super) const COMMANDS_BETWEEN: &str = "SELECT id, sandbox_id, agent_id, kind, command, user_name, workdir, env_json, \
-     status, stdout, stderr, exit_code, timed_out, truncated, error, started_at, ended_at, duration_ms \
+     status, stdout, stderr, exit_code, timed_out, truncated, error, started_at, ended_at, duration_ms, \
+     output_expired \
      FROM commands WHERE sandbox_id = $1 AND started_at >= $2 AND started_at < $3 \
      ORDER BY started_at, id";
 

@@ -9,7 +9,7 @@ use sqlx::types::Json;
 use sqlx::{ColumnIndex, Executor};
 
 use super::audit_rows::{self, CertRow, CommandRow};
-use super::dialect::{Conn, Dialect, Field, Param, Row};
+use super::dialect::{Conn, Dialect, Field, Param, Row, RowsAffected as _};
 use super::rows::{self, HostRow, OneUsageRow, SandboxRow, UsageRow};
 use super::trust_impl::append_in_tx;
 use super::trust_rows;
@@ -300,6 +300,19 @@ where
         }
         tx.commit().await?;
         Ok(Some(rec))
+    }
+
+    async fn expire_command_output(
+        &self,
+        ended_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let r = sqlx::query(audit_rows::EXPIRE_COMMAND_OUTPUT)
+            .bind(ended_before)
+            .bind(i64::from(limit))
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected())
     }
 
     async fn insert_command(&self, c: &CommandRecord) -> Result<(), StoreError> {

@@ -608,6 +608,7 @@ async fn commands_and_certificates(store: Arc<dyn Store>) {
         started_at: now,
         ended_at: None,
         duration_ms: None,
+        output_expired: false,
     };
     store.insert_command(&rec).await.expect("insert");
     let end = CommandEnd {

@@ -168,6 +168,7 @@ fn command(sandbox: &str, i: i64, at: chrono::DateTime<Utc>) -> CommandRecord {
         started_at: at,
         ended_at: Some(at),
         duration_ms: Some(1),
+        output_expired: false,
     }
 }
 

@@ -158,6 +158,7 @@ fn command(id: &str, sandbox_id: &str, status: &str, text: &str) -> CommandRecor
         started_at: Utc::now(),
         ended_at: (status != "running").then(Utc::now),
         duration_ms: None,
+        output_expired: false,
     }
 }
 

@@ -174,6 +174,7 @@ impl AttachService {
             started_at: Utc::now(),
             ended_at: None,
             duration_ms: None,
+            output_expired: false,
         };
         Ok(PreparedSession {
             session_id: open.session_id.clone(),

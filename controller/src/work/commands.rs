@@ -418,6 +418,7 @@ impl CommandService {
             started_at: Utc::now(),
             ended_at: None,
             duration_ms: None,
+            output_expired: false,
         }
     }
 

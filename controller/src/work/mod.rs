@@ -6,4 +6,5 @@ pub mod attach;
 pub mod commands;
 pub mod files;
 pub mod policy;
+pub mod retention;
 pub mod ssh_ca;

@@ -231,6 +231,7 @@ mod tests {
             kind: "command".to_owned(),
             agent_id: "alice".to_owned(),
             error: None,
+            output_expired: false,
         }
     }
 
