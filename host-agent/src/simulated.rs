@@ -146,13 +146,18 @@ mod tests {
     use crate::sandboxes::tests::{id, req};
 
     fn base(dir: &std::path::Path) -> AgentConfig {
+        base_with(dir, "")
+    }
+
+    /// [`base`] with `extra` keys in its `[simulated]` table.
+    fn base_with(dir: &std::path::Path, extra: &str) -> AgentConfig {
         let image = dir.join("disk.qcow2");
         std::fs::write(&image, "a placeholder: simulated hosts never read it").expect("image");
         AgentConfig::from_toml(&format!(
             "host_name = \"sim\"\nlisten = \"127.0.0.1:7000\"\nstate_dir = \"{}\"\n\
              [tls]\nca_cert = \"/a\"\ncert = \"/b\"\nkey = \"/c\"\n\
              [[images]]\nname = \"debian-12\"\npath = \"{}\"\n\
-             [simulated]\nhosts = 3\nboot_ms = 300\nexec_ms = 0\noutput_bytes = 0\n",
+             [simulated]\nhosts = 3\nboot_ms = 300\nexec_ms = 0\noutput_bytes = 0\n{extra}",
             dir.display(),
             image.display()
         ))
@@ -253,5 +258,24 @@ mod tests {
                 .any(|_| true),
             "nothing left of the sandbox ({ip})"
         );
+    }
+
+    /// At a failure rate of 1 every create fails, says it was simulated, and leaves
+    /// nothing behind (the agent's own undo on a failed create).
+    #[tokio::test]
+    async fn a_failing_simulated_host_refuses_creates_and_keeps_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let b = base_with(dir.path(), "failure_rate = 1.0\n");
+        let sim = b.simulated.clone().expect("simulated");
+        let s = open(host_config(&b, 0).expect("host"), &sim)
+            .await
+            .expect("open");
+        let e = s
+            .create(req("SBX-0000000b", "b", true))
+            .await
+            .expect_err("a failure rate of 1");
+        assert!(e.to_string().contains("simulated"), "{e}");
+        assert!(s.store.list().await.expect("records").is_empty());
+        assert!(s.hv.list_owned().await.expect("domains").is_empty());
     }
 }
