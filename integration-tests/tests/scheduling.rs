@@ -50,9 +50,27 @@ async fn creates_spread_by_free_memory_and_skip_full_and_offline_hosts() -> Resu
     let mut ids = Vec::new();
     for (i, want) in expected.iter().enumerate() {
         let name = format!("{}-s{i}", stack.prefix);
+        // What the controller weighs (its hosts' free memory and sandboxes), printed
+        // so a surprising placement says what it was based on.
+        let seen: Vec<String> = stack
+            .client
+            .list_hosts()
+            .await?
+            .hosts
+            .iter()
+            .map(|h| {
+                format!(
+                    "{} {} MiB free, {} sandboxes",
+                    h.name, h.memory_mb_free, h.sandboxes
+                )
+            })
+            .collect();
         let got = stack.client.create_sandbox(&request(&name)).await?.sandbox;
         let host = got.host_name.clone().unwrap_or_default();
-        println!("create {i}: placed on {host}");
+        println!(
+            "create {i}: placed on {host} (before it: {})",
+            seen.join("; ")
+        );
         ensure!(
             host == stack.host(want),
             "create {i} went to {host}, expected {}",
