@@ -81,7 +81,8 @@ step "integration tests (real libvirt, TCG, inside $FLUID_NETNS)"
 # on two cores finish well before one. The longest binaries go first; a binary's output
 # is printed whole when it ends. `hostile` runs alone, after the others: its egress test
 # loads the package's boot-time deny, which darkens every sandbox's tap on the host
-# while it stands.
+# while it stands. `scheduling` too: its exact placements follow its hosts' heartbeats
+# (1 s, offline after 3 missed), which a loaded machine can delay.
 cargo test --locked --workspace --no-run --message-format=json |
   jq -r 'select(.reason == "compiler-artifact" and .executable != null and .profile.test
     and (.package_id | test("/integration-tests#"))) | "\(.target.src_path)\t\(.executable)"' |
@@ -90,7 +91,7 @@ cargo test --locked --workspace --no-run --message-format=json |
 # Longest first (as measured on CI), then the rest in name order; the exclusive ones
 # (alone, at the end) apart.
 longest=(review_loop network lifecycle)
-exclusive=(hostile)
+exclusive=(hostile scheduling)
 bins_named() {
   local name
   for name in "$@"; do grep -P "/tests/$name(/main)?\.rs\t" "$logs/integration-bins" || true; done
