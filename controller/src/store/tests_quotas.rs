@@ -80,3 +80,29 @@ async fn concurrent_reservations_keep_an_owners_quota(store: Arc<dyn Store>, _ra
         Err(ReserveError::Quota(_))
     ));
 }
+
+/// SQLite's audited writes commit on their own one-connection pool and reads go to the
+/// shared pool: a reservation is seen by the very next read (the scheduler's usage),
+/// also while heartbeats write on the shared pool beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_reads_see_the_writer_pools_commits_at_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store: Arc<dyn Store> = super::tests::sqlite(&dir).await;
+    store.upsert_host("h1", "h1:7443").await.expect("host");
+    beat(&*store, "h1", 100_000, 1 << 30, &["debian-12"]).await;
+    let bg = store.clone();
+    let beats = tokio::spawn(async move {
+        for _ in 0..1000 {
+            beat(&*bg, "h1", 100_000, 1 << 30, &["debian-12"]).await;
+        }
+    });
+    for i in 0..500 {
+        store
+            .reserve(&reservation(i, "h1", 1, 1))
+            .await
+            .expect("reserve");
+        let u = store.host_usage().await.expect("usage");
+        assert_eq!(u["h1"].sandboxes, i as u64 + 1, "stale read after {i}");
+    }
+    beats.abort();
+}
