@@ -159,22 +159,8 @@ impl SimFleet {
             agent,
             database,
         };
-        fleet.wait_healthy().await?;
+        fleet.controller.wait_healthy(&fleet.client).await?;
         Ok(fleet)
-    }
-
-    async fn wait_healthy(&mut self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.client.health().await.is_err() {
-            if !self.controller.is_running() || Instant::now() > deadline {
-                bail!(
-                    "the controller did not become healthy; log:\n{}",
-                    self.controller.log_tail(40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        Ok(())
     }
 
     /// Waits (at most `within`) until every host is online; the hosts as listed then.

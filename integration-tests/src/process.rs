@@ -97,12 +97,24 @@ impl Service {
 
     /// Resident set size in KiB (from /proc), while it runs.
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
+        rss_kib(self.pid()?)
+    }
+
+    /// Waits (at most 30 s) until `client` gets an answer from `/v1/health`, the
+    /// service (a controller) still running; else fails with its log's tail.
+    pub async fn wait_healthy(&mut self, client: &fluid_client::Client) -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while client.health().await.is_err() {
+            if !self.is_running() || std::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "{} did not become healthy; log:\n{}",
+                    self.name,
+                    self.log_tail(40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
     }
 
     /// True while the process has not exited.
@@ -119,4 +131,14 @@ impl Service {
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
+}
+
+/// Resident set size of process `pid` in KiB (from /proc).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
 }

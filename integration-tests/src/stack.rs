@@ -387,19 +387,7 @@ impl Stack {
     }
 
     pub async fn wait_healthy(&mut self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if self.client.health().await.is_ok() {
-                return Ok(());
-            }
-            if !self.controller.is_running() || Instant::now() > deadline {
-                bail!(
-                    "controller did not become healthy; log:\n{}",
-                    self.controller.log_tail(40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        self.controller.wait_healthy(&self.client).await
     }
 
     /// Waits until the controller reports host `short` in `state`.

@@ -122,7 +122,8 @@ pub fn exit_code(status: Option<u32>, signal: Option<&Sig>) -> i32 {
     128 + n
 }
 
-fn unix_ms() -> i64 {
+/// Milliseconds since the Unix epoch (a command's `Started` event).
+pub(crate) fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -19,7 +19,7 @@ use fluid_proto::model::{Exec, ExecEvent, ExecExit, SandboxId};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::backend::{ExecBackend, ExecStarted, ExecTarget};
-use super::run::{OutputCap, QUEUE_DEPTH, Stream};
+use super::run::{OutputCap, QUEUE_DEPTH, Stream, unix_ms};
 use crate::error::ServiceError;
 
 /// Bytes a simulated guest keeps in its files (all of a sandbox's files together).
@@ -214,13 +214,6 @@ impl ExecBackend for SimulatedGuests {
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
     }
-}
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Streams one command's events into `tx`; a receiver that goes away stops nothing

@@ -5,13 +5,15 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::bench::percentile;
+
 /// The kind of error that counts as intended: a quota's 429.
 pub const QUOTA: &str = "429 (quota)";
 
 #[derive(Debug, Default)]
 struct Route {
-    /// Latency of each call that answered as expected, in microseconds.
-    ok: Vec<u32>,
+    /// Latency of each call that answered as expected.
+    ok: Vec<Duration>,
     errors: u64,
 }
 
@@ -20,19 +22,6 @@ struct Route {
 pub struct Recorder {
     routes: Mutex<HashMap<&'static str, Route>>,
     errors: Mutex<BTreeMap<String, u64>>,
-}
-
-fn micros(d: Duration) -> u32 {
-    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
-}
-
-/// The `p`-th percentile (0-100) of sorted `v`.
-fn percentile(v: &[u32], p: f64) -> u32 {
-    if v.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
-    v[rank.min(v.len() - 1)]
 }
 
 /// One route's figures, as the table shows them.
@@ -49,7 +38,7 @@ pub struct RouteFigures {
 impl Recorder {
     pub fn ok(&self, route: &'static str, took: Duration) {
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        routes.entry(route).or_default().ok.push(micros(took));
+        routes.entry(route).or_default().ok.push(took);
     }
 
     /// A call that failed; `kind` names how (a status, a transport error, …).
@@ -85,14 +74,13 @@ impl Recorder {
             .iter_mut()
             .map(|(route, r)| {
                 r.ok.sort_unstable();
-                let us = |v: u32| Duration::from_micros(u64::from(v));
                 RouteFigures {
                     route,
                     ok: r.ok.len(),
                     errors: r.errors,
-                    p50: us(percentile(&r.ok, 50.0)),
-                    p99: us(percentile(&r.ok, 99.0)),
-                    max: us(r.ok.last().copied().unwrap_or(0)),
+                    p50: percentile(&r.ok, 50.0),
+                    p99: percentile(&r.ok, 99.0),
+                    max: r.ok.last().copied().unwrap_or_default(),
                 }
             })
             .collect();
