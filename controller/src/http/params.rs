@@ -75,3 +75,25 @@ where
             .map_err(|e| ApiError::bad_request(format!("invalid path: {}", e.body_text())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_is_sliced_and_counted_and_a_zero_limit_is_a_400() {
+        let items: Vec<u32> = (0..5).collect();
+        let page = |limit, offset| PageParams { limit, offset }.page(items.clone());
+        assert_eq!(page(None, None).expect("all"), (items.clone(), 5));
+        assert_eq!(page(Some(2), Some(1)).expect("page"), (vec![1, 2], 5));
+        assert_eq!(
+            page(Some(2), Some(u64::MAX)).expect("past the end"),
+            (vec![], 5)
+        );
+        let big: Vec<u32> = (0..1500).collect();
+        let (first, total) = PageParams::default().page(big).expect("capped");
+        assert_eq!((first.len(), total), (MAX_LIMIT as usize, 1500));
+        let e = page(Some(0), None).expect_err("limit 0");
+        assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
+    }
+}
